@@ -1,0 +1,63 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+
+from app.api import problems
+from app.api.routes import router
+from app.service import build_service
+from app.settings import Settings
+
+log = logging.getLogger("faceverify")
+
+
+def _version() -> str:
+    try:
+        return version("faceverify")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Models load in the lifespan (not at import), so tests run it with
+    ``with TestClient(create_app(settings))``."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service, weights = build_service(settings)
+        app.state.service = service
+        app.state.weights = weights
+        log.info(
+            "faceverify ready: encoder=%s, %d faces of %d subjects, database=%s",
+            service.pipeline.encoder_name,
+            len(service.index),
+            service.index.subject_count,
+            settings.resolved_database_url().split(":", 1)[0],
+        )
+        try:
+            yield
+        finally:
+            service.store.close()
+
+    app = FastAPI(
+        title="faceverify",
+        version=_version(),
+        summary="Face verification with dlib's ResNet embeddings and a calibrated match percent.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    problems.install(app)
+    app.include_router(router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For ``uvicorn --factory`` and worker processes: settings from the environment."""
+    return create_app(Settings())

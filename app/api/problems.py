@@ -1,0 +1,115 @@
+"""RFC 9457 problem+json responses: one table from domain error to status and code."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import errors
+
+log = logging.getLogger("faceverify.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+# Each domain error's HTTP status and stable machine-readable code. Subclasses not listed
+# take their nearest listed base class's entry.
+ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
+    errors.InvalidImage: (400, "invalid_image"),
+    errors.InvalidBase64: (400, "invalid_base64"),
+    errors.UnsupportedMediaType: (415, "unsupported_media_type"),
+    errors.UnsupportedContentType: (415, "unsupported_content_type"),
+    errors.ImageTooLarge: (413, "image_too_large"),
+    errors.RequestTooLarge: (413, "request_too_large"),
+    errors.InvalidRequest: (422, "validation_error"),
+    errors.InputError: (400, "bad_request"),
+    errors.NoFace: (422, "no_face"),
+    errors.MultipleFaces: (422, "multiple_faces"),
+    errors.FaceTooSmall: (422, "face_too_small"),
+    errors.FaceError: (422, "face_error"),
+    errors.SubjectNotFound: (404, "subject_not_found"),
+    errors.FaceNotFound: (404, "face_not_found"),
+    errors.NotFoundError: (404, "not_found"),
+    errors.SubjectHasNoFaces: (409, "subject_has_no_faces"),
+    errors.ServiceBusy: (503, "service_busy"),
+    errors.NotReady: (503, "not_ready"),
+    errors.ModelFileError: (500, "model_file_error"),
+    errors.FaceVerifyError: (500, "internal_error"),
+}
+
+
+def status_and_code(exc: errors.FaceVerifyError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return 500, "internal_error"
+
+
+def problem(
+    status: int, code: str, detail: str, *, instance: str | None = None, **extra: Any
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if v is not None})
+    headers = {}
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(extra["retry_after"])
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    @app.exception_handler(errors.FaceVerifyError)
+    async def _domain(request: Request, exc: errors.FaceVerifyError) -> JSONResponse:
+        status, code = status_and_code(exc)
+        if status >= 500 and status != 503:
+            log.error("%s on %s: %s", code, request.url.path, exc.detail)
+        return problem(status, code, exc.detail, instance=request.url.path, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem(
+            422,
+            "validation_error",
+            "The request's fields are missing or invalid; see errors.",
+            instance=request.url.path,
+            errors=validation_errors(exc.errors()),
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        return problem(exc.status_code, code, detail, instance=request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the server log only; the client gets no internals.
+        log.exception("unhandled error on %s", request.url.path)
+        return problem(
+            500,
+            "internal_error",
+            "An unexpected error occurred; it has been logged.",
+            instance=request.url.path,
+        )
+
+
+def validation_errors(raw: Any) -> list[dict[str, Any]]:
+    """Pydantic's error list without the input values (they may be image bytes)."""
+    return [
+        {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type")}
+        for e in raw
+    ]

@@ -1,0 +1,231 @@
+"""Request and response schemas, named for their direction. Storage rows live in
+app/gallery/models.py; these are what crosses HTTP."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from app.gallery.models import SUBJECT_ID_MAX
+
+# Letters, digits (any script) and . _ - @ + : — safe in a URL path segment.
+SUBJECT_ID_PATTERN = r"^[\w.@+:-]+$"
+
+
+def _not_only_dots(value: str) -> str:
+    # "." and ".." are path segments that clients and proxies rewrite.
+    if value.strip(".") == "":
+        raise ValueError("a subject id cannot consist of dots only")
+    return value
+
+
+SubjectId = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=SUBJECT_ID_MAX, pattern=SUBJECT_ID_PATTERN),
+    AfterValidator(_not_only_dots),
+]
+Prior = Annotated[float, Field(gt=0, lt=1)]
+
+
+class _Form(BaseModel):
+    # Multipart sends every field as text; JSON sends real types. Both validate here.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class EnrollRequest(_Form):
+    subject_id: SubjectId
+    name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    metadata: dict[str, Any] | None = Field(
+        None, description="Any JSON object (in multipart: a JSON string)."
+    )
+    face: Literal["single", "largest"] = Field(
+        "single",
+        description="single: refuse photos with several faces; largest: use the largest face.",
+    )
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError("metadata must be a JSON object") from exc
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value)) > 16_384:
+            raise ValueError("metadata must be at most 16 KiB of JSON")
+        return value
+
+
+class VerifyRequest(_Form):
+    subject_id: SubjectId
+    prior: Prior | None = Field(
+        None, description="Your genuine-attempt rate, to re-weight the percent (default 0.5)."
+    )
+
+
+class IdentifyRequest(_Form):
+    top_k: Annotated[int, Field(ge=1, le=100)] | None = None
+    prior: Prior | None = None
+
+
+class CompareRequest(_Form):
+    prior: Prior | None = None
+
+
+# ---- responses ------------------------------------------------------------------------
+class BoxOut(BaseModel):
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+class ProbeOut(BaseModel):
+    box: BoxOut
+    detector_score: float
+    landmarks: list[tuple[float, float]]
+    faces_detected: int = Field(description="Faces found in the photo; the largest is used.")
+    multiple_faces: bool
+
+
+class ModelOut(BaseModel):
+    encoder: str
+    pipeline: str
+
+
+class CalibrationRef(BaseModel):
+    version: str
+    provisional: bool
+
+
+class TimingOut(BaseModel):
+    decode_ms: float
+    detect_ms: float
+    encode_ms: float
+    search_ms: float
+    total_ms: float
+
+
+class FaceOut(BaseModel):
+    face_id: str
+    box: BoxOut
+    detector_score: float
+    encoder: str
+    pipeline_version: str
+    created_at: datetime
+
+
+class SubjectOut(BaseModel):
+    subject_id: str
+    name: str | None
+    metadata: dict[str, Any] | None
+    created_at: datetime
+    face_count: int
+
+
+class SubjectDetailOut(SubjectOut):
+    faces: list[FaceOut]
+
+
+class EnrollResponse(BaseModel):
+    subject: SubjectOut
+    faces: list[FaceOut] = Field(description="The faces this request stored.")
+    face_count: int = Field(description="The subject's faces after this request.")
+    model: ModelOut
+    timing: TimingOut
+
+
+class MatchFields(BaseModel):
+    match: bool = Field(description="distance <= threshold")
+    score: float = Field(description="Match percent, 0.1-99.9, from the calibration.")
+    distance: float = Field(description="Euclidean distance between the 128-d embeddings.")
+    threshold: float
+
+
+class VerifyResponse(MatchFields):
+    subject_id: str
+    face_id: str = Field(description="The subject's enrolled face closest to the probe.")
+    probe: ProbeOut
+    model: ModelOut
+    calibration: CalibrationRef
+    timing: TimingOut
+
+
+class CompareResponse(MatchFields):
+    probe_a: ProbeOut
+    probe_b: ProbeOut
+    model: ModelOut
+    calibration: CalibrationRef
+    timing: TimingOut
+
+
+class CandidateOut(BaseModel):
+    subject_id: str
+    face_id: str
+    distance: float
+    score: float
+    match: bool
+
+
+class IdentifyResponse(BaseModel):
+    best: CandidateOut | None = Field(description="The nearest subject, if within threshold.")
+    candidates: list[CandidateOut]
+    threshold: float
+    gallery_size: int
+    probe: ProbeOut
+    model: ModelOut
+    calibration: CalibrationRef
+    timing: TimingOut
+
+
+class SubjectPage(BaseModel):
+    items: list[SubjectOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class DeleteSubjectResponse(BaseModel):
+    subject_id: str
+    deleted: bool
+    faces_deleted: int
+
+
+class DeleteFaceResponse(BaseModel):
+    subject_id: str
+    face_id: str
+    deleted: bool
+    face_count: int
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
+    gallery_faces: int
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    instance: str | None = None
+
+
+def as_utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; they were written in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,148 @@
+"""Face detection (dlib HOG) and 5-point alignment to the encoder's 150 px chip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from app.face.encoder import CHIP_SIZE
+
+# dlib python_examples/face_recognition.py and dlib's dnn_face_recognition_ex.cpp align
+# with get_face_chip(img, shape, 150, 0.25): 150 px, 25% padding around the landmarks.
+CHIP_PADDING = 0.25
+# HOG's sliding window is 80x80 px: faces smaller than that are found only upsampled.
+HOG_WINDOW = 80
+
+
+@dataclass(frozen=True)
+class Box:
+    """Pixel box in the decoded (upright) image: left, top inclusive; right, bottom exclusive."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def area(self) -> int:
+        return max(self.width, 0) * max(self.height, 0)
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face as found in a photo, ready to encode.
+
+    Attributes:
+        box: the detector's box mapped to full resolution and clipped to the image.
+        side: the detector box's side at full resolution before clipping (HOG boxes are
+            square); what the minimum-face-size rule looks at.
+        score: HOG detector confidence (SVM margin; > 0 is a detection, higher is surer).
+        landmarks: five (x, y) points at full resolution: eye corners and nose base.
+        chip: the aligned ``(150, 150, 3)`` uint8 chip the encoder takes.
+        upsample: how many upsampling steps the detector needed to find it.
+    """
+
+    box: Box
+    side: int
+    score: float
+    landmarks: tuple[tuple[float, float], ...]
+    chip: np.ndarray = field(repr=False, compare=False)
+    upsample: int = 0
+
+
+class HogFaceDetector:
+    """dlib's HOG frontal-face detector plus the 5-point shape predictor.
+
+    Detection runs on a copy scaled down so its longest side is at most ``max_side``;
+    landmarks and the chip come from the full-resolution image, so downscaling costs
+    no alignment precision. When nothing is found, detection is retried with one more
+    upsampling step at a time while the upsampled longest side stays within
+    ``retry_max_side``: small photos (a 128 px portrait) still work, and a large photo
+    with no face is not searched at a cost of seconds.
+    """
+
+    def __init__(
+        self,
+        shape_predictor_path: Path,
+        *,
+        max_side: int = 1024,
+        upsample: int = 0,
+        retry_max_side: int = 1024,
+    ) -> None:
+        import dlib
+
+        self._dlib = dlib
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(shape_predictor_path))
+        self.max_side = max_side
+        self.upsample = upsample
+        self.retry_max_side = retry_max_side
+
+    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        """Find every frontal face in an ``(H, W, 3)`` uint8 RGB image.
+
+        Returns:
+            The faces, in the detector's order (most confident first).
+        """
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(height, width))
+        small = rgb if scale == 1.0 else _resize(rgb, scale)
+        longest = max(small.shape[:2])
+
+        upsample = self.upsample
+        while True:
+            rects, scores, _ = self._detector.run(small, upsample, 0.0)
+            if len(rects) or longest * 2 ** (upsample + 1) > self.retry_max_side:
+                break
+            upsample += 1
+
+        faces = []
+        for rect, score in zip(rects, scores, strict=True):
+            left, top = rect.left() / scale, rect.top() / scale
+            right, bottom = (rect.right() + 1) / scale, (rect.bottom() + 1) / scale
+            full = self._dlib.rectangle(
+                int(round(left)), int(round(top)), int(round(right)) - 1, int(round(bottom)) - 1
+            )
+            shape = self._predictor(rgb, full)
+            chip = np.asarray(self._dlib.get_face_chip(rgb, shape, CHIP_SIZE, CHIP_PADDING))
+            box = Box(
+                left=max(0, int(round(left))),
+                top=max(0, int(round(top))),
+                right=min(width, int(round(right))),
+                bottom=min(height, int(round(bottom))),
+            )
+            faces.append(
+                DetectedFace(
+                    box=box,
+                    side=int(round(max(right - left, bottom - top))),
+                    score=float(score),
+                    landmarks=tuple((float(p.x), float(p.y)) for p in shape.parts()),
+                    chip=chip,
+                    upsample=upsample,
+                )
+            )
+        return faces
+
+
+def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
+    height, width = rgb.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # reducing_gap: a fast box pre-shrink, then a proper filter; quality is ample for HOG.
+    small = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(small)
+
+
+def largest(faces: list[DetectedFace]) -> DetectedFace:
+    """The face with the largest box (ties: the more confident, i.e. earlier, one)."""
+    return max(faces, key=lambda f: f.box.area)

@@ -1,0 +1,89 @@
+"""Storage rows (SQLAlchemy 2). No raw images are stored: only embeddings and boxes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SUBJECT_ID_MAX = 128
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Subject(Base):
+    __tablename__ = "subjects"
+
+    id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    # "metadata" is reserved on declarative classes, hence the attribute name.
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    faces: Mapped[list[Face]] = relationship(
+        back_populates="subject", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Face(Base):
+    __tablename__ = "faces"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(
+        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
+    )
+    # 128 little-endian float32 values (512 bytes).
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    box_left: Mapped[int] = mapped_column(Integer)
+    box_top: Mapped[int] = mapped_column(Integer)
+    box_right: Mapped[int] = mapped_column(Integer)
+    box_bottom: Mapped[int] = mapped_column(Integer)
+    detector_score: Mapped[float] = mapped_column(Float)
+    encoder: Mapped[str] = mapped_column(String(64))
+    pipeline_version: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    subject: Mapped[Subject] = relationship(back_populates="faces")
+
+
+class GalleryState(Base):
+    """One row: a counter bumped by every write, so each process can tell in one cheap
+    query whether its in-memory index is behind the database."""
+
+    __tablename__ = "gallery_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class GalleryEvent(Base):
+    """What each write changed (ids only, never embeddings), keyed by the version it
+    made, so a process that is behind replays just the changes since its version."""
+
+    __tablename__ = "gallery_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))  # add_face | delete_face | delete_subject
+    subject_id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX))
+    face_id: Mapped[str | None] = mapped_column(String(36))
+
+    __table_args__ = (Index("ix_gallery_events_version", "version"),)

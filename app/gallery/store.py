@@ -1,0 +1,346 @@
+"""The gallery's durable store: subjects and their face embeddings in SQL.
+
+SQLite (WAL) by default; any SQLAlchemy URL works (PostgreSQL for several replicas).
+Every write is one transaction that also bumps the gallery version and logs which ids it
+touched, so in-memory indexes in other threads or processes can catch up (see
+:meth:`GalleryStore.changes_since`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from app.errors import FaceNotFound, SubjectNotFound
+from app.gallery.models import Base, Face, GalleryEvent, GalleryState, Subject
+
+EMBEDDING_DTYPE = np.dtype("<f4")
+# How many versions of change log to keep. A process further behind than this reloads
+# the whole gallery instead of replaying; pruning keeps deleted subjects' ids from
+# lingering in the log.
+EVENT_RETENTION = 10_000
+
+
+@dataclass(frozen=True)
+class NewFace:
+    embedding: np.ndarray
+    box: tuple[int, int, int, int]
+    detector_score: float
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    id: str
+    subject_id: str
+    box: tuple[int, int, int, int]
+    detector_score: float
+    encoder: str
+    pipeline_version: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    id: str
+    name: str | None
+    metadata: dict[str, Any] | None
+    created_at: datetime
+    face_count: int
+
+
+@dataclass(frozen=True)
+class Change:
+    version: int
+    kind: str  # add_face | delete_face | delete_subject
+    subject_id: str
+    face_id: str | None
+
+
+@dataclass(frozen=True)
+class EmbeddingRows:
+    face_ids: list[str]
+    subject_ids: list[str]
+    matrix: np.ndarray  # (N, 128) float32
+
+
+class GalleryStore:
+    """Subjects and faces in a SQL database. Methods take keyword arguments only and
+    return plain records, never ORM objects."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.engine: Engine = _make_engine(url, echo=echo)
+        _create_schema(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- reads -----------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise if the database cannot answer a query."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
+    def version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(GalleryState.version)).scalar_one())
+
+    def get_subject(self, *, subject_id: str) -> SubjectRecord:
+        with Session(self.engine) as session:
+            subject = session.get(Subject, subject_id)
+            if subject is None:
+                raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+            count = session.scalar(
+                select(func.count()).select_from(Face).where(Face.subject_id == subject_id)
+            )
+            return _subject_record(subject, int(count or 0))
+
+    def list_faces(self, *, subject_id: str) -> list[FaceRecord]:
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(Face).where(Face.subject_id == subject_id).order_by(Face.created_at, Face.id)
+            ).all()
+            return [_face_record(row) for row in rows]
+
+    def list_subjects(
+        self, *, offset: int, limit: int, prefix: str | None = None
+    ) -> tuple[list[SubjectRecord], int]:
+        """A page of subjects ordered by id, and the total count (matching ``prefix``)."""
+        with Session(self.engine) as session:
+            where = []
+            if prefix:
+                where.append(Subject.id.startswith(prefix, autoescape=True))
+            total = session.scalar(select(func.count()).select_from(Subject).where(*where))
+            counts = (
+                select(Face.subject_id, func.count().label("n"))
+                .group_by(Face.subject_id)
+                .subquery()
+            )
+            rows = session.execute(
+                select(Subject, func.coalesce(counts.c.n, 0))
+                .outerjoin(counts, counts.c.subject_id == Subject.id)
+                .where(*where)
+                .order_by(Subject.id)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            return [_subject_record(s, int(n)) for s, n in rows], int(total or 0)
+
+    def load_embeddings(self, *, face_ids: list[str] | None = None) -> EmbeddingRows:
+        """Embeddings of all faces, or of the given ids (those that still exist)."""
+        stmt = select(Face.id, Face.subject_id, Face.embedding).order_by(Face.id)
+        if face_ids is not None:
+            stmt = stmt.where(Face.id.in_(face_ids))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        matrix = np.zeros((len(rows), 128), dtype=np.float32)
+        for i, row in enumerate(rows):
+            matrix[i] = np.frombuffer(row.embedding, dtype=EMBEDDING_DTYPE)
+        return EmbeddingRows(
+            face_ids=[r.id for r in rows], subject_ids=[r.subject_id for r in rows], matrix=matrix
+        )
+
+    def changes_since(self, *, version: int) -> list[Change] | None:
+        """The changes made after ``version``, oldest first; None if the log no longer
+        reaches back that far (then reload everything)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    GalleryEvent.version,
+                    GalleryEvent.kind,
+                    GalleryEvent.subject_id,
+                    GalleryEvent.face_id,
+                )
+                .where(GalleryEvent.version > version)
+                .order_by(GalleryEvent.version, GalleryEvent.id)
+            ).all()
+        if rows and rows[0].version != version + 1:
+            return None
+        return [Change(r.version, r.kind, r.subject_id, r.face_id) for r in rows]
+
+    # ---- writes ----------------------------------------------------------------------
+    def add_faces(
+        self,
+        *,
+        subject_id: str,
+        faces: list[NewFace],
+        encoder: str,
+        pipeline_version: str,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[list[FaceRecord], SubjectRecord, int]:
+        """Create the subject if new (else update name/metadata when given) and add all
+        ``faces`` in one transaction: all are stored or none.
+
+        Returns:
+            The stored faces, the subject afterwards, and the gallery version written.
+        """
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session)
+            subject = session.get(Subject, subject_id)
+            if subject is None:
+                subject = Subject(id=subject_id, name=name, meta=metadata)
+                session.add(subject)
+            else:
+                if name is not None:
+                    subject.name = name
+                if metadata is not None:
+                    subject.meta = metadata
+            rows = []
+            for face in faces:
+                vector = np.asarray(face.embedding, dtype=EMBEDDING_DTYPE)
+                if vector.shape != (128,) or not np.all(np.isfinite(vector)):
+                    raise ValueError("an embedding must be 128 finite floats")
+                left, top, right, bottom = (int(v) for v in face.box)
+                rows.append(
+                    Face(
+                        id=str(uuid.uuid4()),
+                        subject_id=subject_id,
+                        embedding=vector.tobytes(),
+                        box_left=left,
+                        box_top=top,
+                        box_right=right,
+                        box_bottom=bottom,
+                        detector_score=float(face.detector_score),
+                        encoder=encoder,
+                        pipeline_version=pipeline_version,
+                    )
+                )
+            session.add_all(rows)
+            session.flush()
+            _log(session, version, [("add_face", subject_id, row.id) for row in rows])
+            count = session.scalar(
+                select(func.count()).select_from(Face).where(Face.subject_id == subject_id)
+            )
+            return (
+                [_face_record(r) for r in rows],
+                _subject_record(subject, int(count or 0)),
+                version,
+            )
+
+    def delete_subject(self, *, subject_id: str) -> tuple[list[str], int]:
+        """Delete a subject and every face of it. Returns the deleted face ids and the
+        gallery version written."""
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session)
+            if session.get(Subject, subject_id) is None:
+                raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+            face_ids = list(
+                session.scalars(select(Face.id).where(Face.subject_id == subject_id)).all()
+            )
+            session.execute(delete(Face).where(Face.subject_id == subject_id))
+            session.execute(delete(Subject).where(Subject.id == subject_id))
+            _log(session, version, [("delete_subject", subject_id, None)])
+            return face_ids, version
+
+    def delete_face(self, *, subject_id: str, face_id: str) -> int:
+        """Delete one face of a subject; the subject stays, even with no faces left.
+        Returns the gallery version written."""
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session)
+            if session.get(Subject, subject_id) is None:
+                raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+            deleted = session.execute(
+                delete(Face).where(Face.id == face_id, Face.subject_id == subject_id)
+            ).rowcount  # type: ignore[attr-defined]
+            if not deleted:
+                raise FaceNotFound(
+                    f"Subject {subject_id!r} has no face {face_id!r}.",
+                    subject_id=subject_id,
+                    face_id=face_id,
+                )
+            _log(session, version, [("delete_face", subject_id, face_id)])
+            return version
+
+
+def _bump_version(session: Session) -> int:
+    # First statement of every write transaction: it takes the write lock (SQLite) or the
+    # row lock (PostgreSQL) at once, so writers queue here and versions are handed out in
+    # commit order; a reader that has seen version v has seen every write <= v.
+    return int(
+        session.execute(
+            update(GalleryState)
+            .where(GalleryState.id == 1)
+            .values(version=GalleryState.version + 1)
+            .returning(GalleryState.version)
+        ).scalar_one()
+    )
+
+
+def _log(session: Session, version: int, changes: list[tuple[str, str, str | None]]) -> None:
+    session.execute(
+        insert(GalleryEvent),
+        [
+            {"version": version, "kind": kind, "subject_id": subject_id, "face_id": face_id}
+            for kind, subject_id, face_id in changes
+        ],
+    )
+    session.execute(delete(GalleryEvent).where(GalleryEvent.version <= version - EVENT_RETENTION))
+
+
+def _subject_record(subject: Subject, face_count: int) -> SubjectRecord:
+    return SubjectRecord(
+        id=subject.id,
+        name=subject.name,
+        metadata=subject.meta,
+        created_at=subject.created_at,
+        face_count=face_count,
+    )
+
+
+def _face_record(face: Face) -> FaceRecord:
+    return FaceRecord(
+        id=face.id,
+        subject_id=face.subject_id,
+        box=(face.box_left, face.box_top, face.box_right, face.box_bottom),
+        detector_score=face.detector_score,
+        encoder=face.encoder,
+        pipeline_version=face.pipeline_version,
+        created_at=face.created_at,
+    )
+
+
+def _make_engine(url: str, *, echo: bool) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, echo=echo, pool_pre_ping=True)
+    database = url.split("///", 1)[1] if "///" in url else ""
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL: readers never block the writer; several processes can share the file.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed enrollment survives a power cut, not only a crash.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def _create_schema(engine: Engine) -> None:
+    # Several worker processes may start on a fresh file at once: one wins each CREATE
+    # and the first state row; the others see them exist.
+    for attempt in range(5):
+        try:
+            Base.metadata.create_all(engine)
+            with engine.begin() as conn:
+                if conn.execute(select(GalleryState.id)).first() is None:
+                    conn.execute(insert(GalleryState).values(id=1, version=0))
+            return
+        except (OperationalError, IntegrityError):
+            if attempt == 4:
+                raise

@@ -1,0 +1,330 @@
+"""The use cases: enroll, verify, identify, compare, and the subject CRUD around them.
+
+Knows the face pipeline, the gallery and the calibration through their public functions;
+knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from app.errors import (
+    FaceTooSmall,
+    InvalidRequest,
+    MultipleFaces,
+    NoFace,
+    ServiceBusy,
+    SubjectHasNoFaces,
+    SubjectNotFound,
+)
+from app.face.detect import DetectedFace, largest
+from app.face.pipeline import DlibPipeline, FacePipeline, Timings
+from app.face.weights import WeightFile, load_weights
+from app.gallery.index import EmbeddingIndex
+from app.gallery.store import FaceRecord, GalleryStore, NewFace, SubjectRecord
+from app.scoring.calibration import Calibration
+from app.settings import Settings
+
+FacePolicy = Literal["single", "largest"]
+
+
+@dataclass(frozen=True)
+class ProbeFace:
+    """The face a probe photo was compared by, and how many the photo had."""
+
+    face: DetectedFace
+    faces_detected: int
+
+
+@dataclass
+class Match:
+    distance: float
+    score: float
+    match: bool
+
+
+@dataclass
+class EnrollResult:
+    subject: SubjectRecord
+    faces: list[FaceRecord]
+    timings: Timings
+
+
+@dataclass
+class VerifyResult:
+    subject_id: str
+    probe: ProbeFace
+    face_id: str
+    result: Match
+    timings: Timings
+
+
+@dataclass
+class CompareResult:
+    probe_a: ProbeFace
+    probe_b: ProbeFace
+    result: Match
+    timings: Timings
+
+
+@dataclass
+class Candidate:
+    subject_id: str
+    face_id: str
+    result: Match
+
+
+@dataclass
+class IdentifyResult:
+    probe: ProbeFace
+    candidates: list[Candidate]
+    best: Candidate | None
+    gallery_size: int
+    timings: Timings = field(default_factory=Timings)
+
+
+class InferenceSlots:
+    """At most ``limit`` inferences at once; a caller waits up to ``wait_seconds`` for a
+    slot, then gets ServiceBusy (503 + Retry-After) rather than joining an endless queue.
+    """
+
+    def __init__(self, limit: int, wait_seconds: float) -> None:
+        self._semaphore = threading.BoundedSemaphore(limit)
+        self.limit = limit
+        self.wait_seconds = wait_seconds
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if not self._semaphore.acquire(timeout=self.wait_seconds):
+            raise ServiceBusy(
+                f"All {self.limit} inference slots stayed busy for {self.wait_seconds:g} s; "
+                "retry shortly.",
+                retry_after=max(1, round(self.wait_seconds)),
+            )
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+class FaceService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pipeline: FacePipeline,
+        store: GalleryStore,
+        index: EmbeddingIndex,
+        calibration: Calibration,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.store = store
+        self.index = index
+        self.calibration = calibration
+        self.slots = InferenceSlots(
+            settings.max_concurrent_inference, settings.inference_wait_seconds
+        )
+        index.sync(store)
+
+    # ---- enroll ----------------------------------------------------------------------
+    def enroll(
+        self,
+        *,
+        subject_id: str,
+        images: list[bytes],
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        face_policy: FacePolicy = "single",
+    ) -> EnrollResult:
+        """Add one face per image to the subject (created if new). Every image is checked
+        before anything is stored: one bad photo stores nothing."""
+        if not images:
+            raise InvalidRequest("Send at least one image to enroll.")
+        timings = Timings()
+        chosen: list[DetectedFace] = []
+        with self.slots.hold():
+            for number, data in enumerate(images):
+                faces = self._find(data, timings, image_index=number)
+                if len(faces) > 1 and face_policy == "single":
+                    raise MultipleFaces(
+                        f"Image {number} has {len(faces)} faces; enrollment needs exactly one. "
+                        "Crop the photo, or send face=largest to use the largest face.",
+                        image_index=number,
+                        boxes=[_box(f) for f in faces],
+                    )
+                face = largest(faces)
+                if face.side < self.settings.min_face_side:
+                    raise FaceTooSmall(
+                        f"The face in image {number} is {face.side} px wide; enrollment needs "
+                        f"at least {self.settings.min_face_side} px.",
+                        image_index=number,
+                        box=_box(face),
+                        min_face_side=self.settings.min_face_side,
+                    )
+                chosen.append(face)
+            embeddings = self.pipeline.embed(chosen, timings)
+        faces, subject, version = self.store.add_faces(
+            subject_id=subject_id,
+            name=name,
+            metadata=metadata,
+            faces=[
+                NewFace(embedding=e, box=_box_tuple(f), detector_score=f.score)
+                for f, e in zip(chosen, embeddings, strict=True)
+            ],
+            encoder=self.pipeline.encoder_name,
+            pipeline_version=self.pipeline.version,
+        )
+        self.index.add([f.id for f in faces], [subject_id] * len(faces), embeddings)
+        self.index.advance(version)
+        return EnrollResult(subject=subject, faces=faces, timings=timings)
+
+    # ---- 1:1 -------------------------------------------------------------------------
+    def verify(self, *, subject_id: str, image: bytes, prior: float | None = None) -> VerifyResult:
+        """Compare the largest face of ``image`` with the subject's closest enrolled face."""
+        timings = Timings()
+        self.index.sync(self.store)
+        if not self.index.subject_faces(subject_id):
+            # Tell "unknown" from "known but every face deleted" before paying for inference.
+            self.store.get_subject(subject_id=subject_id)
+            raise SubjectHasNoFaces(
+                f"Subject {subject_id!r} has no enrolled faces to compare with.",
+                subject_id=subject_id,
+            )
+        probe, embedding = self._probe(image, timings)
+        with timings.measure("search_ms"):
+            self.index.sync(self.store)  # a delete may have landed during inference
+            hit = self.index.best_for_subject(subject_id, embedding)
+        if hit is None:
+            raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+        return VerifyResult(
+            subject_id=subject_id,
+            probe=probe,
+            face_id=hit.face_id,
+            result=self._match(hit.distance, prior),
+            timings=timings,
+        )
+
+    def compare(
+        self, *, image_a: bytes, image_b: bytes, prior: float | None = None
+    ) -> CompareResult:
+        """Distance and score between the largest faces of two photos; stores nothing."""
+        timings = Timings()
+        probe_a, emb_a = self._probe(image_a, timings, image_index=0)
+        probe_b, emb_b = self._probe(image_b, timings, image_index=1)
+        distance = float(np.linalg.norm(emb_a.astype(np.float64) - emb_b))
+        return CompareResult(probe_a, probe_b, self._match(distance, prior), timings)
+
+    # ---- 1:N -------------------------------------------------------------------------
+    def identify(
+        self, *, image: bytes, top_k: int | None = None, prior: float | None = None
+    ) -> IdentifyResult:
+        """The ``top_k`` nearest subjects to the photo's largest face; ``best`` is the
+        nearest only if it passes the threshold."""
+        timings = Timings()
+        probe, embedding = self._probe(image, timings)
+        with timings.measure("search_ms"):
+            self.index.sync(self.store)
+            hits = self.index.top_subjects(embedding, top_k or self.settings.identify_top_k)
+        candidates = [Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits]
+        best = candidates[0] if candidates and candidates[0].result.match else None
+        return IdentifyResult(probe, candidates, best, len(self.index), timings)
+
+    # ---- subjects --------------------------------------------------------------------
+    def get_subject(self, *, subject_id: str) -> tuple[SubjectRecord, list[FaceRecord]]:
+        subject = self.store.get_subject(subject_id=subject_id)
+        return subject, self.store.list_faces(subject_id=subject_id)
+
+    def list_subjects(
+        self, *, offset: int, limit: int, prefix: str | None = None
+    ) -> tuple[list[SubjectRecord], int]:
+        return self.store.list_subjects(offset=offset, limit=limit, prefix=prefix)
+
+    def delete_subject(self, *, subject_id: str) -> int:
+        """Delete the subject and every embedding of it, from the database and from this
+        process's index, before returning. Returns how many faces were deleted."""
+        face_ids, version = self.store.delete_subject(subject_id=subject_id)
+        self.index.remove_subject(subject_id)
+        self.index.advance(version)
+        return len(face_ids)
+
+    def delete_face(self, *, subject_id: str, face_id: str) -> None:
+        version = self.store.delete_face(subject_id=subject_id, face_id=face_id)
+        self.index.remove_faces([face_id])
+        self.index.advance(version)
+
+    def gallery_counts(self) -> dict[str, int]:
+        self.index.sync(self.store)
+        return {"faces": len(self.index), "subjects": self.index.subject_count}
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _find(
+        self, data: bytes, timings: Timings, *, image_index: int | None = None
+    ) -> list[DetectedFace]:
+        faces = self.pipeline.find_faces(data, timings)
+        if not faces:
+            where = "the image" if image_index is None else f"image {image_index}"
+            raise NoFace(
+                f"No face was found in {where}. Use a sharper, frontal photo where the face "
+                "is at least 40 px wide.",
+                image_index=image_index,
+            )
+        return faces
+
+    def _probe(
+        self, data: bytes, timings: Timings, *, image_index: int | None = None
+    ) -> tuple[ProbeFace, np.ndarray]:
+        with self.slots.hold():
+            faces = self._find(data, timings, image_index=image_index)
+            face = largest(faces)
+            embedding = self.pipeline.embed([face], timings)[0]
+        return ProbeFace(face, len(faces)), embedding
+
+    def _match(self, distance: float, prior: float | None) -> Match:
+        return Match(
+            distance=round(distance, 6),
+            score=self.calibration.percent(distance, prior),
+            match=distance <= self.settings.threshold,
+        )
+
+
+def _box(face: DetectedFace) -> dict[str, int]:
+    b = face.box
+    return {"left": b.left, "top": b.top, "right": b.right, "bottom": b.bottom}
+
+
+def _box_tuple(face: DetectedFace) -> tuple[int, int, int, int]:
+    b = face.box
+    return (b.left, b.top, b.right, b.bottom)
+
+
+
+def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile]]:
+    """Load and check the models, open the gallery and the calibration: everything a
+    running service needs, from settings alone."""
+    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
+    pipeline = DlibPipeline(
+        weights=weights,
+        max_pixels=settings.max_image_pixels,
+        detect_max_side=settings.detect_max_side,
+        detect_upsample=settings.detect_upsample,
+        detect_retry_max_side=settings.detect_retry_max_side,
+        num_jitters=settings.num_jitters,
+        version=settings.pipeline_version(),
+    )
+    calibration = Calibration.load(settings.resolved_calibration_file())
+    store = GalleryStore(settings.resolved_database_url())
+    service = FaceService(
+        settings=settings,
+        pipeline=pipeline,
+        store=store,
+        index=EmbeddingIndex(),
+        calibration=calibration,
+    )
+    return service, weights

@@ -1,0 +1,90 @@
+"""The one settings object. Built once (``Settings()``) and passed in; nothing else
+reads the environment. Every field can be set as ``FACEVERIFY_<NAME>``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The repository's models/ folder (manifest + calibration), found beside the package.
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEVERIFY_", extra="ignore")
+
+    # --- storage ---------------------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Folder for the SQLite gallery file.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/faceverify.db.",
+    )
+
+    # --- model files -----------------------------------------------------------------
+    models_dir: Path = Field(
+        DEFAULT_MODELS_DIR, description="Folder holding manifest.json and calibration.json."
+    )
+    weights_dir: Path | None = Field(
+        None,
+        description="Folder with the dlib .dat files; default: the installed "
+        "face_recognition_models package.",
+    )
+    calibration_file: Path | None = Field(
+        None, description="Calibration JSON; default <models_dir>/calibration.json."
+    )
+
+    # --- face pipeline ---------------------------------------------------------------
+    # Detection runs on a copy whose longest side is at most this; HOG cost grows with
+    # the pixel count, and faces in larger photos are big enough to find when scaled.
+    detect_max_side: int = Field(1024, ge=64, le=8192)
+    # Upsampling doubles the image before HOG looks (HOG's window is 80x80 px, so faces
+    # under ~80 px are missed at 0). 0 = as is.
+    detect_upsample: int = Field(0, ge=0, le=3)
+    # When nothing is found, retry with one more upsampling step each time while the
+    # upsampled longest side stays within this (keeps a no-face photo cheap).
+    detect_retry_max_side: int = Field(1024, ge=0, le=8192)
+    # dlib python_examples/face_recognition.py: jitters give "slightly more accurate"
+    # embeddings at num_jitters times the encoder cost. 0 = none.
+    num_jitters: int = Field(0, ge=0, le=100)
+    encoder: Literal["dlib"] = "dlib"
+    # AWS Rekognition documents 40x40 px as the smallest face it detects reliably;
+    # faces smaller than that are refused at enrollment.
+    min_face_side: int = Field(40, ge=0)
+    # Decoded pixel cap, checked from the header before decoding.
+    max_image_pixels: int = Field(40_000_000, ge=1)
+
+    # --- decision ----------------------------------------------------------------------
+    # dlib's documented threshold: two embeddings closer than 0.6 are the same person
+    # (99.38% on LFW; dlib python_examples/face_recognition.py, dlib-models README).
+    threshold: float = Field(0.6, gt=0, lt=2)
+
+    # --- serving ---------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    # Inference slots per process. dlib's encoder holds the GIL (measured: see
+    # docs/CONCURRENCY.md), so more threads than cores only queue.
+    max_concurrent_inference: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # How long a request may wait for a slot before it is answered 503.
+    inference_wait_seconds: float = Field(10.0, ge=0)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    identify_top_k: int = Field(5, ge=1, le=100)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'faceverify.db'}"
+
+    def resolved_calibration_file(self) -> Path:
+        return self.calibration_file or self.models_dir / "calibration.json"
+
+    def pipeline_version(self) -> str:
+        """A short string naming everything that changes an embedding."""
+        return (
+            f"hog-u{self.detect_upsample}-m{self.detect_max_side}-r{self.detect_retry_max_side}"
+            f"/sp5/chip150p0.25/j{self.num_jitters}"
+        )
