@@ -170,7 +170,7 @@ class FaceService:
                     )
                 chosen.append(face)
             embeddings = self.pipeline.embed(chosen, timings)
-        faces, subject, version = self.store.add_faces(
+        stored, subject, version = self.store.add_faces(
             subject_id=subject_id,
             name=name,
             metadata=metadata,
@@ -181,9 +181,9 @@ class FaceService:
             encoder=self.pipeline.encoder_name,
             pipeline_version=self.pipeline.version,
         )
-        self.index.add([f.id for f in faces], [subject_id] * len(faces), embeddings)
+        self.index.add([f.id for f in stored], [subject_id] * len(stored), embeddings)
         self.index.advance(version)
-        return EnrollResult(subject=subject, faces=faces, timings=timings)
+        return EnrollResult(subject=subject, faces=stored, timings=timings)
 
     # ---- 1:1 -------------------------------------------------------------------------
     def verify(self, *, subject_id: str, image: bytes, prior: float | None = None) -> VerifyResult:
@@ -232,7 +232,9 @@ class FaceService:
         with timings.measure("search_ms"):
             self.index.sync(self.store)
             hits = self.index.top_subjects(embedding, top_k or self.settings.identify_top_k)
-        candidates = [Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits]
+        candidates = [
+            Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits
+        ]
         best = candidates[0] if candidates and candidates[0].result.match else None
         return IdentifyResult(probe, candidates, best, len(self.index), timings)
 
@@ -302,7 +304,6 @@ def _box(face: DetectedFace) -> dict[str, int]:
 def _box_tuple(face: DetectedFace) -> tuple[int, int, int, int]:
     b = face.box
     return (b.left, b.top, b.right, b.bottom)
-
 
 
 def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile]]:

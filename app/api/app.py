@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
@@ -11,7 +11,8 @@ from fastapi import FastAPI
 
 from app.api import problems
 from app.api.routes import router
-from app.service import build_service
+from app.face.weights import WeightFile
+from app.service import FaceService, build_service
 from app.settings import Settings
 
 log = logging.getLogger("faceverify")
@@ -24,14 +25,19 @@ def _version() -> str:
         return "0+unknown"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    builder: Callable[[Settings], tuple[FaceService, dict[str, WeightFile]]] = build_service,
+) -> FastAPI:
     """Build the app. Models load in the lifespan (not at import), so tests run it with
-    ``with TestClient(create_app(settings))``."""
+    ``with TestClient(create_app(settings))``; ``builder`` lets unit tests hand in a
+    service with a fake pipeline."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service, weights = build_service(settings)
+        service, weights = builder(settings)
         app.state.service = service
         app.state.weights = weights
         log.info(

@@ -12,11 +12,11 @@ from app.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_service(request: Request) -> FaceService:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 async def get_body(request: Request) -> RequestBody:

@@ -69,8 +69,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     try:
         img.seek(0)
         img.load()
-        img = _upright(img)
-        return _to_rgb_array(img)
+        return _to_rgb_array(_upright(img))
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"The image data is corrupt or truncated: {exc}") from exc
 

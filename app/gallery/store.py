@@ -133,7 +133,7 @@ class GalleryStore:
                 .offset(offset)
                 .limit(limit)
             ).all()
-            return [_subject_record(s, int(n)) for s, n in rows], int(total or 0)
+            return [_subject_record(row[0], int(row[1])) for row in rows], int(total or 0)
 
     def load_embeddings(self, *, face_ids: list[str] | None = None) -> EmbeddingRows:
         """Embeddings of all faces, or of the given ids (those that still exist)."""

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from app.gallery.index import EmbeddingIndex
+from app.gallery.store import GalleryStore
+from app.scoring.calibration import Calibration
+from app.service import FaceService, build_service
+from app.settings import Settings
+from tests.fakes import FakePipeline
+
+DATA = Path(__file__).parent / "data"
+
+
+def data(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, max_concurrent_inference=2, inference_wait_seconds=1)
+
+
+@pytest.fixture
+def fake_service(settings: Settings) -> Iterator[FaceService]:
+    service = _fake_service(settings)
+    yield service
+    service.store.close()
+
+
+def _fake_service(settings: Settings) -> FaceService:
+    return FaceService(
+        settings=settings,
+        pipeline=FakePipeline(),
+        store=GalleryStore(settings.resolved_database_url()),
+        index=EmbeddingIndex(),
+        calibration=Calibration.load(settings.resolved_calibration_file()),
+    )
+
+
+@pytest.fixture
+def fake_client(settings: Settings) -> Iterator[TestClient]:
+    """The real app and store, with the fake pipeline in place of dlib."""
+    app = create_app(settings, builder=lambda s: (_fake_service(s), {}))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def real_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaceService]:
+    """The real dlib models, loaded once for the session, on a fresh SQLite file."""
+    service, _ = build_service(Settings(data_dir=tmp_path_factory.mktemp("real")))
+    yield service
+    service.store.close()
+
+
+@pytest.fixture(scope="module")
+def real_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("api")))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client

@@ -1,0 +1,153 @@
+"""Store and index: transactions, real deletion, and keeping several indexes in step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from app.errors import FaceNotFound, SubjectNotFound
+from app.gallery import store as store_module
+from app.gallery.index import EmbeddingIndex
+from app.gallery.models import Face, GalleryEvent, Subject
+from app.gallery.store import GalleryStore, NewFace
+from app.scoring.distance import distances
+from tests.fakes import unit_vector
+
+
+def new_faces(*seeds: int) -> list[NewFace]:
+    return [
+        NewFace(embedding=unit_vector(s), box=(0, 0, 50, 50), detector_score=1.0) for s in seeds
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> GalleryStore:
+    s = GalleryStore(f"sqlite:///{tmp_path / 'g.db'}")
+    yield s
+    s.close()
+
+
+def add(store: GalleryStore, subject_id: str, *seeds: int) -> list[str]:
+    faces, _, _ = store.add_faces(
+        subject_id=subject_id, faces=new_faces(*seeds), encoder="fake", pipeline_version="v"
+    )
+    return [f.id for f in faces]
+
+
+def count(store: GalleryStore, model: type) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def test_add_faces_is_all_or_nothing(store: GalleryStore) -> None:
+    bad = new_faces(1, 2) + [NewFace(np.full(128, np.nan), (0, 0, 1, 1), 1.0)]
+    with pytest.raises(ValueError):
+        store.add_faces(subject_id="a", faces=bad, encoder="fake", pipeline_version="v")
+    assert count(store, Subject) == 0 and count(store, Face) == 0
+    assert store.version() == 0
+
+
+def test_embeddings_round_trip_exactly(store: GalleryStore) -> None:
+    ids = add(store, "a", 1, 2)
+    rows = store.load_embeddings()
+    assert sorted(rows.face_ids) == sorted(ids)
+    for face_id, vector in zip(rows.face_ids, rows.matrix, strict=True):
+        seed = 1 if face_id == ids[0] else 2
+        assert np.array_equal(vector, unit_vector(seed))
+
+
+def test_delete_subject_removes_every_row(store: GalleryStore) -> None:
+    add(store, "a", 1, 2)
+    add(store, "b", 3)
+    deleted, _ = store.delete_subject(subject_id="a")
+    assert len(deleted) == 2
+    with store.engine.connect() as conn:
+        assert conn.execute(select(Face).where(Face.subject_id == "a")).first() is None
+        assert conn.execute(select(Subject).where(Subject.id == "a")).first() is None
+    assert count(store, Face) == 1
+    with pytest.raises(SubjectNotFound):
+        store.delete_subject(subject_id="a")
+
+
+def test_delete_face_keeps_the_subject(store: GalleryStore) -> None:
+    ids = add(store, "a", 1, 2)
+    add(store, "b", 3)
+    store.delete_face(subject_id="a", face_id=ids[0])
+    assert store.get_subject(subject_id="a").face_count == 1
+    with pytest.raises(FaceNotFound):
+        store.delete_face(subject_id="a", face_id=ids[0])
+    with pytest.raises(FaceNotFound):  # a face is reachable only through its own subject
+        store.delete_face(subject_id="b", face_id=ids[1])
+    assert store.get_subject(subject_id="a").face_count == 1
+
+
+def test_list_subjects_pages_and_filters_by_prefix(store: GalleryStore) -> None:
+    for name in ["ann", "anna", "bob", "a_b", "a%b"]:
+        add(store, name, hash(name) % 1000)
+    page, total = store.list_subjects(offset=0, limit=2)
+    assert total == 5 and [s.id for s in page] == ["a%b", "a_b"]
+    page, total = store.list_subjects(offset=0, limit=10, prefix="ann")
+    assert total == 2 and {s.id for s in page} == {"ann", "anna"}
+    # LIKE wildcards in the prefix are literal.
+    page, total = store.list_subjects(offset=0, limit=10, prefix="a%")
+    assert [s.id for s in page] == ["a%b"]
+
+
+def test_index_search_matches_brute_force() -> None:
+    index = EmbeddingIndex()
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(300, 128)).astype(np.float32)
+    subjects = [f"s{i % 40}" for i in range(300)]
+    index.add([f"f{i}" for i in range(300)], subjects, vectors)
+    index.remove_faces([f"f{i}" for i in range(0, 300, 7)])
+    keep = [i for i in range(300) if i % 7]
+    query = rng.normal(size=128).astype(np.float32)
+    d = distances(query, vectors[keep])
+    best: dict[str, float] = {}
+    for i, dist in zip(keep, d, strict=True):
+        best[subjects[i]] = min(best.get(subjects[i], np.inf), float(dist))
+    want = sorted(best.items(), key=lambda kv: kv[1])[:5]
+    got = index.top_subjects(query, 5)
+    assert [h.subject_id for h in got] == [s for s, _ in want]
+    assert np.allclose([h.distance for h in got], [x for _, x in want], atol=1e-5)
+    assert len(index) == len(keep)
+
+
+def test_index_remove_subject_leaves_no_rows() -> None:
+    index = EmbeddingIndex()
+    index.add(["a1", "b1", "a2"], ["a", "b", "a"], np.stack([unit_vector(i) for i in range(3)]))
+    index.remove_subject("a")
+    assert len(index) == 1 and index.subject_faces("a") == []
+    hits = index.top_subjects(unit_vector(0), 5)
+    assert [h.subject_id for h in hits] == ["b"]
+
+
+def test_a_second_index_catches_up_through_the_change_log(store: GalleryStore) -> None:
+    mine, theirs = EmbeddingIndex(), EmbeddingIndex()
+    mine.sync(store)
+    theirs.sync(store)
+    a = add(store, "a", 1, 2)
+    add(store, "b", 3)
+    store.delete_face(subject_id="a", face_id=a[0])
+    store.delete_subject(subject_id="b")
+    assert theirs.sync(store)
+    assert theirs.subject_faces("a") == [a[1]] and theirs.subject_faces("b") == []
+    assert len(theirs) == 1 and theirs.version == store.version()
+    assert not theirs.sync(store)  # nothing new: one cheap query
+
+
+def test_an_index_behind_the_pruned_log_reloads_everything(
+    store: GalleryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "EVENT_RETENTION", 2)
+    index = EmbeddingIndex()
+    index.sync(store)
+    for i in range(5):
+        add(store, f"s{i}", i)
+    assert count(store, GalleryEvent) <= 2
+    assert store.changes_since(version=index.version) is None
+    index.sync(store)
+    assert len(index) == 5 and index.subject_count == 5

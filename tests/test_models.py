@@ -1,0 +1,128 @@
+"""The real dlib models on real photos (tests/data/PROVENANCE)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.face.pipeline import Timings
+from app.service import FaceService
+from tests.conftest import data
+
+pytestmark = pytest.mark.model
+
+# dlib's documented threshold (python_examples/face_recognition.py): same person < 0.6.
+THRESHOLD = 0.6
+# Same photo, another file: EXIF-rotated re-encodings of hopper.jpg land 0.13-0.16 from
+# it here (JPEG re-compression alone: hopper.webp is 0.12). 0.2 leaves margin and is far
+# below 0.6; a wrong orientation lands near 0.5-0.9 or finds no face at all.
+SAME_PHOTO_TOLERANCE = 0.2
+# Boxes of the same photo in another orientation: HOG runs on rotated pixels, so boxes
+# may differ by a few px (face_recognition's tests allow 25 px on boxes); we allow 6.
+BOX_TOLERANCE_PX = 6
+
+
+def embed(service: FaceService, name: str) -> np.ndarray:
+    timings = Timings()
+    faces = service.pipeline.find_faces(data(name), timings)
+    assert len(faces) == 1, f"{name}: {len(faces)} faces"
+    return service.pipeline.embed(faces, timings)[0]
+
+
+def test_same_person_is_within_threshold_and_others_are_not(real_service: FaceService) -> None:
+    obama = embed(real_service, "obama.jpg")
+    for name in ("obama2.jpg", "obama3.jpg", "obama_small.jpg", "32bit.png"):
+        assert np.linalg.norm(embed(real_service, name) - obama) < THRESHOLD, name
+    for name in ("biden.jpg", "hopper.jpg", "astronaut.png"):
+        assert np.linalg.norm(embed(real_service, name) - obama) > THRESHOLD, name
+
+
+def test_embeddings_are_128_floats_of_about_unit_norm(real_service: FaceService) -> None:
+    v = embed(real_service, "obama.jpg")
+    assert v.shape == (128,) and v.dtype == np.float32
+    # dlib's embeddings are not normalised, but their norms sit near 1 (0.8-1.2 seen).
+    assert 0.5 < np.linalg.norm(v) < 1.5
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_orientations_give_the_same_embedding(
+    real_service: FaceService, orientation: int
+) -> None:
+    upright = embed(real_service, "hopper.jpg")
+    rotated = embed(real_service, f"hopper_orientation_{orientation}.jpg")
+    assert np.linalg.norm(rotated - upright) < SAME_PHOTO_TOLERANCE
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_rotated_curie_photos_give_the_same_detection(
+    real_service: FaceService, orientation: int
+) -> None:
+    timings = Timings()
+    upright = real_service.pipeline.find_faces(data("curie_upright.jpg"), timings)
+    rotated = real_service.pipeline.find_faces(
+        data(f"curie_orientation_{orientation}.jpg"), timings
+    )
+    # HOG finds Marie Curie (frontal); Pierre is in profile and is not found.
+    assert len(upright) == len(rotated) == 1
+    a, b = upright[0].box, rotated[0].box
+    assert (
+        max(
+            abs(a.left - b.left),
+            abs(a.top - b.top),
+            abs(a.right - b.right),
+            abs(a.bottom - b.bottom),
+        )
+        <= BOX_TOLERANCE_PX
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hopper.png",
+        "hopper.webp",
+        "hopper.gif",
+        "hopper.bmp",
+        "hopper.tif",
+        "hopper.ppm",
+        "hopper_gray.jpg",
+        "hopper_16bit.pgm",
+    ],
+)
+def test_every_format_finds_and_embeds_the_face(real_service: FaceService, name: str) -> None:
+    # Grayscale and palette versions lose colour: up to 0.15 from the JPEG here.
+    assert (
+        np.linalg.norm(embed(real_service, name) - embed(real_service, "hopper.jpg"))
+        < SAME_PHOTO_TOLERANCE
+    )
+
+
+def test_small_photo_needs_and_gets_upsampling(real_service: FaceService) -> None:
+    faces = real_service.pipeline.find_faces(data("hopper.jpg"), Timings())
+    # 128x128 with a ~53 px face: HOG's 80 px window finds it only upsampled once.
+    assert len(faces) == 1 and faces[0].upsample >= 1
+
+
+@pytest.mark.parametrize("name", ["coffee.png", "transparent.png", "pil_sample_cmyk.jpg"])
+def test_no_face_photos_find_nothing(real_service: FaceService, name: str) -> None:
+    assert real_service.pipeline.find_faces(data(name), Timings()) == []
+
+
+def test_two_people_are_both_found_and_largest_is_biden(real_service: FaceService) -> None:
+    faces = real_service.pipeline.find_faces(data("two_people.jpg"), Timings())
+    assert len(faces) == 2
+    largest = max(faces, key=lambda f: f.box.area)
+    biden = embed(real_service, "biden.jpg")
+    obama = embed(real_service, "obama.jpg")
+    vector = real_service.pipeline.embed([largest], Timings())[0]
+    assert np.linalg.norm(vector - biden) < THRESHOLD < np.linalg.norm(vector - obama)
+
+
+def test_large_photo_is_detected_on_a_downscaled_copy_with_full_res_boxes(
+    real_service: FaceService,
+) -> None:
+    faces = real_service.pipeline.find_faces(data("obama3.jpg"), Timings())  # 1434x2333
+    assert len(faces) == 1
+    box = faces[0].box
+    # Boxes are in the original's pixels: the face is ~290 px wide there (~130 at 1024).
+    assert 250 < box.width < 330 and box.right <= 1434 and box.bottom <= 2333

@@ -1,0 +1,163 @@
+"""Use cases with the fake pipeline: enroll rules, verify/identify/compare, deletion."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from app.errors import (
+    FaceTooSmall,
+    MultipleFaces,
+    NoFace,
+    ServiceBusy,
+    SubjectHasNoFaces,
+    SubjectNotFound,
+)
+from app.service import FaceService, InferenceSlots
+from app.settings import Settings
+from tests.conftest import _fake_service
+from tests.fakes import face, fake_image
+
+
+def test_enroll_then_verify_same_and_different_person(fake_service: FaceService) -> None:
+    result = fake_service.enroll(subject_id="ann", images=[fake_image(face(1))], name="Ann")
+    assert result.subject.face_count == 1 and result.subject.name == "Ann"
+    same = fake_service.verify(subject_id="ann", image=fake_image(face(1, noise=0.2)))
+    other = fake_service.verify(subject_id="ann", image=fake_image(face(2)))
+    assert same.result.match and same.result.distance < 0.3
+    assert not other.result.match and other.result.distance > 1.0
+    assert same.result.score > 50 > other.result.score
+    assert same.face_id == result.faces[0].id
+
+
+def test_enroll_several_photos_adds_to_the_subject(fake_service: FaceService) -> None:
+    fake_service.enroll(
+        subject_id="ann", images=[fake_image(face(1)), fake_image(face(1, noise=0.1))]
+    )
+    result = fake_service.enroll(subject_id="ann", images=[fake_image(face(1, noise=0.2))])
+    assert result.subject.face_count == 3
+
+
+def test_one_bad_photo_stores_nothing(fake_service: FaceService) -> None:
+    images = [fake_image(face(1)), fake_image()]
+    with pytest.raises(NoFace) as info:
+        fake_service.enroll(subject_id="ann", images=images)
+    assert info.value.extra["image_index"] == 1
+    with pytest.raises(SubjectNotFound):
+        fake_service.get_subject(subject_id="ann")
+    assert len(fake_service.index) == 0
+
+
+def test_two_faces_are_refused_unless_largest_is_asked_for(fake_service: FaceService) -> None:
+    two = fake_image(face(1, box=(0, 0, 60, 60)), face(2, box=(100, 0, 300, 200)))
+    with pytest.raises(MultipleFaces) as info:
+        fake_service.enroll(subject_id="ann", images=[two])
+    assert len(info.value.extra["boxes"]) == 2
+    fake_service.enroll(subject_id="ann", images=[two], face_policy="largest")
+    # The largest face (seed 2) is the one stored.
+    assert fake_service.verify(subject_id="ann", image=fake_image(face(2))).result.match
+
+
+def test_small_faces_are_refused_at_enrollment(fake_service: FaceService) -> None:
+    with pytest.raises(FaceTooSmall):
+        fake_service.enroll(subject_id="ann", images=[fake_image(face(1, box=(0, 0, 39, 39)))])
+    fake_service.enroll(subject_id="ann", images=[fake_image(face(1, box=(0, 0, 40, 40)))])
+
+
+def test_verify_unknown_subject_costs_no_inference(fake_service: FaceService) -> None:
+    with pytest.raises(SubjectNotFound):
+        fake_service.verify(subject_id="nobody", image=fake_image(face(1)))
+    assert fake_service.pipeline.embed_calls == 0  # type: ignore[attr-defined]
+
+
+def test_verify_a_subject_with_every_face_deleted(fake_service: FaceService) -> None:
+    enrolled = fake_service.enroll(subject_id="ann", images=[fake_image(face(1))])
+    fake_service.delete_face(subject_id="ann", face_id=enrolled.faces[0].id)
+    with pytest.raises(SubjectHasNoFaces):
+        fake_service.verify(subject_id="ann", image=fake_image(face(1)))
+
+
+def test_verify_probe_with_two_faces_uses_the_largest(fake_service: FaceService) -> None:
+    fake_service.enroll(subject_id="ann", images=[fake_image(face(1))])
+    probe = fake_image(face(2, box=(0, 0, 50, 50)), face(1, box=(0, 0, 200, 200)))
+    result = fake_service.verify(subject_id="ann", image=probe)
+    assert result.result.match and result.probe.faces_detected == 2
+
+
+def test_identify_ranks_subjects_and_gates_best_on_threshold(fake_service: FaceService) -> None:
+    for seed in range(10):
+        fake_service.enroll(subject_id=f"s{seed}", images=[fake_image(face(seed))])
+    result = fake_service.identify(image=fake_image(face(3, noise=0.1)), top_k=4)
+    assert [c.subject_id for c in result.candidates][0] == "s3"
+    assert len(result.candidates) == 4 and result.best is not None
+    assert result.best.subject_id == "s3"
+    stranger = fake_service.identify(image=fake_image(face(99)))
+    assert stranger.best is None and len(stranger.candidates) == 5
+
+
+def test_compare_stores_nothing(fake_service: FaceService) -> None:
+    result = fake_service.compare(
+        image_a=fake_image(face(1)), image_b=fake_image(face(1, noise=0.1))
+    )
+    assert result.result.match
+    assert fake_service.list_subjects(offset=0, limit=10)[1] == 0
+
+
+def test_delete_subject_removes_it_from_search_at_once(fake_service: FaceService) -> None:
+    fake_service.enroll(subject_id="ann", images=[fake_image(face(1)), fake_image(face(1))])
+    assert fake_service.delete_subject(subject_id="ann") == 2
+    assert fake_service.identify(image=fake_image(face(1))).candidates == []
+    with pytest.raises(SubjectNotFound):
+        fake_service.verify(subject_id="ann", image=fake_image(face(1)))
+
+
+def test_two_processes_on_one_database_see_each_others_writes(settings: Settings) -> None:
+    a, b = _fake_service(settings), _fake_service(settings)
+    try:
+        a.enroll(subject_id="ann", images=[fake_image(face(1))])
+        assert b.verify(subject_id="ann", image=fake_image(face(1))).result.match
+        assert b.identify(image=fake_image(face(1))).best is not None
+        b.delete_subject(subject_id="ann")
+        with pytest.raises(SubjectNotFound):
+            a.verify(subject_id="ann", image=fake_image(face(1)))
+        assert a.identify(image=fake_image(face(1))).candidates == []
+    finally:
+        a.store.close()
+        b.store.close()
+
+
+def test_inference_slots_refuse_when_full() -> None:
+    slots = InferenceSlots(limit=1, wait_seconds=0.05)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with slots.hold():
+            entered.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    entered.wait(5)
+    try:
+        with pytest.raises(ServiceBusy) as info, slots.hold():
+            pass
+        assert info.value.extra["retry_after"] >= 1
+    finally:
+        release.set()
+        worker.join()
+    with slots.hold():  # free again
+        pass
+
+
+def test_scores_follow_distance(fake_service: FaceService) -> None:
+    fake_service.enroll(subject_id="ann", images=[fake_image(face(1))])
+    scores = [
+        fake_service.verify(subject_id="ann", image=fake_image(face(1, noise=n))).result
+        for n in (0.0, 0.3, 0.6, 1.0)
+    ]
+    assert np.all(np.diff([s.distance for s in scores]) > 0)
+    assert np.all(np.diff([s.score for s in scores]) <= 0)
+    assert all(0.1 <= s.score <= 99.9 for s in scores)
