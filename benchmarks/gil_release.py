@@ -61,12 +61,16 @@ def main() -> None:
         from PIL import Image
 
         s = 1024 / max(rgb.shape[:2])
-        rgb = np.asarray(Image.fromarray(rgb).resize((round(rgb.shape[1] * s), round(rgb.shape[0] * s))))
+        rgb = np.asarray(
+            Image.fromarray(rgb).resize((round(rgb.shape[1] * s), round(rgb.shape[0] * s)))
+        )
     weights = installed_weights_dir()
     assert weights is not None
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(weights / "shape_predictor_5_face_landmarks.dat"))
-    encoder = dlib.face_recognition_model_v1(str(weights / "dlib_face_recognition_resnet_model_v1.dat"))
+    encoder = dlib.face_recognition_model_v1(
+        str(weights / "dlib_face_recognition_resnet_model_v1.dat")
+    )
     rect = detector(rgb, 0)[0]
     shape = predictor(rgb, rect)
     chip = dlib.get_face_chip(rgb, shape, 150, 0.25)
@@ -76,7 +80,10 @@ def main() -> None:
         "shape_predictor_5": (lambda: predictor(rgb, rect), 300),
         "resnet_encode": (lambda: encoder.compute_face_descriptor(chip), 10),
     }
-    print(f"photo {photo.name} at {rgb.shape[1]}x{rgb.shape[0]}, {os.cpu_count()} cores, dlib {dlib.__version__}")
+    print(
+        f"photo {photo.name} at {rgb.shape[1]}x{rgb.shape[0]}, "
+        f"{os.cpu_count()} cores, dlib {dlib.__version__}"
+    )
     print(f"{'stage':24s} {'ms/call':>8s} {'2-thread speed-up':>18s} {'python thread share':>20s}")
     for name, (fn, n) in stages.items():
         fn()
