@@ -19,6 +19,10 @@ from tests.conftest import data
 pytestmark = pytest.mark.model
 
 
+# The console script `make run` and the Dockerfile's CMD call.
+FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,7 +35,7 @@ def serving(env: dict[str, str], *args: str) -> Iterator[str]:
     log = Path(env["FACEVERIFY_DATA_DIR"]) / f"server-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],
+            [FACEVERIFY, "serve", "--port", str(port), *args],
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -89,7 +93,7 @@ def test_two_servers_on_one_sqlite_file_share_the_gallery(tmp_path: Path) -> Non
 
 def test_serve_fails_fast_when_weights_are_missing(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(free_port())],
+        [FACEVERIFY, "serve", "--port", str(free_port())],
         env={
             **os.environ,
             "FACEVERIFY_WEIGHTS_DIR": str(tmp_path),
@@ -116,7 +120,7 @@ def test_serve_fails_fast_when_a_weight_file_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "shape_predictor_5_face_landmarks.dat").unlink()
     (tmp_path / "shape_predictor_5_face_landmarks.dat").write_bytes(b"not the model")
     proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check-models"],
+        [FACEVERIFY, "check-models"],
         env={**os.environ, "FACEVERIFY_WEIGHTS_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
