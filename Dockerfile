@@ -7,6 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FACEVERIFY_DATA_DIR=/data \
+    FACEVERIFY_CACHE_DIR=/srv/faceverify/cache \
     FACEVERIFY_HOST=0.0.0.0 \
     FACEVERIFY_PORT=8000 \
     FACEVERIFY_WORKERS=1
@@ -19,7 +20,8 @@ COPY models ./models
 # dlib-bin is a prebuilt wheel and face_recognition_models carries the weights: no
 # compiler, no download at run time.
 RUN pip install -e . \
-    && faceverify check-models \
+    && faceverify models check \
+    && faceverify models prepare \
     && useradd --create-home --uid 10001 faceverify \
     && mkdir -p /data && chown faceverify /data
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
+from pydantic import ValidationError
 
 from app.errors import ModelFileError
+from app.face.onnx_convert import DlibFormatError
+from app.face.weights import WeightFile
 from app.settings import Settings
 
+T = TypeVar("T")
 cli = typer.Typer(help="faceverify: face verification service.", no_args_is_help=True)
 
 
@@ -25,16 +30,19 @@ def serve(
     """Start the HTTP service (OpenAPI docs at /docs)."""
     import uvicorn
 
-    settings = Settings()
+    settings = _or_exit(Settings)
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        _check_models(settings)
-    except ModelFileError as exc:
-        typer.echo(f"faceverify: cannot start: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
+    weights = _or_exit(lambda: _check_models(settings))
+    if settings.encoder == "onnx":
+        from app.face.weights import prepared_onnx_model
+
+        # Convert once here, not in each worker at once.
+        _or_exit(
+            lambda: prepared_onnx_model(weights["dlib_resnet_v1"], settings.resolved_cache_dir())
+        )
     if workers > 1:
         # Worker processes build their own app from the environment; pass the CLI's
         # choices on through it.
@@ -48,20 +56,42 @@ def serve(
         uvicorn.run(create_app(settings), host=host, port=port)
 
 
-@cli.command("check-models")
-def check_models() -> None:
+models_cli = typer.Typer(help="Model files: check them, prepare the ONNX encoder.")
+cli.add_typer(models_cli, name="models")
+
+
+@models_cli.command("check")
+def models_check() -> None:
     """Locate the model files and check their sha256 against models/manifest.json."""
-    settings = Settings()
-    try:
-        weights = _check_models(settings)
-    except ModelFileError as exc:
-        typer.echo(f"faceverify: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
+    settings = _or_exit(Settings)
+    weights = _or_exit(lambda: _check_models(settings))
     for w in weights.values():
         typer.echo(f"ok  {w.name:20s} {w.sha256}  {w.path}")
 
 
-def _check_models(settings: Settings) -> dict:
+@models_cli.command("prepare")
+def models_prepare() -> None:
+    """Convert dlib's ResNet to ONNX into the cache directory (done at first start
+    otherwise), checked by sha256."""
+    from app.face.weights import prepared_onnx_model
+
+    settings = _or_exit(Settings)
+    weights = _or_exit(lambda: _check_models(settings))
+    path = _or_exit(
+        lambda: prepared_onnx_model(weights["dlib_resnet_v1"], settings.resolved_cache_dir())
+    )
+    typer.echo(f"ok  onnx encoder  {path}")
+
+
+def _or_exit(step: Callable[[], T]) -> T:
+    try:
+        return step()
+    except (ModelFileError, DlibFormatError, OSError, ValidationError) as exc:
+        typer.echo(f"faceverify: {getattr(exc, 'detail', exc)}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _check_models(settings: Settings) -> dict[str, WeightFile]:
     from app.face.weights import load_weights
     from app.scoring.calibration import Calibration
 

@@ -24,8 +24,9 @@ from app.errors import (
     SubjectNotFound,
 )
 from app.face.detect import DetectedFace, largest
+from app.face.encoder import DlibEncoder, FaceEncoder, OnnxEncoder
 from app.face.pipeline import DlibPipeline, FacePipeline, Timings
-from app.face.weights import WeightFile, load_weights
+from app.face.weights import WeightFile, load_weights, prepared_onnx_model
 from app.gallery.index import EmbeddingIndex
 from app.gallery.store import FaceRecord, GalleryStore, NewFace, SubjectRecord
 from app.scoring.calibration import Calibration
@@ -306,17 +307,25 @@ def _box_tuple(face: DetectedFace) -> tuple[int, int, int, int]:
     return (b.left, b.top, b.right, b.bottom)
 
 
+def make_encoder(settings: Settings, weights: dict[str, WeightFile]) -> FaceEncoder:
+    resnet = weights["dlib_resnet_v1"]
+    if settings.encoder == "dlib":
+        return DlibEncoder(resnet.path, num_jitters=settings.num_jitters)
+    model = prepared_onnx_model(resnet, settings.resolved_cache_dir())
+    return OnnxEncoder(model, threads=settings.onnx_threads)
+
+
 def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile]]:
     """Load and check the models, open the gallery and the calibration: everything a
     running service needs, from settings alone."""
     weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
     pipeline = DlibPipeline(
         weights=weights,
+        encoder=make_encoder(settings, weights),
         max_pixels=settings.max_image_pixels,
         detect_max_side=settings.detect_max_side,
         detect_upsample=settings.detect_upsample,
         detect_retry_max_side=settings.detect_retry_max_side,
-        num_jitters=settings.num_jitters,
         version=settings.pipeline_version(),
     )
     calibration = Calibration.load(settings.resolved_calibration_file())

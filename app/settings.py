@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The repository's models/ folder (manifest + calibration), found beside the package.
@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         description="Folder with the dlib .dat files; default: the installed "
         "face_recognition_models package.",
     )
+    cache_dir: Path | None = Field(
+        None, description="Where the ONNX conversion is kept; default <data_dir>/cache."
+    )
     calibration_file: Path | None = Field(
         None, description="Calibration JSON; default <models_dir>/calibration.json."
     )
@@ -50,7 +53,11 @@ class Settings(BaseSettings):
     # dlib python_examples/face_recognition.py: jitters give "slightly more accurate"
     # embeddings at num_jitters times the encoder cost. 0 = none.
     num_jitters: int = Field(0, ge=0, le=100)
-    encoder: Literal["dlib"] = "dlib"
+    # onnx: dlib's ResNet converted to ONNX Runtime (same embeddings within 1e-4, ~20x
+    # faster); dlib: the reference implementation.
+    encoder: Literal["onnx", "dlib"] = "onnx"
+    # ONNX Runtime threads per inference; 0 = one per core.
+    onnx_threads: int = Field(0, ge=0, le=64)
     # AWS Rekognition documents 40x40 px as the smallest face it detects reliably;
     # faces smaller than that are refused at enrollment.
     min_face_side: int = Field(40, ge=0)
@@ -74,10 +81,22 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     identify_top_k: int = Field(5, ge=1, le=100)
 
+    @model_validator(mode="after")
+    def _jitter_needs_dlib(self) -> Settings:
+        if self.num_jitters and self.encoder != "dlib":
+            raise ValueError(
+                "FACEVERIFY_NUM_JITTERS needs FACEVERIFY_ENCODER=dlib: jittering is dlib's "
+                "own (random crops and flips inside compute_face_descriptor)."
+            )
+        return self
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'faceverify.db'}"
+
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
 
     def resolved_calibration_file(self) -> Path:
         return self.calibration_file or self.models_dir / "calibration.json"

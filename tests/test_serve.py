@@ -120,7 +120,7 @@ def test_serve_fails_fast_when_a_weight_file_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "shape_predictor_5_face_landmarks.dat").unlink()
     (tmp_path / "shape_predictor_5_face_landmarks.dat").write_bytes(b"not the model")
     proc = subprocess.run(
-        [FACEVERIFY, "check-models"],
+        [FACEVERIFY, "models", "check"],
         env={**os.environ, "FACEVERIFY_WEIGHTS_DIR": str(tmp_path)},
         capture_output=True,
         text=True,

@@ -54,3 +54,33 @@ class DlibEncoder:
         batch = [np.ascontiguousarray(chip) for chip in chips]
         vectors = self._model.compute_face_descriptor(batch, self._num_jitters)
         return np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
+
+
+class OnnxEncoder:
+    """dlib's ResNet converted to ONNX (app/face/onnx_convert.py), run by ONNX Runtime.
+
+    Same embeddings as :class:`DlibEncoder` within 1e-4 (tests/test_onnx.py), ~13-25x
+    faster here, and ONNX Runtime releases the GIL while it runs, so threads overlap.
+    A batch of chips is one run.
+    """
+
+    name = "dlib_resnet_v1_onnx"
+
+    def __init__(self, model_path: Path, *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # 0 lets ONNX Runtime use one thread per core.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
+
+    def encode(self, chips: np.ndarray) -> np.ndarray:
+        if len(chips) == 0:
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        batch = np.ascontiguousarray(chips, dtype=np.uint8)
+        (embeddings,) = self._session.run(["embeddings"], {"chips": batch})
+        return np.asarray(embeddings, dtype=np.float32)

@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from app.face.detect import DetectedFace, HogFaceDetector
-from app.face.encoder import EMBEDDING_DIM, DlibEncoder, FaceEncoder
+from app.face.encoder import EMBEDDING_DIM, FaceEncoder
 from app.face.image import decode_image
 from app.face.weights import WeightFile
 
@@ -61,18 +61,19 @@ class FacePipeline(Protocol):
 
 
 class DlibPipeline:
-    """Pillow decoding, dlib HOG detection and 5-point alignment, and any FaceEncoder."""
+    """Pillow decoding, dlib HOG detection and 5-point alignment, and any FaceEncoder.
+
+    ``weights`` must hold ``shape_predictor_5`` (models/manifest.json)."""
 
     def __init__(
         self,
         *,
         weights: dict[str, WeightFile],
-        encoder: FaceEncoder | None = None,
+        encoder: FaceEncoder,
         max_pixels: int,
         detect_max_side: int,
         detect_upsample: int,
         detect_retry_max_side: int,
-        num_jitters: int,
         version: str,
     ) -> None:
         self.detector = HogFaceDetector(
@@ -81,9 +82,7 @@ class DlibPipeline:
             upsample=detect_upsample,
             retry_max_side=detect_retry_max_side,
         )
-        self.encoder: FaceEncoder = encoder or DlibEncoder(
-            weights["dlib_resnet_v1"].path, num_jitters=num_jitters
-        )
+        self.encoder = encoder
         self.encoder_name = self.encoder.name
         self.max_pixels = max_pixels
         self.version = version
