@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -98,6 +99,31 @@ def _check_models(settings: Settings) -> dict[str, WeightFile]:
     weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
     Calibration.load(settings.resolved_calibration_file())
     return weights
+
+
+@cli.command()
+def bench(
+    photos: Annotated[
+        Path,
+        typer.Option(
+            help="Folder with obama.jpg, obama3.jpg, biden.jpg, two_people.jpg, obama2.jpg."
+        ),
+    ] = Path("tests/data"),
+    repeats: Annotated[int, typer.Option(help="Timed runs per encoder/pipeline measurement.")] = 30,
+    requests: Annotated[int, typer.Option(help="HTTP requests per photo and mode.")] = 80,
+    clients: Annotated[int, typer.Option(help="Concurrent HTTP clients.")] = 8,
+    sizes: Annotated[
+        str, typer.Option(help="Gallery sizes for identify, comma-separated.")
+    ] = "10000,100000,1000000",
+    json_out: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
+    skip_http: Annotated[bool, typer.Option(help="Skip the HTTP part.")] = False,
+) -> None:
+    """Measure encoder, pipeline, HTTP and 1:N speed; print a table and JSON."""
+    from app import bench as bench_module
+
+    bench_module.main(
+        photos, repeats, requests, clients, [int(s) for s in sizes.split(",")], json_out, skip_http
+    )
 
 
 def main() -> None:

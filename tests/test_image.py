@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from app.face.image import decode_image
+from app.face.image import decode_image, decode_image_scaled
 from tests.conftest import data
 
 CAP = 40_000_000
@@ -145,3 +145,24 @@ def test_unsupported_format_is_refused() -> None:
     Image.new("RGB", (8, 8)).save(buf, "PCX")
     with pytest.raises(UnsupportedMediaType):
         decode_image(buf.getvalue(), max_pixels=CAP)
+
+
+def jpeg(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 150)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_large_jpegs_decode_at_reduced_scale_but_no_smaller_than_asked() -> None:
+    rgb, scale = decode_image_scaled(jpeg(3000, 2000), max_pixels=CAP, min_side=1280)
+    # 1/2 gives 1500 >= 1280; 1/4 would give 750.
+    assert scale == 0.5 and rgb.shape == (1000, 1500, 3)
+    rgb, scale = decode_image_scaled(jpeg(2000, 1500), max_pixels=CAP, min_side=1280)
+    assert scale == 1.0 and rgb.shape == (1500, 2000, 3)
+
+
+def test_other_formats_are_always_decoded_in_full() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 2000)).save(buf, "PNG")
+    rgb, scale = decode_image_scaled(buf.getvalue(), max_pixels=CAP, min_side=1280)
+    assert scale == 1.0 and rgb.shape == (2000, 3000, 3)

@@ -126,3 +126,29 @@ def test_large_photo_is_detected_on_a_downscaled_copy_with_full_res_boxes(
     box = faces[0].box
     # Boxes are in the original's pixels: the face is ~290 px wide there (~130 at 1024).
     assert 250 < box.width < 330 and box.right <= 1434 and box.bottom <= 2333
+
+
+def test_a_huge_jpeg_is_decoded_smaller_and_reported_in_its_own_pixels(
+    real_service: FaceService,
+) -> None:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data("obama3.jpg"))) as img:  # 1434x2333
+        big = img.convert("RGB").resize((2868, 4666))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=92)
+    faces = real_service.pipeline.find_faces(buf.getvalue(), Timings())
+    small = real_service.pipeline.find_faces(data("obama3.jpg"), Timings())
+    assert len(faces) == len(small) == 1
+    # Coordinates in the big photo's pixels: twice the small photo's, within the 6 px
+    # box tolerance scaled by 2.
+    for a, b in zip(
+        (faces[0].box.left, faces[0].box.top, faces[0].box.right, faces[0].box.bottom),
+        (small[0].box.left, small[0].box.top, small[0].box.right, small[0].box.bottom),
+        strict=True,
+    ):
+        assert abs(a - 2 * b) <= 2 * BOX_TOLERANCE_PX
+    embeddings = real_service.pipeline.embed([faces[0], small[0]], Timings())
+    assert np.linalg.norm(embeddings[0] - embeddings[1]) < SAME_PHOTO_TOLERANCE

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,16 @@ class DetectedFace:
     landmarks: tuple[tuple[float, float], ...]
     chip: np.ndarray = field(repr=False, compare=False)
     upsample: int = 0
+
+    def rescaled(self, factor: float) -> DetectedFace:
+        """The same face in coordinates ``factor`` times larger (the chip is unchanged)."""
+        b = self.box
+        return replace(
+            self,
+            box=Box(*(int(round(v * factor)) for v in (b.left, b.top, b.right, b.bottom))),
+            side=int(round(self.side * factor)),
+            landmarks=tuple((x * factor, y * factor) for x, y in self.landmarks),
+        )
 
 
 class HogFaceDetector:

@@ -1,0 +1,372 @@
+"""``faceverify bench``: speed and memory numbers, printed as a table and as JSON.
+
+Everything is measured in one run on this machine, with baselines run in the same
+process so the ratios compare like with like. Nothing here asserts a target: the
+targets and the recorded numbers live in docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.face.detect import HogFaceDetector
+from app.face.encoder import DlibEncoder, OnnxEncoder
+from app.face.image import decode_image
+from app.face.weights import load_weights, prepared_onnx_model
+from app.gallery.index import EmbeddingIndex
+from app.settings import Settings
+
+
+def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(samples_ms)
+    return {
+        "p50": round(float(np.percentile(arr, 50)), 2),
+        "p95": round(float(np.percentile(arr, 95)), 2),
+        "p99": round(float(np.percentile(arr, 99)), 2),
+        "n": len(samples_ms),
+    }
+
+
+def _time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def make_photos(photo_dir: Path) -> dict[str, bytes]:
+    """A 640x480 one-face JPEG and a 12 MP (4000x3000) one, cut from the test photos."""
+    with Image.open(photo_dir / "obama.jpg") as img:
+        small = img.convert("RGB").crop((0, 0, 910, 683)).resize((640, 480))
+    with Image.open(photo_dir / "obama3.jpg") as img:
+        large = img.convert("RGB").crop((0, 0, 1434, 1075)).resize((4000, 3000))
+    out = {}
+    for name, picture in (("640x480", small), ("12MP", large)):
+        buf = io.BytesIO()
+        picture.save(buf, "JPEG", quality=90)
+        out[name] = buf.getvalue()
+    return out
+
+
+def bench_encoders(settings: Settings, chips: np.ndarray, repeats: int) -> dict[str, Any]:
+    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
+    resnet = weights["dlib_resnet_v1"]
+    onnx = OnnxEncoder(
+        prepared_onnx_model(resnet, settings.resolved_cache_dir()), threads=settings.onnx_threads
+    )
+    dlib_enc = DlibEncoder(resnet.path)
+    result: dict[str, Any] = {}
+    for batch in (1, 16):
+        batch_chips = np.resize(chips, (batch, *chips.shape[1:]))
+        for name, encoder in (("dlib", dlib_enc), ("onnx", onnx)):
+            n = max(3, repeats // batch) if name == "dlib" else repeats
+            timed = _time(lambda e=encoder, c=batch_chips: e.encode(c), n)  # type: ignore[misc]
+            per_face = [ms / batch for ms in timed]
+            result[f"{name}_batch{batch}"] = {
+                "median_ms_per_face": round(statistics.median(per_face), 2),
+                "p95_ms_per_face": round(float(np.percentile(per_face, 95)), 2),
+            }
+        result[f"speedup_batch{batch}"] = round(
+            result[f"dlib_batch{batch}"]["median_ms_per_face"]
+            / result[f"onnx_batch{batch}"]["median_ms_per_face"],
+            1,
+        )
+    return result
+
+
+def bench_pipelines(settings: Settings, photos: dict[str, bytes], repeats: int) -> dict[str, Any]:
+    """Ours (decode, downscaled HOG, 5-point chip, ONNX) against face_recognition's way:
+    HOG with upsample 1 on the full image, then compute_face_descriptor on it."""
+    import dlib
+
+    from app.service import build_service
+
+    service, weights = build_service(settings.model_copy(update={"database_url": "sqlite://"}))
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(weights["shape_predictor_5"].path))
+    model = dlib.face_recognition_model_v1(str(weights["dlib_resnet_v1"].path))
+
+    def ours(data: bytes) -> None:
+        from app.face.pipeline import Timings
+
+        timings = Timings()
+        faces = service.pipeline.find_faces(data, timings)
+        service.pipeline.embed(faces[:1], timings)
+
+    def baseline(data: bytes) -> None:
+        rgb = decode_image(data, max_pixels=settings.max_image_pixels)
+        rects = detector(rgb, 1)
+        if rects:
+            model.compute_face_descriptor(rgb, predictor(rgb, rects[0]))
+
+    result: dict[str, Any] = {}
+    for name, data in photos.items():
+        n_base = 3 if name == "12MP" else max(3, repeats // 4)
+        ours_ms = statistics.median(_time(lambda d=data: ours(d), repeats))  # type: ignore[misc]
+        base_ms = statistics.median(_time(lambda d=data: baseline(d), n_base, warmup=1))  # type: ignore[misc]
+        result[name] = {
+            "ours_ms": round(ours_ms, 1),
+            "baseline_ms": round(base_ms, 1),
+            "speedup": round(base_ms / ours_ms, 1),
+        }
+    service.store.close()
+    return result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for key, value in fields.items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'
+        parts.append(head.encode() + value.encode() + b"\r\n")
+    for key, data in files.items():
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"; filename="{key}.jpg"'
+            "\r\nContent-Type: image/jpeg\r\n\r\n"
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: bytes, ctype: str) -> int:
+    conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[str, Any]:
+    """/verify over HTTP against a `faceverify serve` subprocess on a loopback port."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {**os.environ, "FACEVERIFY_DATA_DIR": data_dir, "FACEVERIFY_PORT": str(port)}
+        env.pop("FACEVERIFY_DATABASE_URL", None)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_ready(port, server)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            body, ctype = _multipart({"subject_id": "bench"}, {"image": photos["640x480"]})
+            if _post(conn, "/enroll", body, ctype) != 201:
+                raise RuntimeError("enrolling the benchmark subject failed")
+            result: dict[str, Any] = {}
+            for name, data in photos.items():
+                body, ctype = _multipart({"subject_id": "bench"}, {"image": data})
+                n = requests if name == "640x480" else max(10, requests // 4)
+                seq = _time(lambda b=body, c=ctype: _post(conn, "/verify", b, c), n)  # type: ignore[misc]
+                latencies, wall, statuses = _concurrent(port, body, ctype, n, clients)
+                result[name] = {
+                    "sequential": _percentiles(seq),
+                    f"concurrent_{clients}": {
+                        **_percentiles(latencies),
+                        "requests_per_s": round(len(latencies) / wall, 1),
+                        "statuses": statuses,
+                    },
+                }
+            conn.close()
+            return result
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("the benchmark server exited; run `faceverify serve` to see why")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("the benchmark server did not become ready in 120 s")
+
+
+def _concurrent(
+    port: int, body: bytes, ctype: str, total: int, clients: int
+) -> tuple[list[float], float, dict[int, int]]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    per_client = max(1, total // clients)
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(per_client):
+            start = time.perf_counter()
+            status = _post(conn, "/verify", body, ctype)
+            with lock:
+                latencies.append((time.perf_counter() - start) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, time.perf_counter() - start, statuses
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_identify(sizes: list[int], queries: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    result: dict[str, Any] = {}
+    for size in sizes:
+        before = _rss_mb()
+        index = EmbeddingIndex()
+        step = 100_000
+        for start in range(0, size, step):
+            n = min(step, size - start)
+            vectors = rng.normal(size=(n, 128)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            ids = [f"f{start + i}" for i in range(n)]
+            index.add(ids, [f"s{(start + i) // 3}" for i in range(n)], vectors)
+        after = _rss_mb()
+        probes = rng.normal(size=(queries, 128)).astype(np.float32)
+        samples = []
+        for probe in probes:
+            t = time.perf_counter()
+            index.top_subjects(probe, 5)
+            samples.append((time.perf_counter() - t) * 1000)
+        result[str(size)] = {
+            "identify_ms_p50": round(statistics.median(samples), 2),
+            "identify_ms_p95": round(float(np.percentile(samples, 95)), 2),
+            "matrix_mb": round(index.nbytes() / 2**20, 1),
+            "rss_growth_mb": round(after - before, 1),
+        }
+        del index
+    return result
+
+
+def run(
+    *,
+    photo_dir: Path,
+    repeats: int,
+    requests: int,
+    clients: int,
+    sizes: list[int],
+    skip_http: bool = False,
+) -> dict[str, Any]:
+    settings = Settings()
+    photos = make_photos(photo_dir)
+    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
+    detector = HogFaceDetector(weights["shape_predictor_5"].path)
+    chips = []
+    for name in ("obama.jpg", "biden.jpg", "two_people.jpg", "obama2.jpg"):
+        rgb = decode_image((photo_dir / name).read_bytes(), max_pixels=settings.max_image_pixels)
+        chips += [f.chip for f in detector.detect(rgb)]
+    report: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "settings": {"encoder": settings.encoder, "onnx_threads": settings.onnx_threads},
+        "encoder": bench_encoders(settings, np.stack(chips), repeats),
+        "pipeline_vs_face_recognition_style": bench_pipelines(settings, photos, repeats),
+        "identify": bench_identify(sizes, queries=20),
+    }
+    if not skip_http:
+        report["http_verify"] = bench_http(photos, requests, clients)
+    return report
+
+
+def print_table(report: dict[str, Any]) -> None:
+    enc = report["encoder"]
+    print(f"machine: {report['machine']}")
+    print("\nencoder ms/face        median    p95")
+    for key in ("dlib_batch1", "onnx_batch1", "dlib_batch16", "onnx_batch16"):
+        print(
+            f"  {key:20s} {enc[key]['median_ms_per_face']:7.2f} {enc[key]['p95_ms_per_face']:7.2f}"
+        )
+    print(f"  speed-up: batch 1 {enc['speedup_batch1']}x, batch 16 {enc['speedup_batch16']}x")
+    print("\nphoto -> embedding, ours vs face_recognition's way (HOG upsample 1 + dlib encoder)")
+    for name, row in report["pipeline_vs_face_recognition_style"].items():
+        print(
+            f"  {name:8s} ours {row['ours_ms']:7.1f} ms  baseline {row['baseline_ms']:8.1f} ms"
+            f"  {row['speedup']}x"
+        )
+    if "http_verify" in report:
+        print("\n/verify over HTTP        p50     p95     p99   req/s")
+        for name, row in report["http_verify"].items():
+            seq = row["sequential"]
+            print(f"  {name:8s} sequential {seq['p50']:7.1f} {seq['p95']:7.1f} {seq['p99']:7.1f}")
+            for key, conc in row.items():
+                if key.startswith("concurrent"):
+                    print(
+                        f"  {name:8s} {key:10s} {conc['p50']:7.1f} {conc['p95']:7.1f} "
+                        f"{conc['p99']:7.1f} {conc['requests_per_s']:7.1f}  {conc['statuses']}"
+                    )
+    print("\nidentify (top 5 subjects)  p50 ms   p95 ms   matrix MB   RSS growth MB")
+    for size, row in report["identify"].items():
+        print(
+            f"  {int(size):>9,} faces {row['identify_ms_p50']:8.2f} {row['identify_ms_p95']:8.2f}"
+            f" {row['matrix_mb']:11.1f} {row['rss_growth_mb']:15.1f}"
+        )
+
+
+def main(
+    photo_dir: Path,
+    repeats: int,
+    requests: int,
+    clients: int,
+    sizes: list[int],
+    json_out: Path | None,
+    skip_http: bool,
+) -> None:
+    report = run(
+        photo_dir=photo_dir,
+        repeats=repeats,
+        requests=requests,
+        clients=clients,
+        sizes=sizes,
+        skip_http=skip_http,
+    )
+    print_table(report)
+    text = json.dumps(report, indent=2)
+    print("\n" + text)
+    if json_out:
+        json_out.write_text(text + "\n")
