@@ -126,6 +126,103 @@ def bench(
     )
 
 
+@cli.command()
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Folder for pairs.tsv, report.json and plots.")],
+    pairs: Annotated[Path | None, typer.Option(help="LFW-style pairs file (View 1 or 2).")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Image root for --pairs (NAME/NAME_NNNN.jpg).")
+    ] = None,
+    identities: Annotated[
+        Path | None, typer.Option(help="Folder with one sub-folder per identity.")
+    ] = None,
+    different: Annotated[
+        int, typer.Option(help="With --identities: different-identity pairs.")
+    ] = 20_000,
+    max_same: Annotated[int, typer.Option(help="With --identities: same pairs per identity.")] = 30,
+    seed: Annotated[int, typer.Option(help="With --identities: sampling seed.")] = 0,
+) -> None:
+    """Accuracy and calibration of the service's pipeline on labelled pairs."""
+    from app.evaluation import run_evaluate
+
+    settings = _or_exit(Settings)
+    pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
+    rep = run_evaluate(settings=settings, pairs=pair_list, root=root, out=out)
+    tf, cal = rep["ten_fold"], rep["calibration"]
+    typer.echo(
+        f"{rep['pairs']['total']} pairs, {rep['identities']} identities, "
+        f"{rep['failure_to_acquire']['images_without_face']} images without a face\n"
+        f"accuracy at {rep['threshold']}: {100 * rep['accuracy_at_threshold']:.2f}%  "
+        f"10-fold: {100 * tf['accuracy_mean']:.2f}% +- {100 * tf['accuracy_std']:.2f}  "
+        f"EER {100 * rep['eer']['rate']:.2f}%\n"
+        f"calibration {cal['version']}: Brier {cal['brier']:.4f}, log loss "
+        f"{cal['log_loss']:.4f}, ECE {cal['ece_10_equal_count_bins']:.4f}\n"
+        f"written to {out}/"
+    )
+
+
+@cli.command()
+def calibrate(
+    pairs: Annotated[Path | None, typer.Option(help="LFW-style pairs file (View 1 or 2).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image root for --pairs.")] = None,
+    identities: Annotated[
+        Path | None, typer.Option(help="Folder with one sub-folder per identity.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write; default the configured calibration file.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name of the data set, recorded in the file.")
+    ] = None,
+    different: Annotated[
+        int, typer.Option(help="With --identities: different-identity pairs.")
+    ] = 100_000,
+    max_same: Annotated[int, typer.Option(help="With --identities: same pairs per identity.")] = 30,
+    seed: Annotated[int, typer.Option(help="With --identities: sampling seed.")] = 0,
+) -> None:
+    """Fit the distance -> match percent curve on labelled pairs and write it."""
+    from app.evaluation import run_calibrate
+
+    settings = _or_exit(Settings)
+    pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
+    target = out or settings.resolved_calibration_file()
+    content = run_calibrate(
+        settings=settings,
+        pairs=pair_list,
+        root=root,
+        out=target,
+        data_name=name or root.name,
+    )
+    held = content["fit"]["held_out"]
+    typer.echo(
+        f"w={content['params']['w']:.4f} b={content['params']['b']:.4f} from "
+        f"{content['data']['pairs']} pairs of {content['data']['identities']} identities\n"
+        f"held-out identities: logistic log loss {held['logistic']['log_loss']:.4f} ECE "
+        f"{held['logistic']['ece']:.4f}; isotonic log loss {held['isotonic']['log_loss']:.4f} "
+        f"ECE {held['isotonic']['ece']:.4f}\nwritten to {target}"
+    )
+
+
+def _pairs(
+    pairs: Path | None,
+    images: Path | None,
+    identities: Path | None,
+    different: int,
+    max_same: int,
+    seed: int,
+) -> tuple[list, Path]:
+    from app.scoring.pairs import identity_pairs, read_lfw_pairs
+
+    if identities and not pairs:
+        return identity_pairs(
+            identities, max_same_per_identity=max_same, different=different, seed=seed
+        ), identities
+    if pairs and images and not identities:
+        return read_lfw_pairs(pairs, images), images
+    typer.echo("faceverify: give either --pairs FILE --images DIR, or --identities DIR", err=True)
+    raise typer.Exit(2)
+
+
 def main() -> None:
     cli(prog_name="faceverify")
 

@@ -48,6 +48,9 @@ class Match:
     distance: float
     score: float
     match: bool
+    # Share of the calibration data's impostor pairs at or below this distance, with
+    # the count and the total it rests on; None when the calibration has no FMR table.
+    fmr: tuple[float, int, int] | None = None
 
 
 @dataclass
@@ -294,7 +297,13 @@ class FaceService:
             distance=round(distance, 6),
             score=self.calibration.percent(distance, prior),
             match=distance <= self.settings.threshold,
+            fmr=self.calibration.fmr(distance),
         )
+
+    def calibration_matches_pipeline(self) -> bool:
+        """Whether the calibration was fitted with this pipeline's settings (a
+        provisional calibration matches nothing)."""
+        return self.calibration.pipeline == self.settings.calibration_fingerprint()
 
 
 def _box(face: DetectedFace) -> dict[str, int]:
@@ -327,6 +336,7 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
         detect_upsample=settings.detect_upsample,
         detect_retry_max_side=settings.detect_retry_max_side,
         version=settings.pipeline_version(),
+        flip_average=settings.flip_average,
     )
     calibration = Calibration.load(settings.resolved_calibration_file())
     store = GalleryStore(settings.resolved_database_url())

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # dlib python_examples/face_recognition.py: jitters give "slightly more accurate"
     # embeddings at num_jitters times the encoder cost. 0 = none.
     num_jitters: int = Field(0, ge=0, le=100)
+    # Average each face's embedding with its mirror image's (test-time augmentation):
+    # one more encoder pass per face. See docs/ACCURACY.md for what it buys.
+    flip_average: bool = False
     # onnx: dlib's ResNet converted to ONNX Runtime (same embeddings within 1e-4, ~20x
     # faster); dlib: the reference implementation.
     encoder: Literal["onnx", "dlib"] = "onnx"
@@ -101,9 +104,24 @@ class Settings(BaseSettings):
     def resolved_calibration_file(self) -> Path:
         return self.calibration_file or self.models_dir / "calibration.json"
 
+    def calibration_fingerprint(self) -> dict[str, object]:
+        """The settings a calibration holds for: those that change distances. Both
+        encoders compute the same network, so the encoder is not among them."""
+        return {
+            "detector": "dlib_hog",
+            "detect_upsample": self.detect_upsample,
+            "detect_max_side": self.detect_max_side,
+            "detect_retry_max_side": self.detect_retry_max_side,
+            "landmarks": "shape_predictor_5",
+            "chip": "150px_padding0.25",
+            "num_jitters": self.num_jitters,
+            "flip_average": self.flip_average,
+            "network": "dlib_face_recognition_resnet_model_v1",
+        }
+
     def pipeline_version(self) -> str:
         """A short string naming everything that changes an embedding."""
         return (
             f"hog-u{self.detect_upsample}-m{self.detect_max_side}-r{self.detect_retry_max_side}"
-            f"/sp5/chip150p0.25/j{self.num_jitters}"
+            f"/sp5/chip150p0.25/j{self.num_jitters}{'/flip' if self.flip_average else ''}"
         )

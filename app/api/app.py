@@ -47,6 +47,13 @@ def create_app(
             service.index.subject_count,
             settings.resolved_database_url().split(":", 1)[0],
         )
+        if not service.calibration_matches_pipeline():
+            log.warning(
+                "calibration %s was not fitted for these pipeline settings (%s); the match "
+                "percent may not mean what it says. Run `faceverify calibrate` to refit.",
+                service.calibration.version,
+                "provisional" if service.calibration.provisional else "settings differ",
+            )
         try:
             yield
         finally:

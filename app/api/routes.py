@@ -256,7 +256,11 @@ def info(request: Request, service: ServiceDep, settings: SettingsDep) -> dict[s
         "encoder": service.pipeline.encoder_name,
         "pipeline_version": service.pipeline.version,
         "threshold": settings.threshold,
-        "calibration": service.calibration.info(),
+        "calibration": {
+            **service.calibration.info(),
+            "calibration_matches_pipeline": service.calibration_matches_pipeline(),
+        },
+        "calibration_matches_pipeline": service.calibration_matches_pipeline(),
         "gallery": service.gallery_counts(),
         "settings": {
             "detect_max_side": settings.detect_max_side,
@@ -312,11 +316,21 @@ def _probe(probe: ProbeFace) -> s.ProbeOut:
 
 
 def _match(result: Match, threshold: float) -> dict[str, Any]:
+    fmr = None
+    if result.fmr is not None:
+        rate, count, total = result.fmr
+        fmr = s.FmrOut(
+            rate=rate,
+            impostor_pairs_at_or_below=count,
+            impostor_pairs=total,
+            one_in=round(total / count) if count else None,
+        )
     return {
         "match": result.match,
         "score": result.score,
         "distance": result.distance,
         "threshold": threshold,
+        "fmr": fmr,
     }
 
 

@@ -150,11 +150,23 @@ class EnrollResponse(BaseModel):
     timing: TimingOut
 
 
+class FmrOut(BaseModel):
+    rate: float = Field(description="Share of impostor pairs at or below this distance.")
+    impostor_pairs_at_or_below: int
+    impostor_pairs: int = Field(description="Impostor pairs in the calibration data.")
+    one_in: int | None = Field(
+        description="About 1 in this many strangers would score this close (None: none did)."
+    )
+
+
 class MatchFields(BaseModel):
     match: bool = Field(description="distance <= threshold")
     score: float = Field(description="Match percent, 0.1-99.9, from the calibration.")
     distance: float = Field(description="Euclidean distance between the 128-d embeddings.")
     threshold: float
+    fmr: FmrOut | None = Field(
+        description="How often strangers come this close, from the calibration data."
+    )
 
 
 class VerifyResponse(MatchFields):

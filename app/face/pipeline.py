@@ -75,6 +75,7 @@ class DlibPipeline:
         detect_upsample: int,
         detect_retry_max_side: int,
         version: str,
+        flip_average: bool = False,
     ) -> None:
         self.detector = HogFaceDetector(
             weights["shape_predictor_5"].path,
@@ -83,6 +84,7 @@ class DlibPipeline:
             retry_max_side=detect_retry_max_side,
         )
         self.encoder = encoder
+        self.flip_average = flip_average
         self.encoder_name = self.encoder.name
         self.max_pixels = max_pixels
         self.version = version
@@ -102,5 +104,10 @@ class DlibPipeline:
     def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
         if not faces:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        chips = np.stack([f.chip for f in faces])
         with timings.measure("encode_ms"):
-            return self.encoder.encode(np.stack([f.chip for f in faces]))
+            if not self.flip_average:
+                return self.encoder.encode(chips)
+            # One batch: the chips and their mirror images, averaged pairwise.
+            both = self.encoder.encode(np.concatenate([chips, chips[:, :, ::-1]]))
+            return ((both[: len(chips)] + both[len(chips) :]) / 2).astype(np.float32)

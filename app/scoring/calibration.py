@@ -30,6 +30,7 @@ class Calibration:
     clip_high: float
     pipeline: dict[str, Any] | None
     raw: dict[str, Any]
+    fmr_table: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
@@ -53,6 +54,7 @@ class Calibration:
                 clip_high=high,
                 pipeline=raw.get("pipeline"),
                 raw=raw,
+                fmr_table=raw.get("fmr_table"),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelFileError(f"Cannot use calibration file {path}: {exc!r}") from exc
@@ -79,6 +81,18 @@ class Calibration:
         (0.1..99.9 by default: no photo comparison makes anything certain)."""
         p = float(self.probability(distance, prior)) * 100.0
         return round(min(max(p, self.clip_low), self.clip_high), 2)
+
+    def fmr(self, distance: float) -> tuple[float, int, int] | None:
+        """The share of the calibration data's impostor pairs at or below ``distance``:
+        (share, count, impostor pairs), or None without an FMR table. Counted up to the
+        next grid step above ``distance``, so the share errs high, never low."""
+        table = self.fmr_table
+        if not table or not table.get("impostor_pairs"):
+            return None
+        counts = table["cumulative_impostors"]
+        total = int(table["impostor_pairs"])
+        i = min(max(math.ceil(distance / table["grid_step"] - 1e-9), 0), len(counts) - 1)
+        return counts[i] / total, int(counts[i]), total
 
     def info(self) -> dict[str, Any]:
         return {

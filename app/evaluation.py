@@ -1,0 +1,306 @@
+"""``faceverify evaluate`` and ``faceverify calibrate``: the service's own pipeline run
+over labelled pairs, the accuracy report, and the distance -> probability fit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import FaceVerifyError
+from app.face.detect import largest
+from app.face.pipeline import FacePipeline, Timings
+from app.scoring import metrics
+from app.scoring.calibration import Calibration
+from app.scoring.fit import fit_isotonic, fit_logistic
+from app.scoring.pairs import Pair, pair_list_hash
+from app.settings import Settings
+
+FMR_LEVELS = (1e-2, 1e-3)
+# The FMR table in calibration.json: cumulative impostor counts on this distance grid.
+FMR_GRID_STEP = 0.002
+FMR_GRID_MAX = 2.0
+
+
+def embed_images(
+    pipeline: FacePipeline, paths: Iterable[Path], *, progress: bool = True, batch: int = 32
+) -> dict[Path, np.ndarray | None]:
+    """Each image's embedding by the service's pipeline (largest face, as /verify does),
+    or None when no face was found or the file is unreadable (failure to acquire)."""
+    unique = sorted(set(paths))
+    out: dict[Path, np.ndarray | None] = {}
+    pending: list[tuple[Path, Any]] = []
+    bar = _progress(len(unique), "embedding", progress)
+
+    def flush() -> None:
+        if pending:
+            vectors = pipeline.embed([face for _, face in pending], Timings())
+            for (path, _), vector in zip(pending, vectors, strict=True):
+                out[path] = vector
+            pending.clear()
+
+    for path in unique:
+        try:
+            faces = pipeline.find_faces(path.read_bytes(), Timings())
+        except (OSError, FaceVerifyError):
+            faces = []
+        if faces:
+            pending.append((path, largest(faces)))
+        else:
+            out[path] = None
+        if len(pending) >= batch:
+            flush()
+        bar.update(1)
+    flush()
+    bar.close()
+    return out
+
+
+def _progress(total: int, label: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="img", disable=not enabled, mininterval=1.0)
+
+
+@dataclass
+class Scored:
+    pairs: list[Pair]
+    same: np.ndarray
+    distance: np.ndarray  # inf where a face was missing
+    folds: np.ndarray
+    missing_images: list[Path]
+
+
+def score_pairs(pairs: list[Pair], embeddings: dict[Path, np.ndarray | None]) -> Scored:
+    distance = np.full(len(pairs), np.inf)
+    for i, p in enumerate(pairs):
+        a, b = embeddings.get(p.a), embeddings.get(p.b)
+        if a is not None and b is not None:
+            distance[i] = float(np.linalg.norm(a.astype(np.float64) - b))
+    missing = sorted(path for path, v in embeddings.items() if v is None)
+    return Scored(
+        pairs=pairs,
+        same=np.array([p.same for p in pairs]),
+        distance=distance,
+        folds=np.array([p.fold for p in pairs]),
+        missing_images=missing,
+    )
+
+
+def report(scored: Scored, calibration: Calibration, threshold: float) -> dict[str, Any]:
+    same, d = scored.same, scored.distance
+    identities = {p.identity_a for p in scored.pairs} | {p.identity_b for p in scored.pairs}
+    mean, std, per_fold, thresholds = metrics.kfold_accuracy(same, d, scored.folds)
+    rate, eer_threshold = metrics.eer(same, d)
+    p = np.array([calibration.percent(x) / 100 if np.isfinite(x) else 0.001 for x in d])
+    w = metrics.balanced_weights(same)
+    failed_pairs = int((~np.isfinite(d)).sum())
+    return {
+        "pairs": {"total": len(d), "same": int(same.sum()), "different": int((~same).sum())},
+        "identities": len(identities),
+        "failure_to_acquire": {
+            "images_without_face": len(scored.missing_images),
+            "pairs_affected": failed_pairs,
+            "scored_as": "non-match: distance +inf, score 0.1%, counted in every rate",
+        },
+        "threshold": threshold,
+        "accuracy_at_threshold": metrics.accuracy(same, d, threshold),
+        "ten_fold": {
+            "accuracy_mean": mean,
+            "accuracy_std": std,
+            "per_fold": per_fold,
+            "thresholds": thresholds,
+            "how": "each fold's threshold maximises accuracy on the other nine folds",
+        },
+        "eer": {"rate": rate, "threshold": eer_threshold},
+        "fnmr_at_fmr": [metrics.fnmr_at_fmr(same, d, level) for level in FMR_LEVELS],
+        "calibration": {
+            "version": calibration.version,
+            "provisional": calibration.provisional,
+            "weighting": "class-balanced: the percent is stated at a prior of 0.5",
+            "brier": metrics.brier(same, p, w),
+            "log_loss": metrics.log_loss(same, p, w),
+            "ece_10_equal_count_bins": metrics.ece(same, p, 10, w),
+            "reliability": metrics.reliability(same, p, 10, w),
+        },
+    }
+
+
+def write_pairs_tsv(path: Path, scored: Scored, calibration: Calibration, root: Path) -> None:
+    with path.open("w") as fh:
+        for pair, dist in zip(scored.pairs, scored.distance, strict=True):
+            score = calibration.percent(dist) if np.isfinite(dist) else calibration.clip_low
+            fh.write(
+                f"{int(pair.same)}\t{dist:.6f}\t{pair.fold}\t{score:.2f}\t"
+                f"{_rel(pair.a, root)}\t{_rel(pair.b, root)}\n"
+            )
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def plot(scored: Scored, rep: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    r = metrics.roc(scored.same, scored.distance)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    keep = (r.fmr > 0) & (r.fnmr > 0)
+    ax.loglog(r.fmr[keep], r.fnmr[keep], lw=1.5)
+    ax.set_xlabel("false match rate (impostor pairs accepted)")
+    ax.set_ylabel("false non-match rate (genuine pairs rejected)")
+    ax.set_title(f"DET: EER {100 * rep['eer']['rate']:.2f}%, {rep['pairs']['total']:,} pairs")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    written.append(out / "det.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    rows = rep["calibration"]["reliability"]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.plot([x["mean_predicted"] for x in rows], [x["observed"] for x in rows], "o-",
+            label="faceverify")  # fmt: skip
+    ax.set_xlabel("predicted P(same person) (10 equal-count bins)")
+    ax.set_ylabel("observed share of same-person pairs")
+    ece = rep["calibration"]["ece_10_equal_count_bins"]
+    ax.set_title(f"Reliability: ECE {ece:.3f}")
+    ax.legend(loc="upper left")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    written.append(out / "reliability.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+# ---- calibration ---------------------------------------------------------------------
+def _held_out(distance: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
+    """Identity-split cross-validation of both fits: folds hold disjoint identities."""
+    results: dict[str, list[float]] = {k: [] for k in ("lr_ll", "lr_ece", "iso_ll", "iso_ece")}
+    for fold in np.unique(folds):
+        test = folds == fold
+        w, b = fit_logistic(distance[~test], same[~test])
+        iso = fit_isotonic(distance[~test], same[~test])
+        weights = metrics.balanced_weights(same[test])
+        p_lr = 1 / (1 + np.exp(-(w * distance[test] + b)))
+        p_iso = np.clip(iso(distance[test]), 0.001, 0.999)
+        results["lr_ll"].append(metrics.log_loss(same[test], p_lr, weights))
+        results["lr_ece"].append(metrics.ece(same[test], p_lr, 10, weights))
+        results["iso_ll"].append(metrics.log_loss(same[test], p_iso, weights))
+        results["iso_ece"].append(metrics.ece(same[test], p_iso, 10, weights))
+    return {
+        "folds": len(np.unique(folds)),
+        "split": "by identity: no person is in both the fitting and the held-out pairs",
+        "logistic": {
+            "log_loss": float(np.mean(results["lr_ll"])),
+            "ece": float(np.mean(results["lr_ece"])),
+        },
+        "isotonic": {
+            "log_loss": float(np.mean(results["iso_ll"])),
+            "ece": float(np.mean(results["iso_ece"])),
+        },
+    }
+
+
+def fit_calibration(
+    scored: Scored, settings: Settings, *, data_name: str, root: Path
+) -> dict[str, Any]:
+    """The calibration file's content: logistic fit on every comparable pair, checked
+    against isotonic regression on held-out identities, with an FMR table."""
+    ok = np.isfinite(scored.distance)
+    d, same, folds = scored.distance[ok], scored.same[ok], scored.folds[ok]
+    w, b = fit_logistic(d, same)
+    impostor = np.sort(d[~same])
+    grid = np.arange(0.0, FMR_GRID_MAX + FMR_GRID_STEP / 2, FMR_GRID_STEP)
+    cumulative = np.searchsorted(impostor, grid, side="right")
+    identities = {p.identity_a for p in scored.pairs} | {p.identity_b for p in scored.pairs}
+    return {
+        "version": f"lr-{datetime.now(UTC):%Y%m%d}-{pair_list_hash(scored.pairs, root)[:8]}",
+        "provisional": False,
+        "method": "logistic",
+        "description": (
+            "P(same | d) = 1 / (1 + exp(-(w*d + b))): class-balanced logistic regression of "
+            "same-person labels on embedding distance, so the percent is stated at a prior "
+            "of 0.5. 'fmr' gives the share of impostor pairs in the data at or below a "
+            "distance."
+        ),
+        "params": {"w": w, "b": b},
+        "threshold": settings.threshold,
+        "prior": 0.5,
+        "clip_percent": [0.1, 99.9],
+        "pipeline": settings.calibration_fingerprint(),
+        "data": {
+            "name": data_name,
+            "identities": len(identities),
+            "pairs": int(len(scored.pairs)),
+            "same_pairs": int(scored.same.sum()),
+            "different_pairs": int((~scored.same).sum()),
+            "pairs_without_face": int((~ok).sum()),
+            "pair_list_sha256": pair_list_hash(scored.pairs, root),
+        },
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "fit": {
+            "held_out": _held_out(d, same, folds),
+            "isotonic_note": "isotonic regression is fitted only as a check of the "
+            "logistic curve's shape; the service uses the logistic curve",
+        },
+        "fmr_table": {
+            "impostor_pairs": int(len(impostor)),
+            "grid_step": FMR_GRID_STEP,
+            "cumulative_impostors": cumulative.tolist(),
+        },
+    }
+
+
+def run_evaluate(
+    *, settings: Settings, pairs: list[Pair], root: Path, out: Path, progress: bool = True
+) -> dict[str, Any]:
+    from app.service import build_service
+
+    service, _ = build_service(settings.model_copy(update={"database_url": "sqlite://"}))
+    try:
+        embeddings = embed_images(
+            service.pipeline, [p.a for p in pairs] + [p.b for p in pairs], progress=progress
+        )
+    finally:
+        service.store.close()
+    scored = score_pairs(pairs, embeddings)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = report(scored, service.calibration, settings.threshold)
+    rep["pipeline"] = settings.calibration_fingerprint()
+    write_pairs_tsv(out / "pairs.tsv", scored, service.calibration, root)
+    rep["plots"] = [p.name for p in plot(scored, rep, out)]
+    (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    return rep
+
+
+def run_calibrate(
+    *, settings: Settings, pairs: list[Pair], root: Path, out: Path, data_name: str,
+    progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    from app.service import build_service
+
+    service, _ = build_service(settings.model_copy(update={"database_url": "sqlite://"}))
+    try:
+        embeddings = embed_images(
+            service.pipeline, [p.a for p in pairs] + [p.b for p in pairs], progress=progress
+        )
+    finally:
+        service.store.close()
+    scored = score_pairs(pairs, embeddings)
+    content = fit_calibration(scored, settings, data_name=data_name, root=root)
+    out.write_text(json.dumps(content, indent=1) + "\n")
+    return content
