@@ -87,7 +87,7 @@ def models_prepare() -> None:
 def _or_exit(step: Callable[[], T]) -> T:
     try:
         return step()
-    except (ModelFileError, DlibFormatError, OSError, ValidationError) as exc:
+    except (ModelFileError, DlibFormatError, OSError, ValidationError, ValueError) as exc:
         typer.echo(f"faceverify: {getattr(exc, 'detail', exc)}", err=True)
         raise typer.Exit(2) from exc
 
@@ -186,14 +186,20 @@ def calibrate(
     settings = _or_exit(Settings)
     pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
     target = out or settings.resolved_calibration_file()
-    content = run_calibrate(
-        settings=settings,
-        pairs=pair_list,
-        root=root,
-        out=target,
-        data_name=name or root.name,
+    content = _or_exit(
+        lambda: run_calibrate(
+            settings=settings,
+            pairs=pair_list,
+            root=root,
+            out=target,
+            data_name=name or root.name,
+        )
     )
     held = content["fit"]["held_out"]
+    if not held["folds"]:
+        typer.echo(f"w={content['params']['w']:.4f} b={content['params']['b']:.4f}; "
+                   f"{held['note']}\nwritten to {target}")  # fmt: skip
+        return
     typer.echo(
         f"w={content['params']['w']:.4f} b={content['params']['b']:.4f} from "
         f"{content['data']['pairs']} pairs of {content['data']['identities']} identities\n"

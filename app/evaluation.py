@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import FaceVerifyError
-from app.face.detect import largest
+from app.face.detect import main_face
 from app.face.pipeline import FacePipeline, Timings
 from app.scoring import metrics
 from app.scoring.calibration import Calibration
@@ -30,7 +30,7 @@ FMR_GRID_MAX = 2.0
 def embed_images(
     pipeline: FacePipeline, paths: Iterable[Path], *, progress: bool = True, batch: int = 32
 ) -> dict[Path, np.ndarray | None]:
-    """Each image's embedding by the service's pipeline (largest face, as /verify does),
+    """Each image's embedding by the service's pipeline (its main face, as /verify uses),
     or None when no face was found or the file is unreadable (failure to acquire)."""
     unique = sorted(set(paths))
     out: dict[Path, np.ndarray | None] = {}
@@ -50,7 +50,7 @@ def embed_images(
         except (OSError, FaceVerifyError):
             faces = []
         if faces:
-            pending.append((path, largest(faces)))
+            pending.append((path, main_face(faces)))
         else:
             out[path] = None
         if len(pending) >= batch:
@@ -190,9 +190,17 @@ def plot(scored: Scored, rep: dict[str, Any], out: Path) -> list[Path]:
 def _held_out(distance: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict[str, Any]:
     """Identity-split cross-validation of both fits: folds hold disjoint identities."""
     results: dict[str, list[float]] = {k: [] for k in ("lr_ll", "lr_ece", "iso_ll", "iso_ece")}
+    skipped = 0
     for fold in np.unique(folds):
         test = folds == fold
-        w, b = fit_logistic(distance[~test], same[~test])
+        if same[test].all() or not same[test].any():
+            skipped += 1  # a held-out fold needs both classes to be scored
+            continue
+        try:
+            w, b = fit_logistic(distance[~test], same[~test])
+        except ValueError:
+            skipped += 1  # the other folds alone cannot fix a curve
+            continue
         iso = fit_isotonic(distance[~test], same[~test])
         weights = metrics.balanced_weights(same[test])
         p_lr = 1 / (1 + np.exp(-(w * distance[test] + b)))
@@ -201,8 +209,11 @@ def _held_out(distance: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict
         results["lr_ece"].append(metrics.ece(same[test], p_lr, 10, weights))
         results["iso_ll"].append(metrics.log_loss(same[test], p_iso, weights))
         results["iso_ece"].append(metrics.ece(same[test], p_iso, 10, weights))
+    if not results["lr_ll"]:
+        return {"folds": 0, "note": "too few pairs per fold to check on held-out identities"}
     return {
-        "folds": len(np.unique(folds)),
+        "folds": len(results["lr_ll"]),
+        "folds_skipped": skipped,
         "split": "by identity: no person is in both the fitting and the held-out pairs",
         "logistic": {
             "log_loss": float(np.mean(results["lr_ll"])),

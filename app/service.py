@@ -23,7 +23,7 @@ from app.errors import (
     SubjectHasNoFaces,
     SubjectNotFound,
 )
-from app.face.detect import DetectedFace, largest
+from app.face.detect import DetectedFace, largest, main_face
 from app.face.encoder import DlibEncoder, FaceEncoder, OnnxEncoder
 from app.face.pipeline import DlibPipeline, FacePipeline, Timings
 from app.face.weights import WeightFile, load_weights, prepared_onnx_model
@@ -191,7 +191,8 @@ class FaceService:
 
     # ---- 1:1 -------------------------------------------------------------------------
     def verify(self, *, subject_id: str, image: bytes, prior: float | None = None) -> VerifyResult:
-        """Compare the largest face of ``image`` with the subject's closest enrolled face."""
+        """Compare the main face of ``image`` (:func:`main_face`) with the subject's closest
+        enrolled face."""
         timings = Timings()
         self.index.sync(self.store)
         if not self.index.subject_faces(subject_id):
@@ -218,7 +219,7 @@ class FaceService:
     def compare(
         self, *, image_a: bytes, image_b: bytes, prior: float | None = None
     ) -> CompareResult:
-        """Distance and score between the largest faces of two photos; stores nothing."""
+        """Distance and score between the main faces of two photos; stores nothing."""
         timings = Timings()
         probe_a, emb_a = self._probe(image_a, timings, image_index=0)
         probe_b, emb_b = self._probe(image_b, timings, image_index=1)
@@ -229,7 +230,7 @@ class FaceService:
     def identify(
         self, *, image: bytes, top_k: int | None = None, prior: float | None = None
     ) -> IdentifyResult:
-        """The ``top_k`` nearest subjects to the photo's largest face; ``best`` is the
+        """The ``top_k`` nearest subjects to the photo's main face; ``best`` is the
         nearest only if it passes the threshold."""
         timings = Timings()
         probe, embedding = self._probe(image, timings)
@@ -288,7 +289,7 @@ class FaceService:
     ) -> tuple[ProbeFace, np.ndarray]:
         with self.slots.hold():
             faces = self._find(data, timings, image_index=image_index)
-            face = largest(faces)
+            face = main_face(faces)
             embedding = self.pipeline.embed([face], timings)[0]
         return ProbeFace(face, len(faces)), embedding
 
@@ -337,6 +338,7 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
         detect_retry_max_side=settings.detect_retry_max_side,
         version=settings.pipeline_version(),
         flip_average=settings.flip_average,
+        detect_cnn_max_side=settings.detect_cnn_max_side,
     )
     calibration = Calibration.load(settings.resolved_calibration_file())
     store = GalleryStore(settings.resolved_database_url())

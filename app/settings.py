@@ -42,20 +42,28 @@ class Settings(BaseSettings):
 
     # --- face pipeline ---------------------------------------------------------------
     # Detection runs on a copy whose longest side is at most this; HOG cost grows with
-    # the pixel count, and faces in larger photos are big enough to find when scaled.
-    detect_max_side: int = Field(1024, ge=64, le=8192)
+    # the pixel count. 800: every shared test photo (128 px to 2000x1428) gets its right
+    # face count at 512-800 (1024 adds a false face), at a third of 1024's cost
+    # (benchmarks/detection_sweep.py, docs/PERFORMANCE.md). HOG then finds faces of at
+    # least ~10% of the photo's longest side.
+    detect_max_side: int = Field(800, ge=64, le=8192)
     # Upsampling doubles the image before HOG looks (HOG's window is 80x80 px, so faces
     # under ~80 px are missed at 0). 0 = as is.
     detect_upsample: int = Field(0, ge=0, le=3)
     # When nothing is found, retry with one more upsampling step each time while the
-    # upsampled longest side stays within this (keeps a no-face photo cheap).
+    # upsampled longest side stays within this (keeps a no-face photo cheap). On the
+    # 9,525 lfw-devtrain images: 0.48% missed without retry, 0.30% with, +0.6 ms/image.
     detect_retry_max_side: int = Field(1024, ge=0, le=8192)
+    # When HOG still finds nothing, run dlib's CNN detector on a copy of at most this
+    # side (0 = never). It found a face in all 15 lfw-devtrain View 1 images HOG missed,
+    # at ~330 ms each; a photo with no face costs up to ~0.8 s more.
+    detect_cnn_max_side: int = Field(400, ge=0, le=2048)
     # dlib python_examples/face_recognition.py: jitters give "slightly more accurate"
     # embeddings at num_jitters times the encoder cost. 0 = none.
     num_jitters: int = Field(0, ge=0, le=100)
     # Average each face's embedding with its mirror image's (test-time augmentation):
     # one more encoder pass per face. See docs/ACCURACY.md for what it buys.
-    flip_average: bool = False
+    flip_average: bool = True
     # onnx: dlib's ResNet converted to ONNX Runtime (same embeddings within 1e-4, ~20x
     # faster); dlib: the reference implementation.
     encoder: Literal["onnx", "dlib"] = "onnx"
@@ -108,7 +116,8 @@ class Settings(BaseSettings):
         """The settings a calibration holds for: those that change distances. Both
         encoders compute the same network, so the encoder is not among them."""
         return {
-            "detector": "dlib_hog",
+            "detector": "dlib_hog"
+            + (f"+cnn{self.detect_cnn_max_side}" if self.detect_cnn_max_side else ""),
             "detect_upsample": self.detect_upsample,
             "detect_max_side": self.detect_max_side,
             "detect_retry_max_side": self.detect_retry_max_side,
@@ -123,5 +132,6 @@ class Settings(BaseSettings):
         """A short string naming everything that changes an embedding."""
         return (
             f"hog-u{self.detect_upsample}-m{self.detect_max_side}-r{self.detect_retry_max_side}"
+            f"-cnn{self.detect_cnn_max_side}"
             f"/sp5/chip150p0.25/j{self.num_jitters}{'/flip' if self.flip_average else ''}"
         )

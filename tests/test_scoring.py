@@ -136,5 +136,11 @@ def test_identity_pairs_keep_folds_disjoint(tmp_path: Path) -> None:
     assert len(same) == 80  # 3 possible per person, capped at 2
     for p in pairs:
         assert identity_fold(p.identity_a) == identity_fold(p.identity_b) == p.fold
+    assert len({p.fold for p in pairs}) == 10
     assert sum(not p.same for p in pairs) == 200
     assert pairs == identity_pairs(tmp_path, max_same_per_identity=2, different=200, seed=3)
+
+
+def test_perfectly_separated_pairs_are_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="cannot fix the curve"):
+        fit_logistic(np.array([0.1, 0.2, 0.8, 0.9]), np.array([True, True, False, False]))

@@ -122,7 +122,7 @@ def verify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.Verif
     openapi_extra=_request_body(s.IdentifyRequest, {"image": False}),
 )
 def identify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.IdentifyResponse:
-    """Who is this? The nearest enrolled subjects to the photo's largest face."""
+    """Who is this? The nearest enrolled subjects to the photo's main face."""
     start = time.perf_counter()
     form = body.validate(s.IdentifyRequest)
     result = service.identify(image=body.image(), top_k=form.top_k, prior=form.prior)
@@ -312,6 +312,7 @@ def _probe(probe: ProbeFace) -> s.ProbeOut:
         landmarks=[(round(x, 1), round(y, 1)) for x, y in face.landmarks],
         faces_detected=probe.faces_detected,
         multiple_faces=probe.faces_detected > 1,
+        detector=face.detector,
     )
 
 

@@ -99,7 +99,11 @@ class ProbeOut(BaseModel):
     box: BoxOut
     detector_score: float
     landmarks: list[tuple[float, float]]
-    faces_detected: int = Field(description="Faces found in the photo; the largest is used.")
+    faces_detected: int = Field(
+        description="Faces found in the photo; the main one (largest, discounted by its "
+        "distance from the centre) is used."
+    )
+    detector: str = Field(description="hog, or cnn when the HOG detector found nothing.")
     multiple_faces: bool
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +60,9 @@ class DetectedFace:
     landmarks: tuple[tuple[float, float], ...]
     chip: np.ndarray = field(repr=False, compare=False)
     upsample: int = 0
+    detector: str = "hog"
+    # (width, height) of the image the face was found in; (0, 0) when unknown.
+    frame: tuple[int, int] = (0, 0)
 
     def rescaled(self, factor: float) -> DetectedFace:
         """The same face in coordinates ``factor`` times larger (the chip is unchanged)."""
@@ -68,6 +72,7 @@ class DetectedFace:
             box=Box(*(int(round(v * factor)) for v in (b.left, b.top, b.right, b.bottom))),
             side=int(round(self.side * factor)),
             landmarks=tuple((x * factor, y * factor) for x, y in self.landmarks),
+            frame=(int(round(self.frame[0] * factor)), int(round(self.frame[1] * factor))),
         )
 
 
@@ -86,18 +91,22 @@ class HogFaceDetector:
         self,
         shape_predictor_path: Path,
         *,
-        max_side: int = 1024,
+        max_side: int = 800,
         upsample: int = 0,
         retry_max_side: int = 1024,
+        cnn_path: Path | None = None,
+        cnn_max_side: int = 400,
     ) -> None:
         import dlib
 
         self._dlib = dlib
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(str(shape_predictor_path))
+        self._cnn = dlib.cnn_face_detection_model_v1(str(cnn_path)) if cnn_path else None
         self.max_side = max_side
         self.upsample = upsample
         self.retry_max_side = retry_max_side
+        self.cnn_max_side = cnn_max_side
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         """Find every frontal face in an ``(H, W, 3)`` uint8 RGB image.
@@ -116,6 +125,16 @@ class HogFaceDetector:
             if len(rects) or longest * 2 ** (upsample + 1) > self.retry_max_side:
                 break
             upsample += 1
+        detector = "hog"
+        if not len(rects) and self._cnn is not None:
+            # HOG found nothing: dlib's CNN detector on a copy of at most cnn_max_side
+            # (its cost grows with the pixels: ~330 ms at 250x250 here).
+            scale = min(1.0, self.cnn_max_side / max(height, width))
+            small = rgb if scale == 1.0 else _resize(rgb, scale)
+            detections = self._cnn(small, 0)
+            rects = [d.rect for d in detections]
+            scores = [d.confidence for d in detections]
+            detector, upsample = "cnn", 0
 
         faces = []
         for rect, score in zip(rects, scores, strict=True):
@@ -140,6 +159,8 @@ class HogFaceDetector:
                     landmarks=tuple((float(p.x), float(p.y)) for p in shape.parts()),
                     chip=chip,
                     upsample=upsample,
+                    detector=detector,
+                    frame=(width, height),
                 )
             )
         return faces
@@ -156,3 +177,24 @@ def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
 def largest(faces: list[DetectedFace]) -> DetectedFace:
     """The face with the largest box (ties: the more confident, i.e. earlier, one)."""
     return max(faces, key=lambda f: f.box.area)
+
+
+def main_face(faces: list[DetectedFace]) -> DetectedFace:
+    """The face a photo is most likely "of": the largest, discounted by its distance from
+    the centre, side x (1 - d) with d = 0 at the centre and 1 in a corner.
+
+    On lfw-devtrain (135 of 3,443 View 1 images have several faces) this beats "the
+    largest": 10-fold accuracy 98.68% against 98.50% (docs/ACCURACY.md). Without a known
+    frame it is the largest face.
+    """
+
+    def prominence(face: DetectedFace) -> float:
+        width, height = face.frame
+        if not width or not height:
+            return float(face.box.area)
+        cx = (face.box.left + face.box.right) / 2 / width - 0.5
+        cy = (face.box.top + face.box.bottom) / 2 / height - 0.5
+        d = math.hypot(cx, cy) / math.hypot(0.5, 0.5)
+        return face.side * (1.0 - min(d, 1.0))
+
+    return max(faces, key=prominence)

@@ -76,12 +76,15 @@ class DlibPipeline:
         detect_retry_max_side: int,
         version: str,
         flip_average: bool = False,
+        detect_cnn_max_side: int = 0,
     ) -> None:
         self.detector = HogFaceDetector(
             weights["shape_predictor_5"].path,
             max_side=detect_max_side,
             upsample=detect_upsample,
             retry_max_side=detect_retry_max_side,
+            cnn_path=weights["mmod_cnn_detector"].path if detect_cnn_max_side else None,
+            cnn_max_side=detect_cnn_max_side,
         )
         self.encoder = encoder
         self.flip_average = flip_average

@@ -30,6 +30,14 @@ def fit_logistic(
     """
     d = np.asarray(distance, dtype=np.float64)
     y = np.asarray(same, dtype=np.float64)
+    if y.min() == y.max():
+        raise ValueError("calibration needs both same-person and different-person pairs")
+    if d[y == 1].max() < d[y == 0].min():
+        # Without regularisation the maximum-likelihood slope is then infinite.
+        raise ValueError(
+            "every same-person pair is closer than every different-person pair: the data "
+            "cannot fix the curve's slope; calibrate on more (and harder) pairs"
+        )
     weights = balanced_weights(np.asarray(same, dtype=bool))
     x = np.stack([d, np.ones_like(d)], axis=1)
     # Start from a line through the class means' midpoint: IRLS converges from there.

@@ -59,9 +59,9 @@ def read_lfw_pairs(pairs_file: Path, images: Path) -> list[Pair]:
     return pairs
 
 
-def identity_fold(identity: str) -> int:
+def identity_fold(identity: str, folds: int = FOLDS) -> int:
     """A stable fold for an identity (same on every machine and run)."""
-    return int(hashlib.sha256(identity.encode()).hexdigest(), 16) % FOLDS
+    return int(hashlib.sha256(identity.encode()).hexdigest(), 16) % folds
 
 
 def identity_pairs(
@@ -73,7 +73,8 @@ def identity_pairs(
 ) -> list[Pair]:
     """Pairs from a folder with one sub-folder of photos per identity.
 
-    Identities are split into 10 folds by a hash of their name. Same-identity pairs: all
+    Identities are split into 10 folds (fewer for under 20 identities: one per two
+    identities, at least 2) by a hash of their name. Same-identity pairs: all
     pairs of each identity's photos, at most ``max_same_per_identity`` per identity
     (a random sample, so a few much-photographed people do not dominate). Different-
     identity pairs: ``different`` random pairs of photos of two identities of the *same*
@@ -85,18 +86,22 @@ def identity_pairs(
         photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if photos:
             people[folder.name] = photos
-    if len(people) < 2:
-        raise ValueError(f"{root}: need at least two identity folders with photos")
+    if len(people) < 3:
+        raise ValueError(f"{root}: need at least three identity folders with photos")
+    folds = min(FOLDS, max(2, len(people) // 2))
+    fold_of = {name: identity_fold(name, folds) for name in people}
     pairs = []
     for name, photos in people.items():
         same = list(combinations(photos, 2))
         if len(same) > max_same_per_identity:
             same = rng.sample(same, max_same_per_identity)
-        pairs += [Pair(True, a, b, identity_fold(name), name, name) for a, b in same]
+        pairs += [Pair(True, a, b, fold_of[name], name, name) for a, b in same]
     by_fold: dict[int, list[str]] = {}
     for name in people:
-        by_fold.setdefault(identity_fold(name), []).append(name)
+        by_fold.setdefault(fold_of[name], []).append(name)
     usable = [f for f, names in by_fold.items() if len(names) >= 2]
+    if not usable:
+        raise ValueError(f"{root}: too few identities to pair within folds")
     weights = [len(by_fold[f]) for f in usable]
     seen: set[tuple[Path, Path]] = set()
     attempts = 0

@@ -1,0 +1,99 @@
+"""faceverify evaluate / calibrate end to end on a small identity folder of real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.scoring.calibration import Calibration
+from tests.conftest import DATA
+
+pytestmark = pytest.mark.model
+
+FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))
+PEOPLE = {
+    # biden.jpg filed under obama: a mislabelled photo, as real data sets have, so the
+    # classes overlap and the curve's slope is defined.
+    "obama": ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_small.jpg", "biden.jpg"],
+    "hopper": ["hopper.jpg", "hopper_gray.jpg", "hopper.png", "hopper_orientation_3.jpg"],
+    "curie": ["curie_upright.jpg", "curie_orientation_6.jpg"],
+    "astronaut": ["astronaut.png"],
+    "nobody": ["coffee.png", "transparent.png"],  # no face: failure to acquire
+}
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("people")
+    for person, photos in PEOPLE.items():
+        (root / person).mkdir()
+        for photo in photos:
+            shutil.copy(DATA / photo, root / person / photo)
+    return root
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FACEVERIFY, *args], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def test_evaluate_writes_pairs_report_and_plots(identities: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    proc = run("evaluate", "--identities", str(identities), "--out", str(out),
+               "--different", "40", env={"FACEVERIFY_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("\t") for line in (out / "pairs.tsv").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+    assert len(rows) == report["pairs"]["total"] == report["pairs"]["same"] + 40
+    assert all(len(r) == 6 and r[0] in ("0", "1") for r in rows)
+    assert not any(r[4].startswith("/") for r in rows)  # paths relative to the root
+    # coffee.png and transparent.png have no face; their pair is a non-match.
+    assert report["failure_to_acquire"]["images_without_face"] == 2
+    nobody = [r for r in rows if r[4].startswith("nobody/")]
+    assert nobody and all(r[1] == "inf" and float(r[3]) == 0.1 for r in nobody)
+    assert 0 <= report["accuracy_at_threshold"] <= 1
+    assert report["fnmr_at_fmr"][0]["supported"] is False
+    assert (out / "det.png").stat().st_size > 1000 and (out / "reliability.png").exists()
+
+
+def test_calibrate_writes_a_usable_calibration(identities: Path, tmp_path: Path) -> None:
+    target = tmp_path / "calibration.json"
+    proc = run("calibrate", "--identities", str(identities), "--out", str(target),
+               "--different", "40", "--name", "test-people",
+               env={"FACEVERIFY_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cal = Calibration.load(target)
+    assert not cal.provisional and cal.w < 0
+    assert cal.probability(0.3) > 0.5 > cal.probability(1.0)
+    raw = json.loads(target.read_text())
+    assert raw["data"]["name"] == "test-people" and raw["data"]["identities"] == 5
+    assert len(raw["data"]["pair_list_sha256"]) == 64
+    held = raw["fit"]["held_out"]
+    assert held["folds"] == 0 or set(held) >= {"logistic", "isotonic"}
+    assert 0 < raw["fmr_table"]["impostor_pairs"] <= 40
+
+
+def test_calibrate_refuses_pairs_that_cannot_fix_a_slope(tmp_path: Path) -> None:
+    root = tmp_path / "people"
+    people = {
+        "obama": ["obama.jpg", "obama2.jpg"],
+        "hopper": ["hopper.jpg", "hopper.png"],
+        "curie": ["curie_upright.jpg", "curie_orientation_6.jpg"],
+        "astronaut": ["astronaut.png"],
+    }
+    for person, photos in people.items():
+        (root / person).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(DATA / photo, root / person / photo)
+    proc = run("calibrate", "--identities", str(root), "--out", str(tmp_path / "c.json"),
+               "--different", "4", env={"FACEVERIFY_DATA_DIR": str(tmp_path)})  # fmt: skip
+    assert proc.returncode == 2 and "more (and harder) pairs" in proc.stderr
+    assert not (tmp_path / "c.json").exists()
