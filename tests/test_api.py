@@ -67,7 +67,7 @@ def test_enroll_and_verify_json_base64(fake_client: TestClient) -> None:
         "timing",
         "subject_id",
     }
-    assert body["calibration"]["provisional"] is True
+    assert set(body["calibration"]) == {"version", "provisional"}
 
 
 def test_identify_and_compare(fake_client: TestClient) -> None:
@@ -205,7 +205,21 @@ def test_health_ready_info_and_openapi(fake_client: TestClient) -> None:
     assert fake_client.get("/healthz").json() == {"status": "ok"}
     assert fake_client.get("/readyz").json()["status"] == "ready"
     info = fake_client.get("/info").json()
-    assert info["threshold"] == 0.6 and info["calibration"]["provisional"] is True
+    assert info["threshold"] == 0.6 and "provisional" in info["calibration"]
+    assert isinstance(info["calibration_matches_pipeline"], bool)
     spec = fake_client.get("/openapi.json").json()
     content = spec["paths"]["/enroll"]["post"]["requestBody"]["content"]
     assert set(content) == {"multipart/form-data", "application/json"}
+
+
+def test_verify_reports_how_often_strangers_come_this_close(fake_client: TestClient) -> None:
+    fake_client.post("/enroll", json={"subject_id": "ann", "image": b64(fake_image(face(1)))})
+    near = fake_client.post(
+        "/verify", json={"subject_id": "ann", "image": b64(fake_image(face(1, noise=0.3)))}
+    ).json()
+    far = fake_client.post(
+        "/verify", json={"subject_id": "ann", "image": b64(fake_image(face(2)))}
+    ).json()
+    assert near["fmr"]["impostor_pairs"] > 1000
+    assert near["fmr"]["rate"] <= far["fmr"]["rate"]
+    assert far["fmr"]["one_in"] is not None and far["fmr"]["one_in"] >= 1

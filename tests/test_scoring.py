@@ -144,3 +144,22 @@ def test_identity_pairs_keep_folds_disjoint(tmp_path: Path) -> None:
 def test_perfectly_separated_pairs_are_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="cannot fix the curve"):
         fit_logistic(np.array([0.1, 0.2, 0.8, 0.9]), np.array([True, True, False, False]))
+
+
+def test_the_shipped_calibration_is_fitted_for_the_default_pipeline() -> None:
+    from app.settings import Settings
+
+    settings = Settings()
+    cal = Calibration.load(settings.resolved_calibration_file())
+    assert not cal.provisional
+    assert cal.pipeline == settings.calibration_fingerprint()
+    assert cal.raw["data"]["name"].startswith("lfw-devtrain")
+    held = cal.raw["fit"]["held_out"]
+    # Held-out identities: the logistic curve is no worse than isotonic regression by
+    # more than a little, and calibrated within 5 points on average.
+    assert held["logistic"]["ece"] < 0.05
+    assert held["logistic"]["log_loss"] < held["isotonic"]["log_loss"] + 0.02
+    counts = cal.raw["fmr_table"]["cumulative_impostors"]
+    assert counts == sorted(counts) and counts[-1] <= cal.raw["fmr_table"]["impostor_pairs"]
+    # dlib's 0.6 threshold sits near the curve's middle: between 20% and 80%.
+    assert 20 < cal.percent(0.6) < 80
