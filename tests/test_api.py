@@ -223,3 +223,19 @@ def test_verify_reports_how_often_strangers_come_this_close(fake_client: TestCli
     assert near["fmr"]["impostor_pairs"] > 1000
     assert near["fmr"]["rate"] <= far["fmr"]["rate"]
     assert far["fmr"]["one_in"] is not None and far["fmr"]["one_in"] >= 1
+
+
+def test_info_says_when_the_calibration_was_fitted_for_other_settings(
+    settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.api.app import create_app
+    from tests.conftest import _fake_service
+
+    for changed, expected in (
+        (settings, True),
+        (settings.model_copy(update={"flip_average": False}), False),
+    ):
+        app = create_app(changed, builder=lambda s: (_fake_service(s), {}))
+        with TestClient(app) as client:
+            assert client.get("/info").json()["calibration_matches_pipeline"] is expected
+    assert "was not fitted for these pipeline settings" in caplog.text
