@@ -197,8 +197,10 @@ def calibrate(
     )
     held = content["fit"]["held_out"]
     if not held["folds"]:
-        typer.echo(f"w={content['params']['w']:.4f} b={content['params']['b']:.4f}; "
-                   f"{held['note']}\nwritten to {target}")  # fmt: skip
+        typer.echo(
+            f"w={content['params']['w']:.4f} b={content['params']['b']:.4f}; "
+            f"{held['note']}\nwritten to {target}"
+        )
         return
     typer.echo(
         f"w={content['params']['w']:.4f} b={content['params']['b']:.4f} from "

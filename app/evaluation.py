@@ -171,8 +171,9 @@ def plot(scored: Scored, rep: dict[str, Any], out: Path) -> list[Path]:
     rows = rep["calibration"]["reliability"]
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.plot([x["mean_predicted"] for x in rows], [x["observed"] for x in rows], "o-",
-            label="faceverify")  # fmt: skip
+    ax.plot(
+        [x["mean_predicted"] for x in rows], [x["observed"] for x in rows], "o-", label="faceverify"
+    )
     ax.set_xlabel("predicted P(same person) (10 equal-count bins)")
     ax.set_ylabel("observed share of same-person pairs")
     ece = rep["calibration"]["ece_10_equal_count_bins"]
@@ -276,9 +277,11 @@ def fit_calibration(
     }
 
 
-def run_evaluate(
-    *, settings: Settings, pairs: list[Pair], root: Path, out: Path, progress: bool = True
-) -> dict[str, Any]:
+def _score_with_service_pipeline(
+    settings: Settings, pairs: list[Pair], progress: bool
+) -> tuple[Scored, Calibration]:
+    """Embed every image of ``pairs`` with the pipeline the server would build from
+    ``settings`` (an in-memory gallery: nothing is stored) and score the pairs."""
     from app.service import build_service
 
     service, _ = build_service(settings.model_copy(update={"database_url": "sqlite://"}))
@@ -288,30 +291,32 @@ def run_evaluate(
         )
     finally:
         service.store.close()
-    scored = score_pairs(pairs, embeddings)
+    return score_pairs(pairs, embeddings), service.calibration
+
+
+def run_evaluate(
+    *, settings: Settings, pairs: list[Pair], root: Path, out: Path, progress: bool = True
+) -> dict[str, Any]:
+    scored, calibration = _score_with_service_pipeline(settings, pairs, progress)
     out.mkdir(parents=True, exist_ok=True)
-    rep = report(scored, service.calibration, settings.threshold)
+    rep = report(scored, calibration, settings.threshold)
     rep["pipeline"] = settings.calibration_fingerprint()
-    write_pairs_tsv(out / "pairs.tsv", scored, service.calibration, root)
+    write_pairs_tsv(out / "pairs.tsv", scored, calibration, root)
     rep["plots"] = [p.name for p in plot(scored, rep, out)]
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
     return rep
 
 
 def run_calibrate(
-    *, settings: Settings, pairs: list[Pair], root: Path, out: Path, data_name: str,
+    *,
+    settings: Settings,
+    pairs: list[Pair],
+    root: Path,
+    out: Path,
+    data_name: str,
     progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    from app.service import build_service
-
-    service, _ = build_service(settings.model_copy(update={"database_url": "sqlite://"}))
-    try:
-        embeddings = embed_images(
-            service.pipeline, [p.a for p in pairs] + [p.b for p in pairs], progress=progress
-        )
-    finally:
-        service.store.close()
-    scored = score_pairs(pairs, embeddings)
+) -> dict[str, Any]:
+    scored, _ = _score_with_service_pipeline(settings, pairs, progress)
     content = fit_calibration(scored, settings, data_name=data_name, root=root)
     out.write_text(json.dumps(content, indent=1) + "\n")
     return content

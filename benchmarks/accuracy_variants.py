@@ -27,8 +27,12 @@ from app.settings import Settings
 
 def central(faces: list[DetectedFace], size: int = 250) -> DetectedFace:
     c = size / 2
-    return min(faces, key=lambda f: ((f.box.left + f.box.right) / 2 - c) ** 2
-               + ((f.box.top + f.box.bottom) / 2 - c) ** 2)  # fmt: skip
+    return min(
+        faces,
+        key=lambda f: (
+            ((f.box.left + f.box.right) / 2 - c) ** 2 + ((f.box.top + f.box.bottom) / 2 - c) ** 2
+        ),
+    )
 
 
 def largest(faces: list[DetectedFace]) -> DetectedFace:
@@ -38,15 +42,21 @@ def largest(faces: list[DetectedFace]) -> DetectedFace:
 def summarize(name: str, pairs, emb: dict, cost_ms: float) -> None:
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
-    d = np.array([
-        np.linalg.norm(emb[p.a] - emb[p.b]) if emb.get(p.a) is not None and emb.get(p.b) is not None
-        else np.inf for p in pairs
-    ])  # fmt: skip
+    d = np.array(
+        [
+            np.linalg.norm(emb[p.a] - emb[p.b])
+            if emb.get(p.a) is not None and emb.get(p.b) is not None
+            else np.inf
+            for p in pairs
+        ]
+    )
     mean, std, _, _ = metrics.kfold_accuracy(same, d, folds)
     rate, _ = metrics.eer(same, d)
     missing = sum(1 for v in emb.values() if v is None)
-    print(f"{name:44s} {100 * metrics.accuracy(same, d, 0.6):7.2f} {100 * mean:7.2f} "
-          f"{100 * std:5.2f} {100 * rate:6.2f} {missing:5d} {cost_ms:8.1f}")  # fmt: skip
+    print(
+        f"{name:44s} {100 * metrics.accuracy(same, d, 0.6):7.2f} {100 * mean:7.2f} "
+        f"{100 * std:5.2f} {100 * rate:6.2f} {missing:5d} {cost_ms:8.1f}"
+    )
 
 
 def main() -> None:
@@ -85,10 +95,14 @@ def main() -> None:
         out.update(zip(keys, e, strict=True))
         return out, ms
 
-    print(f"{len(pairs)} pairs, {len(paths)} images; HOG (upsample 0, retry <= 1024 px): "
-          f"{detect_ms:.1f} ms/image, {len(missing)} without a face")  # fmt: skip
-    print(f"{'variant':44s} {'acc@0.6':>7s} {'10-fold':>7s} {'+-':>5s} {'EER':>6s} "
-          f"{'noface':>5s} {'ms/img':>8s}")  # fmt: skip
+    print(
+        f"{len(pairs)} pairs, {len(paths)} images; HOG (upsample 0, retry <= 1024 px): "
+        f"{detect_ms:.1f} ms/image, {len(missing)} without a face"
+    )
+    print(
+        f"{'variant':44s} {'acc@0.6':>7s} {'10-fold':>7s} {'+-':>5s} {'EER':>6s} "
+        f"{'noface':>5s} {'ms/img':>8s}"
+    )
     base, enc_ms = embed(largest)
     summarize("baseline: largest face", pairs, base, detect_ms + enc_ms)
     emb, enc_ms = embed(central)
@@ -105,8 +119,12 @@ def main() -> None:
     more_ms = (time.perf_counter() - t) / max(len(missing), 1) * 1000
     faces_more = {**found, **extra}
     emb, _ = embed(largest, faces=faces_more)
-    summarize(f"+ upsample up to 4096 px when none ({more_ms:.0f} ms each)", pairs, emb,
-              detect_ms + enc_ms)  # fmt: skip
+    summarize(
+        f"+ upsample up to 4096 px when none ({more_ms:.0f} ms each)",
+        pairs,
+        emb,
+        detect_ms + enc_ms,
+    )
 
     cnn = dlib.cnn_face_detection_model_v1(
         str(installed_weights_dir() / "mmod_human_face_detector.dat")
@@ -123,8 +141,15 @@ def main() -> None:
             chip = np.asarray(dlib.get_face_chip(images[p], shape, 150, 0.25))
             from app.face.detect import Box
 
-            faces.append(DetectedFace(Box(r.left(), r.top(), r.right(), r.bottom()),
-                                      r.width(), det.confidence, (), chip))  # fmt: skip
+            faces.append(
+                DetectedFace(
+                    Box(r.left(), r.top(), r.right(), r.bottom()),
+                    r.width(),
+                    det.confidence,
+                    (),
+                    chip,
+                )
+            )
         cnn_faces[p] = faces
     cnn_ms = (time.perf_counter() - t) / max(len(missing), 1) * 1000
     still = sum(1 for f in cnn_faces.values() if not f)

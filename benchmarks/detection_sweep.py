@@ -19,11 +19,25 @@ from app.face.weights import installed_weights_dir
 
 # Faces a person sees in each shared photo (frontal ones HOG can be expected to find).
 PHOTOS = {
-    "obama.jpg": 1, "obama2.jpg": 1, "obama3.jpg": 1, "obama-240p.jpg": 1, "obama-480p.jpg": 1,
-    "obama-720p.jpg": 1, "obama-1080p.jpg": 1, "obama_small.jpg": 1, "biden.jpg": 1,
-    "two_people.jpg": 2, "obama_and_biden.jpg": 2, "astronaut.png": 1, "curie_upright.jpg": 1,
-    "hopper.jpg": 1, "32bit.png": 1, "coffee.png": 0, "chelsea.png": 0, "rocket.jpg": 0,
-}  # fmt: skip
+    "obama.jpg": 1,
+    "obama2.jpg": 1,
+    "obama3.jpg": 1,
+    "obama-240p.jpg": 1,
+    "obama-480p.jpg": 1,
+    "obama-720p.jpg": 1,
+    "obama-1080p.jpg": 1,
+    "obama_small.jpg": 1,
+    "biden.jpg": 1,
+    "two_people.jpg": 2,
+    "obama_and_biden.jpg": 2,
+    "astronaut.png": 1,
+    "curie_upright.jpg": 1,
+    "hopper.jpg": 1,
+    "32bit.png": 1,
+    "coffee.png": 0,
+    "chelsea.png": 0,
+    "rocket.jpg": 0,
+}
 
 
 def main() -> None:

@@ -40,15 +40,26 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [FACEVERIFY, *args], capture_output=True, text=True, timeout=300,
+        [FACEVERIFY, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, **env},
-    )  # fmt: skip
+    )
 
 
 def test_evaluate_writes_pairs_report_and_plots(identities: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    proc = run("evaluate", "--identities", str(identities), "--out", str(out),
-               "--different", "40", env={"FACEVERIFY_DATA_DIR": str(tmp_path)})  # fmt: skip
+    proc = run(
+        "evaluate",
+        "--identities",
+        str(identities),
+        "--out",
+        str(out),
+        "--different",
+        "40",
+        env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("\t") for line in (out / "pairs.tsv").read_text().splitlines()]
     report = json.loads((out / "report.json").read_text())
@@ -66,9 +77,18 @@ def test_evaluate_writes_pairs_report_and_plots(identities: Path, tmp_path: Path
 
 def test_calibrate_writes_a_usable_calibration(identities: Path, tmp_path: Path) -> None:
     target = tmp_path / "calibration.json"
-    proc = run("calibrate", "--identities", str(identities), "--out", str(target),
-               "--different", "40", "--name", "test-people",
-               env={"FACEVERIFY_DATA_DIR": str(tmp_path)})  # fmt: skip
+    proc = run(
+        "calibrate",
+        "--identities",
+        str(identities),
+        "--out",
+        str(target),
+        "--different",
+        "40",
+        "--name",
+        "test-people",
+        env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr
     cal = Calibration.load(target)
     assert not cal.provisional and cal.w < 0
@@ -93,7 +113,15 @@ def test_calibrate_refuses_pairs_that_cannot_fix_a_slope(tmp_path: Path) -> None
         (root / person).mkdir(parents=True)
         for photo in photos:
             shutil.copy(DATA / photo, root / person / photo)
-    proc = run("calibrate", "--identities", str(root), "--out", str(tmp_path / "c.json"),
-               "--different", "4", env={"FACEVERIFY_DATA_DIR": str(tmp_path)})  # fmt: skip
+    proc = run(
+        "calibrate",
+        "--identities",
+        str(root),
+        "--out",
+        str(tmp_path / "c.json"),
+        "--different",
+        "4",
+        env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
+    )
     assert proc.returncode == 2 and "more (and harder) pairs" in proc.stderr
     assert not (tmp_path / "c.json").exists()
