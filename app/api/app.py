@@ -6,8 +6,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.api import problems
 from app.api.routes import router
@@ -68,7 +71,20 @@ def create_app(
     app.state.settings = settings
     problems.install(app)
     app.include_router(router)
+    _add_web_page(app)
     return app
+
+
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+
+
+def _add_web_page(app: FastAPI) -> None:
+    """The try-it page at / (plain HTML, CSS and JS: no build step)."""
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
 
 
 def create_app_from_env() -> FastAPI:

@@ -1,0 +1,250 @@
+// faceverify's try-it page: plain JavaScript, no build step. Talks to the same API as
+// any client; the API key (if any) lives in this tab's sessionStorage only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY = "faceverify.apiKey";
+let enrollFiles = [];
+
+function headers() {
+  const key = sessionStorage.getItem(KEY);
+  return key ? { "X-API-Key": key } : {};
+}
+
+// Plain-words messages for the API's stable error codes.
+const MESSAGES = {
+  no_face: "No face was found in this photo. Try a sharper, well-lit, frontal photo.",
+  multiple_faces: "This photo shows more than one face. Use a photo of just this person.",
+  face_too_small: "The face is too small in this photo. Move closer or crop the photo.",
+  invalid_image: "This file could not be read as an image (it may be damaged).",
+  unsupported_media_type: "This file is not a photo format the server reads (JPEG, PNG, WebP...).",
+  image_too_large: "This photo has too many pixels. Send a smaller one.",
+  request_too_large: "The upload is too large. Send fewer or smaller photos.",
+  subject_not_found: "There is no such subject. Enroll them first.",
+  subject_has_no_faces: "This subject has no enrolled photos left.",
+  service_busy: "The server is busy. Try again in a moment.",
+  validation_error: "Some fields are missing or not valid.",
+};
+
+async function api(method, path, body) {
+  let response;
+  try {
+    response = await fetch(path, { method, body, headers: headers() });
+  } catch (err) {
+    return { ok: false, status: 0, data: { detail: "The server could not be reached." } };
+  }
+  let data = null;
+  try { data = await response.json(); } catch (err) { data = {}; }
+  return { ok: response.ok, status: response.status, data };
+}
+
+function problemText(data, status) {
+  if (status === 401 || status === 403) return "The server needs a valid API key (see 'API key' above).";
+  return MESSAGES[data && data.code] || (data && data.detail) || `Request failed (${status}).`;
+}
+
+function el(tag, attrs = {}, text = "") {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text) node.textContent = text;
+  return node;
+}
+
+// A photo with boxes drawn over it. Boxes are in the photo's own (upright) pixels; the
+// browser also shows photos upright, so scaling by the displayed size is enough.
+function figure(src, caption, boxes = [], opts = {}) {
+  const fig = el("figure");
+  const frame = el("div", { class: "frame" });
+  const img = el("img", { src, alt: opts.alt || caption });
+  frame.appendChild(img);
+  img.addEventListener("load", () => {
+    for (const [i, b] of boxes.entries()) {
+      const sx = img.clientWidth / img.naturalWidth;
+      const sy = img.clientHeight / img.naturalHeight;
+      const box = el("div", { class: i === 0 || !opts.firstOnly ? "box" : "box other" });
+      box.style.left = `${b.left * sx}px`;
+      box.style.top = `${b.top * sy}px`;
+      box.style.width = `${(b.right - b.left) * sx}px`;
+      box.style.height = `${(b.bottom - b.top) * sy}px`;
+      frame.appendChild(box);
+    }
+  });
+  fig.appendChild(frame);
+  const cap = el("figcaption", opts.error ? { class: "error" } : {}, caption);
+  fig.appendChild(cap);
+  return fig;
+}
+
+// ---- API key ---------------------------------------------------------------------
+function showKeyStatus() {
+  $("key-status").textContent = sessionStorage.getItem(KEY)
+    ? "A key is set for this tab." : "No key set (fine if the server does not require one).";
+}
+$("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const value = $("api-key").value.trim();
+  if (value) sessionStorage.setItem(KEY, value);
+  $("api-key").value = "";
+  showKeyStatus();
+  refreshSubjects();
+});
+$("key-clear").addEventListener("click", () => { sessionStorage.removeItem(KEY); showKeyStatus(); });
+
+// ---- enroll ------------------------------------------------------------------------
+function setEnrollFiles(files) {
+  enrollFiles = files.filter((f) => f.type.startsWith("image/") || f.type === "");
+  const previews = $("enroll-previews");
+  previews.replaceChildren(...enrollFiles.map((f) => figure(URL.createObjectURL(f), f.name)));
+}
+$("enroll-files").addEventListener("change", (e) => setEnrollFiles([...e.target.files]));
+const drop = $("enroll-drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  setEnrollFiles([...enrollFiles, ...e.dataTransfer.files]);
+});
+
+$("camera-start").addEventListener("click", async () => {
+  const video = $("camera-video");
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    $("enroll-result").textContent = "This browser cannot use a webcam here (it needs https or localhost).";
+    return;
+  }
+  try {
+    video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true });
+    video.hidden = false;
+    $("camera-snap").hidden = false;
+  } catch (err) {
+    $("enroll-result").textContent = "The webcam could not be opened: " + err.message;
+  }
+});
+$("camera-snap").addEventListener("click", () => {
+  const video = $("camera-video");
+  const canvas = el("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  canvas.toBlob((blob) => {
+    const file = new File([blob], `webcam-${Date.now()}.jpg`, { type: "image/jpeg" });
+    setEnrollFiles([...enrollFiles, file]);
+  }, "image/jpeg", 0.92);
+});
+
+$("enroll-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const out = $("enroll-result");
+  if (!enrollFiles.length) { out.textContent = "Choose at least one photo."; return; }
+  const form = new FormData();
+  form.append("subject_id", $("enroll-subject").value.trim());
+  if ($("enroll-name").value.trim()) form.append("name", $("enroll-name").value.trim());
+  for (const f of enrollFiles) form.append("image", f, f.name);
+  out.textContent = "Enrolling…";
+  const { ok, status, data } = await api("POST", "/enroll", form);
+  const previews = $("enroll-previews");
+  if (ok) {
+    previews.replaceChildren(...enrollFiles.map((f, i) =>
+      figure(URL.createObjectURL(f), `${f.name}: face found`, [data.faces[i].box])));
+    out.replaceChildren(el("p", {}, `Enrolled ${data.faces.length} photo(s). ` +
+      `${data.subject.subject_id} now has ${data.face_count} face(s).`));
+    enrollFiles = [];
+    $("enroll-files").value = "";
+    refreshSubjects(data.subject.subject_id);
+    return;
+  }
+  const idx = data && Number.isInteger(data.image_index) ? data.image_index : null;
+  if (idx !== null && enrollFiles[idx]) {
+    const f = enrollFiles[idx];
+    previews.replaceChildren(...enrollFiles.map((g, i) => i === idx
+      ? figure(URL.createObjectURL(g), `${g.name}: ${problemText(data, status)}`,
+               data.boxes || (data.box ? [data.box] : []), { error: true })
+      : figure(URL.createObjectURL(g), g.name)));
+    out.replaceChildren(el("p", { class: "error" },
+      `Nothing was stored: ${f.name}: ${problemText(data, status)}`));
+  } else {
+    out.replaceChildren(el("p", { class: "error" }, `Nothing was stored: ${problemText(data, status)}`));
+  }
+});
+
+// ---- verify ------------------------------------------------------------------------
+$("verify-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const out = $("verify-result");
+  const file = $("verify-file").files[0];
+  const subject = $("verify-subject").value;
+  if (!file || !subject) { out.textContent = "Choose a subject and a photo."; return; }
+  const form = new FormData();
+  form.append("subject_id", subject);
+  form.append("image", file, file.name);
+  out.textContent = "Checking…";
+  const { ok, status, data } = await api("POST", "/verify", form);
+  if (!ok) {
+    out.replaceChildren(el("p", { class: "error" }, problemText(data, status)));
+    return;
+  }
+  const verdict = el("p", { class: data.match ? "verdict match" : "verdict nomatch" },
+    data.match ? `Match: this looks like ${subject}` : `No match: this does not look like ${subject}`);
+  const gauge = el("div", { class: "gauge" });
+  const meter = el("meter", { min: "0", max: "100", low: "20", high: "80", optimum: "100",
+    value: String(data.score), "aria-label": "Match percent" });
+  gauge.append(meter, el("strong", {}, `${data.score.toFixed(1)}%`));
+  const strangers = data.fmr
+    ? (data.fmr.one_in
+      ? ` About 1 in ${data.fmr.one_in.toLocaleString()} strangers would score this close.`
+      : ` None of ${data.fmr.impostor_pairs.toLocaleString()} stranger pairs scored this close.`)
+    : "";
+  const explain = el("p", { class: "hint" },
+    `${data.score.toFixed(1)}% is the calibrated chance that both photos show the same person, ` +
+    `assuming genuine and impostor attempts are equally common.${strangers}`);
+  const details = el("p", {}, `Distance ${data.distance.toFixed(3)} (a match is ≤ ${data.threshold}).` +
+    (data.probe.multiple_faces ? ` The photo has ${data.probe.faces_detected} faces; the main one was used.` : ""));
+  const fig = figure(URL.createObjectURL(file), file.name, [data.probe.box]);
+  out.replaceChildren(verdict, gauge, explain, details, fig);
+});
+
+// ---- subjects ----------------------------------------------------------------------
+async function refreshSubjects(select) {
+  const prefix = $("subjects-search").value.trim();
+  const query = new URLSearchParams({ limit: "1000" });
+  if (prefix) query.set("prefix", prefix);
+  const { ok, status, data } = await api("GET", `/subjects?${query}`);
+  const list = $("subjects-list");
+  const status_ = $("subjects-status");
+  if (!ok) { status_.textContent = problemText(data, status); list.replaceChildren(); return; }
+  status_.textContent = `${data.total} subject(s)${prefix ? ` starting with “${prefix}”` : ""}.`;
+  list.replaceChildren(...data.items.map((s) => {
+    const li = el("li");
+    li.appendChild(el("span", {}, `${s.subject_id}${s.name ? ` (${s.name})` : ""}: ${s.face_count} face(s)`));
+    const del = el("button", { type: "button", class: "danger", "aria-label": `Delete ${s.subject_id}` }, "Delete");
+    del.addEventListener("click", () => confirmDelete(li, s.subject_id));
+    li.appendChild(del);
+    return li;
+  }));
+  if (!prefix) {
+    const chooser = $("verify-subject");
+    const current = select || chooser.value;
+    chooser.replaceChildren(...data.items.map((s) => el("option", { value: s.subject_id }, s.subject_id)));
+    if (current) chooser.value = current;
+  }
+}
+
+function confirmDelete(li, subjectId) {
+  const box = el("span");
+  const yes = el("button", { type: "button", class: "danger" }, `Yes, delete ${subjectId}`);
+  const no = el("button", { type: "button", class: "secondary" }, "Cancel");
+  box.append(el("span", { role: "alert" }, "Delete every face of this subject? "), yes, no);
+  li.replaceChildren(box);
+  yes.focus();
+  no.addEventListener("click", () => refreshSubjects());
+  yes.addEventListener("click", async () => {
+    const { ok, status, data } = await api("DELETE", `/subjects/${encodeURIComponent(subjectId)}`);
+    await refreshSubjects();
+    $("subjects-status").textContent = ok
+      ? `Deleted ${subjectId} (${data.faces_deleted} face(s)).` : problemText(data, status);
+  });
+}
+$("subjects-form").addEventListener("submit", (e) => { e.preventDefault(); refreshSubjects(); });
+
+showKeyStatus();
+refreshSubjects();
