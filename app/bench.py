@@ -157,8 +157,12 @@ def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, 
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+# A key for the benchmark's own server (FACEVERIFY_API_KEYS), made per run.
+BENCH_KEY = "bench-" + uuid.uuid4().hex
+
+
 def _post(conn: http.client.HTTPConnection, path: str, body: bytes, ctype: str) -> int:
-    conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+    conn.request("POST", path, body=body, headers={"Content-Type": ctype, "X-API-Key": BENCH_KEY})
     response = conn.getresponse()
     response.read()
     return response.status
@@ -168,7 +172,12 @@ def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[st
     """/verify over HTTP against a `faceverify serve` subprocess on a loopback port."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as data_dir:
-        env = {**os.environ, "FACEVERIFY_DATA_DIR": data_dir, "FACEVERIFY_PORT": str(port)}
+        env = {
+            **os.environ,
+            "FACEVERIFY_DATA_DIR": data_dir,
+            "FACEVERIFY_PORT": str(port),
+            "FACEVERIFY_API_KEYS": f"{BENCH_KEY}:admin",
+        }
         env.pop("FACEVERIFY_DATABASE_URL", None)
         server = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve"],

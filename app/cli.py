@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -37,6 +37,7 @@ def serve(
     workers = workers or settings.workers
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     weights = _or_exit(lambda: _check_models(settings))
+    _or_exit(lambda: _first_admin_key(settings))
     if settings.encoder == "onnx":
         from app.face.weights import prepared_onnx_model
 
@@ -82,6 +83,68 @@ def models_prepare() -> None:
         lambda: prepared_onnx_model(weights["dlib_resnet_v1"], settings.resolved_cache_dir())
     )
     typer.echo(f"ok  onnx encoder  {path}")
+
+
+keys_cli = typer.Typer(help="API keys: create, list, revoke.")
+cli.add_typer(keys_cli, name="keys")
+
+
+def _key_store(settings: Settings) -> Any:
+    from app.gallery.store import GalleryStore
+    from app.keys import KeyStore, parse_env_keys
+
+    env_keys = parse_env_keys(settings.api_keys.get_secret_value())
+    return KeyStore(GalleryStore(settings.resolved_database_url()).engine, env_keys)
+
+
+@keys_cli.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option(help="enroll, verify, admin, joined by +.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+) -> None:
+    """Create a key and print it once (only its sha256 is stored)."""
+    from app.keys import parse_scopes
+
+    settings = _or_exit(Settings)
+    scopes = _or_exit(lambda: parse_scopes(scope))
+    key, record = _or_exit(lambda: _key_store(settings).create(name=name, scopes=scopes))
+    typer.echo(f"{key}\n(id {record.id}, scopes {'+'.join(record.scopes)}; shown only now)")
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """The keys in the database: id, prefix, scopes, name, revoked or not."""
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: _key_store(settings))
+    for k in store.list():
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        typer.echo(f"{k.id}  {k.prefix}...  {'+'.join(k.scopes):20s} {state:18s} {k.name}")
+    if store.env_keys:
+        typer.echo(f"(and {len(store.env_keys)} key(s) from FACEVERIFY_API_KEYS)")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
+    """Revoke a key: it stops working at once."""
+    settings = _or_exit(Settings)
+    if not _or_exit(lambda: _key_store(settings).revoke(key_id=key_id)):
+        typer.echo(f"faceverify: no active key with id {key_id}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"revoked {key_id}")
+
+
+def _first_admin_key(settings: Settings) -> None:
+    """There is never a default key; on a first start with none, make one and say so."""
+    store = _key_store(settings)
+    if store.active_count():
+        return
+    key, _ = store.create(name="first admin key (made by faceverify serve)", scopes=("admin",))
+    typer.echo(
+        "\nfaceverify: no API key existed, so an admin key was created. It is shown only now:\n"
+        f"\n    {key}\n\n"
+        "Send it as the X-API-Key header (or Authorization: Bearer). Narrower keys:\n"
+        "    faceverify keys create --scope verify --name my-kiosk\n"
+    )
 
 
 def _or_exit(step: Callable[[], T]) -> T:

@@ -16,8 +16,11 @@ table (app/api/problems.py); nothing here knows HTTP.
     │   └── FaceTooSmall
     ├── NotFoundError
     │   ├── SubjectNotFound
-    │   └── FaceNotFound
+    │   ├── FaceNotFound
+    │   └── KeyNotFound
     ├── SubjectHasNoFaces          verify against a subject whose faces were all deleted
+    ├── Unauthorized               no API key, or an unknown or revoked one
+    ├── Forbidden                  a valid key without the scope the endpoint needs
     ├── ServiceBusy                no inference slot within the wait
     ├── NotReady                   models not loaded or database unreachable (readiness)
     └── ModelFileError             weights missing or with the wrong sha256 (start-up)
@@ -97,7 +100,19 @@ class FaceNotFound(NotFoundError):
     pass
 
 
+class KeyNotFound(NotFoundError):
+    pass
+
+
 class SubjectHasNoFaces(FaceVerifyError):
+    pass
+
+
+class Unauthorized(FaceVerifyError):
+    pass
+
+
+class Forbidden(FaceVerifyError):
     pass
 
 

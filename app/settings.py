@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The repository's models/ folder (manifest + calibration), found beside the package.
@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     # dlib's documented threshold: two embeddings closer than 0.6 are the same person
     # (99.38% on LFW; dlib python_examples/face_recognition.py, dlib-models README).
     threshold: float = Field(0.6, gt=0, lt=2)
+
+    # --- access ----------------------------------------------------------------------
+    # Keys from the environment, for containers: "KEY:enroll+verify,KEY2:admin". Held in
+    # memory only. More keys: `faceverify keys create`. There is never a default key.
+    api_keys: SecretStr = Field(SecretStr(""), description="KEY:SCOPE+SCOPE,...")
 
     # --- serving ---------------------------------------------------------------------
     host: str = "127.0.0.1"

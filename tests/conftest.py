@@ -15,6 +15,9 @@ from app.settings import Settings
 from tests.fakes import FakePipeline
 
 DATA = Path(__file__).parent / "data"
+# An admin key for the test servers (FACEVERIFY_API_KEYS form), and its header.
+TEST_KEY = "test-admin-key-0123456789"
+AUTH = {"X-API-Key": TEST_KEY}
 
 
 def data(name: str) -> bytes:
@@ -23,7 +26,12 @@ def data(name: str) -> bytes:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, max_concurrent_inference=2, inference_wait_seconds=1)
+    return Settings(
+        data_dir=tmp_path,
+        max_concurrent_inference=2,
+        inference_wait_seconds=1,
+        api_keys=f"{TEST_KEY}:admin",
+    )
 
 
 @pytest.fixture
@@ -47,7 +55,7 @@ def _fake_service(settings: Settings) -> FaceService:
 def fake_client(settings: Settings) -> Iterator[TestClient]:
     """The real app and store, with the fake pipeline in place of dlib."""
     app = create_app(settings, builder=lambda s: (_fake_service(s), {}))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, headers=AUTH) as client:
         yield client
 
 
@@ -61,6 +69,6 @@ def real_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaceServi
 
 @pytest.fixture(scope="module")
 def real_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("api")))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("api"), api_keys=f"{TEST_KEY}:admin")
+    with TestClient(create_app(settings), raise_server_exceptions=False, headers=AUTH) as client:
         yield client

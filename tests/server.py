@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx2
 
+from tests.conftest import TEST_KEY
+
 # The console script `make run` and the Dockerfile's CMD call.
 FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))
 
@@ -30,7 +32,7 @@ def serving(env: dict[str, str], *args: str) -> Iterator[str]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [FACEVERIFY, "serve", "--port", str(port), *args],
-            env={**os.environ, **env},
+            env={**os.environ, "FACEVERIFY_API_KEYS": f"{TEST_KEY}:admin", **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -7,6 +7,7 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import AUTH
 from tests.fakes import face, fake_image
 
 
@@ -236,6 +237,6 @@ def test_info_says_when_the_calibration_was_fitted_for_other_settings(
         (settings.model_copy(update={"flip_average": False}), False),
     ):
         app = create_app(changed, builder=lambda s: (_fake_service(s), {}))
-        with TestClient(app) as client:
+        with TestClient(app, headers=AUTH) as client:
             assert client.get("/info").json()["calibration_matches_pipeline"] is expected
     assert "was not fitted for these pipeline settings" in caplog.text

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import data
+from tests.conftest import AUTH, data
 from tests.server import FACEVERIFY, free_port, serving
 
 pytestmark = pytest.mark.model
@@ -17,32 +17,32 @@ pytestmark = pytest.mark.model
 
 def test_two_servers_on_one_sqlite_file_share_the_gallery(tmp_path: Path) -> None:
     env = {"FACEVERIFY_DATA_DIR": str(tmp_path)}
-    with serving(env) as a, serving(env) as b:
-        r = httpx2.post(
+    with serving(env) as a, serving(env) as b, httpx2.Client(headers=AUTH) as http:
+        r = http.post(
             a + "/enroll",
             data={"subject_id": "obama"},
             files={"image": data("obama.jpg")},
             timeout=30,
         )
         assert r.status_code == 201, r.text
-        r = httpx2.post(
+        r = http.post(
             b + "/verify",
             data={"subject_id": "obama"},
             files={"image": data("obama2.jpg")},
             timeout=30,
         )
         assert r.status_code == 200 and r.json()["match"] is True
-        r = httpx2.post(b + "/identify", files={"image": data("obama3.jpg")}, timeout=30)
+        r = http.post(b + "/identify", files={"image": data("obama3.jpg")}, timeout=30)
         assert r.json()["best"]["subject_id"] == "obama"
-        assert httpx2.delete(a + "/subjects/obama", timeout=30).status_code == 200
-        r = httpx2.post(
+        assert http.delete(a + "/subjects/obama", timeout=30).status_code == 200
+        r = http.post(
             b + "/verify",
             data={"subject_id": "obama"},
             files={"image": data("obama2.jpg")},
             timeout=30,
         )
         assert r.status_code == 404 and r.json()["code"] == "subject_not_found"
-        r = httpx2.post(b + "/identify", files={"image": data("obama3.jpg")}, timeout=30)
+        r = http.post(b + "/identify", files={"image": data("obama3.jpg")}, timeout=30)
         assert r.json()["candidates"] == []
 
 
@@ -82,3 +82,19 @@ def test_serve_fails_fast_when_a_weight_file_is_wrong(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "sha256" in proc.stderr
+
+
+def test_first_start_without_keys_prints_one_admin_key(tmp_path: Path) -> None:
+    env = {"FACEVERIFY_DATA_DIR": str(tmp_path), "FACEVERIFY_API_KEYS": ""}
+    with serving(env) as url:
+        log = next(tmp_path.glob("server-*.log")).read_text()
+        keys = [w for w in log.split() if w.startswith("fv_")]
+        assert len(keys) == 1 and "shown only now" in log
+        assert httpx2.get(url + "/info", timeout=10).status_code == 401
+        assert (
+            httpx2.get(url + "/info", headers={"X-API-Key": keys[0]}, timeout=10).status_code == 200
+        )
+    for old in tmp_path.glob("server-*.log"):
+        old.unlink()
+    with serving(env):  # a key exists now: none is made or printed
+        assert "fv_" not in next(tmp_path.glob("server-*.log")).read_text()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA
+from tests.conftest import DATA, TEST_KEY
 from tests.server import serving
 
 pytestmark = pytest.mark.browser
@@ -55,6 +55,10 @@ def test_enroll_verify_and_delete_in_a_browser(tmp_path: Path) -> None:
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url + "/")
         expect(page.get_by_role("heading", name="faceverify")).to_be_visible()
+        # The server wants a key: give the page one (kept in session storage only).
+        page.get_by_label("API key (kept in this tab only)").fill(TEST_KEY)
+        page.get_by_role("button", name="Save key").click()
+        expect(page.locator("#key-status")).to_contain_text("A key is set")
         page.screenshot(path=shots / "0-page.png", full_page=True)
 
         # Enroll obama.jpg: success message, and the face box drawn on the photo.
@@ -79,7 +83,7 @@ def test_enroll_verify_and_delete_in_a_browser(tmp_path: Path) -> None:
         page.screenshot(path=shots / "2-no-face.png", full_page=True)
 
         # Verify obama2.jpg: a match, with the percent and what it means.
-        page.get_by_label("Subject", exact=True).select_option("obama")
+        expect(page.get_by_label("Subject", exact=True)).to_have_value("obama")
         page.get_by_label("Photo to check").set_input_files(DATA / "obama2.jpg")
         page.get_by_role("button", name="Verify").click()
         result = page.locator("#verify-result")

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from app.api import problems
 from app.api.routes import router
 from app.face.weights import WeightFile
+from app.keys import KeyStore, parse_env_keys
 from app.service import FaceService, build_service
 from app.settings import Settings
 
@@ -40,9 +41,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        env_keys = parse_env_keys(settings.api_keys.get_secret_value())
         service, weights = builder(settings)
         app.state.service = service
         app.state.weights = weights
+        app.state.keys = KeyStore(service.store.engine, env_keys)
         log.info(
             "faceverify ready: encoder=%s, %d faces of %d subjects, database=%s",
             service.pipeline.encoder_name,

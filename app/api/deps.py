@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -23,6 +23,24 @@ async def get_body(request: Request) -> RequestBody:
     # Async, so the body is read on the event loop; the routes themselves are plain
     # `def` and run in the thread pool, where dlib may block.
     return await read_body(request, request.app.state.settings.max_upload_bytes)
+
+
+def api_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require(scope: str | None) -> Any:
+    """A route dependency: the request must carry a key with ``scope`` (None: any valid
+    key). Listed in the route's ``dependencies`` so it runs before the body is read."""
+
+    def check(request: Request) -> None:
+        request.app.state.keys.authorize(api_key(request), scope)
+
+    return Depends(check)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -34,8 +34,11 @@ ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
     errors.FaceError: (422, "face_error"),
     errors.SubjectNotFound: (404, "subject_not_found"),
     errors.FaceNotFound: (404, "face_not_found"),
+    errors.KeyNotFound: (404, "key_not_found"),
     errors.NotFoundError: (404, "not_found"),
     errors.SubjectHasNoFaces: (409, "subject_has_no_faces"),
+    errors.Unauthorized: (401, "unauthorized"),
+    errors.Forbidden: (403, "forbidden"),
     errors.ServiceBusy: (503, "service_busy"),
     errors.NotReady: (503, "not_ready"),
     errors.ModelFileError: (500, "model_file_error"),
@@ -66,6 +69,9 @@ def problem(
     headers = {}
     if "retry_after" in extra:
         headers["Retry-After"] = str(extra["retry_after"])
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="faceverify"'
+
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

@@ -11,12 +11,13 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api import schemas as s
-from app.api.deps import BodyDep, ServiceDep, SettingsDep
+from app.api.deps import BodyDep, ServiceDep, SettingsDep, require
 from app.api.problems import PROBLEM_JSON
-from app.errors import NotReady
+from app.errors import KeyNotFound, NotReady
 from app.face.detect import DetectedFace
 from app.face.pipeline import Timings
 from app.gallery.store import FaceRecord, SubjectRecord
+from app.keys import KeyRecord
 from app.service import FaceService, Match, ProbeFace
 
 router = APIRouter()
@@ -68,9 +69,10 @@ def _request_body(model: type[BaseModel], images: dict[str, bool]) -> dict[str, 
 # ---- enroll / verify / identify / compare ----------------------------------------------
 @router.post(
     "/enroll",
+    dependencies=[require("enroll")],
     status_code=201,
     response_model=s.EnrollResponse,
-    responses=_problems(400, 413, 415, 422, 503),
+    responses=_problems(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=_request_body(s.EnrollRequest, {"image": True}),
 )
 def enroll(body: BodyDep, service: ServiceDep) -> s.EnrollResponse:
@@ -95,8 +97,9 @@ def enroll(body: BodyDep, service: ServiceDep) -> s.EnrollResponse:
 
 @router.post(
     "/verify",
+    dependencies=[require("verify")],
     response_model=s.VerifyResponse,
-    responses=_problems(400, 404, 409, 413, 415, 422, 503),
+    responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     openapi_extra=_request_body(s.VerifyRequest, {"image": False}),
 )
 def verify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.VerifyResponse:
@@ -117,8 +120,9 @@ def verify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.Verif
 
 @router.post(
     "/identify",
+    dependencies=[require("verify")],
     response_model=s.IdentifyResponse,
-    responses=_problems(400, 413, 415, 422, 503),
+    responses=_problems(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=_request_body(s.IdentifyRequest, {"image": False}),
 )
 def identify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.IdentifyResponse:
@@ -150,8 +154,9 @@ def identify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.Ide
 
 @router.post(
     "/compare",
+    dependencies=[require("verify")],
     response_model=s.CompareResponse,
-    responses=_problems(400, 413, 415, 422, 503),
+    responses=_problems(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=_request_body(s.CompareRequest, {"image_a": False, "image_b": False}),
 )
 def compare(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.CompareResponse:
@@ -172,7 +177,12 @@ def compare(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.Comp
 
 
 # ---- subjects ---------------------------------------------------------------------------
-@router.get("/subjects", response_model=s.SubjectPage, responses=_problems(422))
+@router.get(
+    "/subjects",
+    response_model=s.SubjectPage,
+    responses=_problems(401, 403, 422),
+    dependencies=[require("admin")],
+)
 def list_subjects(
     service: ServiceDep,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -187,7 +197,10 @@ def list_subjects(
 
 
 @router.get(
-    "/subjects/{subject_id}", response_model=s.SubjectDetailOut, responses=_problems(404, 422)
+    "/subjects/{subject_id}",
+    response_model=s.SubjectDetailOut,
+    responses=_problems(401, 403, 404, 422),
+    dependencies=[require("admin")],
 )
 def get_subject(subject_id: SubjectIdPath, service: ServiceDep) -> s.SubjectDetailOut:
     """One subject with its enrolled faces (boxes and versions; never embeddings)."""
@@ -196,7 +209,10 @@ def get_subject(subject_id: SubjectIdPath, service: ServiceDep) -> s.SubjectDeta
 
 
 @router.delete(
-    "/subjects/{subject_id}", response_model=s.DeleteSubjectResponse, responses=_problems(404, 422)
+    "/subjects/{subject_id}",
+    response_model=s.DeleteSubjectResponse,
+    responses=_problems(401, 403, 404, 422),
+    dependencies=[require("enroll")],
 )
 def delete_subject(subject_id: SubjectIdPath, service: ServiceDep) -> s.DeleteSubjectResponse:
     """Delete a subject and every embedding of it, from the database and the index."""
@@ -207,7 +223,8 @@ def delete_subject(subject_id: SubjectIdPath, service: ServiceDep) -> s.DeleteSu
 @router.delete(
     "/subjects/{subject_id}/faces/{face_id}",
     response_model=s.DeleteFaceResponse,
-    responses=_problems(404, 422),
+    responses=_problems(401, 403, 404, 422),
+    dependencies=[require("enroll")],
 )
 def delete_face(
     subject_id: SubjectIdPath,
@@ -220,6 +237,45 @@ def delete_face(
     return s.DeleteFaceResponse(
         subject_id=subject_id, face_id=face_id, deleted=True, face_count=remaining
     )
+
+
+# ---- API keys ---------------------------------------------------------------------------
+@router.get(
+    "/keys",
+    response_model=list[s.KeyOut],
+    responses=_problems(401, 403),
+    dependencies=[require("admin")],
+)
+def list_keys(request: Request) -> list[s.KeyOut]:
+    """API keys in the database (names, prefixes, scopes; never the keys)."""
+    return [_key(k) for k in request.app.state.keys.list()]
+
+
+@router.post(
+    "/keys",
+    status_code=201,
+    response_model=s.KeyCreated,
+    responses=_problems(401, 403, 422),
+    dependencies=[require("admin")],
+)
+def create_key(body: s.KeyCreateRequest, request: Request) -> s.KeyCreated:
+    """Create an API key. The key is in this response only: it is stored as a hash."""
+    key, record = request.app.state.keys.create(name=body.name, scopes=tuple(body.scopes))
+    return s.KeyCreated(**_key(record).model_dump(), key=key)
+
+
+@router.delete(
+    "/keys/{key_id}",
+    response_model=s.KeyOut,
+    responses=_problems(401, 403, 404, 422),
+    dependencies=[require("admin")],
+)
+def revoke_key(key_id: Annotated[str, Path(max_length=64)], request: Request) -> s.KeyOut:
+    """Revoke an API key; it stops working at once, on every replica."""
+    keys = request.app.state.keys
+    if not keys.revoke(key_id=key_id):
+        raise KeyNotFound(f"No active API key with id {key_id!r}.", key_id=key_id)
+    return next(_key(k) for k in keys.list() if k.id == key_id)
 
 
 # ---- operations -------------------------------------------------------------------------
@@ -242,7 +298,7 @@ def readyz(request: Request) -> s.ReadyResponse:
     return s.ReadyResponse(status="ready", gallery_faces=service.gallery_counts()["faces"])
 
 
-@router.get("/info")
+@router.get("/info", responses=_problems(401), dependencies=[require(None)])
 def info(request: Request, service: ServiceDep, settings: SettingsDep) -> dict[str, Any]:
     """Models, their hashes and licences, the threshold, calibration and gallery size."""
     weights = request.app.state.weights
@@ -281,6 +337,17 @@ def _box(box: Any) -> s.BoxOut:
     if isinstance(box, tuple):
         return s.BoxOut(left=box[0], top=box[1], right=box[2], bottom=box[3])
     return s.BoxOut(left=box.left, top=box.top, right=box.right, bottom=box.bottom)
+
+
+def _key(record: KeyRecord) -> s.KeyOut:
+    return s.KeyOut(
+        key_id=record.id,
+        name=record.name,
+        prefix=record.prefix,
+        scopes=list(record.scopes),
+        created_at=s.as_utc(record.created_at),
+        revoked_at=s.as_utc(record.revoked_at) if record.revoked_at else None,
+    )
 
 
 def _face(face: FaceRecord) -> s.FaceOut:

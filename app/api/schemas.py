@@ -229,6 +229,25 @@ class DeleteFaceResponse(BaseModel):
     face_count: int
 
 
+class KeyCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    scopes: list[Literal["enroll", "verify", "admin"]] = Field(min_length=1)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    name: str
+    prefix: str = Field(description="The key's first characters, to recognise it.")
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The key itself: shown in this response only.")
+
+
 class HealthResponse(BaseModel):
     status: Literal["ok"]
 

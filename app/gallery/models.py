@@ -87,3 +87,17 @@ class GalleryEvent(Base):
     face_id: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (Index("ix_gallery_events_version", "version"),)
+
+
+class ApiKey(Base):
+    """An API key: only its sha256 is stored; the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16))  # enough to recognise a key in a list
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    scopes: Mapped[str] = mapped_column(String(64))  # "enroll+verify"
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

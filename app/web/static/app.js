@@ -78,7 +78,7 @@ function figure(src, caption, boxes = [], opts = {}) {
 // ---- API key ---------------------------------------------------------------------
 function showKeyStatus() {
   $("key-status").textContent = sessionStorage.getItem(KEY)
-    ? "A key is set for this tab." : "No key set (fine if the server does not require one).";
+    ? "A key is set for this tab." : "No key set: the server needs one (faceverify keys create, or the key printed at first start).";
 }
 $("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
@@ -172,7 +172,7 @@ $("verify-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const out = $("verify-result");
   const file = $("verify-file").files[0];
-  const subject = $("verify-subject").value;
+  const subject = $("verify-subject").value.trim();
   if (!file || !subject) { out.textContent = "Choose a subject and a photo."; return; }
   const form = new FormData();
   form.append("subject_id", subject);
@@ -222,10 +222,8 @@ async function refreshSubjects(select) {
     return li;
   }));
   if (!prefix) {
-    const chooser = $("verify-subject");
-    const current = select || chooser.value;
-    chooser.replaceChildren(...data.items.map((s) => el("option", { value: s.subject_id }, s.subject_id)));
-    if (current) chooser.value = current;
+    $("subject-options").replaceChildren(...data.items.map((s) => el("option", { value: s.subject_id })));
+    if (select) $("verify-subject").value = select;
   }
 }
 
@@ -247,4 +245,9 @@ function confirmDelete(li, subjectId) {
 $("subjects-form").addEventListener("submit", (e) => { e.preventDefault(); refreshSubjects(); });
 
 showKeyStatus();
-refreshSubjects();
+if (sessionStorage.getItem(KEY)) {
+  refreshSubjects();
+} else {
+  $("subjects-status").textContent = "Set an API key (above) to list subjects.";
+  document.querySelector("details.apikey").open = true;
+}

@@ -1,0 +1,154 @@
+"""API keys: every endpoint but the health checks needs one, with the right scope."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from app.api.app import create_app
+from app.keys import digest, parse_env_keys
+from app.settings import Settings
+from tests.conftest import _fake_service
+from tests.fakes import face, fake_image
+from tests.test_api import assert_problem, b64
+
+VERIFY_KEY = "verify-only-key-0123456789"
+ENROLL_KEY = "enroll-only-key-0123456789"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+
+
+@pytest.fixture
+def client(settings: Settings) -> TestClient:
+    keys = f"{VERIFY_KEY}:verify,{ENROLL_KEY}:enroll,{ADMIN_KEY}:admin"
+    app = create_app(
+        settings.model_copy(update={"api_keys": SecretStr(keys)}),
+        builder=lambda s: (_fake_service(s), {}),
+    )
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def as_key(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}
+
+
+ENDPOINTS = [
+    ("post", "/enroll", "enroll"),
+    ("post", "/verify", "verify"),
+    ("post", "/identify", "verify"),
+    ("post", "/compare", "verify"),
+    ("get", "/subjects", "admin"),
+    ("get", "/subjects/x", "admin"),
+    ("delete", "/subjects/x", "enroll"),
+    ("delete", "/subjects/x/faces/y", "enroll"),
+    ("get", "/keys", "admin"),
+    ("get", "/info", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), ENDPOINTS)
+def test_every_endpoint_needs_a_key(client: TestClient, method: str, path: str, scope) -> None:
+    r = client.request(method, path)
+    assert_problem(r, 401, "unauthorized")
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert_problem(
+        client.request(method, path, headers=as_key("wrong-key-0123456789")), 401, "unauthorized"
+    )
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), [e for e in ENDPOINTS if e[2]])
+def test_a_key_without_the_scope_gets_403(
+    client: TestClient, method: str, path: str, scope
+) -> None:
+    other = {"enroll": VERIFY_KEY, "verify": ENROLL_KEY, "admin": VERIFY_KEY}[scope]
+    body = assert_problem(client.request(method, path, headers=as_key(other)), 403, "forbidden")
+    assert body["required_scope"] == scope
+
+
+def test_scoped_keys_do_their_jobs(client: TestClient) -> None:
+    image = b64(fake_image(face(1)))
+    r = client.post(
+        "/enroll", json={"subject_id": "ann", "image": image}, headers=as_key(ENROLL_KEY)
+    )
+    assert r.status_code == 201
+    r = client.post(
+        "/verify",
+        json={"subject_id": "ann", "image": image},
+        headers={"Authorization": f"Bearer {VERIFY_KEY}"},
+    )
+    assert r.status_code == 200 and r.json()["match"]
+    assert client.get("/subjects", headers=as_key(ADMIN_KEY)).json()["total"] == 1
+    assert client.get("/info", headers=as_key(VERIFY_KEY)).status_code == 200
+
+
+def test_health_checks_and_the_page_need_no_key(client: TestClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/").status_code == 200
+
+
+def test_the_key_is_checked_before_the_body_is_read(client: TestClient) -> None:
+    big = b"\0" * (client.app.state.settings.max_upload_bytes + 10)
+    assert_problem(client.post("/verify", files={"image": big}), 401, "unauthorized")
+
+
+def test_keys_are_created_shown_once_stored_hashed_and_revocable(client: TestClient) -> None:
+    admin = as_key(ADMIN_KEY)
+    r = client.post("/keys", json={"name": "kiosk", "scopes": ["verify"]}, headers=admin)
+    assert r.status_code == 201
+    created = r.json()
+    key = created["key"]
+    assert key.startswith("fv_") and len(key) >= 43  # 32 random bytes, base64url
+    listed = client.get("/keys", headers=admin).json()
+    assert [k["key_id"] for k in listed] == [created["key_id"]] and "key" not in listed[0]
+    # Only the hash is in the database.
+    with client.app.state.service.store.engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT key_sha256, prefix FROM api_keys").all()
+    assert stored == [(digest(key), key[:10])]
+    assert client.get("/info", headers=as_key(key)).status_code == 200
+    assert client.delete(f"/keys/{created['key_id']}", headers=admin).json()["revoked_at"]
+    assert_problem(client.get("/info", headers=as_key(key)), 401, "unauthorized")
+    assert_problem(client.delete(f"/keys/{created['key_id']}", headers=admin), 404, "key_not_found")
+    assert_problem(
+        client.post("/keys", json={"name": "x", "scopes": ["root"]}, headers=admin),
+        422,
+        "validation_error",
+    )
+
+
+def test_environment_keys_must_be_long_and_well_formed() -> None:
+    assert parse_env_keys("") == {}
+    assert parse_env_keys(f"{VERIFY_KEY}:verify+enroll")[digest(VERIFY_KEY)] == ("enroll", "verify")
+    for bad in ("short:verify", f"{VERIFY_KEY}", f"{VERIFY_KEY}:root", f"{VERIFY_KEY}:"):
+        with pytest.raises(ValueError):
+            parse_env_keys(bad)
+
+
+FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))
+
+
+def cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FACEVERIFY_DATA_DIR": str(data_dir)}
+    env.pop("FACEVERIFY_API_KEYS", None)
+    return subprocess.run([FACEVERIFY, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
+    made = cli("keys", "create", "--scope", "enroll+verify", "--name", "door", data_dir=tmp_path)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.split()[0]
+    assert key.startswith("fv_")
+    listed = cli("keys", "list", data_dir=tmp_path).stdout
+    key_id = listed.split()[0]
+    assert "enroll+verify" in listed and "active" in listed and key not in listed
+    assert cli("keys", "revoke", key_id, data_dir=tmp_path).returncode == 0
+    assert "revoked" in cli("keys", "list", data_dir=tmp_path).stdout
+    assert cli("keys", "revoke", key_id, data_dir=tmp_path).returncode == 2
+    bad = cli("keys", "create", "--scope", "root", "--name", "x", data_dir=tmp_path)
+    assert bad.returncode == 2 and "scopes must be" in bad.stderr
