@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,9 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from app.api.observability import configure_logging
+
+    configure_logging(settings.log_format)
     weights = _or_exit(lambda: _check_models(settings))
     _or_exit(lambda: _first_admin_key(settings))
     if settings.encoder == "onnx":
@@ -50,12 +51,18 @@ def serve(
         # choices on through it.
         os.environ["FACEVERIFY_HOST"], os.environ["FACEVERIFY_PORT"] = host, str(port)
         uvicorn.run(
-            "app.api.app:create_app_from_env", factory=True, host=host, port=port, workers=workers
+            "app.api.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,  # faceverify logs each request itself, with its request id
+            log_config=None,
         )
     else:
         from app.api.app import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port)
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
 
 
 models_cli = typer.Typer(help="Model files: check them, prepare the ONNX encoder.")

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     api_keys: SecretStr = Field(SecretStr(""), description="KEY:SCOPE+SCOPE,...")
 
     # --- serving ---------------------------------------------------------------------
+    # json: one JSON object a line with the request id (for log shippers); text: for people.
+    log_format: Literal["json", "text"] = "json"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)

@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api import problems
+from app.api import observability, problems
+from app.api.observability import Metrics
 from app.api.routes import router
 from app.face.weights import WeightFile
 from app.keys import KeyStore, parse_env_keys
@@ -46,6 +47,7 @@ def create_app(
         app.state.service = service
         app.state.weights = weights
         app.state.keys = KeyStore(service.store.engine, env_keys)
+        app.state.metrics = Metrics(service.gallery_counts)
         log.info(
             "faceverify ready: encoder=%s, %d faces of %d subjects, database=%s",
             service.pipeline.encoder_name,
@@ -73,6 +75,7 @@ def create_app(
     )
     app.state.settings = settings
     problems.install(app)
+    observability.install(app)
     app.include_router(router)
     _add_web_page(app)
     return app

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from app.api.inputs import RequestBody, read_body
+from app.api.observability import Metrics
 from app.service import FaceService
 from app.settings import Settings
 
@@ -17,6 +18,10 @@ def get_settings(request: Request) -> Settings:
 
 def get_service(request: Request) -> FaceService:
     return request.app.state.service
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
 
 
 async def get_body(request: Request) -> RequestBody:
@@ -46,3 +51,4 @@ def require(scope: str | None) -> Any:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 BodyDep = Annotated[RequestBody, Depends(get_body)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

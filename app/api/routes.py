@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api import schemas as s
-from app.api.deps import BodyDep, ServiceDep, SettingsDep, require
+from app.api.deps import BodyDep, MetricsDep, ServiceDep, SettingsDep, require
 from app.api.problems import PROBLEM_JSON
 from app.errors import KeyNotFound, NotReady
 from app.face.detect import DetectedFace
@@ -75,7 +76,7 @@ def _request_body(model: type[BaseModel], images: dict[str, bool]) -> dict[str, 
     responses=_problems(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=_request_body(s.EnrollRequest, {"image": True}),
 )
-def enroll(body: BodyDep, service: ServiceDep) -> s.EnrollResponse:
+def enroll(body: BodyDep, service: ServiceDep, metrics: MetricsDep) -> s.EnrollResponse:
     """Add faces to a subject (created if new): one face per photo, all stored or none."""
     start = time.perf_counter()
     form = body.validate(s.EnrollRequest)
@@ -86,6 +87,7 @@ def enroll(body: BodyDep, service: ServiceDep) -> s.EnrollResponse:
         metadata=form.metadata,
         face_policy=form.face,
     )
+    metrics.observe_timings(result.timings)
     return s.EnrollResponse(
         subject=_subject(result.subject),
         faces=[_face(f) for f in result.faces],
@@ -102,11 +104,15 @@ def enroll(body: BodyDep, service: ServiceDep) -> s.EnrollResponse:
     responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     openapi_extra=_request_body(s.VerifyRequest, {"image": False}),
 )
-def verify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.VerifyResponse:
+def verify(
+    body: BodyDep, service: ServiceDep, settings: SettingsDep, metrics: MetricsDep
+) -> s.VerifyResponse:
     """Is the person in the photo this subject? Compares with the subject's closest face."""
     start = time.perf_counter()
     form = body.validate(s.VerifyRequest)
     result = service.verify(subject_id=form.subject_id, image=body.image(), prior=form.prior)
+    metrics.observe_timings(result.timings)
+    metrics.scores.labels("verify").observe(result.result.score)
     return s.VerifyResponse(
         **_match(result.result, settings.threshold),
         subject_id=result.subject_id,
@@ -125,11 +131,16 @@ def verify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.Verif
     responses=_problems(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=_request_body(s.IdentifyRequest, {"image": False}),
 )
-def identify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.IdentifyResponse:
+def identify(
+    body: BodyDep, service: ServiceDep, settings: SettingsDep, metrics: MetricsDep
+) -> s.IdentifyResponse:
     """Who is this? The nearest enrolled subjects to the photo's main face."""
     start = time.perf_counter()
     form = body.validate(s.IdentifyRequest)
     result = service.identify(image=body.image(), top_k=form.top_k, prior=form.prior)
+    metrics.observe_timings(result.timings)
+    if result.candidates:
+        metrics.scores.labels("identify").observe(result.candidates[0].result.score)
     candidates = [
         s.CandidateOut(
             subject_id=c.subject_id,
@@ -159,13 +170,17 @@ def identify(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.Ide
     responses=_problems(400, 401, 403, 413, 415, 422, 503),
     openapi_extra=_request_body(s.CompareRequest, {"image_a": False, "image_b": False}),
 )
-def compare(body: BodyDep, service: ServiceDep, settings: SettingsDep) -> s.CompareResponse:
+def compare(
+    body: BodyDep, service: ServiceDep, settings: SettingsDep, metrics: MetricsDep
+) -> s.CompareResponse:
     """Are two photos the same person? Nothing is stored."""
     start = time.perf_counter()
     form = body.validate(s.CompareRequest)
     result = service.compare(
         image_a=body.image("image_a"), image_b=body.image("image_b"), prior=form.prior
     )
+    metrics.observe_timings(result.timings)
+    metrics.scores.labels("compare").observe(result.result.score)
     return s.CompareResponse(
         **_match(result.result, settings.threshold),
         probe_a=_probe(result.probe_a),
@@ -279,6 +294,12 @@ def revoke_key(key_id: Annotated[str, Path(max_length=64)], request: Request) ->
 
 
 # ---- operations -------------------------------------------------------------------------
+@router.get("/metrics", responses=_problems(401, 403), dependencies=[require("admin")])
+def metrics_endpoint(metrics: MetricsDep) -> Response:
+    """Prometheus metrics: requests, latency, stage times, gallery size, match scores."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get("/healthz", response_model=s.HealthResponse)
 def healthz() -> s.HealthResponse:
     """The process is up."""

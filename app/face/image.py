@@ -8,12 +8,16 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 
+# HEIC/HEIF (phone cameras) through pillow-heif's Pillow plugin.
+register_heif_opener()
+
 # Formats we promise to read; Pillow knows more (e.g. EPS), which we refuse rather than
 # hand untrusted bytes to less-used decoders.
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "MPO"})
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "MPO", "HEIF"})
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
@@ -62,7 +66,7 @@ def decode_image_scaled(
     except UnidentifiedImageError as exc:
         raise UnsupportedMediaType(
             "The data is not an image in a supported format "
-            "(JPEG, PNG, WebP, BMP, GIF, TIFF, PPM/PGM)."
+            "(JPEG, PNG, WebP, HEIC, BMP, GIF, TIFF, PPM/PGM)."
         ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"The image could not be read: {exc}") from exc

@@ -1,0 +1,165 @@
+"""Request ids, structured JSON logs and Prometheus metrics.
+
+Nothing biometric or secret is logged or exported: no image bytes, no embeddings, no
+keys; subject ids appear in neither logs nor metric labels (labels are route templates).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from app.face.pipeline import Timings
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+access_log = logging.getLogger("faceverify.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, request id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
+        }
+        for key in ("method", "route", "status", "ms"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+        handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+
+
+class Metrics:
+    """The app's own registry, so several apps in one process (tests) do not collide.
+    With several worker processes each has its own numbers: scrape each worker, or run
+    one worker per container (docs/SCALING.md)."""
+
+    def __init__(self, gallery_size: Callable[[], dict[str, int]]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "faceverify_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "faceverify_request_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "faceverify_stage_seconds",
+            "Time per pipeline stage (decode, detect, encode, search) per request.",
+            ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self.scores = Histogram(
+            "faceverify_match_score_percent",
+            "Match percent of verify and compare results (and identify's best candidate).",
+            ["endpoint"],
+            buckets=(1, 5, 10, 25, 50, 75, 90, 95, 99, 100),
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "faceverify_requests_in_progress", "Requests being handled.", registry=self.registry
+        )
+        self.registry.register(_GalleryCollector(gallery_size))
+
+    def observe_timings(self, timings: Timings) -> None:
+        for stage in ("decode", "detect", "encode", "search"):
+            value = getattr(timings, f"{stage}_ms")
+            if value:
+                self.stage.labels(stage).observe(value / 1000.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _GalleryCollector:
+    def __init__(self, gallery_size: Callable[[], dict[str, int]]) -> None:
+        self.gallery_size = gallery_size
+
+    def collect(self) -> Any:
+        sizes = self.gallery_size()
+        faces = GaugeMetricFamily("faceverify_gallery_faces", "Enrolled faces in the index.")
+        faces.add_metric([], sizes["faces"])
+        subjects = GaugeMetricFamily("faceverify_gallery_subjects", "Subjects with faces.")
+        subjects.add_metric([], sizes["subjects"])
+        return [faces, subjects]
+
+
+def install(app: FastAPI) -> None:
+    """Request id (X-Request-ID, echoed), one access-log line and metrics per request."""
+
+    @app.middleware("http")
+    async def observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        incoming = request.headers.get("x-request-id", "")
+        rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+        start = time.perf_counter()
+        status = 500
+        if metrics:
+            metrics.inflight.inc()
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-ID"] = rid
+            return response
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            if metrics:
+                metrics.inflight.dec()
+                metrics.requests.labels(route, request.method, str(status)).inc()
+                metrics.latency.labels(route, request.method).observe(elapsed)
+            access_log.info(
+                "%s %s %s %.1fms",
+                request.method,
+                route,
+                status,
+                elapsed * 1000,
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 1),
+                },  # fmt: skip
+            )
+            request_id_var.reset(token)
