@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import ModelFileError
 from app.face.onnx_convert import DlibFormatError
@@ -140,6 +141,21 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys l
     typer.echo(f"revoked {key_id}")
 
 
+db_cli = typer.Typer(help="The database: schema migrations.")
+cli.add_typer(db_cli, name="db")
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations (serve does this at start too)."""
+    from app.gallery.store import GalleryStore
+
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: GalleryStore(settings.resolved_database_url()))
+    typer.echo(f"schema at revision {store.schema_revision}")
+    store.close()
+
+
 def _first_admin_key(settings: Settings) -> None:
     """There is never a default key; on a first start with none, make one and say so."""
     store = _key_store(settings)
@@ -157,7 +173,14 @@ def _first_admin_key(settings: Settings) -> None:
 def _or_exit(step: Callable[[], T]) -> T:
     try:
         return step()
-    except (ModelFileError, DlibFormatError, OSError, ValidationError, ValueError) as exc:
+    except (
+        ModelFileError,
+        DlibFormatError,
+        OSError,
+        ValidationError,
+        ValueError,
+        SQLAlchemyError,
+    ) as exc:
         typer.echo(f"faceverify: {getattr(exc, 'detail', exc)}", err=True)
         raise typer.Exit(2) from exc
 

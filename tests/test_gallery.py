@@ -151,3 +151,25 @@ def test_an_index_behind_the_pruned_log_reloads_everything(
     assert store.changes_since(version=index.version) is None
     index.sync(store)
     assert len(index) == 5 and index.subject_count == 5
+
+
+def test_migrations_build_exactly_the_models_schema(store: GalleryStore) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.gallery.models import Base
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+    assert store.schema_revision == "0001"
+
+
+def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    first = GalleryStore(url)
+    add(first, "a", 1)
+    first.close()
+    again = GalleryStore(url)
+    assert again.get_subject(subject_id="a").face_count == 1 and again.version() == 1
+    again.close()

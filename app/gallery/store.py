@@ -8,6 +8,7 @@ touched, so in-memory indexes in other threads or processes can catch up (see
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,11 +18,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from app.errors import FaceNotFound, SubjectNotFound
-from app.gallery.models import Base, Face, GalleryEvent, GalleryState, Subject
+from app.gallery.models import Face, GalleryEvent, GalleryState, Subject
 
 EMBEDDING_DTYPE = np.dtype("<f4")
 # How many versions of change log to keep. A process further behind than this reloads
@@ -79,7 +80,7 @@ class GalleryStore:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.engine: Engine = _make_engine(url, echo=echo)
-        _create_schema(self.engine)
+        self.schema_revision = migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -331,16 +332,27 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
     return engine
 
 
-def _create_schema(engine: Engine) -> None:
-    # Several worker processes may start on a fresh file at once: one wins each CREATE
-    # and the first state row; the others see them exist.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def migrate(engine: Engine) -> str:
+    """Bring the schema to the newest Alembic revision; returns it. Several worker
+    processes may start on a fresh database at once: the loser of a race retries and
+    then finds the schema already current."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
     for attempt in range(5):
         try:
-            Base.metadata.create_all(engine)
             with engine.begin() as conn:
-                if conn.execute(select(GalleryState.id)).first() is None:
-                    conn.execute(insert(GalleryState).values(id=1, version=0))
-            return
-        except (OperationalError, IntegrityError):
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+            break
+        except (OperationalError, IntegrityError, ProgrammingError):
             if attempt == 4:
                 raise
+            time.sleep(0.2 * (attempt + 1))
+    with engine.connect() as conn:
+        return str(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())
