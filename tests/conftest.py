@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 
 from app.api.app import create_app
 from app.gallery.index import EmbeddingIndex
@@ -22,6 +26,31 @@ AUTH = {"X-API-Key": TEST_KEY}
 
 def data(name: str) -> bytes:
     return (DATA / name).read_bytes()
+
+
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards. Needs
+    FACEVERIFY_TEST_POSTGRES_URL (a role with CREATEDB; .ci/run sets it up)."""
+    admin_url = os.environ.get("FACEVERIFY_TEST_POSTGRES_URL")
+    if not admin_url:
+        if os.environ.get("CI"):
+            pytest.fail("FACEVERIFY_TEST_POSTGRES_URL is not set; .ci/run must start PostgreSQL")
+        pytest.skip("no PostgreSQL (set FACEVERIFY_TEST_POSTGRES_URL; see .ci/postgres.sh)")
+    name = f"fv_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    yield from fresh_postgres_database()
 
 
 @pytest.fixture

@@ -23,11 +23,21 @@ def new_faces(*seeds: int) -> list[NewFace]:
     ]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> GalleryStore:
-    s = GalleryStore(f"sqlite:///{tmp_path / 'g.db'}")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> GalleryStore:
+    """Every store test runs on SQLite and on a real PostgreSQL: the same behaviour."""
+    if request.param == "sqlite":
+        s = GalleryStore(f"sqlite:///{tmp_path / 'g.db'}")
+        yield s
+        s.close()
+        return
+    from tests.conftest import fresh_postgres_database
+
+    databases = fresh_postgres_database()
+    s = GalleryStore(next(databases))
     yield s
     s.close()
+    next(databases, None)
 
 
 def add(store: GalleryStore, subject_id: str, *seeds: int) -> list[str]:
@@ -173,3 +183,43 @@ def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> No
     again = GalleryStore(url)
     assert again.get_subject(subject_id="a").face_count == 1 and again.version() == 1
     again.close()
+
+
+def test_concurrent_writers_never_leave_an_index_behind(store: GalleryStore) -> None:
+    """Two writers (as two replicas would) enroll and delete at once while a third
+    index keeps syncing; in the end it holds exactly what the database holds."""
+    import threading
+
+    watcher = EmbeddingIndex()
+    writers = [GalleryStore(store.url) for _ in range(2)]
+    stop = threading.Event()
+
+    def write(w: int) -> None:
+        for i in range(15):
+            ids = add(writers[w], f"w{w}-s{i}", 100 * w + i, 1000 + 100 * w + i)
+            if i % 3 == 0:
+                writers[w].delete_face(subject_id=f"w{w}-s{i}", face_id=ids[0])
+            if i % 5 == 0:
+                writers[w].delete_subject(subject_id=f"w{w}-s{i}")
+
+    def watch() -> None:
+        while not stop.is_set():
+            watcher.sync(store)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
+    observer = threading.Thread(target=watch)
+    observer.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    observer.join()
+    watcher.sync(store)
+    rows = store.load_embeddings()
+    assert sorted(rows.face_ids) == sorted(
+        f for s in {*rows.subject_ids} for f in watcher.subject_faces(s)
+    )
+    assert len(watcher) == len(rows.face_ids) and watcher.version == store.version()
+    for w in writers:
+        w.close()

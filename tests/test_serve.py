@@ -15,8 +15,13 @@ from tests.server import FACEVERIFY, free_port, serving
 pytestmark = pytest.mark.model
 
 
-def test_two_servers_on_one_sqlite_file_share_the_gallery(tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_two_servers_on_one_database_share_the_gallery(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
     env = {"FACEVERIFY_DATA_DIR": str(tmp_path)}
+    if database == "postgres":
+        env["FACEVERIFY_DATABASE_URL"] = request.getfixturevalue("postgres_url")
     with serving(env) as a, serving(env) as b, httpx2.Client(headers=AUTH) as http:
         r = http.post(
             a + "/enroll",
