@@ -12,9 +12,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_dockerfile_installs_and_starts_like_make_run() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    # Install: the same editable install `make run` does (tests run on the same layout).
-    assert re.search(r"RUN pip install -e \.", dockerfile)
+    # Install: the same editable install `make run` does (tests run on the same layout),
+    # then the two model commands tests/test_cli.py runs.
+    assert re.search(
+        r"RUN pip install -e \. \\\n\s+&& faceverify models check \\\n"
+        r"\s+&& faceverify models prepare$",
+        dockerfile,
+        re.MULTILINE,
+    )
     assert "pip install --quiet -e ." in makefile
+    assert dockerfile.count("FROM python:3.11-slim") == 2  # multi-stage
+    assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
     # Start: the console script test_serve.py starts, with settings from FACEVERIFY_* env.
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
     assert cmd and json.loads(cmd.group(1)) == ["faceverify", "serve"]
@@ -22,6 +30,19 @@ def test_dockerfile_installs_and_starts_like_make_run() -> None:
     # It copies everything the service reads at start-up.
     for path in ("pyproject.toml", "app", "models"):
         assert re.search(rf"^COPY .*\b{re.escape(path)}\b", dockerfile, re.MULTILINE), path
+
+
+def test_compose_runs_the_image_on_postgresql() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["faceverify"]
+    env = service["environment"]
+    assert env["FACEVERIFY_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "@postgres:5432/" in env["FACEVERIFY_DATABASE_URL"]
+    assert ":?" in env["FACEVERIFY_API_KEYS"]  # no default key: compose refuses to start
+    assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pgdata:/var/lib/postgresql/data" in compose["services"]["postgres"]["volumes"]
 
 
 def test_readme_documents_every_setting() -> None:

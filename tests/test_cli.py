@@ -1,0 +1,34 @@
+"""The model commands the Dockerfile runs at build time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FACEVERIFY, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
+
+
+def test_models_check_and_prepare(tmp_path: Path) -> None:
+    env = {"FACEVERIFY_CACHE_DIR": str(tmp_path / "cache")}
+    check = run("models", "check", env=env)
+    assert check.returncode == 0 and check.stdout.count("ok ") == 3
+    prepare = run("models", "prepare", env=env)
+    assert prepare.returncode == 0, prepare.stderr
+    assert list((tmp_path / "cache").glob("dlib_resnet_v1-*.onnx"))
+
+
+def test_db_upgrade(tmp_path: Path) -> None:
+    done = run("db", "upgrade", env={"FACEVERIFY_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 0 and "revision 0001" in done.stdout
+    bad = run(
+        "db", "upgrade", env={"FACEVERIFY_DATABASE_URL": "postgresql+psycopg://x:y@127.0.0.1:1/z"}
+    )
+    assert bad.returncode == 2 and "faceverify:" in bad.stderr
