@@ -22,6 +22,7 @@ table (app/api/problems.py); nothing here knows HTTP.
     ├── Unauthorized               no API key, or an unknown or revoked one
     ├── Forbidden                  a valid key without the scope the endpoint needs
     ├── ServiceBusy                no inference slot within the wait
+    │   └── TooManyRequests        more requests waiting than the queue holds
     ├── NotReady                   models not loaded or database unreachable (readiness)
     └── ModelFileError             weights missing or with the wrong sha256 (start-up)
 """
@@ -117,6 +118,10 @@ class Forbidden(FaceVerifyError):
 
 
 class ServiceBusy(FaceVerifyError):
+    pass
+
+
+class TooManyRequests(ServiceBusy):
     pass
 
 

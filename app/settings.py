@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     max_concurrent_inference: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     # How long a request may wait for a slot before it is answered 503.
     inference_wait_seconds: float = Field(10.0, ge=0)
+    # Requests that may wait for a slot at once (per process); past that, 429 at once, so
+    # there is never an unbounded queue.
+    max_queued_requests: int = Field(32, ge=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     identify_top_k: int = Field(5, ge=1, le=100)
 

@@ -161,3 +161,37 @@ def test_scores_follow_distance(fake_service: FaceService) -> None:
     assert np.all(np.diff([s.distance for s in scores]) > 0)
     assert np.all(np.diff([s.score for s in scores]) <= 0)
     assert all(0.1 <= s.score <= 99.9 for s in scores)
+
+
+def test_admission_refuses_past_slots_plus_queue(settings: Settings) -> None:
+    """Requests past inference slots + queue get 429 at once, before taking a thread."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from app.api.deps import Admission, admit
+    from app.errors import TooManyRequests
+
+    class State:
+        admission = Admission(limit=2)
+
+    class App:
+        state = State()
+
+    request = Request({"type": "http", "app": App(), "headers": []})
+
+    async def scenario() -> None:
+        first, second = admit(request), admit(request)
+        await anext(first)
+        await anext(second)
+        with pytest.raises(TooManyRequests):
+            await anext(admit(request))
+        await first.aclose()
+        third = admit(request)
+        await anext(third)  # a place was freed
+        assert App.state.admission.active == 2
+        await second.aclose()
+        await third.aclose()
+        assert App.state.admission.active == 0
+
+    asyncio.run(scenario())

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import observability, problems
+from app.api.deps import Admission
 from app.api.observability import Metrics
 from app.api.routes import router
 from app.face.weights import WeightFile
@@ -48,6 +49,9 @@ def create_app(
         app.state.weights = weights
         app.state.keys = KeyStore(service.store.engine, env_keys)
         app.state.metrics = Metrics(service.gallery_counts)
+        app.state.admission = Admission(
+            settings.max_concurrent_inference + settings.max_queued_requests
+        )
         log.info(
             "faceverify ready: encoder=%s, %d faces of %d subjects, database=%s",
             service.pipeline.encoder_name,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from app.api.inputs import RequestBody, read_body
 from app.api.observability import Metrics
+from app.errors import TooManyRequests
 from app.service import FaceService
 from app.settings import Settings
 
@@ -46,6 +48,30 @@ def require(scope: str | None) -> Any:
         request.app.state.keys.authorize(api_key(request), scope)
 
     return Depends(check)
+
+
+class Admission:
+    """Counts the requests that run or wait for inference in this process; past
+    inference slots + ``max_queued_requests`` a request is refused at once (429), before
+    it takes a thread or reads its body."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+
+async def admit(request: Request) -> AsyncIterator[None]:
+    admission: Admission = request.app.state.admission
+    if admission.active >= admission.limit:
+        raise TooManyRequests(
+            f"{admission.active} requests are already running or waiting; retry shortly.",
+            retry_after=1,
+        )
+    admission.active += 1  # one event loop: no lock needed
+    try:
+        yield
+    finally:
+        admission.active -= 1
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -39,6 +39,7 @@ ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
     errors.SubjectHasNoFaces: (409, "subject_has_no_faces"),
     errors.Unauthorized: (401, "unauthorized"),
     errors.Forbidden: (403, "forbidden"),
+    errors.TooManyRequests: (429, "too_many_requests"),
     errors.ServiceBusy: (503, "service_busy"),
     errors.NotReady: (503, "not_ready"),
     errors.ModelFileError: (500, "model_file_error"),
@@ -81,7 +82,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.FaceVerifyError)
     async def _domain(request: Request, exc: errors.FaceVerifyError) -> JSONResponse:
         status, code = status_and_code(exc)
-        if status >= 500 and status != 503:
+        if status >= 500 and status not in (503, 504):
             log.error("%s on %s: %s", code, request.url.path, exc.detail)
         return problem(status, code, exc.detail, instance=request.url.path, **exc.extra)
 

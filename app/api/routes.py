@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api import schemas as s
-from app.api.deps import BodyDep, MetricsDep, ServiceDep, SettingsDep, require
+from app.api.deps import BodyDep, MetricsDep, ServiceDep, SettingsDep, admit, require
 from app.api.problems import PROBLEM_JSON
 from app.errors import KeyNotFound, NotReady
 from app.face.detect import DetectedFace
@@ -70,10 +70,10 @@ def _request_body(model: type[BaseModel], images: dict[str, bool]) -> dict[str, 
 # ---- enroll / verify / identify / compare ----------------------------------------------
 @router.post(
     "/enroll",
-    dependencies=[require("enroll")],
+    dependencies=[require("enroll"), Depends(admit)],
     status_code=201,
     response_model=s.EnrollResponse,
-    responses=_problems(400, 401, 403, 413, 415, 422, 503),
+    responses=_problems(400, 401, 403, 413, 415, 422, 429, 503),
     openapi_extra=_request_body(s.EnrollRequest, {"image": True}),
 )
 def enroll(body: BodyDep, service: ServiceDep, metrics: MetricsDep) -> s.EnrollResponse:
@@ -99,9 +99,9 @@ def enroll(body: BodyDep, service: ServiceDep, metrics: MetricsDep) -> s.EnrollR
 
 @router.post(
     "/verify",
-    dependencies=[require("verify")],
+    dependencies=[require("verify"), Depends(admit)],
     response_model=s.VerifyResponse,
-    responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+    responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     openapi_extra=_request_body(s.VerifyRequest, {"image": False}),
 )
 def verify(
@@ -126,9 +126,9 @@ def verify(
 
 @router.post(
     "/identify",
-    dependencies=[require("verify")],
+    dependencies=[require("verify"), Depends(admit)],
     response_model=s.IdentifyResponse,
-    responses=_problems(400, 401, 403, 413, 415, 422, 503),
+    responses=_problems(400, 401, 403, 413, 415, 422, 429, 503),
     openapi_extra=_request_body(s.IdentifyRequest, {"image": False}),
 )
 def identify(
@@ -165,9 +165,9 @@ def identify(
 
 @router.post(
     "/compare",
-    dependencies=[require("verify")],
+    dependencies=[require("verify"), Depends(admit)],
     response_model=s.CompareResponse,
-    responses=_problems(400, 401, 403, 413, 415, 422, 503),
+    responses=_problems(400, 401, 403, 413, 415, 422, 429, 503),
     openapi_extra=_request_body(s.CompareRequest, {"image_a": False, "image_b": False}),
 )
 def compare(
