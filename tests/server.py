@@ -25,6 +25,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path | None = None) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text() if log else "the server exited")
+        try:
+            if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("server did not become ready in 60 s")
+        time.sleep(0.2)
+
+
 @contextmanager
 def serving(env: dict[str, str], *args: str) -> Iterator[str]:
     port = free_port()
@@ -38,18 +53,7 @@ def serving(env: dict[str, str], *args: str) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(log.read_text())
-            try:
-                if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("server did not become ready in 60 s")
-            time.sleep(0.2)
+        wait_ready(url, proc, log)
         yield url
     finally:
         proc.terminate()
