@@ -159,3 +159,14 @@ def test_a_huge_jpeg_is_decoded_smaller_and_reported_in_its_own_pixels(
     assert abs(faces[0].frame[0] - 2868) <= 2 and abs(faces[0].frame[1] - 4666) <= 2
     embeddings = real_service.pipeline.embed([faces[0], small[0]], Timings())
     assert np.linalg.norm(embeddings[0] - embeddings[1]) < SAME_PHOTO_TOLERANCE
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 50), (39, 39), (41, 41)])
+def test_tiny_images_find_no_face_without_crashing(real_service: FaceService, size) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 100, 90)).save(buf, "PNG")
+    assert real_service.pipeline.find_faces(buf.getvalue(), Timings()) == []

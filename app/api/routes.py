@@ -200,7 +200,7 @@ def compare(
 )
 def list_subjects(
     service: ServiceDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     prefix: Annotated[str | None, Query(max_length=128, description="Id prefix filter.")] = None,
 ) -> s.SubjectPage:

@@ -16,6 +16,9 @@ from app.face.encoder import CHIP_SIZE
 CHIP_PADDING = 0.25
 # HOG's sliding window is 80x80 px: faces smaller than that are found only upsampled.
 HOG_WINDOW = 80
+# dlib's CNN detector fails (its filters do not fit) on images a few pixels across;
+# below this side there is no face to look for anyway (found by schemathesis).
+CNN_MIN_SIDE = 40
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class HogFaceDetector:
                 break
             upsample += 1
         detector = "hog"
-        if not len(rects) and self._cnn is not None:
+        if not len(rects) and self._cnn is not None and min(height, width) >= CNN_MIN_SIDE:
             # HOG found nothing: dlib's CNN detector on a copy of at most cnn_max_side
             # (its cost grows with the pixels: ~330 ms at 250x250 here).
             scale = min(1.0, self.cnn_max_side / max(height, width))
