@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     # Requests that may wait for a slot at once (per process); past that, 429 at once, so
     # there is never an unbounded queue.
     max_queued_requests: int = Field(32, ge=0)
+    # A request taking longer than this is answered 503 request_timeout.
+    request_timeout_seconds: float = Field(60.0, gt=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     identify_top_k: int = Field(5, ge=1, le=100)
 

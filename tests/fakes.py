@@ -45,8 +45,9 @@ class FakePipeline:
     encoder_name = "fake"
     version = "fake-1"
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.embed_calls = 0
+        self.delay = delay  # seconds each embed takes, to test timeouts
 
     def find_faces(self, data: bytes, timings: Timings) -> list[DetectedFace]:
         if not data.startswith(PREFIX):
@@ -70,6 +71,10 @@ class FakePipeline:
 
     def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
         self.embed_calls += 1
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
         return (
             np.stack([unit_vector(f.chip.seed, f.chip.noise) for f in faces])
             if faces

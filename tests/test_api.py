@@ -240,3 +240,23 @@ def test_info_says_when_the_calibration_was_fitted_for_other_settings(
         with TestClient(app, headers=AUTH) as client:
             assert client.get("/info").json()["calibration_matches_pipeline"] is expected
     assert "was not fitted for these pipeline settings" in caplog.text
+
+
+def test_a_request_past_the_timeout_gets_503(settings) -> None:
+    from app.api.app import create_app
+    from tests.conftest import _fake_service
+
+    slow = settings.model_copy(update={"request_timeout_seconds": 0.2})
+
+    def build(s):
+        service = _fake_service(s)
+        service.pipeline.delay = 0.6  # type: ignore[attr-defined]
+        return service, {}
+
+    with TestClient(create_app(slow, builder=build), headers=AUTH) as client:
+        r = client.post(
+            "/compare", files={"image_a": fake_image(face(1)), "image_b": fake_image(face(1))}
+        )
+        body = assert_problem(r, 503, "request_timeout")
+        assert r.headers["retry-after"] == "1" and body["detail"]
+        assert client.get("/healthz").status_code == 200

@@ -6,6 +6,7 @@ keys; subject ids appear in neither logs nor metric labels (labels are route tem
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -19,6 +20,7 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from app.api.problems import problem
 from app.face.pipeline import Timings
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -137,8 +139,20 @@ def install(app: FastAPI) -> None:
         status = 500
         if metrics:
             metrics.inflight.inc()
+        timeout = request.app.state.settings.request_timeout_seconds
         try:
-            response = await call_next(request)
+            try:
+                response = await asyncio.wait_for(call_next(request), timeout)
+            except TimeoutError:
+                # The inference thread cannot be stopped; it finishes and its answer is
+                # dropped. Its slot stays taken until then, so the bound on work holds.
+                response = problem(
+                    503,
+                    "request_timeout",
+                    f"The request took longer than {timeout:g} s; retry later.",
+                    instance=request.url.path,
+                    retry_after=1,
+                )
             status = response.status_code
             response.headers["X-Request-ID"] = rid
             return response
