@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import os
 import subprocess
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import AUTH, data
+from tests.conftest import AUTH, TEST_KEY, data
 from tests.server import FACEVERIFY, free_port, serving
 
 pytestmark = pytest.mark.model
@@ -49,6 +51,11 @@ def test_two_servers_on_one_database_share_the_gallery(
         assert r.status_code == 404 and r.json()["code"] == "subject_not_found"
         r = http.post(b + "/identify", files={"image": data("obama3.jpg")}, timeout=30)
         assert r.json()["candidates"] == []
+    # Nothing secret or biometric in the logs: no key, no image bytes, no embeddings.
+    logs = "".join(p.read_text(errors="replace") for p in tmp_path.glob("server-*.log"))
+    assert "/verify" in logs and TEST_KEY not in logs
+    assert base64.b64encode(data("obama.jpg")[:48]).decode()[:40] not in logs
+    assert "embedding" not in logs.lower()
 
 
 def test_serve_fails_fast_when_weights_are_missing(tmp_path: Path) -> None:
