@@ -19,6 +19,17 @@ from app.settings import Settings
 from tests.fakes import FakePipeline
 
 DATA = Path(__file__).parent / "data"
+# The same Grace Hopper photo in every format and mode the decoder reads.
+HOPPER_VARIANTS = [
+    "hopper.png",
+    "hopper.webp",
+    "hopper.gif",
+    "hopper.bmp",
+    "hopper.tif",
+    "hopper.ppm",
+    "hopper_gray.jpg",
+    "hopper_16bit.pgm",
+]
 # An admin key for the test servers (FACEVERIFY_API_KEYS form), and its header.
 TEST_KEY = "test-admin-key-0123456789"
 AUTH = {"X-API-Key": TEST_KEY}

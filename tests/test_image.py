@@ -12,7 +12,7 @@ from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from app.face.image import decode_image, decode_image_scaled
-from tests.conftest import data
+from tests.conftest import HOPPER_VARIANTS, data
 
 CAP = 40_000_000
 
@@ -23,17 +23,7 @@ def decode(name: str) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        "hopper.jpg",
-        "hopper.png",
-        "hopper.webp",
-        "hopper.gif",
-        "hopper.bmp",
-        "hopper.tif",
-        "hopper.ppm",
-        "hopper_gray.jpg",
-        "hopper_16bit.pgm",
-    ],
+    ["hopper.jpg", *HOPPER_VARIANTS],
 )
 def test_every_supported_format_decodes_to_the_same_rgb_picture(name: str) -> None:
     reference = decode("hopper.png").astype(np.float64)

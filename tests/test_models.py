@@ -7,7 +7,7 @@ import pytest
 
 from app.face.pipeline import Timings
 from app.service import FaceService
-from tests.conftest import data
+from tests.conftest import HOPPER_VARIANTS, data
 
 pytestmark = pytest.mark.model
 
@@ -89,16 +89,7 @@ def test_rotated_curie_photos_give_the_same_detection(
 
 @pytest.mark.parametrize(
     "name",
-    [
-        "hopper.png",
-        "hopper.webp",
-        "hopper.gif",
-        "hopper.bmp",
-        "hopper.tif",
-        "hopper.ppm",
-        "hopper_gray.jpg",
-        "hopper_16bit.pgm",
-    ],
+    HOPPER_VARIANTS,
 )
 def test_every_format_finds_and_embeds_the_face(real_service: FaceService, name: str) -> None:
     # Grayscale and palette versions lose colour: up to 0.15 from the JPEG here.
