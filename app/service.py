@@ -221,8 +221,7 @@ class FaceService:
     ) -> CompareResult:
         """Distance and score between the main faces of two photos; stores nothing."""
         timings = Timings()
-        probe_a, emb_a = self._probe(image_a, timings, image_index=0)
-        probe_b, emb_b = self._probe(image_b, timings, image_index=1)
+        (probe_a, probe_b), (emb_a, emb_b) = self._probes([image_a, image_b], timings)
         distance = float(np.linalg.norm(emb_a.astype(np.float64) - emb_b))
         return CompareResult(probe_a, probe_b, self._match(distance, prior), timings)
 
@@ -284,14 +283,19 @@ class FaceService:
             )
         return faces
 
-    def _probe(
-        self, data: bytes, timings: Timings, *, image_index: int | None = None
-    ) -> tuple[ProbeFace, np.ndarray]:
+    def _probe(self, data: bytes, timings: Timings) -> tuple[ProbeFace, np.ndarray]:
+        (probe,), embeddings = self._probes([data], timings)
+        return probe, embeddings[0]
+
+    def _probes(self, images: list[bytes], timings: Timings) -> tuple[list[ProbeFace], np.ndarray]:
+        """Each photo's main face, all encoded in one batch."""
         with self.slots.hold():
-            faces = self._find(data, timings, image_index=image_index)
-            face = main_face(faces)
-            embedding = self.pipeline.embed([face], timings)[0]
-        return ProbeFace(face, len(faces)), embedding
+            probes = []
+            for number, data in enumerate(images):
+                faces = self._find(data, timings, image_index=number if len(images) > 1 else None)
+                probes.append(ProbeFace(main_face(faces), len(faces)))
+            embeddings = self.pipeline.embed([p.face for p in probes], timings)
+        return probes, embeddings
 
     def _match(self, distance: float, prior: float | None) -> Match:
         return Match(
