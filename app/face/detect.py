@@ -14,8 +14,6 @@ from app.face.encoder import CHIP_SIZE
 # dlib python_examples/face_recognition.py and dlib's dnn_face_recognition_ex.cpp align
 # with get_face_chip(img, shape, 150, 0.25): 150 px, 25% padding around the landmarks.
 CHIP_PADDING = 0.25
-# HOG's sliding window is 80x80 px: faces smaller than that are found only upsampled.
-HOG_WINDOW = 80
 # dlib's CNN detector fails (its filters do not fit) on images a few pixels across;
 # below this side there is no face to look for anyway (found by schemathesis).
 CNN_MIN_SIDE = 40
