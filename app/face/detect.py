@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from app.face.encoder import CHIP_SIZE
+from app.face.pool import InstancePool
 
 # dlib python_examples/face_recognition.py and dlib's dnn_face_recognition_ex.cpp align
 # with get_face_chip(img, shape, 150, 0.25): 150 px, 25% padding around the landmarks.
@@ -77,8 +79,20 @@ class DetectedFace:
         )
 
 
+@dataclass
+class _DlibModels:
+    """One thread's set of dlib objects (none of them may be shared between threads)."""
+
+    hog: Any
+    predictor: Any
+    cnn: Any | None
+
+
 class HogFaceDetector:
     """dlib's HOG frontal-face detector plus the 5-point shape predictor.
+
+    Thread-safe: each call borrows its own set of dlib objects from a pool
+    (:mod:`app.face.pool`), since dlib's detectors are not safe to share.
 
     Detection runs on a copy scaled down so its longest side is at most ``max_side``;
     landmarks and the chip come from the full-resolution image, so downscaling costs
@@ -101,9 +115,16 @@ class HogFaceDetector:
         import dlib
 
         self._dlib = dlib
-        self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(str(shape_predictor_path))
-        self._cnn = dlib.cnn_face_detection_model_v1(str(cnn_path)) if cnn_path else None
+
+        def load() -> _DlibModels:
+            return _DlibModels(
+                hog=dlib.get_frontal_face_detector(),
+                predictor=dlib.shape_predictor(str(shape_predictor_path)),
+                cnn=dlib.cnn_face_detection_model_v1(str(cnn_path)) if cnn_path else None,
+            )
+
+        self.models = InstancePool(load)
+        self.models.warm()
         self.max_side = max_side
         self.upsample = upsample
         self.retry_max_side = retry_max_side
@@ -115,6 +136,10 @@ class HogFaceDetector:
         Returns:
             The faces, in the detector's order (most confident first).
         """
+        with self.models.borrow() as models:
+            return self._detect(models, rgb)
+
+    def _detect(self, models: _DlibModels, rgb: np.ndarray) -> list[DetectedFace]:
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         small = rgb if scale == 1.0 else _resize(rgb, scale)
@@ -122,17 +147,17 @@ class HogFaceDetector:
 
         upsample = self.upsample
         while True:
-            rects, scores, _ = self._detector.run(small, upsample, 0.0)
+            rects, scores, _ = models.hog.run(small, upsample, 0.0)
             if len(rects) or longest * 2 ** (upsample + 1) > self.retry_max_side:
                 break
             upsample += 1
         detector = "hog"
-        if not len(rects) and self._cnn is not None and min(height, width) >= CNN_MIN_SIDE:
+        if not len(rects) and models.cnn is not None and min(height, width) >= CNN_MIN_SIDE:
             # HOG found nothing: dlib's CNN detector on a copy of at most cnn_max_side
             # (its cost grows with the pixels: ~330 ms at 250x250 here).
             scale = min(1.0, self.cnn_max_side / max(height, width))
             small = rgb if scale == 1.0 else _resize(rgb, scale)
-            detections = self._cnn(small, 0)
+            detections = models.cnn(small, 0)
             rects = [d.rect for d in detections]
             scores = [d.confidence for d in detections]
             detector, upsample = "cnn", 0
@@ -144,7 +169,7 @@ class HogFaceDetector:
             full = self._dlib.rectangle(
                 int(round(left)), int(round(top)), int(round(right)) - 1, int(round(bottom)) - 1
             )
-            shape = self._predictor(rgb, full)
+            shape = models.predictor(rgb, full)
             chip = np.asarray(self._dlib.get_face_chip(rgb, shape, CHIP_SIZE, CHIP_PADDING))
             box = Box(
                 left=max(0, int(round(left))),

@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from app.face.pool import InstancePool
+
 # dlib's ResNet takes 150x150 chips (input_rgb_image_sized<150>) and outputs 128 floats.
 CHIP_SIZE = 150
 EMBEDDING_DIM = 128
@@ -37,7 +39,9 @@ class DlibEncoder:
     """dlib's ``face_recognition_model_v1`` (the reference implementation).
 
     Measured here: 73-77 ms per face on one core, and it holds the GIL while it runs,
-    so threads do not run two encodings at once (docs/CONCURRENCY.md).
+    so threads do not run two encodings at once (docs/CONCURRENCY.md). The network keeps
+    each layer's output inside the object, so each call borrows its own instance from a
+    pool rather than relying on the GIL (:mod:`app.face.pool`).
     """
 
     name = "dlib_resnet_v1"
@@ -45,14 +49,16 @@ class DlibEncoder:
     def __init__(self, model_path: Path, *, num_jitters: int = 0) -> None:
         import dlib
 
-        self._model = dlib.face_recognition_model_v1(str(model_path))
+        self.models = InstancePool(lambda: dlib.face_recognition_model_v1(str(model_path)))
+        self.models.warm()
         self._num_jitters = num_jitters
 
     def encode(self, chips: np.ndarray) -> np.ndarray:
         if len(chips) == 0:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         batch = [np.ascontiguousarray(chip) for chip in chips]
-        vectors = self._model.compute_face_descriptor(batch, self._num_jitters)
+        with self.models.borrow() as model:
+            vectors = model.compute_face_descriptor(batch, self._num_jitters)
         return np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
 
 
@@ -61,7 +67,9 @@ class OnnxEncoder:
 
     Same embeddings as :class:`DlibEncoder` within 1e-4 (tests/test_onnx.py), ~13-25x
     faster here, and ONNX Runtime releases the GIL while it runs, so threads overlap.
-    A batch of chips is one run.
+    A batch of chips is one run. One session serves every thread: ONNX Runtime documents
+    ``Run`` as safe to call concurrently (it keeps no per-run state in the session), and
+    tests/test_concurrency.py checks every answer under threads against the one alone.
     """
 
     name = "dlib_resnet_v1_onnx"

@@ -1,0 +1,188 @@
+"""Answers under concurrency: several threads or clients, different photos, many rounds;
+every answer must equal the same photo's answer computed alone.
+
+A status code of 200 is not a right answer: dlib's detectors keep scratch buffers inside
+the object, and one shared between threads gave wrong distances, then crashed the
+process (issue 9). These tests compare the answers themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.face.encoder import DlibEncoder
+from app.face.pipeline import Timings
+from app.face.pool import InstancePool
+from app.face.weights import load_weights
+from app.service import FaceService
+from tests.conftest import AUTH, data
+from tests.server import serving
+
+pytestmark = pytest.mark.model
+
+# Photos that take every detection path: one face (HOG), a small photo that needs the
+# upsampling retry (hopper.jpg, 128 px), two faces, no face at all (HOG, then the CNN
+# fallback, which finds nothing), and a face tilted 60 degrees, which HOG misses and the
+# CNN detector finds (ROTATED).
+ROTATED = "obama.jpg rotated 60"
+PHOTOS = ["obama.jpg", "obama2.jpg", "biden.jpg", "hopper.jpg", "two_people.jpg", "coffee.png"]
+PHOTOS.append(ROTATED)
+# The same photo through the same models gives the same numbers; ONNX Runtime's results
+# may differ in the last bits between thread counts, far below this.
+EMBEDDING_TOLERANCE = 1e-5
+
+
+@functools.cache
+def photo(name: str) -> bytes:
+    if name != ROTATED:
+        return data(name)
+    image = Image.open(io.BytesIO(data("obama.jpg"))).convert("RGB")
+    out = io.BytesIO()
+    image.rotate(60, expand=True, fillcolor=(128, 128, 128)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _answer(service: FaceService, name: str) -> tuple[list[tuple], np.ndarray]:
+    timings = Timings()
+    faces = service.pipeline.find_faces(photo(name), timings)
+    embeddings = service.pipeline.embed(faces, timings)
+    return [(f.box, f.detector, f.upsample) for f in faces], embeddings
+
+
+def _rotated(names: list[str], k: int) -> list[str]:
+    return names[k % len(names) :] + names[: k % len(names)]
+
+
+def test_threads_on_different_photos_get_the_answers_computed_alone(
+    real_service: FaceService,
+) -> None:
+    expected = {name: _answer(real_service, name) for name in PHOTOS}
+    # Every path is taken: HOG with and without the retry, the CNN fallback.
+    assert [d for d, _ in [f[1:] for f in expected[ROTATED][0]]] == ["cnn"]
+    assert expected["hopper.jpg"][0][0][2] == 1 and expected["coffee.png"][0] == []
+    threads, rounds = 4, 2
+    wrong: list[str] = []
+    lock = threading.Lock()
+
+    def work(k: int) -> int:
+        done = 0
+        for _ in range(rounds):
+            for name in _rotated(PHOTOS, k):
+                faces, embeddings = _answer(real_service, name)
+                want_faces, want_embeddings = expected[name]
+                ok = faces == want_faces and np.allclose(
+                    embeddings, want_embeddings, atol=EMBEDDING_TOLERANCE
+                )
+                if not ok:
+                    with lock:
+                        wrong.append(f"{name}: {faces} != {want_faces}")
+                done += 1
+        return done
+
+    with ThreadPoolExecutor(threads) as pool:
+        done = sum(pool.map(work, range(threads)))
+    assert done == threads * rounds * len(PHOTOS)
+    assert wrong == [], f"{len(wrong)} of {done} answers differ from the single-threaded ones"
+
+
+def test_concurrent_clients_get_the_answers_computed_alone(tmp_path: Path) -> None:
+    """Over HTTP on a real server with default settings: /compare of a photo with itself
+    must be distance 0 with the same box as alone, whatever else is running."""
+    env = {"FACEVERIFY_DATA_DIR": str(tmp_path)}
+    photos = ["obama.jpg", "obama2.jpg", "biden.jpg", "hopper.jpg", "astronaut.png"]
+    with serving(env) as url, httpx2.Client(base_url=url, headers=AUTH, timeout=60) as http:
+
+        def compare(name: str) -> dict:
+            body = data(name)
+            r = http.post("/compare", files={"image_a": body, "image_b": body})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        alone = {name: compare(name) for name in photos}
+        for name, answer in alone.items():
+            assert answer["distance"] < EMBEDDING_TOLERANCE, (name, answer["distance"])
+
+        clients, rounds = 4, 4
+        wrong: list[str] = []
+
+        def client(k: int) -> int:
+            done = 0
+            with httpx2.Client(base_url=url, headers=AUTH, timeout=60) as own:
+                for _ in range(rounds):
+                    for name in _rotated(photos, k):
+                        body = data(name)
+                        r = own.post("/compare", files={"image_a": body, "image_b": body})
+                        got = r.json() if r.status_code == 200 else {"status": r.status_code}
+                        want = alone[name]
+                        if (
+                            got.get("distance", 1.0) > EMBEDDING_TOLERANCE
+                            or got["probe_a"]["box"] != want["probe_a"]["box"]
+                            or got["probe_a"]["faces_detected"] != want["probe_a"]["faces_detected"]
+                        ):
+                            wrong.append(f"{name}: {got.get('distance', got)}")
+                        done += 1
+            return done
+
+        with ThreadPoolExecutor(clients) as pool:
+            done = sum(pool.map(client, range(clients)))
+        assert wrong == [], f"{len(wrong)} of {done} answers wrong: {wrong[:5]}"
+        assert http.get("/readyz").status_code == 200  # still up
+
+
+def test_the_dlib_encoder_under_threads_gives_the_answers_computed_alone(
+    real_service: FaceService,
+) -> None:
+    settings = real_service.settings
+    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
+    encoder = DlibEncoder(weights["dlib_resnet_v1"].path)
+    timings = Timings()
+    chips = [
+        real_service.pipeline.find_faces(data(n), timings)[0].chip
+        for n in ("obama.jpg", "biden.jpg", "hopper.jpg")
+    ]
+    expected = [encoder.encode(c[None])[0] for c in chips]
+
+    def work(k: int) -> int:
+        wrong = 0
+        for r in range(3):
+            i = (k + r) % len(chips)
+            wrong += not np.allclose(encoder.encode(chips[i][None])[0], expected[i], atol=1e-6)
+        return wrong
+
+    with ThreadPoolExecutor(3) as pool:
+        assert sum(pool.map(work, range(3))) == 0
+    assert 1 <= encoder.models.created <= 3
+
+
+def test_the_pool_never_lends_one_instance_to_two_threads_at_once() -> None:
+    pool: InstancePool[object] = InstancePool(object)
+    holders: dict[int, int] = {}
+    clashes = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def work(_: int) -> None:
+        start.wait()
+        for _ in range(200):
+            with pool.borrow() as instance:
+                with lock:
+                    if id(instance) in holders:
+                        clashes.append(id(instance))
+                    holders[id(instance)] = threading.get_ident()
+                with lock:
+                    del holders[id(instance)]
+
+    with ThreadPoolExecutor(6) as executor:
+        list(executor.map(work, range(6)))
+    assert clashes == []
+    # Grows to the peak concurrency, never past the number of threads.
+    assert 1 <= pool.created <= 6
