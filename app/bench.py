@@ -162,10 +162,42 @@ BENCH_KEY = "bench-" + uuid.uuid4().hex
 
 
 def _post(conn: http.client.HTTPConnection, path: str, body: bytes, ctype: str) -> int:
+    return _post_answer(conn, path, body, ctype)[0]
+
+
+def _post_answer(
+    conn: http.client.HTTPConnection, path: str, body: bytes, ctype: str
+) -> tuple[int, dict[str, Any]]:
     conn.request("POST", path, body=body, headers={"Content-Type": ctype, "X-API-Key": BENCH_KEY})
     response = conn.getresponse()
-    response.read()
-    return response.status
+    raw = response.read()
+    return response.status, json.loads(raw) if raw else {}
+
+
+# Two /verify answers for the same photo agree when the distance is within this and the
+# probe box is the same (ONNX Runtime's last bits may differ between thread counts).
+DISTANCE_TOLERANCE = 1e-5
+
+
+class AnswerCheck:
+    """Counts /verify answers that differ from the photo's first (sequential) answer: a
+    benchmark under load checks the answers, not only the status codes (issue 9)."""
+
+    def __init__(self) -> None:
+        self.expected: dict[bytes, tuple[float, dict[str, int]]] = {}
+        self.checked = 0
+        self.wrong = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, body: bytes, status: int, answer: dict[str, Any]) -> None:
+        if status != 200:
+            return  # a refusal (429/503) is counted by status, not as an answer
+        got = (float(answer["distance"]), answer["probe"]["box"])
+        with self._lock:
+            want = self.expected.setdefault(body, got)
+            self.checked += 1
+            if abs(got[0] - want[0]) > DISTANCE_TOLERANCE or got[1] != want[1]:
+                self.wrong += 1
 
 
 def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[str, Any]:
@@ -192,11 +224,16 @@ def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[st
             if _post(conn, "/enroll", body, ctype) != 201:
                 raise RuntimeError("enrolling the benchmark subject failed")
             result: dict[str, Any] = {}
+            check = AnswerCheck()
+
+            def verify(body: bytes, ctype: str) -> None:
+                check(body, *_post_answer(conn, "/verify", body, ctype))
+
             for name, data in photos.items():
                 body, ctype = _multipart({"subject_id": "bench"}, {"image": data})
                 n = requests if name == "640x480" else max(10, requests // 4)
-                seq = _time(lambda b=body, c=ctype: _post(conn, "/verify", b, c), n)  # type: ignore[misc]
-                latencies, wall, statuses = _concurrent(port, body, ctype, n, clients)
+                seq = _time(lambda b=body, c=ctype: verify(b, c), n)  # type: ignore[misc]
+                latencies, wall, statuses = _concurrent(port, [(body, ctype)], n, clients, check)
                 result[name] = {
                     "sequential": _percentiles(seq),
                     f"concurrent_{clients}": {
@@ -205,6 +242,18 @@ def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[st
                         "statuses": statuses,
                     },
                 }
+            # Both photos at once from every client, alternating: different inputs in
+            # flight together, which is what shared native state gets wrong.
+            bodies = [_multipart({"subject_id": "bench"}, {"image": d}) for d in photos.values()]
+            latencies, wall, statuses = _concurrent(port, bodies, requests, clients, check)
+            result["mixed"] = {
+                f"concurrent_{clients}": {
+                    **_percentiles(latencies),
+                    "requests_per_s": round(len(latencies) / wall, 1),
+                    "statuses": statuses,
+                }
+            }
+            result["answers"] = {"checked": check.checked, "wrong": check.wrong}
             conn.close()
             return result
         finally:
@@ -229,24 +278,30 @@ def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
 
 
 def _concurrent(
-    port: int, body: bytes, ctype: str, total: int, clients: int
+    port: int,
+    bodies: list[tuple[bytes, str]],
+    total: int,
+    clients: int,
+    check: AnswerCheck,
 ) -> tuple[list[float], float, dict[int, int]]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     lock = threading.Lock()
     per_client = max(1, total // clients)
 
-    def client() -> None:
+    def client(k: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        for _ in range(per_client):
+        for i in range(per_client):
+            body, ctype = bodies[(k + i) % len(bodies)]
             start = time.perf_counter()
-            status = _post(conn, "/verify", body, ctype)
+            status, answer = _post_answer(conn, "/verify", body, ctype)
+            check(body, status, answer)
             with lock:
                 latencies.append((time.perf_counter() - start) * 1000)
                 statuses[status] = statuses.get(status, 0) + 1
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -341,14 +396,22 @@ def print_table(report: dict[str, Any]) -> None:
     if "http_verify" in report:
         print("\n/verify over HTTP        p50     p95     p99   req/s")
         for name, row in report["http_verify"].items():
-            seq = row["sequential"]
-            print(f"  {name:8s} sequential {seq['p50']:7.1f} {seq['p95']:7.1f} {seq['p99']:7.1f}")
+            if name == "answers":
+                continue
+            if "sequential" in row:
+                seq = row["sequential"]
+                print(
+                    f"  {name:8s} sequential {seq['p50']:7.1f} {seq['p95']:7.1f} {seq['p99']:7.1f}"
+                )
             for key, conc in row.items():
                 if key.startswith("concurrent"):
                     print(
                         f"  {name:8s} {key:10s} {conc['p50']:7.1f} {conc['p95']:7.1f} "
                         f"{conc['p99']:7.1f} {conc['requests_per_s']:7.1f}  {conc['statuses']}"
                     )
+    if "http_verify" in report:
+        answers = report["http_verify"]["answers"]
+        print(f"  answers checked {answers['checked']}, wrong {answers['wrong']} (must be 0)")
     print("\nidentify (top 5 subjects)  p50 ms   p95 ms   matrix MB   RSS growth MB")
     for size, row in report["identify"].items():
         print(
