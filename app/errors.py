@@ -9,7 +9,12 @@ table (app/api/problems.py); nothing here knows HTTP.
     │   ├── InvalidBase64          a JSON image string that is not base64
     │   ├── UnsupportedContentType a request body that is neither multipart nor JSON
     │   ├── RequestTooLarge        a request body over the configured byte cap
-    │   └── InvalidRequest         missing/ill-typed fields
+    │   ├── RequestBodyTimeout     a request body arriving slower than the minimum rate
+    │   ├── ClientDisconnected     the client went away while sending its request
+    │   ├── InvalidRequest         missing/ill-typed fields
+    │   │   ├── TooManyImages      more photos in one enrollment than the cap
+    │   │   └── IdempotencyKeyReused  an Idempotency-Key sent again with another request
+    │   └── FaceMismatch           a new face too far from the subject's other faces
     ├── FaceError                  the image decodes but its faces do not fit the use
     │   ├── NoFace
     │   ├── MultipleFaces          carries the boxes found
@@ -19,6 +24,8 @@ table (app/api/problems.py); nothing here knows HTTP.
     │   ├── FaceNotFound
     │   └── KeyNotFound
     ├── SubjectHasNoFaces          verify against a subject whose faces were all deleted
+    ├── SubjectExists              enroll to an existing subject without add=true
+    ├── RequestCancelled           the request timed out before its work was stored
     ├── Unauthorized               no API key, or an unknown or revoked one
     ├── Forbidden                  a valid key without the scope the endpoint needs
     ├── ServiceBusy                no inference slot within the wait
@@ -69,7 +76,27 @@ class RequestTooLarge(InputError):
     pass
 
 
+class RequestBodyTimeout(InputError):
+    pass
+
+
+class ClientDisconnected(InputError):
+    pass
+
+
 class InvalidRequest(InputError):
+    pass
+
+
+class TooManyImages(InvalidRequest):
+    pass
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    pass
+
+
+class FaceMismatch(InputError):
     pass
 
 
@@ -106,6 +133,14 @@ class KeyNotFound(NotFoundError):
 
 
 class SubjectHasNoFaces(FaceVerifyError):
+    pass
+
+
+class SubjectExists(FaceVerifyError):
+    pass
+
+
+class RequestCancelled(FaceVerifyError):
     pass
 
 

@@ -128,7 +128,7 @@ class KeyStore:
             raise Unauthorized("The API key is unknown or revoked.")
         if scope is not None and scope not in scopes and "admin" not in scopes:
             raise Forbidden(
-                f"This API key lacks the {scope!r} scope (it has {'+'.join(scopes)}).",
+                f"This API key lacks the {scope!r} scope this endpoint needs.",
                 required_scope=scope,
             )
         return scopes

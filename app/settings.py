@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     # A request taking longer than this is answered 503 request_timeout.
     request_timeout_seconds: float = Field(60.0, gt=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    # A request body must arrive at this average rate once the grace period is over
+    # (else 408 request_body_timeout): 16 KiB/s is a slow mobile uplink; a client that
+    # trickles a byte every few seconds is cut off after the grace (issue 9).
+    min_upload_bytes_per_second: int = Field(16 * 1024, ge=1)
+    upload_grace_seconds: float = Field(10.0, gt=0)
     identify_top_k: int = Field(5, ge=1, le=100)
 
     @model_validator(mode="after")

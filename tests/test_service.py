@@ -170,6 +170,7 @@ def test_admission_refuses_past_slots_plus_queue(settings: Settings) -> None:
     from starlette.requests import Request
 
     from app.api.deps import Admission, admit
+    from app.api.inputs import RequestBody
     from app.errors import TooManyRequests
 
     class State:
@@ -181,13 +182,13 @@ def test_admission_refuses_past_slots_plus_queue(settings: Settings) -> None:
     request = Request({"type": "http", "app": App(), "headers": []})
 
     async def scenario() -> None:
-        first, second = admit(request), admit(request)
+        first, second = admit(request, RequestBody()), admit(request, RequestBody())
         await anext(first)
         await anext(second)
         with pytest.raises(TooManyRequests):
-            await anext(admit(request))
+            await anext(admit(request, RequestBody()))
         await first.aclose()
-        third = admit(request)
+        third = admit(request, RequestBody())
         await anext(third)  # a place was freed
         assert App.state.admission.active == 2
         await second.aclose()

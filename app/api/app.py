@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import observability, problems
 from app.api.deps import Admission
+from app.api.guards import PAGE_CSP, BodyGuard, HeadAsGet, SecurityHeaders
 from app.api.observability import Metrics
 from app.api.routes import router
 from app.face.weights import WeightFile
@@ -72,16 +77,34 @@ def create_app(
             service.store.close()
 
     app = FastAPI(
+        # /docs is served below from the installed Swagger UI, not from a CDN; no ReDoc.
+        docs_url=None,
+        redoc_url=None,
         title="faceverify",
         version=_version(),
         summary="Face verification with dlib's ResNet embeddings and a calibrated match percent.",
         lifespan=lifespan,
+        # Starlette's trailing-slash redirect builds an absolute URL from the Host header
+        # (issue 9: Host: evil.example -> 307 to http://evil.example/...). A path with a
+        # trailing slash is simply not found.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     problems.install(app)
+    # Innermost first: the body guard sits inside the request-id/metrics middleware, so
+    # its 413s are logged and counted like any other answer.
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=settings.max_upload_bytes,
+        min_rate=settings.min_upload_bytes_per_second,
+        grace=settings.upload_grace_seconds,
+    )
     observability.install(app)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(SecurityHeaders, csp_for=_csp_for)
     app.include_router(router)
     _add_web_page(app)
+    _add_docs(app)
     return app
 
 
@@ -97,6 +120,55 @@ def _add_web_page(app: FastAPI) -> None:
         return FileResponse(STATIC / "index.html")
 
 
+SWAGGER_PREFIX = "/docs-static"
+
+
+def _swagger_page() -> str:
+    html = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="faceverify - API docs",
+        swagger_js_url=f"{SWAGGER_PREFIX}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER_PREFIX}/swagger-ui.css",
+        swagger_favicon_url="data:,",
+    ).body
+    return bytes(html).decode()
+
+
+def _inline_script_hashes(html: str) -> str:
+    """CSP hashes of a page's inline scripts, so they run and nothing else inline does."""
+    scripts = re.findall(r"<script>(.*?)</script>", html, flags=re.DOTALL)
+    return " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in scripts
+    )
+
+
+SWAGGER_HTML = _swagger_page()
+DOCS_CSP = PAGE_CSP.replace(
+    "script-src 'self'", f"script-src 'self' {_inline_script_hashes(SWAGGER_HTML)}"
+).replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+
+
+def _csp_for(path: str) -> str:
+    return DOCS_CSP if path == "/docs" else PAGE_CSP
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle-v2 package: no CDN, so no third
+    party can change the page that holds an admin's key (issue 9)."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(SWAGGER_PREFIX, StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(SWAGGER_HTML)
+
+
 def create_app_from_env() -> FastAPI:
-    """For ``uvicorn --factory`` and worker processes: settings from the environment."""
-    return create_app(Settings())
+    """For ``uvicorn --factory`` and worker processes: settings from the environment.
+    Each worker process configures its own logging (uvicorn's log_config=None leaves it
+    unset in the workers), so their lines carry request ids in the chosen format."""
+    settings = Settings()
+    observability.configure_logging(settings.log_format)
+    return create_app(settings)

@@ -29,7 +29,10 @@ def get_metrics(request: Request) -> Metrics:
 async def get_body(request: Request) -> RequestBody:
     # Async, so the body is read on the event loop; the routes themselves are plain
     # `def` and run in the thread pool, where dlib may block.
-    return await read_body(request, request.app.state.settings.max_upload_bytes)
+    return await read_body(request)
+
+
+BodyDep = Annotated[RequestBody, Depends(get_body)]
 
 
 def api_key(request: Request) -> str | None:
@@ -42,7 +45,9 @@ def api_key(request: Request) -> str | None:
 
 def require(scope: str | None) -> Any:
     """A route dependency: the request must carry a key with ``scope`` (None: any valid
-    key). Listed in the route's ``dependencies`` so it runs before the body is read."""
+    key). Listed first in the route's ``dependencies`` so it runs before the body is
+    read; routes read bodies only through ``BodyDep`` (a body parameter would make
+    FastAPI read and parse the body before any dependency runs)."""
 
     def check(request: Request) -> None:
         request.app.state.keys.authorize(api_key(request), scope)
@@ -53,14 +58,16 @@ def require(scope: str | None) -> Any:
 class Admission:
     """Counts the requests that run or wait for inference in this process; past
     inference slots + ``max_queued_requests`` a request is refused at once (429), before
-    it takes a thread or reads its body."""
+    it takes a thread. A request is admitted only once its whole body has arrived, so a
+    slow upload holds no place (issue 9: 40 trickling uploads kept every real request
+    out for 60 s)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
 
 
-async def admit(request: Request) -> AsyncIterator[None]:
+async def admit(request: Request, _body: BodyDep) -> AsyncIterator[None]:
     admission: Admission = request.app.state.admission
     if admission.active >= admission.limit:
         raise TooManyRequests(
@@ -76,5 +83,4 @@ async def admit(request: Request) -> AsyncIterator[None]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[FaceService, Depends(get_service)]
-BodyDep = Annotated[RequestBody, Depends(get_body)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]

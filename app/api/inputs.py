@@ -18,14 +18,23 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from app.api.problems import validation_errors
-from app.errors import InvalidBase64, InvalidRequest, RequestTooLarge, UnsupportedContentType
+from app.errors import (
+    ClientDisconnected,
+    InvalidBase64,
+    InvalidRequest,
+    UnsupportedContentType,
+)
 
 IMAGE_FIELDS = ("image", "images", "image_a", "image_b")
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
+# Request bodies are flat objects; metadata may nest a little. Deeper is refused (issue 9:
+# a body nested 100,000 deep was a RecursionError, a 500).
+MAX_JSON_DEPTH = 32
 
 
 @dataclass
@@ -56,23 +65,16 @@ class RequestBody:
         return found
 
 
-async def read_body(request: Request, max_bytes: int) -> RequestBody:
-    """Read the whole body (refusing more than ``max_bytes`` as it arrives) and parse it
-    by its Content-Type."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise RequestTooLarge(
-            f"The request body is {int(declared):,} bytes; the cap is {max_bytes:,}.",
-            max_bytes=max_bytes,
-        )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise RequestTooLarge(
-                f"The request body is over the cap of {max_bytes:,} bytes.", max_bytes=max_bytes
-            )
-        chunks.append(chunk)
+async def read_body(request: Request) -> RequestBody:
+    """Read the whole body and parse it by its Content-Type. The byte cap and the
+    minimum upload rate are enforced while it arrives, for every route alike
+    (:class:`app.api.guards.BodyGuard`)."""
+    chunks = []
+    try:
+        async for chunk in request.stream():
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ClientDisconnected("The client closed the connection mid-request.") from exc
     raw = b"".join(chunks)
     # Hand the bytes back to Starlette so request.form() parses them instead of the
     # (already consumed) stream.
@@ -90,11 +92,39 @@ async def read_body(request: Request, max_bytes: int) -> RequestBody:
     )
 
 
-def _from_json(raw: bytes) -> RequestBody:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(text: str | bytes, what: str = "The body") -> Any:
+    """Strict JSON: NaN and Infinity (which Python accepts) are refused, and so is
+    nesting deeper than :data:`MAX_JSON_DEPTH` (which would otherwise surface as a
+    RecursionError, a 500)."""
     try:
-        data = json.loads(raw)
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise InvalidRequest(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH}).") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"The body is not valid JSON: {exc}") from exc
+        raise InvalidRequest(f"{what} is not valid JSON: {exc}") from exc
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"{what} is nested too deeply (at most {MAX_JSON_DEPTH}).")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _from_json(raw: bytes) -> RequestBody:
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise InvalidRequest("The JSON body must be an object.")
     body = RequestBody()

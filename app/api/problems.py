@@ -26,6 +26,12 @@ ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
     errors.UnsupportedContentType: (415, "unsupported_content_type"),
     errors.ImageTooLarge: (413, "image_too_large"),
     errors.RequestTooLarge: (413, "request_too_large"),
+    errors.RequestBodyTimeout: (408, "request_body_timeout"),
+    # nginx's 499: nobody reads the answer; logged as info, not as an error.
+    errors.ClientDisconnected: (499, "client_disconnected"),
+    errors.TooManyImages: (422, "too_many_images"),
+    errors.IdempotencyKeyReused: (422, "idempotency_key_reused"),
+    errors.FaceMismatch: (422, "face_mismatch"),
     errors.InvalidRequest: (422, "validation_error"),
     errors.InputError: (400, "bad_request"),
     errors.NoFace: (422, "no_face"),
@@ -37,6 +43,8 @@ ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
     errors.KeyNotFound: (404, "key_not_found"),
     errors.NotFoundError: (404, "not_found"),
     errors.SubjectHasNoFaces: (409, "subject_has_no_faces"),
+    errors.SubjectExists: (409, "subject_exists"),
+    errors.RequestCancelled: (503, "request_timeout"),
     errors.Unauthorized: (401, "unauthorized"),
     errors.Forbidden: (403, "forbidden"),
     errors.TooManyRequests: (429, "too_many_requests"),
@@ -59,7 +67,7 @@ def problem(
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
+        "title": _title(status),
         "status": status,
         "code": code,
         "detail": detail,
@@ -76,13 +84,22 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Client Closed Request" if status == 499 else "Error"
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json."""
 
     @app.exception_handler(errors.FaceVerifyError)
     async def _domain(request: Request, exc: errors.FaceVerifyError) -> JSONResponse:
         status, code = status_and_code(exc)
-        if status >= 500 and status not in (503, 504):
+        if isinstance(exc, errors.ClientDisconnected):
+            log.info("client disconnected during %s %s", request.method, request.url.path)
+        elif status >= 500 and status not in (503, 504):
             log.error("%s on %s: %s", code, request.url.path, exc.detail)
         return problem(status, code, exc.detail, instance=request.url.path, **exc.extra)
 
@@ -100,7 +117,11 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-        return problem(exc.status_code, code, detail, instance=request.url.path)
+        response = problem(exc.status_code, code, detail, instance=request.url.path)
+        # Starlette puts the route's methods in the 405's Allow header; keep it.
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

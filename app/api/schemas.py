@@ -16,7 +16,12 @@ from pydantic import (
     field_validator,
 )
 
+from app.api.inputs import json_depth, parse_json
+from app.errors import InvalidRequest
 from app.gallery.models import SUBJECT_ID_MAX
+
+# Metadata is a small record about a person, not a document.
+METADATA_MAX_DEPTH = 8
 
 # Letters, digits (any script) and . _ - @ + : — safe in a URL path segment.
 SUBJECT_ID_PATTERN = r"^[\w.@+:-]+$"
@@ -58,15 +63,23 @@ class EnrollRequest(_Form):
     def _metadata_from_text(cls, value: Any) -> Any:
         if isinstance(value, str):
             try:
-                return json.loads(value)
-            except ValueError as exc:
-                raise ValueError("metadata must be a JSON object") from exc
+                return parse_json(value, "metadata")
+            except InvalidRequest as exc:
+                raise ValueError(exc.detail) from exc
         return value
 
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > 16_384:
+        if value is None:
+            return value
+        if json_depth(value) > METADATA_MAX_DEPTH:
+            raise ValueError(f"metadata may nest at most {METADATA_MAX_DEPTH} levels deep")
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except ValueError as exc:  # NaN or Infinity: not JSON (issue 9)
+            raise ValueError("metadata must be valid JSON (no NaN or Infinity)") from exc
+        if len(text) > 16_384:
             raise ValueError("metadata must be at most 16 KiB of JSON")
         return value
 
@@ -254,7 +267,6 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
-    gallery_faces: int
 
 
 class Problem(BaseModel):
