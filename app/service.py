@@ -6,29 +6,43 @@ knows nothing of HTTP.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from app.errors import (
+    FaceMismatch,
     FaceTooSmall,
+    IdempotencyKeyReused,
     InvalidRequest,
     MultipleFaces,
     NoFace,
+    RequestCancelled,
     ServiceBusy,
     SubjectHasNoFaces,
     SubjectNotFound,
+    TooManyImages,
 )
 from app.face.detect import DetectedFace, largest, main_face
 from app.face.encoder import DlibEncoder, FaceEncoder, OnnxEncoder
 from app.face.pipeline import DlibPipeline, FacePipeline, Timings
 from app.face.weights import WeightFile, load_weights, prepared_onnx_model
 from app.gallery.index import EmbeddingIndex
-from app.gallery.store import FaceRecord, GalleryStore, NewFace, SubjectRecord
+from app.gallery.store import (
+    FaceRecord,
+    GalleryStore,
+    IdempotencyClaim,
+    IdempotencyKeyTaken,
+    NewFace,
+    SubjectRecord,
+)
 from app.scoring.calibration import Calibration
 from app.settings import Settings
 
@@ -58,6 +72,50 @@ class EnrollResult:
     subject: SubjectRecord
     faces: list[FaceRecord]
     timings: Timings
+    # True when this is the stored answer to an earlier request with the same
+    # Idempotency-Key (nothing new was stored).
+    replayed: bool = False
+
+
+class CommitGate:
+    """Settles, once, the race between a request's writes and its timeout answer.
+
+    The timeout (in the HTTP layer) calls :meth:`expire`; the work calls
+    :meth:`begin_commit` just before it writes. Whichever comes first wins: an expired
+    request stores nothing (so a 503 request_timeout never hides a stored enrollment,
+    issue 9), and a request already committing is waited for and answered.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "open"
+
+    def begin_commit(self) -> bool:
+        with self._lock:
+            if self._state == "open":
+                self._state = "committing"
+            return self._state == "committing"
+
+    def expire(self) -> bool:
+        """True if the request may be answered as timed out (nothing will be stored)."""
+        with self._lock:
+            if self._state == "open":
+                self._state = "expired"
+            return self._state == "expired"
+
+    @property
+    def expired(self) -> bool:
+        return self._state == "expired"
+
+
+# The current request's gate, set by the HTTP layer; None outside a request (CLI, tests).
+commit_gate: ContextVar[CommitGate | None] = ContextVar("commit_gate", default=None)
+
+
+def _check_not_expired() -> None:
+    gate = commit_gate.get()
+    if gate is not None and gate.expired:
+        raise RequestCancelled("The request timed out; nothing was stored.")
 
 
 @dataclass
@@ -146,15 +204,44 @@ class FaceService:
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
         face_policy: FacePolicy = "single",
+        add: bool = False,
+        force: bool = False,
+        idempotency: tuple[str, str] | None = None,
     ) -> EnrollResult:
-        """Add one face per image to the subject (created if new). Every image is checked
-        before anything is stored: one bad photo stores nothing."""
+        """Store one face per image: a new subject (``add=False``) or more faces of an
+        existing one (``add=True``). Every image is checked before anything is stored:
+        one bad photo stores nothing.
+
+        Every face must match the subject: be within the threshold of one of its faces
+        (the enrolled ones, or an earlier photo of this request), else FaceMismatch, so
+        a key that may enroll cannot slip someone else's face into a subject (issue 9).
+        ``force`` skips that check (the API allows it to admin keys only).
+
+        ``idempotency`` is ``(owner, key)``: the first request with it stores and is
+        remembered for 24 h with its result; a retry gets that result again.
+        """
         if not images:
             raise InvalidRequest("Send at least one image to enroll.")
+        if len(images) > self.settings.max_enroll_images:
+            raise TooManyImages(
+                f"{len(images)} photos in one enrollment; the cap is "
+                f"{self.settings.max_enroll_images}.",
+                max_images=self.settings.max_enroll_images,
+            )
+        claim = None
+        if idempotency is not None:
+            owner, key = idempotency
+            claim = IdempotencyClaim(
+                owner, key, _request_digest(subject_id, images, name, metadata, face_policy, add)
+            )
+            replay = self._replay(claim)
+            if replay is not None:
+                return replay
         timings = Timings()
         chosen: list[DetectedFace] = []
         with self.slots.hold():
             for number, data in enumerate(images):
+                _check_not_expired()  # stop early: nobody waits for this answer any more
                 faces = self._find(data, timings, image_index=number)
                 if len(faces) > 1 and face_policy == "single":
                     raise MultipleFaces(
@@ -174,20 +261,73 @@ class FaceService:
                     )
                 chosen.append(face)
             embeddings = self.pipeline.embed(chosen, timings)
-        stored, subject, version = self.store.add_faces(
-            subject_id=subject_id,
-            name=name,
-            metadata=metadata,
-            faces=[
-                NewFace(embedding=e, box=_box_tuple(f), detector_score=f.score)
-                for f, e in zip(chosen, embeddings, strict=True)
-            ],
-            encoder=self.pipeline.encoder_name,
-            pipeline_version=self.pipeline.version,
-        )
+        if not force:
+            self._check_same_person(subject_id, embeddings, add=add)
+        gate = commit_gate.get()
+        if gate is not None and not gate.begin_commit():
+            raise RequestCancelled("The request timed out; nothing was stored.")
+        try:
+            stored, subject, version = self.store.add_faces(
+                subject_id=subject_id,
+                name=name,
+                metadata=metadata,
+                faces=[
+                    NewFace(embedding=e, box=_box_tuple(f), detector_score=f.score)
+                    for f, e in zip(chosen, embeddings, strict=True)
+                ],
+                encoder=self.pipeline.encoder_name,
+                pipeline_version=self.pipeline.version,
+                add=add,
+                idempotency=claim,
+            )
+        except IdempotencyKeyTaken:
+            # A concurrent request with the same key stored first; ours rolled back.
+            assert claim is not None
+            replay = self._replay(claim)
+            if replay is None:
+                raise
+            return replay
         self.index.add([f.id for f in stored], [subject_id] * len(stored), embeddings)
         self.index.advance(version)
         return EnrollResult(subject=subject, faces=stored, timings=timings)
+
+    def _check_same_person(self, subject_id: str, embeddings: np.ndarray, *, add: bool) -> None:
+        """Each new face must be within the threshold of the subject's enrolled faces or
+        of an earlier photo in this request."""
+        known = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
+        if add:
+            self.index.sync(self.store)
+            known = self.index.subject_embeddings(subject_id)
+        for number, embedding in enumerate(embeddings):
+            if len(known):
+                nearest = float(
+                    np.min(np.linalg.norm(known.astype(np.float64) - embedding, axis=1))
+                )
+                if nearest > self.settings.threshold:
+                    raise FaceMismatch(
+                        f"The face in image {number} is {nearest:.3f} from the nearest face "
+                        f"of subject {subject_id!r} (threshold {self.settings.threshold:g}): "
+                        "it does not look like the same person. An admin key may send "
+                        "force=true to store it anyway.",
+                        image_index=number,
+                        distance=round(nearest, 6),
+                        threshold=self.settings.threshold,
+                    )
+            known = np.vstack([known, embedding[None]])
+
+    def _replay(self, claim: IdempotencyClaim) -> EnrollResult | None:
+        record = self.store.find_idempotent(owner=claim.owner, key=claim.key)
+        if record is None:
+            return None
+        if record.request_sha256 != claim.request_sha256:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was used for a different request; use a new key for "
+                "a new enrollment.",
+            )
+        subject = self.store.get_subject(subject_id=record.subject_id)
+        wanted = set(record.face_ids)
+        faces = [f for f in self.store.list_faces(subject_id=record.subject_id) if f.id in wanted]
+        return EnrollResult(subject=subject, faces=faces, timings=Timings(), replayed=True)
 
     # ---- 1:1 -------------------------------------------------------------------------
     def verify(self, *, subject_id: str, image: bytes, prior: float | None = None) -> VerifyResult:
@@ -309,6 +449,23 @@ class FaceService:
         """Whether the calibration was fitted with this pipeline's settings (a
         provisional calibration matches nothing)."""
         return self.calibration.pipeline == self.settings.calibration_fingerprint()
+
+
+def _request_digest(
+    subject_id: str,
+    images: list[bytes],
+    name: str | None,
+    metadata: dict[str, Any] | None,
+    face_policy: str,
+    add: bool,
+) -> str:
+    """What makes two enrollments "the same request" for an Idempotency-Key."""
+    digest = hashlib.sha256()
+    fields = [subject_id, name, metadata, face_policy, add]
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    for image in images:
+        digest.update(hashlib.sha256(image).digest())
+    return digest.hexdigest()
 
 
 def _box(face: DetectedFace) -> dict[str, int]:

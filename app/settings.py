@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     min_upload_bytes_per_second: int = Field(16 * 1024, ge=1)
     upload_grace_seconds: float = Field(10.0, gt=0)
     identify_top_k: int = Field(5, ge=1, le=100)
+    # Photos in one enrollment: a handful makes a good template; 20 bounds the work one
+    # request can ask for (issue 9: 1,000 were allowed).
+    max_enroll_images: int = Field(20, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _jitter_needs_dlib(self) -> Settings:

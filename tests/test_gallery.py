@@ -172,7 +172,7 @@ def test_migrations_build_exactly_the_models_schema(store: GalleryStore) -> None
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.schema_revision == "0001"
+    assert store.schema_revision == "0002"
 
 
 def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:

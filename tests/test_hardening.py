@@ -85,7 +85,7 @@ def test_bad_metadata_is_422_in_multipart_and_json(fake_client: TestClient, meta
         "/enroll", data={"subject_id": "m", "metadata": metadata}, files={"image": image}
     )
     assert_problem(r, 422, "validation_error")
-    body = '{"subject_id": "m", "image": "%s", "metadata": %s}' % (b64(image), metadata)
+    body = f'{{"subject_id": "m", "image": "{b64(image)}", "metadata": {metadata}}}'
     r = fake_client.post("/enroll", content=body, headers={"content-type": "application/json"})
     assert_problem(r, 422, "validation_error")
     assert_problem(fake_client.get("/subjects/m"), 404, "subject_not_found")
@@ -188,3 +188,79 @@ def test_disconnects_are_one_info_line_and_workers_log_json(tmp_path: Path) -> N
     assert any(r["request_id"] == "probe-123" and r["route"] == "/healthz" for r in access)
     assert sum("faceverify ready" in r["msg"] for r in records) == 2  # one per worker
     assert all(r["level"] != "error" for r in records)
+
+
+# ---- 2: a timed-out enroll stores nothing; Idempotency-Key -------------------------------
+def test_a_timed_out_enroll_stores_nothing_and_a_keyed_retry_stores_once(settings) -> None:
+    from app.api.app import create_app
+    from tests.conftest import _fake_service
+
+    slow = settings.model_copy(update={"request_timeout_seconds": 0.3})
+    service = _fake_service(slow)
+    app = create_app(slow, builder=lambda s: (service, {}))
+    image = {"image": fake_image(face(1))}
+    with TestClient(app, headers=AUTH) as client:
+        service.pipeline.delay = 0.8  # type: ignore[attr-defined]
+        r = client.post("/enroll", data={"subject_id": "late"}, files=image)
+        assert_problem(r, 503, "request_timeout")
+        time.sleep(1.0)  # the inference thread has finished by now
+        assert_problem(client.get("/subjects/late"), 404, "subject_not_found")
+
+        service.pipeline.delay = 0.0  # type: ignore[attr-defined]
+        key = {"Idempotency-Key": "enroll-late-1"}
+        first = client.post("/enroll", data={"subject_id": "late"}, files=image, headers=key)
+        again = client.post("/enroll", data={"subject_id": "late"}, files=image, headers=key)
+        assert first.status_code == again.status_code == 201
+        assert again.headers["idempotent-replayed"] == "true"
+        assert again.json()["faces"] == first.json()["faces"]
+        assert client.get("/subjects/late").json()["face_count"] == 1
+        other = client.post("/enroll", data={"subject_id": "x"}, files=image, headers=key)
+        assert_problem(other, 422, "idempotency_key_reused")
+        bad = client.post(
+            "/enroll", data={"subject_id": "y"}, files=image, headers={"Idempotency-Key": "a b"}
+        )
+        assert_problem(bad, 422, "validation_error")
+
+
+# ---- 14: no takeover of a subject ----------------------------------------------------------
+def test_an_enroll_key_cannot_take_over_a_subject(fake_client: TestClient) -> None:
+    key = fake_client.post("/keys", json={"name": "e", "scopes": ["enroll"]}).json()["key"]
+    as_enroll = {"X-API-Key": key}
+    victim = {"image": fake_image(face(1))}
+    other = {"image": fake_image(face(2))}
+    r = fake_client.post("/enroll", data={"subject_id": "victim"}, files=victim)
+    assert r.status_code == 201
+    hijack = {"subject_id": "victim", "name": "hijacked"}
+    r = fake_client.post("/enroll", data=hijack, files=other, headers=as_enroll)
+    assert_problem(r, 409, "subject_exists")
+    r = fake_client.post("/enroll", data={**hijack, "add": "true"}, files=other, headers=as_enroll)
+    body = assert_problem(r, 422, "face_mismatch")
+    assert body["distance"] > body["threshold"]
+    r = fake_client.post(
+        "/enroll", data={**hijack, "add": "true", "force": "true"}, files=other, headers=as_enroll
+    )
+    assert_problem(r, 403, "forbidden")
+    subject = fake_client.get("/subjects/victim").json()
+    assert subject["face_count"] == 1 and subject["name"] is None
+    verify = fake_client.post("/verify", data={"subject_id": "victim"}, files=other).json()
+    assert verify["match"] is False
+
+
+def test_look_alike_subject_ids_are_one_id_or_refused(fake_client: TestClient) -> None:
+    image = {"image": fake_image(face(1))}
+    assert fake_client.post("/enroll", data={"subject_id": "ABC"}, files=image).status_code == 201
+    r = fake_client.post("/enroll", data={"subject_id": "ＡＢＣ"}, files=image)
+    assert_problem(r, 409, "subject_exists")  # fullwidth is the same id after NFKC
+    assert fake_client.get("/subjects/ＡＢＣ").json()["subject_id"] == "ABC"
+    r = fake_client.post("/enroll", data={"subject_id": "ob\u0430ma"}, files=image)  # Cyrillic а
+    assert_problem(r, 422, "validation_error")
+    for fine in ("José-Ñ.1", "山田太郎", "やまだ太郎", "Ωμέγα"):
+        r = fake_client.post("/enroll", data={"subject_id": fine}, files=image)
+        assert r.status_code == 201, (fine, r.text)
+
+
+def test_enrollments_over_the_photo_cap_are_refused(fake_client: TestClient) -> None:
+    cap = fake_client.app.state.settings.max_enroll_images
+    files = [("image", fake_image(face(1)))] * (cap + 1)
+    r = fake_client.post("/enroll", data={"subject_id": "many"}, files=files)
+    assert_problem(r, 422, "too_many_images")

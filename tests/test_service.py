@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from app.errors import (
+    FaceMismatch,
     FaceTooSmall,
+    IdempotencyKeyReused,
     MultipleFaces,
     NoFace,
+    RequestCancelled,
     ServiceBusy,
+    SubjectExists,
     SubjectHasNoFaces,
     SubjectNotFound,
+    TooManyImages,
 )
-from app.service import FaceService, InferenceSlots
+from app.service import CommitGate, FaceService, InferenceSlots, commit_gate
 from app.settings import Settings
 from tests.conftest import _fake_service
 from tests.fakes import face, fake_image
@@ -36,7 +42,11 @@ def test_enroll_several_photos_adds_to_the_subject(fake_service: FaceService) ->
     fake_service.enroll(
         subject_id="ann", images=[fake_image(face(1)), fake_image(face(1, noise=0.1))]
     )
-    result = fake_service.enroll(subject_id="ann", images=[fake_image(face(1, noise=0.2))])
+    with pytest.raises(SubjectExists):  # adding to a subject must be explicit
+        fake_service.enroll(subject_id="ann", images=[fake_image(face(1, noise=0.2))])
+    result = fake_service.enroll(
+        subject_id="ann", images=[fake_image(face(1, noise=0.2))], add=True
+    )
     assert result.subject.face_count == 3
 
 
@@ -196,3 +206,84 @@ def test_admission_refuses_past_slots_plus_queue(settings: Settings) -> None:
         assert App.state.admission.active == 0
 
     asyncio.run(scenario())
+
+
+# ---- issue 9, finding 14: enrollments cannot take over a subject ------------------------
+def test_a_face_of_someone_else_is_refused_when_adding(fake_service: FaceService) -> None:
+    fake_service.enroll(subject_id="victim", images=[fake_image(face(1))])
+    with pytest.raises(FaceMismatch) as info:
+        fake_service.enroll(subject_id="victim", images=[fake_image(face(2))], add=True)
+    assert info.value.extra["distance"] > 0.6
+    assert fake_service.get_subject(subject_id="victim")[0].face_count == 1
+    # The same person is welcome; an admin may force a stranger in.
+    fake_service.enroll(subject_id="victim", images=[fake_image(face(1, noise=0.2))], add=True)
+    fake_service.enroll(subject_id="victim", images=[fake_image(face(2))], add=True, force=True)
+    assert fake_service.get_subject(subject_id="victim")[0].face_count == 3
+
+
+def test_a_new_subject_from_two_different_people_is_refused(fake_service: FaceService) -> None:
+    with pytest.raises(FaceMismatch) as info:
+        fake_service.enroll(subject_id="mix", images=[fake_image(face(1)), fake_image(face(2))])
+    assert info.value.extra["image_index"] == 1
+    with pytest.raises(SubjectNotFound):
+        fake_service.get_subject(subject_id="mix")
+
+
+def test_adding_to_a_subject_that_does_not_exist_is_404(fake_service: FaceService) -> None:
+    with pytest.raises(SubjectNotFound):
+        fake_service.enroll(subject_id="nobody", images=[fake_image(face(1))], add=True)
+
+
+def test_enrollments_are_capped_in_photos(fake_service: FaceService) -> None:
+    cap = fake_service.settings.max_enroll_images
+    with pytest.raises(TooManyImages):
+        fake_service.enroll(subject_id="many", images=[fake_image(face(1))] * (cap + 1))
+    assert fake_service.enroll(subject_id="many", images=[fake_image(face(1))] * cap)
+
+
+# ---- finding 2: a timed-out enroll stores nothing; Idempotency-Key makes retries safe ----
+def test_an_expired_request_stores_nothing(fake_service: FaceService) -> None:
+    gate = CommitGate()
+    token = commit_gate.set(gate)
+    try:
+        assert gate.expire()
+        with pytest.raises(RequestCancelled):
+            fake_service.enroll(subject_id="late", images=[fake_image(face(1))])
+    finally:
+        commit_gate.reset(token)
+    with pytest.raises(SubjectNotFound):
+        fake_service.get_subject(subject_id="late")
+    # Once committing, the timeout cannot win any more.
+    gate = CommitGate()
+    assert gate.begin_commit() and not gate.expire()
+
+
+def test_a_retry_with_the_same_idempotency_key_stores_once(fake_service: FaceService) -> None:
+    images = [fake_image(face(1))]
+    first = fake_service.enroll(subject_id="ann", images=images, idempotency=("k1", "abc"))
+    again = fake_service.enroll(subject_id="ann", images=images, idempotency=("k1", "abc"))
+    assert not first.replayed and again.replayed
+    assert [f.id for f in again.faces] == [f.id for f in first.faces]
+    assert fake_service.get_subject(subject_id="ann")[0].face_count == 1
+    with pytest.raises(IdempotencyKeyReused):  # same key, another request
+        fake_service.enroll(subject_id="bob", images=images, idempotency=("k1", "abc"))
+    # Keys are per API key: another client's "abc" is its own.
+    with pytest.raises(SubjectExists):
+        fake_service.enroll(subject_id="ann", images=images, idempotency=("k2", "abc"))
+
+
+def test_concurrent_requests_with_one_idempotency_key_store_once(settings: Settings) -> None:
+    service = _fake_service(settings)
+    service.pipeline.delay = 0.2  # type: ignore[attr-defined]
+    images = [fake_image(face(1))]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda _: service.enroll(subject_id="ann", images=images, idempotency=("k", "x")),
+                range(2),
+            )
+        )
+    assert sorted(r.replayed for r in results) == [False, True]
+    assert service.get_subject(subject_id="ann")[0].face_count == 1
+    assert len(service.index) == 1
+    service.store.close()

@@ -50,7 +50,7 @@ def require(scope: str | None) -> Any:
     FastAPI read and parse the body before any dependency runs)."""
 
     def check(request: Request) -> None:
-        request.app.state.keys.authorize(api_key(request), scope)
+        request.state.scopes = request.app.state.keys.authorize(api_key(request), scope)
 
     return Depends(check)
 

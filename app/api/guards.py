@@ -51,8 +51,7 @@ class BodyGuard:
                 return await receive()
             if received == 0 and declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise RequestTooLarge(
-                    f"The request body is {int(declared):,} bytes; the cap is "
-                    f"{self.max_bytes:,}.",
+                    f"The request body is {int(declared):,} bytes; the cap is {self.max_bytes:,}.",
                     max_bytes=self.max_bytes,
                 )
             deadline = start + self.grace + received / self.min_rate

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from app.api.problems import problem
 from app.face.pipeline import Timings
+from app.service import CommitGate, commit_gate
 
 # Metric labels come from closed sets, so no request can add a time series: an unknown
 # method is "other", an unmatched path is "unmatched" (issue 9: 5,000 made-up methods
@@ -150,12 +151,23 @@ def install(app: FastAPI) -> None:
         if metrics:
             metrics.inflight.inc()
         timeout = request.app.state.settings.request_timeout_seconds
+        gate = CommitGate()
+        gate_token = commit_gate.set(gate)  # seen by the route's thread (context is copied)
+        task: asyncio.Future[Response] | None = None
         try:
-            try:
-                response = await asyncio.wait_for(call_next(request), timeout)
-            except TimeoutError:
+            task = asyncio.ensure_future(call_next(request))
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if task in done:
+                response = task.result()
+            elif not gate.expire():
+                # The work is already committing its writes: answer with what it stored
+                # rather than a timeout that would make the client retry (issue 9).
+                response = await task
+            else:
+                # Nothing will be stored now (the work checks the gate before it writes).
                 # The inference thread cannot be stopped; it finishes and its answer is
                 # dropped. Its slot stays taken until then, so the bound on work holds.
+                task.cancel()
                 response = problem(
                     503,
                     "request_timeout",
@@ -167,6 +179,8 @@ def install(app: FastAPI) -> None:
             response.headers["X-Request-ID"] = rid
             return response
         finally:
+            if task is not None and not task.done():
+                task.cancel()  # this request itself was cancelled (the client went away)
             elapsed = time.perf_counter() - start
             route = getattr(request.scope.get("route"), "path", "unmatched")
             method = method_label(request.method)
@@ -188,3 +202,4 @@ def install(app: FastAPI) -> None:
                 },  # fmt: skip
             )
             request_id_var.reset(token)
+            commit_gate.reset(gate_token)

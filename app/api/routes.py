@@ -6,19 +6,28 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.api import schemas as s
-from app.api.deps import BodyDep, MetricsDep, ServiceDep, SettingsDep, admit, require
+from app.api.deps import (
+    BodyDep,
+    MetricsDep,
+    ServiceDep,
+    SettingsDep,
+    admit,
+    api_key,
+    require,
+)
 from app.api.problems import PROBLEM_JSON
-from app.errors import KeyNotFound, NotReady
+from app.errors import Forbidden, KeyNotFound, NotReady
 from app.face.detect import DetectedFace
 from app.face.pipeline import Timings
+from app.gallery.models import IDEMPOTENCY_KEY_MAX
 from app.gallery.store import FaceRecord, SubjectRecord
-from app.keys import KeyRecord
+from app.keys import KeyRecord, digest
 from app.service import FaceService, Match, ProbeFace
 
 router = APIRouter()
@@ -73,20 +82,44 @@ def _request_body(model: type[BaseModel], images: dict[str, bool]) -> dict[str, 
     dependencies=[require("enroll"), Depends(admit)],
     status_code=201,
     response_model=s.EnrollResponse,
-    responses=_problems(400, 401, 403, 413, 415, 422, 429, 503),
+    responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 429, 503),
     openapi_extra=_request_body(s.EnrollRequest, {"image": True}),
 )
-def enroll(body: BodyDep, service: ServiceDep, metrics: MetricsDep) -> s.EnrollResponse:
-    """Add faces to a subject (created if new): one face per photo, all stored or none."""
+def enroll(
+    body: BodyDep,
+    service: ServiceDep,
+    metrics: MetricsDep,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=IDEMPOTENCY_KEY_MAX,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Makes retries safe: the first request with this key stores; a "
+            "retry within 24 h gets the same answer (header Idempotent-Replayed: true).",
+        ),
+    ] = None,
+) -> s.EnrollResponse:
+    """Enroll a new subject, or add faces to one (add=true): one face per photo, all or none."""
     start = time.perf_counter()
     form = body.validate(s.EnrollRequest)
+    if form.force and "admin" not in request.state.scopes:
+        raise Forbidden("force=true needs an admin key.", required_scope="admin")
+    owner = digest(api_key(request) or "")
     result = service.enroll(
         subject_id=form.subject_id,
         images=body.image_list(),
         name=form.name,
         metadata=form.metadata,
         face_policy=form.face,
+        add=form.add,
+        force=form.force,
+        idempotency=(owner, idempotency_key) if idempotency_key else None,
     )
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     metrics.observe_timings(result.timings)
     return s.EnrollResponse(
         subject=_subject(result.subject),

@@ -4,12 +4,14 @@ app/gallery/models.py; these are what crosses HTTP."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -34,10 +36,36 @@ def _not_only_dots(value: str) -> str:
     return value
 
 
+CONFUSABLE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK"})
+
+
+def _nfkc(value: Any) -> Any:
+    # Compatibility forms are one id: fullwidth "ＡＢＣ" is "ABC", a ligature its letters.
+    return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
+
+
+def _one_script(value: str) -> str:
+    # "obаma" with a Cyrillic "а" looks like "obama" but is another id: refuse ids whose
+    # letters mix Latin, Cyrillic and Greek, the scripts whose letters look alike (as
+    # browsers do for mixed-script domain names), so no look-alike subject can be created
+    # next to a real one (issue 9). Kanji with kana, or Hangul with Hanja, stay allowed.
+    scripts = {unicodedata.name(ch, "?").split(" ")[0] for ch in value if ch.isalpha()}
+    scripts &= CONFUSABLE_SCRIPTS
+    if len(scripts) > 1:
+        raise ValueError(
+            "a subject id cannot mix letters of several scripts ("
+            + ", ".join(sorted(scripts))
+            + ")"
+        )
+    return value
+
+
 SubjectId = Annotated[
     str,
+    BeforeValidator(_nfkc),
     StringConstraints(min_length=1, max_length=SUBJECT_ID_MAX, pattern=SUBJECT_ID_PATTERN),
     AfterValidator(_not_only_dots),
+    AfterValidator(_one_script),
 ]
 Prior = Annotated[float, Field(gt=0, lt=1)]
 
@@ -56,6 +84,15 @@ class EnrollRequest(_Form):
     face: Literal["single", "largest"] = Field(
         "single",
         description="single: refuse photos with several faces; largest: use the largest face.",
+    )
+    add: bool = Field(
+        False,
+        description="false: create a new subject (409 subject_exists if it exists); true: "
+        "add faces to an existing one (404 if it does not exist).",
+    )
+    force: bool = Field(
+        False,
+        description="Store faces that do not match the subject's other faces (admin keys only).",
     )
 
     @field_validator("metadata", mode="before")

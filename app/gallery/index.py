@@ -162,6 +162,12 @@ class EmbeddingIndex:
         with self._lock:
             return sorted(self._faces_of_subject.get(subject_id, ()))
 
+    def subject_embeddings(self, subject_id: str) -> np.ndarray:
+        """``(n, 128)`` copies of the subject's enrolled embeddings (n may be 0)."""
+        with self._lock:
+            rows = sorted(self._row_of_face[f] for f in self._faces_of_subject.get(subject_id, ()))
+            return self._matrix[rows].copy()
+
     def best_for_subject(self, subject_id: str, query: np.ndarray) -> SubjectHit | None:
         """The subject's face closest to ``query``, or None if it has no faces."""
         with self._lock:

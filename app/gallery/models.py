@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SUBJECT_ID_MAX = 128
+IDEMPOTENCY_KEY_MAX = 255
 
 
 def utcnow() -> datetime:
@@ -87,6 +88,24 @@ class GalleryEvent(Base):
     face_id: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (Index("ix_gallery_events_version", "version"),)
+
+
+class IdempotencyRecord(Base):
+    """An enrollment made with an Idempotency-Key: written in the same transaction as
+    its faces, so a retry of a request whose answer was lost finds either this row (and
+    gets the first answer again) or nothing stored at all."""
+
+    __tablename__ = "idempotency_records"
+
+    # sha256 of the API key that sent it: one client's keys never collide with another's.
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX))
+    face_ids: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
 
 
 class ApiKey(Base):

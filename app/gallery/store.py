@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from app.errors import FaceNotFound, SubjectNotFound
-from app.gallery.models import Face, GalleryEvent, GalleryState, Subject
+from app.errors import FaceNotFound, SubjectExists, SubjectNotFound
+from app.gallery.models import Face, GalleryEvent, GalleryState, IdempotencyRecord, Subject
 
 EMBEDDING_DTYPE = np.dtype("<f4")
 # How many versions of change log to keep. A process further behind than this reloads
@@ -36,6 +36,30 @@ class NewFace:
     embedding: np.ndarray
     box: tuple[int, int, int, int]
     detector_score: float
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An Idempotency-Key to record with an enrollment, in the same transaction."""
+
+    owner: str
+    key: str
+    request_sha256: str
+
+
+@dataclass(frozen=True)
+class IdempotentEnrollment:
+    request_sha256: str
+    subject_id: str
+    face_ids: list[str]
+
+
+class IdempotencyKeyTaken(Exception):
+    """Another request recorded this Idempotency-Key first (nothing of ours was stored)."""
+
+
+# How long an Idempotency-Key is remembered (payment APIs keep theirs for 24 hours).
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -178,16 +202,78 @@ class GalleryStore:
         pipeline_version: str,
         name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        add: bool = False,
+        idempotency: IdempotencyClaim | None = None,
     ) -> tuple[list[FaceRecord], SubjectRecord, int]:
-        """Create the subject if new (else update name/metadata when given) and add all
-        ``faces`` in one transaction: all are stored or none.
+        """Create the subject (``add=False``: it must be new) or add to it (``add=True``:
+        it must exist; name/metadata are updated when given), and store all ``faces`` in
+        one transaction: all are stored or none. Checked inside the transaction, so two
+        requests racing to create one subject cannot both succeed.
+
+        Raises:
+            SubjectExists: ``add=False`` and the subject exists.
+            SubjectNotFound: ``add=True`` and it does not.
+            IdempotencyKeyTaken: ``idempotency`` was recorded by another request first.
 
         Returns:
             The stored faces, the subject afterwards, and the gallery version written.
         """
+        try:
+            return self._add_faces(
+                subject_id, faces, encoder, pipeline_version, name, metadata, add, idempotency
+            )
+        except IntegrityError as exc:
+            if idempotency is not None and self.find_idempotent(
+                owner=idempotency.owner, key=idempotency.key
+            ):
+                raise IdempotencyKeyTaken(idempotency.key) from exc
+            if not add and self._subject_exists(subject_id):
+                raise SubjectExists(
+                    f"Subject {subject_id!r} already exists.", subject_id=subject_id
+                ) from exc
+            raise
+
+    def _subject_exists(self, subject_id: str) -> bool:
+        with Session(self.engine) as session:
+            return session.get(Subject, subject_id) is not None
+
+    def find_idempotent(
+        self, *, owner: str, key: str, session: Session | None = None
+    ) -> IdempotentEnrollment | None:
+        """The enrollment recorded under this key, if within the retention period."""
+        if session is None:
+            with Session(self.engine) as own:
+                return self.find_idempotent(owner=owner, key=key, session=own)
+        row = session.get(IdempotencyRecord, (owner, key))
+        if row is None or _aware(row.created_at) < datetime.now(UTC) - IDEMPOTENCY_RETENTION:
+            return None
+        return IdempotentEnrollment(row.request_sha256, row.subject_id, list(row.face_ids))
+
+    def _add_faces(
+        self,
+        subject_id: str,
+        faces: list[NewFace],
+        encoder: str,
+        pipeline_version: str,
+        name: str | None,
+        metadata: dict[str, Any] | None,
+        add: bool,
+        idempotency: IdempotencyClaim | None,
+    ) -> tuple[list[FaceRecord], SubjectRecord, int]:
         with Session(self.engine) as session, session.begin():
-            version = _bump_version(session)
+            version = _bump_version(session)  # writers queue here, so the checks hold
+            if idempotency is not None and self.find_idempotent(
+                owner=idempotency.owner, key=idempotency.key, session=session
+            ):
+                raise IdempotencyKeyTaken(idempotency.key)
             subject = session.get(Subject, subject_id)
+            if subject is None and add:
+                raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+            if subject is not None and not add:
+                raise SubjectExists(
+                    f"Subject {subject_id!r} already exists; send add=true to add faces to it.",
+                    subject_id=subject_id,
+                )
             if subject is None:
                 subject = Subject(id=subject_id, name=name, meta=metadata)
                 session.add(subject)
@@ -219,6 +305,8 @@ class GalleryStore:
             session.add_all(rows)
             session.flush()
             _log(session, version, [("add_face", subject_id, row.id) for row in rows])
+            if idempotency is not None:
+                _record_idempotency(session, idempotency, subject_id, [r.id for r in rows])
             count = session.scalar(
                 select(func.count()).select_from(Face).where(Face.subject_id == subject_id)
             )
@@ -286,6 +374,34 @@ def _log(session: Session, version: int, changes: list[tuple[str, str, str | Non
         ],
     )
     session.execute(delete(GalleryEvent).where(GalleryEvent.version <= version - EVENT_RETENTION))
+
+
+def _record_idempotency(
+    session: Session, claim: IdempotencyClaim, subject_id: str, face_ids: list[str]
+) -> None:
+    now = datetime.now(UTC)
+    # Forget expired keys (this one included, so it may be used afresh).
+    session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.created_at < now - IDEMPOTENCY_RETENTION)
+    )
+    # A plain INSERT: a second request with the same key fails on the primary key, and its
+    # whole transaction (its faces) rolls back.
+    session.add(
+        IdempotencyRecord(
+            owner=claim.owner,
+            key=claim.key,
+            request_sha256=claim.request_sha256,
+            subject_id=subject_id,
+            face_ids=face_ids,
+            created_at=now,
+        )
+    )
+    session.flush()
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes (stored as UTC).
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _subject_record(subject: Subject, face_count: int) -> SubjectRecord:
