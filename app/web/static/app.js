@@ -24,6 +24,11 @@ const MESSAGES = {
   subject_has_no_faces: "This subject has no enrolled photos left.",
   service_busy: "The server is busy. Try again in a moment.",
   validation_error: "Some fields are missing or not valid.",
+  subject_exists: "A subject with this id exists already. Choose another id, or delete it first.",
+  face_mismatch: "This photo does not look like the same person as the subject's other photos.",
+  too_many_images: "Too many photos at once. Send at most 20.",
+  too_many_requests: "The server is busy. Try again in a moment.",
+  request_body_timeout: "The upload was too slow. Check the connection and try again.",
 };
 
 async function api(method, path, body) {
