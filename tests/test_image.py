@@ -151,8 +151,48 @@ def test_large_jpegs_decode_at_reduced_scale_but_no_smaller_than_asked() -> None
     assert scale == 1.0 and rgb.shape == (1500, 2000, 3)
 
 
-def test_other_formats_are_always_decoded_in_full() -> None:
+def test_other_formats_are_reduced_by_a_whole_factor_after_decoding() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (3000, 2000)).save(buf, "PNG")
     rgb, scale = decode_image_scaled(buf.getvalue(), max_pixels=CAP, min_side=1280)
+    assert scale == 0.5 and rgb.shape == (1000, 1500, 3)
+    rgb, scale = decode_image_scaled(buf.getvalue(), max_pixels=CAP)
     assert scale == 1.0 and rgb.shape == (2000, 3000, 3)
+
+
+_PEAK_SCRIPT = """
+import resource, sys
+from app.face.image import decode_image_scaled
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rgb, scale = decode_image_scaled(data, max_pixels=40_000_000, min_side=1000)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert rgb.shape == (1100, 1000, 3) and rgb[250, 250, 0] > 100, (rgb.shape, rgb[250, 250])
+print((peak - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("kind", ["16bit", "float"])
+def test_a_small_file_that_decodes_huge_costs_its_size_once(kind: str, tmp_path) -> None:
+    """Issue 9: an 88 KB 16-bit PNG of 6000x6600 (or a float TIFF) peaked at ~1.06 GB
+    (1.2 GB) while decoding; now at most its decoded size (79 MB / 158 MB) and a little.
+    Measured in a fresh process that only reads and decodes the file."""
+    import subprocess
+    import sys
+
+    dtype = np.uint16 if kind == "16bit" else np.float32
+    pixels = np.zeros((6600, 6000), dtype=dtype)
+    pixels[1000:2000, 1000:2000] = 40000 if kind == "16bit" else 3.5
+    path = tmp_path / "huge"
+    if kind == "16bit":
+        Image.fromarray(pixels).save(path, "PNG", optimize=True)
+    else:
+        Image.fromarray(pixels).save(path, "TIFF", compression="tiff_adobe_deflate")
+    del pixels
+    assert path.stat().st_size < 300_000  # a small file...
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    peak_mb = int(done.stdout)
+    assert peak_mb < 200, f"decoding peaked {peak_mb} MB above the start"

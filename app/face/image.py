@@ -7,7 +7,7 @@ import math
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
@@ -32,8 +32,11 @@ def decode_image_scaled(
 
     With ``min_side``, a JPEG whose longest side is more than twice that is decoded at
     1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, several times faster than decoding in
-    full and resizing), the smallest whose longest side is still >= ``min_side``.
-    Other formats are always decoded in full.
+    full and resizing), the smallest whose longest side is still >= ``min_side``. Other
+    formats are decoded in full, then reduced by the largest whole factor that keeps the
+    longest side >= ``min_side`` (a box filter) before anything else is done to them, so
+    a small file that decodes huge (an 88 KB 16-bit PNG of 40 MP) costs its decoded size
+    once, never a wide float copy of it (issue 9: 1 GB peak per request before).
 
     Returns:
         The array and its scale relative to the photo's own pixels (1.0, 0.5, 0.25 or
@@ -95,31 +98,88 @@ def decode_image_scaled(
             img.draft(img.mode, (math.ceil(width * factor), math.ceil(height * factor)))
             scale = img.size[0] / width
         img.load()
-        return _to_rgb_array(_upright(img)), scale
+        orientation = _orientation(img)
+        picture: Image.Image = img
+        if min_side and scale == 1.0 and max(width, height) >= 2 * min_side:
+            picture, scale = _reduce(img, max(width, height) // min_side)
+        return _to_rgb_array(_upright(picture, orientation)), scale
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"The image data is corrupt or truncated: {exc}") from exc
 
 
-def _upright(img: Image.Image) -> Image.Image:
+# Modes whose pixels Image.reduce cannot average; they are reduced in numpy instead.
+_WIDE_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _reduce(img: Image.Image, factor: int) -> tuple[Image.Image, float]:
+    """``img`` box-filtered by ``factor`` (>= 2) in each direction, and the scale."""
+    width = img.size[0]
+    if img.mode in _WIDE_INT_MODES:
+        # Block means straight from the 16-bit pixels, a band of rows at a time: no
+        # full-size copy of any kind is made beside Pillow's own.
+        w, h = (img.size[0] // factor) * factor, (img.size[1] // factor) * factor
+        out = np.empty((h // factor, w // factor), dtype=np.float32)
+        band = factor * 64
+        for top in range(0, h, band):
+            rows = np.asarray(img.crop((0, top, w, min(top + band, h))))
+            blocks = rows.reshape(rows.shape[0] // factor, factor, w // factor, factor)
+            out[top // factor : top // factor + blocks.shape[0]] = blocks.mean(
+                axis=(1, 3), dtype=np.float32
+            )
+        small = Image.fromarray(out, mode="F")
+        # Keep the 16-bit meaning for the conversion to 8 bits.
+        small.info["faceverify_16bit"] = True
+    elif img.mode in ("P", "1", "PA"):
+        small = img.convert("RGBA" if "transparency" in img.info else "RGB").reduce(factor)
+    else:
+        small = img.reduce(factor)
+    return small, small.size[0] / width
+
+
+# EXIF Orientation -> the transpose that makes the photo upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF Orientation tag (1 when absent), read before any reduction drops it."""
     try:
-        return ImageOps.exif_transpose(img)
+        value = img.getexif().get(0x0112, 1)
+        return int(value) if value in _TRANSPOSE else 1
     except (OSError, ValueError, KeyError, TypeError, SyntaxError):
         # A malformed EXIF block should not cost the user their photo: use it as stored.
-        return img
+        return 1
+
+
+def _upright(img: Image.Image, orientation: int) -> Image.Image:
+    return img.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else img
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode == "F":
+        # float32, scaled in place: one working copy of the (already reduced) image.
+        arr = np.array(img, dtype=np.float32)
+        if mode == "F" and not img.info.get("faceverify_16bit"):
             lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+            arr -= lo
+            arr *= 255.0 / (hi - lo or 1.0)
         else:
             # 16-bit data (PNG/PGM/TIFF) arrives as I or I;16; scale the 0..65535 range.
-            top = 65535.0 if arr.max() > 255 or mode.startswith("I;16") else 255.0
-            arr = arr / top * 255.0
-        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+            wide = mode.startswith("I;16") or img.info.get("faceverify_16bit")
+            top = 65535.0 if wide or arr.max() > 255 else 255.0
+            arr *= 255.0 / top
+        np.rint(arr, out=arr)
+        np.clip(arr, 0, 255, out=arr)
+        gray = arr.astype(np.uint8)
+        del arr
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
