@@ -23,6 +23,7 @@ from app.api.observability import Metrics
 from app.api.routes import router
 from app.face.weights import WeightFile
 from app.keys import KeyStore, parse_env_keys
+from app.memory import return_large_blocks_to_the_system
 from app.service import FaceService, build_service
 from app.settings import Settings
 
@@ -48,6 +49,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        return_large_blocks_to_the_system()
         env_keys = parse_env_keys(settings.api_keys.get_secret_value())
         service, weights = builder(settings)
         app.state.service = service
