@@ -44,6 +44,7 @@ from app.gallery.store import (
     SubjectRecord,
 )
 from app.scoring.calibration import Calibration
+from app.scoring.distance import distances
 from app.settings import Settings
 
 FacePolicy = Literal["single", "largest"]
@@ -112,9 +113,14 @@ class CommitGate:
 commit_gate: ContextVar[CommitGate | None] = ContextVar("commit_gate", default=None)
 
 
-def _check_not_expired() -> None:
+def _stop_if_expired(*, committing: bool = False) -> None:
+    """Raise RequestCancelled if the request's timeout answer was sent; with
+    ``committing``, also claim the gate, so the timeout can no longer win."""
     gate = commit_gate.get()
-    if gate is not None and gate.expired:
+    if gate is None:
+        return
+    stopped = (not gate.begin_commit()) if committing else gate.expired
+    if stopped:
         raise RequestCancelled("The request timed out; nothing was stored.")
 
 
@@ -241,7 +247,7 @@ class FaceService:
         chosen: list[DetectedFace] = []
         with self.slots.hold():
             for number, data in enumerate(images):
-                _check_not_expired()  # stop early: nobody waits for this answer any more
+                _stop_if_expired()  # stop early: nobody waits for this answer any more
                 faces = self._find(data, timings, image_index=number)
                 if len(faces) > 1 and face_policy == "single":
                     raise MultipleFaces(
@@ -263,9 +269,7 @@ class FaceService:
             embeddings = self.pipeline.embed(chosen, timings)
         if not force:
             self._check_same_person(subject_id, embeddings, add=add)
-        gate = commit_gate.get()
-        if gate is not None and not gate.begin_commit():
-            raise RequestCancelled("The request timed out; nothing was stored.")
+        _stop_if_expired(committing=True)
         try:
             stored, subject, version = self.store.add_faces(
                 subject_id=subject_id,
@@ -300,9 +304,7 @@ class FaceService:
             known = self.index.subject_embeddings(subject_id)
         for number, embedding in enumerate(embeddings):
             if len(known):
-                nearest = float(
-                    np.min(np.linalg.norm(known.astype(np.float64) - embedding, axis=1))
-                )
+                nearest = float(distances(embedding, known).min())
                 if nearest > self.settings.threshold:
                     raise FaceMismatch(
                         f"The face in image {number} is {nearest:.3f} from the nearest face "

@@ -218,50 +218,10 @@ class GalleryStore:
         Returns:
             The stored faces, the subject afterwards, and the gallery version written.
         """
-        try:
-            return self._add_faces(
-                subject_id, faces, encoder, pipeline_version, name, metadata, add, idempotency
-            )
-        except IntegrityError as exc:
-            if idempotency is not None and self.find_idempotent(
-                owner=idempotency.owner, key=idempotency.key
-            ):
-                raise IdempotencyKeyTaken(idempotency.key) from exc
-            if not add and self._subject_exists(subject_id):
-                raise SubjectExists(
-                    f"Subject {subject_id!r} already exists.", subject_id=subject_id
-                ) from exc
-            raise
-
-    def _subject_exists(self, subject_id: str) -> bool:
-        with Session(self.engine) as session:
-            return session.get(Subject, subject_id) is not None
-
-    def find_idempotent(
-        self, *, owner: str, key: str, session: Session | None = None
-    ) -> IdempotentEnrollment | None:
-        """The enrollment recorded under this key, if within the retention period."""
-        if session is None:
-            with Session(self.engine) as own:
-                return self.find_idempotent(owner=owner, key=key, session=own)
-        row = session.get(IdempotencyRecord, (owner, key))
-        if row is None or _aware(row.created_at) < datetime.now(UTC) - IDEMPOTENCY_RETENTION:
-            return None
-        return IdempotentEnrollment(row.request_sha256, row.subject_id, list(row.face_ids))
-
-    def _add_faces(
-        self,
-        subject_id: str,
-        faces: list[NewFace],
-        encoder: str,
-        pipeline_version: str,
-        name: str | None,
-        metadata: dict[str, Any] | None,
-        add: bool,
-        idempotency: IdempotencyClaim | None,
-    ) -> tuple[list[FaceRecord], SubjectRecord, int]:
         with Session(self.engine) as session, session.begin():
-            version = _bump_version(session)  # writers queue here, so the checks hold
+            # Writers queue on the version row, so what the checks below read cannot
+            # change before this transaction commits.
+            version = _bump_version(session)
             if idempotency is not None and self.find_idempotent(
                 owner=idempotency.owner, key=idempotency.key, session=session
             ):
@@ -315,6 +275,18 @@ class GalleryStore:
                 _subject_record(subject, int(count or 0)),
                 version,
             )
+
+    def find_idempotent(
+        self, *, owner: str, key: str, session: Session | None = None
+    ) -> IdempotentEnrollment | None:
+        """The enrollment recorded under this key, if within the retention period."""
+        if session is None:
+            with Session(self.engine) as own:
+                return self.find_idempotent(owner=owner, key=key, session=own)
+        row = session.get(IdempotencyRecord, (owner, key))
+        if row is None or _aware(row.created_at) < datetime.now(UTC) - IDEMPOTENCY_RETENTION:
+            return None
+        return IdempotentEnrollment(row.request_sha256, row.subject_id, list(row.face_ids))
 
     def delete_subject(self, *, subject_id: str) -> tuple[list[str], int]:
         """Delete a subject and every face of it. Returns the deleted face ids and the
