@@ -36,16 +36,39 @@ table (app/api/problems.py); nothing here knows HTTP.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
+from app.geometry import Box
 
+
+@dataclass(eq=False)
 class FaceVerifyError(Exception):
-    """Base of every error this service raises on purpose."""
+    """Base of every error this service raises on purpose.
 
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
+    ``detail`` is the human-readable sentence; a subclass declares any further fields as
+    typed dataclass fields (keyword-only), and those become members of the problem+json
+    body (app/api/problems.py) and of its OpenAPI schema. Nothing travels as ``**kwargs``.
+    """
+
+    detail: str
+
+    def __post_init__(self) -> None:
+        Exception.__init__(self, self.detail)
+
+    def __str__(self) -> str:
+        return self.detail
+
+    @classmethod
+    def extra_fields(cls) -> tuple[str, ...]:
+        """Names of the fields this error adds to a problem body."""
+        return tuple(f.name for f in fields(cls) if f.name != "detail")
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The extra fields that are set (None ones are left out of the body)."""
+        values = {name: getattr(self, name) for name in self.extra_fields()}
+        return {k: v for k, v in values.items() if v is not None}
 
 
 class InputError(FaceVerifyError):
@@ -60,100 +83,133 @@ class UnsupportedMediaType(InputError):
     pass
 
 
+@dataclass(eq=False, kw_only=True)
 class ImageTooLarge(InputError):
-    pass
+    max_pixels: int
+    width: int | None = None
+    height: int | None = None
 
 
+@dataclass(eq=False, kw_only=True)
 class InvalidBase64(InputError):
-    pass
+    field: str
 
 
 class UnsupportedContentType(InputError):
     pass
 
 
+@dataclass(eq=False, kw_only=True)
 class RequestTooLarge(InputError):
-    pass
+    max_bytes: int
 
 
+@dataclass(eq=False, kw_only=True)
 class RequestBodyTimeout(InputError):
-    pass
+    min_bytes_per_second: int
 
 
 class ClientDisconnected(InputError):
     pass
 
 
+@dataclass(eq=False, kw_only=True)
 class InvalidRequest(InputError):
-    pass
+    # Pydantic-style field errors without the input values: {loc, msg, type}.
+    errors: list[dict[str, Any]] | None = None
 
 
+@dataclass(eq=False, kw_only=True)
 class TooManyImages(InvalidRequest):
-    pass
+    max_images: int
 
 
 class IdempotencyKeyReused(InvalidRequest):
     pass
 
 
+@dataclass(eq=False, kw_only=True)
 class FaceMismatch(InputError):
-    pass
+    image_index: int
+    distance: float
+    threshold: float
 
 
 class FaceError(FaceVerifyError):
     pass
 
 
+@dataclass(eq=False, kw_only=True)
 class NoFace(FaceError):
-    pass
+    # Which photo of a request with several; None when there is one.
+    image_index: int | None = None
 
 
+@dataclass(eq=False, kw_only=True)
 class MultipleFaces(FaceError):
-    pass
+    boxes: list[Box]
+    image_index: int | None = None
 
 
+@dataclass(eq=False, kw_only=True)
 class FaceTooSmall(FaceError):
-    pass
+    box: Box
+    min_face_side: int
+    image_index: int | None = None
 
 
 class NotFoundError(FaceVerifyError):
     pass
 
 
+@dataclass(eq=False, kw_only=True)
 class SubjectNotFound(NotFoundError):
-    pass
+    subject_id: str
+
+    @classmethod
+    def for_id(cls, subject_id: str) -> SubjectNotFound:
+        return cls(f"No subject with id {subject_id!r}.", subject_id=subject_id)
 
 
+@dataclass(eq=False, kw_only=True)
 class FaceNotFound(NotFoundError):
-    pass
+    subject_id: str
+    face_id: str
 
 
+@dataclass(eq=False, kw_only=True)
 class KeyNotFound(NotFoundError):
-    pass
+    key_id: str
 
 
+@dataclass(eq=False, kw_only=True)
 class SubjectHasNoFaces(FaceVerifyError):
-    pass
+    subject_id: str
 
 
+@dataclass(eq=False, kw_only=True)
 class SubjectExists(FaceVerifyError):
-    pass
+    subject_id: str
 
 
+@dataclass(eq=False, kw_only=True)
 class RequestCancelled(FaceVerifyError):
-    pass
+    retry_after: int = 1
 
 
 class Unauthorized(FaceVerifyError):
     pass
 
 
+@dataclass(eq=False, kw_only=True)
 class Forbidden(FaceVerifyError):
-    pass
+    required_scope: str | None = None
 
 
+@dataclass(eq=False, kw_only=True)
 class ServiceBusy(FaceVerifyError):
-    pass
+    # Seconds; also sent as the Retry-After header.
+    retry_after: int = 1
 
 
 class TooManyRequests(ServiceBusy):

@@ -20,7 +20,8 @@ from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from app.api.problems import problem
+from app.api.problems import problem_for
+from app.errors import RequestCancelled
 from app.face.pipeline import Timings
 from app.service import CommitGate, commit_gate
 
@@ -168,12 +169,9 @@ def install(app: FastAPI) -> None:
                 # The inference thread cannot be stopped; it finishes and its answer is
                 # dropped. Its slot stays taken until then, so the bound on work holds.
                 task.cancel()
-                response = problem(
-                    503,
-                    "request_timeout",
-                    f"The request took longer than {timeout:g} s; retry later.",
+                response = problem_for(
+                    RequestCancelled(f"The request took longer than {timeout:g} s; retry later."),
                     instance=request.url.path,
-                    retry_after=1,
                 )
             status = response.status_code
             response.headers["X-Request-ID"] = rid

@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -17,8 +18,9 @@ log = logging.getLogger("faceverify.api")
 
 PROBLEM_JSON = "application/problem+json"
 
-# Each domain error's HTTP status and stable machine-readable code. Subclasses not listed
-# take their nearest listed base class's entry.
+# Each domain error's HTTP status and stable machine-readable code. Every subclass of
+# FaceVerifyError has its own line (tests/api/test_problems.py enumerates them), so a new
+# error cannot silently take its parent's status.
 ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
     errors.InvalidImage: (400, "invalid_image"),
     errors.InvalidBase64: (400, "invalid_base64"),
@@ -56,14 +58,17 @@ ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
 
 
 def status_and_code(exc: errors.FaceVerifyError) -> tuple[int, str]:
-    for cls in type(exc).__mro__:
-        if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]
-    return 500, "internal_error"
+    return ERROR_TABLE.get(type(exc), (500, "internal_error"))
 
 
 def problem(
-    status: int, code: str, detail: str, *, instance: str | None = None, **extra: Any
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    extra: dict[str, Any] | None = None,
+    retry_after: int | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -74,14 +79,26 @@ def problem(
     }
     if instance:
         body["instance"] = instance
-    body.update({k: v for k, v in extra.items() if v is not None})
+    body.update(jsonable_encoder({k: v for k, v in (extra or {}).items() if v is not None}))
     headers = {}
-    if "retry_after" in extra:
-        headers["Retry-After"] = str(extra["retry_after"])
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="faceverify"'
 
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_for(exc: errors.FaceVerifyError, *, instance: str | None = None) -> JSONResponse:
+    """The problem+json answer to a domain error: its table entry, its detail, and its
+    typed extra fields as members (``retry_after`` also as the Retry-After header)."""
+    status, code = status_and_code(exc)
+    retry_after = (
+        exc.retry_after if isinstance(exc, errors.ServiceBusy | errors.RequestCancelled) else None
+    )
+    return problem(
+        status, code, exc.detail, instance=instance, extra=exc.extra, retry_after=retry_after
+    )
 
 
 def _title(status: int) -> str:
@@ -101,7 +118,7 @@ def install(app: FastAPI) -> None:
             log.info("client disconnected during %s %s", request.method, request.url.path)
         elif status >= 500 and status not in (503, 504):
             log.error("%s on %s: %s", code, request.url.path, exc.detail)
-        return problem(status, code, exc.detail, instance=request.url.path, **exc.extra)
+        return problem_for(exc, instance=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -110,7 +127,7 @@ def install(app: FastAPI) -> None:
             "validation_error",
             "The request's fields are missing or invalid; see errors.",
             instance=request.url.path,
-            errors=validation_errors(exc.errors()),
+            extra={"errors": validation_errors(exc.errors())},
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import (
     AfterValidator,
@@ -15,12 +15,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    create_model,
     field_validator,
 )
 
 from app.api.inputs import json_depth, parse_json
 from app.errors import InvalidRequest
 from app.gallery.models import SUBJECT_ID_MAX
+from app.geometry import Box
 
 # Metadata is a small record about a person, not a document.
 METADATA_MAX_DEPTH = 8
@@ -138,15 +140,8 @@ class CompareRequest(_Form):
 
 
 # ---- responses ------------------------------------------------------------------------
-class BoxOut(BaseModel):
-    left: int
-    top: int
-    right: int
-    bottom: int
-
-
 class ProbeOut(BaseModel):
-    box: BoxOut
+    box: Box
     detector_score: float
     landmarks: list[tuple[float, float]]
     faces_detected: int = Field(
@@ -177,7 +172,7 @@ class TimingOut(BaseModel):
 
 class FaceOut(BaseModel):
     face_id: str
-    box: BoxOut
+    box: Box
     detector_score: float
     encoder: str
     pipeline_version: str
@@ -216,7 +211,7 @@ class FmrOut(BaseModel):
 class MatchFields(BaseModel):
     match: bool = Field(description="distance <= threshold")
     score: float = Field(description="Match percent, 0.1-99.9, from the calibration.")
-    distance: float = Field(description="Euclidean distance between the 128-d embeddings.")
+    distance: float = Field(description="Euclidean distance between the two embeddings.")
     threshold: float
     fmr: FmrOut | None = Field(
         description="How often strangers come this close, from the calibration data."
@@ -306,15 +301,86 @@ class ReadyResponse(BaseModel):
     status: Literal["ready"]
 
 
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
+class InfoModel(BaseModel):
+    name: str
+    file: str
+    sha256: str
+    licence: str
 
+
+class InfoSettings(BaseModel):
+    detect_max_side: int
+    detect_upsample: int
+    detect_retry_max_side: int
+    num_jitters: int
+    min_face_side: int
+    max_image_pixels: int
+    max_upload_bytes: int
+    max_concurrent_inference: int
+    database: str = Field(description="The database's kind (sqlite, postgresql), no URL.")
+
+
+class GalleryCounts(BaseModel):
+    faces: int = Field(description="Faces of the running encoder model.")
+    subjects: int
+
+
+class InfoResponse(BaseModel):
+    service: Literal["faceverify"]
+    version: str
+    models: list[InfoModel] = Field(description="Weight files, checked by sha256.")
+    encoder: str = Field(description="The encoder model and runtime faces are stored with.")
+    model: str = Field(description="The encoder model's registry name.")
+    pipeline_version: str
+    threshold: float
+    calibration: dict[str, Any] = Field(
+        description="The calibration file's summary, and calibration_matches_pipeline."
+    )
+    calibration_matches_pipeline: bool
+    gallery: GalleryCounts
+    settings: InfoSettings
+
+
+class _ProblemBase(BaseModel):
     type: str
     title: str
     status: int
-    code: str
+    code: str = Field(description="Stable machine-readable error code.")
     detail: str
     instance: str | None = None
+
+
+def _problem_model() -> type[BaseModel]:
+    """RFC 9457 problem details, with every domain error's extra members (optional,
+    each described with the codes that carry it), read from the error classes' typed
+    fields, so the schema cannot drift from what the service sends."""
+    from app.api.problems import ERROR_TABLE
+
+    carriers: dict[str, list[str]] = {}
+    types: dict[str, Any] = {}
+    for cls, (_, code) in ERROR_TABLE.items():
+        hints = get_type_hints(cls)
+        for name in cls.extra_fields():
+            carriers.setdefault(name, []).append(code)
+            types.setdefault(name, hints[name])
+    carriers.setdefault("errors", []).append("validation_error")
+    extras: dict[str, Any] = {
+        name: (
+            types[name] | None,
+            Field(None, description="Sent with code " + ", ".join(sorted(set(codes))) + "."),
+        )
+        for name, codes in sorted(carriers.items())
+    }
+    model: type[BaseModel] = create_model(
+        "Problem",
+        __base__=_ProblemBase,
+        __doc__="RFC 9457 problem details; `code` is stable, `detail` is for people.",
+        **extras,
+    )
+    return model
+
+
+Problem = _problem_model()
 
 
 def as_utc(value: datetime) -> datetime:
