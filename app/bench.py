@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.face.detect import HogFaceDetector
-from app.face.encoder import DlibEncoder, OnnxEncoder
+from app.face.dlib_resnet import DIM, DlibEncoder, OnnxEncoder, prepared_onnx_model
 from app.face.image import decode_image
-from app.face.weights import load_weights, prepared_onnx_model
-from app.gallery.index import EmbeddingIndex
+from app.face.pipeline import Timings
+from app.face.registry import build_pipeline, load_checked_weights
+from app.gallery.index import ExactIndex
 from app.settings import Settings
 
 
@@ -71,7 +71,7 @@ def make_photos(photo_dir: Path) -> dict[str, bytes]:
 
 
 def bench_encoders(settings: Settings, chips: np.ndarray, repeats: int) -> dict[str, Any]:
-    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
+    weights = load_checked_weights(settings)
     resnet = weights["dlib_resnet_v1"]
     onnx = OnnxEncoder(
         prepared_onnx_model(resnet, settings.resolved_cache_dir()), threads=settings.onnx_threads
@@ -101,19 +101,16 @@ def bench_pipelines(settings: Settings, photos: dict[str, bytes], repeats: int) 
     HOG with upsample 1 on the full image, then compute_face_descriptor on it."""
     import dlib
 
-    from app.service import build_service
-
-    service, weights = build_service(settings.model_copy(update={"database_url": "sqlite://"}))
+    weights = load_checked_weights(settings)
+    pipeline = build_pipeline(settings, weights)
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(weights["shape_predictor_5"].path))
     model = dlib.face_recognition_model_v1(str(weights["dlib_resnet_v1"].path))
 
     def ours(data: bytes) -> None:
-        from app.face.pipeline import Timings
-
         timings = Timings()
-        faces = service.pipeline.find_faces(data, timings)
-        service.pipeline.embed(faces[:1], timings)
+        faces = pipeline.find_faces(data, timings)
+        pipeline.embed(faces[:1], timings)
 
     def baseline(data: bytes) -> None:
         rgb = decode_image(data, max_pixels=settings.max_image_pixels)
@@ -131,7 +128,6 @@ def bench_pipelines(settings: Settings, photos: dict[str, bytes], repeats: int) 
             "baseline_ms": round(base_ms, 1),
             "speedup": round(base_ms / ours_ms, 1),
         }
-    service.store.close()
     return result
 
 
@@ -315,25 +311,25 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def bench_identify(sizes: list[int], queries: int) -> dict[str, Any]:
+def bench_identify(sizes: list[int], queries: int, dim: int = DIM) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {}
     for size in sizes:
         before = _rss_mb()
-        index = EmbeddingIndex()
+        index = ExactIndex(dim)
         step = 100_000
         for start in range(0, size, step):
             n = min(step, size - start)
-            vectors = rng.normal(size=(n, 128)).astype(np.float32)
+            vectors = rng.normal(size=(n, dim)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             ids = [f"f{start + i}" for i in range(n)]
             index.add(ids, [f"s{(start + i) // 3}" for i in range(n)], vectors)
         after = _rss_mb()
-        probes = rng.normal(size=(queries, 128)).astype(np.float32)
+        probes = rng.normal(size=(queries, dim)).astype(np.float32)
         samples = []
         for probe in probes:
             t = time.perf_counter()
-            index.top_subjects(probe, 5)
+            index.search(probe, 5)
             samples.append((time.perf_counter() - t) * 1000)
         result[str(size)] = {
             "identify_ms_p50": round(statistics.median(samples), 2),
@@ -356,12 +352,11 @@ def run(
 ) -> dict[str, Any]:
     settings = Settings()
     photos = make_photos(photo_dir)
-    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
-    detector = HogFaceDetector(weights["shape_predictor_5"].path)
+    pipeline = build_pipeline(settings)
     chips = []
     for name in ("obama.jpg", "biden.jpg", "two_people.jpg", "obama2.jpg"):
-        rgb = decode_image((photo_dir / name).read_bytes(), max_pixels=settings.max_image_pixels)
-        chips += [f.chip for f in detector.detect(rgb)]
+        faces = pipeline.find_faces((photo_dir / name).read_bytes(), Timings())
+        chips += [f.chip for f in faces if f.chip is not None]
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),

@@ -15,6 +15,7 @@ import numpy as np
 from app.errors import FaceVerifyError
 from app.face.detect import main_face
 from app.face.pipeline import FacePipeline, Timings
+from app.face.registry import calibration_fingerprint
 from app.scoring import metrics
 from app.scoring.calibration import Calibration
 from app.scoring.fit import fit_isotonic, fit_logistic
@@ -253,7 +254,7 @@ def fit_calibration(
         "threshold": settings.threshold,
         "prior": 0.5,
         "clip_percent": [0.1, 99.9],
-        "pipeline": settings.calibration_fingerprint(),
+        "pipeline": calibration_fingerprint(settings),
         "data": {
             "name": data_name,
             "identities": len(identities),
@@ -281,17 +282,15 @@ def _score_with_service_pipeline(
     settings: Settings, pairs: list[Pair], progress: bool
 ) -> tuple[Scored, Calibration]:
     """Embed every image of ``pairs`` with the pipeline the server would build from
-    ``settings`` (an in-memory gallery: nothing is stored) and score the pairs."""
-    from app.service import build_service
+    ``settings`` (no gallery, no database) and score the pairs."""
+    from app.face.registry import build_pipeline
 
-    service, _ = build_service(settings.model_copy(update={"database_url": "sqlite://"}))
-    try:
-        embeddings = embed_images(
-            service.pipeline, [p.a for p in pairs] + [p.b for p in pairs], progress=progress
-        )
-    finally:
-        service.store.close()
-    return score_pairs(pairs, embeddings), service.calibration
+    calibration = Calibration.load(settings.resolved_calibration_file())
+    pipeline = build_pipeline(settings)
+    embeddings = embed_images(
+        pipeline, [p.a for p in pairs] + [p.b for p in pairs], progress=progress
+    )
+    return score_pairs(pairs, embeddings), calibration
 
 
 def run_evaluate(
@@ -300,9 +299,13 @@ def run_evaluate(
     scored, calibration = _score_with_service_pipeline(settings, pairs, progress)
     out.mkdir(parents=True, exist_ok=True)
     rep = report(scored, calibration, settings.threshold)
-    rep["pipeline"] = settings.calibration_fingerprint()
+    rep["pipeline"] = calibration_fingerprint(settings)
     write_pairs_tsv(out / "pairs.tsv", scored, calibration, root)
-    rep["plots"] = [p.name for p in plot(scored, rep, out)]
+    try:
+        rep["plots"] = [p.name for p in plot(scored, rep, out)]
+    except ModuleNotFoundError:
+        rep["plots"] = []
+        rep["plots_note"] = "matplotlib is not installed: pip install 'faceverify[eval]'"
     (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
     return rep
 

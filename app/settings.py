@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The repository's models/ folder (manifest + calibration), found beside the package.
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# manifest.json and calibration.json, shipped inside the package (package data), so a
+# plain `pip install` has them; the repository's top-level models/ links here.
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
 class Settings(BaseSettings):
@@ -64,8 +65,10 @@ class Settings(BaseSettings):
     # Average each face's embedding with its mirror image's (test-time augmentation):
     # one more encoder pass per face. See docs/ACCURACY.md for what it buys.
     flip_average: bool = True
-    # onnx: dlib's ResNet converted to ONNX Runtime (same embeddings within 1e-4, ~20x
-    # faster); dlib: the reference implementation.
+    # The encoder model, by its name in app/face/registry.py.
+    model: str = "dlib_resnet_v1"
+    # The model's runtime. onnx: dlib's ResNet converted to ONNX Runtime (same embeddings
+    # within 1e-4, ~20x faster); dlib: the reference implementation.
     encoder: Literal["onnx", "dlib"] = "onnx"
     # ONNX Runtime threads per inference; 0 = one per core.
     onnx_threads: int = Field(0, ge=0, le=64)
@@ -112,6 +115,15 @@ class Settings(BaseSettings):
     # request can ask for (issue 9: 1,000 were allowed).
     max_enroll_images: int = Field(20, ge=1, le=1000)
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from app.face.registry import ENCODER_MODELS
+
+        if value not in ENCODER_MODELS:
+            raise ValueError(f"unknown model {value!r}; known: {', '.join(sorted(ENCODER_MODELS))}")
+        return value
+
     @model_validator(mode="after")
     def _jitter_needs_dlib(self) -> Settings:
         if self.num_jitters and self.encoder != "dlib":
@@ -132,26 +144,5 @@ class Settings(BaseSettings):
     def resolved_calibration_file(self) -> Path:
         return self.calibration_file or self.models_dir / "calibration.json"
 
-    def calibration_fingerprint(self) -> dict[str, object]:
-        """The settings a calibration holds for: those that change distances. Both
-        encoders compute the same network, so the encoder is not among them."""
-        return {
-            "detector": "dlib_hog"
-            + (f"+cnn{self.detect_cnn_max_side}" if self.detect_cnn_max_side else ""),
-            "detect_upsample": self.detect_upsample,
-            "detect_max_side": self.detect_max_side,
-            "detect_retry_max_side": self.detect_retry_max_side,
-            "landmarks": "shape_predictor_5",
-            "chip": "150px_padding0.25",
-            "num_jitters": self.num_jitters,
-            "flip_average": self.flip_average,
-            "network": "dlib_face_recognition_resnet_model_v1",
-        }
-
-    def pipeline_version(self) -> str:
-        """A short string naming everything that changes an embedding."""
-        return (
-            f"hog-u{self.detect_upsample}-m{self.detect_max_side}-r{self.detect_retry_max_side}"
-            f"-cnn{self.detect_cnn_max_side}"
-            f"/sp5/chip150p0.25/j{self.num_jitters}{'/flip' if self.flip_average else ''}"
-        )
+    def manifest_file(self) -> Path:
+        return self.models_dir / "manifest.json"

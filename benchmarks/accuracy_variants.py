@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from app.face.detect import DetectedFace, HogFaceDetector
-from app.face.encoder import DlibEncoder, OnnxEncoder
+from app.face.dlib_resnet import DlibEncoder, OnnxEncoder, prepared_onnx_model
 from app.face.image import decode_image
-from app.face.weights import installed_weights_dir, load_weights, prepared_onnx_model
+from app.face.registry import load_checked_weights
+from app.face.weights import installed_weights_dir
+from app.geometry import Box
 from app.scoring import metrics
 from app.scoring.pairs import read_lfw_pairs
 from app.settings import Settings
@@ -67,7 +70,7 @@ def main() -> None:
     import dlib
 
     settings = Settings()
-    weights = load_weights(settings.models_dir / "manifest.json", None)
+    weights = load_checked_weights(settings)
     sp_path = weights["shape_predictor_5"].path
     onnx = OnnxEncoder(
         prepared_onnx_model(weights["dlib_resnet_v1"], settings.resolved_cache_dir())
@@ -76,9 +79,12 @@ def main() -> None:
     paths = sorted({p.a for p in pairs} | {p.b for p in pairs})
     images = {p: decode_image(p.read_bytes(), max_pixels=10**8) for p in paths}
 
+    def aligned(img: np.ndarray, faces: list[DetectedFace]) -> list[DetectedFace]:
+        return [replace(f, chip=onnx.align(img, f)) for f in faces]
+
     hog = HogFaceDetector(sp_path)
     t = time.perf_counter()
-    found = {p: hog.detect(img) for p, img in images.items()}
+    found = {p: aligned(img, hog.detect(img)) for p, img in images.items()}
     detect_ms = (time.perf_counter() - t) / len(paths) * 1000
     missing = [p for p, f in found.items() if not f]
 
@@ -115,7 +121,7 @@ def main() -> None:
     # Fallbacks for the images HOG missed.
     more = HogFaceDetector(sp_path, retry_max_side=4096)
     t = time.perf_counter()
-    extra = {p: more.detect(images[p]) for p in missing}
+    extra = {p: aligned(images[p], more.detect(images[p])) for p in missing}
     more_ms = (time.perf_counter() - t) / max(len(missing), 1) * 1000
     faces_more = {**found, **extra}
     emb, _ = embed(largest, faces=faces_more)
@@ -138,18 +144,13 @@ def main() -> None:
         for det in dets:
             r = det.rect
             shape = predictor(images[p], r)
-            chip = np.asarray(dlib.get_face_chip(images[p], shape, 150, 0.25))
-            from app.face.detect import Box
-
-            faces.append(
-                DetectedFace(
-                    Box(r.left(), r.top(), r.right(), r.bottom()),
-                    r.width(),
-                    det.confidence,
-                    (),
-                    chip,
-                )
+            face = DetectedFace(
+                box=Box(r.left(), r.top(), r.right(), r.bottom()),
+                side=r.width(),
+                score=det.confidence,
+                landmarks=tuple((float(q.x), float(q.y)) for q in shape.parts()),
             )
+            faces.append(replace(face, chip=onnx.align(images[p], face)))
         cnn_faces[p] = faces
     cnn_ms = (time.perf_counter() - t) / max(len(missing), 1) * 1000
     still = sum(1 for f in cnn_faces.values() if not f)

@@ -1,46 +1,26 @@
-"""Face detection (dlib HOG) and 5-point alignment to the encoder's 150 px chip."""
+"""Face detection: boxes, scores and five landmarks (dlib HOG, CNN fallback).
+
+A detector finds faces and their landmarks and nothing more: cutting the aligned chip is
+the encoder model's job (it owns its input size and alignment, app/face/encoder.py), so
+a new encoder never touches this file, and a new detector never touches an encoder.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from app.face.encoder import CHIP_SIZE
 from app.face.pool import InstancePool
+from app.geometry import Box
 
-# dlib python_examples/face_recognition.py and dlib's dnn_face_recognition_ex.cpp align
-# with get_face_chip(img, shape, 150, 0.25): 150 px, 25% padding around the landmarks.
-CHIP_PADDING = 0.25
 # dlib's CNN detector fails (its filters do not fit) on images a few pixels across;
 # below this side there is no face to look for anyway (found by schemathesis).
 CNN_MIN_SIDE = 40
-
-
-@dataclass(frozen=True)
-class Box:
-    """Pixel box in the decoded (upright) image: left, top inclusive; right, bottom exclusive."""
-
-    left: int
-    top: int
-    right: int
-    bottom: int
-
-    @property
-    def width(self) -> int:
-        return self.right - self.left
-
-    @property
-    def height(self) -> int:
-        return self.bottom - self.top
-
-    @property
-    def area(self) -> int:
-        return max(self.width, 0) * max(self.height, 0)
 
 
 @dataclass(frozen=True)
@@ -52,31 +32,45 @@ class DetectedFace:
         side: the detector box's side at full resolution before clipping (HOG boxes are
             square); what the minimum-face-size rule looks at.
         score: HOG detector confidence (SVM margin; > 0 is a detection, higher is surer).
-        landmarks: five (x, y) points at full resolution: eye corners and nose base.
-        chip: the aligned ``(150, 150, 3)`` uint8 chip the encoder takes.
+        landmarks: five (x, y) points at full resolution: eye corners and nose base
+            (dlib's 5-point order: right eye outer, right eye inner, left eye outer, left
+            eye inner, nose base).
         upsample: how many upsampling steps the detector needed to find it.
+        chip: the encoder's aligned input, cut by the pipeline from the image the face was
+            found in (None until then).
     """
 
     box: Box
     side: int
     score: float
     landmarks: tuple[tuple[float, float], ...]
-    chip: np.ndarray = field(repr=False, compare=False)
     upsample: int = 0
     detector: str = "hog"
     # (width, height) of the image the face was found in; (0, 0) when unknown.
     frame: tuple[int, int] = (0, 0)
+    chip: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def rescaled(self, factor: float) -> DetectedFace:
         """The same face in coordinates ``factor`` times larger (the chip is unchanged)."""
-        b = self.box
         return replace(
             self,
-            box=Box(*(int(round(v * factor)) for v in (b.left, b.top, b.right, b.bottom))),
+            box=self.box.scaled(factor),
             side=int(round(self.side * factor)),
             landmarks=tuple((x * factor, y * factor) for x, y in self.landmarks),
             frame=(int(round(self.frame[0] * factor)), int(round(self.frame[1] * factor))),
         )
+
+
+class FaceDetector(Protocol):
+    """Anything that finds faces in an RGB image. ``max_side`` is the longest side it
+    looks at (the decoder need not decode more than ~1.25x that)."""
+
+    max_side: int
+
+    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        """Every face in an ``(H, W, 3)`` uint8 RGB image, most confident first, in the
+        image's own coordinates."""
+        ...
 
 
 @dataclass
@@ -95,7 +89,7 @@ class HogFaceDetector:
     (:mod:`app.face.pool`), since dlib's detectors are not safe to share.
 
     Detection runs on a copy scaled down so its longest side is at most ``max_side``;
-    landmarks and the chip come from the full-resolution image, so downscaling costs
+    landmarks (and so the chip) come from the full-resolution image, so downscaling costs
     no alignment precision. When nothing is found, detection is retried with one more
     upsampling step at a time while the upsampled longest side stays within
     ``retry_max_side``: small photos (a 128 px portrait) still work, and a large photo
@@ -170,7 +164,6 @@ class HogFaceDetector:
                 int(round(left)), int(round(top)), int(round(right)) - 1, int(round(bottom)) - 1
             )
             shape = models.predictor(rgb, full)
-            chip = np.asarray(self._dlib.get_face_chip(rgb, shape, CHIP_SIZE, CHIP_PADDING))
             box = Box(
                 left=max(0, int(round(left))),
                 top=max(0, int(round(top))),
@@ -183,7 +176,6 @@ class HogFaceDetector:
                     side=int(round(max(right - left, bottom - top))),
                     score=float(score),
                     landmarks=tuple((float(p.x), float(p.y)) for p in shape.parts()),
-                    chip=chip,
                     upsample=upsample,
                     detector=detector,
                     frame=(width, height),

@@ -17,7 +17,21 @@ register_heif_opener()
 
 # Formats we promise to read; Pillow knows more (e.g. EPS), which we refuse rather than
 # hand untrusted bytes to less-used decoders.
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "MPO", "HEIF"})
+# Pillow's format name -> what people call it. The one list: the checks and the messages
+# are made from it.
+FORMAT_NAMES = {
+    "JPEG": "JPEG",
+    "MPO": "JPEG",  # multi-picture JPEG from some cameras
+    "PNG": "PNG",
+    "WEBP": "WebP",
+    "HEIF": "HEIC/HEIF",
+    "BMP": "BMP",
+    "GIF": "GIF",
+    "TIFF": "TIFF",
+    "PPM": "PPM/PGM",
+}
+ALLOWED_FORMATS = frozenset(FORMAT_NAMES)
+SUPPORTED_TEXT = ", ".join(dict.fromkeys(FORMAT_NAMES.values()))
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
@@ -68,16 +82,14 @@ def decode_image_scaled(
         ) from exc
     except UnidentifiedImageError as exc:
         raise UnsupportedMediaType(
-            "The data is not an image in a supported format "
-            "(JPEG, PNG, WebP, HEIC, BMP, GIF, TIFF, PPM/PGM)."
+            f"The data is not an image in a supported format ({SUPPORTED_TEXT})."
         ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage(f"The image could not be read: {exc}") from exc
 
     if img.format not in ALLOWED_FORMATS:
         raise UnsupportedMediaType(
-            f"Image format {img.format!r} is not supported; send JPEG, PNG, WebP, BMP, GIF, "
-            "TIFF or PPM/PGM."
+            f"Image format {img.format!r} is not supported; send one of {SUPPORTED_TEXT}."
         )
     width, height = img.size
     if width * height > max_pixels:

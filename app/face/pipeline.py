@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
-from app.face.detect import DetectedFace, HogFaceDetector
-from app.face.encoder import EMBEDDING_DIM, FaceEncoder
+from app.face.detect import DetectedFace, FaceDetector
+from app.face.encoder import FaceEncoder
 from app.face.image import decode_image_scaled
-from app.face.weights import WeightFile
 
 
 @dataclass
@@ -45,50 +44,48 @@ class Timings:
 
 
 class FacePipeline(Protocol):
-    """What the service needs from the face side. The real one is :class:`DlibPipeline`;
-    unit tests pass a fake."""
+    """What the service needs from the face side: :class:`Pipeline`, built by
+    :func:`app.face.registry.build_pipeline`."""
 
     encoder_name: str
+    model: str
+    compatible: frozenset[str]
+    dim: int
     version: str
 
     def find_faces(self, data: bytes, timings: Timings) -> list[DetectedFace]:
-        """Decode ``data`` and return every face found in it."""
+        """Decode ``data`` and return every face found in it, each with its chip."""
         ...
 
     def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
-        """``(len(faces), 128)`` float32 embeddings of the given faces, in one batch."""
+        """``(len(faces), dim)`` float32 embeddings of the given faces, in one batch."""
         ...
 
 
-class DlibPipeline:
-    """Pillow decoding, dlib HOG detection and 5-point alignment, and any FaceEncoder.
+class Pipeline:
+    """Decode (Pillow) -> detect (any FaceDetector) -> align and encode (any FaceEncoder).
 
-    ``weights`` must hold ``shape_predictor_5`` (models/manifest.json)."""
+    The detector gives boxes and landmarks; the encoder cuts its own chip from them in
+    the decoded image and embeds it. With ``flip_average`` each face is embedded as the
+    mean of its chip's and its mirror image's embeddings (one batch).
+    """
 
     def __init__(
         self,
         *,
-        weights: dict[str, WeightFile],
+        detector: FaceDetector,
         encoder: FaceEncoder,
         max_pixels: int,
-        detect_max_side: int,
-        detect_upsample: int,
-        detect_retry_max_side: int,
         version: str,
         flip_average: bool = False,
-        detect_cnn_max_side: int = 0,
     ) -> None:
-        self.detector = HogFaceDetector(
-            weights["shape_predictor_5"].path,
-            max_side=detect_max_side,
-            upsample=detect_upsample,
-            retry_max_side=detect_retry_max_side,
-            cnn_path=weights["mmod_cnn_detector"].path if detect_cnn_max_side else None,
-            cnn_max_side=detect_cnn_max_side,
-        )
+        self.detector = detector
         self.encoder = encoder
         self.flip_average = flip_average
-        self.encoder_name = self.encoder.name
+        self.encoder_name = encoder.name
+        self.model = encoder.model
+        self.compatible = encoder.compatible
+        self.dim = encoder.dim
         self.max_pixels = max_pixels
         self.version = version
 
@@ -101,16 +98,22 @@ class DlibPipeline:
                 data, max_pixels=self.max_pixels, min_side=self.detector.max_side * 5 // 4
             )
         with timings.measure("detect_ms"):
-            faces = self.detector.detect(rgb)
+            faces = [replace(f, chip=self.encoder.align(rgb, f)) for f in self.detector.detect(rgb)]
         return faces if scale == 1.0 else [f.rescaled(1.0 / scale) for f in faces]
 
     def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
         if not faces:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        chips = np.stack([f.chip for f in faces])
+            return np.zeros((0, self.dim), dtype=np.float32)
+        chips = np.stack([_chip(f) for f in faces])
         with timings.measure("encode_ms"):
             if not self.flip_average:
                 return self.encoder.encode(chips)
             # One batch: the chips and their mirror images, averaged pairwise.
             both = self.encoder.encode(np.concatenate([chips, chips[:, :, ::-1]]))
             return ((both[: len(chips)] + both[len(chips) :]) / 2).astype(np.float32)
+
+
+def _chip(face: DetectedFace) -> np.ndarray:
+    if face.chip is None:
+        raise ValueError("a face must come from Pipeline.find_faces (it has no chip)")
+    return face.chip

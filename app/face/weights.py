@@ -97,37 +97,3 @@ def load_weights(manifest_path: Path, weights_dir: Path | None) -> dict[str, Wei
             source=entry["source"],
         )
     return found
-
-
-def prepared_onnx_model(resnet: WeightFile, cache_dir: Path) -> Path:
-    """The ONNX conversion of the ResNet weights, made once into ``cache_dir``.
-
-    The file name carries the .dat's sha256 and the converter version, so a different
-    model or converter gets a new file. A sidecar JSON records the ONNX file's sha256;
-    a cached file whose hash differs (corrupt, truncated, edited) is converted again.
-    Nothing is downloaded: the conversion reads the installed .dat.
-    """
-    from app.face.onnx_convert import CONVERTER_VERSION, convert
-
-    stem = f"dlib_resnet_v1-{resnet.sha256[:16]}-c{CONVERTER_VERSION}"
-    model, record = cache_dir / f"{stem}.onnx", cache_dir / f"{stem}.json"
-    if model.is_file() and record.is_file():
-        try:
-            expected = json.loads(record.read_text())["onnx_sha256"]
-        except (OSError, ValueError, KeyError):
-            expected = None
-        if expected and sha256_file(model) == expected:
-            return model
-    digest = convert(resnet.path, model)
-    record.write_text(
-        json.dumps(
-            {
-                "source": resnet.path.name,
-                "source_sha256": resnet.sha256,
-                "converter_version": CONVERTER_VERSION,
-                "onnx_sha256": digest,
-            },
-            indent=2,
-        )
-    )
-    return model

@@ -1,0 +1,178 @@
+"""dlib's ResNet face encoder (``dlib_face_recognition_resnet_model_v1``): 150 px chips
+aligned on five landmarks, 128-d embeddings, in two runtimes of the same network.
+
+    onnx  the network converted to ONNX (app/face/onnx_convert.py), run by ONNX Runtime
+    dlib  dlib's own implementation (the reference)
+
+Both give the same embeddings within 1e-4 (tests/face/test_onnx.py), so faces stored by
+either are compared with each other; they record their runtime in ``encoder``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from app.face.detect import DetectedFace
+from app.face.encoder import EncoderModel, FaceEncoder
+from app.face.pool import InstancePool
+from app.face.weights import WeightFile, sha256_file
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+MODEL = "dlib_resnet_v1"
+# dlib's ResNet takes 150x150 chips (input_rgb_image_sized<150>) and outputs 128 floats.
+CHIP_SIZE = 150
+DIM = 128
+# dlib python_examples/face_recognition.py and dlib's dnn_face_recognition_ex.cpp align
+# with get_face_chip(img, shape, 150, 0.25): 150 px, 25% padding around the landmarks.
+CHIP_PADDING = 0.25
+# What each runtime stores as a face's ``encoder`` (unchanged since the first release).
+RUNTIME_NAMES = {"dlib": "dlib_resnet_v1", "onnx": "dlib_resnet_v1_onnx"}
+
+
+class _DlibResnet:
+    """The model's input side, shared by both runtimes: 5-point alignment to the chip."""
+
+    model = MODEL
+    compatible = frozenset(RUNTIME_NAMES.values())
+    dim = DIM
+    input_size = CHIP_SIZE
+
+    def align(self, rgb: np.ndarray, face: DetectedFace) -> np.ndarray:
+        import dlib
+
+        # get_face_chip aligns a 5-point shape on its parts alone; the rectangle is only
+        # carried along, so rebuilding the shape from the detector's landmarks (dlib's
+        # integer points) gives the same chip as the predictor's own object.
+        b = face.box
+        shape = dlib.full_object_detection(
+            dlib.rectangle(b.left, b.top, b.right - 1, b.bottom - 1),
+            [dlib.point(int(x), int(y)) for x, y in face.landmarks],
+        )
+        return np.asarray(dlib.get_face_chip(rgb, shape, CHIP_SIZE, CHIP_PADDING))
+
+
+class DlibEncoder(_DlibResnet):
+    """dlib's ``face_recognition_model_v1`` (the reference implementation).
+
+    Measured here: 73-77 ms per face on one core, and it holds the GIL while it runs,
+    so threads do not run two encodings at once (docs/CONCURRENCY.md). The network keeps
+    each layer's output inside the object, so each call borrows its own instance from a
+    pool rather than relying on the GIL (:mod:`app.face.pool`).
+    """
+
+    name = RUNTIME_NAMES["dlib"]
+
+    def __init__(self, model_path: Path, *, num_jitters: int = 0) -> None:
+        import dlib
+
+        self.models = InstancePool(lambda: dlib.face_recognition_model_v1(str(model_path)))
+        self.models.warm()
+        self._num_jitters = num_jitters
+
+    def encode(self, chips: np.ndarray) -> np.ndarray:
+        if len(chips) == 0:
+            return np.zeros((0, DIM), dtype=np.float32)
+        batch = [np.ascontiguousarray(chip) for chip in chips]
+        with self.models.borrow() as model:
+            vectors = model.compute_face_descriptor(batch, self._num_jitters)
+        return np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
+
+
+class OnnxEncoder(_DlibResnet):
+    """dlib's ResNet converted to ONNX (app/face/onnx_convert.py), run by ONNX Runtime.
+
+    Same embeddings as :class:`DlibEncoder` within 1e-4 (tests/face/test_onnx.py),
+    ~13-25x faster here, and ONNX Runtime releases the GIL while it runs, so threads
+    overlap. A batch of chips is one run. One session serves every thread: ONNX Runtime
+    documents ``Run`` as safe to call concurrently (it keeps no per-run state in the
+    session), and tests/face/test_concurrency.py checks every answer under threads.
+    """
+
+    name = RUNTIME_NAMES["onnx"]
+
+    def __init__(self, model_path: Path, *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # 0 lets ONNX Runtime use one thread per core.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
+
+    def encode(self, chips: np.ndarray) -> np.ndarray:
+        if len(chips) == 0:
+            return np.zeros((0, DIM), dtype=np.float32)
+        batch = np.ascontiguousarray(chips, dtype=np.uint8)
+        (embeddings,) = self._session.run(["embeddings"], {"chips": batch})
+        return np.asarray(embeddings, dtype=np.float32)
+
+
+def prepared_onnx_model(resnet: WeightFile, cache_dir: Path) -> Path:
+    """The ONNX conversion of the ResNet weights, made once into ``cache_dir``.
+
+    The file name carries the .dat's sha256 and the converter version, so a different
+    model or converter gets a new file. A sidecar JSON records the ONNX file's sha256;
+    a cached file whose hash differs (corrupt, truncated, edited) is converted again.
+    Nothing is downloaded: the conversion reads the installed .dat.
+    """
+    from app.face.onnx_convert import CONVERTER_VERSION, convert
+
+    stem = f"dlib_resnet_v1-{resnet.sha256[:16]}-c{CONVERTER_VERSION}"
+    model, record = cache_dir / f"{stem}.onnx", cache_dir / f"{stem}.json"
+    if model.is_file() and record.is_file():
+        try:
+            expected = json.loads(record.read_text())["onnx_sha256"]
+        except (OSError, ValueError, KeyError):
+            expected = None
+        if expected and sha256_file(model) == expected:
+            return model
+    digest = convert(resnet.path, model)
+    record.write_text(
+        json.dumps(
+            {
+                "source": resnet.path.name,
+                "source_sha256": resnet.sha256,
+                "converter_version": CONVERTER_VERSION,
+                "onnx_sha256": digest,
+            },
+            indent=2,
+        )
+    )
+    return model
+
+
+def _prepare(settings: Settings, weights: dict[str, WeightFile]) -> Path | None:
+    if settings.encoder != "onnx":
+        return None
+    return prepared_onnx_model(weights[MODEL], settings.resolved_cache_dir())
+
+
+def _build(settings: Settings, weights: dict[str, WeightFile]) -> FaceEncoder:
+    resnet = weights[MODEL]
+    if settings.encoder == "dlib":
+        return DlibEncoder(resnet.path, num_jitters=settings.num_jitters)
+    model = prepared_onnx_model(resnet, settings.resolved_cache_dir())
+    return OnnxEncoder(model, threads=settings.onnx_threads)
+
+
+SPEC = EncoderModel(
+    name=MODEL,
+    weights=(MODEL,),
+    fingerprint={
+        "landmarks": "shape_predictor_5",
+        "chip": f"{CHIP_SIZE}px_padding{CHIP_PADDING}",
+        "network": "dlib_face_recognition_resnet_model_v1",
+    },
+    version_tag=f"sp5/chip{CHIP_SIZE}p{CHIP_PADDING}",
+    build=_build,
+    prepare=_prepare,
+)

@@ -1,0 +1,94 @@
+"""The models faceverify can run, by name, and the one place that wires a pipeline.
+
+``FACEVERIFY_MODEL`` names the encoder model (an entry of :data:`ENCODER_MODELS`);
+``FACEVERIFY_ENCODER`` its runtime where it has several. Adding a model: its own module
+(like app/face/dlib_resnet.py, ending in an :class:`EncoderModel`), a line here, and its
+weight files in models/manifest.json. Nothing in app/api or app/gallery changes: they see
+the pipeline's ``model``, ``dim`` and ``encoder_name`` only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from app.face import dlib_resnet
+from app.face.detect import HogFaceDetector
+from app.face.encoder import EncoderModel
+from app.face.pipeline import Pipeline
+from app.face.weights import WeightFile, load_weights
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+ENCODER_MODELS: dict[str, EncoderModel] = {m.name: m for m in (dlib_resnet.SPEC,)}
+
+
+def encoder_model(settings: Settings) -> EncoderModel:
+    return ENCODER_MODELS[settings.model]
+
+
+def load_checked_weights(settings: Settings) -> dict[str, WeightFile]:
+    """Every file of models/manifest.json, found and checked by sha256."""
+    return load_weights(settings.manifest_file(), settings.weights_dir)
+
+
+def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFaceDetector:
+    cnn = settings.detect_cnn_max_side
+    return HogFaceDetector(
+        weights["shape_predictor_5"].path,
+        max_side=settings.detect_max_side,
+        upsample=settings.detect_upsample,
+        retry_max_side=settings.detect_retry_max_side,
+        cnn_path=weights["mmod_cnn_detector"].path if cnn else None,
+        cnn_max_side=cnn,
+    )
+
+
+def build_pipeline(settings: Settings, weights: dict[str, WeightFile] | None = None) -> Pipeline:
+    """The face pipeline the settings describe: detector, encoder model and runtime."""
+    weights = weights if weights is not None else load_checked_weights(settings)
+    return Pipeline(
+        detector=build_detector(settings, weights),
+        encoder=encoder_model(settings).build(settings, weights),
+        max_pixels=settings.max_image_pixels,
+        version=pipeline_version(settings),
+        flip_average=settings.flip_average,
+    )
+
+
+def prepare(settings: Settings, weights: dict[str, WeightFile]) -> None:
+    """The encoder's one-time work (the ONNX conversion), before workers start."""
+    spec = encoder_model(settings)
+    if spec.prepare is not None:
+        spec.prepare(settings, weights)
+
+
+def detector_fingerprint(settings: Settings) -> dict[str, object]:
+    return {
+        "detector": "dlib_hog"
+        + (f"+cnn{settings.detect_cnn_max_side}" if settings.detect_cnn_max_side else ""),
+        "detect_upsample": settings.detect_upsample,
+        "detect_max_side": settings.detect_max_side,
+        "detect_retry_max_side": settings.detect_retry_max_side,
+    }
+
+
+def calibration_fingerprint(settings: Settings) -> dict[str, object]:
+    """The settings a calibration holds for: those that change distances. The runtimes
+    of one model compute the same network, so the runtime is not among them."""
+    return {
+        **detector_fingerprint(settings),
+        **encoder_model(settings).fingerprint,
+        "num_jitters": settings.num_jitters,
+        "flip_average": settings.flip_average,
+    }
+
+
+def pipeline_version(settings: Settings) -> str:
+    """A short string naming everything that changes an embedding (stored per face)."""
+    return (
+        f"hog-u{settings.detect_upsample}-m{settings.detect_max_side}"
+        f"-r{settings.detect_retry_max_side}-cnn{settings.detect_cnn_max_side}"
+        f"/{encoder_model(settings).version_tag}"
+        f"/j{settings.num_jitters}{'/flip' if settings.flip_average else ''}"
+    )
