@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import (
     FaceMismatch,
@@ -24,6 +25,7 @@ from app.errors import (
     InvalidRequest,
     MultipleFaces,
     NoFace,
+    NotReady,
     RequestCancelled,
     ServiceBusy,
     SubjectHasNoFaces,
@@ -31,10 +33,10 @@ from app.errors import (
     TooManyImages,
 )
 from app.face.detect import DetectedFace, largest, main_face
-from app.face.encoder import DlibEncoder, FaceEncoder, OnnxEncoder
-from app.face.pipeline import DlibPipeline, FacePipeline, Timings
-from app.face.weights import WeightFile, load_weights, prepared_onnx_model
-from app.gallery.index import EmbeddingIndex
+from app.face.pipeline import FacePipeline, Timings
+from app.face.registry import build_pipeline, calibration_fingerprint, load_checked_weights
+from app.face.weights import WeightFile
+from app.gallery.index import ExactIndex, VectorIndex
 from app.gallery.store import (
     FaceRecord,
     GalleryStore,
@@ -43,6 +45,7 @@ from app.gallery.store import (
     NewFace,
     SubjectRecord,
 )
+from app.gallery.sync import GallerySync
 from app.scoring.calibration import Calibration
 from app.scoring.distance import distances
 from app.settings import Settings
@@ -188,18 +191,21 @@ class FaceService:
         settings: Settings,
         pipeline: FacePipeline,
         store: GalleryStore,
-        index: EmbeddingIndex,
         calibration: Calibration,
+        index: VectorIndex | None = None,
     ) -> None:
+        """``index`` defaults to an exact search over the pipeline's embeddings; it is
+        filled from ``store`` (faces of the pipeline's model only) and kept current."""
         self.settings = settings
         self.pipeline = pipeline
         self.store = store
-        self.index = index
+        self.index: VectorIndex = index if index is not None else ExactIndex(pipeline.dim)
+        self.gallery = GallerySync(store, self.index, pipeline.compatible)
         self.calibration = calibration
         self.slots = InferenceSlots(
             settings.max_concurrent_inference, settings.inference_wait_seconds
         )
-        index.sync(store)
+        self.gallery.sync()
 
     # ---- enroll ----------------------------------------------------------------------
     def enroll(
@@ -254,7 +260,7 @@ class FaceService:
                         f"Image {number} has {len(faces)} faces; enrollment needs exactly one. "
                         "Crop the photo, or send face=largest to use the largest face.",
                         image_index=number,
-                        boxes=[_box(f) for f in faces],
+                        boxes=[f.box for f in faces],
                     )
                 face = largest(faces)
                 if face.side < self.settings.min_face_side:
@@ -262,7 +268,7 @@ class FaceService:
                         f"The face in image {number} is {face.side} px wide; enrollment needs "
                         f"at least {self.settings.min_face_side} px.",
                         image_index=number,
-                        box=_box(face),
+                        box=face.box,
                         min_face_side=self.settings.min_face_side,
                     )
                 chosen.append(face)
@@ -276,7 +282,7 @@ class FaceService:
                 name=name,
                 metadata=metadata,
                 faces=[
-                    NewFace(embedding=e, box=_box_tuple(f), detector_score=f.score)
+                    NewFace(embedding=e, box=f.box, detector_score=f.score)
                     for f, e in zip(chosen, embeddings, strict=True)
                 ],
                 encoder=self.pipeline.encoder_name,
@@ -292,7 +298,7 @@ class FaceService:
                 raise
             return replay
         self.index.add([f.id for f in stored], [subject_id] * len(stored), embeddings)
-        self.index.advance(version)
+        self.gallery.advance(version)
         return EnrollResult(subject=subject, faces=stored, timings=timings)
 
     def _check_same_person(self, subject_id: str, embeddings: np.ndarray, *, add: bool) -> None:
@@ -300,7 +306,7 @@ class FaceService:
         of an earlier photo in this request."""
         known = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
         if add:
-            self.index.sync(self.store)
+            self.gallery.sync()
             known = self.index.subject_embeddings(subject_id)
         for number, embedding in enumerate(embeddings):
             if len(known):
@@ -336,7 +342,7 @@ class FaceService:
         """Compare the main face of ``image`` (:func:`main_face`) with the subject's closest
         enrolled face."""
         timings = Timings()
-        self.index.sync(self.store)
+        self.gallery.sync()
         if not self.index.subject_faces(subject_id):
             # Tell "unknown" from "known but every face deleted" before paying for inference.
             self.store.get_subject(subject_id=subject_id)
@@ -346,10 +352,10 @@ class FaceService:
             )
         probe, embedding = self._probe(image, timings)
         with timings.measure("search_ms"):
-            self.index.sync(self.store)  # a delete may have landed during inference
+            self.gallery.sync()  # a delete may have landed during inference
             hit = self.index.best_for_subject(subject_id, embedding)
         if hit is None:
-            raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+            raise SubjectNotFound.for_id(subject_id)
         return VerifyResult(
             subject_id=subject_id,
             probe=probe,
@@ -376,8 +382,8 @@ class FaceService:
         timings = Timings()
         probe, embedding = self._probe(image, timings)
         with timings.measure("search_ms"):
-            self.index.sync(self.store)
-            hits = self.index.top_subjects(embedding, top_k or self.settings.identify_top_k)
+            self.gallery.sync()
+            hits = self.index.search(embedding, top_k or self.settings.identify_top_k)
         candidates = [
             Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits
         ]
@@ -399,16 +405,16 @@ class FaceService:
         process's index, before returning. Returns how many faces were deleted."""
         face_ids, version = self.store.delete_subject(subject_id=subject_id)
         self.index.remove_subject(subject_id)
-        self.index.advance(version)
+        self.gallery.advance(version)
         return len(face_ids)
 
     def delete_face(self, *, subject_id: str, face_id: str) -> None:
         version = self.store.delete_face(subject_id=subject_id, face_id=face_id)
         self.index.remove_faces([face_id])
-        self.index.advance(version)
+        self.gallery.advance(version)
 
     def gallery_counts(self) -> dict[str, int]:
-        self.index.sync(self.store)
+        self.gallery.sync()
         return {"faces": len(self.index), "subjects": self.index.subject_count}
 
     # ---- helpers ---------------------------------------------------------------------
@@ -418,9 +424,10 @@ class FaceService:
         faces = self.pipeline.find_faces(data, timings)
         if not faces:
             where = "the image" if image_index is None else f"image {image_index}"
+            side = self.settings.min_face_side
             raise NoFace(
-                f"No face was found in {where}. Use a sharper, frontal photo where the face "
-                "is at least 40 px wide.",
+                f"No face was found in {where}. Use a sharper, frontal photo"
+                + (f" where the face is at least {side} px wide." if side else "."),
                 image_index=image_index,
             )
         return faces
@@ -450,7 +457,15 @@ class FaceService:
     def calibration_matches_pipeline(self) -> bool:
         """Whether the calibration was fitted with this pipeline's settings (a
         provisional calibration matches nothing)."""
-        return self.calibration.pipeline == self.settings.calibration_fingerprint()
+        return self.calibration.pipeline == calibration_fingerprint(self.settings)
+
+    def ready(self) -> None:
+        """Raise NotReady unless the database answers (the models are loaded if this
+        object exists)."""
+        try:
+            self.store.ping()
+        except SQLAlchemyError as exc:
+            raise NotReady(f"The database does not answer: {type(exc).__name__}") from exc
 
 
 def _request_digest(
@@ -470,46 +485,14 @@ def _request_digest(
     return digest.hexdigest()
 
 
-def _box(face: DetectedFace) -> dict[str, int]:
-    b = face.box
-    return {"left": b.left, "top": b.top, "right": b.right, "bottom": b.bottom}
-
-
-def _box_tuple(face: DetectedFace) -> tuple[int, int, int, int]:
-    b = face.box
-    return (b.left, b.top, b.right, b.bottom)
-
-
-def make_encoder(settings: Settings, weights: dict[str, WeightFile]) -> FaceEncoder:
-    resnet = weights["dlib_resnet_v1"]
-    if settings.encoder == "dlib":
-        return DlibEncoder(resnet.path, num_jitters=settings.num_jitters)
-    model = prepared_onnx_model(resnet, settings.resolved_cache_dir())
-    return OnnxEncoder(model, threads=settings.onnx_threads)
-
-
 def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile]]:
-    """Load and check the models, open the gallery and the calibration: everything a
-    running service needs, from settings alone."""
-    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
-    pipeline = DlibPipeline(
-        weights=weights,
-        encoder=make_encoder(settings, weights),
-        max_pixels=settings.max_image_pixels,
-        detect_max_side=settings.detect_max_side,
-        detect_upsample=settings.detect_upsample,
-        detect_retry_max_side=settings.detect_retry_max_side,
-        version=settings.pipeline_version(),
-        flip_average=settings.flip_average,
-        detect_cnn_max_side=settings.detect_cnn_max_side,
-    )
+    """Load and check the models, open (and migrate) the gallery and the calibration:
+    everything a running service needs, from settings alone."""
+    weights = load_checked_weights(settings)
+    pipeline = build_pipeline(settings, weights)
     calibration = Calibration.load(settings.resolved_calibration_file())
-    store = GalleryStore(settings.resolved_database_url())
+    store = GalleryStore.open(settings.resolved_database_url())
     service = FaceService(
-        settings=settings,
-        pipeline=pipeline,
-        store=store,
-        index=EmbeddingIndex(),
-        calibration=calibration,
+        settings=settings, pipeline=pipeline, store=store, calibration=calibration
     )
     return service, weights

@@ -1,20 +1,22 @@
-"""In-memory float32 matrix of every enrolled embedding, for 1:1 and 1:N search.
+"""Vector indexes: where enrolled embeddings are searched, 1:1 and 1:N.
 
-The store is the truth; this is a cache of it, kept in step by :meth:`EmbeddingIndex.sync`
-(which replays the store's change log) and by the service after its own writes.
+:class:`VectorIndex` is what the service needs from one; :class:`ExactIndex` (a float32
+matrix, exact search) is the first implementation. An index holds the embeddings of one
+encoder model only (app/face/encoder.py): the service never compares models. The store
+is the truth and an index is a cache of it; :class:`app.gallery.sync.GallerySync`
+replays the store's change log into any VectorIndex, so a new index (an ANN one) is a new
+class here and nothing else.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from app.gallery.store import GalleryStore
 from app.scoring.distance import distances, squared_norms
-
-DIM = 128
 
 
 @dataclass(frozen=True)
@@ -24,17 +26,66 @@ class SubjectHit:
     distance: float
 
 
-class EmbeddingIndex:
-    """Rows of a growing matrix; deleting moves the last row into the hole, so the live
-    rows are always ``matrix[:size]`` and a search is one matrix-vector product."""
+class VectorIndex(Protocol):
+    """Embeddings by face id, grouped by subject. Every method is thread-safe."""
 
-    def __init__(self) -> None:
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    @property
+    def subject_count(self) -> int: ...
+
+    def nbytes(self) -> int:
+        """Memory the vectors take."""
+        ...
+
+    def add(self, face_ids: list[str], subject_ids: list[str], vectors: np.ndarray) -> None:
+        """Add faces; an id already present is replaced (so replaying is harmless)."""
+        ...
+
+    def remove_faces(self, face_ids: list[str]) -> None:
+        """Remove faces by id; unknown ids are ignored."""
+        ...
+
+    def remove_subject(self, subject_id: str) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def subject_faces(self, subject_id: str) -> list[str]:
+        """The subject's face ids, sorted; empty if it has none here."""
+        ...
+
+    def subject_embeddings(self, subject_id: str) -> np.ndarray:
+        """``(n, dim)`` copies of the subject's embeddings (n may be 0)."""
+        ...
+
+    def best_for_subject(self, subject_id: str, query: np.ndarray) -> SubjectHit | None:
+        """The subject's face closest to ``query``, or None if it has no faces."""
+        ...
+
+    def search(self, query: np.ndarray, k: int) -> list[SubjectHit]:
+        """The ``k`` subjects with the closest faces to ``query`` (each subject's best
+        face), nearest first."""
+        ...
+
+
+class ExactIndex:
+    """A :class:`VectorIndex` searched exactly. Rows of a growing matrix; deleting moves
+    the last row into the hole, so the live rows are always ``matrix[:size]`` and a search
+    is one matrix-vector product."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
         self._lock = threading.RLock()
-        self._reset()
-        self.version = -1
+        self.clear()
 
-    def _reset(self) -> None:
-        self._matrix = np.zeros((0, DIM), dtype=np.float32)
+    def clear(self) -> None:
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._matrix = np.zeros((0, self.dim), dtype=np.float32)
         self._sq = np.zeros(0, dtype=np.float32)
         self._size = 0
         self._face_ids: list[str] = []
@@ -56,7 +107,7 @@ class EmbeddingIndex:
     # ---- writes --------------------------------------------------------------------
     def add(self, face_ids: list[str], subject_ids: list[str], vectors: np.ndarray) -> None:
         """Add faces (ids already present are replaced, so replaying is harmless)."""
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, DIM)
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             for face_id in face_ids:
                 if face_id in self._row_of_face:
@@ -111,59 +162,20 @@ class EmbeddingIndex:
         if rows <= len(self._matrix):
             return
         capacity = max(rows, 2 * len(self._matrix), 1024)
-        matrix = np.zeros((capacity, DIM), dtype=np.float32)
+        matrix = np.zeros((capacity, self.dim), dtype=np.float32)
         matrix[: self._size] = self._matrix[: self._size]
         sq = np.zeros(capacity, dtype=np.float32)
         sq[: self._size] = self._sq[: self._size]
         self._matrix, self._sq = matrix, sq
 
-    # ---- keeping in step with the store ----------------------------------------------
-    def sync(self, store: GalleryStore) -> bool:
-        """Bring the index up to the store's version. Cheap when nothing changed (one
-        query). Returns True if anything was applied."""
-        current = store.version()
-        if current == self.version:
-            return False
-        with self._lock:
-            if current == self.version:
-                return False
-            changes = store.changes_since(version=self.version) if self.version >= 0 else None
-            if changes is None:
-                rows = store.load_embeddings()
-                self._reset()
-                self.add(rows.face_ids, rows.subject_ids, rows.matrix)
-                self.version = current
-                return True
-            added = [c.face_id for c in changes if c.kind == "add_face" and c.face_id]
-            fetched = store.load_embeddings(face_ids=added) if added else None
-            vectors = (
-                {fid: i for i, fid in enumerate(fetched.face_ids)} if fetched is not None else {}
-            )
-            for change in changes:
-                if change.kind == "add_face" and change.face_id in vectors and fetched:
-                    i = vectors[change.face_id]
-                    self.add([change.face_id], [change.subject_id], fetched.matrix[i : i + 1])
-                elif change.kind == "delete_face" and change.face_id:
-                    self.remove_faces([change.face_id])
-                elif change.kind == "delete_subject":
-                    self.remove_subject(change.subject_id)
-            self.version = max([current, *(c.version for c in changes)])
-            return True
-
-    def advance(self, version: int) -> None:
-        """Record that this process applied its own write of ``version`` itself, when it
-        was the next one; otherwise leave the gap for :meth:`sync` to replay."""
-        with self._lock:
-            if version == self.version + 1:
-                self.version = version
-
     # ---- search --------------------------------------------------------------------
     def subject_faces(self, subject_id: str) -> list[str]:
+        """The subject's face ids, sorted."""
         with self._lock:
             return sorted(self._faces_of_subject.get(subject_id, ()))
 
     def subject_embeddings(self, subject_id: str) -> np.ndarray:
-        """``(n, 128)`` copies of the subject's enrolled embeddings (n may be 0)."""
+        """``(n, dim)`` copies of the subject's enrolled embeddings (n may be 0)."""
         with self._lock:
             rows = sorted(self._row_of_face[f] for f in self._faces_of_subject.get(subject_id, ()))
             return self._matrix[rows].copy()
@@ -179,7 +191,7 @@ class EmbeddingIndex:
             best = int(np.argmin(d))
             return SubjectHit(subject_id, self._face_ids[rows[best]], float(d[best]))
 
-    def top_subjects(self, query: np.ndarray, k: int) -> list[SubjectHit]:
+    def search(self, query: np.ndarray, k: int) -> list[SubjectHit]:
         """The ``k`` subjects with the closest faces to ``query`` (each subject's best
         face), nearest first."""
         with self._lock:

@@ -51,7 +51,7 @@ class Face(Base):
     subject_id: Mapped[str] = mapped_column(
         ForeignKey("subjects.id", ondelete="CASCADE"), index=True
     )
-    # 128 little-endian float32 values (512 bytes).
+    # The embedding as little-endian float32 values (dlib_resnet_v1: 128, 512 bytes).
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     box_left: Mapped[int] = mapped_column(Integer)
     box_top: Mapped[int] = mapped_column(Integer)

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy import create_engine, delete, event, func, insert, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from app.errors import FaceNotFound, SubjectExists, SubjectNotFound
 from app.gallery.models import Face, GalleryEvent, GalleryState, IdempotencyRecord, Subject
+from app.geometry import Box
 
 EMBEDDING_DTYPE = np.dtype("<f4")
 # How many versions of change log to keep. A process further behind than this reloads
@@ -34,7 +36,7 @@ EVENT_RETENTION = 10_000
 @dataclass(frozen=True)
 class NewFace:
     embedding: np.ndarray
-    box: tuple[int, int, int, int]
+    box: Box
     detector_score: float
 
 
@@ -66,7 +68,7 @@ IDEMPOTENCY_RETENTION = timedelta(hours=24)
 class FaceRecord:
     id: str
     subject_id: str
-    box: tuple[int, int, int, int]
+    box: Box
     detector_score: float
     encoder: str
     pipeline_version: str
@@ -82,11 +84,15 @@ class SubjectRecord:
     face_count: int
 
 
+ChangeKind = Literal["add_face", "delete_face", "delete_subject"]
+
+
 @dataclass(frozen=True)
 class Change:
     version: int
-    kind: str  # add_face | delete_face | delete_subject
+    kind: ChangeKind
     subject_id: str
+    # The face added or deleted; None for delete_subject.
     face_id: str | None
 
 
@@ -94,7 +100,7 @@ class Change:
 class EmbeddingRows:
     face_ids: list[str]
     subject_ids: list[str]
-    matrix: np.ndarray  # (N, 128) float32
+    matrix: np.ndarray  # (N, dim) float32
 
 
 class GalleryStore:
@@ -102,9 +108,24 @@ class GalleryStore:
     return plain records, never ORM objects."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
+        """Connect; nothing is read or written (see :meth:`open` and :meth:`migrate`)."""
         self.url = url
         self.engine: Engine = _make_engine(url, echo=echo)
-        self.schema_revision = migrate(self.engine)
+
+    @classmethod
+    def open(cls, url: str, *, echo: bool = False) -> GalleryStore:
+        """Connect and bring the schema to the newest revision: what a server does."""
+        store = cls(url, echo=echo)
+        store.migrate()
+        return store
+
+    def migrate(self) -> str:
+        """Apply the schema migrations; returns the revision reached."""
+        return migrate(self.engine)
+
+    def schema_revision(self) -> str | None:
+        """The database's schema revision; None if it was never migrated."""
+        return current_revision(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -123,7 +144,7 @@ class GalleryStore:
         with Session(self.engine) as session:
             subject = session.get(Subject, subject_id)
             if subject is None:
-                raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+                raise SubjectNotFound.for_id(subject_id)
             count = session.scalar(
                 select(func.count()).select_from(Face).where(Face.subject_id == subject_id)
             )
@@ -160,19 +181,25 @@ class GalleryStore:
             ).all()
             return [_subject_record(row[0], int(row[1])) for row in rows], int(total or 0)
 
-    def load_embeddings(self, *, face_ids: list[str] | None = None) -> EmbeddingRows:
-        """Embeddings of all faces, or of the given ids (those that still exist)."""
+    def load_embeddings(
+        self, *, dim: int, face_ids: list[str] | None = None, encoders: Collection[str] = ()
+    ) -> EmbeddingRows:
+        """Embeddings of all faces, or of the given ids (those that still exist), made by
+        one of ``encoders`` (all encoders when empty; then they must share ``dim``)."""
         stmt = select(Face.id, Face.subject_id, Face.embedding).order_by(Face.id)
         if face_ids is not None:
             stmt = stmt.where(Face.id.in_(face_ids))
+        if encoders:
+            stmt = stmt.where(Face.encoder.in_(sorted(encoders)))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        matrix = np.zeros((len(rows), 128), dtype=np.float32)
-        for i, row in enumerate(rows):
-            matrix[i] = np.frombuffer(row.embedding, dtype=EMBEDDING_DTYPE)
-        return EmbeddingRows(
-            face_ids=[r.id for r in rows], subject_ids=[r.subject_id for r in rows], matrix=matrix
+        ids, subjects, blobs = (
+            (list(col) for col in zip(*rows, strict=True)) if rows else ([], [], [])
         )
+        if any(len(b) != dim * EMBEDDING_DTYPE.itemsize for b in blobs):
+            raise ValueError(f"stored embeddings are not all {dim} floats long")
+        matrix = np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(rows), dim)
+        return EmbeddingRows(face_ids=ids, subject_ids=subjects, matrix=matrix.astype(np.float32))
 
     def changes_since(self, *, version: int) -> list[Change] | None:
         """The changes made after ``version``, oldest first; None if the log no longer
@@ -190,7 +217,7 @@ class GalleryStore:
             ).all()
         if rows and rows[0].version != version + 1:
             return None
-        return [Change(r.version, r.kind, r.subject_id, r.face_id) for r in rows]
+        return [Change(r.version, _change_kind(r.kind), r.subject_id, r.face_id) for r in rows]
 
     # ---- writes ----------------------------------------------------------------------
     def add_faces(
@@ -228,7 +255,7 @@ class GalleryStore:
                 raise IdempotencyKeyTaken(idempotency.key)
             subject = session.get(Subject, subject_id)
             if subject is None and add:
-                raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+                raise SubjectNotFound.for_id(subject_id)
             if subject is not None and not add:
                 raise SubjectExists(
                     f"Subject {subject_id!r} already exists; send add=true to add faces to it.",
@@ -245,9 +272,9 @@ class GalleryStore:
             rows = []
             for face in faces:
                 vector = np.asarray(face.embedding, dtype=EMBEDDING_DTYPE)
-                if vector.shape != (128,) or not np.all(np.isfinite(vector)):
-                    raise ValueError("an embedding must be 128 finite floats")
-                left, top, right, bottom = (int(v) for v in face.box)
+                if vector.ndim != 1 or not len(vector) or not np.all(np.isfinite(vector)):
+                    raise ValueError("an embedding must be a vector of finite floats")
+                left, top, right, bottom = (int(v) for v in face.box.as_tuple())
                 rows.append(
                     Face(
                         id=str(uuid.uuid4()),
@@ -294,7 +321,7 @@ class GalleryStore:
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session)
             if session.get(Subject, subject_id) is None:
-                raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+                raise SubjectNotFound.for_id(subject_id)
             face_ids = list(
                 session.scalars(select(Face.id).where(Face.subject_id == subject_id)).all()
             )
@@ -309,7 +336,7 @@ class GalleryStore:
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session)
             if session.get(Subject, subject_id) is None:
-                raise SubjectNotFound(f"No subject with id {subject_id!r}.", subject_id=subject_id)
+                raise SubjectNotFound.for_id(subject_id)
             deleted = session.execute(
                 delete(Face).where(Face.id == face_id, Face.subject_id == subject_id)
             ).rowcount  # type: ignore[attr-defined]
@@ -371,6 +398,12 @@ def _record_idempotency(
     session.flush()
 
 
+def _change_kind(kind: str) -> ChangeKind:
+    if kind not in get_args(ChangeKind):
+        raise ValueError(f"unknown change kind {kind!r} in the gallery log")
+    return cast(ChangeKind, kind)
+
+
 def _aware(moment: datetime) -> datetime:
     # SQLite returns naive datetimes (stored as UTC).
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -390,7 +423,7 @@ def _face_record(face: Face) -> FaceRecord:
     return FaceRecord(
         id=face.id,
         subject_id=face.subject_id,
-        box=(face.box_left, face.box_top, face.box_right, face.box_bottom),
+        box=Box(face.box_left, face.box_top, face.box_right, face.box_bottom),
         detector_score=face.detector_score,
         encoder=face.encoder,
         pipeline_version=face.pipeline_version,
@@ -442,5 +475,14 @@ def migrate(engine: Engine) -> str:
             if attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))
+    revision = current_revision(engine)
+    assert revision is not None
+    return revision
+
+
+def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return str(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one())
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        value = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        return str(value) if value is not None else None

@@ -1,0 +1,92 @@
+"""Keeping a :class:`~app.gallery.index.VectorIndex` in step with the store.
+
+The store logs every write with a gallery version (app/gallery/store.py). A
+:class:`GallerySync` remembers the version its index reflects and replays the changes
+since, so writes made by other threads or processes (replicas on one PostgreSQL) reach
+this process's index before it answers. It works with any VectorIndex and any
+:class:`ChangeSource`, as httpx's client works with any transport.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+from typing import Protocol
+
+from app.gallery.index import VectorIndex
+from app.gallery.store import Change, EmbeddingRows
+
+
+class ChangeSource(Protocol):
+    """What a GallerySync reads: the store's version, change log and embeddings."""
+
+    def version(self) -> int: ...
+
+    def changes_since(self, *, version: int) -> list[Change] | None: ...
+
+    def load_embeddings(
+        self, *, dim: int, face_ids: list[str] | None = None, encoders: Collection[str] = ()
+    ) -> EmbeddingRows: ...
+
+
+class GallerySync:
+    """Replays ``source``'s change log into ``index``.
+
+    Args:
+        source: the store.
+        index: the index to keep current; it holds only faces whose stored ``encoder`` is
+            in ``encoders`` (embeddings of other models are never loaded, so never
+            compared).
+        encoders: the stored encoder names the index accepts.
+    """
+
+    def __init__(self, source: ChangeSource, index: VectorIndex, encoders: Collection[str]):
+        self.source = source
+        self.index = index
+        self.encoders = frozenset(encoders)
+        self.version = -1
+        self._lock = threading.Lock()
+
+    def sync(self) -> bool:
+        """Bring the index up to the store's version. Cheap when nothing changed (one
+        query). Returns True if anything was applied."""
+        current = self.source.version()
+        if current == self.version:
+            return False
+        with self._lock:
+            if current == self.version:
+                return False
+            changes = self.source.changes_since(version=self.version) if self.version >= 0 else None
+            if changes is None:
+                rows = self.source.load_embeddings(dim=self.index.dim, encoders=self.encoders)
+                self.index.clear()
+                self.index.add(rows.face_ids, rows.subject_ids, rows.matrix)
+                self.version = current
+                return True
+            self._replay(changes)
+            self.version = max([current, *(c.version for c in changes)])
+            return True
+
+    def _replay(self, changes: list[Change]) -> None:
+        added = [c.face_id for c in changes if c.kind == "add_face" and c.face_id]
+        fetched = (
+            self.source.load_embeddings(dim=self.index.dim, face_ids=added, encoders=self.encoders)
+            if added
+            else None
+        )
+        row_of = {fid: i for i, fid in enumerate(fetched.face_ids)} if fetched else {}
+        for change in changes:
+            if change.kind == "add_face" and fetched and change.face_id in row_of:
+                i = row_of[change.face_id]
+                self.index.add([change.face_id], [change.subject_id], fetched.matrix[i : i + 1])
+            elif change.kind == "delete_face" and change.face_id:
+                self.index.remove_faces([change.face_id])
+            elif change.kind == "delete_subject":
+                self.index.remove_subject(change.subject_id)
+
+    def advance(self, version: int) -> None:
+        """Record that this process applied its own write of ``version`` to the index
+        itself, when it was the next one; otherwise leave the gap for :meth:`sync`."""
+        with self._lock:
+            if version == self.version + 1:
+                self.version = version
