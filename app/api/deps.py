@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from app.api.inputs import RequestBody, read_body
 from app.api.observability import Metrics
 from app.errors import TooManyRequests
+from app.keys import KeyStore
 from app.service import FaceService
 from app.settings import Settings
 
@@ -24,6 +25,10 @@ def get_service(request: Request) -> FaceService:
 
 def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
+
+
+def get_keys(request: Request) -> KeyStore:
+    return request.app.state.keys
 
 
 async def get_body(request: Request) -> RequestBody:
@@ -84,3 +89,4 @@ async def admit(request: Request, _body: BodyDep) -> AsyncIterator[None]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+KeysDep = Annotated[KeyStore, Depends(get_keys)]

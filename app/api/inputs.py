@@ -69,16 +69,12 @@ async def read_body(request: Request) -> RequestBody:
     """Read the whole body and parse it by its Content-Type. The byte cap and the
     minimum upload rate are enforced while it arrives, for every route alike
     (:class:`app.api.guards.BodyGuard`)."""
-    chunks = []
     try:
-        async for chunk in request.stream():
-            chunks.append(chunk)
+        # Request.body() keeps the bytes, so request.form() below parses them again
+        # rather than the consumed stream.
+        raw = await request.body()
     except ClientDisconnect as exc:
         raise ClientDisconnected("The client closed the connection mid-request.") from exc
-    raw = b"".join(chunks)
-    # Hand the bytes back to Starlette so request.form() parses them instead of the
-    # (already consumed) stream.
-    request._body = raw
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not raw:

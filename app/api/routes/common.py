@@ -1,0 +1,74 @@
+"""What several routers share: OpenAPI helpers and record -> schema conversions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from app.api import schemas as s
+from app.api.problems import PROBLEM_JSON
+from app.gallery.store import FaceRecord, SubjectRecord
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the problem+json answers a route may give."""
+    return {
+        status: {"model": s.Problem, "content": {PROBLEM_JSON: {}}, "description": "Problem"}
+        for status in statuses
+    }
+
+
+def request_body(model: type[BaseModel], images: dict[str, bool]) -> dict[str, Any]:
+    """OpenAPI for a body sent as multipart (files) or JSON (base64), same field names.
+    ``images`` maps each image field to whether it may repeat."""
+    fields = model.model_json_schema()
+    props: dict[str, Any] = fields.get("properties", {})
+    multipart_props = {**props}
+    json_props = {**props}
+    for name, many in images.items():
+        binary = {"type": "string", "format": "binary"}
+        b64 = {"type": "string", "contentEncoding": "base64"}
+        multipart_props[name] = {"type": "array", "items": binary} if many else binary
+        json_props[name] = b64
+        if many:
+            json_props[name + "s"] = {"type": "array", "items": b64}
+    required = list(fields.get("required", []))
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": multipart_props,
+                        "required": required + list(images),
+                    }
+                },
+                "application/json": {
+                    "schema": {"type": "object", "properties": json_props, "required": required}
+                },
+            },
+        }
+    }
+
+
+def face_out(face: FaceRecord) -> s.FaceOut:
+    return s.FaceOut(
+        face_id=face.id,
+        box=face.box,
+        detector_score=round(face.detector_score, 4),
+        encoder=face.encoder,
+        pipeline_version=face.pipeline_version,
+        created_at=s.as_utc(face.created_at),
+    )
+
+
+def subject_out(subject: SubjectRecord) -> s.SubjectOut:
+    return s.SubjectOut(
+        subject_id=subject.id,
+        name=subject.name,
+        metadata=subject.metadata,
+        created_at=s.as_utc(subject.created_at),
+        face_count=subject.face_count,
+    )

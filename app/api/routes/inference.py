@@ -1,0 +1,233 @@
+"""/enroll, /verify, /identify, /compare: the routes that run the face pipeline.
+
+Plain ``def``, so FastAPI runs them in its thread pool (dlib and ONNX Runtime block).
+Each takes an :class:`Inference`, which starts the clock and builds the fields every
+inference answer shares (model, calibration, timing), and records the stage timings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from pydantic import BaseModel
+
+from app.api import schemas as s
+from app.api.deps import BodyDep, MetricsDep, ServiceDep, SettingsDep, admit, api_key, require
+from app.api.routes.common import face_out, problems, request_body, subject_out
+from app.errors import Forbidden
+from app.face.pipeline import Timings
+from app.gallery.models import IDEMPOTENCY_KEY_MAX
+from app.keys import digest
+from app.service import Match, ProbeFace
+
+router = APIRouter(tags=["faces"])
+
+
+class Inference:
+    """One inference request's shared parts (a FastAPI dependency)."""
+
+    def __init__(self, service: ServiceDep, metrics: MetricsDep, settings: SettingsDep) -> None:
+        self.start = time.perf_counter()
+        self.service = service
+        self.metrics = metrics
+        self.threshold = settings.threshold
+
+    def model(self) -> s.ModelOut:
+        pipeline = self.service.pipeline
+        return s.ModelOut(encoder=pipeline.encoder_name, pipeline=pipeline.version)
+
+    def calibration(self) -> s.CalibrationRef:
+        cal = self.service.calibration
+        return s.CalibrationRef(version=cal.version, provisional=cal.provisional)
+
+    def timing(self, timings: Timings) -> s.TimingOut:
+        """The stage times (also recorded in the metrics) and the total so far."""
+        self.metrics.observe_timings(timings)
+        total = round((time.perf_counter() - self.start) * 1000.0, 2)
+        return s.TimingOut(**timings.as_dict(), total_ms=total)
+
+    def answer(self, timings: Timings) -> dict[str, Any]:
+        """The fields every comparison answer ends with: model, calibration, timing."""
+        return {
+            "model": self.model(),
+            "calibration": self.calibration(),
+            "timing": self.timing(timings),
+        }
+
+    def match(self, result: Match, route: str) -> dict[str, Any]:
+        """A decision's fields (MatchFields), its score recorded under ``route``."""
+        self.metrics.scores.labels(route).observe(result.score)
+        fmr = None
+        if result.fmr is not None:
+            rate, count, total = result.fmr
+            fmr = s.FmrOut(
+                rate=rate,
+                impostor_pairs_at_or_below=count,
+                impostor_pairs=total,
+                one_in=round(total / count) if count else None,
+            )
+        return {
+            "match": result.match,
+            "score": result.score,
+            "distance": result.distance,
+            "threshold": self.threshold,
+            "fmr": fmr,
+        }
+
+
+InferenceDep = Annotated[Inference, Depends()]
+STATUSES = (400, 401, 403, 413, 415, 422, 429, 503)
+
+
+def inference_route(
+    path: str,
+    scope: str,
+    response_model: type[BaseModel],
+    form: type[BaseModel],
+    images: dict[str, bool],
+    *,
+    status_code: int = 200,
+    statuses: tuple[int, ...] = STATUSES,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """POST ``path``: the key's ``scope`` checked first, then the body read, then
+    admission; OpenAPI for the form's fields and its image fields (``images``: name ->
+    may repeat) sent as multipart or JSON."""
+    return router.post(
+        path,
+        dependencies=[require(scope), Depends(admit)],
+        status_code=status_code,
+        response_model=response_model,
+        responses=problems(*statuses),
+        openapi_extra=request_body(form, images),
+    )
+
+
+def probe_out(probe: ProbeFace) -> s.ProbeOut:
+    face = probe.face
+    return s.ProbeOut(
+        box=face.box,
+        detector_score=round(face.score, 4),
+        landmarks=[(round(x, 1), round(y, 1)) for x, y in face.landmarks],
+        faces_detected=probe.faces_detected,
+        multiple_faces=probe.faces_detected > 1,
+        detector=face.detector,
+    )
+
+
+@inference_route(
+    "/enroll",
+    "enroll",
+    s.EnrollResponse,
+    s.EnrollRequest,
+    {"image": True},
+    status_code=201,
+    statuses=(*STATUSES, 404, 409),
+)
+def enroll(
+    body: BodyDep,
+    call: InferenceDep,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=IDEMPOTENCY_KEY_MAX,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Makes retries safe: the first request with this key stores; a "
+            "retry within 24 h gets the same answer (header Idempotent-Replayed: true).",
+        ),
+    ] = None,
+) -> s.EnrollResponse:
+    """Enroll a new subject, or add faces to one (add=true): one face per photo, all or none."""
+    form = body.validate(s.EnrollRequest)
+    if form.force and "admin" not in request.state.scopes:
+        raise Forbidden("force=true needs an admin key.", required_scope="admin")
+    owner = digest(api_key(request) or "")
+    result = call.service.enroll(
+        subject_id=form.subject_id,
+        images=body.image_list(),
+        name=form.name,
+        metadata=form.metadata,
+        face_policy=form.face,
+        add=form.add,
+        force=form.force,
+        idempotency=(owner, idempotency_key) if idempotency_key else None,
+    )
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return s.EnrollResponse(
+        subject=subject_out(result.subject),
+        faces=[face_out(f) for f in result.faces],
+        face_count=result.subject.face_count,
+        model=call.model(),
+        timing=call.timing(result.timings),
+    )
+
+
+@inference_route(
+    "/verify",
+    "verify",
+    s.VerifyResponse,
+    s.VerifyRequest,
+    {"image": False},
+    statuses=(*STATUSES, 404, 409),
+)
+def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
+    """Is the person in the photo this subject? Compares with the subject's closest face."""
+    form = body.validate(s.VerifyRequest)
+    result = call.service.verify(subject_id=form.subject_id, image=body.image(), prior=form.prior)
+    return s.VerifyResponse(
+        **call.match(result.result, "verify"),
+        subject_id=result.subject_id,
+        face_id=result.face_id,
+        probe=probe_out(result.probe),
+        **call.answer(result.timings),
+    )
+
+
+@inference_route("/identify", "verify", s.IdentifyResponse, s.IdentifyRequest, {"image": False})
+def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
+    """Who is this? The nearest enrolled subjects to the photo's main face."""
+    form = body.validate(s.IdentifyRequest)
+    result = call.service.identify(image=body.image(), top_k=form.top_k, prior=form.prior)
+    if result.candidates:
+        call.metrics.scores.labels("identify").observe(result.candidates[0].result.score)
+    candidates = [
+        s.CandidateOut(
+            subject_id=c.subject_id,
+            face_id=c.face_id,
+            distance=c.result.distance,
+            score=c.result.score,
+            match=c.result.match,
+        )
+        for c in result.candidates
+    ]
+    return s.IdentifyResponse(
+        best=candidates[0] if result.best is not None else None,
+        candidates=candidates,
+        threshold=call.threshold,
+        gallery_size=result.gallery_size,
+        probe=probe_out(result.probe),
+        **call.answer(result.timings),
+    )
+
+
+@inference_route(
+    "/compare", "verify", s.CompareResponse, s.CompareRequest, {"image_a": False, "image_b": False}
+)
+def compare(body: BodyDep, call: InferenceDep) -> s.CompareResponse:
+    """Are two photos the same person? Nothing is stored."""
+    form = body.validate(s.CompareRequest)
+    result = call.service.compare(
+        image_a=body.image("image_a"), image_b=body.image("image_b"), prior=form.prior
+    )
+    return s.CompareResponse(
+        **call.match(result.result, "compare"),
+        probe_a=probe_out(result.probe_a),
+        probe_b=probe_out(result.probe_b),
+        **call.answer(result.timings),
+    )

@@ -1,0 +1,72 @@
+"""/healthz, /readyz, /info, /metrics: for operators and orchestrators."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from app.api import schemas as s
+from app.api.deps import MetricsDep, ServiceDep, SettingsDep, require
+from app.api.routes.common import problems
+from app.errors import NotReady
+from app.service import FaceService
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", responses=problems(401, 403), dependencies=[require("admin")])
+def metrics_endpoint(metrics: MetricsDep) -> Response:
+    """Prometheus metrics: requests, latency, stage times, gallery size, match scores."""
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz", response_model=s.HealthResponse)
+def healthz() -> s.HealthResponse:
+    """The process is up."""
+    return s.HealthResponse(status="ok")
+
+
+@router.get("/readyz", response_model=s.ReadyResponse, responses=problems(503))
+def readyz(request: Request) -> s.ReadyResponse:
+    """Models are loaded and the database answers."""
+    service: FaceService | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise NotReady("The models are not loaded yet.")
+    service.ready()
+    # A status only: the endpoint needs no key, so it tells nothing about the gallery.
+    return s.ReadyResponse(status="ready")
+
+
+@router.get(
+    "/info", response_model=s.InfoResponse, responses=problems(401), dependencies=[require(None)]
+)
+def info(request: Request, service: ServiceDep, settings: SettingsDep) -> s.InfoResponse:
+    """Models, their hashes and licences, the threshold, calibration and gallery size."""
+    weights = request.app.state.weights
+    matches = service.calibration_matches_pipeline()
+    return s.InfoResponse(
+        service="faceverify",
+        version=request.app.version,
+        models=[
+            s.InfoModel(name=w.name, file=w.path.name, sha256=w.sha256, licence=w.licence)
+            for w in weights.values()
+        ],
+        encoder=service.pipeline.encoder_name,
+        model=service.pipeline.model,
+        pipeline_version=service.pipeline.version,
+        threshold=settings.threshold,
+        calibration={**service.calibration.info(), "calibration_matches_pipeline": matches},
+        calibration_matches_pipeline=matches,
+        gallery=s.GalleryCounts(**service.gallery_counts()),
+        settings=s.InfoSettings(
+            detect_max_side=settings.detect_max_side,
+            detect_upsample=settings.detect_upsample,
+            detect_retry_max_side=settings.detect_retry_max_side,
+            num_jitters=settings.num_jitters,
+            min_face_side=settings.min_face_side,
+            max_image_pixels=settings.max_image_pixels,
+            max_upload_bytes=settings.max_upload_bytes,
+            max_concurrent_inference=settings.max_concurrent_inference,
+            database=settings.resolved_database_url().split(":", 1)[0],
+        ),
+    )
