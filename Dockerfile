@@ -11,11 +11,10 @@ WORKDIR /srv/faceverify
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY app ./app
-COPY models ./models
-# Editable, as `make run` installs it, so models/ (manifest, calibration) is found beside
-# app/. dlib-bin is a prebuilt wheel and face_recognition_models carries the weights: no
+# A plain install: the package carries its manifest and calibration (package data).
+# dlib-bin is a prebuilt wheel and face_recognition_models carries the weights: no
 # compiler, and no download at run time. The ONNX encoder is converted here, once.
-RUN pip install -e . \
+RUN pip install . \
     && faceverify models check \
     && faceverify models prepare
 

@@ -40,13 +40,10 @@ def serve(
     configure_logging(settings.log_format)
     weights = _or_exit(lambda: _check_models(settings))
     _or_exit(lambda: _first_admin_key(settings))
-    if settings.encoder == "onnx":
-        from app.face.weights import prepared_onnx_model
+    from app.face.registry import prepare
 
-        # Convert once here, not in each worker at once.
-        _or_exit(
-            lambda: prepared_onnx_model(weights["dlib_resnet_v1"], settings.resolved_cache_dir())
-        )
+    # The encoder's one-time work (the ONNX conversion) here, not in each worker at once.
+    _or_exit(lambda: prepare(settings, weights))
     if workers > 1:
         # Worker processes build their own app from the environment; pass the CLI's
         # choices on through it.
@@ -72,7 +69,7 @@ cli.add_typer(models_cli, name="models")
 
 @models_cli.command("check")
 def models_check() -> None:
-    """Locate the model files and check their sha256 against models/manifest.json."""
+    """Locate the model files and check their sha256 against the manifest."""
     settings = _or_exit(Settings)
     weights = _or_exit(lambda: _check_models(settings))
     for w in weights.values():
@@ -81,28 +78,39 @@ def models_check() -> None:
 
 @models_cli.command("prepare")
 def models_prepare() -> None:
-    """Convert dlib's ResNet to ONNX into the cache directory (done at first start
-    otherwise), checked by sha256."""
-    from app.face.weights import prepared_onnx_model
+    """Do the encoder model's one-time work (convert dlib's ResNet to ONNX into the cache
+    directory; done at first start otherwise), checked by sha256."""
+    from app.face.registry import prepare
 
     settings = _or_exit(Settings)
     weights = _or_exit(lambda: _check_models(settings))
-    path = _or_exit(
-        lambda: prepared_onnx_model(weights["dlib_resnet_v1"], settings.resolved_cache_dir())
+    _or_exit(lambda: prepare(settings, weights))
+    typer.echo(
+        f"ok  {settings.model} ({settings.encoder}) prepared in {settings.resolved_cache_dir()}"
     )
-    typer.echo(f"ok  onnx encoder  {path}")
 
 
 keys_cli = typer.Typer(help="API keys: create, list, revoke.")
 cli.add_typer(keys_cli, name="keys")
 
 
-def _key_store(settings: Settings) -> Any:
+def _key_store(settings: Settings, *, create: bool) -> Any:
+    """The key table. ``create``: make the database and its schema if need be (creating a
+    key writes); otherwise the database is only read, never migrated."""
     from app.gallery.store import GalleryStore
     from app.keys import KeyStore, parse_env_keys
 
     env_keys = parse_env_keys(settings.api_keys.get_secret_value())
-    return KeyStore(GalleryStore(settings.resolved_database_url()).engine, env_keys)
+    url = settings.resolved_database_url()
+    store = GalleryStore.open(url) if create else GalleryStore(url)
+    if store.schema_revision() is None:
+        typer.echo(
+            "faceverify: the database has no faceverify schema yet; start the server or run "
+            "`faceverify db upgrade` first",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return KeyStore(store.engine, env_keys)
 
 
 @keys_cli.command("create")
@@ -115,7 +123,9 @@ def keys_create(
 
     settings = _or_exit(Settings)
     scopes = _or_exit(lambda: parse_scopes(scope))
-    key, record = _or_exit(lambda: _key_store(settings).create(name=name, scopes=scopes))
+    key, record = _or_exit(
+        lambda: _key_store(settings, create=True).create(name=name, scopes=scopes)
+    )
     typer.echo(f"{key}\n(id {record.id}, scopes {'+'.join(record.scopes)}; shown only now)")
 
 
@@ -123,7 +133,7 @@ def keys_create(
 def keys_list() -> None:
     """The keys in the database: id, prefix, scopes, name, revoked or not."""
     settings = _or_exit(Settings)
-    store = _or_exit(lambda: _key_store(settings))
+    store = _or_exit(lambda: _key_store(settings, create=False))
     for k in store.list():
         state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
         typer.echo(f"{k.id}  {k.prefix}...  {'+'.join(k.scopes):20s} {state:18s} {k.name}")
@@ -135,7 +145,7 @@ def keys_list() -> None:
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
     """Revoke a key: it stops working at once."""
     settings = _or_exit(Settings)
-    if not _or_exit(lambda: _key_store(settings).revoke(key_id=key_id)):
+    if not _or_exit(lambda: _key_store(settings, create=False).revoke(key_id=key_id)):
         typer.echo(f"faceverify: no active key with id {key_id}", err=True)
         raise typer.Exit(2)
     typer.echo(f"revoked {key_id}")
@@ -151,14 +161,14 @@ def db_upgrade() -> None:
     from app.gallery.store import GalleryStore
 
     settings = _or_exit(Settings)
-    store = _or_exit(lambda: GalleryStore(settings.resolved_database_url()))
-    typer.echo(f"schema at revision {store.schema_revision}")
+    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    typer.echo(f"schema at revision {store.schema_revision()}")
     store.close()
 
 
 def _first_admin_key(settings: Settings) -> None:
     """There is never a default key; on a first start with none, make one and say so."""
-    store = _key_store(settings)
+    store = _key_store(settings, create=True)
     if store.active_count():
         return
     key, _ = store.create(name="first admin key (made by faceverify serve)", scopes=("admin",))
@@ -186,10 +196,10 @@ def _or_exit(step: Callable[[], T]) -> T:
 
 
 def _check_models(settings: Settings) -> dict[str, WeightFile]:
-    from app.face.weights import load_weights
+    from app.face.registry import load_checked_weights
     from app.scoring.calibration import Calibration
 
-    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
+    weights = load_checked_weights(settings)
     Calibration.load(settings.resolved_calibration_file())
     return weights
 
