@@ -28,8 +28,9 @@ lint: $(VENV)/.stamp-dev
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
+# One pytest worker per core (pytest-xdist): many tests wait on servers and sockets.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist worksteal
 
 # The fast tests only (no dlib models): a few seconds.
 unit: $(VENV)/.stamp-dev

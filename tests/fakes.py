@@ -1,22 +1,30 @@
-"""A fake face pipeline for unit tests: the "image" bytes describe their faces.
+"""A fake detector and a fake encoder for the fast tests: the real Pipeline runs around
+them (Pillow decoding, the reduced decode of big images and the rescaling of boxes,
+alignment, flip averaging), only dlib is replaced.
 
-``fake_image(faces=[face(seed=1)])`` makes bytes the FakePipeline decodes into one face
-whose embedding is a fixed unit vector drawn from ``seed``; ``noise`` moves it a little.
-Two different seeds are ~1.4 apart (no match); the same seed is 0 apart (match).
+``fake_image(face(seed=1))`` is a real PNG with one filled rectangle per face, its colour
+encoding the face: red = seed + 1, green = noise, blue = detector score. FakeDetector
+finds each colour's rectangle; FakeEncoder reads the colour from the chip and returns a
+fixed unit vector drawn from ``seed`` (moved a little by ``noise``). Two different seeds
+are ~1.4 apart (no match); the same seed is 0 apart (match). A chip is one flat colour,
+so its mirror image embeds the same, as a real face's nearly does.
 """
 
 from __future__ import annotations
 
-import json
+import io
+import time
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from app.errors import UnsupportedMediaType
-from app.face.detect import Box, DetectedFace
-from app.face.pipeline import Timings
+from app.face.detect import DetectedFace
+from app.face.pipeline import Pipeline
+from app.geometry import Box
 
-PREFIX = b"FAKE"
+NOISE_STEPS = 200  # green = 1 + noise * NOISE_STEPS
+SCORE_STEPS = 50  # blue = 1 + score * SCORE_STEPS
 
 
 def face(
@@ -26,11 +34,31 @@ def face(
     noise: float = 0.0,
     score: float = 1.0,
 ) -> dict[str, Any]:
-    return {"seed": seed, "box": list(box), "noise": noise, "score": score}
+    assert 0 <= seed < 255 and 0 <= noise * NOISE_STEPS < 255 and 0 < score * SCORE_STEPS < 255
+    return {"seed": seed, "box": box, "noise": noise, "score": score}
 
 
-def fake_image(*faces: dict[str, Any]) -> bytes:
-    return PREFIX + json.dumps({"faces": list(faces)}).encode()
+def fake_image(*faces: dict[str, Any], size: tuple[int, int] | None = None) -> bytes:
+    """A PNG with the faces painted on black, largest first, so a smaller face that
+    overlaps a larger one stays visible."""
+    width = max([64, *(f["box"][2] + 8 for f in faces)])
+    height = max([64, *(f["box"][3] + 8 for f in faces)])
+    width, height = size or (width, height)
+    rgb = np.zeros((height, width, 3), dtype=np.uint8)
+    for f in sorted(faces, key=lambda f: -Box(*f["box"]).area):
+        left, top, right, bottom = f["box"]
+        rgb[top:bottom, left:right] = _colour(f)
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _colour(f: dict[str, Any]) -> tuple[int, int, int]:
+    return (
+        1 + f["seed"],
+        1 + round(f["noise"] * NOISE_STEPS),
+        1 + round(f["score"] * SCORE_STEPS),
+    )
 
 
 def unit_vector(seed: int, noise: float = 0.0) -> np.ndarray:
@@ -41,54 +69,81 @@ def unit_vector(seed: int, noise: float = 0.0) -> np.ndarray:
     return v.astype(np.float32)
 
 
-class FakePipeline:
-    encoder_name = "fake"
-    version = "fake-1"
+class FakeDetector:
+    """Finds each colour's rectangle. Colours covering under half of their bounding box
+    (the blended edges of a reduced image) are not faces."""
 
-    def __init__(self, delay: float = 0.0) -> None:
-        self.embed_calls = 0
-        self.delay = delay  # seconds each embed takes, to test timeouts
+    max_side = 800
 
-    def find_faces(self, data: bytes, timings: Timings) -> list[DetectedFace]:
-        if not data.startswith(PREFIX):
-            raise UnsupportedMediaType("not a fake image")
-        spec = json.loads(data[len(PREFIX) :])
+    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        height, width = rgb.shape[:2]
+        wide = rgb.astype(np.int32)
+        packed = (wide[..., 0] << 16) | (wide[..., 1] << 8) | wide[..., 2]
         faces = []
-        for f in spec["faces"]:
-            left, top, right, bottom = f["box"]
-            chip = np.zeros((150, 150, 3), dtype=np.uint8)
-            chip[0, 0, 0] = f["seed"] % 256  # carried through to embed()
+        left = packed[packed != 0]
+        while left.size:  # one colour at a time (np.unique sorts: slow on big images)
+            key = int(left[0])
+            left = left[left != key]
+            colour = (key >> 16, (key >> 8) & 255, key & 255)
+            ys, xs = np.nonzero(packed == key)
+            count = len(xs)
+            box = Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            if min(box.width, box.height) < 3 or count < box.area / 2:
+                continue
             faces.append(
                 DetectedFace(
-                    box=Box(left, top, right, bottom),
-                    side=max(right - left, bottom - top),
-                    score=f["score"],
-                    landmarks=((0.0, 0.0),) * 5,
-                    chip=_Chip(chip, f["seed"], f["noise"]),
+                    box=box,
+                    side=max(box.width, box.height),
+                    score=(int(colour[2]) - 1) / SCORE_STEPS,
+                    landmarks=_landmarks(box),
+                    frame=(width, height),
                 )
             )
-        return faces
+        return sorted(faces, key=lambda f: -f.score)
 
-    def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
-        self.embed_calls += 1
+
+def _landmarks(b: Box) -> tuple[tuple[float, float], ...]:
+    # dlib's 5-point order: right eye outer, right eye inner, left eye outer and inner, nose.
+    x = [0.2, 0.4, 0.8, 0.6, 0.5]
+    y = [0.4, 0.4, 0.4, 0.4, 0.65]
+    return tuple(
+        (b.left + fx * b.width, b.top + fy * b.height) for fx, fy in zip(x, y, strict=True)
+    )
+
+
+class FakeEncoder:
+    name = "fake"
+    model = "fake"
+    compatible = frozenset({"fake"})
+    dim = 128
+    input_size = 8
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.encode_calls = 0
+        self.delay = delay  # seconds each encode takes, to test timeouts
+
+    def align(self, rgb: np.ndarray, face: DetectedFace) -> np.ndarray:
+        b = face.box
+        centre = rgb[(b.top + b.bottom) // 2, (b.left + b.right) // 2]
+        return np.broadcast_to(centre, (self.input_size, self.input_size, 3)).copy()
+
+    def encode(self, chips: np.ndarray) -> np.ndarray:
+        self.encode_calls += 1
         if self.delay:
-            import time
-
             time.sleep(self.delay)
-        return (
-            np.stack([unit_vector(f.chip.seed, f.chip.noise) for f in faces])
-            if faces
-            else (np.zeros((0, 128), np.float32))
-        )
+        colours = chips[:, self.input_size // 2, self.input_size // 2].astype(int)
+        vectors = [unit_vector(r - 1, (g - 1) / NOISE_STEPS) for r, g, _ in colours]
+        return np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
 
 
-class _Chip(np.ndarray):
-    """A chip array that remembers which fake vector it stands for."""
-
-    seed: int
-    noise: float
-
-    def __new__(cls, array: np.ndarray, seed: int, noise: float) -> _Chip:
-        obj = np.asarray(array).view(cls)
-        obj.seed, obj.noise = seed, noise
-        return obj
+def fake_pipeline(
+    *, max_pixels: int = 40_000_000, delay: float = 0.0, flip_average: bool = True
+) -> Pipeline:
+    """The real Pipeline around the fake detector and encoder."""
+    return Pipeline(
+        detector=FakeDetector(),
+        encoder=FakeEncoder(delay),
+        max_pixels=max_pixels,
+        version="fake-1",
+        flip_average=flip_average,
+    )

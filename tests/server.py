@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx2
 
-from tests.conftest import TEST_KEY
+from tests.helpers import TEST_KEY
 
 # The console script `make run` and the Dockerfile's CMD call.
 FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))

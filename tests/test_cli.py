@@ -32,3 +32,19 @@ def test_db_upgrade(tmp_path: Path) -> None:
         "db", "upgrade", env={"FACEVERIFY_DATABASE_URL": "postgresql+psycopg://x:y@127.0.0.1:1/z"}
     )
     assert bad.returncode == 2 and "faceverify:" in bad.stderr
+
+
+def test_reading_commands_never_migrate_the_database(tmp_path: Path) -> None:
+    """`keys list` on a database faceverify never opened says so and creates nothing;
+    only the writing commands (keys create, db upgrade, serve) migrate (issue 10)."""
+    from sqlalchemy import create_engine, inspect
+
+    env = {"FACEVERIFY_DATA_DIR": str(tmp_path)}
+    listed = run("keys", "list", env=env)
+    assert listed.returncode == 2 and "db upgrade" in listed.stderr
+    engine = create_engine(f"sqlite:///{tmp_path / 'faceverify.db'}")
+    assert inspect(engine).get_table_names() == []
+    created = run("keys", "create", "--scope", "verify", "--name", "kiosk", env=env)
+    assert created.returncode == 0, created.stderr
+    listed = run("keys", "list", env=env)
+    assert listed.returncode == 0 and "kiosk" in listed.stdout

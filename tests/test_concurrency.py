@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.face.encoder import DlibEncoder
+from app.face.dlib_resnet import DlibEncoder
 from app.face.pipeline import Timings
 from app.face.pool import InstancePool
-from app.face.weights import load_weights
+from app.face.registry import load_checked_weights
 from app.service import FaceService
-from tests.conftest import AUTH, data
+from tests.helpers import AUTH, data
 from tests.server import serving
 
 pytestmark = pytest.mark.model
@@ -142,13 +142,14 @@ def test_the_dlib_encoder_under_threads_gives_the_answers_computed_alone(
     real_service: FaceService,
 ) -> None:
     settings = real_service.settings
-    weights = load_weights(settings.models_dir / "manifest.json", settings.weights_dir)
+    weights = load_checked_weights(settings)
     encoder = DlibEncoder(weights["dlib_resnet_v1"].path)
     timings = Timings()
-    chips = [
-        real_service.pipeline.find_faces(data(n), timings)[0].chip
-        for n in ("obama.jpg", "biden.jpg", "hopper.jpg")
-    ]
+    chips = []
+    for name in ("obama.jpg", "biden.jpg", "hopper.jpg"):
+        chip = real_service.pipeline.find_faces(data(name), timings)[0].chip
+        assert chip is not None
+        chips.append(chip)
     expected = [encoder.encode(c[None])[0] for c in chips]
 
     def work(k: int) -> int:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,10 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_dockerfile_installs_and_starts_like_make_run() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    # Install: the same editable install `make run` does (tests run on the same layout),
-    # then the two model commands tests/test_cli.py runs.
+    # Install: a plain (not editable) install of the package, which carries its model
+    # manifest and calibration (test below), then the two model commands test_cli runs.
     assert re.search(
-        r"RUN pip install -e \. \\\n\s+&& faceverify models check \\\n"
+        r"RUN pip install \. \\\n\s+&& faceverify models check \\\n"
         r"\s+&& faceverify models prepare$",
         dockerfile,
         re.MULTILINE,
@@ -27,9 +32,44 @@ def test_dockerfile_installs_and_starts_like_make_run() -> None:
     cmd = re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE)
     assert cmd and json.loads(cmd.group(1)) == ["faceverify", "serve"]
     assert "$(BIN)/faceverify serve" in makefile
-    # It copies everything the service reads at start-up.
-    for path in ("pyproject.toml", "app", "models"):
+    # It copies everything the package is built from.
+    for path in ("pyproject.toml", "README.md", "app"):
         assert re.search(rf"^COPY .*\b{re.escape(path)}\b", dockerfile, re.MULTILINE), path
+
+
+def test_a_plain_install_carries_the_manifest_and_calibration(tmp_path: Path) -> None:
+    """The wheel holds manifest.json and calibration.json as package data, and the
+    installed package finds them with no repository beside it (issue 10)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "app", source / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."]
+    subprocess.run(pip, cwd=source, check=True, timeout=300)
+    (wheel,) = tmp_path.glob("faceverify-*.whl")
+    installed = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        assert {"app/models/manifest.json", "app/models/calibration.json"} <= set(
+            archive.namelist()
+        )
+        archive.extractall(installed)
+    probe = (
+        "from app.settings import Settings; s = Settings(); "
+        "print(s.manifest_file().resolve()); print(s.resolved_calibration_file().resolve())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(installed)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert [Path(p) for p in out] == [
+        installed.resolve() / "app" / "models" / "manifest.json",
+        installed.resolve() / "app" / "models" / "calibration.json",
+    ]
 
 
 def test_compose_runs_the_image_on_postgresql() -> None:

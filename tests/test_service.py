@@ -23,8 +23,8 @@ from app.errors import (
 )
 from app.service import CommitGate, FaceService, InferenceSlots, commit_gate
 from app.settings import Settings
-from tests.conftest import _fake_service
 from tests.fakes import face, fake_image
+from tests.helpers import fake_service as _fake_service
 
 
 def test_enroll_then_verify_same_and_different_person(fake_service: FaceService) -> None:
@@ -79,7 +79,7 @@ def test_small_faces_are_refused_at_enrollment(fake_service: FaceService) -> Non
 def test_verify_unknown_subject_costs_no_inference(fake_service: FaceService) -> None:
     with pytest.raises(SubjectNotFound):
         fake_service.verify(subject_id="nobody", image=fake_image(face(1)))
-    assert fake_service.pipeline.embed_calls == 0  # type: ignore[attr-defined]
+    assert fake_service.pipeline.encoder.encode_calls == 0  # type: ignore[attr-defined]
 
 
 def test_verify_a_subject_with_every_face_deleted(fake_service: FaceService) -> None:

@@ -147,12 +147,13 @@ def test_perfectly_separated_pairs_are_refused_with_a_reason() -> None:
 
 
 def test_the_shipped_calibration_is_fitted_for_the_default_pipeline() -> None:
+    from app.face.registry import calibration_fingerprint
     from app.settings import Settings
 
     settings = Settings()
     cal = Calibration.load(settings.resolved_calibration_file())
     assert not cal.provisional
-    assert cal.pipeline == settings.calibration_fingerprint()
+    assert cal.pipeline == calibration_fingerprint(settings)
     assert cal.raw["data"]["name"].startswith("lfw-devtrain")
     held = cal.raw["fit"]["held_out"]
     # Held-out identities: the logistic curve is no worse than isotonic regression by

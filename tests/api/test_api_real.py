@@ -7,8 +7,7 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import data
-from tests.test_api import assert_problem
+from tests.helpers import assert_problem, data
 
 pytestmark = pytest.mark.model
 

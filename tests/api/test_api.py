@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import AUTH
 from tests.fakes import face, fake_image
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def assert_problem(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["code"] == code and body["status"] == status
-    assert body["title"] and body["detail"] and body["type"]
-    assert "Traceback" not in response.text
-    return body
+from tests.helpers import AUTH, assert_problem, b64
 
 
 def test_enroll_and_verify_multipart(fake_client: TestClient) -> None:
@@ -230,7 +214,7 @@ def test_info_says_when_the_calibration_was_fitted_for_other_settings(
     settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     from app.api.app import create_app
-    from tests.conftest import _fake_service
+    from tests.helpers import fake_service as _fake_service
 
     for changed, expected in (
         (settings, True),
@@ -244,14 +228,12 @@ def test_info_says_when_the_calibration_was_fitted_for_other_settings(
 
 def test_a_request_past_the_timeout_gets_503(settings) -> None:
     from app.api.app import create_app
-    from tests.conftest import _fake_service
+    from tests.helpers import fake_service as _fake_service
 
     slow = settings.model_copy(update={"request_timeout_seconds": 0.2})
 
     def build(s):
-        service = _fake_service(s)
-        service.pipeline.delay = 0.6  # type: ignore[attr-defined]
-        return service, {}
+        return _fake_service(s, delay=0.6), {}
 
     with TestClient(create_app(slow, builder=build), headers=AUTH) as client:
         r = client.post(

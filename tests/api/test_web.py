@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, TEST_KEY
+from tests.helpers import DATA, TEST_KEY
 from tests.server import serving
 
 pytestmark = pytest.mark.browser

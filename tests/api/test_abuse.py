@@ -3,7 +3,6 @@ stays up and keeps its data. Then kill -9 during an enrollment: all or nothing."
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import subprocess
@@ -14,18 +13,13 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import AUTH, TEST_KEY, data
+from tests.helpers import AUTH, TEST_KEY, b64, data, png_header_only
 from tests.server import FACEVERIFY, free_port, serving, wait_ready
-from tests.test_image import png_header_only
 
 pytestmark = pytest.mark.model
 
 # Each refusal must come back quickly: no decoding of bombs, no reading past the cap.
 FAST_SECONDS = 2.0
-
-
-def b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 CASES = [

@@ -13,7 +13,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import AUTH
+from tests.helpers import AUTH
 from tests.server import serving
 
 pytestmark = pytest.mark.model

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.conftest import AUTH, TEST_KEY, data
+from tests.helpers import AUTH, TEST_KEY, data
 from tests.server import FACEVERIFY, free_port, serving
 
 pytestmark = pytest.mark.model

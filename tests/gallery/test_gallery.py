@@ -10,16 +10,18 @@ from sqlalchemy import func, select
 
 from app.errors import FaceNotFound, SubjectNotFound
 from app.gallery import store as store_module
-from app.gallery.index import EmbeddingIndex
+from app.gallery.index import ExactIndex
 from app.gallery.models import Face, GalleryEvent, Subject
 from app.gallery.store import GalleryStore, NewFace
+from app.gallery.sync import GallerySync
+from app.geometry import Box
 from app.scoring.distance import distances
 from tests.fakes import unit_vector
 
 
 def new_faces(*seeds: int) -> list[NewFace]:
     return [
-        NewFace(embedding=unit_vector(s), box=(0, 0, 50, 50), detector_score=1.0) for s in seeds
+        NewFace(embedding=unit_vector(s), box=Box(0, 0, 50, 50), detector_score=1.0) for s in seeds
     ]
 
 
@@ -27,24 +29,29 @@ def new_faces(*seeds: int) -> list[NewFace]:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> GalleryStore:
     """Every store test runs on SQLite and on a real PostgreSQL: the same behaviour."""
     if request.param == "sqlite":
-        s = GalleryStore(f"sqlite:///{tmp_path / 'g.db'}")
+        s = GalleryStore.open(f"sqlite:///{tmp_path / 'g.db'}")
         yield s
         s.close()
         return
-    from tests.conftest import fresh_postgres_database
+    from tests.helpers import fresh_postgres_database
 
     databases = fresh_postgres_database()
-    s = GalleryStore(next(databases))
+    s = GalleryStore.open(next(databases))
     yield s
     s.close()
     next(databases, None)
 
 
-def add(store: GalleryStore, subject_id: str, *seeds: int) -> list[str]:
+def add(store: GalleryStore, subject_id: str, *seeds: int, encoder: str = "fake") -> list[str]:
     faces, _, _ = store.add_faces(
-        subject_id=subject_id, faces=new_faces(*seeds), encoder="fake", pipeline_version="v"
+        subject_id=subject_id, faces=new_faces(*seeds), encoder=encoder, pipeline_version="v"
     )
     return [f.id for f in faces]
+
+
+def synced(store: GalleryStore, encoders: tuple[str, ...] = ("fake",)) -> GallerySync:
+    """An exact index of ``encoders``' faces, kept in step with ``store``."""
+    return GallerySync(store, ExactIndex(128), encoders)
 
 
 def count(store: GalleryStore, model: type) -> int:
@@ -53,7 +60,7 @@ def count(store: GalleryStore, model: type) -> int:
 
 
 def test_add_faces_is_all_or_nothing(store: GalleryStore) -> None:
-    bad = new_faces(1, 2) + [NewFace(np.full(128, np.nan), (0, 0, 1, 1), 1.0)]
+    bad = new_faces(1, 2) + [NewFace(np.full(128, np.nan), Box(0, 0, 1, 1), 1.0)]
     with pytest.raises(ValueError):
         store.add_faces(subject_id="a", faces=bad, encoder="fake", pipeline_version="v")
     assert count(store, Subject) == 0 and count(store, Face) == 0
@@ -62,7 +69,7 @@ def test_add_faces_is_all_or_nothing(store: GalleryStore) -> None:
 
 def test_embeddings_round_trip_exactly(store: GalleryStore) -> None:
     ids = add(store, "a", 1, 2)
-    rows = store.load_embeddings()
+    rows = store.load_embeddings(dim=128)
     assert sorted(rows.face_ids) == sorted(ids)
     for face_id, vector in zip(rows.face_ids, rows.matrix, strict=True):
         seed = 1 if face_id == ids[0] else 2
@@ -107,7 +114,7 @@ def test_list_subjects_pages_and_filters_by_prefix(store: GalleryStore) -> None:
 
 
 def test_index_search_matches_brute_force() -> None:
-    index = EmbeddingIndex()
+    index = ExactIndex(128)
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(300, 128)).astype(np.float32)
     subjects = [f"s{i % 40}" for i in range(300)]
@@ -120,47 +127,64 @@ def test_index_search_matches_brute_force() -> None:
     for i, dist in zip(keep, d, strict=True):
         best[subjects[i]] = min(best.get(subjects[i], np.inf), float(dist))
     want = sorted(best.items(), key=lambda kv: kv[1])[:5]
-    got = index.top_subjects(query, 5)
+    got = index.search(query, 5)
     assert [h.subject_id for h in got] == [s for s, _ in want]
     assert np.allclose([h.distance for h in got], [x for _, x in want], atol=1e-5)
     assert len(index) == len(keep)
 
 
 def test_index_remove_subject_leaves_no_rows() -> None:
-    index = EmbeddingIndex()
+    index = ExactIndex(128)
     index.add(["a1", "b1", "a2"], ["a", "b", "a"], np.stack([unit_vector(i) for i in range(3)]))
     index.remove_subject("a")
     assert len(index) == 1 and index.subject_faces("a") == []
-    hits = index.top_subjects(unit_vector(0), 5)
+    hits = index.search(unit_vector(0), 5)
     assert [h.subject_id for h in hits] == ["b"]
 
 
 def test_a_second_index_catches_up_through_the_change_log(store: GalleryStore) -> None:
-    mine, theirs = EmbeddingIndex(), EmbeddingIndex()
-    mine.sync(store)
-    theirs.sync(store)
+    mine, theirs = synced(store), synced(store)
+    mine.sync()
+    theirs.sync()
     a = add(store, "a", 1, 2)
     add(store, "b", 3)
     store.delete_face(subject_id="a", face_id=a[0])
     store.delete_subject(subject_id="b")
-    assert theirs.sync(store)
-    assert theirs.subject_faces("a") == [a[1]] and theirs.subject_faces("b") == []
-    assert len(theirs) == 1 and theirs.version == store.version()
-    assert not theirs.sync(store)  # nothing new: one cheap query
+    assert theirs.sync()
+    assert theirs.index.subject_faces("a") == [a[1]] and theirs.index.subject_faces("b") == []
+    assert len(theirs.index) == 1 and theirs.version == store.version()
+    assert not theirs.sync()  # nothing new: one cheap query
+
+
+def test_an_index_never_holds_another_models_embeddings(store: GalleryStore) -> None:
+    """Faces store their encoder; an index loads and replays only its model's, so a
+    search never compares embeddings of two models (issue 10)."""
+    early = synced(store, ("fake", "fake_other_runtime"))
+    early.sync()
+    mine = add(store, "a", 1)
+    theirs = add(store, "b", 2, encoder="other_model")
+    runtime = add(store, "c", 3, encoder="fake_other_runtime")
+    late = synced(store, ("fake", "fake_other_runtime"))
+    for sync in (early, late):  # by replaying the log, and by loading everything
+        sync.sync()
+        assert sync.index.subject_faces("a") == mine
+        assert sync.index.subject_faces("b") == [] and theirs
+        assert sync.index.subject_faces("c") == runtime
+        assert {h.subject_id for h in sync.index.search(unit_vector(2), 5)} == {"a", "c"}
 
 
 def test_an_index_behind_the_pruned_log_reloads_everything(
     store: GalleryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_module, "EVENT_RETENTION", 2)
-    index = EmbeddingIndex()
-    index.sync(store)
+    sync = synced(store)
+    sync.sync()
     for i in range(5):
         add(store, f"s{i}", i)
     assert count(store, GalleryEvent) <= 2
-    assert store.changes_since(version=index.version) is None
-    index.sync(store)
-    assert len(index) == 5 and index.subject_count == 5
+    assert store.changes_since(version=sync.version) is None
+    sync.sync()
+    assert len(sync.index) == 5 and sync.index.subject_count == 5
 
 
 def test_migrations_build_exactly_the_models_schema(store: GalleryStore) -> None:
@@ -172,15 +196,15 @@ def test_migrations_build_exactly_the_models_schema(store: GalleryStore) -> None
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.schema_revision == "0002"
+    assert store.schema_revision() == "0002"
 
 
 def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'g.db'}"
-    first = GalleryStore(url)
+    first = GalleryStore.open(url)
     add(first, "a", 1)
     first.close()
-    again = GalleryStore(url)
+    again = GalleryStore.open(url)
     assert again.get_subject(subject_id="a").face_count == 1 and again.version() == 1
     again.close()
 
@@ -190,7 +214,7 @@ def test_concurrent_writers_never_leave_an_index_behind(store: GalleryStore) -> 
     index keeps syncing; in the end it holds exactly what the database holds."""
     import threading
 
-    watcher = EmbeddingIndex()
+    watcher = synced(store)
     writers = [GalleryStore(store.url) for _ in range(2)]
     stop = threading.Event()
 
@@ -204,7 +228,7 @@ def test_concurrent_writers_never_leave_an_index_behind(store: GalleryStore) -> 
 
     def watch() -> None:
         while not stop.is_set():
-            watcher.sync(store)
+            watcher.sync()
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(2)]
     observer = threading.Thread(target=watch)
@@ -215,11 +239,19 @@ def test_concurrent_writers_never_leave_an_index_behind(store: GalleryStore) -> 
         t.join()
     stop.set()
     observer.join()
-    watcher.sync(store)
-    rows = store.load_embeddings()
+    watcher.sync()
+    rows = store.load_embeddings(dim=128)
     assert sorted(rows.face_ids) == sorted(
-        f for s in {*rows.subject_ids} for f in watcher.subject_faces(s)
+        f for s in {*rows.subject_ids} for f in watcher.index.subject_faces(s)
     )
-    assert len(watcher) == len(rows.face_ids) and watcher.version == store.version()
+    assert len(watcher.index) == len(rows.face_ids) and watcher.version == store.version()
     for w in writers:
         w.close()
+
+
+def test_connecting_to_a_store_does_not_migrate_it(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    store = GalleryStore(url)
+    assert store.schema_revision() is None  # nothing was created
+    assert store.migrate() == "0002" and store.schema_revision() == "0002"
+    store.close()

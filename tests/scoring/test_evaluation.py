@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.scoring.calibration import Calibration
-from tests.conftest import DATA
+from tests.helpers import DATA
 
 pytestmark = pytest.mark.model
 

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import fastapi.routing
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from app.api.app import create_app
 from app.keys import digest, parse_env_keys
 from app.settings import Settings
-from tests.conftest import _fake_service
 from tests.fakes import face, fake_image
-from tests.test_api import assert_problem, b64
+from tests.helpers import assert_problem, b64
+from tests.helpers import fake_service as _fake_service
 
 VERIFY_KEY = "verify-only-key-0123456789"
 ENROLL_KEY = "enroll-only-key-0123456789"
@@ -38,27 +41,61 @@ def as_key(key: str) -> dict[str, str]:
     return {"X-API-Key": key}
 
 
-ENDPOINTS = [
-    ("post", "/enroll", "enroll"),
-    ("post", "/verify", "verify"),
-    ("post", "/identify", "verify"),
-    ("post", "/compare", "verify"),
-    ("get", "/subjects", "admin"),
-    ("get", "/subjects/x", "admin"),
-    ("delete", "/subjects/x", "enroll"),
-    ("delete", "/subjects/x/faces/y", "enroll"),
-    ("get", "/keys", "admin"),
-    ("get", "/info", None),
-]
+# The scope each route needs (None: any valid key). Every route of the app must be here
+# or in PUBLIC: test_every_route_is_classified fails for a new route that is in neither.
+SCOPES: dict[tuple[str, str], str | None] = {
+    ("POST", "/enroll"): "enroll",
+    ("POST", "/verify"): "verify",
+    ("POST", "/identify"): "verify",
+    ("POST", "/compare"): "verify",
+    ("GET", "/subjects"): "admin",
+    ("GET", "/subjects/{subject_id}"): "admin",
+    ("DELETE", "/subjects/{subject_id}"): "enroll",
+    ("DELETE", "/subjects/{subject_id}/faces/{face_id}"): "enroll",
+    ("GET", "/keys"): "admin",
+    ("POST", "/keys"): "admin",
+    ("DELETE", "/keys/{key_id}"): "admin",
+    ("GET", "/metrics"): "admin",
+    ("GET", "/info"): None,
+}
+# For load balancers, orchestrators and people: no key.
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/"), ("GET", "/docs")}
+
+
+def app_routes() -> set[tuple[str, str]]:
+    """Every (method, path) the app serves, read from the app itself."""
+    app = create_app(Settings())
+    # FastAPI >= 0.137 keeps included routers as nodes of a tree; iter_route_contexts
+    # flattens it (older versions keep a flat list of routes).
+    walk = getattr(fastapi.routing, "iter_route_contexts", None)
+    routes = walk(app.routes) if walk else app.routes
+    return {
+        (method, route.path)
+        for route in routes
+        if isinstance(getattr(route, "original_route", route), APIRoute)
+        for method in route.methods
+    }
+
+
+ENDPOINTS = sorted((m, p, SCOPES.get((m, p))) for m, p in app_routes() - PUBLIC)
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "x", path)
+
+
+def test_every_route_is_classified() -> None:
+    assert app_routes() == set(SCOPES) | PUBLIC
 
 
 @pytest.mark.parametrize(("method", "path", "scope"), ENDPOINTS)
 def test_every_endpoint_needs_a_key(client: TestClient, method: str, path: str, scope) -> None:
-    r = client.request(method, path)
+    url = concrete(path)
+    r = client.request(method, url)
     assert_problem(r, 401, "unauthorized")
     assert r.headers["www-authenticate"].startswith("Bearer")
     assert_problem(
-        client.request(method, path, headers=as_key("wrong-key-0123456789")), 401, "unauthorized"
+        client.request(method, url, headers=as_key("wrong-key-0123456789")), 401, "unauthorized"
     )
 
 
@@ -67,7 +104,8 @@ def test_a_key_without_the_scope_gets_403(
     client: TestClient, method: str, path: str, scope
 ) -> None:
     other = {"enroll": VERIFY_KEY, "verify": ENROLL_KEY, "admin": VERIFY_KEY}[scope]
-    body = assert_problem(client.request(method, path, headers=as_key(other)), 403, "forbidden")
+    r = client.request(method, concrete(path), headers=as_key(other))
+    body = assert_problem(r, 403, "forbidden")
     assert body["required_scope"] == scope
 
 

@@ -9,16 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from app.face.encoder import DlibEncoder, OnnxEncoder
+from app.face.dlib_resnet import DlibEncoder, OnnxEncoder, prepared_onnx_model
 from app.face.onnx_convert import DlibFormatError, read_dlib_resnet
-from app.face.weights import (
-    WeightFile,
-    installed_weights_dir,
-    prepared_onnx_model,
-    sha256_file,
-)
+from app.face.weights import WeightFile, installed_weights_dir, sha256_file
 from app.service import FaceService
-from tests.conftest import DATA
+from app.settings import Settings
+from tests.helpers import DATA
 
 pytestmark = pytest.mark.model
 
@@ -61,11 +57,13 @@ def resnet_dat() -> Path:
 @pytest.fixture(scope="module")
 def chips(real_service: FaceService) -> np.ndarray:
     detector = real_service.pipeline.detector  # type: ignore[attr-defined]
+    encoder = real_service.pipeline.encoder  # type: ignore[attr-defined]
     found = []
     for name in PHOTOS:
         with Image.open(DATA / name) as img:
             for variant in variants(ImageOps.exif_transpose(img)):
-                found += [f.chip for f in detector.detect(np.asarray(variant))]
+                rgb = np.asarray(variant)
+                found += [encoder.align(rgb, f) for f in detector.detect(rgb)]
     return np.stack(found)
 
 
@@ -99,6 +97,6 @@ def test_conversion_is_cached_and_checked_by_sha256(tmp_path: Path) -> None:
 
 
 def test_a_file_of_another_network_is_refused() -> None:
-    data = (DATA.parent.parent / "models" / "manifest.json").read_bytes()
+    data = Settings().manifest_file().read_bytes()
     with pytest.raises(DlibFormatError):
         read_dlib_resnet(data)

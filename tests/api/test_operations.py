@@ -12,9 +12,8 @@ from PIL import Image
 
 from app.api.observability import JsonFormatter, request_id_var
 from app.face.image import decode_image
-from tests.conftest import data
 from tests.fakes import face, fake_image
-from tests.test_api import b64
+from tests.helpers import b64, data
 
 
 def test_metrics_count_requests_stages_scores_and_gallery(fake_client: TestClient) -> None:

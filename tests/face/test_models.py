@@ -7,7 +7,7 @@ import pytest
 
 from app.face.pipeline import Timings
 from app.service import FaceService
-from tests.conftest import HOPPER_VARIANTS, data
+from tests.helpers import HOPPER_VARIANTS, data
 
 pytestmark = pytest.mark.model
 
@@ -161,3 +161,26 @@ def test_tiny_images_find_no_face_without_crashing(real_service: FaceService, si
     buf = io.BytesIO()
     Image.new("RGB", size, (120, 100, 90)).save(buf, "PNG")
     assert real_service.pipeline.find_faces(buf.getvalue(), Timings()) == []
+
+
+@pytest.mark.parametrize("name", ["obama.jpg", "two_people.jpg", "curie_upright.jpg"])
+def test_the_encoder_cuts_the_chip_dlib_cuts_from_the_predictor_shape(
+    real_service: FaceService, name: str
+) -> None:
+    """The chip is now the encoder's job, made from the detector's landmarks: it must be
+    the very chip dlib's get_face_chip makes from the shape predictor's own object."""
+    import dlib
+
+    from app.face.image import decode_image
+
+    rgb = decode_image(data(name), max_pixels=40_000_000)
+    pipeline = real_service.pipeline
+    detector, encoder = pipeline.detector, pipeline.encoder  # type: ignore[attr-defined]
+    faces = detector.detect(rgb)
+    assert faces
+    with detector.models.borrow() as models:
+        for found in faces:
+            b = found.box
+            shape = models.predictor(rgb, dlib.rectangle(b.left, b.top, b.right - 1, b.bottom - 1))
+            reference = np.asarray(dlib.get_face_chip(rgb, shape, 150, 0.25))
+            assert np.array_equal(encoder.align(rgb, found), reference)

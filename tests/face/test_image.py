@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from PIL import Image
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from app.face.image import decode_image, decode_image_scaled
-from tests.conftest import HOPPER_VARIANTS, data
+from tests.helpers import HOPPER_VARIANTS, data, png_header_only
 
 CAP = 40_000_000
 
@@ -87,26 +85,6 @@ def test_text_is_unsupported_media_type() -> None:
 def test_empty_bytes_are_invalid_image() -> None:
     with pytest.raises(InvalidImage):
         decode_image(b"", max_pixels=CAP)
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height but carries almost no pixel data."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_pixel_cap_is_checked_from_the_header_before_decoding() -> None:
