@@ -19,7 +19,7 @@ def distances(
     Uses ||a - b||^2 = ||a||^2 + ||b||^2 - 2 a.b and clamps at 0 before the square root:
     rounding can make the expansion slightly negative for near-identical vectors.
     In float32, for dlib embeddings (norms about 1), the result is within 1e-5 of the
-    plain ``np.linalg.norm(gallery - query, axis=1)`` (tests/test_distance.py).
+    plain ``np.linalg.norm(gallery - query, axis=1)`` (tests/scoring/test_distance.py).
 
     Args:
         query: ``(D,)`` embedding.
