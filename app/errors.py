@@ -20,11 +20,14 @@ table (app/api/problems.py); nothing here knows HTTP.
     │   ├── MultipleFaces          carries the boxes found
     │   └── FaceTooSmall
     ├── NotFoundError
+    │   ├── CollectionNotFound
     │   ├── SubjectNotFound
     │   ├── FaceNotFound
     │   └── KeyNotFound
     ├── SubjectHasNoFaces          verify against a subject whose faces were all deleted
     ├── SubjectExists              enroll to an existing subject without add=true
+    ├── CollectionExists           create a collection whose id is taken
+    ├── CollectionProtected        delete the default collection
     ├── RequestCancelled           the request timed out before its work was stored
     ├── Unauthorized               no API key, or an unknown or revoked one
     ├── Forbidden                  a valid key without the scope the endpoint needs
@@ -172,6 +175,15 @@ class SubjectNotFound(NotFoundError):
 
 
 @dataclass(eq=False, kw_only=True)
+class CollectionNotFound(NotFoundError):
+    collection: str
+
+    @classmethod
+    def for_id(cls, collection: str) -> CollectionNotFound:
+        return cls(f"No collection with id {collection!r}.", collection=collection)
+
+
+@dataclass(eq=False, kw_only=True)
 class FaceNotFound(NotFoundError):
     subject_id: str
     face_id: str
@@ -190,6 +202,19 @@ class SubjectHasNoFaces(FaceVerifyError):
 @dataclass(eq=False, kw_only=True)
 class SubjectExists(FaceVerifyError):
     subject_id: str
+
+
+@dataclass(eq=False, kw_only=True)
+class CollectionExists(FaceVerifyError):
+    collection: str
+
+
+@dataclass(eq=False, kw_only=True)
+class CollectionProtected(FaceVerifyError):
+    """The default collection cannot be deleted (unbound requests and the keys of
+    databases made before collections use it)."""
+
+    collection: str
 
 
 @dataclass(eq=False, kw_only=True)

@@ -11,6 +11,7 @@ class here and nothing else.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -219,3 +220,49 @@ class ExactIndex:
                 if m >= n:
                     return hits
                 m = min(n, 4 * m)
+
+
+class Partitions:
+    """One :class:`VectorIndex` per collection, so a search costs its own collection's
+    size and can never return another collection's faces. Thread-safe."""
+
+    def __init__(self, dim: int, factory: Callable[[int], VectorIndex] = ExactIndex) -> None:
+        self.dim = dim
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._parts: dict[str, VectorIndex] = {}
+
+    def get(self, collection: str) -> VectorIndex:
+        """The collection's index to read (an empty one if it has no faces here)."""
+        with self._lock:
+            found = self._parts.get(collection)
+        return found if found is not None else self._factory(self.dim)
+
+    def writable(self, collection: str) -> VectorIndex:
+        """The collection's index to add to, made on first use."""
+        with self._lock:
+            if collection not in self._parts:
+                self._parts[collection] = self._factory(self.dim)
+            return self._parts[collection]
+
+    def drop(self, collection: str) -> None:
+        with self._lock:
+            self._parts.pop(collection, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._parts.clear()
+
+    def face_counts(self) -> dict[str, int]:
+        """Faces per collection (collections with none are left out)."""
+        with self._lock:
+            parts = list(self._parts.items())
+        return {name: len(index) for name, index in parts if len(index)}
+
+    def subject_counts(self) -> dict[str, int]:
+        with self._lock:
+            parts = list(self._parts.items())
+        return {name: index.subject_count for name, index in parts if len(index)}
+
+    def __len__(self) -> int:
+        return sum(self.face_counts().values())

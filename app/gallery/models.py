@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -19,7 +20,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SUBJECT_ID_MAX = 128
+COLLECTION_ID_MAX = 64
+# ASCII letters, digits, and . _ - after the first: safe in URLs, file names and metric
+# labels, with no look-alike letters.
+COLLECTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 IDEMPOTENCY_KEY_MAX = 255
+# Where databases made before collections put their subjects, and where requests go that
+# name no collection.
+DEFAULT_COLLECTION = "default"
 
 
 def utcnow() -> datetime:
@@ -30,9 +38,21 @@ class Base(DeclarativeBase):
     pass
 
 
+class Collection(Base):
+    """A separate gallery: its own subjects (ids unique within it) and faces."""
+
+    __tablename__ = "collections"
+
+    id: Mapped[str] = mapped_column(String(COLLECTION_ID_MAX), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Subject(Base):
     __tablename__ = "subjects"
 
+    collection_id: Mapped[str] = mapped_column(
+        ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True
+    )
     id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(256))
     # "metadata" is reserved on declarative classes, hence the attribute name.
@@ -48,9 +68,8 @@ class Face(Base):
     __tablename__ = "faces"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    subject_id: Mapped[str] = mapped_column(
-        ForeignKey("subjects.id", ondelete="CASCADE"), index=True
-    )
+    collection_id: Mapped[str] = mapped_column(String(COLLECTION_ID_MAX))
+    subject_id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX))
     # The embedding as little-endian float32 values (dlib_resnet_v1: 128, 512 bytes).
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
     box_left: Mapped[int] = mapped_column(Integer)
@@ -63,6 +82,15 @@ class Face(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     subject: Mapped[Subject] = relationship(back_populates="faces")
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["collection_id", "subject_id"],
+            ["subjects.collection_id", "subjects.id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_faces_collection_subject", "collection_id", "subject_id"),
+    )
 
 
 class GalleryState(Base):
@@ -83,7 +111,10 @@ class GalleryEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     version: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(16))  # add_face | delete_face | delete_subject
+    # add_face | delete_face | delete_subject | delete_collection
+    kind: Mapped[str] = mapped_column(String(32))
+    collection_id: Mapped[str] = mapped_column(String(COLLECTION_ID_MAX))
+    # Empty for delete_collection.
     subject_id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX))
     face_id: Mapped[str | None] = mapped_column(String(36))
 
@@ -101,6 +132,7 @@ class IdempotencyRecord(Base):
     owner: Mapped[str] = mapped_column(String(64), primary_key=True)
     key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_MAX), primary_key=True)
     request_sha256: Mapped[str] = mapped_column(String(64))
+    collection_id: Mapped[str] = mapped_column(String(COLLECTION_ID_MAX))
     subject_id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX))
     face_ids: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(
@@ -118,5 +150,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))  # enough to recognise a key in a list
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     scopes: Mapped[str] = mapped_column(String(64))  # "enroll+verify"
+    # The collection the key sees and changes; None (admin keys only): every collection.
+    # No foreign key: deleting a collection revokes its keys instead of unbinding them.
+    collection_id: Mapped[str | None] = mapped_column(String(COLLECTION_ID_MAX))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,4 +1,4 @@
-"""The gallery's durable store: subjects and their face embeddings in SQL.
+"""The gallery's durable store: collections, their subjects and face embeddings in SQL.
 
 SQLite (WAL) by default; any SQLAlchemy URL works (PostgreSQL for several replicas).
 Every write is one transaction that also bumps the gallery version and logs which ids it
@@ -22,8 +22,22 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from app.errors import FaceNotFound, SubjectExists, SubjectNotFound
-from app.gallery.models import Face, GalleryEvent, GalleryState, IdempotencyRecord, Subject
+from app.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    FaceNotFound,
+    SubjectExists,
+    SubjectNotFound,
+)
+from app.gallery.models import (
+    ApiKey,
+    Face,
+    GalleryEvent,
+    GalleryState,
+    IdempotencyRecord,
+    Subject,
+)
+from app.gallery.models import Collection as CollectionRow
 from app.geometry import Box
 
 EMBEDDING_DTYPE = np.dtype("<f4")
@@ -52,6 +66,7 @@ class IdempotencyClaim:
 @dataclass(frozen=True)
 class IdempotentEnrollment:
     request_sha256: str
+    collection: str
     subject_id: str
     face_ids: list[str]
 
@@ -84,28 +99,40 @@ class SubjectRecord:
     face_count: int
 
 
-ChangeKind = Literal["add_face", "delete_face", "delete_subject"]
+@dataclass(frozen=True)
+class CollectionRecord:
+    id: str
+    created_at: datetime
+    subjects: int
+    faces: int
+
+
+ChangeKind = Literal["add_face", "delete_face", "delete_subject", "delete_collection"]
 
 
 @dataclass(frozen=True)
 class Change:
     version: int
     kind: ChangeKind
+    collection: str
+    # Empty for delete_collection.
     subject_id: str
-    # The face added or deleted; None for delete_subject.
+    # The face added or deleted; None for delete_subject and delete_collection.
     face_id: str | None
 
 
 @dataclass(frozen=True)
 class EmbeddingRows:
     face_ids: list[str]
+    collections: list[str]
     subject_ids: list[str]
     matrix: np.ndarray  # (N, dim) float32
 
 
 class GalleryStore:
-    """Subjects and faces in a SQL database. Methods take keyword arguments only and
-    return plain records, never ORM objects."""
+    """Collections, their subjects and faces in a SQL database. Subject ids are unique
+    within a collection; every subject method names its collection. Methods take keyword
+    arguments only and return plain records, never ORM objects."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         """Connect; nothing is read or written (see :meth:`open` and :meth:`migrate`)."""
@@ -119,9 +146,9 @@ class GalleryStore:
         store.migrate()
         return store
 
-    def migrate(self) -> str:
-        """Apply the schema migrations; returns the revision reached."""
-        return migrate(self.engine)
+    def migrate(self, revision: str = "head") -> str:
+        """Apply the schema migrations up to ``revision``; returns the revision reached."""
+        return migrate(self.engine, revision)
 
     def schema_revision(self) -> str | None:
         """The database's schema revision; None if it was never migrated."""
@@ -140,34 +167,38 @@ class GalleryStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(GalleryState.version)).scalar_one())
 
-    def get_subject(self, *, subject_id: str) -> SubjectRecord:
+    def get_subject(self, *, collection: str, subject_id: str) -> SubjectRecord:
         with Session(self.engine) as session:
-            subject = session.get(Subject, subject_id)
+            subject = session.get(Subject, (collection, subject_id))
             if subject is None:
                 raise SubjectNotFound.for_id(subject_id)
             count = session.scalar(
-                select(func.count()).select_from(Face).where(Face.subject_id == subject_id)
+                select(func.count()).select_from(Face).where(*_of_subject(collection, subject_id))
             )
             return _subject_record(subject, int(count or 0))
 
-    def list_faces(self, *, subject_id: str) -> list[FaceRecord]:
+    def list_faces(self, *, collection: str, subject_id: str) -> list[FaceRecord]:
         with Session(self.engine) as session:
             rows = session.scalars(
-                select(Face).where(Face.subject_id == subject_id).order_by(Face.created_at, Face.id)
+                select(Face)
+                .where(*_of_subject(collection, subject_id))
+                .order_by(Face.created_at, Face.id)
             ).all()
             return [_face_record(row) for row in rows]
 
     def list_subjects(
-        self, *, offset: int, limit: int, prefix: str | None = None
+        self, *, collection: str, offset: int, limit: int, prefix: str | None = None
     ) -> tuple[list[SubjectRecord], int]:
-        """A page of subjects ordered by id, and the total count (matching ``prefix``)."""
+        """A page of a collection's subjects ordered by id, and the total count (matching
+        ``prefix``)."""
         with Session(self.engine) as session:
-            where = []
+            where = [Subject.collection_id == collection]
             if prefix:
                 where.append(Subject.id.startswith(prefix, autoescape=True))
             total = session.scalar(select(func.count()).select_from(Subject).where(*where))
             counts = (
                 select(Face.subject_id, func.count().label("n"))
+                .where(Face.collection_id == collection)
                 .group_by(Face.subject_id)
                 .subquery()
             )
@@ -186,20 +217,27 @@ class GalleryStore:
     ) -> EmbeddingRows:
         """Embeddings of all faces, or of the given ids (those that still exist), made by
         one of ``encoders`` (all encoders when empty; then they must share ``dim``)."""
-        stmt = select(Face.id, Face.subject_id, Face.embedding).order_by(Face.id)
+        stmt = select(Face.id, Face.collection_id, Face.subject_id, Face.embedding).order_by(
+            Face.id
+        )
         if face_ids is not None:
             stmt = stmt.where(Face.id.in_(face_ids))
         if encoders:
             stmt = stmt.where(Face.encoder.in_(sorted(encoders)))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        ids, subjects, blobs = (
-            (list(col) for col in zip(*rows, strict=True)) if rows else ([], [], [])
+        ids, collections, subjects, blobs = (
+            (list(col) for col in zip(*rows, strict=True)) if rows else ([], [], [], [])
         )
         if any(len(b) != dim * EMBEDDING_DTYPE.itemsize for b in blobs):
             raise ValueError(f"stored embeddings are not all {dim} floats long")
         matrix = np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(rows), dim)
-        return EmbeddingRows(face_ids=ids, subject_ids=subjects, matrix=matrix.astype(np.float32))
+        return EmbeddingRows(
+            face_ids=ids,
+            collections=collections,
+            subject_ids=subjects,
+            matrix=matrix.astype(np.float32),
+        )
 
     def changes_since(self, *, version: int) -> list[Change] | None:
         """The changes made after ``version``, oldest first; None if the log no longer
@@ -209,6 +247,7 @@ class GalleryStore:
                 select(
                     GalleryEvent.version,
                     GalleryEvent.kind,
+                    GalleryEvent.collection_id,
                     GalleryEvent.subject_id,
                     GalleryEvent.face_id,
                 )
@@ -217,12 +256,92 @@ class GalleryStore:
             ).all()
         if rows and rows[0].version != version + 1:
             return None
-        return [Change(r.version, _change_kind(r.kind), r.subject_id, r.face_id) for r in rows]
+        return [
+            Change(r.version, _change_kind(r.kind), r.collection_id, r.subject_id, r.face_id)
+            for r in rows
+        ]
+
+    # ---- collections -------------------------------------------------------------------
+    def create_collection(self, *, collection: str) -> CollectionRecord:
+        """Create an empty collection; CollectionExists if the id is taken."""
+        with Session(self.engine) as session, session.begin():
+            _bump_version(session)  # queue with the other writers
+            if session.get(CollectionRow, collection) is not None:
+                raise CollectionExists(
+                    f"Collection {collection!r} already exists.", collection=collection
+                )
+            row = CollectionRow(id=collection, created_at=datetime.now(UTC))
+            session.add(row)
+            session.flush()
+            return CollectionRecord(row.id, row.created_at, 0, 0)
+
+    def get_collection(self, *, collection: str) -> CollectionRecord:
+        found = self.list_collections(only=collection)
+        if not found:
+            raise CollectionNotFound.for_id(collection)
+        return found[0]
+
+    def collection_exists(self, *, collection: str) -> bool:
+        with Session(self.engine) as session:
+            return session.get(CollectionRow, collection) is not None
+
+    def list_collections(self, *, only: str | None = None) -> list[CollectionRecord]:
+        """Every collection (or just ``only``) with its subject and face counts, by id."""
+        with Session(self.engine) as session:
+            subjects = (
+                select(Subject.collection_id, func.count().label("n"))
+                .group_by(Subject.collection_id)
+                .subquery()
+            )
+            faces = (
+                select(Face.collection_id, func.count().label("n"))
+                .group_by(Face.collection_id)
+                .subquery()
+            )
+            stmt = (
+                select(CollectionRow, func.coalesce(subjects.c.n, 0), func.coalesce(faces.c.n, 0))
+                .outerjoin(subjects, subjects.c.collection_id == CollectionRow.id)
+                .outerjoin(faces, faces.c.collection_id == CollectionRow.id)
+                .order_by(CollectionRow.id)
+            )
+            if only is not None:
+                stmt = stmt.where(CollectionRow.id == only)
+            found: list[tuple[CollectionRow, int, int]] = [
+                (r[0], int(r[1]), int(r[2])) for r in session.execute(stmt).all()
+            ]
+            return [CollectionRecord(c.id, c.created_at, n, m) for c, n, m in found]
+
+    def delete_collection(self, *, collection: str) -> tuple[CollectionRecord, int]:
+        """Delete a collection with every subject and face of it, and revoke the API keys
+        bound to it (so a new collection of the same name never inherits them), in one
+        transaction. Returns what was deleted and the gallery version written."""
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session)
+            row = session.get(CollectionRow, collection)
+            if row is None:
+                raise CollectionNotFound.for_id(collection)
+            n_faces = session.execute(delete(Face).where(Face.collection_id == collection)).rowcount  # type: ignore[attr-defined]
+            n_subjects = session.execute(
+                delete(Subject).where(Subject.collection_id == collection)
+            ).rowcount  # type: ignore[attr-defined]
+            session.execute(
+                delete(IdempotencyRecord).where(IdempotencyRecord.collection_id == collection)
+            )
+            session.execute(
+                update(ApiKey)
+                .where(ApiKey.collection_id == collection, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            record = CollectionRecord(row.id, row.created_at, int(n_subjects), int(n_faces))
+            session.delete(row)
+            _log(session, version, [("delete_collection", collection, "", None)])
+            return record, version
 
     # ---- writes ----------------------------------------------------------------------
     def add_faces(
         self,
         *,
+        collection: str,
         subject_id: str,
         faces: list[NewFace],
         encoder: str,
@@ -238,6 +357,7 @@ class GalleryStore:
         requests racing to create one subject cannot both succeed.
 
         Raises:
+            CollectionNotFound: the collection does not exist.
             SubjectExists: ``add=False`` and the subject exists.
             SubjectNotFound: ``add=True`` and it does not.
             IdempotencyKeyTaken: ``idempotency`` was recorded by another request first.
@@ -253,7 +373,9 @@ class GalleryStore:
                 owner=idempotency.owner, key=idempotency.key, session=session
             ):
                 raise IdempotencyKeyTaken(idempotency.key)
-            subject = session.get(Subject, subject_id)
+            if session.get(CollectionRow, collection) is None:
+                raise CollectionNotFound.for_id(collection)
+            subject = session.get(Subject, (collection, subject_id))
             if subject is None and add:
                 raise SubjectNotFound.for_id(subject_id)
             if subject is not None and not add:
@@ -262,7 +384,7 @@ class GalleryStore:
                     subject_id=subject_id,
                 )
             if subject is None:
-                subject = Subject(id=subject_id, name=name, meta=metadata)
+                subject = Subject(collection_id=collection, id=subject_id, name=name, meta=metadata)
                 session.add(subject)
             else:
                 if name is not None:
@@ -278,6 +400,7 @@ class GalleryStore:
                 rows.append(
                     Face(
                         id=str(uuid.uuid4()),
+                        collection_id=collection,
                         subject_id=subject_id,
                         embedding=vector.tobytes(),
                         box_left=left,
@@ -291,11 +414,17 @@ class GalleryStore:
                 )
             session.add_all(rows)
             session.flush()
-            _log(session, version, [("add_face", subject_id, row.id) for row in rows])
+            _log(
+                session,
+                version,
+                [("add_face", collection, subject_id, row.id) for row in rows],
+            )
             if idempotency is not None:
-                _record_idempotency(session, idempotency, subject_id, [r.id for r in rows])
+                _record_idempotency(
+                    session, idempotency, collection, subject_id, [r.id for r in rows]
+                )
             count = session.scalar(
-                select(func.count()).select_from(Face).where(Face.subject_id == subject_id)
+                select(func.count()).select_from(Face).where(*_of_subject(collection, subject_id))
             )
             return (
                 [_face_record(r) for r in rows],
@@ -313,32 +442,36 @@ class GalleryStore:
         row = session.get(IdempotencyRecord, (owner, key))
         if row is None or _aware(row.created_at) < datetime.now(UTC) - IDEMPOTENCY_RETENTION:
             return None
-        return IdempotentEnrollment(row.request_sha256, row.subject_id, list(row.face_ids))
+        return IdempotentEnrollment(
+            row.request_sha256, row.collection_id, row.subject_id, list(row.face_ids)
+        )
 
-    def delete_subject(self, *, subject_id: str) -> tuple[list[str], int]:
+    def delete_subject(self, *, collection: str, subject_id: str) -> tuple[list[str], int]:
         """Delete a subject and every face of it. Returns the deleted face ids and the
         gallery version written."""
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session)
-            if session.get(Subject, subject_id) is None:
+            if session.get(Subject, (collection, subject_id)) is None:
                 raise SubjectNotFound.for_id(subject_id)
             face_ids = list(
-                session.scalars(select(Face.id).where(Face.subject_id == subject_id)).all()
+                session.scalars(select(Face.id).where(*_of_subject(collection, subject_id))).all()
             )
-            session.execute(delete(Face).where(Face.subject_id == subject_id))
-            session.execute(delete(Subject).where(Subject.id == subject_id))
-            _log(session, version, [("delete_subject", subject_id, None)])
+            session.execute(delete(Face).where(*_of_subject(collection, subject_id)))
+            session.execute(
+                delete(Subject).where(Subject.collection_id == collection, Subject.id == subject_id)
+            )
+            _log(session, version, [("delete_subject", collection, subject_id, None)])
             return face_ids, version
 
-    def delete_face(self, *, subject_id: str, face_id: str) -> int:
+    def delete_face(self, *, collection: str, subject_id: str, face_id: str) -> int:
         """Delete one face of a subject; the subject stays, even with no faces left.
         Returns the gallery version written."""
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session)
-            if session.get(Subject, subject_id) is None:
+            if session.get(Subject, (collection, subject_id)) is None:
                 raise SubjectNotFound.for_id(subject_id)
             deleted = session.execute(
-                delete(Face).where(Face.id == face_id, Face.subject_id == subject_id)
+                delete(Face).where(Face.id == face_id, *_of_subject(collection, subject_id))
             ).rowcount  # type: ignore[attr-defined]
             if not deleted:
                 raise FaceNotFound(
@@ -346,8 +479,13 @@ class GalleryStore:
                     subject_id=subject_id,
                     face_id=face_id,
                 )
-            _log(session, version, [("delete_face", subject_id, face_id)])
+            _log(session, version, [("delete_face", collection, subject_id, face_id)])
             return version
+
+
+def _of_subject(collection: str, subject_id: str) -> tuple[Any, Any]:
+    """WHERE clauses for one subject's faces."""
+    return Face.collection_id == collection, Face.subject_id == subject_id
 
 
 def _bump_version(session: Session) -> int:
@@ -364,19 +502,29 @@ def _bump_version(session: Session) -> int:
     )
 
 
-def _log(session: Session, version: int, changes: list[tuple[str, str, str | None]]) -> None:
+def _log(session: Session, version: int, changes: list[tuple[str, str, str, str | None]]) -> None:
     session.execute(
         insert(GalleryEvent),
         [
-            {"version": version, "kind": kind, "subject_id": subject_id, "face_id": face_id}
-            for kind, subject_id, face_id in changes
+            {
+                "version": version,
+                "kind": kind,
+                "collection_id": collection,
+                "subject_id": subject_id,
+                "face_id": face_id,
+            }
+            for kind, collection, subject_id, face_id in changes
         ],
     )
     session.execute(delete(GalleryEvent).where(GalleryEvent.version <= version - EVENT_RETENTION))
 
 
 def _record_idempotency(
-    session: Session, claim: IdempotencyClaim, subject_id: str, face_ids: list[str]
+    session: Session,
+    claim: IdempotencyClaim,
+    collection: str,
+    subject_id: str,
+    face_ids: list[str],
 ) -> None:
     now = datetime.now(UTC)
     # Forget expired keys (this one included, so it may be used afresh).
@@ -390,6 +538,7 @@ def _record_idempotency(
             owner=claim.owner,
             key=claim.key,
             request_sha256=claim.request_sha256,
+            collection_id=collection,
             subject_id=subject_id,
             face_ids=face_ids,
             created_at=now,
@@ -456,8 +605,9 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def migrate(engine: Engine) -> str:
-    """Bring the schema to the newest Alembic revision; returns it. Several worker
+def migrate(engine: Engine, revision: str = "head") -> str:
+    """Bring the schema to the newest Alembic revision (or ``revision``: the migration
+    tests build databases of earlier schemas); returns it. Several worker
     processes may start on a fresh database at once: the loser of a race retries and
     then finds the schema already current."""
     from alembic import command
@@ -469,15 +619,15 @@ def migrate(engine: Engine) -> str:
         try:
             with engine.begin() as conn:
                 config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
             break
         except (OperationalError, IntegrityError, ProgrammingError):
             if attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))
-    revision = current_revision(engine)
-    assert revision is not None
-    return revision
+    reached = current_revision(engine)
+    assert reached is not None
+    return reached
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Collection
 from typing import Protocol
 
-from app.gallery.index import VectorIndex
+from app.gallery.index import Partitions
 from app.gallery.store import Change, EmbeddingRows
 
 
@@ -30,19 +30,19 @@ class ChangeSource(Protocol):
 
 
 class GallerySync:
-    """Replays ``source``'s change log into ``index``.
+    """Replays ``source``'s change log into ``indexes`` (one VectorIndex a collection).
 
     Args:
         source: the store.
-        index: the index to keep current; it holds only faces whose stored ``encoder`` is
-            in ``encoders`` (embeddings of other models are never loaded, so never
-            compared).
-        encoders: the stored encoder names the index accepts.
+        indexes: the indexes to keep current; they hold only faces whose stored
+            ``encoder`` is in ``encoders`` (embeddings of other models are never loaded,
+            so never compared).
+        encoders: the stored encoder names the indexes accept.
     """
 
-    def __init__(self, source: ChangeSource, index: VectorIndex, encoders: Collection[str]):
+    def __init__(self, source: ChangeSource, indexes: Partitions, encoders: Collection[str]):
         self.source = source
-        self.index = index
+        self.indexes = indexes
         self.encoders = frozenset(encoders)
         self.version = -1
         self._lock = threading.Lock()
@@ -58,19 +58,32 @@ class GallerySync:
                 return False
             changes = self.source.changes_since(version=self.version) if self.version >= 0 else None
             if changes is None:
-                rows = self.source.load_embeddings(dim=self.index.dim, encoders=self.encoders)
-                self.index.clear()
-                self.index.add(rows.face_ids, rows.subject_ids, rows.matrix)
+                self._reload()
                 self.version = current
                 return True
             self._replay(changes)
             self.version = max([current, *(c.version for c in changes)])
             return True
 
+    def _reload(self) -> None:
+        rows = self.source.load_embeddings(dim=self.indexes.dim, encoders=self.encoders)
+        self.indexes.clear()
+        by_collection: dict[str, list[int]] = {}
+        for i, collection in enumerate(rows.collections):
+            by_collection.setdefault(collection, []).append(i)
+        for collection, picked in by_collection.items():
+            self.indexes.writable(collection).add(
+                [rows.face_ids[i] for i in picked],
+                [rows.subject_ids[i] for i in picked],
+                rows.matrix[picked],
+            )
+
     def _replay(self, changes: list[Change]) -> None:
         added = [c.face_id for c in changes if c.kind == "add_face" and c.face_id]
         fetched = (
-            self.source.load_embeddings(dim=self.index.dim, face_ids=added, encoders=self.encoders)
+            self.source.load_embeddings(
+                dim=self.indexes.dim, face_ids=added, encoders=self.encoders
+            )
             if added
             else None
         )
@@ -78,11 +91,15 @@ class GallerySync:
         for change in changes:
             if change.kind == "add_face" and fetched and change.face_id in row_of:
                 i = row_of[change.face_id]
-                self.index.add([change.face_id], [change.subject_id], fetched.matrix[i : i + 1])
+                self.indexes.writable(change.collection).add(
+                    [change.face_id], [change.subject_id], fetched.matrix[i : i + 1]
+                )
             elif change.kind == "delete_face" and change.face_id:
-                self.index.remove_faces([change.face_id])
+                self.indexes.get(change.collection).remove_faces([change.face_id])
             elif change.kind == "delete_subject":
-                self.index.remove_subject(change.subject_id)
+                self.indexes.get(change.collection).remove_subject(change.subject_id)
+            elif change.kind == "delete_collection":
+                self.indexes.drop(change.collection)
 
     def advance(self, version: int) -> None:
         """Record that this process applied its own write of ``version`` to the index
