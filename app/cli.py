@@ -117,16 +117,31 @@ def _key_store(settings: Settings, *, create: bool) -> Any:
 def keys_create(
     scope: Annotated[str, typer.Option(help="enroll, verify, admin, joined by +.")],
     name: Annotated[str, typer.Option(help="What the key is for.")],
+    collection: Annotated[
+        str | None,
+        typer.Option(
+            help="The collection the key sees and changes (created if new). Default: "
+            "'default'; an admin key without it may address every collection."
+        ),
+    ] = None,
 ) -> None:
     """Create a key and print it once (only its sha256 is stored)."""
-    from app.keys import parse_scopes
+    from app.keys import COLLECTION_ID, parse_scopes
 
     settings = _or_exit(Settings)
     scopes = _or_exit(lambda: parse_scopes(scope))
+    if collection is not None and not COLLECTION_ID.match(collection):
+        typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
+        raise typer.Exit(2)
     key, record = _or_exit(
-        lambda: _key_store(settings, create=True).create(name=name, scopes=scopes)
+        lambda: _key_store(settings, create=True).create(
+            name=name, scopes=scopes, collection=collection
+        )
     )
-    typer.echo(f"{key}\n(id {record.id}, scopes {'+'.join(record.scopes)}; shown only now)")
+    where = f"collection {record.collection}" if record.collection else "every collection"
+    typer.echo(
+        f"{key}\n(id {record.id}, scopes {'+'.join(record.scopes)}, {where}; shown only now)"
+    )
 
 
 @keys_cli.command("list")
@@ -136,7 +151,10 @@ def keys_list() -> None:
     store = _or_exit(lambda: _key_store(settings, create=False))
     for k in store.list():
         state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
-        typer.echo(f"{k.id}  {k.prefix}...  {'+'.join(k.scopes):20s} {state:18s} {k.name}")
+        where = k.collection or "*"
+        typer.echo(
+            f"{k.id}  {k.prefix}...  {'+'.join(k.scopes):20s} {where:16s} {state:18s} {k.name}"
+        )
     if store.env_keys:
         typer.echo(f"(and {len(store.env_keys)} key(s) from FACEVERIFY_API_KEYS)")
 

@@ -3,13 +3,18 @@
 Scopes: ``enroll`` (enroll, delete), ``verify`` (verify, identify, compare), ``admin``
 (listing subjects, /info, key management; admin may also do everything else).
 Keys come from the database (``faceverify keys create``) or from FACEVERIFY_API_KEYS
-(``KEY:SCOPE+SCOPE,...``, for containers; held in memory only).
+(``KEY:SCOPE+SCOPE[@COLLECTION],...``, for containers; held in memory only).
+
+Every key is bound to one collection, and sees and changes only that one, except admin
+keys made without a collection, which may address any collection and manage them. A key
+made without naming a collection is bound to ``default`` unless it is an admin key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -20,12 +25,26 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.errors import Forbidden, Unauthorized
-from app.gallery.models import ApiKey
+from app.gallery.models import COLLECTION_ID_PATTERN, DEFAULT_COLLECTION, ApiKey, Collection
 
 SCOPES = ("enroll", "verify", "admin")
 KEY_PREFIX = "fv_"
+COLLECTION_ID = re.compile(COLLECTION_ID_PATTERN)
 # Keys from the environment are chosen by people: refuse short ones.
 MIN_ENV_KEY_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class Principal:
+    """What a request's key may do: its scopes, and the collection it is bound to (None:
+    an admin key for every collection)."""
+
+    scopes: tuple[str, ...]
+    collection: str | None
+
+    @property
+    def unbound_admin(self) -> bool:
+        return "admin" in self.scopes and self.collection is None
 
 
 @dataclass(frozen=True)
@@ -36,7 +55,16 @@ class KeyRecord:
     scopes: tuple[str, ...]
     created_at: datetime
     revoked_at: datetime | None
+    collection: str | None = None
     source: str = "database"
+
+
+def binding(scopes: tuple[str, ...], collection: str | None) -> str | None:
+    """The collection a key with ``scopes`` is bound to when ``collection`` is asked for:
+    only admin keys may be unbound; other keys default to the default collection."""
+    if collection is None and "admin" not in scopes:
+        return DEFAULT_COLLECTION
+    return collection
 
 
 def digest(key: str) -> str:
@@ -51,38 +79,51 @@ def parse_scopes(text: str) -> tuple[str, ...]:
     return scopes
 
 
-def parse_env_keys(text: str) -> dict[str, tuple[str, ...]]:
-    """FACEVERIFY_API_KEYS: comma-separated ``KEY:SCOPE+SCOPE`` entries -> {sha256: scopes}."""
-    keys: dict[str, tuple[str, ...]] = {}
+def parse_env_keys(text: str) -> dict[str, Principal]:
+    """FACEVERIFY_API_KEYS: comma-separated ``KEY:SCOPE+SCOPE[@COLLECTION]`` entries ->
+    {sha256: Principal}."""
+    keys: dict[str, Principal] = {}
     for entry in filter(None, (e.strip() for e in text.split(","))):
-        key, sep, scopes = entry.rpartition(":")
+        key, sep, rest = entry.rpartition(":")
         if not sep or not key:
-            raise ValueError("FACEVERIFY_API_KEYS entries look like KEY:enroll+verify")
+            raise ValueError("FACEVERIFY_API_KEYS entries look like KEY:enroll+verify[@door]")
         if len(key) < MIN_ENV_KEY_LENGTH:
             raise ValueError(
                 f"FACEVERIFY_API_KEYS: a key must be at least {MIN_ENV_KEY_LENGTH} characters"
             )
-        keys[digest(key)] = parse_scopes(scopes)
+        scope_text, at, collection = rest.partition("@")
+        if at and not COLLECTION_ID.match(collection):
+            raise ValueError(f"FACEVERIFY_API_KEYS: {collection!r} is not a collection id")
+        scopes = parse_scopes(scope_text)
+        keys[digest(key)] = Principal(scopes, binding(scopes, collection or None))
     return keys
 
 
 class KeyStore:
-    def __init__(self, engine: Engine, env_keys: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, engine: Engine, env_keys: dict[str, Principal]) -> None:
         self.engine = engine
         self.env_keys = env_keys
 
-    def create(self, *, name: str, scopes: tuple[str, ...]) -> tuple[str, KeyRecord]:
-        """A new random key (32 bytes). Returns the key, to show once, and its record."""
+    def create(
+        self, *, name: str, scopes: tuple[str, ...], collection: str | None = None
+    ) -> tuple[str, KeyRecord]:
+        """A new random key (32 bytes) bound to ``collection`` (see :func:`binding`),
+        which is created if it does not exist yet. Returns the key, to show once, and its
+        record."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
+        bound = binding(scopes, collection)
         row = ApiKey(
             id=str(uuid.uuid4()),
             name=name,
             prefix=key[:10],
             key_sha256=digest(key),
             scopes="+".join(scopes),
+            collection_id=bound,
             created_at=datetime.now(UTC),
         )
         with Session(self.engine) as session, session.begin():
+            if bound is not None and session.get(Collection, bound) is None:
+                session.add(Collection(id=bound, created_at=datetime.now(UTC)))
             session.add(row)
             session.flush()
             return key, _record(row)
@@ -104,34 +145,43 @@ class KeyStore:
     def active_count(self) -> int:
         return len(self.env_keys) + sum(1 for k in self.list() if k.revoked_at is None)
 
-    def scopes_for(self, key: str) -> tuple[str, ...] | None:
-        """The key's scopes, or None if it is unknown or revoked. Looked up on every
+    def principal_for(self, key: str) -> Principal | None:
+        """What the key may do, or None if it is unknown or revoked. Looked up on every
         request, so a revocation takes effect at once, on every replica."""
         wanted = digest(key)
-        for known, scopes in self.env_keys.items():
+        for known, principal in self.env_keys.items():
             if hmac.compare_digest(known, wanted):
-                return scopes
+                return principal
         with Session(self.engine) as session:
             row = session.scalar(select(ApiKey).where(ApiKey.key_sha256 == wanted))
         if row is None or row.revoked_at is not None:
             return None
         # The index found the row by its hash; compare again in constant time anyway.
-        return parse_scopes(row.scopes) if hmac.compare_digest(row.key_sha256, wanted) else None
+        if not hmac.compare_digest(row.key_sha256, wanted):
+            return None
+        return Principal(parse_scopes(row.scopes), row.collection_id)
 
-    def authorize(self, key: str | None, scope: str | None) -> tuple[str, ...]:
-        """The key's scopes if it may call an endpoint needing ``scope`` (None: any valid
-        key); else Unauthorized (401) or Forbidden (403)."""
+    def authorize(self, key: str | None, scope: str | None, *, unbound: bool = False) -> Principal:
+        """What the key may do, if it may call an endpoint needing ``scope`` (None: any
+        valid key; ``unbound``: an admin key for every collection); else Unauthorized
+        (401) or Forbidden (403)."""
         if not key:
             raise Unauthorized("Send an API key in X-API-Key or Authorization: Bearer.")
-        scopes = self.scopes_for(key)
-        if scopes is None:
+        principal = self.principal_for(key)
+        if principal is None:
             raise Unauthorized("The API key is unknown or revoked.")
+        scopes = principal.scopes
         if scope is not None and scope not in scopes and "admin" not in scopes:
             raise Forbidden(
                 f"This API key lacks the {scope!r} scope this endpoint needs.",
                 required_scope=scope,
             )
-        return scopes
+        if unbound and not principal.unbound_admin:
+            raise Forbidden(
+                "This endpoint needs an admin key that is not bound to a collection.",
+                required_scope="admin",
+            )
+        return principal
 
 
 def _record(row: ApiKey) -> KeyRecord:
@@ -142,4 +192,5 @@ def _record(row: ApiKey) -> KeyRecord:
         scopes=parse_scopes(row.scopes),
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        collection=row.collection_id,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -19,6 +19,8 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import (
+    CollectionNotFound,
+    CollectionProtected,
     FaceMismatch,
     FaceTooSmall,
     IdempotencyKeyReused,
@@ -36,8 +38,10 @@ from app.face.detect import DetectedFace, largest, main_face
 from app.face.pipeline import FacePipeline, Timings
 from app.face.registry import build_pipeline, calibration_fingerprint, load_checked_weights
 from app.face.weights import WeightFile
-from app.gallery.index import ExactIndex, VectorIndex
+from app.gallery.index import ExactIndex, Partitions, VectorIndex
+from app.gallery.models import DEFAULT_COLLECTION
 from app.gallery.store import (
+    CollectionRecord,
     FaceRecord,
     GalleryStore,
     IdempotencyClaim,
@@ -192,15 +196,16 @@ class FaceService:
         pipeline: FacePipeline,
         store: GalleryStore,
         calibration: Calibration,
-        index: VectorIndex | None = None,
+        index_factory: Callable[[int], VectorIndex] = ExactIndex,
     ) -> None:
-        """``index`` defaults to an exact search over the pipeline's embeddings; it is
-        filled from ``store`` (faces of the pipeline's model only) and kept current."""
+        """Each collection gets its own index from ``index_factory`` (default: exact
+        search), filled from ``store`` (faces of the pipeline's model only) and kept
+        current by replaying the store's change log."""
         self.settings = settings
         self.pipeline = pipeline
         self.store = store
-        self.index: VectorIndex = index if index is not None else ExactIndex(pipeline.dim)
-        self.gallery = GallerySync(store, self.index, pipeline.compatible)
+        self.indexes = Partitions(pipeline.dim, index_factory)
+        self.gallery = GallerySync(store, self.indexes, pipeline.compatible)
         self.calibration = calibration
         self.slots = InferenceSlots(
             settings.max_concurrent_inference, settings.inference_wait_seconds
@@ -211,6 +216,7 @@ class FaceService:
     def enroll(
         self,
         *,
+        collection: str,
         subject_id: str,
         images: list[bytes],
         name: str | None = None,
@@ -244,7 +250,9 @@ class FaceService:
         if idempotency is not None:
             owner, key = idempotency
             claim = IdempotencyClaim(
-                owner, key, _request_digest(subject_id, images, name, metadata, face_policy, add)
+                owner,
+                key,
+                _request_digest(collection, subject_id, images, name, metadata, face_policy, add),
             )
             replay = self._replay(claim)
             if replay is not None:
@@ -274,10 +282,11 @@ class FaceService:
                 chosen.append(face)
             embeddings = self.pipeline.embed(chosen, timings)
         if not force:
-            self._check_same_person(subject_id, embeddings, add=add)
+            self._check_same_person(collection, subject_id, embeddings, add=add)
         _stop_if_expired(committing=True)
         try:
             stored, subject, version = self.store.add_faces(
+                collection=collection,
                 subject_id=subject_id,
                 name=name,
                 metadata=metadata,
@@ -297,17 +306,21 @@ class FaceService:
             if replay is None:
                 raise
             return replay
-        self.index.add([f.id for f in stored], [subject_id] * len(stored), embeddings)
+        self.indexes.writable(collection).add(
+            [f.id for f in stored], [subject_id] * len(stored), embeddings
+        )
         self.gallery.advance(version)
         return EnrollResult(subject=subject, faces=stored, timings=timings)
 
-    def _check_same_person(self, subject_id: str, embeddings: np.ndarray, *, add: bool) -> None:
+    def _check_same_person(
+        self, collection: str, subject_id: str, embeddings: np.ndarray, *, add: bool
+    ) -> None:
         """Each new face must be within the threshold of the subject's enrolled faces or
         of an earlier photo in this request."""
         known = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
         if add:
             self.gallery.sync()
-            known = self.index.subject_embeddings(subject_id)
+            known = self.indexes.get(collection).subject_embeddings(subject_id)
         for number, embedding in enumerate(embeddings):
             if len(known):
                 nearest = float(distances(embedding, known).min())
@@ -332,20 +345,23 @@ class FaceService:
                 "This Idempotency-Key was used for a different request; use a new key for "
                 "a new enrollment.",
             )
-        subject = self.store.get_subject(subject_id=record.subject_id)
+        where = {"collection": record.collection, "subject_id": record.subject_id}
+        subject = self.store.get_subject(**where)
         wanted = set(record.face_ids)
-        faces = [f for f in self.store.list_faces(subject_id=record.subject_id) if f.id in wanted]
+        faces = [f for f in self.store.list_faces(**where) if f.id in wanted]
         return EnrollResult(subject=subject, faces=faces, timings=Timings(), replayed=True)
 
     # ---- 1:1 -------------------------------------------------------------------------
-    def verify(self, *, subject_id: str, image: bytes, prior: float | None = None) -> VerifyResult:
-        """Compare the main face of ``image`` (:func:`main_face`) with the subject's closest
-        enrolled face."""
+    def verify(
+        self, *, collection: str, subject_id: str, image: bytes, prior: float | None = None
+    ) -> VerifyResult:
+        """Compare the main face of ``image`` (:func:`main_face`) with the closest
+        enrolled face of the collection's subject."""
         timings = Timings()
         self.gallery.sync()
-        if not self.index.subject_faces(subject_id):
+        if not self.indexes.get(collection).subject_faces(subject_id):
             # Tell "unknown" from "known but every face deleted" before paying for inference.
-            self.store.get_subject(subject_id=subject_id)
+            self.store.get_subject(collection=collection, subject_id=subject_id)
             raise SubjectHasNoFaces(
                 f"Subject {subject_id!r} has no enrolled faces to compare with.",
                 subject_id=subject_id,
@@ -353,7 +369,7 @@ class FaceService:
         probe, embedding = self._probe(image, timings)
         with timings.measure("search_ms"):
             self.gallery.sync()  # a delete may have landed during inference
-            hit = self.index.best_for_subject(subject_id, embedding)
+            hit = self.indexes.get(collection).best_for_subject(subject_id, embedding)
         if hit is None:
             raise SubjectNotFound.for_id(subject_id)
         return VerifyResult(
@@ -375,47 +391,101 @@ class FaceService:
 
     # ---- 1:N -------------------------------------------------------------------------
     def identify(
-        self, *, image: bytes, top_k: int | None = None, prior: float | None = None
+        self,
+        *,
+        collection: str,
+        image: bytes,
+        top_k: int | None = None,
+        prior: float | None = None,
     ) -> IdentifyResult:
-        """The ``top_k`` nearest subjects to the photo's main face; ``best`` is the
-        nearest only if it passes the threshold."""
+        """The ``top_k`` subjects of the collection nearest to the photo's main face;
+        ``best`` is the nearest only if it passes the threshold."""
         timings = Timings()
         probe, embedding = self._probe(image, timings)
         with timings.measure("search_ms"):
             self.gallery.sync()
-            hits = self.index.search(embedding, top_k or self.settings.identify_top_k)
+            index = self.indexes.get(collection)
+            hits = index.search(embedding, top_k or self.settings.identify_top_k)
         candidates = [
             Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits
         ]
         best = candidates[0] if candidates and candidates[0].result.match else None
-        return IdentifyResult(probe, candidates, best, len(self.index), timings)
+        return IdentifyResult(probe, candidates, best, len(index), timings)
 
     # ---- subjects --------------------------------------------------------------------
-    def get_subject(self, *, subject_id: str) -> tuple[SubjectRecord, list[FaceRecord]]:
-        subject = self.store.get_subject(subject_id=subject_id)
-        return subject, self.store.list_faces(subject_id=subject_id)
+    def get_subject(
+        self, *, collection: str, subject_id: str
+    ) -> tuple[SubjectRecord, list[FaceRecord]]:
+        subject = self.store.get_subject(collection=collection, subject_id=subject_id)
+        return subject, self.store.list_faces(collection=collection, subject_id=subject_id)
 
     def list_subjects(
-        self, *, offset: int, limit: int, prefix: str | None = None
+        self, *, collection: str, offset: int, limit: int, prefix: str | None = None
     ) -> tuple[list[SubjectRecord], int]:
-        return self.store.list_subjects(offset=offset, limit=limit, prefix=prefix)
+        return self.store.list_subjects(
+            collection=collection, offset=offset, limit=limit, prefix=prefix
+        )
 
-    def delete_subject(self, *, subject_id: str) -> int:
+    def delete_subject(self, *, collection: str, subject_id: str) -> int:
         """Delete the subject and every embedding of it, from the database and from this
         process's index, before returning. Returns how many faces were deleted."""
-        face_ids, version = self.store.delete_subject(subject_id=subject_id)
-        self.index.remove_subject(subject_id)
+        face_ids, version = self.store.delete_subject(collection=collection, subject_id=subject_id)
+        self.indexes.get(collection).remove_subject(subject_id)
         self.gallery.advance(version)
         return len(face_ids)
 
-    def delete_face(self, *, subject_id: str, face_id: str) -> None:
-        version = self.store.delete_face(subject_id=subject_id, face_id=face_id)
-        self.index.remove_faces([face_id])
+    def delete_face(self, *, collection: str, subject_id: str, face_id: str) -> None:
+        version = self.store.delete_face(
+            collection=collection, subject_id=subject_id, face_id=face_id
+        )
+        self.indexes.get(collection).remove_faces([face_id])
         self.gallery.advance(version)
 
-    def gallery_counts(self) -> dict[str, int]:
+    # ---- collections -----------------------------------------------------------------
+    def create_collection(self, *, collection: str) -> CollectionRecord:
+        return self.store.create_collection(collection=collection)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        return self.store.list_collections()
+
+    def get_collection(self, *, collection: str) -> CollectionRecord:
+        return self.store.get_collection(collection=collection)
+
+    def require_collection(self, collection: str) -> None:
+        """CollectionNotFound unless the collection exists."""
+        if not self.store.collection_exists(collection=collection):
+            raise CollectionNotFound.for_id(collection)
+
+    def delete_collection(self, *, collection: str) -> CollectionRecord:
+        """Delete a collection, every subject and embedding of it and the keys bound to
+        it, from the database and this process's index, before returning; the other
+        processes replay the deletion before their next search."""
+        if collection == DEFAULT_COLLECTION:
+            raise CollectionProtected(
+                f"The {DEFAULT_COLLECTION!r} collection cannot be deleted: requests that "
+                "name no collection use it. Delete its subjects instead.",
+                collection=collection,
+            )
+        record, version = self.store.delete_collection(collection=collection)
+        self.indexes.drop(collection)
+        self.gallery.advance(version)
+        return record
+
+    def gallery_counts(self, collection: str | None = None) -> dict[str, int]:
+        """Faces and subjects of the running model: of one collection, or of all."""
         self.gallery.sync()
-        return {"faces": len(self.index), "subjects": self.index.subject_count}
+        if collection is not None:
+            index = self.indexes.get(collection)
+            return {"faces": len(index), "subjects": index.subject_count}
+        return {
+            "faces": len(self.indexes),
+            "subjects": sum(self.indexes.subject_counts().values()),
+        }
+
+    def collection_face_counts(self) -> dict[str, int]:
+        """Faces of the running model per collection (those with any)."""
+        self.gallery.sync()
+        return self.indexes.face_counts()
 
     # ---- helpers ---------------------------------------------------------------------
     def _find(
@@ -469,6 +539,7 @@ class FaceService:
 
 
 def _request_digest(
+    collection: str,
     subject_id: str,
     images: list[bytes],
     name: str | None,
@@ -478,7 +549,7 @@ def _request_digest(
 ) -> str:
     """What makes two enrollments "the same request" for an Idempotency-Key."""
     digest = hashlib.sha256()
-    fields = [subject_id, name, metadata, face_policy, add]
+    fields = [collection, subject_id, name, metadata, face_policy, add]
     digest.update(json.dumps(fields, sort_keys=True).encode())
     for image in images:
         digest.update(hashlib.sha256(image).digest())

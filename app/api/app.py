@@ -21,8 +21,9 @@ from app.api.deps import Admission
 from app.api.guards import PAGE_CSP, BodyGuard, HeadAsGet, SecurityHeaders
 from app.api.observability import Metrics
 from app.api.routes import router
+from app.errors import CollectionExists
 from app.face.weights import WeightFile
-from app.keys import KeyStore, parse_env_keys
+from app.keys import KeyStore, Principal, parse_env_keys
 from app.memory import return_large_blocks_to_the_system
 from app.service import FaceService, build_service
 from app.settings import Settings
@@ -55,15 +56,16 @@ def create_app(
         app.state.service = service
         app.state.weights = weights
         app.state.keys = KeyStore(service.store.engine, env_keys)
-        app.state.metrics = Metrics(service.gallery_counts)
+        _create_env_key_collections(service, env_keys)
+        app.state.metrics = Metrics(service.gallery_counts, service.collection_face_counts)
         app.state.admission = Admission(
             settings.max_concurrent_inference + settings.max_queued_requests
         )
         log.info(
-            "faceverify ready: encoder=%s, %d faces of %d subjects, database=%s",
+            "faceverify ready: encoder=%s, %d faces in %d collections, database=%s",
             service.pipeline.encoder_name,
-            len(service.index),
-            service.index.subject_count,
+            len(service.indexes),
+            len(service.indexes.face_counts()),
             settings.resolved_database_url().split(":", 1)[0],
         )
         if not service.calibration_matches_pipeline():
@@ -108,6 +110,17 @@ def create_app(
     _add_web_page(app)
     _add_docs(app)
     return app
+
+
+def _create_env_key_collections(service: FaceService, env_keys: dict[str, Principal]) -> None:
+    """A key from FACEVERIFY_API_KEYS may name a collection no one created yet."""
+    for principal in env_keys.values():
+        name = principal.collection
+        if name is not None and not service.store.collection_exists(collection=name):
+            try:
+                service.create_collection(collection=name)
+            except CollectionExists:
+                pass  # another worker made it first
 
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from app.api.inputs import RequestBody, read_body
 from app.api.observability import Metrics
-from app.errors import TooManyRequests
-from app.keys import KeyStore
+from app.errors import Forbidden, InvalidRequest, TooManyRequests
+from app.gallery.models import COLLECTION_ID_PATTERN, DEFAULT_COLLECTION
+from app.keys import KeyStore, Principal
 from app.service import FaceService
 from app.settings import Settings
 
@@ -48,16 +49,61 @@ def api_key(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def require(scope: str | None) -> Any:
+def require(scope: str | None, *, unbound: bool = False) -> Any:
     """A route dependency: the request must carry a key with ``scope`` (None: any valid
-    key). Listed first in the route's ``dependencies`` so it runs before the body is
-    read; routes read bodies only through ``BodyDep`` (a body parameter would make
-    FastAPI read and parse the body before any dependency runs)."""
+    key; ``unbound``: an admin key not bound to a collection). Listed first in the
+    route's ``dependencies`` so it runs before the body is read; routes read bodies only
+    through ``BodyDep`` (a body parameter would make FastAPI read and parse the body
+    before any dependency runs)."""
 
     def check(request: Request) -> None:
-        request.state.scopes = request.app.state.keys.authorize(api_key(request), scope)
+        keys: KeyStore = request.app.state.keys
+        request.state.principal = keys.authorize(api_key(request), scope, unbound=unbound)
 
     return Depends(check)
+
+
+def principal(request: Request) -> Principal:
+    return request.state.principal
+
+
+def target_collection(request: Request, *requested: str | None) -> str:
+    """The collection a request acts on. A bound key acts on its own collection and
+    may not name another; an admin key for every collection names one (``collection``
+    as a query parameter or a body field; both must agree) or gets the default one,
+    which must exist."""
+    named = {r for r in requested if r is not None}
+    if len(named) > 1:
+        raise InvalidRequest(
+            "The query parameter and the body name different collections: "
+            + ", ".join(sorted(named))
+        )
+    wanted = next(iter(named), None)
+    who = principal(request)
+    if who.collection is not None:
+        if wanted is not None and wanted != who.collection:
+            raise Forbidden(
+                f"This API key is bound to collection {who.collection!r}; it cannot "
+                "address another collection."
+            )
+        return who.collection
+    name = wanted or DEFAULT_COLLECTION
+    get_service(request).require_collection(name)
+    return name
+
+
+CollectionQuery = Annotated[
+    str | None,
+    Query(
+        pattern=COLLECTION_ID_PATTERN,
+        description="The collection to act on: for admin keys not bound to a collection "
+        f"(default {DEFAULT_COLLECTION!r}). A bound key acts on its own collection.",
+    ),
+]
+
+
+def collection_from_query(request: Request, collection: CollectionQuery = None) -> str:
+    return target_collection(request, collection)
 
 
 class Admission:
@@ -90,3 +136,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[FaceService, Depends(get_service)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
+# The collection a request without a body acts on (see target_collection).
+CollectionDep = Annotated[str, Depends(collection_from_query)]
+PrincipalDep = Annotated[Principal, Depends(principal)]

@@ -79,7 +79,11 @@ class Metrics:
     With several worker processes each has its own numbers: scrape each worker, or run
     one worker per container (docs/SCALING.md)."""
 
-    def __init__(self, gallery_size: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        gallery_size: Callable[[], dict[str, int]],
+        collection_faces: Callable[[], dict[str, int]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "faceverify_requests_total",
@@ -111,7 +115,7 @@ class Metrics:
         self.inflight = Gauge(
             "faceverify_requests_in_progress", "Requests being handled.", registry=self.registry
         )
-        self.registry.register(_GalleryCollector(gallery_size))
+        self.registry.register(_GalleryCollector(gallery_size, collection_faces))
 
     def observe_timings(self, timings: Timings) -> None:
         for stage in ("decode", "detect", "encode", "search"):
@@ -124,8 +128,13 @@ class Metrics:
 
 
 class _GalleryCollector:
-    def __init__(self, gallery_size: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        gallery_size: Callable[[], dict[str, int]],
+        collection_faces: Callable[[], dict[str, int]],
+    ) -> None:
         self.gallery_size = gallery_size
+        self.collection_faces = collection_faces
 
     def collect(self) -> Any:
         sizes = self.gallery_size()
@@ -133,7 +142,27 @@ class _GalleryCollector:
         faces.add_metric([], sizes["faces"])
         subjects = GaugeMetricFamily("faceverify_gallery_subjects", "Subjects with faces.")
         subjects.add_metric([], sizes["subjects"])
-        return [faces, subjects]
+        per = GaugeMetricFamily(
+            "faceverify_collection_faces",
+            f"Enrolled faces per collection: the {METRIC_COLLECTIONS} largest, the rest "
+            f"summed under {OTHER_COLLECTIONS!r} (a bounded label set).",
+            labels=["collection"],
+        )
+        for name, count in bounded_labels(self.collection_faces(), METRIC_COLLECTIONS):
+            per.add_metric([name], count)
+        return [faces, subjects, per]
+
+
+# Collections with a label of their own in the metrics; the others are summed.
+METRIC_COLLECTIONS = 20
+OTHER_COLLECTIONS = "_other"
+
+
+def bounded_labels(counts: dict[str, int], limit: int) -> list[tuple[str, int]]:
+    """The ``limit`` largest counts by name, and the rest summed as one."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    rest = sum(count for _, count in ranked[limit:])
+    return ranked[:limit] + ([(OTHER_COLLECTIONS, rest)] if len(ranked) > limit else [])
 
 
 def install(app: FastAPI) -> None:

@@ -21,7 +21,7 @@ from pydantic import (
 
 from app.api.inputs import json_depth, parse_json
 from app.errors import InvalidRequest
-from app.gallery.models import SUBJECT_ID_MAX
+from app.gallery.models import COLLECTION_ID_PATTERN, SUBJECT_ID_MAX
 from app.geometry import Box
 
 # Metadata is a small record about a person, not a document.
@@ -70,6 +70,16 @@ SubjectId = Annotated[
     AfterValidator(_one_script),
 ]
 Prior = Annotated[float, Field(gt=0, lt=1)]
+CollectionId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=COLLECTION_ID_PATTERN)
+]
+CollectionField = Annotated[
+    CollectionId | None,
+    Field(
+        description="The collection to act on, for admin keys not bound to one (default "
+        "'default'); a bound key acts on its own. Also accepted as a query parameter."
+    ),
+]
 
 
 class _Form(BaseModel):
@@ -79,6 +89,7 @@ class _Form(BaseModel):
 
 class EnrollRequest(_Form):
     subject_id: SubjectId
+    collection: CollectionField = None
     name: Annotated[str, StringConstraints(max_length=256)] | None = None
     metadata: dict[str, Any] | None = Field(
         None, description="Any JSON object (in multipart: a JSON string)."
@@ -125,17 +136,21 @@ class EnrollRequest(_Form):
 
 class VerifyRequest(_Form):
     subject_id: SubjectId
+    collection: CollectionField = None
     prior: Prior | None = Field(
         None, description="Your genuine-attempt rate, to re-weight the percent (default 0.5)."
     )
 
 
 class IdentifyRequest(_Form):
+    collection: CollectionField = None
     top_k: Annotated[int, Field(ge=1, le=100)] | None = None
     prior: Prior | None = None
 
 
 class CompareRequest(_Form):
+    # Two photos, nothing stored: the collection is only checked (a key may name its own).
+    collection: CollectionField = None
     prior: Prior | None = None
 
 
@@ -278,6 +293,11 @@ class KeyCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     scopes: list[Literal["enroll", "verify", "admin"]] = Field(min_length=1)
+    collection: CollectionId | None = Field(
+        None,
+        description="The collection the key sees and changes (created if new). Default: "
+        "'default', or every collection for an admin key.",
+    )
 
 
 class KeyOut(BaseModel):
@@ -285,12 +305,30 @@ class KeyOut(BaseModel):
     name: str
     prefix: str = Field(description="The key's first characters, to recognise it.")
     scopes: list[str]
+    collection: str | None = Field(description="Bound collection; null: every collection.")
     created_at: datetime
     revoked_at: datetime | None
 
 
 class KeyCreated(KeyOut):
     key: str = Field(description="The key itself: shown in this response only.")
+
+
+class CollectionCreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    collection_id: CollectionId
+
+
+class CollectionOut(BaseModel):
+    collection_id: str
+    created_at: datetime
+    subjects: int
+    faces: int = Field(description="Faces stored, of any model.")
+
+
+class DeleteCollectionResponse(CollectionOut):
+    deleted: bool
+    keys_revoked: bool = Field(description="API keys bound to it were revoked.")
 
 
 class HealthResponse(BaseModel):
@@ -323,6 +361,15 @@ class InfoSettings(BaseModel):
 class GalleryCounts(BaseModel):
     faces: int = Field(description="Faces of the running encoder model.")
     subjects: int
+    collections: dict[str, int] = Field(
+        description="Faces per collection the key may see (the largest 100 for an admin "
+        "key of every collection)."
+    )
+
+
+class AccessOut(BaseModel):
+    scopes: list[str]
+    collection: str | None = Field(description="The key's collection; null: every one.")
 
 
 class InfoResponse(BaseModel):
@@ -338,6 +385,7 @@ class InfoResponse(BaseModel):
     )
     calibration_matches_pipeline: bool
     gallery: GalleryCounts
+    access: AccessOut = Field(description="What the key that asked may do.")
     settings: InfoSettings
 
 

@@ -2,6 +2,7 @@
 
     inference   /enroll /verify /identify /compare   (plain ``def``: run in the thread pool)
     subjects    /subjects...
+    collections /collections...
     keys        /keys...
     operations  /healthz /readyz /info /metrics
 
@@ -10,8 +11,8 @@ They translate between HTTP schemas and the service, nothing more.
 
 from fastapi import APIRouter
 
-from app.api.routes import inference, keys, operations, subjects
+from app.api.routes import collections, inference, keys, operations, subjects
 
 router = APIRouter()
-for module in (inference, subjects, keys, operations):
+for module in (inference, subjects, collections, keys, operations):
     router.include_router(module.router)

@@ -15,7 +15,18 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel
 
 from app.api import schemas as s
-from app.api.deps import BodyDep, MetricsDep, ServiceDep, SettingsDep, admit, api_key, require
+from app.api.deps import (
+    BodyDep,
+    CollectionQuery,
+    MetricsDep,
+    ServiceDep,
+    SettingsDep,
+    admit,
+    api_key,
+    principal,
+    require,
+    target_collection,
+)
 from app.api.routes.common import face_out, problems, request_body, subject_out
 from app.errors import Forbidden
 from app.face.pipeline import Timings
@@ -29,11 +40,24 @@ router = APIRouter(tags=["faces"])
 class Inference:
     """One inference request's shared parts (a FastAPI dependency)."""
 
-    def __init__(self, service: ServiceDep, metrics: MetricsDep, settings: SettingsDep) -> None:
+    def __init__(
+        self,
+        request: Request,
+        service: ServiceDep,
+        metrics: MetricsDep,
+        settings: SettingsDep,
+        collection: CollectionQuery = None,
+    ) -> None:
         self.start = time.perf_counter()
+        self.request = request
         self.service = service
         self.metrics = metrics
         self.threshold = settings.threshold
+        self.queried_collection = collection
+
+    def collection(self, form_collection: str | None) -> str:
+        """The collection to act on, from the key, the query and the body."""
+        return target_collection(self.request, self.queried_collection, form_collection)
 
     def model(self) -> s.ModelOut:
         pipeline = self.service.pipeline
@@ -144,10 +168,11 @@ def enroll(
 ) -> s.EnrollResponse:
     """Enroll a new subject, or add faces to one (add=true): one face per photo, all or none."""
     form = body.validate(s.EnrollRequest)
-    if form.force and "admin" not in request.state.scopes:
+    if form.force and "admin" not in principal(request).scopes:
         raise Forbidden("force=true needs an admin key.", required_scope="admin")
     owner = digest(api_key(request) or "")
     result = call.service.enroll(
+        collection=call.collection(form.collection),
         subject_id=form.subject_id,
         images=body.image_list(),
         name=form.name,
@@ -179,7 +204,12 @@ def enroll(
 def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
     """Is the person in the photo this subject? Compares with the subject's closest face."""
     form = body.validate(s.VerifyRequest)
-    result = call.service.verify(subject_id=form.subject_id, image=body.image(), prior=form.prior)
+    result = call.service.verify(
+        collection=call.collection(form.collection),
+        subject_id=form.subject_id,
+        image=body.image(),
+        prior=form.prior,
+    )
     return s.VerifyResponse(
         **call.match(result.result, "verify"),
         subject_id=result.subject_id,
@@ -193,7 +223,12 @@ def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
 def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
     """Who is this? The nearest enrolled subjects to the photo's main face."""
     form = body.validate(s.IdentifyRequest)
-    result = call.service.identify(image=body.image(), top_k=form.top_k, prior=form.prior)
+    result = call.service.identify(
+        collection=call.collection(form.collection),
+        image=body.image(),
+        top_k=form.top_k,
+        prior=form.prior,
+    )
     if result.candidates:
         call.metrics.scores.labels("identify").observe(result.candidates[0].result.score)
     candidates = [
@@ -222,6 +257,7 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
 def compare(body: BodyDep, call: InferenceDep) -> s.CompareResponse:
     """Are two photos the same person? Nothing is stored."""
     form = body.validate(s.CompareRequest)
+    call.collection(form.collection)  # a key may name only a collection it may use
     result = call.service.compare(
         image_a=body.image("image_a"), image_b=body.image("image_b"), prior=form.prior
     )

@@ -1,4 +1,5 @@
-"""/keys: API keys (admin only). Keys are stored as hashes; a new key is shown once."""
+"""/keys: API keys (admin keys of every collection only). Keys are stored as hashes; a new
+key is shown once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from app.api.routes.common import problems
 from app.errors import KeyNotFound
 from app.keys import KeyRecord
 
-router = APIRouter(tags=["keys"], dependencies=[require("admin")])
+router = APIRouter(tags=["keys"], dependencies=[require("admin", unbound=True)])
 
 
 @router.get("/keys", response_model=list[s.KeyOut], responses=problems(401, 403))
@@ -37,7 +38,7 @@ def create_key(raw: BodyDep, keys: KeysDep) -> s.KeyCreated:
     """Create an API key. The key is in this response only: it is stored as a hash."""
     # Read through BodyDep, not a body parameter: the key is checked before the body.
     body = raw.validate(s.KeyCreateRequest)
-    key, record = keys.create(name=body.name, scopes=tuple(body.scopes))
+    key, record = keys.create(name=body.name, scopes=tuple(body.scopes), collection=body.collection)
     return s.KeyCreated(**key_out(record).model_dump(), key=key)
 
 
@@ -55,6 +56,7 @@ def key_out(record: KeyRecord) -> s.KeyOut:
         name=record.name,
         prefix=record.prefix,
         scopes=list(record.scopes),
+        collection=record.collection,
         created_at=s.as_utc(record.created_at),
         revoked_at=s.as_utc(record.revoked_at) if record.revoked_at else None,
     )

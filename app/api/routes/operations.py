@@ -6,15 +6,18 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import schemas as s
-from app.api.deps import MetricsDep, ServiceDep, SettingsDep, require
+from app.api.deps import MetricsDep, PrincipalDep, ServiceDep, SettingsDep, require
 from app.api.routes.common import problems
 from app.errors import NotReady
 from app.service import FaceService
 
 router = APIRouter(tags=["operations"])
 
+# /info lists at most this many collections' sizes (the largest).
+INFO_COLLECTIONS = 100
 
-@router.get("/metrics", responses=problems(401, 403), dependencies=[require("admin")])
+
+@router.get("/metrics", responses=problems(401, 403), dependencies=[require("admin", unbound=True)])
 def metrics_endpoint(metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests, latency, stage times, gallery size, match scores."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -40,10 +43,20 @@ def readyz(request: Request) -> s.ReadyResponse:
 @router.get(
     "/info", response_model=s.InfoResponse, responses=problems(401), dependencies=[require(None)]
 )
-def info(request: Request, service: ServiceDep, settings: SettingsDep) -> s.InfoResponse:
-    """Models, their hashes and licences, the threshold, calibration and gallery size."""
+def info(
+    request: Request, service: ServiceDep, settings: SettingsDep, who: PrincipalDep
+) -> s.InfoResponse:
+    """Models, their hashes and licences, the threshold, calibration, what the key may
+    do, and the size of the collections it may see."""
     weights = request.app.state.weights
     matches = service.calibration_matches_pipeline()
+    if who.collection is not None:
+        counts = service.gallery_counts(who.collection)
+        per_collection = {who.collection: counts["faces"]}
+    else:
+        counts = service.gallery_counts()
+        largest = sorted(service.collection_face_counts().items(), key=lambda kv: -kv[1])
+        per_collection = dict(largest[:INFO_COLLECTIONS])
     return s.InfoResponse(
         service="faceverify",
         version=request.app.version,
@@ -57,7 +70,8 @@ def info(request: Request, service: ServiceDep, settings: SettingsDep) -> s.Info
         threshold=settings.threshold,
         calibration={**service.calibration.info(), "calibration_matches_pipeline": matches},
         calibration_matches_pipeline=matches,
-        gallery=s.GalleryCounts(**service.gallery_counts()),
+        gallery=s.GalleryCounts(**counts, collections=per_collection),
+        access=s.AccessOut(scopes=list(who.scopes), collection=who.collection),
         settings=s.InfoSettings(
             detect_max_side=settings.detect_max_side,
             detect_upsample=settings.detect_upsample,

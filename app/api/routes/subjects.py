@@ -1,4 +1,4 @@
-"""/subjects: list, read and delete enrolled people and their faces."""
+"""/subjects: list, read and delete enrolled people and their faces, in one collection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from app.api import schemas as s
-from app.api.deps import ServiceDep, require
+from app.api.deps import CollectionDep, ServiceDep, require
 from app.api.routes.common import face_out, problems, subject_out
 
 router = APIRouter(tags=["subjects"])
@@ -23,12 +23,15 @@ SubjectIdPath = Annotated[s.SubjectId, Path()]
 )
 def list_subjects(
     service: ServiceDep,
+    collection: CollectionDep,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     prefix: Annotated[str | None, Query(max_length=128, description="Id prefix filter.")] = None,
 ) -> s.SubjectPage:
-    """List subjects by id, a page at a time."""
-    items, total = service.list_subjects(offset=offset, limit=limit, prefix=prefix)
+    """List the collection's subjects by id, a page at a time."""
+    items, total = service.list_subjects(
+        collection=collection, offset=offset, limit=limit, prefix=prefix
+    )
     return s.SubjectPage(
         items=[subject_out(x) for x in items], total=total, offset=offset, limit=limit
     )
@@ -40,9 +43,11 @@ def list_subjects(
     responses=problems(401, 403, 404, 422),
     dependencies=[require("admin")],
 )
-def get_subject(subject_id: SubjectIdPath, service: ServiceDep) -> s.SubjectDetailOut:
+def get_subject(
+    subject_id: SubjectIdPath, service: ServiceDep, collection: CollectionDep
+) -> s.SubjectDetailOut:
     """One subject with its enrolled faces (boxes and versions; never embeddings)."""
-    subject, faces = service.get_subject(subject_id=subject_id)
+    subject, faces = service.get_subject(collection=collection, subject_id=subject_id)
     return s.SubjectDetailOut(
         **subject_out(subject).model_dump(), faces=[face_out(f) for f in faces]
     )
@@ -54,9 +59,11 @@ def get_subject(subject_id: SubjectIdPath, service: ServiceDep) -> s.SubjectDeta
     responses=problems(401, 403, 404, 422),
     dependencies=[require("enroll")],
 )
-def delete_subject(subject_id: SubjectIdPath, service: ServiceDep) -> s.DeleteSubjectResponse:
+def delete_subject(
+    subject_id: SubjectIdPath, service: ServiceDep, collection: CollectionDep
+) -> s.DeleteSubjectResponse:
     """Delete a subject and every embedding of it, from the database and the index."""
-    deleted = service.delete_subject(subject_id=subject_id)
+    deleted = service.delete_subject(collection=collection, subject_id=subject_id)
     return s.DeleteSubjectResponse(subject_id=subject_id, deleted=True, faces_deleted=deleted)
 
 
@@ -70,10 +77,11 @@ def delete_face(
     subject_id: SubjectIdPath,
     face_id: Annotated[str, Path(min_length=1, max_length=64)],
     service: ServiceDep,
+    collection: CollectionDep,
 ) -> s.DeleteFaceResponse:
     """Delete one enrolled face of a subject."""
-    service.delete_face(subject_id=subject_id, face_id=face_id)
-    remaining = service.get_subject(subject_id=subject_id)[0].face_count
+    service.delete_face(collection=collection, subject_id=subject_id, face_id=face_id)
+    remaining = service.get_subject(collection=collection, subject_id=subject_id)[0].face_count
     return s.DeleteFaceResponse(
         subject_id=subject_id, face_id=face_id, deleted=True, face_count=remaining
     )
