@@ -5,6 +5,9 @@
 const $ = (id) => document.getElementById(id);
 const KEY = "faceverify.apiKey";
 let enrollFiles = [];
+// The collection an admin key of every collection has picked; null for a key bound to
+// one (the server then acts on the key's own collection).
+let collection = null;
 
 function headers() {
   const key = sessionStorage.getItem(KEY);
@@ -29,7 +32,14 @@ const MESSAGES = {
   too_many_images: "Too many photos at once. Send at most 20.",
   too_many_requests: "The server is busy. Try again in a moment.",
   request_body_timeout: "The upload was too slow. Check the connection and try again.",
+  collection_not_found: "This collection does not exist (any more). Pick another one.",
 };
+
+// The path with the picked collection, for admin keys of every collection.
+function inCollection(path) {
+  if (collection === null) return path;
+  return `${path}${path.includes("?") ? "&" : "?"}collection=${encodeURIComponent(collection)}`;
+}
 
 async function api(method, path, body) {
   let response;
@@ -91,9 +101,40 @@ $("key-form").addEventListener("submit", (e) => {
   if (value) sessionStorage.setItem(KEY, value);
   $("api-key").value = "";
   showKeyStatus();
-  refreshSubjects();
+  refreshCollections();
 });
 $("key-clear").addEventListener("click", () => { sessionStorage.removeItem(KEY); showKeyStatus(); });
+
+// ---- collection ----------------------------------------------------------------------
+// An admin key of every collection picks one here; any other key shows its own.
+async function refreshCollections() {
+  const select = $("collection-select");
+  const status_ = $("collection-status");
+  const info = await api("GET", "/info");
+  if (!info.ok) { status_.textContent = ""; return; }
+  const access = info.data.access;
+  const everyCollection = access.collection === null && access.scopes.includes("admin");
+  select.hidden = $("collection-label").hidden = !everyCollection;
+  if (!everyCollection) {
+    collection = null;
+    status_.textContent = `Collection: ${access.collection} (this key's own).`;
+  } else {
+    const listed = await api("GET", "/collections");
+    const names = listed.ok ? listed.data.map((c) => c.collection_id) : ["default"];
+    const keep = names.includes(collection) ? collection : (names.includes("default") ? "default" : names[0]);
+    select.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+    select.value = keep;
+    collection = keep;
+    status_.textContent = "This key may use every collection: people enrolled in one are not seen from another.";
+  }
+  refreshSubjects();
+}
+$("collection-select").addEventListener("change", (e) => {
+  collection = e.target.value;
+  $("enroll-result").replaceChildren();
+  $("verify-result").replaceChildren();
+  refreshSubjects();
+});
 
 // ---- enroll ------------------------------------------------------------------------
 function setEnrollFiles(files) {
@@ -146,7 +187,7 @@ $("enroll-form").addEventListener("submit", async (e) => {
   if ($("enroll-name").value.trim()) form.append("name", $("enroll-name").value.trim());
   for (const f of enrollFiles) form.append("image", f, f.name);
   out.textContent = "Enrolling…";
-  const { ok, status, data } = await api("POST", "/enroll", form);
+  const { ok, status, data } = await api("POST", inCollection("/enroll"), form);
   const previews = $("enroll-previews");
   if (ok) {
     previews.replaceChildren(...enrollFiles.map((f, i) =>
@@ -183,7 +224,7 @@ $("verify-form").addEventListener("submit", async (e) => {
   form.append("subject_id", subject);
   form.append("image", file, file.name);
   out.textContent = "Checking…";
-  const { ok, status, data } = await api("POST", "/verify", form);
+  const { ok, status, data } = await api("POST", inCollection("/verify"), form);
   if (!ok) {
     out.replaceChildren(el("p", { class: "error" }, problemText(data, status)));
     return;
@@ -213,7 +254,7 @@ async function refreshSubjects(select) {
   const prefix = $("subjects-search").value.trim();
   const query = new URLSearchParams({ limit: "1000" });
   if (prefix) query.set("prefix", prefix);
-  const { ok, status, data } = await api("GET", `/subjects?${query}`);
+  const { ok, status, data } = await api("GET", inCollection(`/subjects?${query}`));
   const list = $("subjects-list");
   const status_ = $("subjects-status");
   if (!ok) { status_.textContent = problemText(data, status); list.replaceChildren(); return; }
@@ -241,7 +282,7 @@ function confirmDelete(li, subjectId) {
   yes.focus();
   no.addEventListener("click", () => refreshSubjects());
   yes.addEventListener("click", async () => {
-    const { ok, status, data } = await api("DELETE", `/subjects/${encodeURIComponent(subjectId)}`);
+    const { ok, status, data } = await api("DELETE", inCollection(`/subjects/${encodeURIComponent(subjectId)}`));
     await refreshSubjects();
     $("subjects-status").textContent = ok
       ? `Deleted ${subjectId} (${data.faces_deleted} face(s)).` : problemText(data, status);
@@ -251,7 +292,7 @@ $("subjects-form").addEventListener("submit", (e) => { e.preventDefault(); refre
 
 showKeyStatus();
 if (sessionStorage.getItem(KEY)) {
-  refreshSubjects();
+  refreshCollections();
 } else {
   $("subjects-status").textContent = "Set an API key (above) to list subjects.";
   document.querySelector("details.apikey").open = true;
