@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -28,10 +30,14 @@ from tests.helpers import fake_service as _fake_service
 
 
 def test_enroll_then_verify_same_and_different_person(fake_service: FaceService) -> None:
-    result = fake_service.enroll(subject_id="ann", images=[fake_image(face(1))], name="Ann")
+    result = fake_service.enroll(
+        collection="default", subject_id="ann", images=[fake_image(face(1))], name="Ann"
+    )
     assert result.subject.face_count == 1 and result.subject.name == "Ann"
-    same = fake_service.verify(subject_id="ann", image=fake_image(face(1, noise=0.2)))
-    other = fake_service.verify(subject_id="ann", image=fake_image(face(2)))
+    same = fake_service.verify(
+        collection="default", subject_id="ann", image=fake_image(face(1, noise=0.2))
+    )
+    other = fake_service.verify(collection="default", subject_id="ann", image=fake_image(face(2)))
     assert same.result.match and same.result.distance < 0.3
     assert not other.result.match and other.result.distance > 1.0
     assert same.result.score > 50 > other.result.score
@@ -40,12 +46,16 @@ def test_enroll_then_verify_same_and_different_person(fake_service: FaceService)
 
 def test_enroll_several_photos_adds_to_the_subject(fake_service: FaceService) -> None:
     fake_service.enroll(
-        subject_id="ann", images=[fake_image(face(1)), fake_image(face(1, noise=0.1))]
+        collection="default",
+        subject_id="ann",
+        images=[fake_image(face(1)), fake_image(face(1, noise=0.1))],
     )
     with pytest.raises(SubjectExists):  # adding to a subject must be explicit
-        fake_service.enroll(subject_id="ann", images=[fake_image(face(1, noise=0.2))])
+        fake_service.enroll(
+            collection="default", subject_id="ann", images=[fake_image(face(1, noise=0.2))]
+        )
     result = fake_service.enroll(
-        subject_id="ann", images=[fake_image(face(1, noise=0.2))], add=True
+        collection="default", subject_id="ann", images=[fake_image(face(1, noise=0.2))], add=True
     )
     assert result.subject.face_count == 3
 
@@ -53,57 +63,69 @@ def test_enroll_several_photos_adds_to_the_subject(fake_service: FaceService) ->
 def test_one_bad_photo_stores_nothing(fake_service: FaceService) -> None:
     images = [fake_image(face(1)), fake_image()]
     with pytest.raises(NoFace) as info:
-        fake_service.enroll(subject_id="ann", images=images)
+        fake_service.enroll(collection="default", subject_id="ann", images=images)
     assert info.value.extra["image_index"] == 1
     with pytest.raises(SubjectNotFound):
-        fake_service.get_subject(subject_id="ann")
-    assert len(fake_service.index) == 0
+        fake_service.get_subject(collection="default", subject_id="ann")
+    assert len(fake_service.indexes) == 0
 
 
 def test_two_faces_are_refused_unless_largest_is_asked_for(fake_service: FaceService) -> None:
     two = fake_image(face(1, box=(0, 0, 60, 60)), face(2, box=(100, 0, 300, 200)))
     with pytest.raises(MultipleFaces) as info:
-        fake_service.enroll(subject_id="ann", images=[two])
+        fake_service.enroll(collection="default", subject_id="ann", images=[two])
     assert len(info.value.extra["boxes"]) == 2
-    fake_service.enroll(subject_id="ann", images=[two], face_policy="largest")
+    fake_service.enroll(collection="default", subject_id="ann", images=[two], face_policy="largest")
     # The largest face (seed 2) is the one stored.
-    assert fake_service.verify(subject_id="ann", image=fake_image(face(2))).result.match
+    assert fake_service.verify(
+        collection="default", subject_id="ann", image=fake_image(face(2))
+    ).result.match
 
 
 def test_small_faces_are_refused_at_enrollment(fake_service: FaceService) -> None:
     with pytest.raises(FaceTooSmall):
-        fake_service.enroll(subject_id="ann", images=[fake_image(face(1, box=(0, 0, 39, 39)))])
-    fake_service.enroll(subject_id="ann", images=[fake_image(face(1, box=(0, 0, 40, 40)))])
+        fake_service.enroll(
+            collection="default", subject_id="ann", images=[fake_image(face(1, box=(0, 0, 39, 39)))]
+        )
+    fake_service.enroll(
+        collection="default", subject_id="ann", images=[fake_image(face(1, box=(0, 0, 40, 40)))]
+    )
 
 
 def test_verify_unknown_subject_costs_no_inference(fake_service: FaceService) -> None:
     with pytest.raises(SubjectNotFound):
-        fake_service.verify(subject_id="nobody", image=fake_image(face(1)))
+        fake_service.verify(collection="default", subject_id="nobody", image=fake_image(face(1)))
     assert fake_service.pipeline.encoder.encode_calls == 0  # type: ignore[attr-defined]
 
 
 def test_verify_a_subject_with_every_face_deleted(fake_service: FaceService) -> None:
-    enrolled = fake_service.enroll(subject_id="ann", images=[fake_image(face(1))])
-    fake_service.delete_face(subject_id="ann", face_id=enrolled.faces[0].id)
+    enrolled = fake_service.enroll(
+        collection="default", subject_id="ann", images=[fake_image(face(1))]
+    )
+    fake_service.delete_face(collection="default", subject_id="ann", face_id=enrolled.faces[0].id)
     with pytest.raises(SubjectHasNoFaces):
-        fake_service.verify(subject_id="ann", image=fake_image(face(1)))
+        fake_service.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
 
 
 def test_verify_probe_with_two_faces_uses_the_largest(fake_service: FaceService) -> None:
-    fake_service.enroll(subject_id="ann", images=[fake_image(face(1))])
+    fake_service.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
     probe = fake_image(face(2, box=(0, 0, 50, 50)), face(1, box=(0, 0, 200, 200)))
-    result = fake_service.verify(subject_id="ann", image=probe)
+    result = fake_service.verify(collection="default", subject_id="ann", image=probe)
     assert result.result.match and result.probe.faces_detected == 2
 
 
 def test_identify_ranks_subjects_and_gates_best_on_threshold(fake_service: FaceService) -> None:
     for seed in range(10):
-        fake_service.enroll(subject_id=f"s{seed}", images=[fake_image(face(seed))])
-    result = fake_service.identify(image=fake_image(face(3, noise=0.1)), top_k=4)
+        fake_service.enroll(
+            collection="default", subject_id=f"s{seed}", images=[fake_image(face(seed))]
+        )
+    result = fake_service.identify(
+        collection="default", image=fake_image(face(3, noise=0.1)), top_k=4
+    )
     assert [c.subject_id for c in result.candidates][0] == "s3"
     assert len(result.candidates) == 4 and result.best is not None
     assert result.best.subject_id == "s3"
-    stranger = fake_service.identify(image=fake_image(face(99)))
+    stranger = fake_service.identify(collection="default", image=fake_image(face(99)))
     assert stranger.best is None and len(stranger.candidates) == 5
 
 
@@ -112,27 +134,31 @@ def test_compare_stores_nothing(fake_service: FaceService) -> None:
         image_a=fake_image(face(1)), image_b=fake_image(face(1, noise=0.1))
     )
     assert result.result.match
-    assert fake_service.list_subjects(offset=0, limit=10)[1] == 0
+    assert fake_service.list_subjects(collection="default", offset=0, limit=10)[1] == 0
 
 
 def test_delete_subject_removes_it_from_search_at_once(fake_service: FaceService) -> None:
-    fake_service.enroll(subject_id="ann", images=[fake_image(face(1)), fake_image(face(1))])
-    assert fake_service.delete_subject(subject_id="ann") == 2
-    assert fake_service.identify(image=fake_image(face(1))).candidates == []
+    fake_service.enroll(
+        collection="default", subject_id="ann", images=[fake_image(face(1)), fake_image(face(1))]
+    )
+    assert fake_service.delete_subject(collection="default", subject_id="ann") == 2
+    assert fake_service.identify(collection="default", image=fake_image(face(1))).candidates == []
     with pytest.raises(SubjectNotFound):
-        fake_service.verify(subject_id="ann", image=fake_image(face(1)))
+        fake_service.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
 
 
 def test_two_processes_on_one_database_see_each_others_writes(settings: Settings) -> None:
     a, b = _fake_service(settings), _fake_service(settings)
     try:
-        a.enroll(subject_id="ann", images=[fake_image(face(1))])
-        assert b.verify(subject_id="ann", image=fake_image(face(1))).result.match
-        assert b.identify(image=fake_image(face(1))).best is not None
-        b.delete_subject(subject_id="ann")
+        a.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
+        assert b.verify(
+            collection="default", subject_id="ann", image=fake_image(face(1))
+        ).result.match
+        assert b.identify(collection="default", image=fake_image(face(1))).best is not None
+        b.delete_subject(collection="default", subject_id="ann")
         with pytest.raises(SubjectNotFound):
-            a.verify(subject_id="ann", image=fake_image(face(1)))
-        assert a.identify(image=fake_image(face(1))).candidates == []
+            a.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
+        assert a.identify(collection="default", image=fake_image(face(1))).candidates == []
     finally:
         a.store.close()
         b.store.close()
@@ -163,9 +189,11 @@ def test_inference_slots_refuse_when_full() -> None:
 
 
 def test_scores_follow_distance(fake_service: FaceService) -> None:
-    fake_service.enroll(subject_id="ann", images=[fake_image(face(1))])
+    fake_service.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
     scores = [
-        fake_service.verify(subject_id="ann", image=fake_image(face(1, noise=n))).result
+        fake_service.verify(
+            collection="default", subject_id="ann", image=fake_image(face(1, noise=n))
+        ).result
         for n in (0.0, 0.3, 0.6, 1.0)
     ]
     assert np.all(np.diff([s.distance for s in scores]) > 0)
@@ -210,35 +238,55 @@ def test_admission_refuses_past_slots_plus_queue(settings: Settings) -> None:
 
 # ---- issue 9, finding 14: enrollments cannot take over a subject ------------------------
 def test_a_face_of_someone_else_is_refused_when_adding(fake_service: FaceService) -> None:
-    fake_service.enroll(subject_id="victim", images=[fake_image(face(1))])
+    fake_service.enroll(collection="default", subject_id="victim", images=[fake_image(face(1))])
     with pytest.raises(FaceMismatch) as info:
-        fake_service.enroll(subject_id="victim", images=[fake_image(face(2))], add=True)
+        fake_service.enroll(
+            collection="default", subject_id="victim", images=[fake_image(face(2))], add=True
+        )
     assert info.value.extra["distance"] > 0.6
-    assert fake_service.get_subject(subject_id="victim")[0].face_count == 1
+    assert fake_service.get_subject(collection="default", subject_id="victim")[0].face_count == 1
     # The same person is welcome; an admin may force a stranger in.
-    fake_service.enroll(subject_id="victim", images=[fake_image(face(1, noise=0.2))], add=True)
-    fake_service.enroll(subject_id="victim", images=[fake_image(face(2))], add=True, force=True)
-    assert fake_service.get_subject(subject_id="victim")[0].face_count == 3
+    fake_service.enroll(
+        collection="default", subject_id="victim", images=[fake_image(face(1, noise=0.2))], add=True
+    )
+    fake_service.enroll(
+        collection="default",
+        subject_id="victim",
+        images=[fake_image(face(2))],
+        add=True,
+        force=True,
+    )
+    assert fake_service.get_subject(collection="default", subject_id="victim")[0].face_count == 3
 
 
 def test_a_new_subject_from_two_different_people_is_refused(fake_service: FaceService) -> None:
     with pytest.raises(FaceMismatch) as info:
-        fake_service.enroll(subject_id="mix", images=[fake_image(face(1)), fake_image(face(2))])
+        fake_service.enroll(
+            collection="default",
+            subject_id="mix",
+            images=[fake_image(face(1)), fake_image(face(2))],
+        )
     assert info.value.extra["image_index"] == 1
     with pytest.raises(SubjectNotFound):
-        fake_service.get_subject(subject_id="mix")
+        fake_service.get_subject(collection="default", subject_id="mix")
 
 
 def test_adding_to_a_subject_that_does_not_exist_is_404(fake_service: FaceService) -> None:
     with pytest.raises(SubjectNotFound):
-        fake_service.enroll(subject_id="nobody", images=[fake_image(face(1))], add=True)
+        fake_service.enroll(
+            collection="default", subject_id="nobody", images=[fake_image(face(1))], add=True
+        )
 
 
 def test_enrollments_are_capped_in_photos(fake_service: FaceService) -> None:
     cap = fake_service.settings.max_enroll_images
     with pytest.raises(TooManyImages):
-        fake_service.enroll(subject_id="many", images=[fake_image(face(1))] * (cap + 1))
-    assert fake_service.enroll(subject_id="many", images=[fake_image(face(1))] * cap)
+        fake_service.enroll(
+            collection="default", subject_id="many", images=[fake_image(face(1))] * (cap + 1)
+        )
+    assert fake_service.enroll(
+        collection="default", subject_id="many", images=[fake_image(face(1))] * cap
+    )
 
 
 # ---- finding 2: a timed-out enroll stores nothing; Idempotency-Key makes retries safe ----
@@ -248,11 +296,13 @@ def test_an_expired_request_stores_nothing(fake_service: FaceService) -> None:
     try:
         assert gate.expire()
         with pytest.raises(RequestCancelled):
-            fake_service.enroll(subject_id="late", images=[fake_image(face(1))])
+            fake_service.enroll(
+                collection="default", subject_id="late", images=[fake_image(face(1))]
+            )
     finally:
         commit_gate.reset(token)
     with pytest.raises(SubjectNotFound):
-        fake_service.get_subject(subject_id="late")
+        fake_service.get_subject(collection="default", subject_id="late")
     # Once committing, the timeout cannot win any more.
     gate = CommitGate()
     assert gate.begin_commit() and not gate.expire()
@@ -260,16 +310,24 @@ def test_an_expired_request_stores_nothing(fake_service: FaceService) -> None:
 
 def test_a_retry_with_the_same_idempotency_key_stores_once(fake_service: FaceService) -> None:
     images = [fake_image(face(1))]
-    first = fake_service.enroll(subject_id="ann", images=images, idempotency=("k1", "abc"))
-    again = fake_service.enroll(subject_id="ann", images=images, idempotency=("k1", "abc"))
+    first = fake_service.enroll(
+        collection="default", subject_id="ann", images=images, idempotency=("k1", "abc")
+    )
+    again = fake_service.enroll(
+        collection="default", subject_id="ann", images=images, idempotency=("k1", "abc")
+    )
     assert not first.replayed and again.replayed
     assert [f.id for f in again.faces] == [f.id for f in first.faces]
-    assert fake_service.get_subject(subject_id="ann")[0].face_count == 1
+    assert fake_service.get_subject(collection="default", subject_id="ann")[0].face_count == 1
     with pytest.raises(IdempotencyKeyReused):  # same key, another request
-        fake_service.enroll(subject_id="bob", images=images, idempotency=("k1", "abc"))
+        fake_service.enroll(
+            collection="default", subject_id="bob", images=images, idempotency=("k1", "abc")
+        )
     # Keys are per API key: another client's "abc" is its own.
     with pytest.raises(SubjectExists):
-        fake_service.enroll(subject_id="ann", images=images, idempotency=("k2", "abc"))
+        fake_service.enroll(
+            collection="default", subject_id="ann", images=images, idempotency=("k2", "abc")
+        )
 
 
 def test_concurrent_requests_with_one_idempotency_key_store_once(settings: Settings) -> None:
@@ -279,11 +337,78 @@ def test_concurrent_requests_with_one_idempotency_key_store_once(settings: Setti
     with ThreadPoolExecutor(2) as pool:
         results = list(
             pool.map(
-                lambda _: service.enroll(subject_id="ann", images=images, idempotency=("k", "x")),
+                lambda _: service.enroll(
+                    collection="default", subject_id="ann", images=images, idempotency=("k", "x")
+                ),
                 range(2),
             )
         )
     assert sorted(r.replayed for r in results) == [False, True]
-    assert service.get_subject(subject_id="ann")[0].face_count == 1
-    assert len(service.index) == 1
+    assert service.get_subject(collection="default", subject_id="ann")[0].face_count == 1
+    assert len(service.indexes) == 1
     service.store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'g.db'}"
+        return
+    from tests.helpers import fresh_postgres_database
+
+    yield from fresh_postgres_database()
+
+
+def test_deleting_a_collection_under_verify_traffic(database_url: str, settings: Settings) -> None:
+    """Two processes verify against two collections while one collection is deleted:
+    every answer is right, and once the delete has answered, no process matches a face
+    of the deleted collection again; the other collection never notices (issue 11)."""
+    settings = settings.model_copy(
+        update={"database_url": database_url, "max_concurrent_inference": 8}
+    )
+    a, b = _fake_service(settings), _fake_service(settings)
+    a.create_collection(collection="door")
+    a.create_collection(collection="lobby")
+    alice, bob = fake_image(face(1)), fake_image(face(2))
+    a.enroll(collection="door", subject_id="alice", images=[alice])
+    a.enroll(collection="lobby", subject_id="bob", images=[bob])
+    deleted, stop = threading.Event(), threading.Event()
+    wrong: list[str] = []
+    counts = {"match": 0, "gone": 0}
+
+    def traffic(service: FaceService) -> None:
+        while not stop.is_set():
+            after = deleted.is_set()  # read before the request starts
+            try:
+                got = service.verify(collection="door", subject_id="alice", image=alice)
+                if after or not got.result.match:
+                    wrong.append(f"door answered {got.result.match} (after delete: {after})")
+                counts["match"] += 1
+            except SubjectNotFound:
+                counts["gone"] += 1
+            except Exception as exc:  # any other outcome is a wrong answer
+                wrong.append(repr(exc))
+            if not service.verify(collection="lobby", subject_id="bob", image=bob).result.match:
+                wrong.append("lobby lost bob")
+            if after and service.identify(collection="door", image=alice).candidates:
+                wrong.append("identify found a deleted face")
+
+    threads = [threading.Thread(target=traffic, args=(s,)) for s in (a, a, b, b)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)
+    record = a.delete_collection(collection="door")
+    deleted.set()
+    time.sleep(0.4)
+    stop.set()
+    for t in threads:
+        t.join()
+    try:
+        assert wrong == []
+        assert counts["match"] > 0 and counts["gone"] > 0  # traffic on both sides of it
+        assert (record.subjects, record.faces) == (1, 1)
+        assert [c.id for c in b.list_collections()] == ["default", "lobby"]
+        assert b.gallery_counts() == {"faces": 1, "subjects": 1}
+    finally:
+        a.store.close()
+        b.store.close()

@@ -82,7 +82,11 @@ def test_subject_crud(fake_client: TestClient) -> None:
     assert_problem(fake_client.delete(f"/subjects/ann/faces/{face_id}"), 404, "face_not_found")
     assert fake_client.delete("/subjects/ann").json()["faces_deleted"] == 1
     assert_problem(fake_client.get("/subjects/ann"), 404, "subject_not_found")
-    assert fake_client.get("/info").json()["gallery"] == {"faces": 0, "subjects": 0}
+    assert fake_client.get("/info").json()["gallery"] == {
+        "faces": 0,
+        "subjects": 0,
+        "collections": {},
+    }
 
 
 def test_errors_are_problem_json(fake_client: TestClient) -> None:

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from app.api.app import create_app
-from app.keys import digest, parse_env_keys
+from app.keys import Principal, digest, parse_env_keys
 from app.settings import Settings
 from tests.fakes import face, fake_image
 from tests.helpers import assert_problem, b64
@@ -56,6 +56,10 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/keys"): "admin",
     ("DELETE", "/keys/{key_id}"): "admin",
     ("GET", "/metrics"): "admin",
+    ("GET", "/collections"): "admin",
+    ("POST", "/collections"): "admin",
+    ("GET", "/collections/{collection_id}"): "admin",
+    ("DELETE", "/collections/{collection_id}"): "admin",
     ("GET", "/info"): None,
 }
 # For load balancers, orchestrators and people: no key.
@@ -162,8 +166,14 @@ def test_keys_are_created_shown_once_stored_hashed_and_revocable(client: TestCli
 
 def test_environment_keys_must_be_long_and_well_formed() -> None:
     assert parse_env_keys("") == {}
-    assert parse_env_keys(f"{VERIFY_KEY}:verify+enroll")[digest(VERIFY_KEY)] == ("enroll", "verify")
-    for bad in ("short:verify", f"{VERIFY_KEY}", f"{VERIFY_KEY}:root", f"{VERIFY_KEY}:"):
+    parsed = parse_env_keys(
+        f"{VERIFY_KEY}:verify+enroll,{ADMIN_KEY}:admin,{ENROLL_KEY}:enroll@door"
+    )
+    assert parsed[digest(VERIFY_KEY)] == Principal(("enroll", "verify"), "default")
+    assert parsed[digest(ADMIN_KEY)] == Principal(("admin",), None)  # every collection
+    assert parsed[digest(ENROLL_KEY)] == Principal(("enroll",), "door")
+    bad_keys = ("short:verify", f"{VERIFY_KEY}", f"{VERIFY_KEY}:root", f"{VERIFY_KEY}:")
+    for bad in (*bad_keys, f"{VERIFY_KEY}:verify@no/slash", f"{VERIFY_KEY}:verify@"):
         with pytest.raises(ValueError):
             parse_env_keys(bad)
 
@@ -190,3 +200,25 @@ def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
     assert cli("keys", "revoke", key_id, data_dir=tmp_path).returncode == 2
     bad = cli("keys", "create", "--scope", "root", "--name", "x", data_dir=tmp_path)
     assert bad.returncode == 2 and "scopes must be" in bad.stderr
+    # Bound to a collection (made with the key), shown in the list.
+    bound = cli(
+        "keys", "create", "--scope", "verify", "--name", "lobby", "--collection", "lobby",
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert bound.returncode == 0 and "collection lobby" in bound.stdout
+    line = next(
+        x for x in cli("keys", "list", data_dir=tmp_path).stdout.splitlines() if "lobby" in x
+    )
+    assert line.split()[3] == "lobby"
+    bad = cli(
+        "keys",
+        "create",
+        "--scope",
+        "verify",
+        "--name",
+        "x",
+        "--collection",
+        "a/b",
+        data_dir=tmp_path,
+    )
+    assert bad.returncode == 2 and "not a collection id" in bad.stderr

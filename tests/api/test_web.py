@@ -11,6 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from tests.helpers import DATA, TEST_KEY
@@ -30,8 +31,6 @@ CHROMIUM_ARGS = [
 def test_page_is_served(tmp_path: Path) -> None:
     pytest.importorskip("playwright")
     with serving({"FACEVERIFY_DATA_DIR": str(tmp_path)}) as url:
-        import httpx2
-
         page = httpx2.get(url + "/", timeout=10)
         assert page.status_code == 200 and "<h1>faceverify</h1>" in page.text
         assert httpx2.get(url + "/static/app.js", timeout=10).status_code == 200
@@ -105,5 +104,43 @@ def test_enroll_verify_and_delete_in_a_browser(tmp_path: Path) -> None:
         expect(page.locator("#subjects-status")).to_contain_text("Deleted obama (1 face(s))")
         expect(page.locator("#subjects-list li")).to_have_count(0)
         page.screenshot(path=shots / "5-deleted.png", full_page=True)
+
+        # Collections: an admin key of every collection picks one; people enrolled in
+        # one are not listed in another.
+        admin = {"X-API-Key": TEST_KEY}
+        made = httpx2.post(url + "/collections", json={"collection_id": "door"}, headers=admin)
+        assert made.status_code == 201
+        page.reload()
+        chooser = page.get_by_label("Collection", exact=True)
+        expect(chooser).to_have_value("default")
+        chooser.select_option("door")
+        page.get_by_label("Subject id").fill("obama")
+        page.get_by_label("Photos (one face each)").set_input_files(DATA / "obama.jpg")
+        page.get_by_role("button", name="Enroll", exact=True).click()
+        expect(page.locator("#enroll-result")).to_contain_text("Enrolled 1 photo(s)")
+        expect(page.locator("#subjects-list li")).to_have_count(1)
+        chooser.select_option("default")
+        expect(page.locator("#subjects-status")).to_contain_text("0 subject(s)")
+        chooser.select_option("door")
+        expect(page.locator("#subjects-list li")).to_have_count(1)
+        page.screenshot(path=shots / "6-collection-door.png", full_page=True)
+
+        # A key bound to door: no chooser, its collection shown, and it verifies there.
+        door = httpx2.post(
+            url + "/keys",
+            json={"name": "door", "scopes": ["admin"], "collection": "door"},
+            headers=admin,
+        ).json()["key"]
+        page.locator("details.apikey summary").click()  # closed once a key is set
+        page.get_by_label("API key (kept in this tab only)").fill(door)
+        page.get_by_role("button", name="Save key").click()
+        expect(page.locator("#collection-status")).to_contain_text("Collection: door")
+        expect(chooser).to_be_hidden()
+        expect(page.locator("#subjects-list li")).to_have_count(1)
+        page.get_by_label("Subject", exact=True).fill("obama")
+        page.get_by_label("Photo to check").set_input_files(DATA / "obama2.jpg")
+        page.get_by_role("button", name="Verify").click()
+        expect(result).to_contain_text("Match: this looks like obama")
+        page.screenshot(path=shots / "7-bound-key.png", full_page=True)
         browser.close()
     assert errors == [], errors

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from app.errors import FaceNotFound, SubjectNotFound
 from app.gallery import store as store_module
-from app.gallery.index import ExactIndex
+from app.gallery.index import ExactIndex, Partitions
 from app.gallery.models import Face, GalleryEvent, Subject
 from app.gallery.store import GalleryStore, NewFace
 from app.gallery.sync import GallerySync
@@ -44,14 +44,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> GalleryStore:
 
 def add(store: GalleryStore, subject_id: str, *seeds: int, encoder: str = "fake") -> list[str]:
     faces, _, _ = store.add_faces(
-        subject_id=subject_id, faces=new_faces(*seeds), encoder=encoder, pipeline_version="v"
+        collection="default",
+        subject_id=subject_id,
+        faces=new_faces(*seeds),
+        encoder=encoder,
+        pipeline_version="v",
     )
     return [f.id for f in faces]
 
 
 def synced(store: GalleryStore, encoders: tuple[str, ...] = ("fake",)) -> GallerySync:
-    """An exact index of ``encoders``' faces, kept in step with ``store``."""
-    return GallerySync(store, ExactIndex(128), encoders)
+    """Exact indexes of ``encoders``' faces, one a collection, kept in step with ``store``."""
+    return GallerySync(store, Partitions(128), encoders)
 
 
 def count(store: GalleryStore, model: type) -> int:
@@ -62,7 +66,9 @@ def count(store: GalleryStore, model: type) -> int:
 def test_add_faces_is_all_or_nothing(store: GalleryStore) -> None:
     bad = new_faces(1, 2) + [NewFace(np.full(128, np.nan), Box(0, 0, 1, 1), 1.0)]
     with pytest.raises(ValueError):
-        store.add_faces(subject_id="a", faces=bad, encoder="fake", pipeline_version="v")
+        store.add_faces(
+            collection="default", subject_id="a", faces=bad, encoder="fake", pipeline_version="v"
+        )
     assert count(store, Subject) == 0 and count(store, Face) == 0
     assert store.version() == 0
 
@@ -79,37 +85,37 @@ def test_embeddings_round_trip_exactly(store: GalleryStore) -> None:
 def test_delete_subject_removes_every_row(store: GalleryStore) -> None:
     add(store, "a", 1, 2)
     add(store, "b", 3)
-    deleted, _ = store.delete_subject(subject_id="a")
+    deleted, _ = store.delete_subject(collection="default", subject_id="a")
     assert len(deleted) == 2
     with store.engine.connect() as conn:
         assert conn.execute(select(Face).where(Face.subject_id == "a")).first() is None
         assert conn.execute(select(Subject).where(Subject.id == "a")).first() is None
     assert count(store, Face) == 1
     with pytest.raises(SubjectNotFound):
-        store.delete_subject(subject_id="a")
+        store.delete_subject(collection="default", subject_id="a")
 
 
 def test_delete_face_keeps_the_subject(store: GalleryStore) -> None:
     ids = add(store, "a", 1, 2)
     add(store, "b", 3)
-    store.delete_face(subject_id="a", face_id=ids[0])
-    assert store.get_subject(subject_id="a").face_count == 1
+    store.delete_face(collection="default", subject_id="a", face_id=ids[0])
+    assert store.get_subject(collection="default", subject_id="a").face_count == 1
     with pytest.raises(FaceNotFound):
-        store.delete_face(subject_id="a", face_id=ids[0])
+        store.delete_face(collection="default", subject_id="a", face_id=ids[0])
     with pytest.raises(FaceNotFound):  # a face is reachable only through its own subject
-        store.delete_face(subject_id="b", face_id=ids[1])
-    assert store.get_subject(subject_id="a").face_count == 1
+        store.delete_face(collection="default", subject_id="b", face_id=ids[1])
+    assert store.get_subject(collection="default", subject_id="a").face_count == 1
 
 
 def test_list_subjects_pages_and_filters_by_prefix(store: GalleryStore) -> None:
     for name in ["ann", "anna", "bob", "a_b", "a%b"]:
         add(store, name, hash(name) % 1000)
-    page, total = store.list_subjects(offset=0, limit=2)
+    page, total = store.list_subjects(collection="default", offset=0, limit=2)
     assert total == 5 and [s.id for s in page] == ["a%b", "a_b"]
-    page, total = store.list_subjects(offset=0, limit=10, prefix="ann")
+    page, total = store.list_subjects(collection="default", offset=0, limit=10, prefix="ann")
     assert total == 2 and {s.id for s in page} == {"ann", "anna"}
     # LIKE wildcards in the prefix are literal.
-    page, total = store.list_subjects(offset=0, limit=10, prefix="a%")
+    page, total = store.list_subjects(collection="default", offset=0, limit=10, prefix="a%")
     assert [s.id for s in page] == ["a%b"]
 
 
@@ -148,11 +154,14 @@ def test_a_second_index_catches_up_through_the_change_log(store: GalleryStore) -
     theirs.sync()
     a = add(store, "a", 1, 2)
     add(store, "b", 3)
-    store.delete_face(subject_id="a", face_id=a[0])
-    store.delete_subject(subject_id="b")
+    store.delete_face(collection="default", subject_id="a", face_id=a[0])
+    store.delete_subject(collection="default", subject_id="b")
     assert theirs.sync()
-    assert theirs.index.subject_faces("a") == [a[1]] and theirs.index.subject_faces("b") == []
-    assert len(theirs.index) == 1 and theirs.version == store.version()
+    assert (
+        theirs.indexes.get("default").subject_faces("a") == [a[1]]
+        and theirs.indexes.get("default").subject_faces("b") == []
+    )
+    assert len(theirs.indexes) == 1 and theirs.version == store.version()
     assert not theirs.sync()  # nothing new: one cheap query
 
 
@@ -167,10 +176,13 @@ def test_an_index_never_holds_another_models_embeddings(store: GalleryStore) -> 
     late = synced(store, ("fake", "fake_other_runtime"))
     for sync in (early, late):  # by replaying the log, and by loading everything
         sync.sync()
-        assert sync.index.subject_faces("a") == mine
-        assert sync.index.subject_faces("b") == [] and theirs
-        assert sync.index.subject_faces("c") == runtime
-        assert {h.subject_id for h in sync.index.search(unit_vector(2), 5)} == {"a", "c"}
+        assert sync.indexes.get("default").subject_faces("a") == mine
+        assert sync.indexes.get("default").subject_faces("b") == [] and theirs
+        assert sync.indexes.get("default").subject_faces("c") == runtime
+        assert {h.subject_id for h in sync.indexes.get("default").search(unit_vector(2), 5)} == {
+            "a",
+            "c",
+        }
 
 
 def test_an_index_behind_the_pruned_log_reloads_everything(
@@ -184,7 +196,7 @@ def test_an_index_behind_the_pruned_log_reloads_everything(
     assert count(store, GalleryEvent) <= 2
     assert store.changes_since(version=sync.version) is None
     sync.sync()
-    assert len(sync.index) == 5 and sync.index.subject_count == 5
+    assert len(sync.indexes) == 5 and sync.indexes.get("default").subject_count == 5
 
 
 def test_migrations_build_exactly_the_models_schema(store: GalleryStore) -> None:
@@ -196,7 +208,7 @@ def test_migrations_build_exactly_the_models_schema(store: GalleryStore) -> None
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
 
 
 def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:
@@ -205,7 +217,10 @@ def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> No
     add(first, "a", 1)
     first.close()
     again = GalleryStore.open(url)
-    assert again.get_subject(subject_id="a").face_count == 1 and again.version() == 1
+    assert (
+        again.get_subject(collection="default", subject_id="a").face_count == 1
+        and again.version() == 1
+    )
     again.close()
 
 
@@ -222,9 +237,11 @@ def test_concurrent_writers_never_leave_an_index_behind(store: GalleryStore) -> 
         for i in range(15):
             ids = add(writers[w], f"w{w}-s{i}", 100 * w + i, 1000 + 100 * w + i)
             if i % 3 == 0:
-                writers[w].delete_face(subject_id=f"w{w}-s{i}", face_id=ids[0])
+                writers[w].delete_face(
+                    collection="default", subject_id=f"w{w}-s{i}", face_id=ids[0]
+                )
             if i % 5 == 0:
-                writers[w].delete_subject(subject_id=f"w{w}-s{i}")
+                writers[w].delete_subject(collection="default", subject_id=f"w{w}-s{i}")
 
     def watch() -> None:
         while not stop.is_set():
@@ -242,9 +259,9 @@ def test_concurrent_writers_never_leave_an_index_behind(store: GalleryStore) -> 
     watcher.sync()
     rows = store.load_embeddings(dim=128)
     assert sorted(rows.face_ids) == sorted(
-        f for s in {*rows.subject_ids} for f in watcher.index.subject_faces(s)
+        f for s in {*rows.subject_ids} for f in watcher.indexes.get("default").subject_faces(s)
     )
-    assert len(watcher.index) == len(rows.face_ids) and watcher.version == store.version()
+    assert len(watcher.indexes) == len(rows.face_ids) and watcher.version == store.version()
     for w in writers:
         w.close()
 
@@ -253,5 +270,5 @@ def test_connecting_to_a_store_does_not_migrate_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'g.db'}"
     store = GalleryStore(url)
     assert store.schema_revision() is None  # nothing was created
-    assert store.migrate() == "0002" and store.schema_revision() == "0002"
+    assert store.migrate() == "0003" and store.schema_revision() == "0003"
     store.close()
