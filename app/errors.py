@@ -32,7 +32,8 @@ table (app/api/problems.py); nothing here knows HTTP.
     ├── Unauthorized               no API key, or an unknown or revoked one
     ├── Forbidden                  a valid key without the scope the endpoint needs
     ├── ServiceBusy                no inference slot within the wait
-    │   └── TooManyRequests        more requests waiting than the queue holds
+    │   ├── TooManyRequests        more requests waiting than the queue holds
+    │   └── IndexLoading           identify before the 1:N index has loaded
     ├── NotReady                   models not loaded or database unreachable (readiness)
     └── ModelFileError             weights missing or with the wrong sha256 (start-up)
 """
@@ -239,6 +240,10 @@ class ServiceBusy(FaceVerifyError):
 
 class TooManyRequests(ServiceBusy):
     pass
+
+
+class IndexLoading(ServiceBusy):
+    """Identify right after start-up, while the 1:N index is still being filled."""
 
 
 class NotReady(FaceVerifyError):

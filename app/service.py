@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -24,6 +26,7 @@ from app.errors import (
     FaceMismatch,
     FaceTooSmall,
     IdempotencyKeyReused,
+    IndexLoading,
     InvalidRequest,
     MultipleFaces,
     NoFace,
@@ -31,7 +34,6 @@ from app.errors import (
     RequestCancelled,
     ServiceBusy,
     SubjectHasNoFaces,
-    SubjectNotFound,
     TooManyImages,
 )
 from app.face.detect import DetectedFace, largest, main_face
@@ -53,6 +55,8 @@ from app.gallery.sync import GallerySync
 from app.scoring.calibration import Calibration
 from app.scoring.distance import distances
 from app.settings import Settings
+
+log = logging.getLogger("faceverify.service")
 
 FacePolicy = Literal["single", "largest"]
 
@@ -197,10 +201,13 @@ class FaceService:
         store: GalleryStore,
         calibration: Calibration,
         index_factory: Callable[[int], VectorIndex] = ExactIndex,
+        load_in_background: bool = False,
     ) -> None:
         """Each collection gets its own index from ``index_factory`` (default: exact
         search), filled from ``store`` (faces of the pipeline's model only) and kept
-        current by replaying the store's change log."""
+        current by replaying the store's change log. With ``load_in_background`` the
+        index is filled by a thread, so a server answers at once at any gallery size:
+        verify, enroll and the subject routes never use it; identify waits for it."""
         self.settings = settings
         self.pipeline = pipeline
         self.store = store
@@ -210,7 +217,28 @@ class FaceService:
         self.slots = InferenceSlots(
             settings.max_concurrent_inference, settings.inference_wait_seconds
         )
-        self.gallery.sync()
+        self.index_ready = threading.Event()
+        if load_in_background:
+            threading.Thread(target=self._load_index, name="index-load", daemon=True).start()
+        else:
+            self._load_index()
+
+    def _load_index(self) -> None:
+        started = time.perf_counter()
+        while True:
+            try:
+                self.gallery.sync()
+                break
+            except SQLAlchemyError as exc:  # the database is down: try again, say so
+                log.warning("loading the index failed (%s); retrying in 1 s", exc)
+                time.sleep(1.0)
+        self.index_ready.set()
+        log.info(
+            "index loaded: %d faces in %d collections in %.1f s",
+            len(self.indexes),
+            len(self.indexes.face_counts()),
+            time.perf_counter() - started,
+        )
 
     # ---- enroll ----------------------------------------------------------------------
     def enroll(
@@ -319,8 +347,10 @@ class FaceService:
         of an earlier photo in this request."""
         known = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
         if add:
-            self.gallery.sync()
-            known = self.indexes.get(collection).subject_embeddings(subject_id)
+            try:
+                known = self._enrolled(collection, subject_id)[1]
+            except SubjectHasNoFaces:
+                pass  # every face deleted: the first new photo starts afresh
         for number, embedding in enumerate(embeddings):
             if len(known):
                 nearest = float(distances(embedding, known).min())
@@ -358,27 +388,37 @@ class FaceService:
         """Compare the main face of ``image`` (:func:`main_face`) with the closest
         enrolled face of the collection's subject."""
         timings = Timings()
-        self.gallery.sync()
-        if not self.indexes.get(collection).subject_faces(subject_id):
-            # Tell "unknown" from "known but every face deleted" before paying for inference.
-            self.store.get_subject(collection=collection, subject_id=subject_id)
+        # Tell "unknown" from "known but every face deleted" before paying for inference.
+        self._enrolled(collection, subject_id)
+        probe, embedding = self._probe(image, timings)
+        with timings.measure("search_ms"):
+            # Read again: a delete may have landed during inference.
+            face_ids, known = self._enrolled(collection, subject_id)
+            d = distances(embedding, known)
+            best = int(np.argmin(d))
+        return VerifyResult(
+            subject_id=subject_id,
+            probe=probe,
+            face_id=face_ids[best],
+            result=self._match(float(d[best]), prior),
+            timings=timings,
+        )
+
+    def _enrolled(self, collection: str, subject_id: str) -> tuple[list[str], np.ndarray]:
+        """The subject's faces of this model, read by key from the store (the truth), so
+        verify never waits for or depends on the size of the 1:N index."""
+        face_ids, known = self.store.subject_embeddings(
+            collection=collection,
+            subject_id=subject_id,
+            dim=self.pipeline.dim,
+            encoders=self.pipeline.compatible,
+        )
+        if not face_ids:
             raise SubjectHasNoFaces(
                 f"Subject {subject_id!r} has no enrolled faces to compare with.",
                 subject_id=subject_id,
             )
-        probe, embedding = self._probe(image, timings)
-        with timings.measure("search_ms"):
-            self.gallery.sync()  # a delete may have landed during inference
-            hit = self.indexes.get(collection).best_for_subject(subject_id, embedding)
-        if hit is None:
-            raise SubjectNotFound.for_id(subject_id)
-        return VerifyResult(
-            subject_id=subject_id,
-            probe=probe,
-            face_id=hit.face_id,
-            result=self._match(hit.distance, prior),
-            timings=timings,
-        )
+        return face_ids, known
 
     def compare(
         self, *, image_a: bytes, image_b: bytes, prior: float | None = None
@@ -403,6 +443,12 @@ class FaceService:
         timings = Timings()
         probe, embedding = self._probe(image, timings)
         with timings.measure("search_ms"):
+            if not self.index_ready.wait(self.settings.inference_wait_seconds):
+                raise IndexLoading(
+                    "The 1:N index is still loading after start-up; retry shortly "
+                    "(verify works meanwhile).",
+                    retry_after=2,
+                )
             self.gallery.sync()
             index = self.indexes.get(collection)
             hits = index.search(embedding, top_k or self.settings.identify_top_k)
@@ -472,8 +518,10 @@ class FaceService:
         return record
 
     def gallery_counts(self, collection: str | None = None) -> dict[str, int]:
-        """Faces and subjects of the running model: of one collection, or of all."""
-        self.gallery.sync()
+        """Faces and subjects of the running model: of one collection, or of all (while
+        the index loads: what is loaded so far)."""
+        if self.index_ready.is_set():
+            self.gallery.sync()
         if collection is not None:
             index = self.indexes.get(collection)
             return {"faces": len(index), "subjects": index.subject_count}
@@ -484,7 +532,8 @@ class FaceService:
 
     def collection_face_counts(self) -> dict[str, int]:
         """Faces of the running model per collection (those with any)."""
-        self.gallery.sync()
+        if self.index_ready.is_set():
+            self.gallery.sync()
         return self.indexes.face_counts()
 
     # ---- helpers ---------------------------------------------------------------------
@@ -564,6 +613,10 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
     calibration = Calibration.load(settings.resolved_calibration_file())
     store = GalleryStore.open(settings.resolved_database_url())
     service = FaceService(
-        settings=settings, pipeline=pipeline, store=store, calibration=calibration
+        settings=settings,
+        pipeline=pipeline,
+        store=store,
+        calibration=calibration,
+        load_in_background=True,
     )
     return service, weights

@@ -412,3 +412,57 @@ def test_deleting_a_collection_under_verify_traffic(database_url: str, settings:
     finally:
         a.store.close()
         b.store.close()
+
+
+def test_verify_works_while_the_index_loads_and_identify_waits_for_it(settings: Settings) -> None:
+    """A server answers at once at any gallery size: the 1:N index loads in a thread,
+    verify and enroll read subjects by key meanwhile, identify says 503 index_loading
+    (issue 12)."""
+    from app.errors import IndexLoading
+    from app.gallery.store import GalleryStore
+    from app.scoring.calibration import Calibration
+    from tests.fakes import fake_pipeline
+
+    first = _fake_service(settings)
+    first.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
+    first.store.close()
+    store = GalleryStore(settings.resolved_database_url())
+    release = threading.Event()
+    load = store.load_embeddings
+
+    def slow_load(**kwargs):  # type: ignore[no-untyped-def]
+        release.wait(10)
+        return load(**kwargs)
+
+    store.load_embeddings = slow_load  # type: ignore[method-assign]
+    service = FaceService(
+        settings=settings.model_copy(update={"inference_wait_seconds": 0.2}),
+        pipeline=fake_pipeline(),
+        store=store,
+        calibration=Calibration.load(settings.resolved_calibration_file()),
+        load_in_background=True,
+    )
+    try:
+        assert not service.index_ready.is_set()
+        got = service.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
+        assert got.result.match and got.result.distance == 0.0
+        service.enroll(collection="default", subject_id="bo", images=[fake_image(face(2))])
+        with pytest.raises(IndexLoading) as info:
+            service.identify(collection="default", image=fake_image(face(1)))
+        assert info.value.retry_after >= 1
+        release.set()
+        assert service.index_ready.wait(5)
+        hits = service.identify(collection="default", image=fake_image(face(2)))
+        assert hits.best is not None and hits.best.subject_id == "bo"  # enrolled during load
+        assert service.gallery_counts() == {"faces": 2, "subjects": 2}
+    finally:
+        release.set()
+        store.close()
+
+
+def test_a_bulk_load_leaves_room_to_grow() -> None:
+    from app.gallery.index import ExactIndex
+
+    index = ExactIndex(128)
+    index.add([f"f{i}" for i in range(4000)], ["s"] * 4000, np.ones((4000, 128), np.float32))
+    assert index.nbytes() >= 1.25 * 4000 * 129 * 4  # the next enroll does not copy it all

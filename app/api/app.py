@@ -62,10 +62,8 @@ def create_app(
             settings.max_concurrent_inference + settings.max_queued_requests
         )
         log.info(
-            "faceverify ready: encoder=%s, %d faces in %d collections, database=%s",
+            "faceverify ready: encoder=%s, database=%s (the 1:N index loads in the background)",
             service.pipeline.encoder_name,
-            len(service.indexes),
-            len(service.indexes.face_counts()),
             settings.resolved_database_url().split(":", 1)[0],
         )
         if not service.calibration_matches_pipeline():

@@ -54,6 +54,7 @@ ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
     errors.Forbidden: (403, "forbidden"),
     errors.TooManyRequests: (429, "too_many_requests"),
     errors.ServiceBusy: (503, "service_busy"),
+    errors.IndexLoading: (503, "index_loading"),
     errors.NotReady: (503, "not_ready"),
     errors.ModelFileError: (500, "model_file_error"),
     errors.FaceVerifyError: (500, "internal_error"),

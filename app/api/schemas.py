@@ -337,6 +337,10 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     status: Literal["ready"]
+    identify: Literal["ready", "loading"] = Field(
+        description="loading: the 1:N index is still being filled after start-up (identify "
+        "answers 503 index_loading meanwhile; everything else works)."
+    )
 
 
 class InfoModel(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,7 +107,10 @@ class CollectionRecord:
     faces: int
 
 
-ChangeKind = Literal["add_face", "delete_face", "delete_subject", "delete_collection"]
+# reload_collection: many faces changed at once (an import); reload that collection.
+ChangeKind = Literal[
+    "add_face", "delete_face", "delete_subject", "delete_collection", "reload_collection"
+]
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,38 @@ class GalleryStore:
             )
             return _subject_record(subject, int(count or 0))
 
+    def subject_embeddings(
+        self, *, collection: str, subject_id: str, dim: int, encoders: Collection[str]
+    ) -> tuple[list[str], np.ndarray]:
+        """One subject's face ids and ``(n, dim)`` embeddings made by ``encoders``, read
+        by key in one indexed query: what verify needs, at a cost that does not depend on
+        the gallery's size. n may be 0 (every face deleted, or of another model).
+
+        Raises:
+            SubjectNotFound: no such subject in the collection.
+        """
+        stmt = (
+            select(Subject.id, Face.id, Face.embedding)
+            .outerjoin(
+                Face,
+                (Face.collection_id == Subject.collection_id)
+                & (Face.subject_id == Subject.id)
+                & Face.encoder.in_(sorted(encoders)),
+            )
+            .where(Subject.collection_id == collection, Subject.id == subject_id)
+            .order_by(Face.id)
+        )
+        with self.engine.connect() as conn:
+            rows = [r for r in conn.execute(stmt).all()]
+        if not rows:
+            raise SubjectNotFound.for_id(subject_id)
+        found = [(r[1], r[2]) for r in rows if r[1] is not None]
+        blobs = [blob for _, blob in found]
+        if any(len(b) != dim * EMBEDDING_DTYPE.itemsize for b in blobs):
+            raise ValueError(f"stored embeddings are not all {dim} floats long")
+        matrix = np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(found), dim)
+        return [face_id for face_id, _ in found], matrix.astype(np.float32)
+
     def list_faces(self, *, collection: str, subject_id: str) -> list[FaceRecord]:
         with Session(self.engine) as session:
             rows = session.scalars(
@@ -213,15 +248,22 @@ class GalleryStore:
             return [_subject_record(row[0], int(row[1])) for row in rows], int(total or 0)
 
     def load_embeddings(
-        self, *, dim: int, face_ids: list[str] | None = None, encoders: Collection[str] = ()
+        self,
+        *,
+        dim: int,
+        face_ids: list[str] | None = None,
+        encoders: Collection[str] = (),
+        collection: str | None = None,
     ) -> EmbeddingRows:
-        """Embeddings of all faces, or of the given ids (those that still exist), made by
-        one of ``encoders`` (all encoders when empty; then they must share ``dim``)."""
-        stmt = select(Face.id, Face.collection_id, Face.subject_id, Face.embedding).order_by(
-            Face.id
-        )
+        """Embeddings of all faces, of one collection, or of the given ids (those that
+        still exist), made by one of ``encoders`` (all encoders when empty; then they
+        must share ``dim``). One query, one buffer: no per-face Python objects beyond
+        the ids."""
+        stmt = select(Face.id, Face.collection_id, Face.subject_id, Face.embedding)
         if face_ids is not None:
             stmt = stmt.where(Face.id.in_(face_ids))
+        if collection is not None:
+            stmt = stmt.where(Face.collection_id == collection)
         if encoders:
             stmt = stmt.where(Face.encoder.in_(sorted(encoders)))
         with self.engine.connect() as conn:
@@ -231,12 +273,11 @@ class GalleryStore:
         )
         if any(len(b) != dim * EMBEDDING_DTYPE.itemsize for b in blobs):
             raise ValueError(f"stored embeddings are not all {dim} floats long")
+        # A read-only view of one joined buffer (float32 little-endian is the native
+        # layout here): no per-row arrays and no second copy; indexes copy what they keep.
         matrix = np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(rows), dim)
         return EmbeddingRows(
-            face_ids=ids,
-            collections=collections,
-            subject_ids=subjects,
-            matrix=matrix.astype(np.float32),
+            face_ids=ids, collections=collections, subject_ids=subjects, matrix=matrix
         )
 
     def changes_since(self, *, version: int) -> list[Change] | None:
@@ -338,6 +379,99 @@ class GalleryStore:
             return record, version
 
     # ---- writes ----------------------------------------------------------------------
+    def import_faces(
+        self,
+        *,
+        collection: str,
+        subject_ids: list[str],
+        embeddings: np.ndarray,
+        names: list[str | None] | None = None,
+        encoder: str,
+        pipeline_version: str,
+        batch: int = 20_000,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[int, int, int]:
+        """Store many faces in one transaction (all or none): subjects that do not exist
+        in the collection are created (with ``names``), existing ones get the faces
+        added. The change log gets one ``reload_collection`` entry, not one per face.
+
+        Returns:
+            Faces stored, subjects created, and the gallery version written.
+        """
+        vectors = np.ascontiguousarray(embeddings, dtype=EMBEDDING_DTYPE)
+        if vectors.ndim != 2 or len(vectors) != len(subject_ids):
+            raise ValueError("one embedding row per subject id")
+        if not np.all(np.isfinite(vectors)):
+            raise ValueError("embeddings must be finite")
+        now = datetime.now(UTC)
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session)
+            if session.get(CollectionRow, collection) is None:
+                raise CollectionNotFound.for_id(collection)
+            wanted = set(subject_ids)
+            existing = (
+                set(
+                    session.scalars(
+                        select(Subject.id).where(Subject.collection_id == collection)
+                    ).all()
+                )
+                & wanted
+            )
+            first_name: dict[str, str | None] = {}
+            for i, subject in enumerate(subject_ids):
+                if subject not in first_name or first_name[subject] is None:
+                    first_name[subject] = names[i] if names else None
+            new_subjects = [
+                {"collection_id": collection, "id": s, "name": first_name[s], "created_at": now}
+                for s in sorted(wanted - existing)
+            ]
+            for start in range(0, len(new_subjects), batch):
+                session.execute(insert(Subject), new_subjects[start : start + batch])
+            for start in range(0, len(subject_ids), batch):
+                rows = [
+                    {
+                        "id": str(uuid.uuid4()),
+                        "collection_id": collection,
+                        "subject_id": subject_ids[i],
+                        "embedding": vectors[i].tobytes(),
+                        "box_left": 0,
+                        "box_top": 0,
+                        "box_right": 0,
+                        "box_bottom": 0,
+                        "detector_score": 0.0,
+                        "encoder": encoder,
+                        "pipeline_version": pipeline_version,
+                        "created_at": now,
+                    }
+                    for i in range(start, min(start + batch, len(subject_ids)))
+                ]
+                session.execute(insert(Face), rows)
+                if progress:
+                    progress(len(rows))
+            _log(session, version, [("reload_collection", collection, "", None)])
+            return len(subject_ids), len(new_subjects), version
+
+    def export_faces(
+        self, *, collection: str
+    ) -> tuple[list[FaceRecord], list[str | None], list[bytes]]:
+        """Every face of a collection with its subject's name and its embedding bytes,
+        by subject then face."""
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(Face, Subject.name)
+                .join(
+                    Subject,
+                    (Subject.collection_id == Face.collection_id) & (Subject.id == Face.subject_id),
+                )
+                .where(Face.collection_id == collection)
+                .order_by(Face.subject_id, Face.created_at, Face.id)
+            ).all()
+            return (
+                [_face_record(r[0]) for r in rows],
+                [r[1] for r in rows],
+                [r[0].embedding for r in rows],
+            )
+
     def add_faces(
         self,
         *,

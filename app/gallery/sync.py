@@ -25,7 +25,12 @@ class ChangeSource(Protocol):
     def changes_since(self, *, version: int) -> list[Change] | None: ...
 
     def load_embeddings(
-        self, *, dim: int, face_ids: list[str] | None = None, encoders: Collection[str] = ()
+        self,
+        *,
+        dim: int,
+        face_ids: list[str] | None = None,
+        encoders: Collection[str] = (),
+        collection: str | None = None,
     ) -> EmbeddingRows: ...
 
 
@@ -78,6 +83,16 @@ class GallerySync:
                 rows.matrix[picked],
             )
 
+    def _reload_collection(self, collection: str) -> None:
+        """One collection afresh from the store (after an import). It reflects the store
+        as it is now; later changes in the same replay are applied again, harmlessly."""
+        rows = self.source.load_embeddings(
+            dim=self.indexes.dim, encoders=self.encoders, collection=collection
+        )
+        self.indexes.drop(collection)
+        if rows.face_ids:
+            self.indexes.writable(collection).add(rows.face_ids, rows.subject_ids, rows.matrix)
+
     def _replay(self, changes: list[Change]) -> None:
         added = [c.face_id for c in changes if c.kind == "add_face" and c.face_id]
         fetched = (
@@ -100,10 +115,18 @@ class GallerySync:
                 self.indexes.get(change.collection).remove_subject(change.subject_id)
             elif change.kind == "delete_collection":
                 self.indexes.drop(change.collection)
+            elif change.kind == "reload_collection":
+                self._reload_collection(change.collection)
 
     def advance(self, version: int) -> None:
         """Record that this process applied its own write of ``version`` to the index
-        itself, when it was the next one; otherwise leave the gap for :meth:`sync`."""
-        with self._lock:
+        itself, when it was the next one; otherwise leave the gap for :meth:`sync`. Never
+        waits: while a sync holds the lock (a full load can take seconds), the write is
+        simply replayed by the next sync (replaying is harmless)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             if version == self.version + 1:
                 self.version = version
+        finally:
+            self._lock.release()

@@ -37,7 +37,8 @@ def readyz(request: Request) -> s.ReadyResponse:
         raise NotReady("The models are not loaded yet.")
     service.ready()
     # A status only: the endpoint needs no key, so it tells nothing about the gallery.
-    return s.ReadyResponse(status="ready")
+    loaded = service.index_ready.is_set()
+    return s.ReadyResponse(status="ready", identify="ready" if loaded else "loading")
 
 
 @router.get(
