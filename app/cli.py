@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -167,6 +169,87 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys l
         typer.echo(f"faceverify: no active key with id {key_id}", err=True)
         raise typer.Exit(2)
     typer.echo(f"revoked {key_id}")
+
+
+gallery_cli = typer.Typer(help="The gallery: import and export embeddings in bulk.")
+cli.add_typer(gallery_cli, name="gallery")
+CollectionOption = Annotated[
+    str, typer.Option(help="The collection to import into / export from (created if new).")
+]
+
+
+@gallery_cli.command("import")
+def gallery_import(
+    file: Annotated[Path, typer.Argument(help=".jsonl or .npz (see docs/SCALING.md).")],
+    collection: CollectionOption = "default",
+) -> None:
+    """Add the faces of a file to a collection: all of them or, on any bad line, none."""
+    from tqdm import tqdm
+
+    from app.face.registry import encoder_model
+    from app.gallery.store import GalleryStore
+    from app.gallery.transfer import read_gallery_file
+    from app.keys import COLLECTION_ID
+
+    settings = _or_exit(Settings)
+    if not COLLECTION_ID.match(collection):
+        typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
+        raise typer.Exit(2)
+    spec = encoder_model(settings)
+    started = time.perf_counter()
+    data = _or_exit(lambda: read_gallery_file(file, dim=spec.dim))
+    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    if not store.collection_exists(collection=collection):
+        _or_exit(lambda: store.create_collection(collection=collection))
+    with tqdm(total=len(data.subject_ids), unit="face", desc="import") as bar:
+        stored, created, _ = _or_exit(
+            lambda: store.import_faces(
+                collection=collection,
+                subject_ids=data.subject_ids,
+                embeddings=data.embeddings,
+                names=data.names,
+                encoder=spec.name,
+                pipeline_version=f"import:{file.name}"[:128],
+                progress=bar.update,
+            )
+        )
+    elapsed = time.perf_counter() - started
+    typer.echo(
+        f"imported {stored} faces ({created} new subjects) into {collection} in "
+        f"{elapsed:.1f} s ({stored / max(elapsed, 1e-9):,.0f} faces/s)"
+    )
+    store.close()
+
+
+@gallery_cli.command("export")
+def gallery_export(
+    file: Annotated[Path, typer.Argument(help=".jsonl or .npz")],
+    collection: CollectionOption = "default",
+) -> None:
+    """Write every face of a collection (subject, face id, name, embedding)."""
+    from app.gallery.store import GalleryStore
+    from app.gallery.transfer import write_gallery_file
+
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    faces, names, blobs = _or_exit(lambda: store.export_faces(collection=collection))
+    sizes = {len(b) for b in blobs}
+    if len(sizes) > 1:
+        typer.echo("faceverify: the collection holds embeddings of several sizes", err=True)
+        raise typer.Exit(2)
+    dim = sizes.pop() // 4 if sizes else 0
+    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim)
+    _or_exit(
+        lambda: write_gallery_file(
+            file,
+            subject_ids=[f.subject_id for f in faces],
+            face_ids=[f.id for f in faces],
+            names=names,
+            embeddings=matrix,
+        )
+    )
+    typer.echo(f"exported {len(faces)} faces of {collection} to {file}")
+    store.close()
 
 
 db_cli = typer.Typer(help="The database: schema migrations.")

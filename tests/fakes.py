@@ -137,12 +137,19 @@ class FakeEncoder:
 
 
 def fake_pipeline(
-    *, max_pixels: int = 40_000_000, delay: float = 0.0, flip_average: bool = True
+    *,
+    max_pixels: int = 40_000_000,
+    delay: float = 0.0,
+    flip_average: bool = True,
+    also_compatible: frozenset[str] = frozenset(),
 ) -> Pipeline:
-    """The real Pipeline around the fake detector and encoder."""
+    """The real Pipeline around the fake detector and encoder. ``also_compatible``: stored
+    encoder names the fake stands in for (e.g. what `gallery import` stores)."""
+    encoder = FakeEncoder(delay)
+    encoder.compatible = FakeEncoder.compatible | also_compatible
     return Pipeline(
         detector=FakeDetector(),
-        encoder=FakeEncoder(delay),
+        encoder=encoder,
         max_pixels=max_pixels,
         version="fake-1",
         flip_average=flip_average,

@@ -57,11 +57,15 @@ def assert_problem(response, status: int, code: str) -> dict:
     return body
 
 
-def fake_service(settings: Settings, *, delay: float = 0.0) -> FaceService:
+def fake_service(
+    settings: Settings, *, delay: float = 0.0, also_compatible: frozenset[str] = frozenset()
+) -> FaceService:
     """The real service, store and calibration, with the fake detector and encoder."""
     return FaceService(
         settings=settings,
-        pipeline=fake_pipeline(max_pixels=settings.max_image_pixels, delay=delay),
+        pipeline=fake_pipeline(
+            max_pixels=settings.max_image_pixels, delay=delay, also_compatible=also_compatible
+        ),
         store=GalleryStore.open(settings.resolved_database_url()),
         calibration=Calibration.load(settings.resolved_calibration_file()),
     )

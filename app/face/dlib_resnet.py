@@ -166,6 +166,7 @@ def _build(settings: Settings, weights: dict[str, WeightFile]) -> FaceEncoder:
 
 SPEC = EncoderModel(
     name=MODEL,
+    dim=DIM,
     weights=(MODEL,),
     fingerprint={
         "landmarks": "shape_predictor_5",

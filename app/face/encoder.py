@@ -58,7 +58,9 @@ class EncoderModel:
     """A registry entry (app/face/registry.py): how to build one encoder model.
 
     Attributes:
-        name: the registry name, chosen with ``FACEVERIFY_MODEL``.
+        name: the registry name, chosen with ``FACEVERIFY_MODEL``; also what imported
+            embeddings are stored as, so its encoders must list it in ``compatible``.
+        dim: the embedding's length.
         weights: the models/manifest.json entries it needs.
         fingerprint: what a calibration records about the model (input, alignment,
             network), so a calibration fitted for another model is flagged.
@@ -69,6 +71,7 @@ class EncoderModel:
     """
 
     name: str
+    dim: int
     weights: tuple[str, ...]
     fingerprint: dict[str, str]
     version_tag: str
