@@ -16,3 +16,8 @@ BEGIN
   END IF;
 END $$;
 SQL
+# pgvector (built from vendor/ by .ci/pgvector.sh when it is installed): in template1, so
+# every test database has the extension (creating it needs a superuser).
+if [ -f "$(pg_config --sharedir)/extension/vector.control" ]; then
+    su postgres -c "psql -v ON_ERROR_STOP=1 -q -d template1 -c 'CREATE EXTENSION IF NOT EXISTS vector'"
+fi

@@ -40,6 +40,7 @@ from app.face.detect import DetectedFace, largest, main_face
 from app.face.pipeline import FacePipeline, Timings
 from app.face.registry import build_pipeline, calibration_fingerprint, load_checked_weights
 from app.face.weights import WeightFile
+from app.gallery import pgvector
 from app.gallery.index import ExactIndex, Partitions, VectorIndex
 from app.gallery.models import DEFAULT_COLLECTION
 from app.gallery.store import (
@@ -217,8 +218,12 @@ class FaceService:
         self.slots = InferenceSlots(
             settings.max_concurrent_inference, settings.inference_wait_seconds
         )
+        # PostgreSQL with pgvector searches itself: no index in this process, no replay.
+        self.db_search = store.vector_dim is not None and store.vector_dim == pipeline.dim
         self.index_ready = threading.Event()
-        if load_in_background:
+        if self.db_search:
+            self.index_ready.set()
+        elif load_in_background:
             threading.Thread(target=self._load_index, name="index-load", daemon=True).start()
         else:
             self._load_index()
@@ -334,10 +339,11 @@ class FaceService:
             if replay is None:
                 raise
             return replay
-        self.indexes.writable(collection).add(
-            [f.id for f in stored], [subject_id] * len(stored), embeddings
-        )
-        self.gallery.advance(version)
+        if not self.db_search:
+            self.indexes.writable(collection).add(
+                [f.id for f in stored], [subject_id] * len(stored), embeddings
+            )
+            self.gallery.advance(version)
         return EnrollResult(subject=subject, faces=stored, timings=timings)
 
     def _check_same_person(
@@ -449,14 +455,29 @@ class FaceService:
                     "(verify works meanwhile).",
                     retry_after=2,
                 )
-            self.gallery.sync()
-            index = self.indexes.get(collection)
-            hits = index.search(embedding, top_k or self.settings.identify_top_k)
+            k = top_k or self.settings.identify_top_k
+            hits, size = self._search(collection, embedding, k)
         candidates = [
             Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits
         ]
         best = candidates[0] if candidates and candidates[0].result.match else None
-        return IdentifyResult(probe, candidates, best, len(index), timings)
+        return IdentifyResult(probe, candidates, best, size, timings)
+
+    def _search(self, collection: str, embedding: np.ndarray, k: int) -> tuple[list[Any], int]:
+        """The nearest subjects and how many faces were searched: in PostgreSQL with
+        pgvector, else in this process's index of the collection."""
+        if self.db_search:
+            encoders = self.pipeline.compatible
+            hits = pgvector.search(
+                self.store.engine, collection=collection, query=embedding, k=k, encoders=encoders
+            )
+            size = pgvector.collection_size(
+                self.store.engine, collection=collection, encoders=encoders
+            )
+            return hits, size
+        self.gallery.sync()
+        index = self.indexes.get(collection)
+        return index.search(embedding, k), len(index)
 
     # ---- subjects --------------------------------------------------------------------
     def get_subject(
@@ -520,6 +541,10 @@ class FaceService:
     def gallery_counts(self, collection: str | None = None) -> dict[str, int]:
         """Faces and subjects of the running model: of one collection, or of all (while
         the index loads: what is loaded so far)."""
+        if self.db_search:
+            per = pgvector.counts(self.store.engine, encoders=self.pipeline.compatible)
+            picked = [per.get(collection, (0, 0))] if collection is not None else per.values()
+            return {"faces": sum(f for f, _ in picked), "subjects": sum(n for _, n in picked)}
         if self.index_ready.is_set():
             self.gallery.sync()
         if collection is not None:
@@ -532,6 +557,9 @@ class FaceService:
 
     def collection_face_counts(self) -> dict[str, int]:
         """Faces of the running model per collection (those with any)."""
+        if self.db_search:
+            per = pgvector.counts(self.store.engine, encoders=self.pipeline.compatible)
+            return {name: faces for name, (faces, _) in per.items() if faces}
         if self.index_ready.is_set():
             self.gallery.sync()
         return self.indexes.face_counts()
@@ -612,6 +640,13 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
     pipeline = build_pipeline(settings, weights)
     calibration = Calibration.load(settings.resolved_calibration_file())
     store = GalleryStore.open(settings.resolved_database_url())
+    if settings.vector_search != "memory":
+        enabled = store.enable_vectors(dim=pipeline.dim)
+        if settings.vector_search == "pgvector" and not enabled:
+            raise NotReady(
+                "FACEVERIFY_VECTOR_SEARCH=pgvector, but the database is not PostgreSQL "
+                "with the vector extension (see docs/SCALING.md)."
+            )
     service = FaceService(
         settings=settings,
         pipeline=pipeline,

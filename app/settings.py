@@ -25,6 +25,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; default sqlite:///<data_dir>/faceverify.db.",
     )
 
+    # Where identify searches. auto: in PostgreSQL with pgvector when the extension is
+    # installed (replicas then hold no copy of the gallery), else in each process's
+    # memory; memory: always in memory; pgvector: refuse to start without it.
+    vector_search: Literal["auto", "memory", "pgvector"] = "auto"
+
     # --- model files -----------------------------------------------------------------
     models_dir: Path = Field(
         DEFAULT_MODELS_DIR, description="Folder holding manifest.json and calibration.json."

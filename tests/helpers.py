@@ -58,15 +58,23 @@ def assert_problem(response, status: int, code: str) -> dict:
 
 
 def fake_service(
-    settings: Settings, *, delay: float = 0.0, also_compatible: frozenset[str] = frozenset()
+    settings: Settings,
+    *,
+    delay: float = 0.0,
+    also_compatible: frozenset[str] = frozenset(),
+    pgvector: bool = False,
 ) -> FaceService:
-    """The real service, store and calibration, with the fake detector and encoder."""
+    """The real service, store and calibration, with the fake detector and encoder;
+    ``pgvector``: search in PostgreSQL (the test database must have the extension)."""
+    store = GalleryStore.open(settings.resolved_database_url())
+    if pgvector:
+        assert store.enable_vectors(dim=128), "pgvector is not available"
     return FaceService(
         settings=settings,
         pipeline=fake_pipeline(
             max_pixels=settings.max_image_pixels, delay=delay, also_compatible=also_compatible
         ),
-        store=GalleryStore.open(settings.resolved_database_url()),
+        store=store,
         calibration=Calibration.load(settings.resolved_calibration_file()),
     )
 

@@ -141,6 +141,29 @@ class GalleryStore:
         """Connect; nothing is read or written (see :meth:`open` and :meth:`migrate`)."""
         self.url = url
         self.engine: Engine = _make_engine(url, echo=echo)
+        # Set by enable_vectors: the embedding length kept in pgvector's face_vectors.
+        self.vector_dim: int | None = None
+
+    def enable_vectors(self, *, dim: int) -> bool:
+        """Keep and search embeddings in PostgreSQL with pgvector, if it is available
+        (app/gallery/pgvector.py). True when enabled."""
+        from app.gallery import pgvector
+
+        if pgvector.enable(self.engine, dim=dim):
+            self.vector_dim = dim
+        return self.vector_dim is not None
+
+    def _store_vectors(self, session: Session, faces: list[Face], vectors: np.ndarray) -> None:
+        """The faces' embeddings into face_vectors too, in the same transaction."""
+        if self.vector_dim is None or vectors.shape[1] != self.vector_dim:
+            return
+        from app.gallery import pgvector
+
+        pgvector.insert_vectors(
+            session.connection(),
+            [(f.id, f.collection_id, f.subject_id, f.encoder) for f in faces],
+            vectors,
+        )
 
     @classmethod
     def open(cls, url: str, *, echo: bool = False) -> GalleryStore:
@@ -446,6 +469,14 @@ class GalleryStore:
                     for i in range(start, min(start + batch, len(subject_ids)))
                 ]
                 session.execute(insert(Face), rows)
+                if self.vector_dim is not None and vectors.shape[1] == self.vector_dim:
+                    from app.gallery import pgvector
+
+                    pgvector.insert_vectors(
+                        session.connection(),
+                        [(r["id"], collection, r["subject_id"], encoder) for r in rows],
+                        vectors[start : start + len(rows)],
+                    )
                 if progress:
                     progress(len(rows))
             _log(session, version, [("reload_collection", collection, "", None)])
@@ -548,6 +579,12 @@ class GalleryStore:
                 )
             session.add_all(rows)
             session.flush()
+            if rows:
+                self._store_vectors(
+                    session,
+                    rows,
+                    np.stack([np.frombuffer(r.embedding, dtype=EMBEDDING_DTYPE) for r in rows]),
+                )
             _log(
                 session,
                 version,
