@@ -199,6 +199,8 @@ def gallery_import(
     started = time.perf_counter()
     data = _or_exit(lambda: read_gallery_file(file, dim=spec.dim))
     store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    if settings.vector_search != "memory":
+        store.enable_vectors(dim=spec.dim)  # into pgvector's table too, when there is one
     if not store.collection_exists(collection=collection):
         _or_exit(lambda: store.create_collection(collection=collection))
     with tqdm(total=len(data.subject_ids), unit="face", desc="import") as bar:

@@ -59,6 +59,9 @@ from app.settings import Settings
 
 log = logging.getLogger("faceverify.service")
 
+# identify's gallery_size with pgvector is a count of the collection refreshed this often.
+DB_SIZE_TTL_SECONDS = 5.0
+
 FacePolicy = Literal["single", "largest"]
 
 
@@ -220,6 +223,7 @@ class FaceService:
         )
         # PostgreSQL with pgvector searches itself: no index in this process, no replay.
         self.db_search = store.vector_dim is not None and store.vector_dim == pipeline.dim
+        self._sizes: dict[str, tuple[float, int]] = {}
         self.index_ready = threading.Event()
         if self.db_search:
             self.index_ready.set()
@@ -410,6 +414,18 @@ class FaceService:
             timings=timings,
         )
 
+    def _db_collection_size(self, collection: str) -> int:
+        """How many faces identify searched, in PostgreSQL: counted at most every few
+        seconds (a count over millions of rows costs more than the search)."""
+        now = time.monotonic()
+        cached = self._sizes.get(collection)
+        if cached is None or now - cached[0] > DB_SIZE_TTL_SECONDS:
+            size = pgvector.collection_size(
+                self.store.engine, collection=collection, encoders=self.pipeline.compatible
+            )
+            cached = self._sizes[collection] = (now, size)
+        return cached[1]
+
     def _enrolled(self, collection: str, subject_id: str) -> tuple[list[str], np.ndarray]:
         """The subject's faces of this model, read by key from the store (the truth), so
         verify never waits for or depends on the size of the 1:N index."""
@@ -471,10 +487,7 @@ class FaceService:
             hits = pgvector.search(
                 self.store.engine, collection=collection, query=embedding, k=k, encoders=encoders
             )
-            size = pgvector.collection_size(
-                self.store.engine, collection=collection, encoders=encoders
-            )
-            return hits, size
+            return hits, self._db_collection_size(collection)
         self.gallery.sync()
         index = self.indexes.get(collection)
         return index.search(embedding, k), len(index)

@@ -60,23 +60,19 @@ def enable(engine: Engine, *, dim: int) -> bool:
                 )"""
             )
         )
-        conn.execute(
-            text(
-                "CREATE INDEX IF NOT EXISTS ix_face_vectors_hnsw ON face_vectors "
-                "USING hnsw (embedding vector_l2_ops)"
-            )
-        )
+        conn.execute(text(HNSW_INDEX))
         conn.execute(
             text(
                 "CREATE INDEX IF NOT EXISTS ix_face_vectors_collection "
                 "ON face_vectors (collection_id)"
             )
         )
-        _backfill(conn, dim)
+        if _backfill(conn, dim):
+            conn.execute(text("ANALYZE face_vectors"))
     return True
 
 
-def _backfill(conn: Connection, dim: int) -> None:
+def _backfill(conn: Connection, dim: int) -> int:
     """Faces stored while the table did not exist (or before pgvector was installed)."""
     missing = conn.execute(
         text(
@@ -92,6 +88,34 @@ def _backfill(conn: Connection, dim: int) -> None:
             [(r[0], r[1], r[2], r[3]) for r in rows],
             np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").reshape(len(rows), dim),
         )
+    return len(rows)
+
+
+# Imports at least this large rebuild the HNSW index after loading instead of updating
+# it row by row: ~680 faces/s with the index kept up (measured here), versus loading at
+# full speed and one build (pgvector's advice for initial loads).
+BULK_REBUILD = 10_000
+HNSW_INDEX = (
+    "CREATE INDEX IF NOT EXISTS ix_face_vectors_hnsw ON face_vectors "
+    "USING hnsw (embedding vector_l2_ops)"
+)
+
+
+def bulk_begin(conn: Connection) -> None:
+    """Before a large import in this transaction: drop the HNSW index (searches of the
+    table wait for the transaction; they are never answered from half an import)."""
+    conn.execute(text("DROP INDEX IF EXISTS ix_face_vectors_hnsw"))
+
+
+def bulk_end(conn: Connection) -> None:
+    """After it: build the index once, with more memory and both cores."""
+    conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
+    conn.execute(text("SET LOCAL max_parallel_maintenance_workers = 2"))
+    conn.execute(text(HNSW_INDEX))
+    # Fresh statistics, or the planner keeps estimating the table small and sorts every
+    # row of a collection instead of walking the HNSW index (measured: 141 ms against
+    # 13 ms at 200k faces).
+    conn.execute(text("ANALYZE face_vectors"))
 
 
 def literal(vector: np.ndarray) -> str:

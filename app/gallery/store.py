@@ -29,6 +29,7 @@ from app.errors import (
     SubjectExists,
     SubjectNotFound,
 )
+from app.gallery import pgvector
 from app.gallery.models import (
     ApiKey,
     Face,
@@ -38,6 +39,7 @@ from app.gallery.models import (
     Subject,
 )
 from app.gallery.models import Collection as CollectionRow
+from app.gallery.pgvector import BULK_REBUILD
 from app.geometry import Box
 
 EMBEDDING_DTYPE = np.dtype("<f4")
@@ -147,8 +149,6 @@ class GalleryStore:
     def enable_vectors(self, *, dim: int) -> bool:
         """Keep and search embeddings in PostgreSQL with pgvector, if it is available
         (app/gallery/pgvector.py). True when enabled."""
-        from app.gallery import pgvector
-
         if pgvector.enable(self.engine, dim=dim):
             self.vector_dim = dim
         return self.vector_dim is not None
@@ -157,8 +157,6 @@ class GalleryStore:
         """The faces' embeddings into face_vectors too, in the same transaction."""
         if self.vector_dim is None or vectors.shape[1] != self.vector_dim:
             return
-        from app.gallery import pgvector
-
         pgvector.insert_vectors(
             session.connection(),
             [(f.id, f.collection_id, f.subject_id, f.encoder) for f in faces],
@@ -450,6 +448,9 @@ class GalleryStore:
             ]
             for start in range(0, len(new_subjects), batch):
                 session.execute(insert(Subject), new_subjects[start : start + batch])
+            rebuild = self.vector_dim is not None and len(subject_ids) >= BULK_REBUILD
+            if rebuild:
+                pgvector.bulk_begin(session.connection())
             for start in range(0, len(subject_ids), batch):
                 rows = [
                     {
@@ -470,8 +471,6 @@ class GalleryStore:
                 ]
                 session.execute(insert(Face), rows)
                 if self.vector_dim is not None and vectors.shape[1] == self.vector_dim:
-                    from app.gallery import pgvector
-
                     pgvector.insert_vectors(
                         session.connection(),
                         [(r["id"], collection, r["subject_id"], encoder) for r in rows],
@@ -479,6 +478,8 @@ class GalleryStore:
                     )
                 if progress:
                     progress(len(rows))
+            if rebuild:
+                pgvector.bulk_end(session.connection())
             _log(session, version, [("reload_collection", collection, "", None)])
             return len(subject_ids), len(new_subjects), version
 
