@@ -186,8 +186,8 @@ class CollectionNotFound(NotFoundError):
 
 @dataclass(eq=False, kw_only=True)
 class FaceNotFound(NotFoundError):
-    subject_id: str
     face_id: str
+    subject_id: str | None = None
 
 
 @dataclass(eq=False, kw_only=True)

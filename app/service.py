@@ -165,7 +165,8 @@ class Candidate:
 
 @dataclass
 class IdentifyResult:
-    probe: ProbeFace
+    # None for a search by a stored face.
+    probe: ProbeFace | None
     candidates: list[Candidate]
     best: Candidate | None
     gallery_size: int
@@ -465,12 +466,7 @@ class FaceService:
         timings = Timings()
         probe, embedding = self._probe(image, timings)
         with timings.measure("search_ms"):
-            if not self.index_ready.wait(self.settings.inference_wait_seconds):
-                raise IndexLoading(
-                    "The 1:N index is still loading after start-up; retry shortly "
-                    "(verify works meanwhile).",
-                    retry_after=2,
-                )
+            self._wait_for_index()
             k = top_k or self.settings.identify_top_k
             hits, size = self._search(collection, embedding, k)
         candidates = [
@@ -479,18 +475,57 @@ class FaceService:
         best = candidates[0] if candidates and candidates[0].result.match else None
         return IdentifyResult(probe, candidates, best, size, timings)
 
-    def _search(self, collection: str, embedding: np.ndarray, k: int) -> tuple[list[Any], int]:
+    def identify_face(
+        self,
+        *,
+        collection: str,
+        face_id: str,
+        top_k: int | None = None,
+        prior: float | None = None,
+    ) -> IdentifyResult:
+        """Identify with a stored face instead of a photo (AWS SearchFaces): the nearest
+        subjects to it, the face itself left out (its subject's other faces count)."""
+        timings = Timings()
+        with timings.measure("search_ms"):
+            _, embedding = self.store.face_embedding(
+                collection=collection, face_id=face_id, encoders=self.pipeline.compatible
+            )
+            self._wait_for_index()
+            k = top_k or self.settings.identify_top_k
+            hits, size = self._search(collection, embedding, k, exclude=face_id)
+        candidates = [
+            Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits
+        ]
+        best = candidates[0] if candidates and candidates[0].result.match else None
+        return IdentifyResult(None, candidates, best, size, timings)
+
+    def _wait_for_index(self) -> None:
+        if not self.index_ready.wait(self.settings.inference_wait_seconds):
+            raise IndexLoading(
+                "The 1:N index is still loading after start-up; retry shortly "
+                "(verify works meanwhile).",
+                retry_after=2,
+            )
+
+    def _search(
+        self, collection: str, embedding: np.ndarray, k: int, exclude: str | None = None
+    ) -> tuple[list[Any], int]:
         """The nearest subjects and how many faces were searched: in PostgreSQL with
         pgvector, else in this process's index of the collection."""
         if self.db_search:
             encoders = self.pipeline.compatible
             hits = pgvector.search(
-                self.store.engine, collection=collection, query=embedding, k=k, encoders=encoders
+                self.store.engine,
+                collection=collection,
+                query=embedding,
+                k=k,
+                encoders=encoders,
+                exclude=exclude,
             )
             return hits, self._db_collection_size(collection)
         self.gallery.sync()
         index = self.indexes.get(collection)
-        return index.search(embedding, k), len(index)
+        return index.search(embedding, k, exclude=exclude), len(index)
 
     # ---- subjects --------------------------------------------------------------------
     def get_subject(

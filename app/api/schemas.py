@@ -144,6 +144,11 @@ class VerifyRequest(_Form):
 
 class IdentifyRequest(_Form):
     collection: CollectionField = None
+    face_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        None,
+        description="Search with this stored face instead of an image (the face itself "
+        "is left out of the answer); send no image then.",
+    )
     top_k: Annotated[int, Field(ge=1, le=100)] | None = None
     prior: Prior | None = None
 
@@ -263,7 +268,7 @@ class IdentifyResponse(BaseModel):
     candidates: list[CandidateOut]
     threshold: float
     gallery_size: int
-    probe: ProbeOut
+    probe: ProbeOut | None = Field(description="The photo's face; null for a face_id search.")
     model: ModelOut
     calibration: CalibrationRef
     timing: TimingOut

@@ -65,9 +65,10 @@ class VectorIndex(Protocol):
         """The subject's face closest to ``query``, or None if it has no faces."""
         ...
 
-    def search(self, query: np.ndarray, k: int) -> list[SubjectHit]:
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[SubjectHit]:
         """The ``k`` subjects with the closest faces to ``query`` (each subject's best
-        face), nearest first."""
+        face), nearest first; the face ``exclude`` is left out (a search by a stored
+        face does not find that face itself)."""
         ...
 
 
@@ -202,14 +203,18 @@ class ExactIndex:
             best = int(np.argmin(d))
             return SubjectHit(subject_id, self._face_ids[rows[best]], float(d[best]))
 
-    def search(self, query: np.ndarray, k: int) -> list[SubjectHit]:
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[SubjectHit]:
         """The ``k`` subjects with the closest faces to ``query`` (each subject's best
-        face), nearest first."""
+        face), nearest first, without the face ``exclude``."""
         with self._lock:
             n = self._size
             if n == 0 or k <= 0:
                 return []
             d = distances(query, self._matrix[:n], self._sq[:n])
+            if exclude is not None and exclude in self._row_of_face:
+                d[self._row_of_face[exclude]] = np.inf
+                if n == 1:
+                    return []
             subject_of_row = self._subject_of_row
             face_ids = self._face_ids
             # Look at the nearest few rows first; widen only if they hold < k subjects.

@@ -146,6 +146,7 @@ def search(
     query: np.ndarray,
     k: int,
     encoders: Collection[str],
+    exclude: str | None = None,
 ) -> list[SubjectHit]:
     """The ``k`` subjects of the collection with the closest faces (each subject's best
     face), nearest first, from the HNSW index."""
@@ -160,9 +161,15 @@ def search(
                 text(
                     "SELECT face_id, subject_id, embedding <-> CAST(:q AS vector) AS d "
                     "FROM face_vectors WHERE collection_id = :c AND encoder = ANY(:e) "
-                    "ORDER BY embedding <-> CAST(:q AS vector) LIMIT :n"
+                    "AND face_id <> :x ORDER BY embedding <-> CAST(:q AS vector) LIMIT :n"
                 ),
-                {"q": literal(query), "c": collection, "e": sorted(encoders), "n": limit},
+                {
+                    "q": literal(query),
+                    "c": collection,
+                    "e": sorted(encoders),
+                    "n": limit,
+                    "x": exclude or "",
+                },
             ).all()
             found = sorted(((str(r[0]), str(r[1]), float(r[2])) for r in rows), key=lambda r: r[2])
             hits: dict[str, SubjectHit] = {}

@@ -233,6 +233,25 @@ class GalleryStore:
         matrix = np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(found), dim)
         return [face_id for face_id, _ in found], matrix.astype(np.float32)
 
+    def face_embedding(
+        self, *, collection: str, face_id: str, encoders: Collection[str]
+    ) -> tuple[str, np.ndarray]:
+        """A stored face's subject and embedding, made by one of ``encoders``.
+
+        Raises:
+            FaceNotFound: no such face in the collection (or of another model).
+        """
+        stmt = select(Face.subject_id, Face.embedding).where(
+            Face.collection_id == collection,
+            Face.id == face_id,
+            Face.encoder.in_(sorted(encoders)),
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            raise FaceNotFound(f"No face {face_id!r} in this collection.", face_id=face_id)
+        return str(row[0]), np.frombuffer(row[1], dtype=EMBEDDING_DTYPE).astype(np.float32)
+
     def list_faces(self, *, collection: str, subject_id: str) -> list[FaceRecord]:
         with Session(self.engine) as session:
             rows = session.scalars(

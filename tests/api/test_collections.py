@@ -248,3 +248,28 @@ def test_metric_labels_stay_bounded() -> None:
         len(labels) == 21 and labels[0] == ("c29", 29) and labels[-1] == ("_other", sum(range(10)))
     )
     assert bounded_labels({"a": 1}, 20) == [("a", 1)]
+
+
+def test_identify_by_a_stored_face(client: TestClient) -> None:
+    """Search with an enrolled face instead of a photo (AWS SearchFaces): the face itself
+    is left out, the subject's other faces still find it; only in the key's collection."""
+    more = fake_image(face(1, noise=0.1))
+    r = client.post(
+        "/enroll", data={"subject_id": "alice", "add": "true"}, files={"image": more}, headers=DOOR
+    )
+    assert r.status_code == 201
+    first = alice_face(client)
+    found = client.post("/identify", data={"face_id": first}, headers=DOOR).json()
+    assert found["probe"] is None and found["best"]["subject_id"] == "alice"
+    assert found["best"]["face_id"] != first and 0 < found["best"]["distance"] < 0.6
+    sam = client.get("/subjects/sam", headers=LOBBY).json()["faces"][0]["face_id"]
+    assert client.post("/identify", data={"face_id": sam}, headers=LOBBY).json()["candidates"] == []
+    # Another collection's face is unknown here, exactly like a made-up id.
+    assert_problem(
+        client.post("/identify", data={"face_id": first}, headers=LOBBY), 404, "face_not_found"
+    )
+    assert_problem(
+        client.post("/identify", data={"face_id": "nope"}, headers=LOBBY), 404, "face_not_found"
+    )
+    both = client.post("/identify", data={"face_id": first}, files={"image": ALICE}, headers=DOOR)
+    assert_problem(both, 422, "validation_error")

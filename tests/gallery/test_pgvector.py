@@ -93,6 +93,12 @@ def test_collections_stay_apart_in_the_database(
     hit = b.identify(collection="default", image=fake_image(face(1))).candidates[0]
     assert hit.result.distance > 1.0  # default's ann is another person
     assert b.identify(collection="door", image=fake_image(face(1))).best is not None
+    # Search by a stored face: the face itself is left out, its subject's others count.
+    a.enroll(collection="door", subject_id="ann", images=[fake_image(face(1, noise=0.1))], add=True)
+    first = a.get_subject(collection="door", subject_id="ann")[1][0].id
+    found = b.identify_face(collection="door", face_id=first)
+    assert found.best is not None and found.best.face_id != first
+    assert found.best.subject_id == "ann" and 0 < found.best.result.distance < 0.6
     a.delete_collection(collection="door")
     assert b.identify(collection="door", image=fake_image(face(1))).candidates == []
     assert b.collection_face_counts() == {"default": 1}

@@ -19,7 +19,9 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def request_body(model: type[BaseModel], images: dict[str, bool]) -> dict[str, Any]:
+def request_body(
+    model: type[BaseModel], images: dict[str, bool], *, images_required: bool = True
+) -> dict[str, Any]:
     """OpenAPI for a body sent as multipart (files) or JSON (base64), same field names.
     ``images`` maps each image field to whether it may repeat."""
     fields = model.model_json_schema()
@@ -42,7 +44,7 @@ def request_body(model: type[BaseModel], images: dict[str, bool]) -> dict[str, A
                     "schema": {
                         "type": "object",
                         "properties": multipart_props,
-                        "required": required + list(images),
+                        "required": required + (list(images) if images_required else []),
                     }
                 },
                 "application/json": {

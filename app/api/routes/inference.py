@@ -28,7 +28,7 @@ from app.api.deps import (
     target_collection,
 )
 from app.api.routes.common import face_out, problems, request_body, subject_out
-from app.errors import Forbidden
+from app.errors import Forbidden, InvalidRequest
 from app.face.pipeline import Timings
 from app.gallery.models import IDEMPOTENCY_KEY_MAX
 from app.keys import digest
@@ -115,6 +115,7 @@ def inference_route(
     *,
     status_code: int = 200,
     statuses: tuple[int, ...] = STATUSES,
+    images_required: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """POST ``path``: the key's ``scope`` checked first, then the body read, then
     admission; OpenAPI for the form's fields and its image fields (``images``: name ->
@@ -125,7 +126,7 @@ def inference_route(
         status_code=status_code,
         response_model=response_model,
         responses=problems(*statuses),
-        openapi_extra=request_body(form, images),
+        openapi_extra=request_body(form, images, images_required=images_required),
     )
 
 
@@ -219,16 +220,30 @@ def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
     )
 
 
-@inference_route("/identify", "verify", s.IdentifyResponse, s.IdentifyRequest, {"image": False})
+@inference_route(
+    "/identify",
+    "verify",
+    s.IdentifyResponse,
+    s.IdentifyRequest,
+    {"image": False},
+    statuses=(*STATUSES, 404),
+    images_required=False,  # or face_id
+)
 def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
-    """Who is this? The nearest enrolled subjects to the photo's main face."""
+    """Who is this? The nearest enrolled subjects to the photo's main face, or to a
+    stored face (face_id)."""
     form = body.validate(s.IdentifyRequest)
-    result = call.service.identify(
-        collection=call.collection(form.collection),
-        image=body.image(),
-        top_k=form.top_k,
-        prior=form.prior,
-    )
+    collection = call.collection(form.collection)
+    if form.face_id is not None:
+        if body.images:
+            raise InvalidRequest("Send either face_id or an image, not both.")
+        result = call.service.identify_face(
+            collection=collection, face_id=form.face_id, top_k=form.top_k, prior=form.prior
+        )
+    else:
+        result = call.service.identify(
+            collection=collection, image=body.image(), top_k=form.top_k, prior=form.prior
+        )
     if result.candidates:
         call.metrics.scores.labels("identify").observe(result.candidates[0].result.score)
     candidates = [
@@ -246,7 +261,7 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
         candidates=candidates,
         threshold=call.threshold,
         gallery_size=result.gallery_size,
-        probe=probe_out(result.probe),
+        probe=probe_out(result.probe) if result.probe is not None else None,
         **call.answer(result.timings),
     )
 
