@@ -254,6 +254,52 @@ def gallery_export(
     store.close()
 
 
+@cli.command()
+def enroll(
+    folder: Annotated[
+        Path, typer.Argument(help="One sub-folder per subject (its name is the id).")
+    ],
+    collection: CollectionOption = "default",
+    report: Annotated[
+        Path | None, typer.Option(help="Where to list refused photos (.csv or .jsonl).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Subjects at once; default one per core.")] = 0,
+) -> None:
+    """Enroll a folder of photos in bulk, with /enroll's rules; safe to re-run."""
+    from tqdm import tqdm
+
+    from app.bulk import enroll_folder, subjects_in, write_report
+    from app.service import build_service
+
+    settings = _or_exit(Settings)
+    if not folder.is_dir():
+        typer.echo(f"faceverify: {folder} is not a folder", err=True)
+        raise typer.Exit(2)
+    total = sum(len(p) for p in subjects_in(folder).values())
+    service, _ = _or_exit(lambda: build_service(settings))
+    if not service.store.collection_exists(collection=collection):
+        _or_exit(lambda: service.create_collection(collection=collection))
+    started = time.perf_counter()
+    with tqdm(total=total, unit="photo", desc="enroll") as bar:
+        outcomes = enroll_folder(
+            service,
+            folder,
+            collection=collection,
+            workers=workers or os.cpu_count() or 1,
+            progress=bar.update,
+        )
+    elapsed = time.perf_counter() - started
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("enrolled", "skipped", "refused")}
+    if report is not None:
+        write_report(report, outcomes)
+    typer.echo(
+        f"{counts['enrolled']} enrolled, {counts['skipped']} already there, "
+        f"{counts['refused']} refused{f' (listed in {report})' if report else ''}; "
+        f"{len(outcomes)} photos in {elapsed:.1f} s ({len(outcomes) / max(elapsed, 1e-9):.1f}/s)"
+    )
+    service.store.close()
+
+
 db_cli = typer.Typer(help="The database: schema migrations.")
 cli.add_typer(db_cli, name="db")
 

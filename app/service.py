@@ -59,6 +59,10 @@ from app.settings import Settings
 
 log = logging.getLogger("faceverify.service")
 
+# Two embeddings this close are the same face of the same photo (the pipeline is
+# deterministic: re-running it gives the same embedding to ~1e-7).
+KNOWN_FACE_DISTANCE = 1e-4
+
 # identify's gallery_size with pgvector is a count of the collection refreshed this often.
 DB_SIZE_TTL_SECONDS = 5.0
 
@@ -263,6 +267,7 @@ class FaceService:
         add: bool = False,
         force: bool = False,
         idempotency: tuple[str, str] | None = None,
+        skip_known: bool = False,
     ) -> EnrollResult:
         """Store one face per image: a new subject (``add=False``) or more faces of an
         existing one (``add=True``). Every image is checked before anything is stored:
@@ -275,6 +280,10 @@ class FaceService:
 
         ``idempotency`` is ``(owner, key)``: the first request with it stores and is
         remembered for 24 h with its result; a retry gets that result again.
+
+        ``skip_known`` (with ``add``): when every face is one the subject already has
+        (the same embedding: the pipeline is deterministic), store nothing and answer
+        with no faces, so re-running a bulk enrollment doubles nothing.
         """
         if not images:
             raise InvalidRequest("Send at least one image to enroll.")
@@ -319,6 +328,9 @@ class FaceService:
                     )
                 chosen.append(face)
             embeddings = self.pipeline.embed(chosen, timings)
+        if skip_known and add and self._all_known(collection, subject_id, embeddings):
+            subject = self.store.get_subject(collection=collection, subject_id=subject_id)
+            return EnrollResult(subject=subject, faces=[], timings=timings)
         if not force:
             self._check_same_person(collection, subject_id, embeddings, add=add)
         _stop_if_expired(committing=True)
@@ -350,6 +362,19 @@ class FaceService:
             )
             self.gallery.advance(version)
         return EnrollResult(subject=subject, faces=stored, timings=timings)
+
+    def _all_known(self, collection: str, subject_id: str, embeddings: np.ndarray) -> bool:
+        try:
+            known = self._enrolled(collection, subject_id)[1]
+        except SubjectHasNoFaces:
+            return False
+        # Differences, not the expanded |a|^2 + |b|^2 - 2ab of distances(): that loses
+        # ~5e-4 to float32 cancellation right where this looks.
+        exact = known.astype(np.float64)
+        return all(
+            float(np.linalg.norm(exact - e, axis=1).min()) < KNOWN_FACE_DISTANCE
+            for e in embeddings
+        )
 
     def _check_same_person(
         self, collection: str, subject_id: str, embeddings: np.ndarray, *, add: bool
