@@ -372,8 +372,7 @@ class FaceService:
         # ~5e-4 to float32 cancellation right where this looks.
         exact = known.astype(np.float64)
         return all(
-            float(np.linalg.norm(exact - e, axis=1).min()) < KNOWN_FACE_DISTANCE
-            for e in embeddings
+            float(np.linalg.norm(exact - e, axis=1).min()) < KNOWN_FACE_DISTANCE for e in embeddings
         )
 
     def _check_same_person(
@@ -706,6 +705,14 @@ def _request_digest(
     return digest.hexdigest()
 
 
+def _index_factory(settings: Settings) -> Callable[[int], VectorIndex]:
+    if settings.memory_index == "exact":
+        return ExactIndex
+    from app.gallery.ann import AnnIndex
+
+    return lambda dim: AnnIndex(dim, exact_below=settings.ann_exact_below)
+
+
 def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile]]:
     """Load and check the models, open (and migrate) the gallery and the calibration:
     everything a running service needs, from settings alone."""
@@ -725,6 +732,7 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
         pipeline=pipeline,
         store=store,
         calibration=calibration,
+        index_factory=_index_factory(settings),
         load_in_background=True,
     )
     return service, weights

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     # installed (replicas then hold no copy of the gallery), else in each process's
     # memory; memory: always in memory; pgvector: refuse to start without it.
     vector_search: Literal["auto", "memory", "pgvector"] = "auto"
+    # The in-memory index. ann: compact rows (~690 B a face against ~1.6 KB) searched
+    # exactly below ANN_EXACT_BELOW faces a collection, by FAISS IVF-SQ8 candidates
+    # re-ranked exactly above (app/gallery/ann.py); exact: a plain matrix, always exact.
+    memory_index: Literal["ann", "exact"] = "ann"
+    ann_exact_below: int = Field(1_000_000, ge=0)
 
     # --- model files -----------------------------------------------------------------
     models_dir: Path = Field(
