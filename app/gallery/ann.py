@@ -27,10 +27,12 @@ from app.scoring.distance import distances, squared_norms
 # Below this many faces a collection is searched exactly (a scan of 1M faces takes ~30 ms
 # on one core here; the IVF index answers in a few ms past that).
 EXACT_BELOW = 1_000_000
-# IVF cells searched per query. 64 of ~4,000-16,000 cells keeps recall@1 >= 0.995 on noisy
+# IVF cells searched per query. 64 of ~4,000 cells keeps recall@1 >= 0.995 on noisy
 # multi-face galleries (docs/SCALING.md).
 NPROBE = 64
 FACE_ID_BYTES = 36
+MAX_CELLS = 4096
+TRAIN_PER_CELL = 40  # faiss warns below 39 training points a cell
 
 
 class AnnIndex:
@@ -140,18 +142,20 @@ class AnnIndex:
 
     def _train(self) -> None:
         """(Re)build the IVF index over the live rows: ~4 sqrt(n) cells, trained on a
-        sample of 64 rows a cell."""
+        sample of 40 rows a cell (at most 4,096 cells)."""
         import faiss
 
         rows = np.flatnonzero(self._live[: self._n])
-        nlist = int(min(16384, max(256, 4 * math.sqrt(len(rows)))))
-        sample = np.random.default_rng(0).choice(
-            rows, size=min(len(rows), 64 * nlist), replace=False
-        )
+        # At most 4,096 cells: each added face is compared with every cell centre, so
+        # more cells make a 10M build take tens of minutes on 2 cores for little gain.
+        nlist = int(min(MAX_CELLS, max(256, 4 * math.sqrt(len(rows)))))
+        size = min(len(rows), TRAIN_PER_CELL * nlist)
+        sample = np.random.default_rng(0).choice(rows, size=size, replace=False)
         quantizer = faiss.IndexFlatL2(self.dim)
         ivf = faiss.IndexIVFScalarQuantizer(
             quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2
         )
+        ivf.cp.niter = 10
         ivf.train(np.ascontiguousarray(self._vec[np.sort(sample)]))
         for start in range(0, len(rows), 262_144):
             chunk = rows[start : start + 262_144]
