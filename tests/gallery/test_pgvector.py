@@ -5,6 +5,7 @@ from vendor/)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from app.errors import SubjectNotFound
 from app.gallery.index import ExactIndex
+from app.gallery.store import GalleryStore
 from app.service import FaceService
 from app.settings import Settings
 from tests.fakes import face, fake_image
@@ -21,6 +23,14 @@ from tests.helpers import fake_service, fresh_postgres_database
 @pytest.fixture
 def replicas(settings: Settings) -> Iterator[tuple[FaceService, FaceService]]:
     url = next(databases := fresh_postgres_database())
+    probe = GalleryStore.open(url)
+    available = probe.enable_vectors(dim=128)
+    probe.close()
+    if not available:
+        next(databases, None)
+        if os.environ.get("CI"):
+            pytest.fail("pgvector is not installed; .ci/run builds it (.ci/pgvector.sh)")
+        pytest.skip("the test PostgreSQL has no pgvector (see .ci/pgvector.sh)")
     both = settings.model_copy(update={"database_url": url})
     a, b = fake_service(both, pgvector=True), fake_service(both, pgvector=True)
     yield a, b
