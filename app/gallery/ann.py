@@ -171,27 +171,43 @@ class AnnIndex:
             q = np.asarray(query, dtype=np.float32).reshape(self.dim)
             skip = exclude.encode("ascii") if exclude else None
             if self._ivf is None:
-                rows = np.flatnonzero(self._live[: self._n])
-                return self._best_subjects(q, rows, k, skip)
+                return self._scan(q, k, skip)
             wanted = max(64, 16 * k)
             while True:
                 _, found = self._ivf.search(q[None], min(wanted, self._n))
                 rows = found[0][found[0] >= 0]
                 rows = rows[self._live[rows]]
-                hits = self._best_subjects(q, rows, k, skip)
+                d = distances(q, self._vec[rows], self._sq[rows])
+                hits = self._nearest_subjects(rows, d, k, skip)
                 if len(hits) >= k or wanted >= self._live_count or wanted >= 65_536:
                     return hits
                 wanted *= 4
 
-    def _best_subjects(
-        self, q: np.ndarray, rows: np.ndarray, k: int, skip: bytes | None
+    def _scan(self, q: np.ndarray, k: int, skip: bytes | None) -> list[SubjectHit]:
+        """Exact: distances to every row (no copy of the rows), then the nearest few
+        rows first, widening only while they hold fewer than k subjects."""
+        n = self._n
+        d = distances(q, self._vec[:n], self._sq[:n])
+        d[~self._live[:n]] = np.inf
+        m = min(n, 8 * k + 1)
+        while True:
+            rows = np.argpartition(d, m - 1)[:m] if m < n else np.arange(n)
+            rows = rows[np.isfinite(d[rows])]
+            hits = self._nearest_subjects(rows, d[rows], k, skip)
+            if len(hits) >= k or m >= n:
+                return hits
+            m = min(n, 4 * m)
+
+    def _nearest_subjects(
+        self, rows: np.ndarray, d: np.ndarray, k: int, skip: bytes | None
     ) -> list[SubjectHit]:
-        """Exact distances over ``rows`` and each subject's nearest face, nearest first."""
+        """Each subject's nearest face among ``rows`` (exact distances ``d``), nearest
+        first, without the face ``skip``."""
         if skip is not None:
-            rows = rows[self._fid[rows] != skip]
+            keep = self._fid[rows] != skip
+            rows, d = rows[keep], d[keep]
         if not len(rows):
             return []
-        d = distances(q, self._vec[rows], self._sq[rows])
         order = np.argsort(d, kind="stable")
         subjects = self._subj[rows][order]
         # First occurrence of each subject in distance order: its nearest face.
