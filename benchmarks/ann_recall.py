@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--faces", type=int, default=1_000_000)
     parser.add_argument("--probes", type=int, default=500)
-    parser.add_argument("--nprobe", type=int, default=64)
+    parser.add_argument("--nprobe", type=int, default=128)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     subjects = args.faces // 2

@@ -27,9 +27,9 @@ from app.scoring.distance import distances, squared_norms
 # Below this many faces a collection is searched exactly (a scan of 1M faces takes ~30 ms
 # on one core here; the IVF index answers in a few ms past that).
 EXACT_BELOW = 1_000_000
-# IVF cells searched per query. 64 of ~4,000 cells keeps recall@1 >= 0.995 on noisy
+# IVF cells searched per query. 128 of ~4,000 cells keeps recall@1 >= 0.995 on noisy
 # multi-face galleries (docs/SCALING.md).
-NPROBE = 64
+NPROBE = 128
 FACE_ID_BYTES = 36
 MAX_CELLS = 4096
 TRAIN_PER_CELL = 40  # faiss warns below 39 training points a cell
