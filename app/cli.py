@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import numpy as np
 import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -229,18 +228,15 @@ def gallery_export(
     collection: CollectionOption = "default",
 ) -> None:
     """Write every face of a collection (subject, face id, name, embedding)."""
+    from app.gallery.models import embedding_matrix
     from app.gallery.store import GalleryStore
     from app.gallery.transfer import write_gallery_file
 
     settings = _or_exit(Settings)
     store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
     faces, names, blobs = _or_exit(lambda: store.export_faces(collection=collection))
-    sizes = {len(b) for b in blobs}
-    if len(sizes) > 1:
-        typer.echo("faceverify: the collection holds embeddings of several sizes", err=True)
-        raise typer.Exit(2)
-    dim = sizes.pop() // 4 if sizes else 0
-    matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim)
+    dim = len(blobs[0]) // 4 if blobs else 0
+    matrix = _or_exit(lambda: embedding_matrix(blobs, dim))  # refuses mixed sizes
     _or_exit(
         lambda: write_gallery_file(
             file,

@@ -41,7 +41,7 @@ from app.face.pipeline import FacePipeline, Timings
 from app.face.registry import build_pipeline, calibration_fingerprint, load_checked_weights
 from app.face.weights import WeightFile
 from app.gallery import pgvector
-from app.gallery.index import ExactIndex, Partitions, VectorIndex
+from app.gallery.index import ExactIndex, Partitions, SubjectHit, VectorIndex
 from app.gallery.models import DEFAULT_COLLECTION
 from app.gallery.store import (
     CollectionRecord,
@@ -328,11 +328,15 @@ class FaceService:
                     )
                 chosen.append(face)
             embeddings = self.pipeline.embed(chosen, timings)
-        if skip_known and add and self._all_known(collection, subject_id, embeddings):
+        # The subject's faces, read once for both checks below.
+        known = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
+        if add and (skip_known or not force):
+            known = self._known_faces(collection, subject_id)
+        if skip_known and add and _all_known(known, embeddings):
             subject = self.store.get_subject(collection=collection, subject_id=subject_id)
             return EnrollResult(subject=subject, faces=[], timings=timings)
         if not force:
-            self._check_same_person(collection, subject_id, embeddings, add=add)
+            self._check_same_person(subject_id, known, embeddings)
         _stop_if_expired(committing=True)
         try:
             stored, subject, version = self.store.add_faces(
@@ -363,29 +367,19 @@ class FaceService:
             self.gallery.advance(version)
         return EnrollResult(subject=subject, faces=stored, timings=timings)
 
-    def _all_known(self, collection: str, subject_id: str, embeddings: np.ndarray) -> bool:
+    def _known_faces(self, collection: str, subject_id: str) -> np.ndarray:
+        """The subject's embeddings; none when every face was deleted (the first new
+        photo then starts afresh). SubjectNotFound if there is no such subject."""
         try:
-            known = self._enrolled(collection, subject_id)[1]
+            return self._enrolled(collection, subject_id)[1]
         except SubjectHasNoFaces:
-            return False
-        # Differences, not the expanded |a|^2 + |b|^2 - 2ab of distances(): that loses
-        # ~5e-4 to float32 cancellation right where this looks.
-        exact = known.astype(np.float64)
-        return all(
-            float(np.linalg.norm(exact - e, axis=1).min()) < KNOWN_FACE_DISTANCE for e in embeddings
-        )
+            return np.zeros((0, self.pipeline.dim), dtype=np.float32)
 
     def _check_same_person(
-        self, collection: str, subject_id: str, embeddings: np.ndarray, *, add: bool
+        self, subject_id: str, known: np.ndarray, embeddings: np.ndarray
     ) -> None:
-        """Each new face must be within the threshold of the subject's enrolled faces or
-        of an earlier photo in this request."""
-        known = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
-        if add:
-            try:
-                known = self._enrolled(collection, subject_id)[1]
-            except SubjectHasNoFaces:
-                pass  # every face deleted: the first new photo starts afresh
+        """Each new face must be within the threshold of the subject's enrolled faces
+        (``known``) or of an earlier photo in this request."""
         for number, embedding in enumerate(embeddings):
             if len(known):
                 nearest = float(distances(embedding, known).min())
@@ -493,6 +487,17 @@ class FaceService:
             self._wait_for_index()
             k = top_k or self.settings.identify_top_k
             hits, size = self._search(collection, embedding, k)
+        return self._identified(probe, hits, size, prior, timings)
+
+    def _identified(
+        self,
+        probe: ProbeFace | None,
+        hits: list[SubjectHit],
+        size: int,
+        prior: float | None,
+        timings: Timings,
+    ) -> IdentifyResult:
+        """Scored candidates; ``best`` is the nearest only if it passes the threshold."""
         candidates = [
             Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits
         ]
@@ -517,11 +522,7 @@ class FaceService:
             self._wait_for_index()
             k = top_k or self.settings.identify_top_k
             hits, size = self._search(collection, embedding, k, exclude=face_id)
-        candidates = [
-            Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits
-        ]
-        best = candidates[0] if candidates and candidates[0].result.match else None
-        return IdentifyResult(None, candidates, best, size, timings)
+        return self._identified(None, hits, size, prior, timings)
 
     def _wait_for_index(self) -> None:
         if not self.index_ready.wait(self.settings.inference_wait_seconds):
@@ -533,7 +534,7 @@ class FaceService:
 
     def _search(
         self, collection: str, embedding: np.ndarray, k: int, exclude: str | None = None
-    ) -> tuple[list[Any], int]:
+    ) -> tuple[list[SubjectHit], int]:
         """The nearest subjects and how many faces were searched: in PostgreSQL with
         pgvector, else in this process's index of the collection."""
         if self.db_search:
@@ -685,6 +686,18 @@ class FaceService:
             self.store.ping()
         except SQLAlchemyError as exc:
             raise NotReady(f"The database does not answer: {type(exc).__name__}") from exc
+
+
+def _all_known(known: np.ndarray, embeddings: np.ndarray) -> bool:
+    """Every new face is one the subject already has (the same embedding)."""
+    if not len(known):
+        return False
+    # Differences, not the expanded |a|^2 + |b|^2 - 2ab of distances(): that loses ~5e-4
+    # to float32 cancellation right where this looks.
+    exact = known.astype(np.float64)
+    return all(
+        float(np.linalg.norm(exact - e, axis=1).min()) < KNOWN_FACE_DISTANCE for e in embeddings
+    )
 
 
 def _request_digest(

@@ -21,14 +21,11 @@ from pydantic import (
 
 from app.api.inputs import json_depth, parse_json
 from app.errors import InvalidRequest
-from app.gallery.models import COLLECTION_ID_PATTERN, SUBJECT_ID_MAX
+from app.gallery.models import COLLECTION_ID_PATTERN, SUBJECT_ID_MAX, SUBJECT_ID_PATTERN
 from app.geometry import Box
 
 # Metadata is a small record about a person, not a document.
 METADATA_MAX_DEPTH = 8
-
-# Letters, digits (any script) and . _ - @ + : — safe in a URL path segment.
-SUBJECT_ID_PATTERN = r"^[\w.@+:-]+$"
 
 
 def _not_only_dots(value: str) -> str:

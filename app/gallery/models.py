@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -20,6 +21,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SUBJECT_ID_MAX = 128
+# Letters, digits (any script) and . _ - @ + : — safe in a URL path segment.
+SUBJECT_ID_PATTERN = r"^[\w.@+:-]+$"
 COLLECTION_ID_MAX = 64
 # ASCII letters, digits, and . _ - after the first: safe in URLs, file names and metric
 # labels, with no look-alike letters.
@@ -28,6 +31,18 @@ IDEMPOTENCY_KEY_MAX = 255
 # Where databases made before collections put their subjects, and where requests go that
 # name no collection.
 DEFAULT_COLLECTION = "default"
+
+
+# How an embedding is stored: little-endian float32, the native layout here.
+EMBEDDING_DTYPE = np.dtype("<f4")
+
+
+def embedding_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
+    """Stored embeddings as one read-only ``(len(blobs), dim)`` float32 view of a single
+    joined buffer: no per-row arrays, no second copy (callers copy what they keep)."""
+    if any(len(b) != dim * EMBEDDING_DTYPE.itemsize for b in blobs):
+        raise ValueError(f"stored embeddings are not all {dim} floats long")
+    return np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(blobs), dim)
 
 
 def utcnow() -> datetime:

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from app.gallery.index import SubjectHit
+from app.gallery.models import embedding_matrix
 
 log = logging.getLogger("faceverify.gallery")
 
@@ -87,7 +88,7 @@ def _backfill(conn: Connection, dim: int) -> int:
         insert_vectors(
             conn,
             [(r[0], r[1], r[2], r[3]) for r in rows],
-            np.frombuffer(b"".join(r[4] for r in rows), dtype="<f4").reshape(len(rows), dim),
+            embedding_matrix([r[4] for r in rows], dim),
         )
     return len(rows)
 

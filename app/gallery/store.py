@@ -31,18 +31,19 @@ from app.errors import (
 )
 from app.gallery import pgvector
 from app.gallery.models import (
+    EMBEDDING_DTYPE,
     ApiKey,
     Face,
     GalleryEvent,
     GalleryState,
     IdempotencyRecord,
     Subject,
+    embedding_matrix,
 )
 from app.gallery.models import Collection as CollectionRow
 from app.gallery.pgvector import BULK_REBUILD
 from app.geometry import Box
 
-EMBEDDING_DTYPE = np.dtype("<f4")
 # How many versions of change log to keep. A process further behind than this reloads
 # the whole gallery instead of replaying; pruning keeps deleted subjects' ids from
 # lingering in the log.
@@ -227,10 +228,7 @@ class GalleryStore:
         if not rows:
             raise SubjectNotFound.for_id(subject_id)
         found = [(r[1], r[2]) for r in rows if r[1] is not None]
-        blobs = [blob for _, blob in found]
-        if any(len(b) != dim * EMBEDDING_DTYPE.itemsize for b in blobs):
-            raise ValueError(f"stored embeddings are not all {dim} floats long")
-        matrix = np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(found), dim)
+        matrix = embedding_matrix([blob for _, blob in found], dim)
         return [face_id for face_id, _ in found], matrix.astype(np.float32)
 
     def face_embedding(
@@ -311,13 +309,11 @@ class GalleryStore:
         ids, collections, subjects, blobs = (
             (list(col) for col in zip(*rows, strict=True)) if rows else ([], [], [], [])
         )
-        if any(len(b) != dim * EMBEDDING_DTYPE.itemsize for b in blobs):
-            raise ValueError(f"stored embeddings are not all {dim} floats long")
-        # A read-only view of one joined buffer (float32 little-endian is the native
-        # layout here): no per-row arrays and no second copy; indexes copy what they keep.
-        matrix = np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(rows), dim)
         return EmbeddingRows(
-            face_ids=ids, collections=collections, subject_ids=subjects, matrix=matrix
+            face_ids=ids,
+            collections=collections,
+            subject_ids=subjects,
+            matrix=embedding_matrix(blobs, dim),
         )
 
     def changes_since(self, *, version: int) -> list[Change] | None:
@@ -576,9 +572,10 @@ class GalleryStore:
                     subject.name = name
                 if metadata is not None:
                     subject.meta = metadata
-            rows = []
+            rows, vectors = [], []
             for face in faces:
                 vector = np.asarray(face.embedding, dtype=EMBEDDING_DTYPE)
+                vectors.append(vector)
                 if vector.ndim != 1 or not len(vector) or not np.all(np.isfinite(vector)):
                     raise ValueError("an embedding must be a vector of finite floats")
                 left, top, right, bottom = (int(v) for v in face.box.as_tuple())
@@ -600,11 +597,7 @@ class GalleryStore:
             session.add_all(rows)
             session.flush()
             if rows:
-                self._store_vectors(
-                    session,
-                    rows,
-                    np.stack([np.frombuffer(r.embedding, dtype=EMBEDDING_DTYPE) for r in rows]),
-                )
+                self._store_vectors(session, rows, np.stack(vectors))
             _log(
                 session,
                 version,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from app.gallery.models import SUBJECT_ID_MAX
+from app.gallery.models import SUBJECT_ID_MAX, SUBJECT_ID_PATTERN
 
 # The API's rule for subject ids, without its Unicode checks (app/api/schemas.py): the
 # ids of a file must at least be ids the API can address.
-_SUBJECT_ID = re.compile(rf"^[\w.@+:-]{{1,{SUBJECT_ID_MAX}}}$")
+_SUBJECT_ID = re.compile(SUBJECT_ID_PATTERN)
 
 
 class GalleryFileError(ValueError):
@@ -90,15 +90,19 @@ def _read_npz(path: Path, dim: int) -> GalleryFile:
     if len(bad):
         raise GalleryFileError(f"{path}: row {int(bad[0])}: the embedding is not finite")
     for row, subject in enumerate(subject_ids):
-        if not _SUBJECT_ID.match(subject):
+        if not _valid_subject(subject):
             raise GalleryFileError(f"{path}: row {row}: {subject!r} is not a subject id")
     return GalleryFile(
         subject_ids, embeddings.astype(np.float32), names or [None] * len(subject_ids)
     )
 
 
+def _valid_subject(subject: str) -> bool:
+    return len(subject) <= SUBJECT_ID_MAX and bool(_SUBJECT_ID.match(subject))
+
+
 def _check(path: Path, where: str, subject: object, embedding: object, dim: int) -> None:
-    if not isinstance(subject, str) or not _SUBJECT_ID.match(subject):
+    if not isinstance(subject, str) or not _valid_subject(subject):
         raise GalleryFileError(f"{path}:{where}: {subject!r} is not a subject id")
     if not isinstance(embedding, list) or len(embedding) != dim:
         size = len(embedding) if isinstance(embedding, list) else type(embedding).__name__
