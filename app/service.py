@@ -43,6 +43,7 @@ from app.face.weights import WeightFile
 from app.gallery import pgvector
 from app.gallery.index import ExactIndex, Partitions, SubjectHit, VectorIndex
 from app.gallery.models import DEFAULT_COLLECTION
+from app.gallery.snapshot import SnapshotDir
 from app.gallery.store import (
     CollectionRecord,
     FaceRecord,
@@ -210,18 +211,21 @@ class FaceService:
         store: GalleryStore,
         calibration: Calibration,
         index_factory: Callable[[int], VectorIndex] = ExactIndex,
+        snapshots: SnapshotDir | None = None,
         load_in_background: bool = False,
     ) -> None:
         """Each collection gets its own index from ``index_factory`` (default: exact
         search), filled from ``store`` (faces of the pipeline's model only) and kept
         current by replaying the store's change log. With ``load_in_background`` the
         index is filled by a thread, so a server answers at once at any gallery size:
-        verify, enroll and the subject routes never use it; identify waits for it."""
+        verify, enroll and the subject routes never use it; identify waits for it.
+        With ``snapshots``, a large index is saved there and shared, memory-mapped, by
+        the processes of the machine."""
         self.settings = settings
         self.pipeline = pipeline
         self.store = store
         self.indexes = Partitions(pipeline.dim, index_factory)
-        self.gallery = GallerySync(store, self.indexes, pipeline.compatible)
+        self.gallery = GallerySync(store, self.indexes, pipeline.compatible, snapshots)
         self.calibration = calibration
         self.slots = InferenceSlots(
             settings.max_concurrent_inference, settings.inference_wait_seconds
@@ -726,6 +730,16 @@ def _index_factory(settings: Settings) -> Callable[[int], VectorIndex]:
     return lambda dim: AnnIndex(dim, exact_below=settings.ann_exact_below)
 
 
+def _snapshots(settings: Settings) -> SnapshotDir | None:
+    if settings.memory_index != "ann":
+        return None
+    return SnapshotDir(
+        settings.resolved_index_dir(),
+        min_faces=settings.index_snapshot_min_faces,
+        exact_below=settings.ann_exact_below,
+    )
+
+
 def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile]]:
     """Load and check the models, open (and migrate) the gallery and the calibration:
     everything a running service needs, from settings alone."""
@@ -746,6 +760,7 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
         store=store,
         calibration=calibration,
         index_factory=_index_factory(settings),
+        snapshots=_snapshots(settings),
         load_in_background=True,
     )
     return service, weights

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     # re-ranked exactly above (app/gallery/ann.py); exact: a plain matrix, always exact.
     memory_index: Literal["ann", "exact"] = "ann"
     ann_exact_below: int = Field(1_000_000, ge=0)
+    # Where the in-memory (ann) index of a large gallery is saved, so the worker
+    # processes of one machine share one memory-mapped copy and a restart opens it
+    # instead of rebuilding (app/gallery/snapshot.py). Default <data_dir>/index.
+    index_dir: Path | None = None
+    # Galleries with fewer faces are not saved (they load from the database in ~1 s).
+    index_snapshot_min_faces: int = Field(200_000, ge=1)
 
     # --- model files -----------------------------------------------------------------
     models_dir: Path = Field(
@@ -147,6 +153,9 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'faceverify.db'}"
+
+    def resolved_index_dir(self) -> Path:
+        return self.index_dir or self.data_dir / "index"
 
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir or self.data_dir / "cache"

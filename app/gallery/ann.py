@@ -11,12 +11,21 @@ exact index in tests/gallery/test_ann.py and docs/SCALING.md). About 690 B a fac
 
 Deleted rows are marked dead and skipped (no FAISS removal: O(n) per call there); a
 full reload rebuilds without them.
+
+An index can be saved to a folder (:meth:`AnnIndex.save`) and opened from it
+(:meth:`AnnIndex.open`) memory-mapped: the rows, the subject names and the IVF lists are
+then pages of files that every worker process on the machine shares through the page
+cache, not private copies (app/gallery/snapshot.py decides when). Writes after opening
+stay private: changed pages are copied on write, new faces go into a small IVF of their
+own next to the shared one.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,9 +61,10 @@ class AnnIndex:
             self._fid = np.zeros(0, dtype=f"S{FACE_ID_BYTES}")
             self._subj = np.zeros(0, dtype=np.int32)
             self._live = np.zeros(0, dtype=bool)
-            self._subject_names: list[str] = []
-            self._subject_no: dict[str, int] = {}
-            self._ivf: Any = None  # the faiss index, once trained
+            self._subjects = _Subjects()
+            # FAISS IVF indexes, once trained: all are searched; adds go to the last.
+            # One private index, or a shared read-only one and a private one for adds.
+            self._ivfs: list[Any] = []
             self._trained_at = 0
 
     # ---- size ------------------------------------------------------------------------
@@ -69,7 +79,7 @@ class AnnIndex:
 
     def nbytes(self) -> int:
         arrays = (self._vec, self._sq, self._fid, self._subj, self._live)
-        codes = self._ivf.ntotal * self.dim if self._ivf is not None else 0
+        codes = sum(ivf.ntotal for ivf in self._ivfs) * self.dim
         return int(sum(a.nbytes for a in arrays) + codes)
 
     # ---- writes ----------------------------------------------------------------------
@@ -86,7 +96,9 @@ class AnnIndex:
             if self._live_count:
                 self._kill(np.flatnonzero(np.isin(self._fid[: self._n], encoded)))
             numbers = np.fromiter(
-                (self._number(s) for s in subject_ids), dtype=np.int32, count=len(subject_ids)
+                (self._subjects.number(s) for s in subject_ids),
+                dtype=np.int32,
+                count=len(subject_ids),
             )
             start, end = self._n, self._n + len(face_ids)
             self._reserve(end)
@@ -97,10 +109,10 @@ class AnnIndex:
             self._live[start:end] = True
             self._n = end
             self._live_count += len(face_ids)
-            if self._ivf is not None:
-                self._ivf.add_with_ids(vectors, np.arange(start, end, dtype=np.int64))
+            if self._ivfs:
+                self._ivfs[-1].add_with_ids(vectors, np.arange(start, end, dtype=np.int64))
             if self._live_count >= self.exact_below and (
-                self._ivf is None or self._live_count > 4 * self._trained_at
+                not self._ivfs or self._live_count > 4 * self._trained_at
             ):
                 self._train()
 
@@ -111,7 +123,7 @@ class AnnIndex:
 
     def remove_subject(self, subject_id: str) -> None:
         with self._lock:
-            number = self._subject_no.get(subject_id)
+            number = self._subjects.find(subject_id)
             if number is not None:
                 self._kill(np.flatnonzero(self._subj[: self._n] == number))
 
@@ -119,13 +131,6 @@ class AnnIndex:
         rows = rows[self._live[rows]]
         self._live[rows] = False
         self._live_count -= len(rows)
-
-    def _number(self, subject_id: str) -> int:
-        number = self._subject_no.get(subject_id)
-        if number is None:
-            number = self._subject_no[subject_id] = len(self._subject_names)
-            self._subject_names.append(subject_id)
-        return number
 
     def _reserve(self, rows: int) -> None:
         if rows <= len(self._vec):
@@ -161,7 +166,7 @@ class AnnIndex:
             chunk = rows[start : start + 262_144]
             ivf.add_with_ids(np.ascontiguousarray(self._vec[chunk]), chunk.astype(np.int64))
         ivf.nprobe = self.nprobe
-        self._ivf, self._trained_at = ivf, len(rows)
+        self._ivfs, self._trained_at = [ivf], len(rows)
 
     # ---- search ----------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[SubjectHit]:
@@ -170,12 +175,14 @@ class AnnIndex:
                 return []
             q = np.asarray(query, dtype=np.float32).reshape(self.dim)
             skip = exclude.encode("ascii") if exclude else None
-            if self._ivf is None:
+            if not self._ivfs:
                 return self._scan(q, k, skip)
             wanted = max(64, 16 * k)
             while True:
-                _, found = self._ivf.search(q[None], min(wanted, self._n))
-                rows = found[0][found[0] >= 0]
+                found = np.concatenate(
+                    [ivf.search(q[None], min(wanted, self._n))[1][0] for ivf in self._ivfs]
+                )
+                rows = found[found >= 0]
                 rows = rows[self._live[rows]]
                 d = distances(q, self._vec[rows], self._sq[rows])
                 hits = self._nearest_subjects(rows, d, k, skip)
@@ -215,7 +222,7 @@ class AnnIndex:
         best = np.sort(first)[:k]
         return [
             SubjectHit(
-                self._subject_names[int(subjects[i])],
+                self._subjects.name(int(subjects[i])),
                 self._fid[rows[order[i]]].decode("ascii"),
                 float(d[order[i]]),
             )
@@ -242,8 +249,129 @@ class AnnIndex:
 
     def _subject_rows(self, subject_id: str) -> np.ndarray:
         with self._lock:
-            number = self._subject_no.get(subject_id)
+            number = self._subjects.find(subject_id)
             if number is None:
                 return np.zeros(0, dtype=np.int64)
             n = self._n
             return np.flatnonzero((self._subj[:n] == number) & self._live[:n])
+
+    # ---- files -----------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write the live rows to ``folder`` (which must not exist yet) for :meth:`open`:
+        numpy files with a quarter of spare rows (sparse, so free on disk until used),
+        subject names sorted, and the IVF index if there is one."""
+        import faiss
+
+        with self._lock:
+            folder.mkdir(parents=True)
+            rows = np.flatnonzero(self._live[: self._n])
+            n, capacity = len(rows), len(rows) + len(rows) // 4 + 1024
+            names = self._subjects.all()
+            encoded = np.asarray([s.encode() for s in names], dtype=bytes)
+            order = np.argsort(encoded, kind="stable")
+            renumber = np.empty(len(names), dtype=np.int32)
+            renumber[order] = np.arange(len(names), dtype=np.int32)
+            np.save(folder / "subjects.npy", encoded[order] if len(names) else encoded)
+            columns = {
+                "vec": self._vec[rows],
+                "sq": self._sq[rows],
+                "fid": self._fid[rows],
+                "subj": renumber[self._subj[rows]],
+                "live": np.ones(n, dtype=bool),
+            }
+            for name, values in columns.items():
+                out = np.lib.format.open_memmap(
+                    folder / f"{name}.npy",
+                    mode="w+",
+                    dtype=values.dtype,
+                    shape=(capacity, *values.shape[1:]),
+                )
+                out[:n] = values
+                out.flush()
+                del out
+            trained = False
+            if self._ivfs:
+                # Row numbers change (dead rows are left out): the lists are rebuilt
+                # with the trained cell centres, no new training.
+                ivf = faiss.clone_index(self._ivfs[0])
+                ivf.reset()
+                faiss.write_index(ivf, str(folder / "ivf-empty.faiss"))
+                for start in range(0, n, 262_144):
+                    ivf.add_with_ids(
+                        np.ascontiguousarray(columns["vec"][start : start + 262_144]),
+                        np.arange(start, min(start + 262_144, n), dtype=np.int64),
+                    )
+                faiss.write_index(ivf, str(folder / "ivf.faiss"))
+                trained = True
+            (folder / "index.json").write_text(
+                json.dumps(
+                    {
+                        "dim": self.dim,
+                        "rows": int(n),
+                        "trained_at": int(self._trained_at if trained else 0),
+                        "ivf": trained,
+                    }
+                )
+            )
+
+    @classmethod
+    def open(
+        cls, folder: Path, *, exact_below: int = EXACT_BELOW, nprobe: int = NPROBE
+    ) -> AnnIndex:
+        """An index over the files :meth:`save` wrote, memory-mapped copy-on-write: the
+        pages are shared with every other process that opened the same folder until
+        this one writes to them."""
+        import faiss
+
+        meta = json.loads((folder / "index.json").read_text())
+        index = cls(int(meta["dim"]), exact_below=exact_below, nprobe=nprobe)
+        n = int(meta["rows"])
+        index._vec = np.load(folder / "vec.npy", mmap_mode="c")
+        index._sq = np.load(folder / "sq.npy", mmap_mode="c")
+        index._fid = np.load(folder / "fid.npy", mmap_mode="c")
+        index._subj = np.load(folder / "subj.npy", mmap_mode="c")
+        index._live = np.load(folder / "live.npy", mmap_mode="c")
+        index._n = index._live_count = n
+        index._subjects = _Subjects(np.load(folder / "subjects.npy", mmap_mode="r"))
+        if meta["ivf"]:
+            shared = faiss.read_index(
+                str(folder / "ivf.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+            )
+            private = faiss.read_index(str(folder / "ivf-empty.faiss"))
+            shared.nprobe = private.nprobe = nprobe
+            index._ivfs, index._trained_at = [shared, private], int(meta["trained_at"])
+        return index
+
+
+class _Subjects:
+    """Subject id <-> number. Numbers below ``len(base)`` are the positions of a sorted
+    array of UTF-8 ids (memory-mapped after :meth:`AnnIndex.open`); ids added later get
+    the following numbers from a private list and dictionary."""
+
+    def __init__(self, base: np.ndarray | None = None) -> None:
+        self._base = base if base is not None else np.zeros(0, dtype="S1")
+        self._extra: list[str] = []
+        self._extra_no: dict[str, int] = {}
+
+    def find(self, subject_id: str) -> int | None:
+        if len(self._base):
+            key = subject_id.encode()
+            at = int(np.searchsorted(self._base, key))
+            if at < len(self._base) and self._base[at] == key:
+                return at
+        return self._extra_no.get(subject_id)
+
+    def number(self, subject_id: str) -> int:
+        found = self.find(subject_id)
+        if found is None:
+            found = self._extra_no[subject_id] = len(self._base) + len(self._extra)
+            self._extra.append(subject_id)
+        return found
+
+    def name(self, number: int) -> str:
+        if number < len(self._base):
+            return bytes(self._base[number]).decode()
+        return self._extra[number - len(self._base)]
+
+    def all(self) -> list[str]:
+        return [bytes(b).decode() for b in self._base] + self._extra

@@ -268,6 +268,15 @@ class Partitions:
         with self._lock:
             self._parts.clear()
 
+    def parts(self) -> dict[str, VectorIndex]:
+        with self._lock:
+            return dict(self._parts)
+
+    def replace(self, parts: dict[str, VectorIndex]) -> None:
+        """Swap in a whole new set of indexes (opened from a snapshot)."""
+        with self._lock:
+            self._parts = dict(parts)
+
     def face_counts(self) -> dict[str, int]:
         """Faces per collection (collections with none are left out)."""
         with self._lock:

@@ -116,6 +116,8 @@ class GalleryState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A random id set by migration 0004: which database an index snapshot came from.
+    instance: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class GalleryEvent(Base):

@@ -192,6 +192,11 @@ class GalleryStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(GalleryState.version)).scalar_one())
 
+    def instance(self) -> str:
+        """This database's random id (migration 0004)."""
+        with self.engine.connect() as conn:
+            return str(conn.execute(select(GalleryState.instance)).scalar_one())
+
     def get_subject(self, *, collection: str, subject_id: str) -> SubjectRecord:
         with Session(self.engine) as session:
             subject = session.get(Subject, (collection, subject_id))

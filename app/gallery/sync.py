@@ -9,18 +9,24 @@ this process's index before it answers. It works with any VectorIndex and any
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Collection
 from typing import Protocol
 
 from app.gallery.index import Partitions
+from app.gallery.snapshot import SnapshotDir
 from app.gallery.store import Change, EmbeddingRows
+
+log = logging.getLogger("faceverify.gallery")
 
 
 class ChangeSource(Protocol):
     """What a GallerySync reads: the store's version, change log and embeddings."""
 
     def version(self) -> int: ...
+
+    def instance(self) -> str: ...
 
     def changes_since(self, *, version: int) -> list[Change] | None: ...
 
@@ -43,12 +49,21 @@ class GallerySync:
             ``encoder`` is in ``encoders`` (embeddings of other models are never loaded,
             so never compared).
         encoders: the stored encoder names the indexes accept.
+        snapshots: where full loads are saved and opened memory-mapped, shared by the
+            processes of this machine (app/gallery/snapshot.py); None: not at all.
     """
 
-    def __init__(self, source: ChangeSource, indexes: Partitions, encoders: Collection[str]):
+    def __init__(
+        self,
+        source: ChangeSource,
+        indexes: Partitions,
+        encoders: Collection[str],
+        snapshots: SnapshotDir | None = None,
+    ):
         self.source = source
         self.indexes = indexes
         self.encoders = frozenset(encoders)
+        self.snapshots = snapshots
         self.version = -1
         self._lock = threading.Lock()
 
@@ -63,14 +78,53 @@ class GallerySync:
                 return False
             changes = self.source.changes_since(version=self.version) if self.version >= 0 else None
             if changes is None:
-                self._reload()
-                self.version = current
+                self.version = self._reload(current)
                 return True
             self._replay(changes)
             self.version = max([current, *(c.version for c in changes)])
             return True
 
-    def _reload(self) -> None:
+    def _reload(self, current: int) -> int:
+        """Everything afresh: from a snapshot and the changes since, if there is one the
+        change log still reaches; else from the store (then saved as a snapshot). Returns
+        the version the indexes now reflect."""
+        if self.snapshots is None:
+            self._load_all()
+            return current
+        try:
+            return self._reload_shared(current)
+        except OSError as exc:  # an unwritable or broken folder: a private index
+            log.warning(
+                "index snapshots in %s are not usable (%s); loading a private index",
+                self.snapshots.root,
+                exc,
+            )
+            self._load_all()
+            return current
+
+    def _reload_shared(self, current: int) -> int:
+        assert self.snapshots is not None
+        instance, dim = self.source.instance(), self.indexes.dim
+        with self.snapshots.locked():
+            found = self.snapshots.latest(instance, self.encoders, dim)
+            changes = self.source.changes_since(version=found.version) if found else None
+            if found is not None and changes is not None:
+                self.indexes.replace(self.snapshots.open(found))
+                self._replay(changes)
+                return max([found.version, *(c.version for c in changes)])
+            self._load_all()
+            saved = self.snapshots.save(
+                self.indexes.parts(),
+                instance=instance,
+                encoders=self.encoders,
+                dim=dim,
+                version=current,
+            )
+            if saved is not None:  # this process too reads the shared pages
+                self.indexes.replace(self.snapshots.open(saved))
+            return current
+
+    def _load_all(self) -> None:
         rows = self.source.load_embeddings(dim=self.indexes.dim, encoders=self.encoders)
         self.indexes.clear()
         by_collection: dict[str, list[int]] = {}

@@ -1,0 +1,157 @@
+"""Index files shared by the worker processes of one machine (issue 12).
+
+Without them every worker process reads the whole gallery from the database and builds
+its own index: N copies of ~700 B a face, and N builds. With a snapshot folder, the
+first process to load saves its index there (app/gallery/ann.py :meth:`AnnIndex.save`)
+and every process, itself included, opens those files memory-mapped: the rows and IVF
+lists are then one copy in the page cache, however many workers read them, and a
+restart opens them in about a second instead of rebuilding.
+
+A snapshot records the database it came from (``gallery_state.instance``), the gallery
+version it reflects, the encoders and dimension. A process that opens one replays the
+store's change log since that version, as it would after any reload; a snapshot the log
+no longer reaches back to is not used (a new one is built and the old ones removed).
+Builds are serialised by a file lock, so workers started together build once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.gallery.ann import AnnIndex
+from app.gallery.index import VectorIndex
+
+log = logging.getLogger("faceverify.gallery")
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    folder: Path
+    version: int
+
+
+class SnapshotDir:
+    """Snapshots of one database's indexes under ``root``.
+
+    Args:
+        root: the folder (made if missing).
+        min_faces: galleries smaller than this are not saved (they load in under a
+            second from the database anyway).
+        exact_below, nprobe: passed to the opened :class:`AnnIndex` objects.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        min_faces: int,
+        exact_below: int,
+        nprobe: int | None = None,
+    ) -> None:
+        self.root = root
+        self.min_faces = min_faces
+        self.exact_below = exact_below
+        self.nprobe = nprobe
+
+    def _key(self, instance: str, encoders: Collection[str], dim: int) -> Path:
+        tag = hashlib.sha256(json.dumps([sorted(encoders), dim]).encode()).hexdigest()[:12]
+        return self.root / f"{instance}-{tag}"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Held while a process finds, builds or removes snapshots."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def latest(self, instance: str, encoders: Collection[str], dim: int) -> Snapshot | None:
+        base = self._key(instance, encoders, dim)
+        if not base.is_dir():
+            return None
+        found = []
+        for folder in base.iterdir():
+            meta = folder / "snapshot.json"
+            if folder.name.startswith("v") and meta.is_file():
+                data = json.loads(meta.read_text())
+                if data.get("format") == FORMAT:
+                    found.append(Snapshot(folder, int(data["version"])))
+        return max(found, key=lambda s: s.version, default=None)
+
+    def open(self, snapshot: Snapshot) -> dict[str, VectorIndex]:
+        meta = json.loads((snapshot.folder / "snapshot.json").read_text())
+        kwargs = {"exact_below": self.exact_below}
+        if self.nprobe is not None:
+            kwargs["nprobe"] = self.nprobe
+        return {
+            collection: AnnIndex.open(snapshot.folder / f"c{i}", **kwargs)
+            for i, collection in enumerate(meta["collections"])
+        }
+
+    def save(
+        self,
+        indexes: dict[str, VectorIndex],
+        *,
+        instance: str,
+        encoders: Collection[str],
+        dim: int,
+        version: int,
+    ) -> Snapshot | None:
+        """Write ``indexes`` (AnnIndex objects only; otherwise nothing is saved) as the
+        snapshot of ``version``, then remove older ones. Written under a temporary name
+        and renamed, so a reader never sees half a snapshot."""
+        if not all(isinstance(i, AnnIndex) for i in indexes.values()):
+            return None
+        if sum(len(i) for i in indexes.values()) < self.min_faces:
+            return None
+        base = self._key(instance, encoders, dim)
+        base.mkdir(parents=True, exist_ok=True)
+        temporary = base / f"tmp-{os.getpid()}-{time.monotonic_ns()}"
+        final = base / f"v{version}"
+        try:
+            temporary.mkdir()
+            names = sorted(indexes)
+            for i, collection in enumerate(names):
+                index = indexes[collection]
+                assert isinstance(index, AnnIndex)
+                index.save(temporary / f"c{i}")
+            (temporary / "snapshot.json").write_text(
+                json.dumps(
+                    {
+                        "format": FORMAT,
+                        "version": version,
+                        "instance": instance,
+                        "encoders": sorted(encoders),
+                        "dim": dim,
+                        "collections": names,
+                    }
+                )
+            )
+            if final.exists():
+                shutil.rmtree(final)
+            temporary.rename(final)
+        except OSError as exc:
+            shutil.rmtree(temporary, ignore_errors=True)
+            log.warning("could not save the index snapshot in %s (%s)", base, exc)
+            return None
+        # Older snapshots: processes that opened them keep their mappings (the files
+        # live on until unmapped); new processes open the new one.
+        for other in base.iterdir():
+            if other != final and other.name != ".lock":
+                shutil.rmtree(other, ignore_errors=True)
+        return Snapshot(final, version)

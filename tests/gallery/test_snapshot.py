@@ -1,0 +1,168 @@
+"""Index snapshots shared by the processes of one machine (app/gallery/snapshot.py):
+opened memory-mapped, the same answers as a fresh load, and never stale or foreign."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.gallery.ann import AnnIndex
+from app.gallery.index import ExactIndex, Partitions
+from app.gallery.snapshot import SnapshotDir
+from app.gallery.store import GalleryStore
+from app.gallery.sync import GallerySync
+from tests.gallery.test_gallery import add
+
+SUBJECTS = 600
+
+
+def gallery(path: Path) -> GalleryStore:
+    """Two collections of subjects with two noisy faces each (a bulk import, then one
+    face added the normal way)."""
+    store = GalleryStore.open(f"sqlite:///{path}")
+    store.create_collection(collection="other")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(SUBJECTS, 128)).astype(np.float32)
+    faces = (
+        np.repeat(centres, 2, axis=0)
+        + rng.normal(size=(2 * SUBJECTS, 128)).astype(np.float32) * 0.1
+    )
+    ids = [f"person-{i // 2}-é" for i in range(2 * SUBJECTS)]
+    for collection in ("default", "other"):
+        store.import_faces(
+            collection=collection,
+            subject_ids=ids,
+            embeddings=faces,
+            encoder="fake",
+            pipeline_version="v",
+        )
+    add(store, "late", 5)
+    return store
+
+
+def process(store: GalleryStore, root: Path, exact_below: int = 500) -> GallerySync:
+    """What one worker process holds: AnnIndex partitions (IVF past ``exact_below``)
+    kept in step with the store, with snapshots under ``root``."""
+    indexes = Partitions(128, lambda dim: AnnIndex(dim, exact_below=exact_below, nprobe=8))
+    snapshots = SnapshotDir(root, min_faces=100, exact_below=exact_below, nprobe=8)
+    sync = GallerySync(store, indexes, ("fake",), snapshots)
+    sync.sync()
+    return sync
+
+
+def exact(store: GalleryStore, collection: str) -> ExactIndex:
+    rows = store.load_embeddings(dim=128, encoders=("fake",), collection=collection)
+    index = ExactIndex(128)
+    index.add(rows.face_ids, rows.subject_ids, rows.matrix)
+    return index
+
+
+def assert_answers_like_exact(sync: GallerySync, store: GalleryStore) -> None:
+    for collection in ("default", "other"):
+        truth = exact(store, collection)
+        rows = store.load_embeddings(dim=128, encoders=("fake",), collection=collection)
+        for i in range(0, len(rows.face_ids), 37):
+            q = rows.matrix[i]
+            want = truth.search(q, 3, exclude=rows.face_ids[i])
+            got = sync.indexes.get(collection).search(q, 3, exclude=rows.face_ids[i])
+            assert [h.subject_id for h in got[:1]] == [h.subject_id for h in want[:1]]
+            assert got[0].distance == pytest.approx(want[0].distance, abs=1e-5)
+
+
+@pytest.mark.parametrize("exact_below", [500, 10**9], ids=["ivf", "exact"])
+def test_second_process_opens_the_first_ones_files_memory_mapped(
+    tmp_path: Path, exact_below: int
+) -> None:
+    store = gallery(tmp_path / "g.db")
+    first = process(store, tmp_path / "index", exact_below)
+    (saved,) = (tmp_path / "index").glob("*-*/v*")
+    second = process(store, tmp_path / "index", exact_below)
+    for sync in (first, second):
+        index = sync.indexes.get("default")
+        assert isinstance(index, AnnIndex)
+        # The rows are pages of the snapshot's files, shared, not a private copy.
+        assert isinstance(index._vec, np.memmap)
+        assert Path(index._vec.filename).parent.parent == saved
+        assert len(index) == 2 * SUBJECTS + 1
+        assert len(sync.indexes.get("other")) == 2 * SUBJECTS
+        assert sync.version == store.version()
+        assert_answers_like_exact(sync, store)
+    if exact_below == 500:
+        assert len(first.indexes.get("default")._ivfs) == 2  # shared lists + private adds
+
+
+def test_writes_after_the_snapshot_are_replayed_and_stay_private(tmp_path: Path) -> None:
+    store = gallery(tmp_path / "g.db")
+    first = process(store, tmp_path / "index")
+    files_before = {
+        p: p.read_bytes() for p in (tmp_path / "index").rglob("*.npy") if "vec" in p.name
+    }
+    new = add(store, "newcomer", 77)
+    store.delete_subject(collection="default", subject_id="person-3-é")
+    # A process started now opens the older snapshot and replays the two writes.
+    second = process(store, tmp_path / "index")
+    for sync in (first, second):
+        sync.sync()
+        index = sync.indexes.get("default")
+        _, vector = store.face_embedding(collection="default", face_id=new[0], encoders=("fake",))
+        assert index.search(vector, 1)[0].subject_id == "newcomer"
+        assert "person-3-é" not in {h.subject_id for h in index.search(vector, 2 * SUBJECTS)}
+        assert_answers_like_exact(sync, store)
+    # The writes changed no byte of the shared files (copy-on-write pages).
+    assert files_before == {p: p.read_bytes() for p in files_before}
+
+
+def test_a_snapshot_the_change_log_no_longer_reaches_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    (old,) = (tmp_path / "index").glob("*-*/v*")
+    add(store, "newcomer", 77)
+    monkeypatch.setattr(store, "changes_since", lambda *, version: None)
+    sync = process(store, tmp_path / "index")
+    (new,) = (tmp_path / "index").glob("*-*/v*")
+    assert new != old and new.name == f"v{store.version()}"
+    assert sync.indexes.get("default").search(
+        store.load_embeddings(dim=128, encoders=("fake",)).matrix[-1], 1
+    )
+    assert_answers_like_exact(sync, store)
+
+
+def test_another_databases_snapshot_is_never_opened(tmp_path: Path) -> None:
+    """Same folder, same gallery version, different database: its own snapshot."""
+    one = gallery(tmp_path / "one.db")
+    two = gallery(tmp_path / "two.db")
+    add(two, "only-in-two", 99)
+    add(one, "only-in-one", 98)
+    assert one.version() == two.version() and one.instance() != two.instance()
+    process(one, tmp_path / "index")
+    sync = process(two, tmp_path / "index")
+    assert len(list((tmp_path / "index").glob("*-*"))) == 2
+    subjects = {h.subject_id for h in sync.indexes.get("default").search(np.zeros(128), 10_000)}
+    assert "only-in-two" in subjects and "only-in-one" not in subjects
+
+
+def test_small_galleries_and_unwritable_folders_keep_a_private_index(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = gallery(tmp_path / "g.db")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        sync = process(store, blocked / "index")
+    assert "not usable" in caplog.text
+    assert not isinstance(sync.indexes.get("default")._vec, np.memmap)
+    assert_answers_like_exact(sync, store)
+    indexes = Partitions(128, lambda dim: AnnIndex(dim, exact_below=500))
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    snapshots = SnapshotDir(readonly, min_faces=10**9, exact_below=500)
+    sync = GallerySync(store, indexes, ("fake",), snapshots)
+    sync.sync()
+    assert not isinstance(sync.indexes.get("default")._vec, np.memmap)
+    assert not list(readonly.glob("*/v*"))
+    assert_answers_like_exact(sync, store)
