@@ -29,8 +29,8 @@ from PIL import Image
 
 from app.face.dlib_resnet import DIM, DlibEncoder, OnnxEncoder, prepared_onnx_model
 from app.face.image import decode_image
-from app.face.pipeline import Timings
 from app.face.registry import build_pipeline, load_checked_weights
+from app.face.timing import Timings
 from app.gallery.index import ExactIndex
 from app.settings import Settings
 
@@ -216,19 +216,34 @@ def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[st
         try:
             _wait_ready(port, server)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            # Cold start: the first model call after /readyz against the steady ones.
+            pair = _multipart({}, {"image_a": photos["640x480"], "image_b": photos["640x480"]})
+            compare = [_time(lambda: _post(conn, "/compare", *pair), 1, warmup=0)[0]]
+            compare += _time(lambda: _post(conn, "/compare", *pair), 9, warmup=0)
+            first_request = {
+                "first_compare_ms": round(compare[0], 1),
+                "steady_compare_p50_ms": round(statistics.median(compare[1:]), 1),
+                "ratio": round(compare[0] / statistics.median(compare[1:]), 2),
+            }
             body, ctype = _multipart({"subject_id": "bench"}, {"image": photos["640x480"]})
             if _post(conn, "/enroll", body, ctype) != 201:
                 raise RuntimeError("enrolling the benchmark subject failed")
-            result: dict[str, Any] = {}
+            result: dict[str, Any] = {"first_request": first_request}
             check = AnswerCheck()
+            stages: list[dict[str, float]] = []
 
             def verify(body: bytes, ctype: str) -> None:
-                check(body, *_post_answer(conn, "/verify", body, ctype))
+                status, answer = _post_answer(conn, "/verify", body, ctype)
+                check(body, status, answer)
+                if status == 200:
+                    stages.append(answer["timing"])
 
             for name, data in photos.items():
                 body, ctype = _multipart({"subject_id": "bench"}, {"image": data})
                 n = requests if name == "640x480" else max(10, requests // 4)
+                stages.clear()
                 seq = _time(lambda b=body, c=ctype: verify(b, c), n)  # type: ignore[misc]
+                result[f"{name}_stages"] = _stage_breakdown(stages[-n:], seq)
                 latencies, wall, statuses = _concurrent(port, [(body, ctype)], n, clients, check)
                 result[name] = {
                     "sequential": _percentiles(seq),
@@ -255,6 +270,24 @@ def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[st
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+STAGES = ("decode_ms", "detect_ms", "align_ms", "encode_ms", "search_ms")
+
+
+def _stage_breakdown(timings: list[dict[str, float]], latencies: list[float]) -> dict[str, float]:
+    """Median ms per stage of sequential requests, from the answers' ``timing``; the rest
+    of the server's time (``other_ms``: waiting for a slot, reading the subject's row,
+    building the answer), and the client's latency beyond the server's total
+    (``http_ms``: connection, multipart parsing, JSON, the event loop)."""
+    out = {stage: round(statistics.median(t[stage] for t in timings), 2) for stage in STAGES}
+    total = statistics.median(t["total_ms"] for t in timings)
+    out["other_ms"] = round(
+        statistics.median(t["total_ms"] - sum(t[k] for k in STAGES) for t in timings), 2
+    )
+    out["http_ms"] = round(statistics.median(latencies) - total, 2)
+    out["client_p50_ms"] = round(statistics.median(latencies), 2)
+    return out
 
 
 def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
@@ -391,7 +424,7 @@ def print_table(report: dict[str, Any]) -> None:
     if "http_verify" in report:
         print("\n/verify over HTTP        p50     p95     p99   req/s")
         for name, row in report["http_verify"].items():
-            if name == "answers":
+            if name in ("answers", "first_request") or name.endswith("_stages"):
                 continue
             if "sequential" in row:
                 seq = row["sequential"]
@@ -405,6 +438,20 @@ def print_table(report: dict[str, Any]) -> None:
                         f"{conc['p99']:7.1f} {conc['requests_per_s']:7.1f}  {conc['statuses']}"
                     )
     if "http_verify" in report:
+        for name in ("640x480", "12MP"):
+            row = report["http_verify"].get(f"{name}_stages")
+            if row:
+                parts = "  ".join(
+                    f"{k.removesuffix('_ms')} {v:.1f}"
+                    for k, v in row.items()
+                    if k != "client_p50_ms"
+                )
+                print(f"  {name:8s} stages (p50 ms): {parts}  = {row['client_p50_ms']:.1f}")
+        first = report["http_verify"]["first_request"]
+        print(
+            f"  first /compare after start {first['first_compare_ms']} ms, steady "
+            f"{first['steady_compare_p50_ms']} ms ({first['ratio']}x; target <= 2x)"
+        )
         answers = report["http_verify"]["answers"]
         print(f"  answers checked {answers['checked']}, wrong {answers['wrong']} (must be 0)")
     print("\nidentify (top 5 subjects)  p50 ms   p95 ms   matrix MB   RSS growth MB")

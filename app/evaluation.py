@@ -14,8 +14,9 @@ import numpy as np
 
 from app.errors import FaceVerifyError
 from app.face.detect import main_face
-from app.face.pipeline import FacePipeline, Timings
+from app.face.pipeline import FacePipeline
 from app.face.registry import calibration_fingerprint
+from app.face.timing import Timings
 from app.scoring import metrics
 from app.scoring.calibration import Calibration
 from app.scoring.fit import fit_isotonic, fit_logistic

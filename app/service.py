@@ -37,8 +37,9 @@ from app.errors import (
     TooManyImages,
 )
 from app.face.detect import DetectedFace, largest, main_face
-from app.face.pipeline import FacePipeline, Timings
+from app.face.pipeline import FacePipeline
 from app.face.registry import build_pipeline, calibration_fingerprint, load_checked_weights
+from app.face.timing import Timings
 from app.face.weights import WeightFile
 from app.gallery import pgvector
 from app.gallery.index import ExactIndex, Partitions, SubjectHit, VectorIndex

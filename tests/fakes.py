@@ -21,6 +21,7 @@ from PIL import Image
 
 from app.face.detect import DetectedFace
 from app.face.pipeline import Pipeline
+from app.face.timing import Timings
 from app.geometry import Box
 
 NOISE_STEPS = 200  # green = 1 + noise * NOISE_STEPS
@@ -75,7 +76,7 @@ class FakeDetector:
 
     max_side = 800
 
-    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+    def detect(self, rgb: np.ndarray, timings: Timings | None = None) -> list[DetectedFace]:
         height, width = rgb.shape[:2]
         wide = rgb.astype(np.int32)
         packed = (wide[..., 0] << 16) | (wide[..., 1] << 8) | wide[..., 2]

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from app.face.dlib_resnet import DlibEncoder
-from app.face.pipeline import Timings
 from app.face.pool import InstancePool
 from app.face.registry import load_checked_weights
+from app.face.timing import Timings
 from app.service import FaceService
 from tests.helpers import AUTH, data
 from tests.server import serving

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from app.api.problems import problem_for
 from app.errors import RequestCancelled
-from app.face.pipeline import Timings
+from app.face.timing import Timings
 from app.service import CommitGate, commit_gate
 
 # Metric labels come from closed sets, so no request can add a time series: an unknown
@@ -118,7 +118,7 @@ class Metrics:
         self.registry.register(_GalleryCollector(gallery_size, collection_faces))
 
     def observe_timings(self, timings: Timings) -> None:
-        for stage in ("decode", "detect", "encode", "search"):
+        for stage in ("decode", "detect", "align", "encode", "search"):
             value = getattr(timings, f"{stage}_ms")
             if value:
                 self.stage.labels(stage).observe(value / 1000.0)

@@ -182,6 +182,7 @@ class CalibrationRef(BaseModel):
 class TimingOut(BaseModel):
     decode_ms: float
     detect_ms: float
+    align_ms: float
     encode_ms: float
     search_ms: float
     total_ms: float

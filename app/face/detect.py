@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from app.face.pool import InstancePool
+from app.face.timing import Timings
 from app.geometry import Box
 
 # dlib's CNN detector fails (its filters do not fit) on images a few pixels across;
@@ -67,9 +68,10 @@ class FaceDetector(Protocol):
 
     max_side: int
 
-    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+    def detect(self, rgb: np.ndarray, timings: Timings | None = None) -> list[DetectedFace]:
         """Every face in an ``(H, W, 3)`` uint8 RGB image, most confident first, in the
-        image's own coordinates."""
+        image's own coordinates; time spent added to ``timings`` (``detect_ms`` for
+        finding, ``align_ms`` for landmarks)."""
         ...
 
 
@@ -80,6 +82,18 @@ class _DlibModels:
     hog: Any
     predictor: Any
     cnn: Any | None
+
+
+@dataclass
+class _Found:
+    """What a detector pass found, before landmarks: dlib rectangles at the scale of
+    the image it ran on (``scale`` times the photo's)."""
+
+    rects: Any
+    scores: Any
+    scale: float
+    upsample: int
+    detector: str
 
 
 class HogFaceDetector:
@@ -124,16 +138,22 @@ class HogFaceDetector:
         self.retry_max_side = retry_max_side
         self.cnn_max_side = cnn_max_side
 
-    def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+    def detect(self, rgb: np.ndarray, timings: Timings | None = None) -> list[DetectedFace]:
         """Find every frontal face in an ``(H, W, 3)`` uint8 RGB image.
 
         Returns:
             The faces, in the detector's order (most confident first).
         """
         with self.models.borrow() as models:
-            return self._detect(models, rgb)
+            return self._detect(models, rgb, timings or Timings())
 
-    def _detect(self, models: _DlibModels, rgb: np.ndarray) -> list[DetectedFace]:
+    def _detect(self, models: _DlibModels, rgb: np.ndarray, timings: Timings) -> list[DetectedFace]:
+        with timings.measure("detect_ms"):
+            found = self._find(models, rgb)
+        with timings.measure("align_ms"):
+            return self._landmarks(models, rgb, found)
+
+    def _find(self, models: _DlibModels, rgb: np.ndarray) -> _Found:
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         small = rgb if scale == 1.0 else _resize(rgb, scale)
@@ -155,9 +175,12 @@ class HogFaceDetector:
             rects = [d.rect for d in detections]
             scores = [d.confidence for d in detections]
             detector, upsample = "cnn", 0
+        return _Found(rects, scores, scale, upsample, detector)
 
-        faces = []
-        for rect, score in zip(rects, scores, strict=True):
+    def _landmarks(self, models: _DlibModels, rgb: np.ndarray, found: _Found) -> list[DetectedFace]:
+        height, width = rgb.shape[:2]
+        scale, faces = found.scale, []
+        for rect, score in zip(found.rects, found.scores, strict=True):
             left, top = rect.left() / scale, rect.top() / scale
             right, bottom = (rect.right() + 1) / scale, (rect.bottom() + 1) / scale
             full = self._dlib.rectangle(
@@ -176,8 +199,8 @@ class HogFaceDetector:
                     side=int(round(max(right - left, bottom - top))),
                     score=float(score),
                     landmarks=tuple((float(p.x), float(p.y)) for p in shape.parts()),
-                    upsample=upsample,
-                    detector=detector,
+                    upsample=found.upsample,
+                    detector=found.detector,
                     frame=(width, height),
                 )
             )

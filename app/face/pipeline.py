@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -13,34 +10,7 @@ import numpy as np
 from app.face.detect import DetectedFace, FaceDetector
 from app.face.encoder import FaceEncoder
 from app.face.image import decode_image_scaled
-
-
-@dataclass
-class Timings:
-    """Milliseconds spent per stage, summed over a request."""
-
-    decode_ms: float = 0.0
-    detect_ms: float = 0.0
-    encode_ms: float = 0.0
-    search_ms: float = 0.0
-
-    @contextmanager
-    def measure(self, stage: str) -> Iterator[None]:
-        """Add the block's wall time, in ms, to ``stage`` (e.g. ``"detect_ms"``)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = (time.perf_counter() - start) * 1000.0
-            setattr(self, stage, getattr(self, stage) + elapsed)
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "decode_ms": round(self.decode_ms, 2),
-            "detect_ms": round(self.detect_ms, 2),
-            "encode_ms": round(self.encode_ms, 2),
-            "search_ms": round(self.search_ms, 2),
-        }
+from app.face.timing import Timings
 
 
 class FacePipeline(Protocol):
@@ -97,8 +67,9 @@ class Pipeline:
             rgb, scale = decode_image_scaled(
                 data, max_pixels=self.max_pixels, min_side=self.detector.max_side * 5 // 4
             )
-        with timings.measure("detect_ms"):
-            faces = [replace(f, chip=self.encoder.align(rgb, f)) for f in self.detector.detect(rgb)]
+        found = self.detector.detect(rgb, timings)
+        with timings.measure("align_ms"):
+            faces = [replace(f, chip=self.encoder.align(rgb, f)) for f in found]
         return faces if scale == 1.0 else [f.rescaled(1.0 / scale) for f in faces]
 
     def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:

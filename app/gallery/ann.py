@@ -334,10 +334,11 @@ class AnnIndex:
         index._n = index._live_count = n
         index._subjects = _Subjects(np.load(folder / "subjects.npy", mmap_mode="r"))
         if meta["ivf"]:
-            shared = faiss.read_index(
+            # read_index gives the IVF class itself (faiss downcasts), typed as Index.
+            shared: Any = faiss.read_index(
                 str(folder / "ivf.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
             )
-            private = faiss.read_index(str(folder / "ivf-empty.faiss"))
+            private: Any = faiss.read_index(str(folder / "ivf-empty.faiss"))
             shared.nprobe = private.nprobe = nprobe
             index._ivfs, index._trained_at = [shared, private], int(meta["trained_at"])
         return index

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.face.pipeline import Timings
+from app.face.timing import Timings
 from app.service import FaceService
 from tests.helpers import HOPPER_VARIANTS, data
 

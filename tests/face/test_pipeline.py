@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from app.face.pipeline import Timings
 from app.face.registry import ENCODER_MODELS, pipeline_version
+from app.face.timing import Timings
 from app.settings import Settings
 from tests.fakes import face, fake_image, fake_pipeline, unit_vector
 

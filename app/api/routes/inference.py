@@ -29,7 +29,7 @@ from app.api.deps import (
 )
 from app.api.routes.common import face_out, problems, request_body, subject_out
 from app.errors import Forbidden, InvalidRequest
-from app.face.pipeline import Timings
+from app.face.timing import Timings
 from app.gallery.models import IDEMPOTENCY_KEY_MAX
 from app.keys import digest
 from app.service import Match, ProbeFace
