@@ -644,9 +644,14 @@ class FaceService:
 
     # ---- helpers ---------------------------------------------------------------------
     def _find(
-        self, data: bytes, timings: Timings, *, image_index: int | None = None
+        self,
+        data: bytes,
+        timings: Timings,
+        *,
+        image_index: int | None = None,
+        quick: bool = False,
     ) -> list[DetectedFace]:
-        faces = self.pipeline.find_faces(data, timings)
+        faces = self.pipeline.find_faces(data, timings, quick=quick)
         if not faces:
             where = "the image" if image_index is None else f"image {image_index}"
             side = self.settings.min_face_side
@@ -666,7 +671,9 @@ class FaceService:
         with self.slots.hold():
             probes = []
             for number, data in enumerate(images):
-                faces = self._find(data, timings, image_index=number if len(images) > 1 else None)
+                faces = self._find(
+                    data, timings, image_index=number if len(images) > 1 else None, quick=True
+                )
                 probes.append(ProbeFace(main_face(faces), len(faces)))
             embeddings = self.pipeline.embed([p.face for p in probes], timings)
         return probes, embeddings

@@ -76,7 +76,9 @@ class FakeDetector:
 
     max_side = 800
 
-    def detect(self, rgb: np.ndarray, timings: Timings | None = None) -> list[DetectedFace]:
+    def detect(
+        self, rgb: np.ndarray, timings: Timings | None = None, *, quick: bool = False
+    ) -> list[DetectedFace]:
         height, width = rgb.shape[:2]
         wide = rgb.astype(np.int32)
         packed = (wide[..., 0] << 16) | (wide[..., 1] << 8) | wide[..., 2]

@@ -163,7 +163,9 @@ class ProbeOut(BaseModel):
     landmarks: list[tuple[float, float]]
     faces_detected: int = Field(
         description="Faces found in the photo; the main one (largest, discounted by its "
-        "distance from the centre) is used."
+        "distance from the centre) is used. Probes are searched quickly first: faces "
+        "under ~1/4 of the photo's longest side beside a larger one are not counted "
+        "(FACEVERIFY_DETECT_QUICK_SIDE)."
     )
     detector: str = Field(description="hog, or cnn when the HOG detector found nothing.")
     multiple_faces: bool
@@ -357,6 +359,7 @@ class InfoSettings(BaseModel):
     detect_max_side: int
     detect_upsample: int
     detect_retry_max_side: int
+    detect_quick_side: int
     num_jitters: int
     min_face_side: int
     max_image_pixels: int

@@ -23,8 +23,11 @@ class FacePipeline(Protocol):
     dim: int
     version: str
 
-    def find_faces(self, data: bytes, timings: Timings) -> list[DetectedFace]:
-        """Decode ``data`` and return every face found in it, each with its chip."""
+    def find_faces(
+        self, data: bytes, timings: Timings, *, quick: bool = False
+    ) -> list[DetectedFace]:
+        """Decode ``data`` and return every face found in it, each with its chip
+        (``quick``: a probe's, see FaceDetector.detect)."""
         ...
 
     def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
@@ -59,7 +62,9 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.version = version
 
-    def find_faces(self, data: bytes, timings: Timings) -> list[DetectedFace]:
+    def find_faces(
+        self, data: bytes, timings: Timings, *, quick: bool = False
+    ) -> list[DetectedFace]:
         with timings.measure("decode_ms"):
             # Large JPEGs are decoded at reduced scale, down to 1.25x the detection size:
             # a face HOG can find (>= 80 px at detection size) is then still >= 100 px,
@@ -67,7 +72,7 @@ class Pipeline:
             rgb, scale = decode_image_scaled(
                 data, max_pixels=self.max_pixels, min_side=self.detector.max_side * 5 // 4
             )
-        found = self.detector.detect(rgb, timings)
+        found = self.detector.detect(rgb, timings, quick=quick)
         with timings.measure("align_ms"):
             faces = [replace(f, chip=self.encoder.align(rgb, f)) for f in found]
         return faces if scale == 1.0 else [f.rescaled(1.0 / scale) for f in faces]

@@ -41,6 +41,7 @@ def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFac
         retry_max_side=settings.detect_retry_max_side,
         cnn_path=weights["mmod_cnn_detector"].path if cnn else None,
         cnn_max_side=cnn,
+        quick_side=settings.detect_quick_side,
     )
 
 
@@ -70,6 +71,7 @@ def detector_fingerprint(settings: Settings) -> dict[str, object]:
         "detect_upsample": settings.detect_upsample,
         "detect_max_side": settings.detect_max_side,
         "detect_retry_max_side": settings.detect_retry_max_side,
+        "detect_quick_side": settings.detect_quick_side,
     }
 
 

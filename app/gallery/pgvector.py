@@ -156,7 +156,8 @@ def search(
         return []
     limit = 8 * k
     with engine.begin() as conn:
-        conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, limit)}"))
+        # pgvector accepts 1..1000; iterative scans go on past it when rows are filtered.
+        conn.execute(text(f"SET LOCAL hnsw.ef_search = {min(1000, max(EF_SEARCH, limit))}"))
         conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
         while True:
             rows = conn.execute(

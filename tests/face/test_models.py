@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.face.detect import HogFaceDetector
 from app.face.timing import Timings
 from app.service import FaceService
 from tests.helpers import HOPPER_VARIANTS, data
@@ -184,3 +185,38 @@ def test_the_encoder_cuts_the_chip_dlib_cuts_from_the_predictor_shape(
             shape = models.predictor(rgb, dlib.rectangle(b.left, b.top, b.right - 1, b.bottom - 1))
             reference = np.asarray(dlib.get_face_chip(rgb, shape, 150, 0.25))
             assert np.array_equal(encoder.align(rgb, found), reference)
+
+
+def test_a_probes_quick_pass_finds_a_large_face_where_the_full_search_does(
+    real_service: FaceService,
+) -> None:
+    """obama.jpg (910x683, a 256 px face): the quick pass at 320 px finds it; the
+    landmarks come from the full photo, so the embedding stays within a few hundredths
+    of the full search's (benchmarks/quick_detection.py: on 1,008 upscaled LFW photos
+    the distances moved less than they do for a 4 px shift)."""
+    pipeline = real_service.pipeline
+    detector = pipeline.detector
+    assert isinstance(detector, HogFaceDetector) and detector.quick_side == 320
+    full = pipeline.find_faces(data("obama.jpg"), Timings())
+    timings = Timings()
+    quick = pipeline.find_faces(data("obama.jpg"), timings, quick=True)
+    assert len(full) == len(quick) == 1
+    assert quick[0].box != full[0].box  # the quick pass answered, not the fallback
+    q, f = quick[0].box, full[0].box
+    inter = max(0, min(q.right, f.right) - max(q.left, f.left)) * max(
+        0, min(q.bottom, f.bottom) - max(q.top, f.top)
+    )
+    assert inter / f.area > 0.8
+    a, b = pipeline.embed(full + quick, timings)
+    assert np.linalg.norm(a - b) < 0.05
+    assert timings.detect_ms > 0 and timings.align_ms > 0
+
+
+def test_the_quick_pass_falls_back_to_the_full_search_for_small_faces(
+    real_service: FaceService,
+) -> None:
+    """obama3.jpg's face is ~300 of 2333 px: ~40 px at 320, under HOG's window. The
+    quick pass finds nothing and the full search answers, exactly as for enrollment."""
+    full = real_service.pipeline.find_faces(data("obama3.jpg"), Timings())
+    quick = real_service.pipeline.find_faces(data("obama3.jpg"), Timings(), quick=True)
+    assert len(full) == 1 and [f.box for f in quick] == [f.box for f in full]

@@ -74,6 +74,27 @@ def test_identify_in_the_database_agrees_with_exact_search(
     assert agree / len(probes) >= 0.995, agree
 
 
+def test_top_100_over_subjects_with_many_faces_widens_within_pgvectors_limits(
+    replicas: tuple[FaceService, FaceService],
+) -> None:
+    """Ten subjects of 100 faces: the first 800 nearest faces hold fewer than the 100
+    subjects asked for, so the search widens past 800 rows (hnsw.ef_search itself stays
+    within pgvector's 1..1000)."""
+    a, _ = replicas
+    rng = np.random.default_rng(3)
+    faces = rng.normal(size=(1000, 128)).astype(np.float32)
+    a.store.import_faces(
+        collection="default",
+        subject_ids=[f"s{i // 100}" for i in range(1000)],
+        embeddings=faces,
+        encoder="fake",
+        pipeline_version="test",
+    )
+    got, _ = a._search("default", faces[0], 100)
+    assert sorted(h.subject_id for h in got) == sorted(f"s{i}" for i in range(10))
+    assert got[0].subject_id == "s0" and got[0].distance < 1e-3
+
+
 def test_a_write_on_one_replica_is_seen_by_the_next_request_on_another(
     replicas: tuple[FaceService, FaceService],
 ) -> None:

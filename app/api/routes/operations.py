@@ -77,6 +77,7 @@ def info(
             detect_max_side=settings.detect_max_side,
             detect_upsample=settings.detect_upsample,
             detect_retry_max_side=settings.detect_retry_max_side,
+            detect_quick_side=settings.detect_quick_side,
             num_jitters=settings.num_jitters,
             min_face_side=settings.min_face_side,
             max_image_pixels=settings.max_image_pixels,
