@@ -296,7 +296,7 @@ def enroll(
     service.store.close()
 
 
-db_cli = typer.Typer(help="The database: schema migrations.")
+db_cli = typer.Typer(help="The database: schema migrations, the vector index.")
 cli.add_typer(db_cli, name="db")
 
 
@@ -308,6 +308,27 @@ def db_upgrade() -> None:
     settings = _or_exit(Settings)
     store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
     typer.echo(f"schema at revision {store.schema_revision()}")
+    store.close()
+
+
+@db_cli.command("rebuild-vector-index")
+def db_rebuild_vector_index() -> None:
+    """Rebuild pgvector's HNSW index with this version's parameters (after an upgrade
+    that changed them; serve says so at start). Searches and writes go on meanwhile."""
+    from app.gallery import pgvector
+    from app.gallery.store import GalleryStore
+
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    if store.engine.dialect.name != "postgresql":
+        typer.echo("not PostgreSQL: there is no vector index to rebuild", err=True)
+        raise typer.Exit(1)
+    started = time.perf_counter()
+    pgvector.rebuild_index(store.engine)
+    typer.echo(
+        f"rebuilt ix_face_vectors_hnsw ({pgvector.HNSW_OPTIONS}) in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     store.close()
 
 

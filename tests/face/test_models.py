@@ -190,10 +190,11 @@ def test_the_encoder_cuts_the_chip_dlib_cuts_from_the_predictor_shape(
 def test_a_probes_quick_pass_finds_a_large_face_where_the_full_search_does(
     real_service: FaceService,
 ) -> None:
-    """obama.jpg (910x683, a 256 px face): the quick pass at 320 px finds it; the
-    landmarks come from the full photo, so the embedding stays within a few hundredths
-    of the full search's (benchmarks/quick_detection.py: on 1,008 upscaled LFW photos
-    the distances moved less than they do for a 4 px shift)."""
+    """obama.jpg (910x683, a 256 px face): the quick pass on a copy reduced 3x finds it;
+    the landmarks come from the full photo, so the embedding stays within a few
+    hundredths of the full search's (0.05 here, the largest of the shared photos; on
+    upscaled LFW photos the distances moved a median 0.0015, as much as a 4 px shift
+    moves them: benchmarks/quick_detection.py), and the decisions stay."""
     pipeline = real_service.pipeline
     detector = pipeline.detector
     assert isinstance(detector, HogFaceDetector) and detector.quick_side == 320
@@ -208,8 +209,11 @@ def test_a_probes_quick_pass_finds_a_large_face_where_the_full_search_does(
     )
     assert inter / f.area > 0.8
     a, b = pipeline.embed(full + quick, timings)
-    assert np.linalg.norm(a - b) < 0.05
+    assert np.linalg.norm(a - b) < 0.08
     assert timings.detect_ms > 0 and timings.align_ms > 0
+    same, other = embed(real_service, "obama2.jpg"), embed(real_service, "biden.jpg")
+    for probe in (a, b):
+        assert np.linalg.norm(probe - same) < THRESHOLD < np.linalg.norm(probe - other)
 
 
 def test_the_quick_pass_falls_back_to_the_full_search_for_small_faces(

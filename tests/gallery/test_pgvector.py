@@ -133,3 +133,37 @@ def test_collections_stay_apart_in_the_database(
     a.delete_collection(collection="door")
     assert b.identify(collection="door", image=fake_image(face(1))).candidates == []
     assert b.collection_face_counts() == {"default": 1}
+
+
+def test_an_index_built_with_older_parameters_is_noticed_and_rebuilt(
+    replicas: tuple[FaceService, FaceService],
+) -> None:
+    """Databases from before m 32 / ef_construction 128 keep their index until
+    `faceverify db rebuild-vector-index`, which swaps in a new one."""
+    from sqlalchemy import text
+
+    from app.gallery import pgvector
+
+    a, _ = replicas
+    assert pgvector.index_is_current(a.store.engine)
+    with a.store.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_face_vectors_hnsw"))
+        conn.execute(
+            text(
+                "CREATE INDEX ix_face_vectors_hnsw ON face_vectors "
+                "USING hnsw (embedding vector_l2_ops)"
+            )
+        )
+    assert not pgvector.index_is_current(a.store.engine)
+    faces = np.random.default_rng(5).normal(size=(50, 128)).astype(np.float32)
+    a.store.import_faces(
+        collection="default",
+        subject_ids=[f"s{i}" for i in range(50)],
+        embeddings=faces,
+        encoder="fake",
+        pipeline_version="test",
+    )
+    pgvector.rebuild_index(a.store.engine)
+    assert pgvector.index_is_current(a.store.engine)
+    got, _ = a._search("default", faces[7], 1)
+    assert got[0].subject_id == "s7"
