@@ -466,3 +466,30 @@ def test_a_bulk_load_leaves_room_to_grow() -> None:
     index = ExactIndex(128)
     index.add([f"f{i}" for i in range(4000)], ["s"] * 4000, np.ones((4000, 128), np.float32))
     assert index.nbytes() >= 1.25 * 4000 * 129 * 4  # the next enroll does not copy it all
+
+
+def test_verify_answers_a_known_subject_from_memory_until_any_write(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas on one database: the subject's faces are read once while the gallery
+    does not change, and read again after a write on the other replica (a face deleted,
+    a face added), so a cached answer is never a stale one."""
+    a, b = _fake_service(settings), _fake_service(settings)
+    a.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
+    reads = []
+    real = a.store.subject_embeddings
+    monkeypatch.setattr(a.store, "subject_embeddings", lambda **kw: reads.append(kw) or real(**kw))
+    for _ in range(3):
+        assert a.verify(
+            collection="default", subject_id="ann", image=fake_image(face(1))
+        ).result.match
+    assert len(reads) == 1
+    first = b.get_subject(collection="default", subject_id="ann")[1][0].id
+    b.enroll(
+        collection="default", subject_id="ann", images=[fake_image(face(2))], add=True, force=True
+    )
+    b.delete_face(collection="default", subject_id="ann", face_id=first)
+    answer = a.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
+    assert not answer.result.match and answer.face_id != first
+    assert len(reads) == 2
+    assert a.verify(collection="default", subject_id="ann", image=fake_image(face(2))).result.match
