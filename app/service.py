@@ -434,7 +434,11 @@ class FaceService:
             # Read again: a delete may have landed during inference.
             face_ids, known = self._enrolled(collection, subject_id)
             d = distances(embedding, known)
-            best = int(np.argmin(d))
+        if self._undecided(d):
+            (embedding,) = self._mirrored([probe], embedding[None], timings)
+            with timings.measure("search_ms"):
+                d = distances(embedding, known)
+        best = int(np.argmin(d))
         return VerifyResult(
             subject_id=subject_id,
             probe=probe,
@@ -485,9 +489,15 @@ class FaceService:
     ) -> CompareResult:
         """Distance and score between the main faces of two photos; stores nothing."""
         timings = Timings()
-        (probe_a, probe_b), (emb_a, emb_b) = self._probes([image_a, image_b], timings)
-        distance = float(np.linalg.norm(emb_a.astype(np.float64) - emb_b))
-        return CompareResult(probe_a, probe_b, self._match(distance, prior), timings)
+        probes, embeddings = self._probes([image_a, image_b], timings)
+
+        def distance() -> float:
+            return float(np.linalg.norm(embeddings[0].astype(np.float64) - embeddings[1]))
+
+        if self._undecided(np.array([distance()])):
+            embeddings = self._mirrored(probes, embeddings, timings)
+        probe_a, probe_b = probes
+        return CompareResult(probe_a, probe_b, self._match(distance(), prior), timings)
 
     # ---- 1:N -------------------------------------------------------------------------
     def identify(
@@ -502,10 +512,14 @@ class FaceService:
         ``best`` is the nearest only if it passes the threshold."""
         timings = Timings()
         probe, embedding = self._probe(image, timings)
+        k = top_k or self.settings.identify_top_k
         with timings.measure("search_ms"):
             self._wait_for_index()
-            k = top_k or self.settings.identify_top_k
             hits, size = self._search(collection, embedding, k)
+        if self._undecided(np.array([h.distance for h in hits])):
+            (embedding,) = self._mirrored([probe], embedding[None], timings)
+            with timings.measure("search_ms"):
+                hits, size = self._search(collection, embedding, k)
         return self._identified(probe, hits, size, prior, timings)
 
     def _identified(
@@ -681,7 +695,9 @@ class FaceService:
         return probe, embeddings[0]
 
     def _probes(self, images: list[bytes], timings: Timings) -> tuple[list[ProbeFace], np.ndarray]:
-        """Each photo's main face, all encoded in one batch."""
+        """Each photo's main face, all encoded in one batch: the chip alone when
+        probes may skip the mirror pass (then :meth:`_undecided` says when they may not
+        and :meth:`_mirrored` adds it)."""
         with self.slots.hold():
             probes = []
             for number, data in enumerate(images):
@@ -689,8 +705,28 @@ class FaceService:
                     data, timings, image_index=number if len(images) > 1 else None, quick=True
                 )
                 probes.append(ProbeFace(main_face(faces), len(faces)))
-            embeddings = self.pipeline.embed([p.face for p in probes], timings)
+            mirror = False if self._skips_mirror else None
+            embeddings = self.pipeline.embed([p.face for p in probes], timings, mirror=mirror)
         return probes, embeddings
+
+    @property
+    def _skips_mirror(self) -> bool:
+        return self.pipeline.flip_average and self.settings.mirror_margin < 2
+
+    def _undecided(self, d: np.ndarray) -> bool:
+        """Whether single-pass distances ``d`` lie so near the threshold that the mirror
+        pass must settle them (it moves a distance by up to ~0.05; far from the
+        threshold the decision cannot change and the percent is within a fraction of a
+        point: benchmarks/flip_skip.py, docs/PERFORMANCE.md)."""
+        if not self._skips_mirror or not len(d):
+            return False
+        return bool(np.any(np.abs(d - self.settings.threshold) <= self.settings.mirror_margin))
+
+    def _mirrored(
+        self, probes: list[ProbeFace], single: np.ndarray, timings: Timings
+    ) -> np.ndarray:
+        with self.slots.hold():
+            return self.pipeline.add_mirror([p.face for p in probes], single, timings)
 
     def _match(self, distance: float, prior: float | None) -> Match:
         return Match(

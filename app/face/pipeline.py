@@ -18,6 +18,7 @@ class FacePipeline(Protocol):
     :func:`app.face.registry.build_pipeline`."""
 
     encoder_name: str
+    flip_average: bool
     model: str
     compatible: frozenset[str]
     dim: int
@@ -30,8 +31,18 @@ class FacePipeline(Protocol):
         (``quick``: a probe's, see FaceDetector.detect)."""
         ...
 
-    def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
-        """``(len(faces), dim)`` float32 embeddings of the given faces, in one batch."""
+    def embed(
+        self, faces: list[DetectedFace], timings: Timings, *, mirror: bool | None = None
+    ) -> np.ndarray:
+        """``(len(faces), dim)`` float32 embeddings of the given faces, in one batch
+        (``mirror=False``: the chip's alone, even where the pipeline mirror-averages)."""
+        ...
+
+    def add_mirror(
+        self, faces: list[DetectedFace], single: np.ndarray, timings: Timings
+    ) -> np.ndarray:
+        """The embeddings ``embed`` gives, from the single-pass ones ``embed(...,
+        mirror=False)`` gave: one more pass, over the mirror images only."""
         ...
 
 
@@ -77,16 +88,27 @@ class Pipeline:
             faces = [replace(f, chip=self.encoder.align(rgb, f)) for f in found]
         return faces if scale == 1.0 else [f.rescaled(1.0 / scale) for f in faces]
 
-    def embed(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
+    def embed(
+        self, faces: list[DetectedFace], timings: Timings, *, mirror: bool | None = None
+    ) -> np.ndarray:
         if not faces:
             return np.zeros((0, self.dim), dtype=np.float32)
         chips = np.stack([_chip(f) for f in faces])
         with timings.measure("encode_ms"):
-            if not self.flip_average:
+            if not (self.flip_average if mirror is None else mirror):
                 return self.encoder.encode(chips)
             # One batch: the chips and their mirror images, averaged pairwise.
             both = self.encoder.encode(np.concatenate([chips, chips[:, :, ::-1]]))
             return ((both[: len(chips)] + both[len(chips) :]) / 2).astype(np.float32)
+
+    def add_mirror(
+        self, faces: list[DetectedFace], single: np.ndarray, timings: Timings
+    ) -> np.ndarray:
+        if not self.flip_average or not faces:
+            return single
+        mirrors = np.stack([_chip(f)[:, ::-1] for f in faces])
+        with timings.measure("encode_ms"):
+            return ((single + self.encoder.encode(mirrors)) / 2).astype(np.float32)
 
 
 def _chip(face: DetectedFace) -> np.ndarray:

@@ -224,3 +224,39 @@ def test_the_quick_pass_falls_back_to_the_full_search_for_small_faces(
     full = real_service.pipeline.find_faces(data("obama3.jpg"), Timings())
     quick = real_service.pipeline.find_faces(data("obama3.jpg"), Timings(), quick=True)
     assert len(full) == 1 and [f.box for f in quick] == [f.box for f in full]
+
+
+def test_probes_far_from_the_threshold_skip_the_mirror_pass(
+    real_service: FaceService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clear match (obama2 against obama) and a clear non-match (biden) are settled by
+    the chip alone: one encoder pass of one chip. Mirror-averaging them as well gives
+    the same decisions at distances a few hundredths away; a distance near the
+    threshold gets the mirror pass and then equals the mirror-averaged one."""
+    encoder = real_service.pipeline.encoder
+    encode, batches = encoder.encode, []
+    monkeypatch.setattr(
+        encoder, "encode", lambda chips: batches.append(len(chips)) or encode(chips)
+    )
+    real_service.enroll(collection="default", subject_id="skip-obama", images=[data("obama.jpg")])
+
+    def answers(margin: float) -> tuple[list[int], list[float], list[bool]]:
+        settings = real_service.settings.model_copy(update={"mirror_margin": margin})
+        monkeypatch.setattr(real_service, "settings", settings)
+        batches.clear()
+        results = [
+            real_service.verify(
+                collection="default", subject_id="skip-obama", image=data(name)
+            ).result
+            for name in ("obama2.jpg", "biden.jpg")
+        ]
+        return list(batches), [r.distance for r in results], [r.match for r in results]
+
+    skipped, d_skipped, decided = answers(0.12)
+    always, d_always, decided_always = answers(2.0)
+    assert skipped == [1, 1] and always == [2, 2]
+    assert decided == decided_always == [True, False]
+    assert all(abs(a - b) < 0.05 for a, b in zip(d_skipped, d_always, strict=True))
+    near, d_near, _ = answers(1.0)  # every distance counts as near the threshold
+    assert near == [1, 1, 1, 1]  # the chip, then its mirror, for each probe
+    assert d_near == pytest.approx(d_always, abs=1e-5)
