@@ -187,3 +187,15 @@ def test_the_pool_never_lends_one_instance_to_two_threads_at_once() -> None:
     assert clashes == []
     # Grows to the peak concurrency, never past the number of threads.
     assert 1 <= pool.created <= 6
+
+
+def test_a_warmed_pool_lends_its_instances_without_loading_more() -> None:
+    """The detector pool is filled to the inference slots at start-up: two requests at
+    once then borrow two ready instances instead of one loading a model."""
+    pool: InstancePool[object] = InstancePool(object)
+    pool.warm(2)
+    pool.warm(2)  # idempotent: already there
+    assert pool.created == 2
+    with pool.borrow() as a, pool.borrow() as b:
+        assert a is not b
+    assert pool.created == 2

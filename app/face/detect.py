@@ -124,6 +124,7 @@ class HogFaceDetector:
         cnn_path: Path | None = None,
         cnn_max_side: int = 400,
         quick_side: int = 0,
+        instances: int = 1,
     ) -> None:
         import dlib
 
@@ -137,7 +138,7 @@ class HogFaceDetector:
             )
 
         self.models = InstancePool(load)
-        self.models.warm()
+        self.models.warm(instances)
         self.max_side = max_side
         self.upsample = upsample
         self.retry_max_side = retry_max_side
@@ -172,16 +173,24 @@ class HogFaceDetector:
             return self._landmarks(models, rgb, found)
 
     def _quick(self, models: _DlibModels, rgb: np.ndarray) -> _Found | None:
-        """HOG on a copy reduced by a whole factor to at most quick_side (a box filter:
-        0.3 ms at 640x480 where a bilinear resize takes 5), no upsampling; None if it
-        finds nothing or the photo is no larger than quick_side."""
+        """HOG without upsampling on a copy of at most quick_side, then of 1.5x that
+        (faces of ~17-25% of the longest side), each only while smaller than the full
+        search's copy; None if neither finds a face."""
         longest = max(rgb.shape[:2])
-        if not self.quick_side or longest <= self.quick_side:
+        if not self.quick_side:
             return None
-        factor = -(-longest // self.quick_side)
-        small = np.asarray(Image.fromarray(rgb).reduce(factor))
-        rects, scores, _ = models.hog.run(small, 0, 0.0)
-        return _Found(rects, scores, 1.0 / factor, 0, "hog") if len(rects) else None
+        for side in (self.quick_side, self.quick_side * 3 // 2):
+            if side >= min(longest, self.max_side):
+                return None
+            scale = side / longest
+            # Grey: HOG's gradients over one channel instead of the strongest of three,
+            # 4.6 ms against 6.0 at 320x240 (the boxes only seed the landmarks, which
+            # are found on the full colour photo).
+            grey = _shrink(rgb, longest / side, mode="L")
+            rects, scores, _ = models.hog.run(grey, 0, 0.0)
+            if len(rects):
+                return _Found(rects, scores, scale, 0, "hog")
+        return None
 
     def _find(self, models: _DlibModels, rgb: np.ndarray) -> _Found:
         height, width = rgb.shape[:2]
@@ -243,6 +252,19 @@ def _resize(rgb: np.ndarray, scale: float) -> np.ndarray:
     # reducing_gap: a fast box pre-shrink, then a proper filter; quality is ample for HOG.
     small = Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(small)
+
+
+def _shrink(rgb: np.ndarray, factor: float, mode: str = "RGB") -> np.ndarray:
+    """``rgb`` made ``factor`` times smaller with a box filter (by a whole factor with
+    Image.reduce: 0.3 ms at 640x480, where a bilinear resize takes 5), in ``mode``."""
+    image = Image.fromarray(rgb)
+    if factor == int(factor):
+        small = image.reduce(int(factor))
+    else:
+        height, width = rgb.shape[:2]
+        size = (max(1, round(width / factor)), max(1, round(height / factor)))
+        small = image.resize(size, Image.Resampling.BOX)
+    return np.asarray(small if mode == small.mode else small.convert(mode))
 
 
 def largest(faces: list[DetectedFace]) -> DetectedFace:

@@ -48,7 +48,13 @@ class InstancePool(Generic[T]):
         finally:
             self._idle.put(instance)
 
-    def warm(self) -> None:
-        """Make the first instance now (at start-up), so a bad model file fails there."""
-        with self.borrow():
-            pass
+    def warm(self, count: int = 1) -> None:
+        """Make ``count`` instances now (at start-up), so a bad model file fails there
+        and the first concurrent requests do not each wait for a model load."""
+        with self._lock:
+            missing = count - self.created
+        for _ in range(max(0, missing)):
+            instance = self._factory()
+            with self._lock:
+                self.created += 1
+            self._idle.put(instance)

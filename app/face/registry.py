@@ -42,6 +42,8 @@ def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFac
         cnn_path=weights["mmod_cnn_detector"].path if cnn else None,
         cnn_max_side=cnn,
         quick_side=settings.detect_quick_side,
+        # One set of dlib objects per inference slot, loaded at start-up.
+        instances=settings.max_concurrent_inference,
     )
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from app.face.detect import HogFaceDetector
 from app.face.timing import Timings
@@ -219,10 +222,16 @@ def test_a_probes_quick_pass_finds_a_large_face_where_the_full_search_does(
 def test_the_quick_pass_falls_back_to_the_full_search_for_small_faces(
     real_service: FaceService,
 ) -> None:
-    """obama3.jpg's face is ~300 of 2333 px: ~40 px at 320, under HOG's window. The
-    quick pass finds nothing and the full search answers, exactly as for enrollment."""
-    full = real_service.pipeline.find_faces(data("obama3.jpg"), Timings())
-    quick = real_service.pipeline.find_faces(data("obama3.jpg"), Timings(), quick=True)
+    """obama_small.jpg's ~130 px face on a 1600x1200 canvas is a twelfth of the longest
+    side: too small for both quick passes (~26 and ~39 px at 320 and 480), so the full
+    search answers, exactly as for enrollment."""
+    canvas = Image.new("RGB", (1600, 1200), (128, 128, 128))
+    with Image.open(io.BytesIO(data("obama_small.jpg"))) as small:
+        canvas.paste(small.convert("RGB"), (700, 500))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=92)
+    full = real_service.pipeline.find_faces(buf.getvalue(), Timings())
+    quick = real_service.pipeline.find_faces(buf.getvalue(), Timings(), quick=True)
     assert len(full) == 1 and [f.box for f in quick] == [f.box for f in full]
 
 
