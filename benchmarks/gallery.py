@@ -95,8 +95,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--port", type=int, default=8950)
     parser.add_argument("--shape", choices=("lfw", "sphere"), default="lfw")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="a folder from an earlier run: reuse its gallery"
+    )
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="fv-gallery-"))
+    reuse = args.work is not None and (args.work / "faceverify.db").exists()
+    work = args.work or Path(tempfile.mkdtemp(prefix="fv-gallery-"))
     env = {**os.environ, "FACEVERIFY_DATA_DIR": str(work), "FACEVERIFY_API_KEYS": f"{KEY}:admin"}
     if args.database_url:
         env["FACEVERIFY_DATABASE_URL"] = args.database_url
@@ -107,15 +111,16 @@ def main() -> None:
         "database": url_db.split(":")[0],
     }
 
-    synthetic(args.faces, work / "g.npz", args.shape)
-    started = time.perf_counter()
-    subprocess.run(
-        [FACEVERIFY, "gallery", "import", str(work / "g.npz")],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    report["import_faces_per_s"] = round(args.faces / (time.perf_counter() - started))
+    if not reuse:
+        synthetic(args.faces, work / "g.npz", args.shape)
+        started = time.perf_counter()
+        subprocess.run(
+            [FACEVERIFY, "gallery", "import", str(work / "g.npz")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        report["import_faces_per_s"] = round(args.faces / (time.perf_counter() - started))
 
     url, h = f"http://127.0.0.1:{args.port}", {"X-API-Key": KEY}
     server, ready, identify_ready = start(args, env, url)
@@ -125,6 +130,7 @@ def main() -> None:
         report["rss_mb"], report["pss_mb"] = (round(m) for m in memory_mb(server.pid))
 
         photos = ROOT / "tests" / "data"
+        httpx2.delete(url + "/subjects/real", headers=h, timeout=60)  # from an earlier run
         enrolled = httpx2.post(
             url + "/enroll",
             data={"subject_id": "real"},

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, delete, event, func, insert, inspect, sele
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from app.errors import (
     CollectionExists,
@@ -48,6 +49,8 @@ from app.geometry import Box
 # the whole gallery instead of replaying; pruning keeps deleted subjects' ids from
 # lingering in the log.
 EVENT_RETENTION = 10_000
+# Rows per slice when reading every embedding (load_embeddings).
+LOAD_SLICE = 50_000
 
 
 @dataclass(frozen=True)
@@ -300,25 +303,45 @@ class GalleryStore:
     ) -> EmbeddingRows:
         """Embeddings of all faces, of one collection, or of the given ids (those that
         still exist), made by one of ``encoders`` (all encoders when empty; then they
-        must share ``dim``). One query, one buffer: no per-face Python objects beyond
-        the ids."""
-        stmt = select(Face.id, Face.collection_id, Face.subject_id, Face.embedding)
+        must share ``dim``). One query read in slices of LOAD_SLICE rows into one
+        matrix: no per-face Python objects beyond the ids.
+
+        Slices, not one fetchall: fetching millions of rows in one C call held the GIL
+        for tens of seconds, so the process answered nothing meanwhile (verify, and
+        the process manager's health ping: uvicorn killed workers loading 10M faces)."""
+        where: list[ColumnElement[bool]] = []
         if face_ids is not None:
-            stmt = stmt.where(Face.id.in_(face_ids))
+            where.append(Face.id.in_(face_ids))
         if collection is not None:
-            stmt = stmt.where(Face.collection_id == collection)
+            where.append(Face.collection_id == collection)
         if encoders:
-            stmt = stmt.where(Face.encoder.in_(sorted(encoders)))
+            where.append(Face.encoder.in_(sorted(encoders)))
+        ids: list[str] = []
+        collections: list[str] = []
+        subjects: list[str] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        ids, collections, subjects, blobs = (
-            (list(col) for col in zip(*rows, strict=True)) if rows else ([], [], [], [])
-        )
+            expected = int(
+                conn.execute(select(func.count()).select_from(Face).where(*where)).scalar_one()
+            )
+            matrix = np.empty((expected, dim), dtype=EMBEDDING_DTYPE)
+            result = conn.execute(
+                select(Face.id, Face.collection_id, Face.subject_id, Face.embedding).where(*where)
+            )
+            while part := result.fetchmany(LOAD_SLICE):
+                start = len(ids)
+                part_ids, part_collections, part_subjects, blobs = zip(*part, strict=True)
+                ids.extend(part_ids)
+                collections.extend(part_collections)
+                subjects.extend(part_subjects)
+                block = embedding_matrix(list(blobs), dim)
+                if start + len(block) > len(matrix):  # faces added since the count
+                    matrix = np.concatenate([matrix[:start], np.empty_like(block)])
+                matrix[start : start + len(block)] = block
         return EmbeddingRows(
             face_ids=ids,
             collections=collections,
             subject_ids=subjects,
-            matrix=embedding_matrix(blobs, dim),
+            matrix=matrix[: len(ids)],
         )
 
     def changes_since(self, *, version: int) -> list[Change] | None:

@@ -272,3 +272,21 @@ def test_connecting_to_a_store_does_not_migrate_it(tmp_path: Path) -> None:
     assert store.schema_revision() is None  # nothing was created
     assert store.migrate() == "0004" and store.schema_revision() == "0004"
     store.close()
+
+
+def test_loading_every_embedding_in_slices_gives_the_same_rows(
+    store: GalleryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_embeddings reads in slices (so a load of millions of faces never holds the
+    GIL for seconds); slice edges must not drop, repeat or misalign a row."""
+    for i in range(9):
+        add(store, f"s{i}", 3 * i, 3 * i + 1, 3 * i + 2)
+    whole = store.load_embeddings(dim=128)
+    monkeypatch.setattr(store_module, "LOAD_SLICE", 4)
+    sliced = store.load_embeddings(dim=128)
+    assert sliced.face_ids == whole.face_ids and len(whole.face_ids) == 27
+    assert sliced.subject_ids == whole.subject_ids and sliced.collections == whole.collections
+    assert np.array_equal(sliced.matrix, whole.matrix)
+    for face_id, vector in zip(sliced.face_ids, sliced.matrix, strict=True):
+        _, stored = store.face_embedding(collection="default", face_id=face_id, encoders=("fake",))
+        assert np.array_equal(vector, stored)
