@@ -93,7 +93,7 @@ class GallerySync:
             return current
         try:
             return self._reload_shared(current)
-        except OSError as exc:  # an unwritable or broken folder: a private index
+        except (OSError, ValueError) as exc:  # unwritable folder, broken files: private
             log.warning(
                 "index snapshots in %s are not usable (%s); loading a private index",
                 self.snapshots.root,

@@ -166,3 +166,16 @@ def test_small_galleries_and_unwritable_folders_keep_a_private_index(
     assert not isinstance(sync.indexes.get("default")._vec, np.memmap)
     assert not list(readonly.glob("*/v*"))
     assert_answers_like_exact(sync, store)
+
+
+def test_a_broken_snapshot_is_not_opened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A truncated rows file (a full disk, a killed copy): the process says so and loads
+    a private index from the database instead of never becoming ready."""
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    (vec,) = (tmp_path / "index").glob("*-*/v*/c0/vec.npy")
+    vec.write_bytes(vec.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING):
+        sync = process(store, tmp_path / "index")
+    assert "not usable" in caplog.text
+    assert_answers_like_exact(sync, store)
