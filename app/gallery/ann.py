@@ -42,6 +42,7 @@ NPROBE = 128
 FACE_ID_BYTES = 36
 MAX_CELLS = 4096
 TRAIN_PER_CELL = 40  # faiss warns below 39 training points a cell
+SAVE_SLICE = 262_144  # rows written (and added to the saved IVF) at a time
 
 
 class AnnIndex:
@@ -273,11 +274,11 @@ class AnnIndex:
             renumber[order] = np.arange(len(names), dtype=np.int32)
             np.save(folder / "subjects.npy", encoded[order] if len(names) else encoded)
             columns = {
-                "vec": self._vec[rows],
-                "sq": self._sq[rows],
-                "fid": self._fid[rows],
-                "subj": renumber[self._subj[rows]],
-                "live": np.ones(n, dtype=bool),
+                "vec": self._vec,
+                "sq": self._sq,
+                "fid": self._fid,
+                "subj": self._subj,
+                "live": self._live,
             }
             for name, values in columns.items():
                 out = np.lib.format.open_memmap(
@@ -286,20 +287,34 @@ class AnnIndex:
                     dtype=values.dtype,
                     shape=(capacity, *values.shape[1:]),
                 )
-                out[:n] = values
+                # In slices: no second copy of the rows in memory at 10M faces.
+                for start in range(0, n, SAVE_SLICE):
+                    picked = rows[start : start + SAVE_SLICE]
+                    if name == "subj":
+                        out[start : start + len(picked)] = renumber[values[picked]]
+                    elif name == "live":
+                        out[start : start + len(picked)] = True
+                    else:
+                        out[start : start + len(picked)] = values[picked]
                 out.flush()
                 del out
             trained = False
             if self._ivfs:
-                # Row numbers change (dead rows are left out): the lists are rebuilt
-                # with the trained cell centres, no new training.
                 ivf = faiss.clone_index(self._ivfs[0])
                 ivf.reset()
                 faiss.write_index(ivf, str(folder / "ivf-empty.faiss"))
-                for start in range(0, n, 262_144):
+            if self._ivfs and n == self._n and len(self._ivfs) == 1:
+                # No dead rows: row numbers stay, the lists are written as they are.
+                faiss.write_index(self._ivfs[0], str(folder / "ivf.faiss"))
+                trained = True
+            elif self._ivfs:
+                # Row numbers change (dead rows are left out): the lists are rebuilt
+                # with the trained cell centres, no new training.
+                for start in range(0, n, SAVE_SLICE):
+                    picked = rows[start : start + SAVE_SLICE]
                     ivf.add_with_ids(
-                        np.ascontiguousarray(columns["vec"][start : start + 262_144]),
-                        np.arange(start, min(start + 262_144, n), dtype=np.int64),
+                        np.ascontiguousarray(self._vec[picked]),
+                        np.arange(start, start + len(picked), dtype=np.int64),
                     )
                 faiss.write_index(ivf, str(folder / "ivf.faiss"))
                 trained = True

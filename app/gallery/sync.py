@@ -127,6 +127,11 @@ class GallerySync:
     def _load_all(self) -> None:
         rows = self.source.load_embeddings(dim=self.indexes.dim, encoders=self.encoders)
         self.indexes.clear()
+        if len(set(rows.collections)) == 1:  # the common case: no copy of the rows
+            self.indexes.writable(rows.collections[0]).add(
+                rows.face_ids, rows.subject_ids, rows.matrix
+            )
+            return
         by_collection: dict[str, list[int]] = {}
         for i, collection in enumerate(rows.collections):
             by_collection.setdefault(collection, []).append(i)
