@@ -36,9 +36,10 @@ from app.scoring.distance import distances, squared_norms
 # Below this many faces a collection is searched exactly (a scan of 1M faces takes ~30 ms
 # on one core here; the IVF index answers in a few ms past that).
 EXACT_BELOW = 1_000_000
-# IVF cells searched per query. 128 of ~4,000 cells keeps recall@1 >= 0.995 on noisy
-# multi-face galleries (docs/SCALING.md).
-NPROBE = 128
+# IVF cells searched per query. On 10M faces shaped like real embeddings (4,096 cells;
+# benchmarks/synthetic.py), 300 stored faces as probes against exact search: 128 gave
+# recall@1 0.943, 256 0.99 (16 ms p50), 512 1.0 at 31 / 37 ms p50 / p95 (docs/SCALING.md).
+NPROBE = 512
 FACE_ID_BYTES = 36
 MAX_CELLS = 4096
 TRAIN_PER_CELL = 40  # faiss warns below 39 training points a cell
@@ -348,7 +349,7 @@ class AnnIndex:
         index._live = np.load(folder / "live.npy", mmap_mode="c")
         index._n = index._live_count = n
         index._subjects = _Subjects(np.load(folder / "subjects.npy", mmap_mode="r"))
-        if meta["ivf"]:
+        if meta["ivf"] and n >= exact_below:  # else searched exactly, as a fresh index is
             # read_index gives the IVF class itself (faiss downcasts), typed as Index.
             shared: Any = faiss.read_index(
                 str(folder / "ivf.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
