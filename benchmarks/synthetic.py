@@ -7,12 +7,13 @@ directions far more than along the rest. So the galleries here are drawn from Ga
 fitted to real embeddings, one for where identities lie (their centres) and one for how
 one person's photos scatter around their centre:
 
-    python benchmarks/synthetic.py fit GALLERY.db   # -> benchmarks/data/lfw_devtrain_shape.npz
+    FACEVERIFY_DATA_DIR=/tmp/lfw faceverify enroll ../shared/data/lfw-devtrain/images
+    python benchmarks/synthetic.py fit /tmp/lfw/faceverify.db  # -> data/benchmarks/...
 
-GALLERY.db is a faceverify SQLite gallery of lfw-devtrain made with
-`faceverify enroll /work/shared/data/lfw-devtrain/images` (9,120 faces, 3,923 people);
-the fitted file holds only means and covariance factors (no image, no embedding of
-anyone). ``generate`` draws N faces of N/k subjects with k faces each.
+The gallery is made from lfw-devtrain read by path (9,120 faces, 3,923 people); the
+fitted file holds only means and covariance factors, and lives under the git-ignored
+data/ folder: nothing from LFW is committed. ``generate`` draws N faces of N/k subjects
+with k faces each.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPE = Path(__file__).resolve().parent / "data" / "lfw_devtrain_shape.npz"
+SHAPE = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "lfw_devtrain_shape.npz"
 
 
 def fit(db: Path, out: Path = SHAPE) -> None:
@@ -66,6 +67,8 @@ def generate(
     n: int, *, per_subject: int = 2, seed: int = 0, shape: Path = SHAPE
 ) -> tuple[np.ndarray, np.ndarray]:
     """(subject number per face, float32 embeddings): n faces, per_subject a subject."""
+    if not shape.is_file():
+        raise SystemExit(f"{shape} is missing: fit it first (see benchmarks/synthetic.py)")
     model = np.load(shape)
     rng = np.random.default_rng(seed)
     dim = len(model["mean"])
