@@ -20,6 +20,17 @@ from tests.fakes import face, fake_image
 from tests.helpers import fake_service, fresh_postgres_database
 
 
+def imported(service: FaceService, subject_ids: list[str], faces: np.ndarray) -> None:
+    """Faces of the fake encoder, bulk-imported into the default collection."""
+    service.store.import_faces(
+        collection="default",
+        subject_ids=subject_ids,
+        embeddings=faces,
+        encoder="fake",
+        pipeline_version="test",
+    )
+
+
 @pytest.fixture
 def replicas(settings: Settings) -> Iterator[tuple[FaceService, FaceService]]:
     url = next(databases := fresh_postgres_database())
@@ -52,13 +63,7 @@ def test_identify_in_the_database_agrees_with_exact_search(
     noise = 0.35 / np.sqrt(128)
     faces = np.repeat(centres, 4, axis=0) + rng.normal(size=(8000, 128)).astype(np.float32) * noise
     subjects = [f"s{i // 4}" for i in range(8000)]
-    a.store.import_faces(
-        collection="default",
-        subject_ids=subjects,
-        embeddings=faces,
-        encoder="fake",
-        pipeline_version="test",
-    )
+    imported(a, subjects, faces)
     exact = ExactIndex(128)
     rows = a.store.load_embeddings(dim=128)
     exact.add(rows.face_ids, rows.subject_ids, rows.matrix)
@@ -83,13 +88,7 @@ def test_top_100_over_subjects_with_many_faces_widens_within_pgvectors_limits(
     a, _ = replicas
     rng = np.random.default_rng(3)
     faces = rng.normal(size=(1000, 128)).astype(np.float32)
-    a.store.import_faces(
-        collection="default",
-        subject_ids=[f"s{i // 100}" for i in range(1000)],
-        embeddings=faces,
-        encoder="fake",
-        pipeline_version="test",
-    )
+    imported(a, [f"s{i // 100}" for i in range(1000)], faces)
     got, _ = a._search("default", faces[0], 100)
     assert sorted(h.subject_id for h in got) == sorted(f"s{i}" for i in range(10))
     assert got[0].subject_id == "s0" and got[0].distance < 1e-3
@@ -156,13 +155,7 @@ def test_an_index_built_with_older_parameters_is_noticed_and_rebuilt(
         )
     assert not pgvector.index_is_current(a.store.engine)
     faces = np.random.default_rng(5).normal(size=(50, 128)).astype(np.float32)
-    a.store.import_faces(
-        collection="default",
-        subject_ids=[f"s{i}" for i in range(50)],
-        embeddings=faces,
-        encoder="fake",
-        pipeline_version="test",
-    )
+    imported(a, [f"s{i}" for i in range(50)], faces)
     pgvector.rebuild_index(a.store.engine)
     assert pgvector.index_is_current(a.store.engine)
     got, _ = a._search("default", faces[7], 1)
