@@ -22,6 +22,7 @@ own next to the shared one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import threading
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from app.gallery.index import SubjectHit
+from app.gallery.index import SHORTLIST, Hits, SubjectHit
 from app.scoring.distance import distances, squared_norms
 
 # Below this many faces a collection is searched exactly (a scan of 1M faces takes ~30 ms
@@ -45,6 +46,8 @@ MAX_CELLS = 4096
 TRAIN_PER_CELL = 40  # faiss warns below 39 training points a cell
 SAVE_SLICE = 262_144  # rows written (and added to the saved IVF) at a time
 
+_GENERATIONS = itertools.count(1)
+
 
 class AnnIndex:
     def __init__(self, dim: int, *, exact_below: int = EXACT_BELOW, nprobe: int = NPROBE):
@@ -56,6 +59,10 @@ class AnnIndex:
 
     def clear(self) -> None:
         with self._lock:
+            # Rows are numbered afresh after a clear: a shortlist of row numbers from
+            # before it means nothing (rescore checks).
+            # (numbered across every index, so another index's shortlist never matches).
+            self._generation = next(_GENERATIONS)
             self._n = 0  # rows used (live and dead)
             self._live_count = 0
             self._vec = np.zeros((0, self.dim), dtype=np.float32)
@@ -171,15 +178,17 @@ class AnnIndex:
         self._ivfs, self._trained_at = [ivf], len(rows)
 
     # ---- search ----------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[SubjectHit]:
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> Hits:
         with self._lock:
             if self._live_count == 0 or k <= 0:
-                return []
+                return Hits()
             q = np.asarray(query, dtype=np.float32).reshape(self.dim)
             skip = exclude.encode("ascii") if exclude else None
             if not self._ivfs:
                 return self._scan(q, k, skip)
-            wanted = max(64, 16 * k)
+            # FAISS's cost is the lists it scans, not how many rows it returns: asking
+            # for SHORTLIST rows costs the same as for a few dozen.
+            wanted = max(SHORTLIST, 16 * k)
             while True:
                 found = np.concatenate(
                     [ivf.search(q[None], min(wanted, self._n))[1][0] for ivf in self._ivfs]
@@ -189,22 +198,35 @@ class AnnIndex:
                 d = distances(q, self._vec[rows], self._sq[rows])
                 hits = self._nearest_subjects(rows, d, k, skip)
                 if len(hits) >= k or wanted >= self._live_count or wanted >= 65_536:
-                    return hits
+                    return Hits(hits, (self._generation, rows))
                 wanted *= 4
 
-    def _scan(self, q: np.ndarray, k: int, skip: bytes | None) -> list[SubjectHit]:
+    def rescore(
+        self, query: np.ndarray, previous: Hits, k: int, exclude: str | None = None
+    ) -> list[SubjectHit]:
+        with self._lock:
+            shortlist = previous.shortlist
+            if shortlist is None or shortlist[0] != self._generation or k <= 0:
+                return self.search(query, k, exclude)
+            rows = shortlist[1]
+            rows = rows[self._live[rows]]
+            q = np.asarray(query, dtype=np.float32).reshape(self.dim)
+            d = distances(q, self._vec[rows], self._sq[rows])
+            return self._nearest_subjects(rows, d, k, exclude.encode("ascii") if exclude else None)
+
+    def _scan(self, q: np.ndarray, k: int, skip: bytes | None) -> Hits:
         """Exact: distances to every row (no copy of the rows), then the nearest few
         rows first, widening only while they hold fewer than k subjects."""
         n = self._n
         d = distances(q, self._vec[:n], self._sq[:n])
         d[~self._live[:n]] = np.inf
-        m = min(n, 8 * k + 1)
+        m = min(n, max(SHORTLIST, 8 * k + 1))
         while True:
             rows = np.argpartition(d, m - 1)[:m] if m < n else np.arange(n)
             rows = rows[np.isfinite(d[rows])]
             hits = self._nearest_subjects(rows, d[rows], k, skip)
             if len(hits) >= k or m >= n:
-                return hits
+                return Hits(hits, (self._generation, rows))
             m = min(n, 4 * m)
 
     def _nearest_subjects(

@@ -11,9 +11,9 @@ class here and nothing else.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,20 @@ class SubjectHit:
     subject_id: str
     face_id: str
     distance: float
+
+
+# How many faces near the query a search keeps for :meth:`VectorIndex.rescore`.
+SHORTLIST = 256
+
+
+class Hits(list[SubjectHit]):
+    """A search's answer, nearest first, and what it looked at: ``shortlist`` (faces
+    near the query, in the index's own terms) lets :meth:`VectorIndex.rescore` answer a
+    query close to this one without searching again."""
+
+    def __init__(self, hits: Iterable[SubjectHit] = (), shortlist: Any = None) -> None:
+        super().__init__(hits)
+        self.shortlist = shortlist
 
 
 class VectorIndex(Protocol):
@@ -65,10 +79,19 @@ class VectorIndex(Protocol):
         """The subject's face closest to ``query``, or None if it has no faces."""
         ...
 
-    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[SubjectHit]:
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> Hits:
         """The ``k`` subjects with the closest faces to ``query`` (each subject's best
         face), nearest first; the face ``exclude`` is left out (a search by a stored
         face does not find that face itself)."""
+        ...
+
+    def rescore(
+        self, query: np.ndarray, previous: Hits, k: int, exclude: str | None = None
+    ) -> list[SubjectHit]:
+        """:meth:`search` for a ``query`` within a few hundredths of the one that gave
+        ``previous`` (the same photo's mirror-averaged embedding), answered from the
+        faces that search looked at (its ``SHORTLIST`` nearest), with exact distances;
+        an index that cannot, or whose rows changed meanwhile, searches again."""
         ...
 
 
@@ -203,18 +226,24 @@ class ExactIndex:
             best = int(np.argmin(d))
             return SubjectHit(subject_id, self._face_ids[rows[best]], float(d[best]))
 
-    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> list[SubjectHit]:
+    def rescore(
+        self, query: np.ndarray, previous: Hits, k: int, exclude: str | None = None
+    ) -> list[SubjectHit]:
+        """Exact search is cheap at the sizes this index is used for: search again."""
+        return self.search(query, k, exclude)
+
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> Hits:
         """The ``k`` subjects with the closest faces to ``query`` (each subject's best
         face), nearest first, without the face ``exclude``."""
         with self._lock:
             n = self._size
             if n == 0 or k <= 0:
-                return []
+                return Hits()
             d = distances(query, self._matrix[:n], self._sq[:n])
             if exclude is not None and exclude in self._row_of_face:
                 d[self._row_of_face[exclude]] = np.inf
                 if n == 1:
-                    return []
+                    return Hits()
             subject_of_row = self._subject_of_row
             face_ids = self._face_ids
             # Look at the nearest few rows first; widen only if they hold < k subjects.
@@ -222,7 +251,7 @@ class ExactIndex:
             while True:
                 rows = np.argpartition(d, m - 1)[:m] if m < n else np.arange(n)
                 rows = rows[np.argsort(d[rows], kind="stable")]
-                hits: list[SubjectHit] = []
+                hits = Hits()
                 seen: set[str] = set()
                 for row in rows:
                     subject_id = subject_of_row[row]
