@@ -199,7 +199,8 @@ def gallery_import(
     data = _or_exit(lambda: read_gallery_file(file, dim=spec.dim))
     store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
     if settings.vector_search != "memory":
-        store.enable_vectors(dim=spec.dim)  # into pgvector's table too, when there is one
+        # into pgvector's table too, when there is one
+        store.enable_vectors(dim=spec.dim, build_memory_mb=settings.pgvector_build_memory_mb)
     if not store.collection_exists(collection=collection):
         _or_exit(lambda: store.create_collection(collection=collection))
     with tqdm(total=len(data.subject_ids), unit="face", desc="import") as bar:
@@ -324,7 +325,7 @@ def db_rebuild_vector_index() -> None:
         typer.echo("not PostgreSQL: there is no vector index to rebuild", err=True)
         raise typer.Exit(1)
     started = time.perf_counter()
-    pgvector.rebuild_index(store.engine)
+    pgvector.rebuild_index(store.engine, settings.pgvector_build_memory_mb)
     typer.echo(
         f"rebuilt ix_face_vectors_hnsw ({pgvector.HNSW_OPTIONS}) in "
         f"{time.perf_counter() - started:.1f} s"

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     # installed (replicas then hold no copy of the gallery), else in each process's
     # memory; memory: always in memory; pgvector: refuse to start without it.
     vector_search: Literal["auto", "memory", "pgvector"] = "auto"
+    # The most memory (maintenance_work_mem, MB) one pgvector HNSW build may ask of the
+    # database, after a bulk import or `faceverify db rebuild-vector-index`. A build
+    # needs ~2 KB a face to stay in memory; past this ceiling it goes on disk and takes
+    # several times longer (the log says so). Raise it for galleries past ~1M faces if
+    # the database server has the memory.
+    pgvector_build_memory_mb: int = Field(2048, ge=64)
     # The in-memory index. ann: compact rows (~690 B a face against ~1.6 KB) searched
     # exactly below ANN_EXACT_BELOW faces a collection, by FAISS IVF-SQ8 candidates
     # re-ranked exactly above (app/gallery/ann.py); exact: a plain matrix, always exact.

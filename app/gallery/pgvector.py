@@ -14,14 +14,16 @@ does, and the extension needs a superuser to create (``CREATE EXTENSION vector``
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import math
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import numpy as np
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from app.gallery.index import SubjectHit
+from app.gallery.index import Hits, SubjectHit
 from app.gallery.models import embedding_matrix
 
 log = logging.getLogger("faceverify.gallery")
@@ -33,12 +35,19 @@ log = logging.getLogger("faceverify.gallery")
 # 400 stored faces as probes, their own face left out (docs/SCALING.md).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 128
+# An HNSW build is fast while its graph fits in maintenance_work_mem and many times slower
+# once it does not (pgvector then inserts on disk; it says so in a NOTICE). Measured
+# here at m 32, 128-d: 16 MB held 9,308 faces, ~1,800 B a face; pgvector's overshoot
+# and the building worker's own memory on top. Builds set maintenance_work_mem from the
+# row count, up to the caller's ceiling (FACEVERIFY_PGVECTOR_BUILD_MEMORY_MB).
+BUILD_BYTES_PER_FACE = 2_000
+BUILD_MEMORY_MB = 2_048
 # HNSW search breadth (pgvector's default is 40; iterative scans fetch more when the
 # collection filter drops some).
 EF_SEARCH = 200
 
 
-def enable(engine: Engine, *, dim: int) -> bool:
+def enable(engine: Engine, *, dim: int, build_memory_mb: int = BUILD_MEMORY_MB) -> bool:
     """Make ``face_vectors`` (and fill it from ``faces``) if this is PostgreSQL with the
     vector extension installed or installable by this role. False: not available."""
     if engine.dialect.name != "postgresql":
@@ -68,15 +77,26 @@ def enable(engine: Engine, *, dim: int) -> bool:
                 )"""
             )
         )
-        conn.execute(text(HNSW_INDEX))
         conn.execute(
             text(
                 "CREATE INDEX IF NOT EXISTS ix_face_vectors_collection "
                 "ON face_vectors (collection_id)"
             )
         )
-        if _backfill(conn, dim):
-            conn.execute(text("ANALYZE face_vectors"))
+        missing: int = conn.execute(
+            text(
+                "SELECT count(*) FROM faces f LEFT JOIN face_vectors v ON v.face_id = f.id "
+                "WHERE v.face_id IS NULL"
+            )
+        ).scalar_one()
+        if missing >= BULK_REBUILD:  # a gallery meeting pgvector: load, then build once
+            bulk_begin(conn)
+            _backfill(conn, dim)
+            bulk_end(conn, build_memory_mb)
+        else:
+            conn.execute(text(HNSW_INDEX))
+            if _backfill(conn, dim):
+                conn.execute(text("ANALYZE face_vectors"))
     if not index_is_current(engine):
         log.warning(
             "the pgvector HNSW index was built with older parameters; recall past ~1M "
@@ -126,14 +146,13 @@ def index_is_current(engine: Engine) -> bool:
     return options is not None and sorted(options) == sorted(HNSW_OPTIONS.split(", "))
 
 
-def rebuild_index(engine: Engine) -> None:
+def rebuild_index(engine: Engine, build_memory_mb: int = BUILD_MEMORY_MB) -> None:
     """Build the HNSW index afresh with this version's parameters, without blocking
     searches or writes meanwhile: CREATE INDEX CONCURRENTLY under a new name, then swap
     names (the old index answers until the swap)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("DROP INDEX IF EXISTS ix_face_vectors_hnsw_new"))
-        conn.execute(text("SET maintenance_work_mem = '1GB'"))
-        conn.execute(text("SET max_parallel_maintenance_workers = 2"))
+        _build_settings(conn, build_memory_mb, local=False)
         conn.execute(
             text(
                 "CREATE INDEX CONCURRENTLY ix_face_vectors_hnsw_new ON face_vectors "
@@ -152,15 +171,41 @@ def bulk_begin(conn: Connection) -> None:
     conn.execute(text("DROP INDEX IF EXISTS ix_face_vectors_hnsw"))
 
 
-def bulk_end(conn: Connection) -> None:
-    """After it: build the index once, with more memory and both cores."""
-    conn.execute(text("SET LOCAL maintenance_work_mem = '1GB'"))
-    conn.execute(text("SET LOCAL max_parallel_maintenance_workers = 2"))
+def bulk_end(conn: Connection, build_memory_mb: int = BUILD_MEMORY_MB) -> None:
+    """After it: build the index once, with the memory its graph needs and both cores."""
+    _build_settings(conn, build_memory_mb, local=True)
     conn.execute(text(HNSW_INDEX))
     # Fresh statistics, or the planner keeps estimating the table small and sorts every
     # row of a collection instead of walking the HNSW index (measured: 141 ms against
     # 13 ms at 200k faces).
     conn.execute(text("ANALYZE face_vectors"))
+
+
+def build_memory_mb(faces: int, ceiling_mb: int) -> int:
+    """maintenance_work_mem for an HNSW build over ``faces`` rows: enough for the graph
+    to stay in memory, at most ``ceiling_mb``."""
+    return max(64, min(ceiling_mb, _needed_mb(faces)))
+
+
+def _needed_mb(faces: int) -> int:
+    return math.ceil(faces * BUILD_BYTES_PER_FACE / 2**20) + 64
+
+
+def _build_settings(conn: Connection, ceiling_mb: int, *, local: bool) -> None:
+    faces = int(conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one())
+    memory = build_memory_mb(faces, ceiling_mb)
+    if _needed_mb(faces) > ceiling_mb:
+        log.warning(
+            "the HNSW graph of %d faces needs ~%d MB to build in memory; "
+            "FACEVERIFY_PGVECTOR_BUILD_MEMORY_MB allows %d, so the build goes on disk and "
+            "takes several times longer",
+            faces,
+            _needed_mb(faces),
+            ceiling_mb,
+        )
+    scope = "LOCAL " if local else ""
+    conn.execute(text(f"SET {scope}maintenance_work_mem = '{memory}MB'"))
+    conn.execute(text(f"SET {scope}max_parallel_maintenance_workers = 2"))
 
 
 def literal(vector: np.ndarray) -> str:
@@ -192,12 +237,12 @@ def search(
     k: int,
     encoders: Collection[str],
     exclude: str | None = None,
-) -> list[SubjectHit]:
+) -> Hits:
     """The ``k`` subjects of the collection with the closest faces (each subject's best
-    face), nearest first, from the HNSW index."""
+    face), nearest first, from the HNSW index; the shortlist is the face ids it read."""
     if k <= 0:
-        return []
-    limit = 8 * k
+        return Hits()
+    limit = max(8 * k, 64)
     with engine.begin() as conn:
         # pgvector accepts 1..1000; iterative scans go on past it when rows are filtered.
         conn.execute(text(f"SET LOCAL hnsw.ef_search = {min(1000, max(EF_SEARCH, limit))}"))
@@ -217,14 +262,55 @@ def search(
                     "x": exclude or "",
                 },
             ).all()
-            found = sorted(((str(r[0]), str(r[1]), float(r[2])) for r in rows), key=lambda r: r[2])
-            hits: dict[str, SubjectHit] = {}
-            for face_id, subject_id, d in found:  # relaxed order: sort again here
-                if subject_id not in hits:
-                    hits[subject_id] = SubjectHit(subject_id, face_id, d)
+            hits = _subject_hits(rows, k)
             if len(hits) >= k or len(rows) < limit or limit >= 4096:
-                return list(hits.values())[:k]
+                return Hits(hits, [str(r[0]) for r in rows])
             limit *= 4
+
+
+def rescore(
+    engine: Engine,
+    *,
+    collection: str,
+    query: np.ndarray,
+    previous: Hits,
+    k: int,
+    encoders: Collection[str],
+    exclude: str | None = None,
+) -> list[SubjectHit]:
+    """:meth:`app.gallery.index.VectorIndex.rescore` here: exact distances from ``query``
+    to the faces ``previous`` read, by key (faces deleted since drop out)."""
+    if previous.shortlist is None:
+        return search(
+            engine, collection=collection, query=query, k=k, encoders=encoders, exclude=exclude
+        )
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT face_id, subject_id, embedding <-> CAST(:q AS vector) AS d "
+                "FROM face_vectors WHERE face_id = ANY(:f) AND collection_id = :c "
+                "AND encoder = ANY(:e) AND face_id <> :x"
+            ),
+            {
+                "q": literal(query),
+                "f": previous.shortlist,
+                "c": collection,
+                "e": sorted(encoders),
+                "x": exclude or "",
+            },
+        ).all()
+    return _subject_hits(rows, k)
+
+
+def _subject_hits(rows: Sequence[Any], k: int) -> list[SubjectHit]:
+    """Each subject's nearest face among (face id, subject id, distance) rows, nearest
+    first, at most ``k``."""
+    found = sorted(((str(r[0]), str(r[1]), float(r[2])) for r in rows), key=lambda r: r[2])
+    hits: dict[str, SubjectHit] = {}
+    for face_id, subject_id, d in found:  # relaxed order: sort again here
+        if subject_id not in hits:
+            hits[subject_id] = SubjectHit(subject_id, face_id, d)
+    return list(hits.values())[:k]
 
 
 def counts(engine: Engine, *, encoders: Collection[str]) -> dict[str, tuple[int, int]]:
