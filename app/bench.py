@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.errors import ModelFileError
 from app.face.dlib_resnet import DIM, DlibEncoder, OnnxEncoder, prepared_onnx_model
 from app.face.image import decode_image
 from app.face.registry import build_pipeline, load_checked_weights
 from app.face.timing import Timings
+from app.face.weights import WeightFile
 from app.gallery.index import ExactIndex
 from app.settings import Settings
 
@@ -70,8 +72,20 @@ def make_photos(photo_dir: Path) -> dict[str, bytes]:
     return out
 
 
-def bench_encoders(settings: Settings, chips: np.ndarray, repeats: int) -> dict[str, Any]:
+def _with_dlib_weights(settings: Settings) -> dict[str, WeightFile]:
+    """The weights, the ResNet's .dat included: the baseline runs dlib's own encoder."""
     weights = load_checked_weights(settings)
+    if weights["dlib_resnet_v1"].prepared_only:
+        raise ModelFileError(
+            "faceverify bench compares with dlib's own encoder and needs "
+            f"{weights['dlib_resnet_v1'].path}, which this installation leaves out (the "
+            "container image ships the ONNX conversion only): run it from a pip install."
+        )
+    return weights
+
+
+def bench_encoders(settings: Settings, chips: np.ndarray, repeats: int) -> dict[str, Any]:
+    weights = _with_dlib_weights(settings)
     resnet = weights["dlib_resnet_v1"]
     onnx = OnnxEncoder(
         prepared_onnx_model(resnet, settings.resolved_cache_dir()), threads=settings.onnx_threads
@@ -101,7 +115,7 @@ def bench_pipelines(settings: Settings, photos: dict[str, bytes], repeats: int) 
     HOG with upsample 1 on the full image, then compute_face_descriptor on it."""
     import dlib
 
-    weights = load_checked_weights(settings)
+    weights = _with_dlib_weights(settings)
     pipeline = build_pipeline(settings, weights)
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(weights["shape_predictor_5"].path))

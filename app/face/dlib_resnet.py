@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.errors import ModelFileError
 from app.face.detect import DetectedFace
 from app.face.encoder import EncoderModel, FaceEncoder
 from app.face.pool import InstancePool
@@ -122,6 +123,29 @@ class OnnxEncoder(_DlibResnet):
         return np.asarray(embeddings, dtype=np.float32)
 
 
+def _cached_onnx(sha256: str, cache_dir: Path) -> tuple[Path, Path, bool]:
+    """The conversion's file and record for weights of this sha256, and whether the file
+    is there with the hash its record gives."""
+    from app.face.onnx_convert import CONVERTER_VERSION
+
+    stem = f"dlib_resnet_v1-{sha256[:16]}-c{CONVERTER_VERSION}"
+    model, record = cache_dir / f"{stem}.onnx", cache_dir / f"{stem}.json"
+    if not (model.is_file() and record.is_file()):
+        return model, record, False
+    try:
+        meta = json.loads(record.read_text())
+        expected, source = meta["onnx_sha256"], meta["source_sha256"]
+    except (OSError, ValueError, KeyError):
+        return model, record, False
+    return model, record, source == sha256 and sha256_file(model) == expected
+
+
+def has_prepared_onnx(sha256: str, cache_dir: Path) -> bool:
+    """Whether the cache holds a checked conversion of the weights with this sha256 (it
+    then stands in for the .dat, which the container image leaves out)."""
+    return _cached_onnx(sha256, cache_dir)[2]
+
+
 def prepared_onnx_model(resnet: WeightFile, cache_dir: Path) -> Path:
     """The ONNX conversion of the ResNet weights, made once into ``cache_dir``.
 
@@ -132,15 +156,15 @@ def prepared_onnx_model(resnet: WeightFile, cache_dir: Path) -> Path:
     """
     from app.face.onnx_convert import CONVERTER_VERSION, convert
 
-    stem = f"dlib_resnet_v1-{resnet.sha256[:16]}-c{CONVERTER_VERSION}"
-    model, record = cache_dir / f"{stem}.onnx", cache_dir / f"{stem}.json"
-    if model.is_file() and record.is_file():
-        try:
-            expected = json.loads(record.read_text())["onnx_sha256"]
-        except (OSError, ValueError, KeyError):
-            expected = None
-        if expected and sha256_file(model) == expected:
-            return model
+    model, record, ok = _cached_onnx(resnet.sha256, cache_dir)
+    if ok:
+        return model
+    if resnet.prepared_only or not resnet.path.is_file():
+        raise ModelFileError(
+            f"The ONNX conversion in {cache_dir} is missing or damaged and its source "
+            f"{resnet.path} is not installed: reinstall face_recognition_models, or rebuild "
+            "the image (its build stage makes the conversion)."
+        )
     digest = convert(resnet.path, model)
     record.write_text(
         json.dumps(
@@ -165,6 +189,11 @@ def _prepare(settings: Settings, weights: dict[str, WeightFile]) -> Path | None:
 def _build(settings: Settings, weights: dict[str, WeightFile]) -> FaceEncoder:
     resnet = weights[MODEL]
     if settings.encoder == "dlib":
+        if resnet.prepared_only:
+            raise ModelFileError(
+                f"FACEVERIFY_ENCODER=dlib needs {resnet.path}, which this installation "
+                "leaves out (it ships the ONNX conversion only): use the default onnx encoder."
+            )
         return DlibEncoder(resnet.path, num_jitters=settings.num_jitters)
     model = prepared_onnx_model(resnet, settings.resolved_cache_dir())
     return OnnxEncoder(model, threads=settings.onnx_threads)

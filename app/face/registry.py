@@ -28,8 +28,17 @@ def encoder_model(settings: Settings) -> EncoderModel:
 
 
 def load_checked_weights(settings: Settings) -> dict[str, WeightFile]:
-    """Every file of models/manifest.json, found and checked by sha256."""
-    return load_weights(settings.manifest_file(), settings.weights_dir)
+    """Every file of models/manifest.json, found and checked by sha256 (the ResNet's
+    .dat may be absent where the ONNX encoder's checked conversion of it is cached)."""
+
+    def prepared(name: str, sha256: str) -> bool:
+        return (
+            name == dlib_resnet.MODEL
+            and settings.encoder == "onnx"
+            and dlib_resnet.has_prepared_onnx(sha256, settings.resolved_cache_dir())
+        )
+
+    return load_weights(settings.manifest_file(), settings.weights_dir, prepared=prepared)
 
 
 def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFaceDetector:

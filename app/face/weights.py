@@ -6,6 +6,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ class WeightFile:
     sha256: str
     licence: str
     source: str
+    # The file itself is absent; its prepared form (checked) is used instead.
+    prepared_only: bool = False
 
 
 def installed_weights_dir() -> Path | None:
@@ -48,13 +51,21 @@ def _sha256_cached(path: Path, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def load_weights(manifest_path: Path, weights_dir: Path | None) -> dict[str, WeightFile]:
+def load_weights(
+    manifest_path: Path,
+    weights_dir: Path | None,
+    *,
+    prepared: Callable[[str, str], bool] | None = None,
+) -> dict[str, WeightFile]:
     """Find every file of the manifest and check its sha256.
 
     Args:
         manifest_path: models/manifest.json.
         weights_dir: where the .dat files are; None means the installed
             face_recognition_models package.
+        prepared: ``(name, sha256) -> bool``: whether a missing file's prepared form
+            (the encoder's checked ONNX conversion of exactly that file) stands in for
+            it. The container image ships only the conversion.
 
     Returns:
         The files by manifest name.
@@ -77,6 +88,16 @@ def load_weights(manifest_path: Path, weights_dir: Path | None) -> dict[str, Wei
     found: dict[str, WeightFile] = {}
     for entry in manifest["models"]:
         path = folder / entry["file"]
+        if not path.is_file() and prepared is not None and prepared(entry["name"], entry["sha256"]):
+            found[entry["name"]] = WeightFile(
+                name=entry["name"],
+                path=path,
+                sha256=entry["sha256"],
+                licence=entry["licence"],
+                source=entry["source"],
+                prepared_only=True,
+            )
+            continue
         if not path.is_file():
             raise ModelFileError(
                 f"Model file {entry['file']} is missing from {folder}. Reinstall "

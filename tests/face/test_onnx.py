@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from app.face.dlib_resnet import DlibEncoder, OnnxEncoder, prepared_onnx_model
 from app.face.onnx_convert import DlibFormatError, read_dlib_resnet
+from app.face.timing import Timings
 from app.face.weights import WeightFile, installed_weights_dir, sha256_file
 from app.service import FaceService
 from app.settings import Settings
@@ -100,3 +101,37 @@ def test_a_file_of_another_network_is_refused() -> None:
     data = Settings().manifest_file().read_bytes()
     with pytest.raises(DlibFormatError):
         read_dlib_resnet(data)
+
+
+def test_the_onnx_conversion_stands_in_for_a_missing_resnet_file(tmp_path: Path) -> None:
+    """The container image ships the ONNX conversion, not the 22 MB .dat it came from:
+    the weights check accepts that only while the cached conversion is the checked one
+    of exactly the manifest's file, and says what to do otherwise."""
+    from app.errors import ModelFileError
+    from app.face.registry import build_pipeline, load_checked_weights
+
+    folder, cache = tmp_path / "weights", tmp_path / "cache"
+    folder.mkdir()
+    installed = installed_weights_dir()
+    assert installed is not None
+    for name in ("shape_predictor_5_face_landmarks.dat", "mmod_human_face_detector.dat"):
+        (folder / name).symlink_to(installed / name)
+    settings = Settings(weights_dir=folder, cache_dir=cache, data_dir=tmp_path)
+    with pytest.raises(
+        ModelFileError, match="dlib_face_recognition_resnet_model_v1.dat is missing"
+    ):
+        load_checked_weights(settings)  # no conversion yet: the .dat is needed
+    dat = resnet_dat()
+    prepared_onnx_model(WeightFile("dlib_resnet_v1", dat, sha256_file(dat), "", ""), cache)
+    weights = load_checked_weights(settings)
+    assert weights["dlib_resnet_v1"].prepared_only
+    assert not weights["shape_predictor_5"].prepared_only
+    pipeline = build_pipeline(settings, weights)
+    faces = pipeline.find_faces((DATA / "obama.jpg").read_bytes(), Timings())
+    assert pipeline.embed(faces, Timings()).shape == (1, 128)
+    with pytest.raises(ModelFileError, match="FACEVERIFY_ENCODER=dlib"):
+        build_pipeline(settings.model_copy(update={"encoder": "dlib"}), weights)
+    (onnx,) = cache.glob("*.onnx")
+    onnx.write_bytes(onnx.read_bytes()[:-10])  # damaged: no longer stands in
+    with pytest.raises(ModelFileError, match="is missing"):
+        load_checked_weights(settings)
