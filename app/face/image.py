@@ -7,12 +7,12 @@ import math
 import warnings
 
 import numpy as np
+from pi_heif import register_heif_opener
 from PIL import Image, UnidentifiedImageError
-from pillow_heif import register_heif_opener
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 
-# HEIC/HEIF (phone cameras) through pillow-heif's Pillow plugin.
+# HEIC/HEIF (phone cameras) through pi-heif's Pillow plugin (pillow-heif's decoder).
 register_heif_opener()
 
 # Formats we promise to read; Pillow knows more (e.g. EPS), which we refuse rather than
