@@ -69,12 +69,35 @@ cli.add_typer(models_cli, name="models")
 
 
 @models_cli.command("check")
-def models_check() -> None:
-    """Locate the model files and check their sha256 against the manifest."""
+def models_check(
+    photo: Annotated[
+        Path | None,
+        typer.Option(help="Also run the whole pipeline on this photo (a deployment's smoke test)."),
+    ] = None,
+) -> None:
+    """Locate the model files and check their sha256 against the manifest; with
+    --photo, load the models and embed the photo's faces too (exit 1 if none is found)."""
     settings = _or_exit(Settings)
     weights = _or_exit(lambda: _check_models(settings))
     for w in weights.values():
-        typer.echo(f"ok  {w.name:20s} {w.sha256}  {w.path}")
+        where = f"ONNX conversion in {settings.resolved_cache_dir()}" if w.prepared_only else w.path
+        typer.echo(f"ok  {w.name:20s} {w.sha256}  {where}")
+    if photo is None:
+        return
+    from app.face.registry import build_pipeline
+    from app.face.timing import Timings
+
+    pipeline = _or_exit(lambda: build_pipeline(settings, weights))
+    data = _or_exit(photo.read_bytes)
+    faces = _or_exit(lambda: pipeline.find_faces(data, Timings()))
+    if not faces:
+        typer.echo(f"faceverify: no face found in {photo}", err=True)
+        raise typer.Exit(1)
+    embeddings = pipeline.embed(faces, Timings())
+    typer.echo(
+        f"ok  {photo.name}: {len(faces)} face(s), {embeddings.shape[1]}-d embeddings "
+        f"({pipeline.encoder_name})"
+    )
 
 
 @models_cli.command("prepare")
