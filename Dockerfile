@@ -18,15 +18,41 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 # A plain install: the package carries its manifest and calibration (package data).
 # dlib-bin is a prebuilt wheel and face_recognition_models carries the weights: no
-# compiler, and no download at run time. The ONNX encoder is converted here, once;
-# then onnx (needed only to convert) leaves, and so does the 68-point landmark model
-# (~100 MB, never loaded, and licensed for non-commercial use only).
+# compiler, and no download at run time. The ONNX encoder is converted here, once, and
+# stands in for the ResNet's .dat (checked by sha256 at every start); then onnx (needed
+# only to convert) leaves, and so do the .dat and the 68-point landmark model (~100 MB,
+# never loaded, and licensed for non-commercial use only): three model files remain.
 RUN pip install . \
     && faceverify models check \
     && faceverify models prepare \
     && pip uninstall --yes onnx \
-    && rm /opt/venv/lib/python3*/site-packages/face_recognition_models/models/shape_predictor_68_face_landmarks.dat \
+    && MODELS=/opt/venv/lib/python3.11/site-packages/face_recognition_models/models \
+    && rm "$MODELS"/shape_predictor_68_face_landmarks.dat "$MODELS"/dlib_face_recognition_resnet_model_v1.dat \
     && faceverify models check
+# What serving never loads (issue 14; docs/DEPLOYMENT.md has the sizes): debug symbols in
+# the shared libraries (not in the wheels' *.libs folders: auditwheel's patched libraries
+# break when stripped), test suites, onnxruntime's model tools and its C-API library (the
+# Python module does not link it), numpy's Fortran tooling, Swagger UI's source maps and
+# the bundles /docs does not load, SQLAlchemy's test kit and the dialects of databases
+# faceverify does not run on, type stubs, pip and setuptools, and rich with pygments (typer's
+# pretty output; off with TYPER_USE_RICH=0). The last command loads the models and
+# embeds a real face, so a cut too many fails the build.
+COPY tests/data/obama.jpg /tmp/face.jpg
+# hadolint ignore=DL3008
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils >/dev/null \
+    && SITE=/opt/venv/lib/python3.11/site-packages \
+    && find /opt/venv -name "*.so*" -type f -not -path "*.libs/*" -exec strip --strip-unneeded {} + \
+    && find "$SITE" -depth -type d -name tests -exec rm -rf {} + \
+    && rm -rf "$SITE"/onnxruntime/transformers "$SITE"/onnxruntime/tools \
+        "$SITE"/onnxruntime/quantization "$SITE"/onnxruntime/capi/libonnxruntime.so.* \
+        "$SITE"/numpy/f2py "$SITE"/numpy/distutils "$SITE"/swagger_ui_bundle/vendor/*/*.map \
+        "$SITE"/swagger_ui_bundle/vendor/*/swagger-ui-es-bundle* "$SITE"/swagger_ui_bundle/vendor/*/swagger-ui.js \
+        "$SITE"/sqlalchemy/testing "$SITE"/sqlalchemy/dialects/mssql "$SITE"/sqlalchemy/dialects/mysql \
+        "$SITE"/sqlalchemy/dialects/oracle \
+    && find "$SITE" -name "*.pyi" -delete \
+    && pip uninstall --yes --quiet rich pygments markdown-it-py mdurl setuptools pip \
+    && TYPER_USE_RICH=0 faceverify models check --photo /tmp/face.jpg
 
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -36,7 +62,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     FACEVERIFY_CACHE_DIR=/srv/faceverify/cache \
     FACEVERIFY_HOST=0.0.0.0 \
     FACEVERIFY_PORT=8000 \
-    FACEVERIFY_WORKERS=1
+    FACEVERIFY_WORKERS=1 \
+    TYPER_USE_RICH=0
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /srv/faceverify/cache /srv/faceverify/cache
 WORKDIR /srv/faceverify
