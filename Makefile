@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint unit clean
+.PHONY: run test test-container lint unit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(VENV)/.stamp-dev
 # One pytest worker per core (pytest-xdist): many tests wait on servers and sockets.
 test: lint
 	$(BIN)/pytest -n auto --dist worksteal
+
+# The image built and run, and the compose stack (needs a container engine; minutes).
+test-container: $(VENV)/.stamp-dev
+	$(BIN)/pytest -m container -v
 
 # The fast tests only (no dlib models): a few seconds.
 unit: $(VENV)/.stamp-dev

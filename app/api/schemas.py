@@ -366,6 +366,10 @@ class InfoSettings(BaseModel):
     max_upload_bytes: int
     max_concurrent_inference: int
     database: str = Field(description="The database's kind (sqlite, postgresql), no URL.")
+    vector_search: Literal["pgvector", "memory"] = Field(
+        description="Where identify searches: in PostgreSQL with pgvector, or in each "
+        "process's memory."
+    )
 
 
 class GalleryCounts(BaseModel):

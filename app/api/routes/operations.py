@@ -84,5 +84,6 @@ def info(
             max_upload_bytes=settings.max_upload_bytes,
             max_concurrent_inference=settings.max_concurrent_inference,
             database=settings.resolved_database_url().split(":", 1)[0],
+            vector_search="pgvector" if service.db_search else "memory",
         ),
     )
