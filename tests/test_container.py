@@ -1,7 +1,8 @@
 """The image built and run as a user runs it (issue 14): ready, enroll + verify + an
 impostor with real photos, a gallery that survives a restart and a new container on the
-same volume, not root, HEALTHCHECK healthy on a non-default port and unhealthy when the
-app is not serving, JSON logs; then the compose stack (app + PostgreSQL with pgvector).
+same volume, not root, a read-only root filesystem, HEALTHCHECK healthy on a non-default
+port and unhealthy when the app is not serving, JSON logs; then the compose stack (app +
+PostgreSQL with pgvector).
 
 Marker ``container``: not part of ``make test`` (building takes minutes); .ci/run runs it
 with ``make test-container``. Without a container engine it skips, except under CI=true,
@@ -131,6 +132,8 @@ def test_the_image_serves_keeps_its_gallery_and_reports_its_health(image: str) -
     common = ["-v", f"{volume}:/data", "-e", f"FACEVERIFY_API_KEYS={KEY}:admin"]
     common += ["-e", "FACEVERIFY_PORT=8123", "-p", f"127.0.0.1:{port}:8123"]
     common += ["--health-interval=1s", "--health-start-period=60s"]
+    # As deploy/kubernetes runs it: the root filesystem read-only, /tmp and /data writable.
+    common += ["--read-only", "--tmpfs", "/tmp"]
     url = f"http://127.0.0.1:{port}"
     try:
         run("docker", "run", "-d", "--name", name, *common, image)
