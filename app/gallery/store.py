@@ -734,7 +734,7 @@ def _copy_faces(
     with_vectors: bool,
 ) -> None:
     """Imported faces (and their pgvector rows) by COPY: the same rows the INSERT path
-    writes, ~5x faster (docs/SCALING.md)."""
+    writes, about twice as fast (app/gallery/pgcopy.py)."""
     fixed = "\t".join(
         pgcopy.text_field(v) for v in ("0", "0", "0", "0", "0", encoder, pipeline_version)
     )
