@@ -60,3 +60,19 @@ def test_heic_photos_decode() -> None:
     assert rgb.shape == (128, 128, 3)
     # Lossy HEIC at quality 90: within 10 levels on average of the PNG.
     assert np.abs(rgb.astype(float) - reference).mean() < 10
+
+
+def test_start_up_logs_skip_alembics_plugin_announcements() -> None:
+    import logging
+
+    from app.api.observability import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("json")
+        assert not logging.getLogger("alembic.runtime.plugins").isEnabledFor(logging.INFO)
+        assert logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.NOTSET)
