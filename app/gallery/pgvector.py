@@ -83,19 +83,29 @@ def enable(engine: Engine, *, dim: int, build_memory_mb: int = BUILD_MEMORY_MB) 
                 "ON face_vectors (collection_id)"
             )
         )
-        missing: int = conn.execute(
-            text(
-                "SELECT count(*) FROM faces f LEFT JOIN face_vectors v ON v.face_id = f.id "
-                "WHERE v.face_id IS NULL"
-            )
-        ).scalar_one()
+        # face_vectors holds a subset of faces (a foreign key): equal counts mean none
+        # is missing, which two counts tell in ~0.5 s at 3M faces where the anti-join
+        # took ~3 s warm, at every start of every replica.
+        faces, vectors = conn.execute(
+            text("SELECT (SELECT count(*) FROM faces), (SELECT count(*) FROM face_vectors)")
+        ).one()
+        missing: int = (
+            0
+            if faces == vectors
+            else conn.execute(
+                text(
+                    "SELECT count(*) FROM faces f LEFT JOIN face_vectors v "
+                    "ON v.face_id = f.id WHERE v.face_id IS NULL"
+                )
+            ).scalar_one()
+        )
         if missing >= BULK_REBUILD:  # a gallery meeting pgvector: load, then build once
             bulk_begin(conn)
             _backfill(conn, dim)
             bulk_end(conn, build_memory_mb)
         else:
             conn.execute(text(HNSW_INDEX))
-            if _backfill(conn, dim):
+            if missing and _backfill(conn, dim):
                 conn.execute(text("ANALYZE face_vectors"))
     if not index_is_current(engine):
         log.warning(

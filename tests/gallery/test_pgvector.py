@@ -228,3 +228,31 @@ def test_build_memory_follows_the_gallery_up_to_the_ceiling() -> None:
     assert pgvector.build_memory_mb(0, 2048) == 64
     assert pgvector.build_memory_mb(1_000_000, 8192) == 1972  # ~2 KB a face + 64 MB
     assert pgvector.build_memory_mb(3_000_000, 2048) == 2048
+
+
+def test_a_few_faces_stored_without_pgvector_are_copied_at_the_next_start() -> None:
+    """Faces written while vectors were off (a replica with VECTOR_SEARCH=memory) are
+    found at the next start even though a count check usually skips the search for
+    them."""
+    databases = fresh_postgres_database()
+    url = next(databases)
+    store = GalleryStore.open(url)
+    try:
+        if not store.enable_vectors(dim=128):
+            pytest.skip("the test PostgreSQL has no pgvector (see .ci/pgvector.sh)")
+        faces = np.random.default_rng(6).normal(size=(60, 128)).astype(np.float32)
+        imported_by = GalleryStore.open(url)  # vectors off: faces only
+        imported_by.import_faces(
+            collection="default",
+            subject_ids=[f"s{i}" for i in range(60)],
+            embeddings=faces,
+            encoder="fake",
+            pipeline_version="test",
+        )
+        imported_by.close()
+        assert store.enable_vectors(dim=128)  # the next start
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one() == 60
+    finally:
+        store.close()
+        next(databases, None)
