@@ -152,12 +152,12 @@ def test_the_image_serves_keeps_its_gallery_and_reports_its_health(image: str) -
         run("docker", "restart", name)
         wait_ready(url)
         assert_verifies(url)  # the gallery survived the restart
-        run("docker", "rm", "-f", name)
+        run("docker", "rm", "-fv", name)
         run("docker", "run", "-d", "--name", name, *common, image)
         wait_ready(url)
         assert_verifies(url)  # and a new container on the same volume
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+        subprocess.run(["docker", "rm", "-fv", name], capture_output=True, check=False)
         subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True, check=False)
 
 
@@ -171,7 +171,7 @@ def test_the_healthcheck_fails_when_the_app_is_not_serving(image: str) -> None:
         )  # fmt: skip
         wait_health(name, "unhealthy", seconds=45)
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+        subprocess.run(["docker", "rm", "-fv", name], capture_output=True, check=False)
 
 
 def test_the_compose_stack_serves_from_postgresql_with_pgvector(image: str) -> None:
