@@ -91,37 +91,27 @@ def wait_health(container: str, want: str, seconds: float = 60) -> None:
     assert status == want, run("docker", "inspect", "--format", "{{json .State.Health}}", container)
 
 
-def enroll_and_verify(url: str) -> None:
-    """A real person enrolled; a second photo of him matches, another person does not."""
-    h = {"X-API-Key": KEY}
-    r = httpx2.post(
-        url + "/enroll",
-        data={"subject_id": "obama"},
-        files={"image": (DATA / "obama.jpg").read_bytes()},
-        headers=h,
+def post_photo(url: str, path: str, photo: str, **data: str) -> httpx2.Response:
+    return httpx2.post(
+        url + path,
+        data=data,
+        files={"image": (DATA / photo).read_bytes()},
+        headers={"X-API-Key": KEY},
         timeout=60,
     )
+
+
+def enroll_and_verify(url: str) -> None:
+    """A real person enrolled; a second photo of him matches, another person does not."""
+    r = post_photo(url, "/enroll", "obama.jpg", subject_id="obama")
     assert r.status_code == 201, r.text
     assert_verifies(url)
 
 
 def assert_verifies(url: str) -> None:
-    h = {"X-API-Key": KEY}
-    same = httpx2.post(
-        url + "/verify",
-        data={"subject_id": "obama"},
-        files={"image": (DATA / "obama2.jpg").read_bytes()},
-        headers=h,
-        timeout=60,
-    ).json()
+    same = post_photo(url, "/verify", "obama2.jpg", subject_id="obama").json()
     assert same["match"] is True and same["distance"] < 0.5, same
-    other = httpx2.post(
-        url + "/verify",
-        data={"subject_id": "obama"},
-        files={"image": (DATA / "biden.jpg").read_bytes()},
-        headers=h,
-        timeout=60,
-    ).json()
+    other = post_photo(url, "/verify", "biden.jpg", subject_id="obama").json()
     assert other["match"] is False and other["distance"] > 0.6, other
 
 
@@ -198,12 +188,7 @@ def test_the_compose_stack_serves_from_postgresql_with_pgvector(image: str) -> N
         info = httpx2.get(url + "/info", headers={"X-API-Key": KEY}, timeout=30).json()
         assert info["settings"]["database"] == "postgresql+psycopg", info
         assert info["settings"]["vector_search"] == "pgvector", info
-        best = httpx2.post(
-            url + "/identify",
-            files={"image": (DATA / "obama3.jpg").read_bytes()},
-            headers={"X-API-Key": KEY},
-            timeout=60,
-        ).json()["best"]
+        best = post_photo(url, "/identify", "obama3.jpg").json()["best"]
         assert best is not None and best["subject_id"] == "obama"
         run(*command, "restart", "faceverify", env=env)
         wait_ready(url, seconds=180)

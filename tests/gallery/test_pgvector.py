@@ -23,9 +23,9 @@ from tests.fakes import face, fake_image
 from tests.helpers import fake_service, fresh_postgres_database
 
 
-def imported(service: FaceService, subject_ids: list[str], faces: np.ndarray) -> None:
+def imported(store: GalleryStore, subject_ids: list[str], faces: np.ndarray) -> None:
     """Faces of the fake encoder, bulk-imported into the default collection."""
-    service.store.import_faces(
+    store.import_faces(
         collection="default",
         subject_ids=subject_ids,
         embeddings=faces,
@@ -53,6 +53,16 @@ def replicas(settings: Settings) -> Iterator[tuple[FaceService, FaceService]]:
     next(databases, None)
 
 
+@pytest.fixture
+def bare_store() -> Iterator[tuple[GalleryStore, str]]:
+    """A store on a fresh database with vectors not yet enabled, and its URL."""
+    url = next(databases := fresh_postgres_database())
+    store = GalleryStore.open(url)
+    yield store, url
+    store.close()
+    next(databases, None)
+
+
 def test_identify_in_the_database_agrees_with_exact_search(
     replicas: tuple[FaceService, FaceService],
 ) -> None:
@@ -66,7 +76,7 @@ def test_identify_in_the_database_agrees_with_exact_search(
     noise = 0.35 / np.sqrt(128)
     faces = np.repeat(centres, 4, axis=0) + rng.normal(size=(8000, 128)).astype(np.float32) * noise
     subjects = [f"s{i // 4}" for i in range(8000)]
-    imported(a, subjects, faces)
+    imported(a.store, subjects, faces)
     exact = ExactIndex(128)
     rows = a.store.load_embeddings(dim=128)
     exact.add(rows.face_ids, rows.subject_ids, rows.matrix)
@@ -98,7 +108,7 @@ def test_top_100_over_subjects_with_many_faces_widens_within_pgvectors_limits(
     a, _ = replicas
     rng = np.random.default_rng(3)
     faces = rng.normal(size=(1000, 128)).astype(np.float32)
-    imported(a, [f"s{i // 100}" for i in range(1000)], faces)
+    imported(a.store, [f"s{i // 100}" for i in range(1000)], faces)
     got, _ = a._search("default", faces[0], 100)
     assert sorted(h.subject_id for h in got) == sorted(f"s{i}" for i in range(10))
     assert got[0].subject_id == "s0" and got[0].distance < 1e-3
@@ -165,7 +175,7 @@ def test_an_index_built_with_older_parameters_is_noticed_and_rebuilt(
         )
     assert not pgvector.index_is_current(a.store.engine)
     faces = np.random.default_rng(5).normal(size=(50, 128)).astype(np.float32)
-    imported(a, [f"s{i}" for i in range(50)], faces)
+    imported(a.store, [f"s{i}" for i in range(50)], faces)
     pgvector.rebuild_index(a.store.engine)
     assert pgvector.index_is_current(a.store.engine)
     got, _ = a._search("default", faces[7], 1)
@@ -182,7 +192,7 @@ def test_a_bulk_import_by_copy_keeps_every_value_exactly(
     faces = rng.normal(size=(12_000, 128)).astype(np.float32)  # past BULK_REBUILD
     faces[0, :3] = [1e-38, -12345.678, 0.1]  # tiny, large, and inexact in decimal
     subjects = [f"ß.ü@{i // 3}:x-+" for i in range(12_000)]
-    imported(a, subjects, faces)
+    imported(a.store, subjects, faces)
     rows = a.store.load_embeddings(dim=128)
     assert sorted(map(bytes, rows.matrix)) == sorted(map(bytes, faces))
     assert sorted(rows.subject_ids) == sorted(subjects)
@@ -195,33 +205,21 @@ def test_a_bulk_import_by_copy_keeps_every_value_exactly(
 
 
 def test_a_large_gallery_meeting_pgvector_is_copied_then_indexed_once(
-    caplog: pytest.LogCaptureFixture,
+    bare_store: tuple[GalleryStore, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A gallery stored before pgvector was installed: enabling it copies every face,
     then builds the HNSW index once (not face by face into a live graph), with the
     memory sized from the row count and a warning when the ceiling is below it."""
-    databases = fresh_postgres_database()
-    store = GalleryStore.open(next(databases))
-    try:
-        rng = np.random.default_rng(4)
-        faces = rng.normal(size=(12_000, 128)).astype(np.float32)
-        store.import_faces(
-            collection="default",
-            subject_ids=[f"s{i}" for i in range(12_000)],
-            embeddings=faces,
-            encoder="fake",
-            pipeline_version="test",
-        )
-        with caplog.at_level("WARNING", logger="faceverify.gallery"):
-            if not store.enable_vectors(dim=128, build_memory_mb=64):
-                pytest.skip("the test PostgreSQL has no pgvector (see .ci/pgvector.sh)")
-        assert "needs ~87 MB to build in memory" in caplog.text
-        assert pgvector.index_is_current(store.engine)
-        with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one() == 12_000
-    finally:
-        store.close()
-        next(databases, None)
+    store, _ = bare_store
+    faces = np.random.default_rng(4).normal(size=(12_000, 128)).astype(np.float32)
+    imported(store, [f"s{i}" for i in range(12_000)], faces)
+    with caplog.at_level("WARNING", logger="faceverify.gallery"):
+        if not store.enable_vectors(dim=128, build_memory_mb=64):
+            pytest.skip("the test PostgreSQL has no pgvector (see .ci/pgvector.sh)")
+    assert "needs ~87 MB to build in memory" in caplog.text
+    assert pgvector.index_is_current(store.engine)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one() == 12_000
 
 
 def test_build_memory_follows_the_gallery_up_to_the_ceiling() -> None:
@@ -230,29 +228,19 @@ def test_build_memory_follows_the_gallery_up_to_the_ceiling() -> None:
     assert pgvector.build_memory_mb(3_000_000, 2048) == 2048
 
 
-def test_a_few_faces_stored_without_pgvector_are_copied_at_the_next_start() -> None:
+def test_a_few_faces_stored_without_pgvector_are_copied_at_the_next_start(
+    bare_store: tuple[GalleryStore, str],
+) -> None:
     """Faces written while vectors were off (a replica with VECTOR_SEARCH=memory) are
     found at the next start even though a count check usually skips the search for
     them."""
-    databases = fresh_postgres_database()
-    url = next(databases)
-    store = GalleryStore.open(url)
-    try:
-        if not store.enable_vectors(dim=128):
-            pytest.skip("the test PostgreSQL has no pgvector (see .ci/pgvector.sh)")
-        faces = np.random.default_rng(6).normal(size=(60, 128)).astype(np.float32)
-        imported_by = GalleryStore.open(url)  # vectors off: faces only
-        imported_by.import_faces(
-            collection="default",
-            subject_ids=[f"s{i}" for i in range(60)],
-            embeddings=faces,
-            encoder="fake",
-            pipeline_version="test",
-        )
-        imported_by.close()
-        assert store.enable_vectors(dim=128)  # the next start
-        with store.engine.connect() as conn:
-            assert conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one() == 60
-    finally:
-        store.close()
-        next(databases, None)
+    store, url = bare_store
+    if not store.enable_vectors(dim=128):
+        pytest.skip("the test PostgreSQL has no pgvector (see .ci/pgvector.sh)")
+    faces = np.random.default_rng(6).normal(size=(60, 128)).astype(np.float32)
+    imported_by = GalleryStore.open(url)  # vectors off: faces only
+    imported(imported_by, [f"s{i}" for i in range(60)], faces)
+    imported_by.close()
+    assert store.enable_vectors(dim=128)  # the next start
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one() == 60
