@@ -238,6 +238,7 @@ class FaceService:
         # PostgreSQL with pgvector searches itself: no index in this process, no replay.
         self.db_search = store.vector_dim is not None and store.vector_dim == pipeline.dim
         self._sizes: dict[str, tuple[float, int]] = {}
+        self._graph: tuple[float, int] | None = None  # (when read, faces in the HNSW graph)
         self._subjects = VersionedCache(SUBJECT_CACHE_SIZE)
         self.index_ready = threading.Event()
         if self.db_search:
@@ -459,6 +460,16 @@ class FaceService:
             cached = self._sizes[collection] = (now, size)
         return cached[1]
 
+    def _ef_search(self) -> int:
+        """hnsw.ef_search for the next search: the setting, or by the graph's size
+        (read at most every few seconds)."""
+        if self.settings.pgvector_ef_search:
+            return self.settings.pgvector_ef_search
+        now = time.monotonic()
+        if self._graph is None or now - self._graph[0] > DB_SIZE_TTL_SECONDS:
+            self._graph = (now, pgvector.graph_size(self.store.engine))
+        return pgvector.ef_search_for(self._graph[1])
+
     def _enrolled(self, collection: str, subject_id: str) -> tuple[list[str], np.ndarray]:
         """The subject's faces of this model, read by key from the store (the truth), so
         verify never waits for or depends on the size of the 1:N index. A subject read at
@@ -584,6 +595,7 @@ class FaceService:
                 k=k,
                 encoders=encoders,
                 exclude=exclude,
+                ef_search=self._ef_search(),
             )
             return hits, self._db_collection_size(collection)
         self.gallery.sync()

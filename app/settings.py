@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     # several times longer (the log says so). Raise it for galleries past ~1M faces if
     # the database server has the memory.
     pgvector_build_memory_mb: int = Field(2048, ge=64)
+    # How wide pgvector's HNSW search looks (hnsw.ef_search, 1-1000). 0: by the graph's
+    # size, 200 up to 1.5M faces and in proportion past it (app/gallery/pgvector.py);
+    # wider is slower and finds the true nearest face more often.
+    pgvector_ef_search: int = Field(0, ge=0, le=1000)
     # The in-memory index. ann: compact rows (~690 B a face against ~1.6 KB) searched
     # exactly below ANN_EXACT_BELOW faces a collection, by FAISS IVF-SQ8 candidates
     # re-ranked exactly above (app/gallery/ann.py); exact: a plain matrix, always exact.

@@ -1,11 +1,12 @@
 """pgvector's HNSW search against exact search, on a gallery already in PostgreSQL.
 
-    python benchmarks/pgvector_recall.py --database-url URL [--probes 400] [--ef 40,100,200,300]
+    python benchmarks/pgvector_recall.py --database-url URL [--probes 400] [--ef auto,200,400]
 
 Probes are stored faces, each left out of its own search (the answer must be its
 subject's other face), as `benchmarks/gallery.py` does over HTTP. For each hnsw.ef_search
-it prints recall@1 against exact search in this process and the search's p50/p95 (the
-query as the service sends it: app/gallery/pgvector.py).
+(``auto``: what the service picks for the graph's size) it prints recall@1 against exact
+search in this process and the search's p50/p95 (the query as the service sends it:
+app/gallery/pgvector.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--probes", type=int, default=400)
-    parser.add_argument("--ef", default="40,100,200,300")
+    parser.add_argument("--ef", default="auto,200,400")
     parser.add_argument("--collection", default="default")
     parser.add_argument("--encoder", default="dlib_resnet_v1")
     args = parser.parse_args()
@@ -38,17 +39,29 @@ def main() -> None:
     probes = [(rows.face_ids[i], rows.matrix[i].copy()) for i in picks]
     want = [exact.search(q, 1, exclude=f)[0].subject_id for f, q in probes]
     del rows, exact
-    for ef in (int(x) for x in args.ef.split(",")):
-        pgvector.EF_SEARCH = ef
+    auto = pgvector.ef_search_for(pgvector.graph_size(store.engine))
+    for ef in (auto if x == "auto" else int(x) for x in args.ef.split(",")):
         for f, q in probes[:20]:  # index pages into the cache first
             pgvector.search(
-                store.engine, collection=args.collection, query=q, k=5, encoders=encoders, exclude=f
+                store.engine,
+                collection=args.collection,
+                query=q,
+                k=5,
+                encoders=encoders,
+                exclude=f,
+                ef_search=ef,
             )
         hits, ms = 0, []
         for (f, q), subject in zip(probes, want, strict=True):
             started = time.perf_counter()
             got = pgvector.search(
-                store.engine, collection=args.collection, query=q, k=5, encoders=encoders, exclude=f
+                store.engine,
+                collection=args.collection,
+                query=q,
+                k=5,
+                encoders=encoders,
+                exclude=f,
+                ef_search=ef,
             )
             ms.append((time.perf_counter() - started) * 1000)
             hits += bool(got) and got[0].subject_id == subject

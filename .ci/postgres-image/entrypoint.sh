@@ -18,4 +18,6 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     fi
     pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*'
+# As the official image: a command of `postgres -c name=value ...` passes its settings on.
+if [ "${1:-}" = postgres ]; then shift; fi
+exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"

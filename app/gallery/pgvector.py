@@ -43,8 +43,33 @@ HNSW_EF_CONSTRUCTION = 128
 BUILD_BYTES_PER_FACE = 2_000
 BUILD_MEMORY_MB = 2_048
 # HNSW search breadth (pgvector's default is 40; iterative scans fetch more when the
-# collection filter drops some).
+# collection filter drops some). A graph keeps its recall only if the search widens as
+# it grows: with m 32 / ef_construction 128, recall@1 at ef_search 200 is 0.9975 at 1M
+# faces but 0.9875 at 3M, where 400 gives 0.995 (44 ms p50 with the index in
+# shared_buffers; docs/SCALING.md). So ef_search is EF_SEARCH up to EF_SEARCH_ROWS faces
+# in the graph and grows in proportion past it, to pgvector's limit of 1000 (10M+ faces:
+# not measured, extrapolated). FACEVERIFY_PGVECTOR_EF_SEARCH fixes it instead.
 EF_SEARCH = 200
+EF_SEARCH_ROWS = 1_500_000
+EF_SEARCH_MAX = 1000
+
+
+def ef_search_for(rows: int) -> int:
+    """The hnsw.ef_search a graph of ``rows`` faces is searched with."""
+    return min(EF_SEARCH_MAX, max(EF_SEARCH, -(-EF_SEARCH * rows // EF_SEARCH_ROWS)))
+
+
+def graph_size(engine: Engine) -> int:
+    """Faces in the HNSW graph (all collections: the graph is one), from the planner's
+    estimate (free; exact after a build or VACUUM, close enough between), or a count if
+    the table has never been analysed."""
+    with engine.connect() as conn:
+        estimate = conn.execute(
+            text("SELECT reltuples FROM pg_class WHERE relname = 'face_vectors'")
+        ).scalar()
+        if estimate is not None and estimate >= 0:
+            return int(estimate)
+        return int(conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one())
 
 
 def enable(engine: Engine, *, dim: int, build_memory_mb: int = BUILD_MEMORY_MB) -> bool:
@@ -247,15 +272,18 @@ def search(
     k: int,
     encoders: Collection[str],
     exclude: str | None = None,
+    ef_search: int = EF_SEARCH,
 ) -> Hits:
     """The ``k`` subjects of the collection with the closest faces (each subject's best
-    face), nearest first, from the HNSW index; the shortlist is the face ids it read."""
+    face), nearest first, from the HNSW index searched ``ef_search`` wide (see
+    :func:`ef_search_for`); the shortlist is the face ids it read."""
     if k <= 0:
         return Hits()
     limit = max(8 * k, 64)
     with engine.begin() as conn:
         # pgvector accepts 1..1000; iterative scans go on past it when rows are filtered.
-        conn.execute(text(f"SET LOCAL hnsw.ef_search = {min(1000, max(EF_SEARCH, limit))}"))
+        ef = min(EF_SEARCH_MAX, max(ef_search, limit))
+        conn.execute(text(f"SET LOCAL hnsw.ef_search = {ef}"))
         conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
         while True:
             rows = conn.execute(
