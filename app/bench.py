@@ -296,7 +296,7 @@ def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[st
             server.wait(timeout=30)
 
 
-STAGES = ("decode_ms", "detect_ms", "align_ms", "encode_ms", "search_ms")
+STAGES = ("decode_ms", "detect_ms", "align_ms", "encode_ms", "search_ms", "quality_ms")
 
 
 def _stage_breakdown(timings: list[dict[str, float]], latencies: list[float]) -> dict[str, float]:

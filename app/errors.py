@@ -18,7 +18,8 @@ table (app/api/problems.py); nothing here knows HTTP.
     ├── FaceError                  the image decodes but its faces do not fit the use
     │   ├── NoFace
     │   ├── MultipleFaces          carries the boxes found
-    │   └── FaceTooSmall
+    │   ├── FaceTooSmall
+    │   └── FaceQualityTooLow      enrollment photo under the quality floor, with reasons
     ├── NotFoundError
     │   ├── CollectionNotFound
     │   ├── SubjectNotFound
@@ -159,6 +160,16 @@ class MultipleFaces(FaceError):
 class FaceTooSmall(FaceError):
     box: Box
     min_face_side: int
+    image_index: int | None = None
+
+
+@dataclass(eq=False, kw_only=True)
+class FaceQualityTooLow(FaceError):
+    quality: float
+    min_quality: float
+    # Stable reason codes, worst first, and what to do about each (app/face/quality.py).
+    reasons: list[str]
+    advice: list[str]
     image_index: int | None = None
 
 

@@ -25,6 +25,7 @@ from app.errors import (
     CollectionNotFound,
     CollectionProtected,
     FaceMismatch,
+    FaceQualityTooLow,
     FaceTooSmall,
     IdempotencyKeyReused,
     IndexLoading,
@@ -37,8 +38,10 @@ from app.errors import (
     SubjectHasNoFaces,
     TooManyImages,
 )
+from app.face import quality
 from app.face.detect import DetectedFace, largest, main_face
 from app.face.pipeline import FacePipeline
+from app.face.quality import Assessment, FaceMeasures
 from app.face.registry import build_pipeline, calibration_fingerprint, load_checked_weights
 from app.face.timing import Timings
 from app.face.weights import WeightFile
@@ -77,10 +80,19 @@ FacePolicy = Literal["single", "largest"]
 
 @dataclass(frozen=True)
 class ProbeFace:
-    """The face a probe photo was compared by, and how many the photo had."""
+    """The face a probe photo was compared by, how many the photo had, and its quality."""
 
     face: DetectedFace
     faces_detected: int
+    quality: Assessment
+
+
+@dataclass
+class DetectResult:
+    """Every face of a photo with its measures and quality (POST /detect)."""
+
+    faces: list[tuple[DetectedFace, FaceMeasures, Assessment]]
+    timings: Timings
 
 
 @dataclass
@@ -337,6 +349,7 @@ class FaceService:
                         box=face.box,
                         min_face_side=self.settings.min_face_side,
                     )
+                self._check_quality(face, number, timings)
                 chosen.append(face)
             embeddings = self.pipeline.embed(chosen, timings)
         # The subject's faces, read once for both checks below.
@@ -377,6 +390,28 @@ class FaceService:
             )
             self.gallery.advance(version)
         return EnrollResult(subject=subject, faces=stored, timings=timings)
+
+    def _check_quality(self, face: DetectedFace, number: int, timings: Timings) -> None:
+        """Refuse an enrollment face under the quality floor, saying why (a poor
+        enrollment photo is where most false rejections start)."""
+        floor = self.settings.enroll_min_quality
+        if not floor:
+            return
+        with timings.measure("quality_ms"):
+            assessed = quality.assess(quality.measure(face))
+        if assessed.quality >= floor:
+            return
+        reasons = list(assessed.reasons) or ["low_quality"]
+        advice = [quality.REASONS.get(r, "Use a sharp, well-lit, frontal photo.") for r in reasons]
+        raise FaceQualityTooLow(
+            f"The face in image {number} has quality {assessed.quality:g} of 100; enrollment "
+            f"needs at least {floor:g}. " + " ".join(advice),
+            image_index=number,
+            quality=assessed.quality,
+            min_quality=floor,
+            reasons=reasons,
+            advice=advice,
+        )
 
     def _known_faces(self, collection: str, subject_id: str) -> np.ndarray:
         """The subject's embeddings; none when every face was deleted (the first new
@@ -420,6 +455,20 @@ class FaceService:
         wanted = set(record.face_ids)
         faces = [f for f in self.store.list_faces(**where) if f.id in wanted]
         return EnrollResult(subject=subject, faces=faces, timings=Timings(), replayed=True)
+
+    # ---- quality -----------------------------------------------------------------------
+    def detect(self, *, image: bytes) -> DetectResult:
+        """Every face in the photo (the full search, as enrollment looks), with its
+        landmarks, pose, size, measures and quality; nothing is encoded or stored."""
+        timings = Timings()
+        with self.slots.hold():
+            faces = self.pipeline.find_faces(image, timings)
+            out = []
+            with timings.measure("quality_ms"):
+                for face in faces:
+                    measures = quality.measure(face)
+                    out.append((face, measures, quality.assess(measures)))
+        return DetectResult(out, timings)
 
     # ---- 1:1 -------------------------------------------------------------------------
     def verify(
@@ -737,7 +786,10 @@ class FaceService:
                 faces = self._find(
                     data, timings, image_index=number if len(images) > 1 else None, quick=True
                 )
-                probes.append(ProbeFace(main_face(faces), len(faces)))
+                face = main_face(faces)
+                with timings.measure("quality_ms"):
+                    assessed = quality.assess(quality.measure(face))
+                probes.append(ProbeFace(face, len(faces), assessed))
             mirror = False if self._skips_mirror else None
             embeddings = self.pipeline.embed([p.face for p in probes], timings, mirror=mirror)
         return probes, embeddings

@@ -106,8 +106,9 @@ class FakeDetector:
 
 
 def _landmarks(b: Box) -> tuple[tuple[float, float], ...]:
-    # dlib's 5-point order: right eye outer, right eye inner, left eye outer and inner, nose.
-    x = [0.2, 0.4, 0.8, 0.6, 0.5]
+    # dlib's 5-point order: right eye outer, right eye inner, left eye outer and inner, nose
+    # (its "right eye" is the one on the image's right).
+    x = [0.8, 0.6, 0.2, 0.4, 0.5]
     y = [0.4, 0.4, 0.4, 0.4, 0.65]
     return tuple(
         (b.left + fx * b.width, b.top + fy * b.height) for fx, fy in zip(x, y, strict=True)

@@ -65,7 +65,11 @@ def fake_service(
     pgvector: bool = False,
 ) -> FaceService:
     """The real service, store and calibration, with the fake detector and encoder;
-    ``pgvector``: search in PostgreSQL (the test database must have the extension)."""
+    ``pgvector``: search in PostgreSQL (the test database must have the extension).
+    The enrollment quality gate is off: a fake face is a flat colour, which the quality
+    measures read as a featureless blur (tests/face/test_quality.py tests the gate on
+    real photos)."""
+    settings = settings.model_copy(update={"enroll_min_quality": 0})
     store = GalleryStore.open(settings.resolved_database_url())
     if pgvector:
         assert store.enable_vectors(dim=128), "pgvector is not available"

@@ -436,7 +436,9 @@ def test_verify_works_while_the_index_loads_and_identify_waits_for_it(settings: 
 
     store.load_embeddings = slow_load  # type: ignore[method-assign]
     service = FaceService(
-        settings=settings.model_copy(update={"inference_wait_seconds": 0.2}),
+        settings=settings.model_copy(
+            update={"inference_wait_seconds": 0.2, "enroll_min_quality": 0}  # fake faces are flat
+        ),
         pipeline=fake_pipeline(),
         store=store,
         calibration=Calibration.load(settings.resolved_calibration_file()),

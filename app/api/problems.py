@@ -39,6 +39,7 @@ ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
     errors.NoFace: (422, "no_face"),
     errors.MultipleFaces: (422, "multiple_faces"),
     errors.FaceTooSmall: (422, "face_too_small"),
+    errors.FaceQualityTooLow: (422, "face_quality_too_low"),
     errors.FaceError: (422, "face_error"),
     errors.SubjectNotFound: (404, "subject_not_found"),
     errors.CollectionNotFound: (404, "collection_not_found"),

@@ -150,6 +150,10 @@ class IdentifyRequest(_Form):
     prior: Prior | None = None
 
 
+class DetectRequest(_Form):
+    """POST /detect: the photo alone (field ``image``)."""
+
+
 class CompareRequest(_Form):
     # Two photos, nothing stored: the collection is only checked (a key may name its own).
     collection: CollectionField = None
@@ -157,6 +161,21 @@ class CompareRequest(_Form):
 
 
 # ---- responses ------------------------------------------------------------------------
+class QualityOut(BaseModel):
+    score: float = Field(
+        description="0-100, higher is better: 100 exp(-penalty / 0.1), where the penalty "
+        "is the predicted rise (in distance) of this face's distance to other photos of "
+        "the same person; a face at 37 is expected 0.1 further than an ideal one "
+        "(docs/QUALITY.md)."
+    )
+    low: bool = Field(
+        description="Under FACEVERIFY_ENROLL_MIN_QUALITY: /enroll would refuse it; a "
+        "comparison with it is more likely to miss a true match."
+    )
+    reasons: list[str] = Field(description="Stable codes of what lowered it, worst first.")
+    advice: list[str] = Field(description="What to do about each reason, in its order.")
+
+
 class ProbeOut(BaseModel):
     box: Box
     detector_score: float
@@ -169,6 +188,51 @@ class ProbeOut(BaseModel):
     )
     detector: str = Field(description="hog, or cnn when the HOG detector found nothing.")
     multiple_faces: bool
+    quality: QualityOut
+
+
+class PoseOut(BaseModel):
+    roll: float = Field(description="Degrees the eye line is tilted (from the landmarks).")
+    yaw: float = Field(
+        description="Degrees turned left/right: an estimate from where the nose base lies "
+        "between the eyes (five landmarks cannot measure it)."
+    )
+    pitch: float = Field(
+        description="Degrees tilted down (+) or up (-): an estimate from the nose base's "
+        "drop below the eyes; cannot tell more than ~20 degrees down."
+    )
+    estimated: list[str] = Field(
+        default=["yaw", "pitch"], description="The angles that are estimates."
+    )
+
+
+class DetectedFaceOut(BaseModel):
+    box: Box
+    landmarks: list[tuple[float, float]] = Field(
+        description="Five points (dlib's order): the eye on the image's right, its outer "
+        "then inner corner; the other eye's outer then inner corner; the nose base."
+    )
+    detector_score: float
+    detector: str
+    pose: PoseOut
+    inter_eye_px: float = Field(description="Pixels between the eye centres.")
+    box_px: int = Field(description="The detector box's side in pixels.")
+    sharpness: float = Field(
+        description="Mean absolute Laplacian of the aligned face over its contrast (x100); "
+        "lfw-devtrain's median is 13.5."
+    )
+    brightness: float = Field(description="Mean grey level of the face, 0-255.")
+    contrast: float = Field(description="Grey standard deviation of the face, 0-255.")
+    face_likeness: float = Field(
+        description="HOG's margin on the aligned face (> 0: clearly a frontal face)."
+    )
+    quality: QualityOut
+
+
+class DetectResponse(BaseModel):
+    faces: list[DetectedFaceOut] = Field(description="Every face found, most confident first.")
+    model: ModelOut
+    timing: TimingOut
 
 
 class ModelOut(BaseModel):
@@ -187,6 +251,7 @@ class TimingOut(BaseModel):
     align_ms: float
     encode_ms: float
     search_ms: float
+    quality_ms: float
     total_ms: float
 
 

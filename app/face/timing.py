@@ -17,6 +17,7 @@ class Timings:
     align_ms: float = 0.0  # five landmarks and the encoder's aligned chip
     encode_ms: float = 0.0  # the encoder network
     search_ms: float = 0.0  # reading the subject or searching the gallery
+    quality_ms: float = 0.0  # the face quality measures (app/face/quality.py)
 
     @contextmanager
     def measure(self, stage: str) -> Iterator[None]:
@@ -35,4 +36,5 @@ class Timings:
             "align_ms": round(self.align_ms, 2),
             "encode_ms": round(self.encode_ms, 2),
             "search_ms": round(self.search_ms, 2),
+            "quality_ms": round(self.quality_ms, 2),
         }

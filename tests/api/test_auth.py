@@ -48,6 +48,7 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/verify"): "verify",
     ("POST", "/identify"): "verify",
     ("POST", "/compare"): "verify",
+    ("POST", "/detect"): "verify",
     ("GET", "/subjects"): "admin",
     ("GET", "/subjects/{subject_id}"): "admin",
     ("DELETE", "/subjects/{subject_id}"): "enroll",

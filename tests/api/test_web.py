@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from PIL import Image, ImageFilter
 
 from tests.helpers import DATA, TEST_KEY
 from tests.server import serving
@@ -80,6 +81,18 @@ def test_enroll_verify_and_delete_in_a_browser(tmp_path: Path) -> None:
         assert len(errors) == 1
         errors.clear()
         page.screenshot(path=shots / "2-no-face.png", full_page=True)
+
+        # A heavily blurred photo: refused, with why and what to do (issue 15).
+        photo = Image.open(DATA / "obama.jpg")
+        photo.filter(ImageFilter.GaussianBlur(photo.width / 40)).save(tmp_path / "blurred.png")
+        page.get_by_label("Photos (one face each)").set_input_files(tmp_path / "blurred.png")
+        page.get_by_role("button", name="Enroll", exact=True).click()
+        result = page.locator("#enroll-result")
+        expect(result).to_contain_text("not good enough to enroll")
+        expect(result).to_contain_text("The face is blurred; hold the camera still")
+        assert [e for e in errors if not e.startswith(expected)] == [] and len(errors) == 1
+        errors.clear()
+        page.screenshot(path=shots / "2-blurred.png", full_page=True)
 
         # Verify obama2.jpg: a match, with the percent and what it means.
         expect(page.get_by_label("Subject", exact=True)).to_have_value("obama")

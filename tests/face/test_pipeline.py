@@ -51,7 +51,7 @@ def test_a_big_photo_is_decoded_smaller_and_its_faces_reported_in_its_own_pixels
         800,
         600,
     )
-    assert found.frame == (2400, 1000) and found.landmarks[0] == (480.0, 360.0)
+    assert found.frame == (2400, 1000) and found.landmarks[0] == (720.0, 360.0)
     assert np.allclose(pipeline.embed([found], Timings())[0], unit_vector(5))
 
 

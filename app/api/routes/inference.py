@@ -1,4 +1,4 @@
-"""/enroll, /verify, /identify, /compare: the routes that run the face pipeline.
+"""/enroll, /verify, /identify, /compare, /detect: the routes that run the face pipeline.
 
 Plain ``def``, so FastAPI runs them in its thread pool (dlib and ONNX Runtime block).
 Each takes an :class:`Inference`, which starts the clock and builds the fields every
@@ -29,6 +29,8 @@ from app.api.deps import (
 )
 from app.api.routes.common import face_out, problems, request_body, subject_out
 from app.errors import Forbidden, InvalidRequest
+from app.face.detect import DetectedFace
+from app.face.quality import REASONS, Assessment
 from app.face.timing import Timings
 from app.gallery.models import IDEMPOTENCY_KEY_MAX
 from app.keys import digest
@@ -53,6 +55,7 @@ class Inference:
         self.service = service
         self.metrics = metrics
         self.threshold = settings.threshold
+        self.min_quality = settings.enroll_min_quality
         self.queried_collection = collection
 
     def collection(self, form_collection: str | None) -> str:
@@ -80,6 +83,9 @@ class Inference:
             "calibration": self.calibration(),
             "timing": self.timing(timings),
         }
+
+    def probe(self, probe: ProbeFace) -> s.ProbeOut:
+        return probe_out(probe, self.min_quality)
 
     def match(self, result: Match, route: str) -> dict[str, Any]:
         """A decision's fields (MatchFields), its score recorded under ``route``."""
@@ -130,15 +136,29 @@ def inference_route(
     )
 
 
-def probe_out(probe: ProbeFace) -> s.ProbeOut:
+def quality_out(assessed: Assessment, floor: float) -> s.QualityOut:
+    return s.QualityOut(
+        score=assessed.quality,
+        low=assessed.quality < floor,
+        reasons=list(assessed.reasons),
+        advice=[REASONS[r] for r in assessed.reasons],
+    )
+
+
+def _landmarks(face: DetectedFace) -> list[tuple[float, float]]:
+    return [(round(x, 1), round(y, 1)) for x, y in face.landmarks]
+
+
+def probe_out(probe: ProbeFace, floor: float) -> s.ProbeOut:
     face = probe.face
     return s.ProbeOut(
         box=face.box,
         detector_score=round(face.score, 4),
-        landmarks=[(round(x, 1), round(y, 1)) for x, y in face.landmarks],
+        landmarks=_landmarks(face),
         faces_detected=probe.faces_detected,
         multiple_faces=probe.faces_detected > 1,
         detector=face.detector,
+        quality=quality_out(probe.quality, floor),
     )
 
 
@@ -215,7 +235,7 @@ def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
         **call.match(result.result, "verify"),
         subject_id=result.subject_id,
         face_id=result.face_id,
-        probe=probe_out(result.probe),
+        probe=call.probe(result.probe),
         **call.answer(result.timings),
     )
 
@@ -261,7 +281,7 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
         candidates=candidates,
         threshold=call.threshold,
         gallery_size=result.gallery_size,
-        probe=probe_out(result.probe) if result.probe is not None else None,
+        probe=call.probe(result.probe) if result.probe is not None else None,
         **call.answer(result.timings),
     )
 
@@ -278,7 +298,35 @@ def compare(body: BodyDep, call: InferenceDep) -> s.CompareResponse:
     )
     return s.CompareResponse(
         **call.match(result.result, "compare"),
-        probe_a=probe_out(result.probe_a),
-        probe_b=probe_out(result.probe_b),
+        probe_a=call.probe(result.probe_a),
+        probe_b=call.probe(result.probe_b),
         **call.answer(result.timings),
+    )
+
+
+@inference_route("/detect", "verify", s.DetectResponse, s.DetectRequest, {"image": False})
+def detect(body: BodyDep, call: InferenceDep) -> s.DetectResponse:
+    """Every face in the photo with its landmarks, pose, size and quality; nothing is stored."""
+    body.validate(s.DetectRequest)
+    result = call.service.detect(image=body.image())
+    return s.DetectResponse(
+        faces=[
+            s.DetectedFaceOut(
+                box=face.box,
+                landmarks=_landmarks(face),
+                detector_score=round(face.score, 4),
+                detector=face.detector,
+                pose=s.PoseOut(roll=m.roll, yaw=m.yaw, pitch=m.pitch),
+                inter_eye_px=m.inter_eye,
+                box_px=m.box_side,
+                sharpness=m.sharpness,
+                brightness=m.brightness,
+                contrast=m.contrast,
+                face_likeness=m.face_likeness,
+                quality=quality_out(assessed, call.min_quality),
+            )
+            for face, m, assessed in result.faces
+        ],
+        model=call.model(),
+        timing=call.timing(result.timings),
     )

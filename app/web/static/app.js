@@ -55,6 +55,11 @@ async function api(method, path, body) {
 
 function problemText(data, status) {
   if (status === 401 || status === 403) return "The server needs a valid API key (see 'API key' above).";
+  if (data && data.code === "face_quality_too_low") {
+    // Why the photo was refused, and what to do about each reason (from the server).
+    return `This photo is not good enough to enroll (face quality ${data.quality} of 100; ` +
+      `at least ${data.min_quality} is needed). ${(data.advice || []).join(" ")}`;
+  }
   return MESSAGES[data && data.code] || (data && data.detail) || `Request failed (${status}).`;
 }
 
@@ -244,7 +249,9 @@ $("verify-form").addEventListener("submit", async (e) => {
     `${data.score.toFixed(1)}% is the calibrated chance that both photos show the same person, ` +
     `assuming genuine and impostor attempts are equally common.${strangers}`);
   const details = el("p", {}, `Distance ${data.distance.toFixed(3)} (a match is ≤ ${data.threshold}).` +
-    (data.probe.multiple_faces ? ` The photo has ${data.probe.faces_detected} faces; the main one was used.` : ""));
+    (data.probe.multiple_faces ? ` The photo has ${data.probe.faces_detected} faces; the main one was used.` : "") +
+    (data.probe.quality.low ? ` This photo's face quality is low (${data.probe.quality.score} of 100), ` +
+      `so a true match is more likely to be missed: ${data.probe.quality.advice.join(" ")}` : ""));
   const fig = figure(URL.createObjectURL(file), file.name, [data.probe.box]);
   out.replaceChildren(verdict, gauge, explain, details, fig);
 });
