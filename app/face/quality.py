@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -94,7 +95,7 @@ def measure(face: DetectedFace) -> FaceMeasures:
     yaw = math.degrees(math.atan(lateral / NOSE_DEPTH))
     pitch = math.degrees(_DROP_ANGLE - math.acos(min(1.0, max(-1.0, drop / _DROP_RADIUS))))
     sharpness, brightness, contrast = _chip_measures(face.chip)
-    likeness = _face_likeness(face.chip)
+    likeness = _hog_margin(_chip_grey(face.chip))
     return FaceMeasures(
         roll=round(roll, 1),
         yaw=round(yaw, 1),
@@ -110,29 +111,47 @@ def measure(face: DetectedFace) -> FaceMeasures:
     )
 
 
-# HOG's margin over the aligned chip: the detector's own score jumps with the pyramid
-# level a face happens to fall on (1.46 -> 1.93 -> 1.50 -> 2.22 as one photo is scaled
-# down by 0.8 at a time); on the chip the face is always ~100 px and upright, so the
-# margin says how face-like the face itself is (occlusion, pose, expression, lighting).
-# Below LIKENESS_FLOOR HOG reports nothing; that is the value then. dlib's detectors keep
-# scratch state inside the object: one per thread at a time, from a pool.
+# HOG's margin over the aligned chip (face_likeness): the detector's own score jumps with
+# the pyramid level a face happens to fall on (1.46 -> 1.93 -> 1.50 -> 2.22 as one photo
+# is scaled down by 0.8 at a time); on the chip the face is always ~67 px and upright,
+# so the margin says how face-like the face itself is (occlusion, pose, expression,
+# lighting). The detector's score still carries what the ERC needs (both together:
+# -34.5% FNMR at 5% discarded; either alone -28 to -32%). Below LIKENESS_FLOOR HOG
+# reports nothing; that is the value then. dlib's detectors keep scratch state inside
+# the object: one per thread at a time, from a pool.
 LIKENESS_FLOOR = -1.5
-_HOG = None
+_HOG: InstancePool[Any] | None = None
 
 
-def _face_likeness(chip: np.ndarray | None) -> float:
-    global _HOG
+def _chip_grey(chip: np.ndarray | None) -> np.ndarray:
+    """The aligned face, grey, at 2/3 scale (the face ~67 px, still inside HOG's 80 px
+    window with its margin): HOG takes 0.55 ms on it against 1.4 at 150 px, with
+    margins within ~0.2."""
     if chip is None:
         raise ValueError("quality needs the face's chip (Pipeline.find_faces makes it)")
+    side = chip.shape[0] * 2 // 3
+    grey = Image.fromarray(chip).convert("L").resize((side, side), Image.Resampling.BOX)
+    return np.asarray(grey)
+
+
+def warm(instances: int) -> None:
+    """Load ``instances`` HOG detectors now (one per inference slot): loading one takes
+    ~0.3 s, which the first requests would otherwise wait for."""
+    _pool().warm(instances)
+
+
+def _pool() -> InstancePool[Any]:
+    global _HOG
     if _HOG is None:
         import dlib
 
         _HOG = InstancePool(dlib.get_frontal_face_detector)
-    # At 2/3 scale (the face ~67 px, still inside HOG's 80 px window with its margin):
-    # 0.55 ms against 1.4 at 150 px, scores within ~0.2.
-    side = chip.shape[0] * 2 // 3
-    grey = np.asarray(Image.fromarray(chip).convert("L").resize((side, side), Image.Resampling.BOX))
-    with _HOG.borrow() as hog:
+    return _HOG
+
+
+def _hog_margin(grey: np.ndarray) -> float:
+    """HOG's best margin on a grey image of one face (LIKENESS_FLOOR if it finds none)."""
+    with _pool().borrow() as hog:
         _, scores, _ = hog.run(grey, 0, LIKENESS_FLOOR)
     return float(max(scores, default=LIKENESS_FLOOR))
 
@@ -168,7 +187,7 @@ SHARP = 20.0  # sharpness; lfw-devtrain: median 13.5, 1st percentile 6.7
 DARK, BRIGHT = 80.0, 190.0  # mean grey of the face region, 0-255
 FLAT = 25.0  # grey standard deviation of the face region
 WEAK_SCORE = 1.0  # HOG's SVM margin on the chip; > 0 is a detection
-WEAK_DETECTION = 0.5  # the same margin where the face was found in the photo
+WEAK_DETECTION = 0.5  # the detector's margin where it found the face in the photo
 
 # Penalty weights, in distance units: the rise of a photo's mean distance to the other
 # photos of its person per unit of penalty, by least squares with non-negative weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.face import dlib_resnet
+from app.face import dlib_resnet, quality
 from app.face.detect import HogFaceDetector
 from app.face.encoder import EncoderModel
 from app.face.pipeline import Pipeline
@@ -59,6 +59,7 @@ def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFac
 def build_pipeline(settings: Settings, weights: dict[str, WeightFile] | None = None) -> Pipeline:
     """The face pipeline the settings describe: detector, encoder model and runtime."""
     weights = weights if weights is not None else load_checked_weights(settings)
+    quality.warm(settings.max_concurrent_inference)  # the quality score's own detectors
     return Pipeline(
         detector=build_detector(settings, weights),
         encoder=encoder_model(settings).build(settings, weights),

@@ -175,3 +175,9 @@ def test_every_penalty_only_lowers_the_score() -> None:
         worse = base.copy()
         worse[rng.integers(len(base))] += rng.uniform(0.1, 2)
         assert quality.assess_penalties(worse).quality <= quality.assess_penalties(base).quality
+
+
+def test_the_quality_detectors_are_loaded_at_start_up(real_service: FaceService) -> None:
+    """One per inference slot, before the first request: loading one takes ~0.3 s, and
+    `faceverify bench` saw the first /compare after start take 10x the steady one."""
+    assert quality._pool().created >= real_service.settings.max_concurrent_inference
