@@ -220,8 +220,11 @@ class AnswerCheck:
                 self.wrong += 1
 
 
-def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[str, Any]:
-    """/verify over HTTP against a `faceverify serve` subprocess on a loopback port."""
+def bench_http(
+    photos: dict[str, bytes], requests: int, clients: int, workers: int = 1
+) -> dict[str, Any]:
+    """/verify over HTTP against a `faceverify serve` subprocess (``workers`` processes)
+    on a loopback port."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         env = {
@@ -229,6 +232,7 @@ def bench_http(photos: dict[str, bytes], requests: int, clients: int) -> dict[st
             "FACEVERIFY_DATA_DIR": data_dir,
             "FACEVERIFY_PORT": str(port),
             "FACEVERIFY_API_KEYS": f"{BENCH_KEY}:admin",
+            "FACEVERIFY_WORKERS": str(workers),
         }
         env.pop("FACEVERIFY_DATABASE_URL", None)
         server = subprocess.Popen(
@@ -406,6 +410,7 @@ def run(
     clients: int,
     sizes: list[int],
     skip_http: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     settings = Settings()
     photos = make_photos(photo_dir)
@@ -420,19 +425,23 @@ def run(
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
         },
-        "settings": {"encoder": settings.encoder, "onnx_threads": settings.onnx_threads},
+        "settings": {
+            "encoder": settings.encoder,
+            "onnx_threads": settings.onnx_threads,
+            "workers": workers,
+        },
         "encoder": bench_encoders(settings, np.stack(chips), repeats),
         "pipeline_vs_face_recognition_style": bench_pipelines(settings, photos, repeats),
         "identify": bench_identify(sizes, queries=20),
     }
     if not skip_http:
-        report["http_verify"] = bench_http(photos, requests, clients)
+        report["http_verify"] = bench_http(photos, requests, clients, workers)
     return report
 
 
 def print_table(report: dict[str, Any]) -> None:
     enc = report["encoder"]
-    print(f"machine: {report['machine']}")
+    print(f"machine: {report['machine']}  settings: {report['settings']}")
     print("\nencoder ms/face        median    p95")
     for key in ("dlib_batch1", "onnx_batch1", "dlib_batch16", "onnx_batch16"):
         print(
@@ -494,6 +503,8 @@ def main(
     sizes: list[int],
     json_out: Path | None,
     skip_http: bool,
+    *,
+    workers: int = 1,
 ) -> None:
     report = run(
         photo_dir=photo_dir,
@@ -502,6 +513,7 @@ def main(
         clients=clients,
         sizes=sizes,
         skip_http=skip_http,
+        workers=workers,
     )
     print_table(report)
     text = json.dumps(report, indent=2)

@@ -410,12 +410,22 @@ def bench(
     ] = "10000,100000,1000000",
     json_out: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
     skip_http: Annotated[bool, typer.Option(help="Skip the HTTP part.")] = False,
+    workers: Annotated[
+        int, typer.Option(help="Server worker processes (default: FACEVERIFY_WORKERS).")
+    ] = 0,
 ) -> None:
     """Measure encoder, pipeline, HTTP and 1:N speed; print a table and JSON."""
     from app import bench as bench_module
 
     bench_module.main(
-        photos, repeats, requests, clients, [int(s) for s in sizes.split(",")], json_out, skip_http
+        photos,
+        repeats,
+        requests,
+        clients,
+        [int(s) for s in sizes.split(",")],
+        json_out,
+        skip_http,
+        workers=workers or Settings().workers,
     )
 
 

@@ -707,7 +707,11 @@ class FaceService:
         return self.store.get_collection(collection=collection)
 
     def require_collection(self, collection: str) -> None:
-        """CollectionNotFound unless the collection exists."""
+        """CollectionNotFound unless the collection exists. The default one always does
+        (migration 0003 makes it; delete_collection refuses it), so the common request
+        skips a query (~0.4 ms under load, holding the GIL)."""
+        if collection == DEFAULT_COLLECTION:
+            return
         if not self.store.collection_exists(collection=collection):
             raise CollectionNotFound.for_id(collection)
 

@@ -108,7 +108,18 @@ class Inference:
         }
 
 
-InferenceDep = Annotated[Inference, Depends()]
+async def inference(
+    request: Request,
+    service: ServiceDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    collection: CollectionQuery = None,
+) -> Inference:
+    # On the event loop: a class dependency's __init__ would cost a thread hop.
+    return Inference(request, service, metrics, settings, collection)
+
+
+InferenceDep = Annotated[Inference, Depends(inference)]
 STATUSES = (400, 401, 403, 413, 415, 422, 429, 503)
 
 
