@@ -6,17 +6,19 @@ geometry, size, and the sharpness, brightness and contrast of the face region.
 :func:`assess` turns those into one ``quality`` score 0-100 and the reasons that lowered
 it.
 
-The score is a logistic model of "this face's genuine comparisons fail at the
-threshold": each measure adds a penalty (a smooth, monotone function of it, so a worse
-photo always scores lower) weighted by coefficients fitted on lfw-devtrain with people
-held out (``benchmarks/quality_erc.py``; docs/QUALITY.md has the error-versus-reject
-characteristic that shows it predicts errors). Pose angles from five points are
+Each measure adds a penalty (a smooth, monotone function of it, so a worse photo always
+scores lower); the weighted sum predicts how much further than an ideal face's this
+face's distance to other photos of the same person will be, with non-negative weights
+fitted on lfw-devtrain with people held out (``benchmarks/quality_erc.py``;
+docs/QUALITY.md has the error-versus-reject characteristic that shows it predicts
+errors). Pose angles from five points are
 estimates: the eye corners and the nose base fix roll well, yaw and pitch only roughly.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -35,10 +37,11 @@ _RIGHT_EYE, _LEFT_EYE, _NOSE = (0, 1), (2, 3), 4
 # scale, ``lateral offset = NOSE_DEPTH * tan(yaw)``.
 NOSE_DEPTH = 0.32
 # The nose base's drop below the eye line in a frontal face, in inter-eye distances
-# (median over lfw-devtrain, whose faces are mostly frontal). Pitching the head by p
+# (lfw-devtrain's median, whose faces are mostly frontal: with 0.82, its median pitch
+# read -7.8 degrees). Pitching the head by p
 # (chin down positive) makes it NOSE_DROP cos p + NOSE_DEPTH sin p, whose inverse on
 # the branch through 0 is the pitch estimate (it cannot tell more than ~20 degrees down).
-NOSE_DROP = 0.82
+NOSE_DROP = 0.77
 _DROP_RADIUS = math.hypot(NOSE_DROP, NOSE_DEPTH)
 _DROP_ANGLE = math.atan2(NOSE_DEPTH, NOSE_DROP)
 
@@ -121,6 +124,7 @@ def measure(face: DetectedFace) -> FaceMeasures:
 # the object: one per thread at a time, from a pool.
 LIKENESS_FLOOR = -1.5
 _HOG: InstancePool[Any] | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def _chip_grey(chip: np.ndarray | None) -> np.ndarray:
@@ -142,11 +146,12 @@ def warm(instances: int) -> None:
 
 def _pool() -> InstancePool[Any]:
     global _HOG
-    if _HOG is None:
-        import dlib
+    with _POOL_LOCK:
+        if _HOG is None:
+            import dlib
 
-        _HOG = InstancePool(dlib.get_frontal_face_detector)
-    return _HOG
+            _HOG = InstancePool(dlib.get_frontal_face_detector)
+        return _HOG
 
 
 def _hog_margin(grey: np.ndarray) -> float:
@@ -199,7 +204,7 @@ WEAK_DETECTION = 0.5  # the detector's margin where it found the face in the pho
 # face region darker than ~65 of 255, or a roll past ~20 degrees each a reason.
 PRIORS = frozenset({"small", "dark", "roll"})
 WEIGHTS = np.array(
-    [0.0007, 0.0047, 0.0200, 0.0600, 0.0255, 0.0200, 0.0107, 0.0, 0.0352, 0.0829, 0.0286]
+    [0.0007, 0.0037, 0.0200, 0.0600, 0.0247, 0.0200, 0.0112, 0.0, 0.0355, 0.0848, 0.0283]
 )
 # quality = 100 exp(-penalty / SCALE): a face at 37 is expected to lie 0.1 further from
 # its person's other photos than an ideal one (the threshold is 0.6; genuine pairs
