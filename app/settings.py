@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     # AWS Rekognition documents 40x40 px as the smallest face it detects reliably;
     # faces smaller than that are refused at enrollment.
     # /enroll refuses a face whose quality score (0-100, app/face/quality.py) is under
-    # this, with the reasons; 0 turns the gate off. At 35 it refuses 1.7% of
+    # this, with the reasons; 0 turns the gate off. At 35 it refuses 1.5% of
     # lfw-devtrain's news photos (docs/QUALITY.md). /verify, /identify and /compare
     # report the probe's score and flag one under it, without refusing it.
     enroll_min_quality: float = Field(35.0, ge=0, le=100)
