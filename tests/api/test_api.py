@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -230,6 +232,38 @@ def test_info_says_when_the_calibration_was_fitted_for_other_settings(
     assert "was not fitted for these pipeline settings" in caplog.text
 
 
+def test_work_already_committing_at_the_timeout_is_answered_with_what_it_stored(
+    settings,
+) -> None:
+    """The timeout must not hide a stored enrollment (issue 9): a write that began
+    before the timeout is waited for and answered 201, with its request id."""
+    from app.api.app import create_app
+    from tests.helpers import fake_service as _fake_service
+
+    def build(s):
+        service = _fake_service(s)
+        write = service.store.add_faces
+
+        def slow_write(**kwargs):  # the commit has begun; the timeout passes meanwhile
+            time.sleep(0.6)
+            return write(**kwargs)
+
+        service.store.add_faces = slow_write
+        return service, {}
+
+    slow = settings.model_copy(update={"request_timeout_seconds": 0.2})
+    with TestClient(create_app(slow, builder=build), headers=AUTH) as client:
+        r = client.post(
+            "/enroll",
+            data={"subject_id": "kept"},
+            files={"image": fake_image(face(1))},
+            headers={"X-Request-ID": "committing-1"},
+        )
+        assert r.status_code == 201, r.text
+        assert r.headers["x-request-id"] == "committing-1"
+        assert client.get("/subjects/kept").json()["face_count"] == 1
+
+
 def test_a_request_past_the_timeout_gets_503(settings) -> None:
     from app.api.app import create_app
     from tests.helpers import fake_service as _fake_service
@@ -245,4 +279,5 @@ def test_a_request_past_the_timeout_gets_503(settings) -> None:
         )
         body = assert_problem(r, 503, "request_timeout")
         assert r.headers["retry-after"] == "1" and body["detail"]
+        assert r.headers["x-request-id"]
         assert client.get("/healthz").status_code == 200
