@@ -249,8 +249,8 @@ class FaceService:
         )
         # PostgreSQL with pgvector searches itself: no index in this process, no replay.
         self.db_search = store.vector_dim is not None and store.vector_dim == pipeline.dim
-        self._sizes: dict[str, tuple[float, int]] = {}
-        self._graph: tuple[float, int] | None = None  # (when read, faces in the HNSW graph)
+        # Counts read from PostgreSQL: key -> (when read, value); see _recent.
+        self._counts: dict[tuple[str, ...], tuple[float, int]] = {}
         self._subjects = VersionedCache(SUBJECT_CACHE_SIZE)
         self.index_ready = threading.Event()
         if self.db_search:
@@ -401,8 +401,9 @@ class FaceService:
             assessed = quality.assess(quality.measure(face))
         if assessed.quality >= floor:
             return
+        # Many small penalties can add up with none large enough to be a reason.
         reasons = list(assessed.reasons) or ["low_quality"]
-        advice = [quality.REASONS.get(r, "Use a sharp, well-lit, frontal photo.") for r in reasons]
+        advice = assessed.advice or ["Use a sharp, well-lit, frontal photo."]
         raise FaceQualityTooLow(
             f"The face in image {number} has quality {assessed.quality:g} of 100; enrollment "
             f"needs at least {floor:g}. " + " ".join(advice),
@@ -498,26 +499,30 @@ class FaceService:
         )
 
     def _db_collection_size(self, collection: str) -> int:
-        """How many faces identify searched, in PostgreSQL: counted at most every few
-        seconds (a count over millions of rows costs more than the search)."""
-        now = time.monotonic()
-        cached = self._sizes.get(collection)
-        if cached is None or now - cached[0] > DB_SIZE_TTL_SECONDS:
-            size = pgvector.collection_size(
+        """How many faces identify searched, in PostgreSQL (a count over millions of
+        rows costs more than the search, so it is read at most every few seconds)."""
+        return self._recent(
+            ("size", collection),
+            lambda: pgvector.collection_size(
                 self.store.engine, collection=collection, encoders=self.pipeline.compatible
-            )
-            cached = self._sizes[collection] = (now, size)
-        return cached[1]
+            ),
+        )
 
     def _ef_search(self) -> int:
         """hnsw.ef_search for the next search: the setting, or by the graph's size
         (read at most every few seconds)."""
         if self.settings.pgvector_ef_search:
             return self.settings.pgvector_ef_search
+        graph = self._recent(("graph",), lambda: pgvector.graph_size(self.store.engine))
+        return pgvector.ef_search_for(graph)
+
+    def _recent(self, key: tuple[str, ...], read: Callable[[], int]) -> int:
+        """``read()``, or its value from under DB_SIZE_TTL_SECONDS ago."""
         now = time.monotonic()
-        if self._graph is None or now - self._graph[0] > DB_SIZE_TTL_SECONDS:
-            self._graph = (now, pgvector.graph_size(self.store.engine))
-        return pgvector.ef_search_for(self._graph[1])
+        cached = self._counts.get(key)
+        if cached is None or now - cached[0] > DB_SIZE_TTL_SECONDS:
+            cached = self._counts[key] = (now, read())
+        return cached[1]
 
     def _enrolled(self, collection: str, subject_id: str) -> tuple[list[str], np.ndarray]:
         """The subject's faces of this model, read by key from the store (the truth), so

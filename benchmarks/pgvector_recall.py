@@ -12,6 +12,7 @@ app/gallery/pgvector.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -41,28 +42,20 @@ def main() -> None:
     del rows, exact
     auto = pgvector.ef_search_for(pgvector.graph_size(store.engine))
     for ef in (auto if x == "auto" else int(x) for x in args.ef.split(",")):
+        search = functools.partial(
+            pgvector.search,
+            store.engine,
+            collection=args.collection,
+            k=5,
+            encoders=encoders,
+            ef_search=ef,
+        )
         for f, q in probes[:20]:  # index pages into the cache first
-            pgvector.search(
-                store.engine,
-                collection=args.collection,
-                query=q,
-                k=5,
-                encoders=encoders,
-                exclude=f,
-                ef_search=ef,
-            )
+            search(query=q, exclude=f)
         hits, ms = 0, []
         for (f, q), subject in zip(probes, want, strict=True):
             started = time.perf_counter()
-            got = pgvector.search(
-                store.engine,
-                collection=args.collection,
-                query=q,
-                k=5,
-                encoders=encoders,
-                exclude=f,
-                ef_search=ef,
-            )
+            got = search(query=q, exclude=f)
             ms.append((time.perf_counter() - started) * 1000)
             hits += bool(got) and got[0].subject_id == subject
         line = {

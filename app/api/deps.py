@@ -23,7 +23,7 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_service(request: Request) -> FaceService:
+async def get_service(request: Request) -> FaceService:
     return request.app.state.service
 
 
@@ -66,7 +66,7 @@ def require(scope: str | None, *, unbound: bool = False) -> Any:
     return Depends(check)
 
 
-def principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     return request.state.principal
 
 
@@ -82,7 +82,7 @@ def target_collection(request: Request, *requested: str | None) -> str:
             + ", ".join(sorted(named))
         )
     wanted = next(iter(named), None)
-    who = principal(request)
+    who: Principal = request.state.principal
     if who.collection is not None:
         if wanted is not None and wanted != who.collection:
             raise Forbidden(
@@ -91,7 +91,8 @@ def target_collection(request: Request, *requested: str | None) -> str:
             )
         return who.collection
     name = wanted or DEFAULT_COLLECTION
-    get_service(request).require_collection(name)
+    service: FaceService = request.app.state.service
+    service.require_collection(name)
     return name
 
 
@@ -136,19 +137,9 @@ async def admit(request: Request, _body: BodyDep) -> AsyncIterator[None]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-
-
-async def _service(request: Request) -> FaceService:
-    return get_service(request)
-
-
-async def _principal(request: Request) -> Principal:
-    return principal(request)
-
-
-ServiceDep = Annotated[FaceService, Depends(_service)]
+ServiceDep = Annotated[FaceService, Depends(get_service)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
 # The collection a request without a body acts on (see target_collection).
 CollectionDep = Annotated[str, Depends(collection_from_query)]
-PrincipalDep = Annotated[Principal, Depends(_principal)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -77,6 +77,11 @@ class Assessment:
     quality: float
     reasons: tuple[str, ...]
 
+    @property
+    def advice(self) -> list[str]:
+        """What to do about each reason, in their order."""
+        return [REASONS[r] for r in self.reasons]
+
 
 def measure(face: DetectedFace) -> FaceMeasures:
     """Measure one face found by :meth:`app.face.pipeline.Pipeline.find_faces` (it

@@ -254,7 +254,7 @@ def test_identify_sends_the_width_the_graph_size_or_the_setting_asks_for(
     a._search("default", rng.normal(size=128).astype(np.float32), 5)
     assert sent == ["SET LOCAL hnsw.ef_search = 200"]
     # Past 1.5M faces (the planner's estimate, as the service reads it) it widens.
-    a._graph = (time.monotonic(), 3_000_000)
+    a._counts[("graph",)] = (time.monotonic(), 3_000_000)
     a._search("default", rng.normal(size=128).astype(np.float32), 5)
     assert sent[-1] == "SET LOCAL hnsw.ef_search = 400"
     fixed = fake_service(

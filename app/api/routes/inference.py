@@ -23,14 +23,13 @@ from app.api.deps import (
     SettingsDep,
     admit,
     api_key,
-    principal,
     require,
     target_collection,
 )
 from app.api.routes.common import face_out, problems, request_body, subject_out
 from app.errors import Forbidden, InvalidRequest
 from app.face.detect import DetectedFace
-from app.face.quality import REASONS, Assessment
+from app.face.quality import Assessment
 from app.face.timing import Timings
 from app.gallery.models import IDEMPOTENCY_KEY_MAX
 from app.keys import digest
@@ -152,7 +151,7 @@ def quality_out(assessed: Assessment, floor: float) -> s.QualityOut:
         score=assessed.quality,
         low=assessed.quality < floor,
         reasons=list(assessed.reasons),
-        advice=[REASONS[r] for r in assessed.reasons],
+        advice=assessed.advice,
     )
 
 
@@ -200,7 +199,7 @@ def enroll(
 ) -> s.EnrollResponse:
     """Enroll a new subject, or add faces to one (add=true): one face per photo, all or none."""
     form = body.validate(s.EnrollRequest)
-    if form.force and "admin" not in principal(request).scopes:
+    if form.force and "admin" not in request.state.principal.scopes:
         raise Forbidden("force=true needs an admin key.", required_scope="admin")
     owner = digest(api_key(request) or "")
     result = call.service.enroll(
