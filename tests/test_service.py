@@ -495,3 +495,16 @@ def test_verify_answers_a_known_subject_from_memory_until_any_write(
     assert not answer.result.match and answer.face_id != first
     assert len(reads) == 2
     assert a.verify(collection="default", subject_id="ann", image=fake_image(face(2))).result.match
+
+
+def test_a_search_by_a_face_never_returns_that_face(fake_service: FaceService) -> None:
+    """The searched face's own subject, with no other face, is not a candidate (it was
+    answered at distance +inf, and its false match rate then failed with a 500)."""
+    for seed in (1, 2):
+        fake_service.enroll(
+            collection="default", subject_id=f"s{seed}", images=[fake_image(face(seed))]
+        )
+    (own,) = fake_service.store.list_faces(collection="default", subject_id="s1")
+    found = fake_service.identify_face(collection="default", face_id=own.id, top_k=5)
+    assert [c.subject_id for c in found.candidates] == ["s2"]
+    assert all(np.isfinite(c.result.distance) for c in found.candidates)

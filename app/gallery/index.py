@@ -254,6 +254,8 @@ class ExactIndex:
                 hits = Hits()
                 seen: set[str] = set()
                 for row in rows:
+                    if d[row] == np.inf:
+                        return hits  # only the excluded face is left (rows are sorted)
                     subject_id = subject_of_row[row]
                     if subject_id in seen:
                         continue
