@@ -131,6 +131,10 @@ class FakeEncoder:
         centre = rgb[(b.top + b.bottom) // 2, (b.left + b.right) // 2]
         return np.broadcast_to(centre, (self.input_size, self.input_size, 3)).copy()
 
+    def align_views(self, rgb: np.ndarray, face: DetectedFace, views: Any) -> np.ndarray:
+        # A flat-colour chip looks the same from every view.
+        return np.stack([self.align(rgb, face) for _ in views])
+
     def encode(self, chips: np.ndarray) -> np.ndarray:
         self.encode_calls += 1
         if self.delay:
@@ -146,6 +150,7 @@ def fake_pipeline(
     delay: float = 0.0,
     flip_average: bool = True,
     also_compatible: frozenset[str] = frozenset(),
+    template_views: int = 2,
 ) -> Pipeline:
     """The real Pipeline around the fake detector and encoder. ``also_compatible``: stored
     encoder names the fake stands in for (e.g. what `gallery import` stores)."""
@@ -157,4 +162,5 @@ def fake_pipeline(
         max_pixels=max_pixels,
         version="fake-1",
         flip_average=flip_average,
+        template_views=template_views,
     )

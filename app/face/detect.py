@@ -39,6 +39,8 @@ class DetectedFace:
         upsample: how many upsampling steps the detector needed to find it.
         chip: the encoder's aligned input, cut by the pipeline from the image the face was
             found in (None until then).
+        views: the template recipe's chips (app/face/views.py), when the pipeline was
+            asked for them.
     """
 
     box: Box
@@ -50,6 +52,7 @@ class DetectedFace:
     # (width, height) of the image the face was found in; (0, 0) when unknown.
     frame: tuple[int, int] = (0, 0)
     chip: np.ndarray | None = field(default=None, repr=False, compare=False)
+    views: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def rescaled(self, factor: float) -> DetectedFace:
         """The same face in coordinates ``factor`` times larger (the chip is unchanged)."""

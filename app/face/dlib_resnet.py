@@ -11,9 +11,11 @@ either are compared with each other; they record their runtime in ``encoder``.
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from app.errors import ModelFileError
 from app.face.detect import DetectedFace
 from app.face.encoder import EncoderModel, FaceEncoder
 from app.face.pool import InstancePool
+from app.face.views import View
 from app.face.weights import WeightFile, sha256_file
 
 if TYPE_CHECKING:
@@ -48,15 +51,49 @@ class _DlibResnet:
     def align(self, rgb: np.ndarray, face: DetectedFace) -> np.ndarray:
         import dlib
 
-        # get_face_chip aligns a 5-point shape on its parts alone; the rectangle is only
-        # carried along, so rebuilding the shape from the detector's landmarks (dlib's
-        # integer points) gives the same chip as the predictor's own object.
-        b = face.box
-        shape = dlib.full_object_detection(
-            dlib.rectangle(b.left, b.top, b.right - 1, b.bottom - 1),
-            [dlib.point(int(x), int(y)) for x, y in face.landmarks],
-        )
-        return np.asarray(dlib.get_face_chip(rgb, shape, CHIP_SIZE, CHIP_PADDING))
+        return np.asarray(dlib.get_face_chip(rgb, _shape(face), CHIP_SIZE, CHIP_PADDING))
+
+    def align_views(self, rgb: np.ndarray, face: DetectedFace, views: Sequence[View]) -> np.ndarray:
+        """``(len(views), 150, 150, 3)`` chips: each view's crop of the photo around the
+        standard alignment (:mod:`app.face.views`); the standard view is ``align``'s chip
+        exactly."""
+        import dlib
+
+        standard = dlib.get_face_chip_details(_shape(face), CHIP_SIZE, CHIP_PADDING)
+        r = standard.rect
+        cx, cy, side = (r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2, r.width()
+        cos, sin = math.cos(standard.angle), math.sin(standard.angle)
+        dims = dlib.chip_dims(CHIP_SIZE, CHIP_SIZE)
+        crops: dict[tuple[float, float, float, float], np.ndarray] = {}
+        out = np.empty((len(views), CHIP_SIZE, CHIP_SIZE, 3), dtype=np.uint8)
+        for i, view in enumerate(views):
+            chip = crops.get(view.crop)
+            if chip is None:
+                # The shift is along the chip's axes, turned into the photo's.
+                x = cx + (view.dx * cos - view.dy * sin) * side
+                y = cy + (view.dx * sin + view.dy * cos) * side
+                half = (side * view.scale - 1) / 2
+                details = dlib.chip_details(
+                    dlib.drectangle(x - half, y - half, x + half, y + half),
+                    dims,
+                    standard.angle + math.radians(view.angle),
+                )
+                chip = crops[view.crop] = np.asarray(dlib.extract_image_chip(rgb, details))
+            out[i] = chip[:, ::-1] if view.mirror else chip
+        return out
+
+
+def _shape(face: DetectedFace) -> Any:
+    """The face as dlib's 5-point shape. get_face_chip aligns on the parts alone (the
+    rectangle is only carried along), so rebuilding it from the detector's landmarks
+    (dlib's integer points) gives the same chip as the predictor's own object."""
+    import dlib
+
+    b = face.box
+    return dlib.full_object_detection(
+        dlib.rectangle(b.left, b.top, b.right - 1, b.bottom - 1),
+        [dlib.point(int(x), int(y)) for x, y in face.landmarks],
+    )
 
 
 class DlibEncoder(_DlibResnet):

@@ -9,13 +9,14 @@ models/manifest.json, and nothing in app/api or app/gallery changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from app.face.detect import DetectedFace
+from app.face.views import View
 
 if TYPE_CHECKING:
     from app.face.weights import WeightFile
@@ -45,6 +46,12 @@ class FaceEncoder(Protocol):
     def align(self, rgb: np.ndarray, face: DetectedFace) -> np.ndarray:
         """The ``(input_size, input_size, 3)`` uint8 chip of ``face``, cut from ``rgb``
         (the image the face was detected in, in its coordinates)."""
+        ...
+
+    def align_views(self, rgb: np.ndarray, face: DetectedFace, views: Sequence[View]) -> np.ndarray:
+        """``(len(views), input_size, input_size, 3)`` uint8 chips of ``face``: each view
+        (app/face/views.py) relative to ``align``'s alignment, whose chip the standard
+        view gives exactly."""
         ...
 
     def encode(self, chips: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from app.face.detect import DetectedFace, FaceDetector
 from app.face.encoder import FaceEncoder
 from app.face.image import decode_image_scaled
 from app.face.timing import Timings
+from app.face.views import recipe_name, recipe_views
 
 
 class FacePipeline(Protocol):
@@ -19,23 +20,34 @@ class FacePipeline(Protocol):
 
     encoder_name: str
     flip_average: bool
+    # The template recipe (app/face/views.py): how many views, and its recorded name.
+    template_views: int
+    template: str
     model: str
     compatible: frozenset[str]
     dim: int
     version: str
 
     def find_faces(
-        self, data: bytes, timings: Timings, *, quick: bool = False
+        self, data: bytes, timings: Timings, *, quick: bool = False, views: bool = False
     ) -> list[DetectedFace]:
         """Decode ``data`` and return every face found in it, each with its chip
-        (``quick``: a probe's, see FaceDetector.detect)."""
+        (``quick``: a probe's, see FaceDetector.detect; ``views``: also the template
+        recipe's chips, for ``embed(..., thorough=True)``)."""
         ...
 
     def embed(
-        self, faces: list[DetectedFace], timings: Timings, *, mirror: bool | None = None
+        self,
+        faces: list[DetectedFace],
+        timings: Timings,
+        *,
+        mirror: bool | None = None,
+        thorough: bool = False,
     ) -> np.ndarray:
         """``(len(faces), dim)`` float32 embeddings of the given faces, in one batch
-        (``mirror=False``: the chip's alone, even where the pipeline mirror-averages)."""
+        (``mirror=False``: the chip's alone, even where the pipeline mirror-averages;
+        ``thorough``: the mean over the template recipe's views, which ``find_faces``
+        must have cut)."""
         ...
 
     def add_mirror(
@@ -62,10 +74,14 @@ class Pipeline:
         max_pixels: int,
         version: str,
         flip_average: bool = False,
+        template_views: int = 2,
     ) -> None:
         self.detector = detector
         self.encoder = encoder
         self.flip_average = flip_average
+        self.template_views = template_views
+        self.template = recipe_name(template_views)
+        self._views = recipe_views(template_views)
         self.encoder_name = encoder.name
         self.model = encoder.model
         self.compatible = encoder.compatible
@@ -74,7 +90,7 @@ class Pipeline:
         self.version = version
 
     def find_faces(
-        self, data: bytes, timings: Timings, *, quick: bool = False
+        self, data: bytes, timings: Timings, *, quick: bool = False, views: bool = False
     ) -> list[DetectedFace]:
         with timings.measure("decode_ms"):
             # Large JPEGs are decoded at reduced scale, down to 1.25x the detection size:
@@ -86,13 +102,24 @@ class Pipeline:
         found = self.detector.detect(rgb, timings, quick=quick)
         with timings.measure("align_ms"):
             faces = [replace(f, chip=self.encoder.align(rgb, f)) for f in found]
+            if views:
+                faces = [
+                    replace(f, views=self.encoder.align_views(rgb, f, self._views)) for f in faces
+                ]
         return faces if scale == 1.0 else [f.rescaled(1.0 / scale) for f in faces]
 
     def embed(
-        self, faces: list[DetectedFace], timings: Timings, *, mirror: bool | None = None
+        self,
+        faces: list[DetectedFace],
+        timings: Timings,
+        *,
+        mirror: bool | None = None,
+        thorough: bool = False,
     ) -> np.ndarray:
         if not faces:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if thorough:
+            return self._embed_views(faces, timings)
         chips = np.stack([_chip(f) for f in faces])
         with timings.measure("encode_ms"):
             if not (self.flip_average if mirror is None else mirror):
@@ -109,6 +136,15 @@ class Pipeline:
         mirrors = np.stack([_chip(f)[:, ::-1] for f in faces])
         with timings.measure("encode_ms"):
             return ((single + self.encoder.encode(mirrors)) / 2).astype(np.float32)
+
+    def _embed_views(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
+        """Each face's mean embedding over its views, all faces' views in one batch."""
+        if any(f.views is None for f in faces):
+            raise ValueError("a thorough embedding needs find_faces(..., views=True)")
+        n = self.template_views
+        with timings.measure("encode_ms"):
+            every = self.encoder.encode(np.concatenate([f.views for f in faces]))
+        return every.reshape(len(faces), n, -1).mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
 def _chip(face: DetectedFace) -> np.ndarray:
