@@ -284,6 +284,13 @@ def enroll(
         Path | None, typer.Option(help="Where to list refused photos (.csv or .jsonl).")
     ] = None,
     workers: Annotated[int, typer.Option(help="Subjects at once; default one per core.")] = 0,
+    upgrade: Annotated[
+        bool,
+        typer.Option(
+            help="Re-enroll: once a subject has a face of the current template recipe from "
+            "these photos, delete its faces of other recipes (e.g. enrolled before templates)."
+        ),
+    ] = False,
 ) -> None:
     """Enroll a folder of photos in bulk, with /enroll's rules; safe to re-run."""
     from tqdm import tqdm
@@ -307,15 +314,19 @@ def enroll(
             collection=collection,
             workers=workers or os.cpu_count() or 1,
             progress=bar.update,
+            upgrade=upgrade,
         )
     elapsed = time.perf_counter() - started
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("enrolled", "skipped", "refused")}
+    statuses = ("enrolled", "skipped", "refused", "replaced")
+    counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
+    photos = len(outcomes) - counts["replaced"]
     if report is not None:
         write_report(report, outcomes)
     typer.echo(
         f"{counts['enrolled']} enrolled, {counts['skipped']} already there, "
-        f"{counts['refused']} refused{f' (listed in {report})' if report else ''}; "
-        f"{len(outcomes)} photos in {elapsed:.1f} s ({len(outcomes) / max(elapsed, 1e-9):.1f}/s)"
+        f"{counts['refused']} refused{f' (listed in {report})' if report else ''}"
+        + (f", {counts['replaced']} older faces replaced" if upgrade else "")
+        + f"; {photos} photos in {elapsed:.1f} s ({photos / max(elapsed, 1e-9):.1f}/s)"
     )
     service.store.close()
 
@@ -444,24 +455,39 @@ def evaluate(
     ] = 20_000,
     max_same: Annotated[int, typer.Option(help="With --identities: same pairs per identity.")] = 30,
     seed: Annotated[int, typer.Option(help="With --identities: sampling seed.")] = 0,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="fast: both photos as fast probes; thorough: both as enrollment templates; "
+            "mixed: the first photo of each pair as a template, the second as a fast probe; "
+            "all: the three from one pass (written to OUT/fast, OUT/thorough, OUT/mixed)."
+        ),
+    ] = "fast",
 ) -> None:
     """Accuracy and calibration of the service's pipeline on labelled pairs."""
-    from app.evaluation import run_evaluate
+    from app.evaluation import MODES, run_evaluate
 
+    if mode not in (*MODES, "all"):
+        typer.echo(f"faceverify: --mode must be one of {', '.join(MODES)} or all", err=True)
+        raise typer.Exit(2)
     settings = _or_exit(Settings)
     pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
-    rep = run_evaluate(settings=settings, pairs=pair_list, root=root, out=out)
-    tf, cal = rep["ten_fold"], rep["calibration"]
-    typer.echo(
-        f"{rep['pairs']['total']} pairs, {rep['identities']} identities, "
-        f"{rep['failure_to_acquire']['images_without_face']} images without a face\n"
-        f"accuracy at {rep['threshold']}: {100 * rep['accuracy_at_threshold']:.2f}%  "
-        f"10-fold: {100 * tf['accuracy_mean']:.2f}% +- {100 * tf['accuracy_std']:.2f}  "
-        f"EER {100 * rep['eer']['rate']:.2f}%\n"
-        f"calibration {cal['version']}: Brier {cal['brier']:.4f}, log loss "
-        f"{cal['log_loss']:.4f}, ECE {cal['ece_10_equal_count_bins']:.4f}\n"
-        f"written to {out}/"
-    )
+    modes = MODES if mode == "all" else tuple(m for m in MODES if m == mode)
+    reports = run_evaluate(settings=settings, pairs=pair_list, root=root, out=out, modes=modes)
+    for name, rep in reports.items():
+        tf, cal = rep["ten_fold"], rep["calibration"]
+        missing = "" if rep["curve"]["present"] else " (missing: the fast curve stood in)"
+        typer.echo(
+            f"mode {name}, curve {rep['curve']['name']}{missing}: "
+            f"{rep['pairs']['total']} pairs, {rep['identities']} identities, "
+            f"{rep['failure_to_acquire']['images_without_face']} images without a face\n"
+            f"  accuracy at {rep['threshold']}: {100 * rep['accuracy_at_threshold']:.2f}%  "
+            f"10-fold: {100 * tf['accuracy_mean']:.2f}% +- {100 * tf['accuracy_std']:.2f}  "
+            f"EER {100 * rep['eer']['rate']:.2f}%\n"
+            f"  calibration {cal['version']}: Brier {cal['brier']:.4f}, log loss "
+            f"{cal['log_loss']:.4f}, ECE {cal['ece_10_equal_count_bins']:.4f}"
+        )
+    typer.echo(f"written to {out}/")
 
 
 @cli.command()

@@ -8,17 +8,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from app.errors import FaceVerifyError
 from app.face.detect import main_face
 from app.face.pipeline import FacePipeline
-from app.face.registry import calibration_fingerprint
+from app.face.registry import curve_fingerprint
 from app.face.timing import Timings
+from app.face.views import FAST, curve_for
 from app.scoring import metrics
-from app.scoring.calibration import Calibration
+from app.scoring.calibration import Calibration, matched_threshold
 from app.scoring.fit import fit_isotonic, fit_logistic
 from app.scoring.pairs import Pair, pair_list_hash
 from app.settings import Settings
@@ -29,26 +30,48 @@ FMR_GRID_STEP = 0.002
 FMR_GRID_MAX = 2.0
 
 
+Mode = Literal["fast", "thorough", "mixed"]
+MODES: tuple[Mode, ...] = ("fast", "thorough", "mixed")
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One image's main face embedded both ways: fast (as a probe) and as an enrollment
+    template (None when templates are off or were not asked for)."""
+
+    fast: np.ndarray
+    template: np.ndarray | None = None
+
+
 def embed_images(
-    pipeline: FacePipeline, paths: Iterable[Path], *, progress: bool = True, batch: int = 32
-) -> dict[Path, np.ndarray | None]:
+    pipeline: FacePipeline,
+    paths: Iterable[Path],
+    *,
+    templates: bool = False,
+    progress: bool = True,
+    batch: int = 32,
+) -> dict[Path, Embedded | None]:
     """Each image's embedding by the service's pipeline (its main face, as /verify uses),
-    or None when no face was found or the file is unreadable (failure to acquire)."""
+    and with ``templates`` also its enrollment template; None when no face was found or
+    the file is unreadable (failure to acquire)."""
+    templates = templates and pipeline.template != FAST
     unique = sorted(set(paths))
-    out: dict[Path, np.ndarray | None] = {}
+    out: dict[Path, Embedded | None] = {}
     pending: list[tuple[Path, Any]] = []
     bar = _progress(len(unique), "embedding", progress)
 
     def flush() -> None:
         if pending:
-            vectors = pipeline.embed([face for _, face in pending], Timings())
-            for (path, _), vector in zip(pending, vectors, strict=True):
-                out[path] = vector
+            faces = [face for _, face in pending]
+            fast = pipeline.embed(faces, Timings())
+            both = pipeline.embed(faces, Timings(), thorough=True) if templates else fast
+            for (path, _), f, t in zip(pending, fast, both, strict=True):
+                out[path] = Embedded(f, t if templates else None)
             pending.clear()
 
     for path in unique:
         try:
-            faces = pipeline.find_faces(path.read_bytes(), Timings())
+            faces = pipeline.find_faces(path.read_bytes(), Timings(), views=templates)
         except (OSError, FaceVerifyError):
             faces = []
         if faces:
@@ -78,12 +101,19 @@ class Scored:
     missing_images: list[Path]
 
 
-def score_pairs(pairs: list[Pair], embeddings: dict[Path, np.ndarray | None]) -> Scored:
+def score_pairs(
+    pairs: list[Pair], embeddings: dict[Path, Embedded | None], mode: Mode = "fast"
+) -> Scored:
+    """Each pair's distance, both photos embedded as ``mode`` says: fast, thorough (both
+    as templates) or mixed (the first photo as an enrolled template, the second as a fast
+    probe). Without templates every mode is fast."""
     distance = np.full(len(pairs), np.inf)
     for i, p in enumerate(pairs):
         a, b = embeddings.get(p.a), embeddings.get(p.b)
         if a is not None and b is not None:
-            distance[i] = float(np.linalg.norm(a.astype(np.float64) - b))
+            x = a.template if mode != "fast" and a.template is not None else a.fast
+            y = b.template if mode == "thorough" and b.template is not None else b.fast
+            distance[i] = float(np.linalg.norm(x.astype(np.float64) - y))
     missing = sorted(path for path, v in embeddings.items() if v is None)
     return Scored(
         pairs=pairs,
@@ -230,9 +260,9 @@ def _held_out(distance: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict
 
 
 def fit_calibration(
-    scored: Scored, settings: Settings, *, data_name: str, root: Path
+    scored: Scored, settings: Settings, *, data_name: str, root: Path, curve: str = FAST
 ) -> dict[str, Any]:
-    """The calibration file's content: logistic fit on every comparable pair, checked
+    """One curve of the calibration file: logistic fit on every comparable pair, checked
     against isotonic regression on held-out identities, with an FMR table."""
     ok = np.isfinite(scored.distance)
     d, same, folds = scored.distance[ok], scored.same[ok], scored.folds[ok]
@@ -241,8 +271,9 @@ def fit_calibration(
     grid = np.arange(0.0, FMR_GRID_MAX + FMR_GRID_STEP / 2, FMR_GRID_STEP)
     cumulative = np.searchsorted(impostor, grid, side="right")
     identities = {p.identity_a for p in scored.pairs} | {p.identity_b for p in scored.pairs}
+    version = f"lr-{datetime.now(UTC):%Y%m%d}-{pair_list_hash(scored.pairs, root)[:8]}"
     return {
-        "version": f"lr-{datetime.now(UTC):%Y%m%d}-{pair_list_hash(scored.pairs, root)[:8]}",
+        "version": version if curve == FAST else f"{version}-{curve}",
         "provisional": False,
         "method": "logistic",
         "description": (
@@ -255,7 +286,7 @@ def fit_calibration(
         "threshold": settings.threshold,
         "prior": 0.5,
         "clip_percent": [0.1, 99.9],
-        "pipeline": calibration_fingerprint(settings),
+        "pipeline": curve_fingerprint(settings, curve),
         "data": {
             "name": data_name,
             "identities": len(identities),
@@ -279,36 +310,65 @@ def fit_calibration(
     }
 
 
-def _score_with_service_pipeline(
-    settings: Settings, pairs: list[Pair], progress: bool
-) -> tuple[Scored, Calibration]:
+def _embed_with_service_pipeline(
+    settings: Settings, pairs: list[Pair], templates: bool, progress: bool
+) -> tuple[dict[Path, Embedded | None], str]:
     """Embed every image of ``pairs`` with the pipeline the server would build from
-    ``settings`` (no gallery, no database) and score the pairs."""
+    ``settings`` (no gallery, no database); also the template recipe's name."""
     from app.face.registry import build_pipeline
 
-    calibration = Calibration.load(settings.resolved_calibration_file())
     pipeline = build_pipeline(settings)
     embeddings = embed_images(
-        pipeline, [p.a for p in pairs] + [p.b for p in pairs], progress=progress
+        pipeline,
+        [p.a for p in pairs] + [p.b for p in pairs],
+        templates=templates,
+        progress=progress,
     )
-    return score_pairs(pairs, embeddings), calibration
+    return embeddings, pipeline.template
+
+
+def mode_curve(mode: Mode, template: str) -> str:
+    """The calibration curve that scores pairs embedded as ``mode`` says."""
+    a = FAST if mode == "fast" else template
+    return curve_for(a, template if mode == "thorough" else FAST)
 
 
 def run_evaluate(
-    *, settings: Settings, pairs: list[Pair], root: Path, out: Path, progress: bool = True
-) -> dict[str, Any]:
-    scored, calibration = _score_with_service_pipeline(settings, pairs, progress)
-    out.mkdir(parents=True, exist_ok=True)
-    rep = report(scored, calibration, settings.threshold)
-    rep["pipeline"] = calibration_fingerprint(settings)
-    write_pairs_tsv(out / "pairs.tsv", scored, calibration, root)
-    try:
-        rep["plots"] = [p.name for p in plot(scored, rep, out)]
-    except ModuleNotFoundError:
-        rep["plots"] = []
-        rep["plots_note"] = "matplotlib is not installed: pip install 'faceverify[eval]'"
-    (out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
-    return rep
+    *,
+    settings: Settings,
+    pairs: list[Pair],
+    root: Path,
+    out: Path,
+    modes: tuple[Mode, ...] = ("fast",),
+    progress: bool = True,
+) -> dict[Mode, dict[str, Any]]:
+    """Accuracy and calibration of each mode (see :func:`score_pairs`) from one pass of
+    embedding, each scored on the curve and at the threshold the service uses for it.
+    One mode writes to ``out``; several to ``out/<mode>``."""
+    templates = any(mode != "fast" for mode in modes)
+    embeddings, template = _embed_with_service_pipeline(settings, pairs, templates, progress)
+    loaded = Calibration.load(settings.resolved_calibration_file())
+    reports: dict[Mode, dict[str, Any]] = {}
+    for mode in modes:
+        folder = out if len(modes) == 1 else out / mode
+        scored = score_pairs(pairs, embeddings, mode)
+        curve = mode_curve(mode, template)
+        calibration = loaded.curve(curve) or loaded
+        folder.mkdir(parents=True, exist_ok=True)
+        threshold = matched_threshold(loaded, calibration, settings.threshold)
+        rep = report(scored, calibration, threshold)
+        rep["mode"] = mode
+        rep["curve"] = {"name": curve, "present": calibration.name == curve}
+        rep["pipeline"] = curve_fingerprint(settings, curve)
+        write_pairs_tsv(folder / "pairs.tsv", scored, calibration, root)
+        try:
+            rep["plots"] = [p.name for p in plot(scored, rep, folder)]
+        except ModuleNotFoundError:
+            rep["plots"] = []
+            rep["plots_note"] = "matplotlib is not installed: pip install 'faceverify[eval]'"
+        (folder / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+        reports[mode] = rep
+    return reports
 
 
 def run_calibrate(
@@ -320,7 +380,18 @@ def run_calibrate(
     data_name: str,
     progress: bool = True,
 ) -> dict[str, Any]:
-    scored, _ = _score_with_service_pipeline(settings, pairs, progress)
-    content = fit_calibration(scored, settings, data_name=data_name, root=root)
+    """Fit every curve in use from one embedding pass: the fast curve on fast pairs
+    (the file's top level) and, when templates are on, mixed and thorough under
+    ``curves``."""
+    embeddings, template = _embed_with_service_pipeline(settings, pairs, True, progress)
+
+    def fitted(mode: Mode) -> dict[str, Any]:
+        scored = score_pairs(pairs, embeddings, mode)
+        curve = mode_curve(mode, template)
+        return fit_calibration(scored, settings, data_name=data_name, root=root, curve=curve)
+
+    content = fitted("fast")
+    if template != FAST:
+        content["curves"] = {"mixed": fitted("mixed"), "thorough": fitted("thorough")}
     out.write_text(json.dumps(content, indent=1) + "\n")
     return content

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.face.views import MAX_VIEWS
+
 # manifest.json and calibration.json, shipped inside the package (package data), so a
 # plain `pip install` has them; the repository's top-level models/ links here.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -102,6 +104,15 @@ class Settings(BaseSettings):
     # of probes, changed no decision, and moved the percent by p99 0.14 / max 3.1
     # points (0.12: 14.9%, max 5.7; 0.06 changed a decision). 2 = always mirror.
     mirror_margin: float = Field(0.15, ge=0, le=2)
+    # Enrollment templates: each enrolled face is the mean embedding of this many chips,
+    # the aligned chip and fixed variations of it (a little larger or smaller, turned,
+    # shifted), each with its mirror (app/face/views.py). 2 = the chip and its mirror,
+    # as before templates. Chosen on lfw-devtrain: docs/ACCURACY.md.
+    template_views: int = Field(18, ge=2, le=MAX_VIEWS, multiple_of=2)
+    # How /verify, /identify and /compare embed the photo when the request does not say
+    # (field ``mode``): fast (the chip; its mirror too near the threshold) or thorough
+    # (the template recipe's views: more accurate, several times the encoder's cost).
+    probe_mode: Literal["fast", "thorough"] = "fast"
     # The encoder model, by its name in app/face/registry.py.
     model: str = "dlib_resnet_v1"
     # The model's runtime. onnx: dlib's ResNet converted to ONNX Runtime (same embeddings

@@ -15,6 +15,7 @@ from app.face import dlib_resnet, quality
 from app.face.detect import HogFaceDetector
 from app.face.encoder import EncoderModel
 from app.face.pipeline import Pipeline
+from app.face.views import FAST
 from app.face.weights import WeightFile, load_weights
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ def build_pipeline(settings: Settings, weights: dict[str, WeightFile] | None = N
         max_pixels=settings.max_image_pixels,
         version=pipeline_version(settings),
         flip_average=settings.flip_average,
+        template_views=settings.template_views,
     )
 
 
@@ -96,6 +98,14 @@ def calibration_fingerprint(settings: Settings) -> dict[str, object]:
         "num_jitters": settings.num_jitters,
         "flip_average": settings.flip_average,
     }
+
+
+def curve_fingerprint(settings: Settings, curve: str) -> dict[str, object]:
+    """What a calibration curve (app/face/views.py CURVES) was fitted with: the fast
+    curve's distances come from fast embeddings alone; the others' also from templates
+    of ``template_views`` views."""
+    base = calibration_fingerprint(settings)
+    return base if curve == FAST else {**base, "template_views": settings.template_views}
 
 
 def pipeline_version(settings: Settings) -> str:

@@ -3,19 +3,25 @@
 The file holds a logistic curve p(same | d) = sigmoid(w * d + b) for a stated prior
 probability of a genuine attempt (0.5 unless the file says otherwise), with where it
 came from. A ``"provisional": true`` file is a placeholder that was not fitted on data.
+
+Distances between two fast embeddings, between a template and a fast embedding, and
+between two templates are distributed differently (averaging views brings a face's
+embeddings closer together), so each has its own curve: the file's top level is the
+``fast`` one, ``curves`` holds ``mixed`` and ``thorough`` (app/face/views.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.errors import ModelFileError
+from app.face.views import CURVES, FAST
 
 
 @dataclass(frozen=True)
@@ -32,15 +38,31 @@ class Calibration:
     raw: dict[str, Any]
     fmr_table: dict[str, Any] | None = None
 
+    # The other curves (app/face/views.py CURVES) by name; this one is "fast".
+    curves: dict[str, Calibration] = field(default_factory=dict)
+    name: str = FAST
+
     @classmethod
     def load(cls, path: Path) -> Calibration:
-        """Read and check a calibration file.
+        """Read and check a calibration file: its top level is the fast curve, and
+        ``curves`` holds one entry of the same shape per other curve.
 
         Raises:
             ModelFileError: the file is missing, not JSON, or lacks a field.
         """
         try:
             raw = json.loads(path.read_text())
+            extra = raw.get("curves") or {}
+            if not isinstance(extra, dict) or not set(extra) <= set(CURVES[1:]):
+                raise ValueError(f"curves may only be {', '.join(CURVES[1:])}")
+            curves = {name: cls._parse(body, path, name) for name, body in extra.items()}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise ModelFileError(f"Cannot use calibration file {path}: {exc!r}") from exc
+        return replace(cls._parse(raw, path, FAST), curves=curves)
+
+    @classmethod
+    def _parse(cls, raw: dict[str, Any], path: Path, name: str) -> Calibration:
+        try:
             w, b = float(raw["params"]["w"]), float(raw["params"]["b"])
             low, high = (float(x) for x in raw.get("clip_percent", [0.1, 99.9]))
             calibration = cls(
@@ -55,15 +77,22 @@ class Calibration:
                 pipeline=raw.get("pipeline"),
                 raw=raw,
                 fmr_table=raw.get("fmr_table"),
+                name=name,
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelFileError(f"Cannot use calibration file {path}: {exc!r}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelFileError(f"Cannot use calibration file {path} ({name}): {exc!r}") from exc
         if not (w < 0 and 0 < calibration.prior < 1 and 0 <= low < high <= 100):
             raise ModelFileError(
-                f"Calibration file {path} is inconsistent: w must be negative (a larger "
-                "distance must mean a lower percent), prior in (0, 1), clip within 0..100."
+                f"Calibration file {path} ({name}) is inconsistent: w must be negative (a "
+                "larger distance must mean a lower percent), prior in (0, 1), clip within "
+                "0..100."
             )
         return calibration
+
+    def curve(self, name: str) -> Calibration | None:
+        """The curve for distances of this kind (app/face/views.py curve_for), or None
+        when the file has none for it."""
+        return self if name == FAST else self.curves.get(name)
 
     def probability(self, distance: float | np.ndarray, prior: float | None = None) -> Any:
         """P(same person | distance), at ``prior`` if given, else the file's prior.
@@ -94,8 +123,38 @@ class Calibration:
         i = min(max(math.ceil(distance / table["grid_step"] - 1e-9), 0), len(counts) - 1)
         return counts[i] / total, int(counts[i]), total
 
+    def fmr_rate(self, distance: float) -> float | None:
+        """The share of impostor pairs at or below ``distance``, read off the FMR table
+        between its grid steps; None without a table."""
+        table = self._fmr_curve()
+        return None if table is None else float(np.interp(distance, *table))
+
+    def distance_at_fmr(self, rate: float) -> float | None:
+        """The distance at which this curve's impostor pairs reach ``rate`` (the inverse
+        of :meth:`fmr_rate`); None without a table."""
+        table = self._fmr_curve()
+        if table is None:
+            return None
+        grid, shares = table
+        # The first grid step where the share reaches the rate, and the one before it.
+        i = int(np.searchsorted(shares, rate, side="left"))
+        if i == 0 or i >= len(shares):
+            return float(grid[min(i, len(grid) - 1)])
+        low, high = shares[i - 1], shares[i]
+        return float(grid[i - 1] + (rate - low) / (high - low) * (grid[i] - grid[i - 1]))
+
+    def _fmr_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The FMR table as (distance grid, share of impostors at or below)."""
+        table = self.fmr_table
+        if not table or not table.get("impostor_pairs"):
+            return None
+        shares = np.asarray(table["cumulative_impostors"], dtype=np.float64)
+        shares /= float(table["impostor_pairs"])
+        return np.arange(len(shares)) * float(table["grid_step"]), shares
+
     def info(self) -> dict[str, Any]:
         return {
+            "curve": self.name,
             "version": self.version,
             "provisional": self.provisional,
             "method": self.raw.get("method", "logistic"),
@@ -107,3 +166,15 @@ class Calibration:
 
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
+
+
+def matched_threshold(fast: Calibration, curve: Calibration, threshold: float) -> float:
+    """The threshold on ``curve`` with the false match rate ``threshold`` has on the fast
+    curve: the same security, so a more accurate embedding shows as fewer false
+    rejections rather than more false matches (averaging views brings strangers' faces
+    closer too). ``threshold`` itself without FMR tables, or for the fast curve."""
+    if curve is fast:
+        return threshold
+    rate = fast.fmr_rate(threshold)
+    matched = curve.distance_at_fmr(rate) if rate is not None else None
+    return threshold if matched is None else round(matched, 4)

@@ -75,6 +75,41 @@ def test_evaluate_writes_pairs_report_and_plots(identities: Path, tmp_path: Path
     assert (out / "det.png").stat().st_size > 1000 and (out / "reliability.png").exists()
 
 
+def test_evaluate_scores_every_mode_from_one_pass(identities: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    proc = run(
+        "evaluate",
+        "--identities",
+        str(identities),
+        "--out",
+        str(out),
+        "--different",
+        "40",
+        "--mode",
+        "all",
+        env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    reports = {
+        m: json.loads((out / m / "report.json").read_text()) for m in ("fast", "mixed", "thorough")
+    }
+    assert {m: r["curve"]["name"] for m, r in reports.items()} == {
+        "fast": "fast",
+        "mixed": "mixed",
+        "thorough": "thorough",
+    }
+    distances = {
+        m: [line.split("\t")[1] for line in (out / m / "pairs.tsv").read_text().splitlines()]
+        for m in reports
+    }
+    assert distances["fast"] != distances["mixed"] != distances["thorough"]
+    assert "mode thorough, curve thorough" in proc.stdout
+    bad = run(
+        "evaluate", "--identities", str(identities), "--out", str(out), "--mode", "slow", env={}
+    )
+    assert bad.returncode == 2 and "--mode must be one of" in bad.stderr
+
+
 def test_calibrate_writes_a_usable_calibration(identities: Path, tmp_path: Path) -> None:
     target = tmp_path / "calibration.json"
     proc = run(
@@ -99,6 +134,14 @@ def test_calibrate_writes_a_usable_calibration(identities: Path, tmp_path: Path)
     held = raw["fit"]["held_out"]
     assert held["folds"] == 0 or set(held) >= {"logistic", "isotonic"}
     assert 0 < raw["fmr_table"]["impostor_pairs"] <= 40
+    # One pass fits every curve in use: fast at the top, templates' under "curves".
+    assert set(raw["curves"]) == {"mixed", "thorough"}
+    for name in ("mixed", "thorough"):
+        curve = cal.curve(name)
+        assert curve is not None and curve.w < 0 and curve.version.endswith(f"-{name}")
+        assert curve.pipeline == {**(cal.pipeline or {}), "template_views": 18}
+    # Averaging views moves a same-person pair's distance: the curves differ.
+    assert cal.curve("thorough").b != cal.b  # type: ignore[union-attr]
 
 
 def test_calibrate_refuses_pairs_that_cannot_fix_a_slope(tmp_path: Path) -> None:
