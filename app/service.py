@@ -42,8 +42,9 @@ from app.face import quality
 from app.face.detect import DetectedFace, largest, main_face
 from app.face.pipeline import FacePipeline
 from app.face.quality import Assessment, FaceMeasures
-from app.face.registry import build_pipeline, calibration_fingerprint, load_checked_weights
+from app.face.registry import build_pipeline, curve_fingerprint, load_checked_weights
 from app.face.timing import Timings
+from app.face.views import CURVES, FAST, curve_for, recipe_of, versioned
 from app.face.weights import WeightFile
 from app.gallery import pgvector
 from app.gallery.index import ExactIndex, Hits, Partitions, SubjectHit, VectorIndex
@@ -59,7 +60,7 @@ from app.gallery.store import (
     SubjectRecord,
 )
 from app.gallery.sync import GallerySync
-from app.scoring.calibration import Calibration
+from app.scoring.calibration import Calibration, matched_threshold
 from app.scoring.distance import distances
 from app.settings import Settings
 
@@ -76,6 +77,9 @@ DB_SIZE_TTL_SECONDS = 5.0
 SUBJECT_CACHE_SIZE = 4096
 
 FacePolicy = Literal["single", "largest"]
+ProbeMode = Literal["fast", "thorough"]
+# Face id -> template recipe, remembered (a stored face's recipe never changes).
+RECIPE_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,11 @@ class Match:
     # Share of the calibration data's impostor pairs at or below this distance, with
     # the count and the total it rests on; None when the calibration has no FMR table.
     fmr: tuple[float, int, int] | None = None
+    # The calibration curve that scored it (app/face/views.py CURVES), and its
+    # probability at the file's prior (what ranks faces scored on different curves).
+    curve: str = FAST
+    probability: float = 0.0
+    threshold: float = 0.6
 
 
 @dataclass
@@ -168,6 +177,7 @@ class VerifyResult:
     face_id: str
     result: Match
     timings: Timings
+    mode: ProbeMode = "fast"
 
 
 @dataclass
@@ -176,6 +186,7 @@ class CompareResult:
     probe_b: ProbeFace
     result: Match
     timings: Timings
+    mode: ProbeMode = "fast"
 
 
 @dataclass
@@ -193,6 +204,9 @@ class IdentifyResult:
     best: Candidate | None
     gallery_size: int
     timings: Timings = field(default_factory=Timings)
+    mode: ProbeMode | None = None  # None for a search by a stored face
+    # The curve a candidate would be scored with when there is none.
+    curve: str = FAST
 
 
 class InferenceSlots:
@@ -252,6 +266,9 @@ class FaceService:
         # Counts read from PostgreSQL: key -> (when read, value); see _recent.
         self._counts: dict[tuple[str, ...], tuple[float, int]] = {}
         self._subjects = VersionedCache(SUBJECT_CACHE_SIZE)
+        self._recipes: OrderedDict[str, str] = OrderedDict()
+        self._recipes_lock = threading.Lock()
+        self._thresholds: dict[str, float] = {}
         self.index_ready = threading.Event()
         if self.db_search:
             self.index_ready.set()
@@ -332,7 +349,7 @@ class FaceService:
         with self.slots.hold():
             for number, data in enumerate(images):
                 _stop_if_expired()  # stop early: nobody waits for this answer any more
-                faces = self._find(data, timings, image_index=number)
+                faces = self._find(data, timings, image_index=number, views=self._templates)
                 if len(faces) > 1 and face_policy == "single":
                     raise MultipleFaces(
                         f"Image {number} has {len(faces)} faces; enrollment needs exactly one. "
@@ -351,16 +368,20 @@ class FaceService:
                     )
                 self._check_quality(face, number, timings)
                 chosen.append(face)
-            embeddings = self.pipeline.embed(chosen, timings)
+            embeddings = self.pipeline.embed(chosen, timings, thorough=self._templates)
         # The subject's faces, read once for both checks below.
         known = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
+        recipes: list[str] = []
         if add and (skip_known or not force):
-            known = self._known_faces(collection, subject_id)
-        if skip_known and add and _all_known(known, embeddings):
+            known, recipes = self._known_faces(collection, subject_id)
+        # A face it "already has" was made the same way: an older recipe's face of the
+        # same photo is not this one (re-enrolling is how a gallery gets templates).
+        same_recipe = np.array([r == self.pipeline.template for r in recipes], dtype=bool)
+        if skip_known and add and _all_known(known[same_recipe], embeddings):
             subject = self.store.get_subject(collection=collection, subject_id=subject_id)
             return EnrollResult(subject=subject, faces=[], timings=timings)
         if not force:
-            self._check_same_person(subject_id, known, embeddings)
+            self._check_same_person(subject_id, known, recipes, embeddings)
         _stop_if_expired(committing=True)
         try:
             stored, subject, version = self.store.add_faces(
@@ -373,7 +394,7 @@ class FaceService:
                     for f, e in zip(chosen, embeddings, strict=True)
                 ],
                 encoder=self.pipeline.encoder_name,
-                pipeline_version=self.pipeline.version,
+                pipeline_version=versioned(self.pipeline.version, self.pipeline.template),
                 add=add,
                 idempotency=claim,
             )
@@ -414,33 +435,40 @@ class FaceService:
             advice=advice,
         )
 
-    def _known_faces(self, collection: str, subject_id: str) -> np.ndarray:
-        """The subject's embeddings; none when every face was deleted (the first new
-        photo then starts afresh). SubjectNotFound if there is no such subject."""
+    def _known_faces(self, collection: str, subject_id: str) -> tuple[np.ndarray, list[str]]:
+        """The subject's embeddings and their recipes; none when every face was deleted
+        (the first new photo then starts afresh). SubjectNotFound if there is no such
+        subject."""
         try:
-            return self._enrolled(collection, subject_id)[1]
+            _, known, recipes = self._enrolled(collection, subject_id)
+            return known, recipes
         except SubjectHasNoFaces:
-            return np.zeros((0, self.pipeline.dim), dtype=np.float32)
+            return np.zeros((0, self.pipeline.dim), dtype=np.float32), []
 
     def _check_same_person(
-        self, subject_id: str, known: np.ndarray, embeddings: np.ndarray
+        self, subject_id: str, known: np.ndarray, recipes: list[str], embeddings: np.ndarray
     ) -> None:
-        """Each new face must be within the threshold of the subject's enrolled faces
-        (``known``) or of an earlier photo in this request."""
+        """Each new face must be within the threshold of one of the subject's enrolled
+        faces (``known``, made with ``recipes``) or of an earlier photo in this request,
+        each pair judged by the threshold of its curve."""
+        mine = self.pipeline.template
         for number, embedding in enumerate(embeddings):
             if len(known):
-                nearest = float(distances(embedding, known).min())
-                if nearest > self.settings.threshold:
+                d = distances(embedding, known)
+                limits = np.array([self.threshold(curve_for(mine, r)) for r in recipes])
+                nearest = int(np.argmin(d - limits))
+                if d[nearest] > limits[nearest]:
                     raise FaceMismatch(
-                        f"The face in image {number} is {nearest:.3f} from the nearest face "
-                        f"of subject {subject_id!r} (threshold {self.settings.threshold:g}): "
+                        f"The face in image {number} is {d[nearest]:.3f} from the nearest "
+                        f"face of subject {subject_id!r} (threshold {limits[nearest]:g}): "
                         "it does not look like the same person. An admin key may send "
                         "force=true to store it anyway.",
                         image_index=number,
-                        distance=round(nearest, 6),
-                        threshold=self.settings.threshold,
+                        distance=round(float(d[nearest]), 6),
+                        threshold=float(limits[nearest]),
                     )
             known = np.vstack([known, embedding[None]])
+            recipes = [*recipes, mine]
 
     def _replay(self, claim: IdempotencyClaim) -> EnrollResult | None:
         record = self.store.find_idempotent(owner=claim.owner, key=claim.key)
@@ -473,29 +501,46 @@ class FaceService:
 
     # ---- 1:1 -------------------------------------------------------------------------
     def verify(
-        self, *, collection: str, subject_id: str, image: bytes, prior: float | None = None
+        self,
+        *,
+        collection: str,
+        subject_id: str,
+        image: bytes,
+        prior: float | None = None,
+        mode: ProbeMode | None = None,
     ) -> VerifyResult:
-        """Compare the main face of ``image`` (:func:`main_face`) with the closest
-        enrolled face of the collection's subject."""
+        """Compare the main face of ``image`` (:func:`main_face`) with the subject's
+        enrolled face it most likely matches (the nearest, when all were made alike).
+        ``mode``: how the photo is embedded (default: the setting)."""
         timings = Timings()
+        mode = mode or self.settings.probe_mode
         # Tell "unknown" from "known but every face deleted" before paying for inference.
         self._enrolled(collection, subject_id)
-        probe, embedding = self._probe(image, timings)
+        probe, embedding = self._probe(image, timings, mode)
         with timings.measure("search_ms"):
             # Read again: a delete may have landed during inference.
-            face_ids, known = self._enrolled(collection, subject_id)
+            face_ids, known, recipes = self._enrolled(collection, subject_id)
             d = distances(embedding, known)
-        if self._undecided(d):
+        if self._undecided(d, mode):
             (embedding,) = self._mirrored([probe], embedding[None], timings)
             with timings.measure("search_ms"):
                 d = distances(embedding, known)
-        best = int(np.argmin(d))
+        probe_recipe = self._recipe(mode)
+        matches = [
+            self._match(float(x), prior, curve_for(recipe, probe_recipe))
+            for x, recipe in zip(d, recipes, strict=True)
+        ]
+        # Faces embedded differently are scored on different curves: the one the photo
+        # most likely matches is the one with the highest probability (with one curve:
+        # the nearest).
+        best = max(range(len(matches)), key=lambda i: (matches[i].probability, -d[i]))
         return VerifyResult(
             subject_id=subject_id,
             probe=probe,
             face_id=face_ids[best],
-            result=self._match(float(d[best]), prior),
+            result=matches[best],
             timings=timings,
+            mode=mode,
         )
 
     def _db_collection_size(self, collection: str) -> int:
@@ -524,8 +569,11 @@ class FaceService:
             cached = self._counts[key] = (now, read())
         return cached[1]
 
-    def _enrolled(self, collection: str, subject_id: str) -> tuple[list[str], np.ndarray]:
-        """The subject's faces of this model, read by key from the store (the truth), so
+    def _enrolled(
+        self, collection: str, subject_id: str
+    ) -> tuple[list[str], np.ndarray, list[str]]:
+        """The subject's faces of this model and their template recipes, read by key from
+        the store (the truth), so
         verify never waits for or depends on the size of the 1:N index. A subject read at
         the gallery version that is still current is answered from memory (any write
         anywhere bumps the version, so a cached answer is never stale)."""
@@ -533,36 +581,45 @@ class FaceService:
         key = (collection, subject_id)
         cached = self._subjects.get(key, version)
         if cached is not None:
-            face_ids, known = cached
+            face_ids, known, recipes = cached
         else:
-            face_ids, known = self.store.subject_embeddings(
+            face_ids, known, versions = self.store.subject_embeddings(
                 collection=collection,
                 subject_id=subject_id,
                 dim=self.pipeline.dim,
                 encoders=self.pipeline.compatible,
             )
-            self._subjects.put(key, version, (face_ids, known))
+            recipes = [recipe_of(v) for v in versions]
+            self._subjects.put(key, version, (face_ids, known, recipes))
         if not face_ids:
             raise SubjectHasNoFaces(
                 f"Subject {subject_id!r} has no enrolled faces to compare with.",
                 subject_id=subject_id,
             )
-        return face_ids, known
+        return face_ids, known, recipes
 
     def compare(
-        self, *, image_a: bytes, image_b: bytes, prior: float | None = None
+        self,
+        *,
+        image_a: bytes,
+        image_b: bytes,
+        prior: float | None = None,
+        mode: ProbeMode | None = None,
     ) -> CompareResult:
         """Distance and score between the main faces of two photos; stores nothing."""
         timings = Timings()
-        probes, embeddings = self._probes([image_a, image_b], timings)
+        mode = mode or self.settings.probe_mode
+        probes, embeddings = self._probes([image_a, image_b], timings, mode)
 
         def distance() -> float:
             return float(np.linalg.norm(embeddings[0].astype(np.float64) - embeddings[1]))
 
-        if self._undecided(np.array([distance()])):
+        if self._undecided(np.array([distance()]), mode):
             embeddings = self._mirrored(probes, embeddings, timings)
         probe_a, probe_b = probes
-        return CompareResult(probe_a, probe_b, self._match(distance(), prior), timings)
+        recipe = self._recipe(mode)
+        match = self._match(distance(), prior, curve_for(recipe, recipe))
+        return CompareResult(probe_a, probe_b, match, timings, mode)
 
     # ---- 1:N -------------------------------------------------------------------------
     def identify(
@@ -572,17 +629,19 @@ class FaceService:
         image: bytes,
         top_k: int | None = None,
         prior: float | None = None,
+        mode: ProbeMode | None = None,
     ) -> IdentifyResult:
         """The ``top_k`` subjects of the collection nearest to the photo's main face;
         ``best`` is the nearest only if it passes the threshold."""
         timings = Timings()
-        probe, embedding = self._probe(image, timings)
+        mode = mode or self.settings.probe_mode
+        probe, embedding = self._probe(image, timings, mode)
         k = top_k or self.settings.identify_top_k
         with timings.measure("search_ms"):
             self._wait_for_index()
             first, size = self._search(collection, embedding, k)
         hits: list[SubjectHit] = first
-        if self._undecided(np.array([h.distance for h in first])):
+        if self._undecided(np.array([h.distance for h in first]), mode):
             (embedding,) = self._mirrored([probe], embedding[None], timings)
             # The mirror moves an embedding by hundredths: the nearest faces to the
             # new one are among those the first search looked at (its shortlist), so
@@ -590,22 +649,52 @@ class FaceService:
             # a second IVF search cost as much as the first, ~30 ms).
             with timings.measure("search_ms"):
                 hits = self._rescore(collection, embedding, first, k)
-        return self._identified(probe, hits, size, prior, timings)
+        result = self._identified(collection, probe, self._recipe(mode), hits, size, prior, timings)
+        result.mode = mode
+        return result
 
     def _identified(
         self,
+        collection: str,
         probe: ProbeFace | None,
+        probe_recipe: str,
         hits: list[SubjectHit],
         size: int,
         prior: float | None,
         timings: Timings,
     ) -> IdentifyResult:
-        """Scored candidates; ``best`` is the nearest only if it passes the threshold."""
+        """Scored candidates, each on the curve its face's recipe calls for; ``best`` is
+        the nearest only if it passes the threshold."""
+        with timings.measure("search_ms"):
+            recipes = self._face_recipes(collection, [h.face_id for h in hits])
         candidates = [
-            Candidate(h.subject_id, h.face_id, self._match(h.distance, prior)) for h in hits
+            Candidate(
+                h.subject_id,
+                h.face_id,
+                self._match(
+                    h.distance, prior, curve_for(recipes.get(h.face_id, FAST), probe_recipe)
+                ),
+            )
+            for h in hits
         ]
         best = candidates[0] if candidates and candidates[0].result.match else None
-        return IdentifyResult(probe, candidates, best, size, timings)
+        curve = candidates[0].result.curve if candidates else curve_for(FAST, probe_recipe)
+        return IdentifyResult(probe, candidates, best, size, timings, curve=curve)
+
+    def _face_recipes(self, collection: str, face_ids: list[str]) -> dict[str, str]:
+        """Each stored face's template recipe (remembered: it never changes)."""
+        with self._recipes_lock:
+            known = {f: self._recipes[f] for f in face_ids if f in self._recipes}
+        missing = [f for f in face_ids if f not in known]
+        if missing:
+            versions = self.store.pipeline_versions(collection=collection, face_ids=missing)
+            read = {f: recipe_of(v) for f, v in versions.items()}
+            with self._recipes_lock:
+                self._recipes.update(read)
+                while len(self._recipes) > RECIPE_CACHE_SIZE:
+                    self._recipes.popitem(last=False)
+            known.update(read)
+        return known
 
     def identify_face(
         self,
@@ -625,7 +714,8 @@ class FaceService:
             self._wait_for_index()
             k = top_k or self.settings.identify_top_k
             hits, size = self._search(collection, embedding, k, exclude=face_id)
-        return self._identified(None, hits, size, prior, timings)
+            query_recipe = self._face_recipes(collection, [face_id]).get(face_id, FAST)
+        return self._identified(collection, None, query_recipe, hits, size, prior, timings)
 
     def _wait_for_index(self) -> None:
         if not self.index_ready.wait(self.settings.inference_wait_seconds):
@@ -769,8 +859,9 @@ class FaceService:
         *,
         image_index: int | None = None,
         quick: bool = False,
+        views: bool = False,
     ) -> list[DetectedFace]:
-        faces = self.pipeline.find_faces(data, timings, quick=quick)
+        faces = self.pipeline.find_faces(data, timings, quick=quick, views=views)
         if not faces:
             where = "the image" if image_index is None else f"image {image_index}"
             side = self.settings.min_face_side
@@ -781,39 +872,65 @@ class FaceService:
             )
         return faces
 
-    def _probe(self, data: bytes, timings: Timings) -> tuple[ProbeFace, np.ndarray]:
-        (probe,), embeddings = self._probes([data], timings)
+    @property
+    def _templates(self) -> bool:
+        """Whether faces are enrolled as templates of several views."""
+        return self.pipeline.template != FAST
+
+    def _recipe(self, mode: ProbeMode) -> str:
+        """The recipe a probe embedded in ``mode`` is made with."""
+        return self.pipeline.template if mode == "thorough" else FAST
+
+    def _probe(
+        self, data: bytes, timings: Timings, mode: ProbeMode
+    ) -> tuple[ProbeFace, np.ndarray]:
+        (probe,), embeddings = self._probes([data], timings, mode)
         return probe, embeddings[0]
 
-    def _probes(self, images: list[bytes], timings: Timings) -> tuple[list[ProbeFace], np.ndarray]:
-        """Each photo's main face, all encoded in one batch: the chip alone when
+    def _probes(
+        self, images: list[bytes], timings: Timings, mode: ProbeMode
+    ) -> tuple[list[ProbeFace], np.ndarray]:
+        """Each photo's main face, all encoded in one batch. Fast: the chip alone when
         probes may skip the mirror pass (then :meth:`_undecided` says when they may not
-        and :meth:`_mirrored` adds it)."""
+        and :meth:`_mirrored` adds it). Thorough: the template recipe's views."""
+        thorough = mode == "thorough" and self._templates
         with self.slots.hold():
             probes = []
             for number, data in enumerate(images):
                 faces = self._find(
-                    data, timings, image_index=number if len(images) > 1 else None, quick=True
+                    data,
+                    timings,
+                    image_index=number if len(images) > 1 else None,
+                    quick=True,
+                    views=thorough,
                 )
                 face = main_face(faces)
                 with timings.measure("quality_ms"):
                     assessed = quality.assess(quality.measure(face))
                 probes.append(ProbeFace(face, len(faces), assessed))
-            mirror = False if self._skips_mirror else None
-            embeddings = self.pipeline.embed([p.face for p in probes], timings, mirror=mirror)
+            faces = [p.face for p in probes]
+            if thorough:
+                embeddings = self.pipeline.embed(faces, timings, thorough=True)
+            else:
+                mirror = False if self._skips_mirror else None
+                embeddings = self.pipeline.embed(faces, timings, mirror=mirror)
         return probes, embeddings
 
     @property
     def _skips_mirror(self) -> bool:
         return self.pipeline.flip_average and self.settings.mirror_margin < 2
 
-    def _undecided(self, d: np.ndarray) -> bool:
-        """Whether single-pass distances ``d`` lie so near the threshold that the mirror
-        pass must settle them (on lfw-devtrain it moved a distance by 0.008 median, 0.078
-        at most; far from the threshold the decision cannot change and the percent moves
-        a fraction of a point: benchmarks/flip_skip.py, docs/PERFORMANCE.md)."""
+    def _undecided(self, d: np.ndarray, mode: ProbeMode) -> bool:
+        """Whether a fast probe's single-pass distances ``d`` lie so near the threshold
+        that the mirror pass must settle them (on lfw-devtrain it moved a distance by
+        0.008 median, 0.078 at most; far from the threshold the decision cannot change
+        and the percent moves a fraction of a point: benchmarks/flip_skip.py,
+        docs/PERFORMANCE.md)."""
+        if mode == "thorough" and self._templates:
+            return False  # a thorough probe has every view already
         if not self._skips_mirror or not len(d):
             return False
+        # Against templates the threshold moves by hundredths, well inside the margin.
         return bool(np.any(np.abs(d - self.settings.threshold) <= self.settings.mirror_margin))
 
     def _mirrored(
@@ -822,18 +939,50 @@ class FaceService:
         with self.slots.hold():
             return self.pipeline.add_mirror([p.face for p in probes], single, timings)
 
-    def _match(self, distance: float, prior: float | None) -> Match:
+    def curve(self, name: str) -> Calibration:
+        """The calibration curve ``name``; the fast one when the file has no such curve
+        (:meth:`calibration_matches_pipeline` is then False, and answers name the curve
+        that scored them)."""
+        return self.calibration.curve(name) or self.calibration
+
+    def threshold(self, curve: str) -> float:
+        """The decision threshold on ``curve``: FACEVERIFY_THRESHOLD on the fast curve;
+        on the others the distance with the same false match rate on their calibration
+        data (:func:`matched_threshold`)."""
+        found = self._thresholds.get(curve)
+        if found is None:
+            found = self._thresholds[curve] = matched_threshold(
+                self.calibration, self.curve(curve), self.settings.threshold
+            )
+        return found
+
+    def _match(self, distance: float, prior: float | None, curve: str = FAST) -> Match:
+        calibration = self.curve(curve)
+        threshold = self.threshold(calibration.name)
         return Match(
             distance=round(distance, 6),
-            score=self.calibration.percent(distance, prior),
-            match=distance <= self.settings.threshold,
-            fmr=self.calibration.fmr(distance),
+            score=calibration.percent(distance, prior),
+            match=distance <= threshold,
+            threshold=threshold,
+            fmr=calibration.fmr(distance),
+            curve=calibration.name,
+            probability=float(calibration.probability(distance)),
         )
 
+    def curves_in_use(self) -> tuple[str, ...]:
+        """The curves this configuration scores with: fast always (compare, and faces
+        enrolled before templates); mixed and thorough once templates are on."""
+        return CURVES if self._templates else (FAST,)
+
     def calibration_matches_pipeline(self) -> bool:
-        """Whether the calibration was fitted with this pipeline's settings (a
+        """Whether every curve in use was fitted with this pipeline's settings (a
         provisional calibration matches nothing)."""
-        return self.calibration.pipeline == calibration_fingerprint(self.settings)
+        return all(self.curve_matches(name) for name in self.curves_in_use())
+
+    def curve_matches(self, name: str) -> bool:
+        """Whether the file has curve ``name``, fitted with this pipeline's settings."""
+        curve = self.calibration.curve(name)
+        return curve is not None and curve.pipeline == curve_fingerprint(self.settings, name)
 
     def ready(self) -> None:
         """Raise NotReady unless the database answers (the models are loaded if this

@@ -76,7 +76,10 @@ def fake_service(
     return FaceService(
         settings=settings,
         pipeline=fake_pipeline(
-            max_pixels=settings.max_image_pixels, delay=delay, also_compatible=also_compatible
+            max_pixels=settings.max_image_pixels,
+            delay=delay,
+            also_compatible=also_compatible,
+            template_views=settings.template_views,
         ),
         store=store,
         calibration=Calibration.load(settings.resolved_calibration_file()),

@@ -66,13 +66,17 @@ def create_app(
             service.pipeline.encoder_name,
             settings.resolved_database_url().split(":", 1)[0],
         )
-        if not service.calibration_matches_pipeline():
-            log.warning(
-                "calibration %s was not fitted for these pipeline settings (%s); the match "
-                "percent may not mean what it says. Run `faceverify calibrate` to refit.",
-                service.calibration.version,
-                "provisional" if service.calibration.provisional else "settings differ",
-            )
+        for curve in service.curves_in_use():
+            if not service.curve_matches(curve):
+                log.warning(
+                    "calibration %s: its %s curve %s; the match percent may not mean what it "
+                    "says. Run `faceverify calibrate` to refit.",
+                    service.calibration.version,
+                    curve,
+                    "is missing (the fast curve stands in)"
+                    if service.calibration.curve(curve) is None
+                    else "was not fitted for these pipeline settings",
+                )
         try:
             yield
         finally:

@@ -67,6 +67,14 @@ SubjectId = Annotated[
     AfterValidator(_one_script),
 ]
 Prior = Annotated[float, Field(gt=0, lt=1)]
+Mode = Annotated[
+    Literal["fast", "thorough"] | None,
+    Field(
+        description="How the photo is embedded. fast: its aligned chip (and the mirror "
+        "near the threshold); thorough: the enrollment template's views, more accurate at "
+        "several times the encoder's cost. Default: the server's FACEVERIFY_PROBE_MODE."
+    ),
+]
 CollectionId = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=COLLECTION_ID_PATTERN)
 ]
@@ -137,6 +145,7 @@ class VerifyRequest(_Form):
     prior: Prior | None = Field(
         None, description="Your genuine-attempt rate, to re-weight the percent (default 0.5)."
     )
+    mode: Mode = None
 
 
 class IdentifyRequest(_Form):
@@ -148,6 +157,7 @@ class IdentifyRequest(_Form):
     )
     top_k: Annotated[int, Field(ge=1, le=100)] | None = None
     prior: Prior | None = None
+    mode: Mode = None
 
 
 class DetectRequest(_Form):
@@ -158,6 +168,7 @@ class CompareRequest(_Form):
     # Two photos, nothing stored: the collection is only checked (a key may name its own).
     collection: CollectionField = None
     prior: Prior | None = None
+    mode: Mode = None
 
 
 # ---- responses ------------------------------------------------------------------------
@@ -243,6 +254,11 @@ class ModelOut(BaseModel):
 class CalibrationRef(BaseModel):
     version: str
     provisional: bool
+    curve: Literal["fast", "mixed", "thorough"] = Field(
+        description="The curve that turned the distance into the percent: fast (two fast "
+        "embeddings), mixed (an enrollment template and a fast probe, or the reverse), "
+        "thorough (two templates). For identify: the best candidate's."
+    )
 
 
 class TimingOut(BaseModel):
@@ -261,6 +277,10 @@ class FaceOut(BaseModel):
     detector_score: float
     encoder: str
     pipeline_version: str
+    template: str = Field(
+        description="The recipe that made its embedding: fast (the chip and its mirror; "
+        "every face enrolled before templates) or viewsN (a template of N views)."
+    )
     created_at: datetime
 
 
@@ -297,7 +317,10 @@ class MatchFields(BaseModel):
     match: bool = Field(description="distance <= threshold")
     score: float = Field(description="Match percent, 0.1-99.9, from the calibration.")
     distance: float = Field(description="Euclidean distance between the two embeddings.")
-    threshold: float
+    threshold: float = Field(
+        description="FACEVERIFY_THRESHOLD on the fast curve; on the mixed and thorough "
+        "curves the distance with the same false match rate (docs/ACCURACY.md)."
+    )
     fmr: FmrOut | None = Field(
         description="How often strangers come this close, from the calibration data."
     )
@@ -305,7 +328,8 @@ class MatchFields(BaseModel):
 
 class VerifyResponse(MatchFields):
     subject_id: str
-    face_id: str = Field(description="The subject's enrolled face closest to the probe.")
+    face_id: str = Field(description="The subject's enrolled face the probe most likely matches.")
+    mode: Literal["fast", "thorough"]
     probe: ProbeOut
     model: ModelOut
     calibration: CalibrationRef
@@ -313,6 +337,7 @@ class VerifyResponse(MatchFields):
 
 
 class CompareResponse(MatchFields):
+    mode: Literal["fast", "thorough"]
     probe_a: ProbeOut
     probe_b: ProbeOut
     model: ModelOut
@@ -326,13 +351,20 @@ class CandidateOut(BaseModel):
     distance: float
     score: float
     match: bool
+    curve: Literal["fast", "mixed", "thorough"] = Field(
+        description="The calibration curve that scored this candidate."
+    )
+    threshold: float = Field(description="Its curve's threshold (match: distance <= it).")
 
 
 class IdentifyResponse(BaseModel):
     best: CandidateOut | None = Field(description="The nearest subject, if within threshold.")
     candidates: list[CandidateOut]
-    threshold: float
+    threshold: float = Field(description="The best candidate's curve's threshold.")
     gallery_size: int
+    mode: Literal["fast", "thorough"] | None = Field(
+        description="How the photo was embedded; null for a face_id search."
+    )
     probe: ProbeOut | None = Field(description="The photo's face; null for a face_id search.")
     model: ModelOut
     calibration: CalibrationRef
@@ -426,6 +458,8 @@ class InfoSettings(BaseModel):
     detect_retry_max_side: int
     detect_quick_side: int
     num_jitters: int
+    template_views: int
+    probe_mode: Literal["fast", "thorough"]
     min_face_side: int
     max_image_pixels: int
     max_upload_bytes: int
@@ -460,7 +494,8 @@ class InfoResponse(BaseModel):
     pipeline_version: str
     threshold: float
     calibration: dict[str, Any] = Field(
-        description="The calibration file's summary, and calibration_matches_pipeline."
+        description="The calibration file's summary (its fast curve), "
+        "calibration_matches_pipeline, and every curve in use under 'curves'."
     )
     calibration_matches_pipeline: bool
     gallery: GalleryCounts

@@ -216,16 +216,17 @@ class GalleryStore:
 
     def subject_embeddings(
         self, *, collection: str, subject_id: str, dim: int, encoders: Collection[str]
-    ) -> tuple[list[str], np.ndarray]:
-        """One subject's face ids and ``(n, dim)`` embeddings made by ``encoders``, read
-        by key in one indexed query: what verify needs, at a cost that does not depend on
-        the gallery's size. n may be 0 (every face deleted, or of another model).
+    ) -> tuple[list[str], np.ndarray, list[str]]:
+        """One subject's face ids, ``(n, dim)`` embeddings made by ``encoders`` and
+        pipeline versions, read by key in one indexed query: what verify needs, at a cost
+        that does not depend on the gallery's size. n may be 0 (every face deleted, or of
+        another model).
 
         Raises:
             SubjectNotFound: no such subject in the collection.
         """
         stmt = (
-            select(Subject.id, Face.id, Face.embedding)
+            select(Subject.id, Face.id, Face.embedding, Face.pipeline_version)
             .outerjoin(
                 Face,
                 (Face.collection_id == Subject.collection_id)
@@ -239,9 +240,20 @@ class GalleryStore:
             rows = [r for r in conn.execute(stmt).all()]
         if not rows:
             raise SubjectNotFound.for_id(subject_id)
-        found = [(r[1], r[2]) for r in rows if r[1] is not None]
-        matrix = embedding_matrix([blob for _, blob in found], dim)
-        return [face_id for face_id, _ in found], matrix.astype(np.float32)
+        found = [r for r in rows if r[1] is not None]
+        matrix = embedding_matrix([r[2] for r in found], dim)
+        return [r[1] for r in found], matrix.astype(np.float32), [r[3] for r in found]
+
+    def pipeline_versions(self, *, collection: str, face_ids: Collection[str]) -> dict[str, str]:
+        """The pipeline version each of these faces was stored with (by primary key;
+        faces deleted meanwhile are missing)."""
+        if not face_ids:
+            return {}
+        stmt = select(Face.id, Face.pipeline_version).where(
+            Face.collection_id == collection, Face.id.in_(sorted(face_ids))
+        )
+        with self.engine.connect() as conn:
+            return {r[0]: r[1] for r in conn.execute(stmt).all()}
 
     def face_embedding(
         self, *, collection: str, face_id: str, encoders: Collection[str]

@@ -53,8 +53,11 @@ def test_enroll_and_verify_json_base64(fake_client: TestClient) -> None:
         "calibration",
         "timing",
         "subject_id",
+        "mode",
     }
-    assert set(body["calibration"]) == {"version", "provisional"}
+    # A fast probe against an enrollment template: the mixed curve scored it.
+    assert body["mode"] == "fast"
+    assert set(body["calibration"]) == {"version", "provisional", "curve"}
 
 
 def test_identify_and_compare(fake_client: TestClient) -> None:

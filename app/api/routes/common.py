@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from app.api import schemas as s
 from app.api.problems import PROBLEM_JSON
+from app.face.views import recipe_of
 from app.gallery.store import FaceRecord, SubjectRecord
 
 
@@ -62,6 +63,7 @@ def face_out(face: FaceRecord) -> s.FaceOut:
         detector_score=round(face.detector_score, 4),
         encoder=face.encoder,
         pipeline_version=face.pipeline_version,
+        template=recipe_of(face.pipeline_version),
         created_at=s.as_utc(face.created_at),
     )
 

@@ -53,7 +53,6 @@ class Inference:
         self.request = request
         self.service = service
         self.metrics = metrics
-        self.threshold = settings.threshold
         self.min_quality = settings.enroll_min_quality
         self.queried_collection = collection
 
@@ -65,9 +64,9 @@ class Inference:
         pipeline = self.service.pipeline
         return s.ModelOut(encoder=pipeline.encoder_name, pipeline=pipeline.version)
 
-    def calibration(self) -> s.CalibrationRef:
-        cal = self.service.calibration
-        return s.CalibrationRef(version=cal.version, provisional=cal.provisional)
+    def calibration(self, curve: str) -> s.CalibrationRef:
+        cal = self.service.curve(curve)
+        return s.CalibrationRef(version=cal.version, provisional=cal.provisional, curve=cal.name)
 
     def timing(self, timings: Timings) -> s.TimingOut:
         """The stage times (also recorded in the metrics) and the total so far."""
@@ -75,11 +74,12 @@ class Inference:
         total = round((time.perf_counter() - self.start) * 1000.0, 2)
         return s.TimingOut(**timings.as_dict(), total_ms=total)
 
-    def answer(self, timings: Timings) -> dict[str, Any]:
-        """The fields every comparison answer ends with: model, calibration, timing."""
+    def answer(self, timings: Timings, curve: str) -> dict[str, Any]:
+        """The fields every comparison answer ends with: model, calibration (the curve
+        that scored it), timing."""
         return {
             "model": self.model(),
-            "calibration": self.calibration(),
+            "calibration": self.calibration(curve),
             "timing": self.timing(timings),
         }
 
@@ -102,7 +102,7 @@ class Inference:
             "match": result.match,
             "score": result.score,
             "distance": result.distance,
-            "threshold": self.threshold,
+            "threshold": result.threshold,
             "fmr": fmr,
         }
 
@@ -240,13 +240,15 @@ def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
         subject_id=form.subject_id,
         image=body.image(),
         prior=form.prior,
+        mode=form.mode,
     )
     return s.VerifyResponse(
         **call.match(result.result, "verify"),
         subject_id=result.subject_id,
         face_id=result.face_id,
+        mode=result.mode,
         probe=call.probe(result.probe),
-        **call.answer(result.timings),
+        **call.answer(result.timings, result.result.curve),
     )
 
 
@@ -267,12 +269,18 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
     if form.face_id is not None:
         if body.images:
             raise InvalidRequest("Send either face_id or an image, not both.")
+        if form.mode is not None:
+            raise InvalidRequest("mode applies to a photo; a face_id search uses the stored face.")
         result = call.service.identify_face(
             collection=collection, face_id=form.face_id, top_k=form.top_k, prior=form.prior
         )
     else:
         result = call.service.identify(
-            collection=collection, image=body.image(), top_k=form.top_k, prior=form.prior
+            collection=collection,
+            image=body.image(),
+            top_k=form.top_k,
+            prior=form.prior,
+            mode=form.mode,
         )
     if result.candidates:
         call.metrics.scores.labels("identify").observe(result.candidates[0].result.score)
@@ -283,16 +291,19 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
             distance=c.result.distance,
             score=c.result.score,
             match=c.result.match,
+            curve=c.result.curve,
+            threshold=c.result.threshold,
         )
         for c in result.candidates
     ]
     return s.IdentifyResponse(
         best=candidates[0] if result.best is not None else None,
         candidates=candidates,
-        threshold=call.threshold,
+        threshold=call.service.threshold(result.curve),
         gallery_size=result.gallery_size,
+        mode=result.mode,
         probe=call.probe(result.probe) if result.probe is not None else None,
-        **call.answer(result.timings),
+        **call.answer(result.timings, result.curve),
     )
 
 
@@ -304,13 +315,17 @@ def compare(body: BodyDep, call: InferenceDep) -> s.CompareResponse:
     form = body.validate(s.CompareRequest)
     call.collection(form.collection)  # a key may name only a collection it may use
     result = call.service.compare(
-        image_a=body.image("image_a"), image_b=body.image("image_b"), prior=form.prior
+        image_a=body.image("image_a"),
+        image_b=body.image("image_b"),
+        prior=form.prior,
+        mode=form.mode,
     )
     return s.CompareResponse(
         **call.match(result.result, "compare"),
+        mode=result.mode,
         probe_a=call.probe(result.probe_a),
         probe_b=call.probe(result.probe_b),
-        **call.answer(result.timings),
+        **call.answer(result.timings, result.result.curve),
     )
 
 

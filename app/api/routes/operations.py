@@ -9,6 +9,7 @@ from app.api import schemas as s
 from app.api.deps import MetricsDep, PrincipalDep, ServiceDep, SettingsDep, require
 from app.api.routes.common import problems
 from app.errors import NotReady
+from app.face.views import CURVE_USES
 from app.service import FaceService
 
 router = APIRouter(tags=["operations"])
@@ -69,7 +70,21 @@ def info(
         model=service.pipeline.model,
         pipeline_version=service.pipeline.version,
         threshold=settings.threshold,
-        calibration={**service.calibration.info(), "calibration_matches_pipeline": matches},
+        calibration={
+            **service.calibration.info(),
+            "calibration_matches_pipeline": matches,
+            "curves": [
+                {
+                    **service.curve(name).info(),
+                    "curve": name,
+                    "present": service.calibration.curve(name) is not None,
+                    "matches_pipeline": service.curve_matches(name),
+                    "threshold": service.threshold(name),
+                    "scores": CURVE_USES[name],
+                }
+                for name in service.curves_in_use()
+            ],
+        },
         calibration_matches_pipeline=matches,
         gallery=s.GalleryCounts(**counts, collections=per_collection),
         access=s.AccessOut(scopes=list(who.scopes), collection=who.collection),
@@ -79,6 +94,8 @@ def info(
             detect_retry_max_side=settings.detect_retry_max_side,
             detect_quick_side=settings.detect_quick_side,
             num_jitters=settings.num_jitters,
+            template_views=settings.template_views,
+            probe_mode=settings.probe_mode,
             min_face_side=settings.min_face_side,
             max_image_pixels=settings.max_image_pixels,
             max_upload_bytes=settings.max_upload_bytes,
