@@ -6,6 +6,11 @@ only itself. Subjects run in parallel on every core (HOG and ONNX Runtime releas
 GIL); a subject's photos in order. Safe to re-run after an interruption: a photo whose
 face the subject already has is skipped, so nothing is doubled. Every refused photo is
 reported with its code.
+
+With ``upgrade``, the photos re-make a gallery enrolled with another template recipe
+(faces enrolled before templates, or with another FACEVERIFY_TEMPLATE_VIEWS): once a
+subject has a face of the current recipe from its photos, its faces of other recipes
+are deleted. faceverify never keeps photos, so a better template needs them again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 from app.api.problems import status_and_code
 from app.errors import FaceVerifyError, SubjectNotFound
+from app.face.views import recipe_of
 from app.service import FaceService
 
 PHOTO_SUFFIXES = {
@@ -31,7 +37,7 @@ PHOTO_SUFFIXES = {
 class PhotoOutcome:
     path: str
     subject_id: str
-    status: str  # enrolled | skipped | refused
+    status: str  # enrolled | skipped | refused | replaced (an older face deleted)
     code: str = ""
     detail: str = ""
 
@@ -53,8 +59,10 @@ def enroll_folder(
     collection: str,
     workers: int,
     progress: Callable[[int], None] | None = None,
+    upgrade: bool = False,
 ) -> list[PhotoOutcome]:
     subjects = subjects_in(folder)
+    current = service.pipeline.template
 
     def one_subject(item: tuple[str, list[Path]]) -> list[PhotoOutcome]:
         subject_id, photos = item
@@ -85,10 +93,33 @@ def enroll_folder(
                 )
             if progress:
                 progress(1)
+        if upgrade:
+            outcomes += _replace_older(service, collection, subject_id, current)
         return outcomes
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return [o for batch in pool.map(one_subject, subjects.items()) for o in batch]
+
+
+def _replace_older(
+    service: FaceService, collection: str, subject_id: str, recipe: str
+) -> list[PhotoOutcome]:
+    """Delete the subject's faces of other recipes, if it has one of ``recipe``."""
+    try:
+        _, faces = service.get_subject(collection=collection, subject_id=subject_id)
+    except SubjectNotFound:
+        return []
+    recipes = {f.id: recipe_of(f.pipeline_version) for f in faces}
+    if recipe not in recipes.values():
+        return []  # none of its photos enrolled: keep what it has
+    replaced = []
+    for face_id, made_with in recipes.items():
+        if made_with != recipe:
+            service.delete_face(collection=collection, subject_id=subject_id, face_id=face_id)
+            replaced.append(
+                PhotoOutcome(f"face {face_id}", subject_id, "replaced", detail=made_with)
+            )
+    return replaced
 
 
 def write_report(path: Path, outcomes: list[PhotoOutcome]) -> None:

@@ -7,8 +7,11 @@ import csv
 from pathlib import Path
 
 from app.bulk import enroll_folder, write_report
+from app.face.views import recipe_of
 from app.service import FaceService
+from app.settings import Settings
 from tests.fakes import face, fake_image
+from tests.helpers import fake_service as make_fake_service
 
 
 def folder(root: Path) -> Path:
@@ -55,3 +58,21 @@ def test_a_folder_is_enrolled_with_enrolls_rules_and_a_rerun_doubles_nothing(
         ("bob", "no_face"),
         ("cy", "face_mismatch"),
     ]
+
+
+def test_upgrade_replaces_faces_of_an_older_recipe_with_templates(
+    settings: Settings, tmp_path: Path
+) -> None:
+    root = folder(tmp_path / "photos")
+    before = make_fake_service(settings.model_copy(update={"template_views": 2}))
+    enroll_folder(before, root, collection="default", workers=2)
+    after = make_fake_service(settings.model_copy(update={"template_views": 8}))
+    outcomes = enroll_folder(after, root, collection="default", workers=2, upgrade=True)
+    replaced = sorted((o.subject_id, o.detail) for o in outcomes if o.status == "replaced")
+    assert replaced == [("ann", "fast"), ("ann", "fast"), ("bob", "fast"), ("cy", "fast")]
+    for subject, count in (("ann", 2), ("bob", 1), ("cy", 1)):
+        _, faces = after.get_subject(collection="default", subject_id=subject)
+        assert [recipe_of(f.pipeline_version) for f in faces] == ["views8"] * count
+    # Without --upgrade the older faces stay; with nothing enrolled they stay too.
+    again = enroll_folder(after, root, collection="default", workers=2, upgrade=True)
+    assert not [o for o in again if o.status == "replaced"]
