@@ -104,10 +104,12 @@ def test_enroll_verify_and_delete_in_a_browser(tmp_path: Path) -> None:
         expect(result.locator("meter")).to_have_count(1)
         page.screenshot(path=shots / "3-match.png", full_page=True)
 
-        # Verify biden.jpg: no match.
+        # Verify biden.jpg, thoroughly: no match.
         page.get_by_label("Photo to check").set_input_files(DATA / "biden.jpg")
+        page.get_by_label("Thorough", exact=False).check()
         page.get_by_role("button", name="Verify").click()
         expect(result).to_contain_text("No match")
+        expect(result).to_contain_text("thorough comparison")
         expect(result).to_contain_text("strangers")
         page.screenshot(path=shots / "4-no-match.png", full_page=True)
 

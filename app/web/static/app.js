@@ -228,6 +228,7 @@ $("verify-form").addEventListener("submit", async (e) => {
   const form = new FormData();
   form.append("subject_id", subject);
   form.append("image", file, file.name);
+  if ($("verify-thorough").checked) form.append("mode", "thorough");
   out.textContent = "Checking…";
   const { ok, status, data } = await api("POST", inCollection("/verify"), form);
   if (!ok) {
@@ -248,7 +249,8 @@ $("verify-form").addEventListener("submit", async (e) => {
   const explain = el("p", { class: "hint" },
     `${data.score.toFixed(1)}% is the calibrated chance that both photos show the same person, ` +
     `assuming genuine and impostor attempts are equally common.${strangers}`);
-  const details = el("p", {}, `Distance ${data.distance.toFixed(3)} (a match is ≤ ${data.threshold}).` +
+  const details = el("p", {}, `Distance ${data.distance.toFixed(3)} (a match is ≤ ${data.threshold}` +
+    `${data.mode === "thorough" ? ", thorough comparison" : ""}).` +
     (data.probe.multiple_faces ? ` The photo has ${data.probe.faces_detected} faces; the main one was used.` : "") +
     (data.probe.quality.low ? ` This photo's face quality is low (${data.probe.quality.score} of 100), ` +
       `so a true match is more likely to be missed: ${data.probe.quality.advice.join(" ")}` : ""));
