@@ -71,7 +71,9 @@ def embed_images(
 
     for path in unique:
         try:
-            faces = pipeline.find_faces(path.read_bytes(), Timings(), views=templates)
+            faces = pipeline.find_faces(
+                path.read_bytes(), Timings(), views=main_face if templates else None
+            )
         except (OSError, FaceVerifyError):
             faces = []
         if faces:

@@ -40,7 +40,7 @@ from app.errors import (
 )
 from app.face import quality
 from app.face.detect import DetectedFace, largest, main_face
-from app.face.pipeline import FacePipeline
+from app.face.pipeline import Choose, FacePipeline
 from app.face.quality import Assessment, FaceMeasures
 from app.face.registry import build_pipeline, curve_fingerprint, load_checked_weights
 from app.face.timing import Timings
@@ -349,7 +349,9 @@ class FaceService:
         with self.slots.hold():
             for number, data in enumerate(images):
                 _stop_if_expired()  # stop early: nobody waits for this answer any more
-                faces = self._find(data, timings, image_index=number, views=self._templates)
+                faces = self._find(
+                    data, timings, image_index=number, views=largest if self._templates else None
+                )
                 if len(faces) > 1 and face_policy == "single":
                     raise MultipleFaces(
                         f"Image {number} has {len(faces)} faces; enrollment needs exactly one. "
@@ -859,7 +861,7 @@ class FaceService:
         *,
         image_index: int | None = None,
         quick: bool = False,
-        views: bool = False,
+        views: Choose | None = None,
     ) -> list[DetectedFace]:
         faces = self.pipeline.find_faces(data, timings, quick=quick, views=views)
         if not faces:
@@ -902,7 +904,7 @@ class FaceService:
                     timings,
                     image_index=number if len(images) > 1 else None,
                     quick=True,
-                    views=thorough,
+                    views=main_face if thorough else None,
                 )
                 face = main_face(faces)
                 with timings.measure("quality_ms"):

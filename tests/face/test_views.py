@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.face.detect import largest, main_face
 from app.face.registry import build_pipeline
 from app.face.timing import Timings
 from app.face.views import RECIPE, STANDARD, View, curve_for, recipe_name, recipe_of, versioned
@@ -20,7 +21,7 @@ def pipeline():  # type: ignore[no-untyped-def]
 
 
 def test_the_standard_view_is_the_aligned_chip_and_the_mirror_its_flip(pipeline) -> None:  # type: ignore[no-untyped-def]
-    (found,) = pipeline.find_faces(data("obama.jpg"), Timings(), views=True)
+    (found,) = pipeline.find_faces(data("obama.jpg"), Timings(), views=main_face)
     assert found.views.shape == (18, 150, 150, 3)
     assert RECIPE[0] == STANDARD and RECIPE[1] == View(mirror=True)
     assert np.array_equal(found.views[0], found.chip)
@@ -33,14 +34,14 @@ def test_the_standard_view_is_the_aligned_chip_and_the_mirror_its_flip(pipeline)
 def test_the_same_photo_always_gives_the_same_template(pipeline) -> None:  # type: ignore[no-untyped-def]
     templates = []
     for _ in range(2):
-        faces = pipeline.find_faces(data("obama.jpg"), Timings(), views=True)
+        faces = pipeline.find_faces(data("obama.jpg"), Timings(), views=main_face)
         templates.append(pipeline.embed(faces, Timings(), thorough=True)[0])
     assert np.array_equal(templates[0], templates[1])
 
 
 def test_a_template_stays_near_the_fast_embedding_and_tells_people_apart(pipeline) -> None:  # type: ignore[no-untyped-def]
     def both(name: str) -> tuple[np.ndarray, np.ndarray]:
-        faces = pipeline.find_faces(data(name), Timings(), views=True)
+        faces = pipeline.find_faces(data(name), Timings(), views=main_face)
         return (
             pipeline.embed(faces, Timings())[0],
             pipeline.embed(faces, Timings(), thorough=True)[0],
@@ -58,8 +59,14 @@ def test_a_template_stays_near_the_fast_embedding_and_tells_people_apart(pipelin
 def test_thorough_embedding_needs_the_views_cut() -> None:
     pipeline = build_pipeline(Settings(template_views=4))
     faces = pipeline.find_faces(data("obama.jpg"), Timings())
-    with pytest.raises(ValueError, match="views=True"):
+    with pytest.raises(ValueError, match="the face's views"):
         pipeline.embed(faces, Timings(), thorough=True)
+
+
+def test_only_the_chosen_face_of_a_group_photo_gets_views(pipeline) -> None:  # type: ignore[no-untyped-def]
+    faces = pipeline.find_faces(data("two_people.jpg"), Timings(), views=largest)
+    assert len(faces) == 2
+    assert [f.views is not None for f in faces] == [f is largest(faces) for f in faces]
 
 
 def test_recipe_names_and_curves() -> None:
