@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from app.face import quality
+from app.face.detect import main_face
 from app.face.dlib_resnet import DlibEncoder
 from app.face.pool import InstancePool
 from app.face.registry import load_checked_weights
@@ -54,10 +55,14 @@ def photo(name: str) -> bytes:
 
 def _answer(service: FaceService, name: str) -> tuple[list[tuple], np.ndarray]:
     timings = Timings()
-    faces = service.pipeline.find_faces(photo(name), timings)
+    faces = service.pipeline.find_faces(photo(name), timings, views=main_face)
     embeddings = service.pipeline.embed(faces, timings)
+    # The main face's template too: its 18 crops and their encoder batch.
+    chosen = [f for f in faces if f.views is not None]
+    template = service.pipeline.embed(chosen, timings, thorough=True)
     # quality.measure runs HOG on each chip (one more dlib detector per thread).
-    return [(f.box, f.detector, f.upsample, quality.measure(f)) for f in faces], embeddings
+    found = [(f.box, f.detector, f.upsample, quality.measure(f)) for f in faces]
+    return found, np.concatenate([embeddings, template])
 
 
 def _rotated(names: list[str], k: int) -> list[str]:
@@ -97,8 +102,9 @@ def test_threads_on_different_photos_get_the_answers_computed_alone(
 
 
 def test_concurrent_clients_get_the_answers_computed_alone(tmp_path: Path) -> None:
-    """Over HTTP on a real server with default settings: /compare of a photo with itself
-    must be distance 0 with the same box as alone, whatever else is running."""
+    """Over HTTP on a real server with default settings: /compare of a photo with itself,
+    fast and thorough in turn, must be distance 0 with the same box as alone, whatever
+    else is running."""
     env = {"FACEVERIFY_DATA_DIR": str(tmp_path)}
     photos = ["obama.jpg", "obama2.jpg", "biden.jpg", "hopper.jpg", "astronaut.png"]
     with serving(env) as url, httpx2.Client(base_url=url, headers=AUTH, timeout=60) as http:
@@ -119,16 +125,22 @@ def test_concurrent_clients_get_the_answers_computed_alone(tmp_path: Path) -> No
         def client(k: int) -> int:
             done = 0
             with httpx2.Client(base_url=url, headers=AUTH, timeout=60) as own:
-                for _ in range(rounds):
+                for round_ in range(rounds):
+                    mode = ("fast", "thorough")[round_ % 2]
                     for name in _rotated(photos, k):
                         body = data(name)
-                        r = own.post("/compare", files={"image_a": body, "image_b": body})
+                        r = own.post(
+                            "/compare",
+                            files={"image_a": body, "image_b": body},
+                            data={"mode": mode},
+                        )
                         got = r.json() if r.status_code == 200 else {"status": r.status_code}
                         want = alone[name]
                         if (
                             got.get("distance", 1.0) > EMBEDDING_TOLERANCE
                             or got["probe_a"]["box"] != want["probe_a"]["box"]
                             or got["probe_a"]["faces_detected"] != want["probe_a"]["faces_detected"]
+                            or got["mode"] != mode
                         ):
                             wrong.append(f"{name}: {got.get('distance', got)}")
                         done += 1

@@ -48,18 +48,15 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def evaluate(identities: Path, out: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    """`faceverify evaluate` on the identity folder with 40 different-person pairs."""
+    args = ("--identities", str(identities), "--out", str(out), "--different", "40", *more)
+    return run("evaluate", *args, env={"FACEVERIFY_DATA_DIR": str(out.parent)})
+
+
 def test_evaluate_writes_pairs_report_and_plots(identities: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    proc = run(
-        "evaluate",
-        "--identities",
-        str(identities),
-        "--out",
-        str(out),
-        "--different",
-        "40",
-        env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
-    )
+    proc = evaluate(identities, out)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("\t") for line in (out / "pairs.tsv").read_text().splitlines()]
     report = json.loads((out / "report.json").read_text())
@@ -77,18 +74,7 @@ def test_evaluate_writes_pairs_report_and_plots(identities: Path, tmp_path: Path
 
 def test_evaluate_scores_every_mode_from_one_pass(identities: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    proc = run(
-        "evaluate",
-        "--identities",
-        str(identities),
-        "--out",
-        str(out),
-        "--different",
-        "40",
-        "--mode",
-        "all",
-        env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
-    )
+    proc = evaluate(identities, out, "--mode", "all")
     assert proc.returncode == 0, proc.stderr
     reports = {
         m: json.loads((out / m / "report.json").read_text()) for m in ("fast", "mixed", "thorough")
@@ -104,9 +90,7 @@ def test_evaluate_scores_every_mode_from_one_pass(identities: Path, tmp_path: Pa
     }
     assert distances["fast"] != distances["mixed"] != distances["thorough"]
     assert "mode thorough, curve thorough" in proc.stdout
-    bad = run(
-        "evaluate", "--identities", str(identities), "--out", str(out), "--mode", "slow", env={}
-    )
+    bad = evaluate(identities, out, "--mode", "slow")
     assert bad.returncode == 2 and "--mode must be one of" in bad.stderr
 
 
