@@ -57,7 +57,7 @@ def _answer(service: FaceService, name: str) -> tuple[list[tuple], np.ndarray]:
     timings = Timings()
     faces = service.pipeline.find_faces(photo(name), timings, views=main_face)
     embeddings = service.pipeline.embed(faces, timings)
-    # The main face's template too: its 18 crops and their encoder batch.
+    # The main face's template too: its crops and their encoder batch.
     chosen = [f for f in faces if f.views is not None]
     template = service.pipeline.embed(chosen, timings, thorough=True)
     # quality.measure runs HOG on each chip (one more dlib detector per thread).

@@ -47,8 +47,9 @@ FAST_VIEWS = (STANDARD, View(mirror=True))
 # The template recipe, in order: ``FACEVERIFY_TEMPLATE_VIEWS`` = n takes the first n (the
 # chip and its mirror first, so a template's first two views are the fast embedding's).
 # Measured on lfw-devtrain's identity-split pairs (benchmarks/augment_views.py,
-# docs/ACCURACY.md): crops a little larger and smaller, and shifted, each help; turning
-# the crop by 3 or 6 degrees did not (the alignment already levels the eyes).
+# docs/ACCURACY.md): crops a little larger and smaller help most, shifted ones a little;
+# turning the crop by 3 or 6 degrees did not (the alignment already levels the eyes).
+# The default takes 10: the five scales and their mirrors.
 RECIPE: tuple[View, ...] = tuple(
     v
     for crop in (

@@ -123,7 +123,7 @@ def test_calibrate_writes_a_usable_calibration(identities: Path, tmp_path: Path)
     for name in ("mixed", "thorough"):
         curve = cal.curve(name)
         assert curve is not None and curve.w < 0 and curve.version.endswith(f"-{name}")
-        assert curve.pipeline == {**(cal.pipeline or {}), "template_views": 18}
+        assert curve.pipeline == {**(cal.pipeline or {}), "template_views": 10}
     # Averaging views moves a same-person pair's distance: the curves differ.
     assert cal.curve("thorough").b != cal.b  # type: ignore[union-attr]
 
