@@ -285,3 +285,24 @@ def test_a_few_faces_stored_without_pgvector_are_copied_at_the_next_start(
     assert store.enable_vectors(dim=128)  # the next start
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one() == 60
+
+
+def test_identify_in_the_database_scores_each_face_on_its_curve(
+    replicas: tuple[FaceService, FaceService],
+) -> None:
+    """A face enrolled before templates and a template, searched by pgvector: each
+    candidate is scored on the curve its face's recipe calls for."""
+    a, _ = replicas
+    before = fake_service(a.settings.model_copy(update={"template_views": 2}), pgvector=True)
+    before.enroll(collection="default", subject_id="old", images=[fake_image(face(1))])
+    after = fake_service(a.settings.model_copy(update={"template_views": 8}), pgvector=True)
+    after.enroll(collection="default", subject_id="new", images=[fake_image(face(2))])
+    found = after.identify(collection="default", image=fake_image(face(1)), top_k=2)
+    assert {c.subject_id: c.result.curve for c in found.candidates} == {
+        "old": "fast",
+        "new": "mixed",
+    }
+    thorough = after.identify(collection="default", image=fake_image(face(2)), mode="thorough")
+    assert thorough.best is not None and thorough.best.result.curve == "thorough"
+    before.store.close()
+    after.store.close()
