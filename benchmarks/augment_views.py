@@ -80,7 +80,7 @@ def load(root: Path) -> tuple[list[str], np.ndarray]:
     paths = sorted(str(p) for p in (root / "images").glob("*/*.jpg"))
     if CACHE.exists():
         cached = np.load(CACHE)
-        if list(cached["paths"]) == paths and cached["views"].shape[1] == len(CANDIDATES):
+        if list(cached["paths"]) == paths and str(cached["candidates"]) == repr(CANDIDATES):
             return paths, cached["views"]
     start = time.perf_counter()
     out = np.full((len(paths), len(CANDIDATES), 128), np.nan, dtype=np.float16)
@@ -91,7 +91,7 @@ def load(root: Path) -> tuple[list[str], np.ndarray]:
             if i % 500 == 0:
                 print(f"  {i}/{len(paths)} {time.perf_counter() - start:.0f} s", flush=True)
     CACHE.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(CACHE, paths=np.array(paths), views=out)
+    np.savez(CACHE, paths=np.array(paths), views=out, candidates=np.array(repr(CANDIDATES)))
     return paths, out
 
 
