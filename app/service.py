@@ -575,10 +575,10 @@ class FaceService:
         self, collection: str, subject_id: str
     ) -> tuple[list[str], np.ndarray, list[str]]:
         """The subject's faces of this model and their template recipes, read by key from
-        the store (the truth), so
-        verify never waits for or depends on the size of the 1:N index. A subject read at
-        the gallery version that is still current is answered from memory (any write
-        anywhere bumps the version, so a cached answer is never stale)."""
+        the store (the truth), so verify never waits for or depends on the size of the
+        1:N index. A subject read at the gallery version that is still current is
+        answered from memory (any write anywhere bumps the version, so a cached answer
+        is never stale)."""
         version = self.store.version()
         key = (collection, subject_id)
         cached = self._subjects.get(key, version)
