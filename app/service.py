@@ -107,10 +107,8 @@ class Match:
     # Share of the calibration data's impostor pairs at or below this distance, with
     # the count and the total it rests on; None when the calibration has no FMR table.
     fmr: tuple[float, int, int] | None = None
-    # The calibration curve that scored it (app/face/views.py CURVES), and its
-    # probability at the file's prior (what ranks faces scored on different curves).
+    # The calibration curve that scored it (app/face/views.py CURVES) and its threshold.
     curve: str = FAST
-    probability: float = 0.0
     threshold: float = 0.6
 
 
@@ -268,7 +266,10 @@ class FaceService:
         self._subjects = VersionedCache(SUBJECT_CACHE_SIZE)
         self._recipes: OrderedDict[str, str] = OrderedDict()
         self._recipes_lock = threading.Lock()
-        self._thresholds: dict[str, float] = {}
+        self._thresholds = {
+            name: matched_threshold(calibration, self.curve(name), settings.threshold)
+            for name in CURVES
+        }
         self.index_ready = threading.Event()
         if self.db_search:
             self.index_ready.set()
@@ -528,19 +529,16 @@ class FaceService:
             with timings.measure("search_ms"):
                 d = distances(embedding, known)
         probe_recipe = self._recipe(mode)
-        matches = [
-            self._match(float(x), prior, curve_for(recipe, probe_recipe))
-            for x, recipe in zip(d, recipes, strict=True)
-        ]
+        curves = [self.curve(curve_for(recipe, probe_recipe)) for recipe in recipes]
         # Faces embedded differently are scored on different curves: the one the photo
         # most likely matches is the one with the highest probability (with one curve:
-        # the nearest).
-        best = max(range(len(matches)), key=lambda i: (matches[i].probability, -d[i]))
+        # the nearest). Only that one is scored in full.
+        best = max(range(len(d)), key=lambda i: (float(curves[i].probability(d[i])), -d[i]))
         return VerifyResult(
             subject_id=subject_id,
             probe=probe,
             face_id=face_ids[best],
-            result=matches[best],
+            result=self._match(float(d[best]), prior, curves[best].name),
             timings=timings,
             mode=mode,
         )
@@ -951,12 +949,7 @@ class FaceService:
         """The decision threshold on ``curve``: FACEVERIFY_THRESHOLD on the fast curve;
         on the others the distance with the same false match rate on their calibration
         data (:func:`matched_threshold`)."""
-        found = self._thresholds.get(curve)
-        if found is None:
-            found = self._thresholds[curve] = matched_threshold(
-                self.calibration, self.curve(curve), self.settings.threshold
-            )
-        return found
+        return self._thresholds[curve]
 
     def _match(self, distance: float, prior: float | None, curve: str = FAST) -> Match:
         calibration = self.curve(curve)
@@ -968,7 +961,6 @@ class FaceService:
             threshold=threshold,
             fmr=calibration.fmr(distance),
             curve=calibration.name,
-            probability=float(calibration.probability(distance)),
         )
 
     def curves_in_use(self) -> tuple[str, ...]:

@@ -16,6 +16,8 @@ router = APIRouter(tags=["operations"])
 
 # /info lists at most this many collections' sizes (the largest).
 INFO_COLLECTIONS = 100
+# The InfoSettings fields read straight off the settings (the rest are derived).
+INFO_SETTINGS = [f for f in s.InfoSettings.model_fields if f not in ("database", "vector_search")]
 
 
 @router.get("/metrics", responses=problems(401, 403), dependencies=[require("admin", unbound=True)])
@@ -89,17 +91,7 @@ def info(
         gallery=s.GalleryCounts(**counts, collections=per_collection),
         access=s.AccessOut(scopes=list(who.scopes), collection=who.collection),
         settings=s.InfoSettings(
-            detect_max_side=settings.detect_max_side,
-            detect_upsample=settings.detect_upsample,
-            detect_retry_max_side=settings.detect_retry_max_side,
-            detect_quick_side=settings.detect_quick_side,
-            num_jitters=settings.num_jitters,
-            template_views=settings.template_views,
-            probe_mode=settings.probe_mode,
-            min_face_side=settings.min_face_side,
-            max_image_pixels=settings.max_image_pixels,
-            max_upload_bytes=settings.max_upload_bytes,
-            max_concurrent_inference=settings.max_concurrent_inference,
+            **{name: getattr(settings, name) for name in INFO_SETTINGS},
             database=settings.resolved_database_url().split(":", 1)[0],
             vector_search="pgvector" if service.db_search else "memory",
         ),
