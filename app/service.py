@@ -39,6 +39,7 @@ from app.errors import (
     TooManyImages,
 )
 from app.face import quality
+from app.face.cores import spare_cores
 from app.face.detect import DetectedFace, largest, main_face
 from app.face.pipeline import Choose, FacePipeline
 from app.face.quality import Assessment, FaceMeasures
@@ -226,7 +227,8 @@ class InferenceSlots:
                 retry_after=max(1, round(self.wait_seconds)),
             )
         try:
-            yield
+            with spare_cores().inferring():
+                yield
         finally:
             self._semaphore.release()
 

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from app.face.cores import SpareCores, spare_cores
+from app.face.hog import SplitHog, frontal_layout
 from app.face.pool import InstancePool
 from app.face.timing import Timings
 from app.geometry import Box
@@ -86,7 +88,7 @@ class FaceDetector(Protocol):
 class _DlibModels:
     """One thread's set of dlib objects (none of them may be shared between threads)."""
 
-    hog: Any
+    hog: SplitHog
     predictor: Any
     cnn: Any | None
 
@@ -128,14 +130,17 @@ class HogFaceDetector:
         cnn_max_side: int = 400,
         quick_side: int = 0,
         instances: int = 1,
+        cores: SpareCores | None = None,
     ) -> None:
         import dlib
 
         self._dlib = dlib
+        layout = frontal_layout(dlib)
+        spare = cores or spare_cores()
 
         def load() -> _DlibModels:
             return _DlibModels(
-                hog=dlib.get_frontal_face_detector(),
+                hog=SplitHog(dlib, layout, spare),
                 predictor=dlib.shape_predictor(str(shape_predictor_path)),
                 cnn=dlib.cnn_face_detection_model_v1(str(cnn_path)) if cnn_path else None,
             )
@@ -190,7 +195,7 @@ class HogFaceDetector:
             # 4.6 ms against 6.0 at 320x240 (the boxes only seed the landmarks, which
             # are found on the full colour photo).
             grey = _shrink(rgb, longest / side, mode="L")
-            rects, scores, _ = models.hog.run(grey, 0, 0.0)
+            rects, scores = models.hog.run(grey)
             if len(rects):
                 return _Found(rects, scores, scale, 0, "hog")
         return None
@@ -203,7 +208,10 @@ class HogFaceDetector:
 
         upsample = self.upsample
         while True:
-            rects, scores, _ = models.hog.run(small, upsample, 0.0)
+            if upsample:
+                rects, scores, _ = models.hog.whole.run(small, upsample, 0.0)
+            else:
+                rects, scores = models.hog.run(small)
             if len(rects) or longest * 2 ** (upsample + 1) > self.retry_max_side:
                 break
             upsample += 1

@@ -1,0 +1,112 @@
+"""Spare cores: a request's single-threaded work split across the cores that would idle.
+
+A probe's stages run one after another, and HOG, the landmarks and the quality score
+each use one core. With fewer requests inferring than cores, the other cores idle: a
+lone request on 2 cores used one of them for ~60% of its time. :meth:`SpareCores.beside`
+runs a side task on a helper thread while the caller runs its own part, but only while
+fewer requests are inferring than there are cores (the service's inference slots count
+them with :meth:`SpareCores.inferring`). Under load every core already has a request of
+its own, and both parts run in the caller's thread: no hand-off, no core oversubscribed,
+the same work as before.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+S = TypeVar("S")
+M = TypeVar("M")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota
+    (a container limited to 2 CPUs on a 64-core host has 2, where os.cpu_count() says
+    64)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+class SpareCores:
+    """Side tasks on helper threads while fewer than ``cores`` requests are inferring."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        self._inferring = 0
+        self._helping = 0
+        self._lock = threading.Lock()
+        self._helpers: ThreadPoolExecutor | None = None
+
+    @contextmanager
+    def inferring(self) -> Iterator[None]:
+        """Count the caller as a request using a core until the block ends."""
+        with self._lock:
+            self._inferring += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inferring -= 1
+
+    def spare(self) -> bool:
+        """Whether a core is free for a side task: fewer requests inferring than cores
+        (the caller counts when it holds :meth:`inferring`) and a helper idle."""
+        return self._inferring < self.cores and self._helping < self.cores - 1
+
+    def beside(self, side: Callable[[], S], main: Callable[[], M]) -> tuple[S, M]:
+        """``(side(), main())``: ``side`` on a helper thread while the caller runs
+        ``main`` when a core is spare, else both in the caller's thread. Either's
+        exception is raised once both have finished (a side task never outlives the
+        call, so what it borrowed is back before the caller moves on)."""
+        with self._lock:
+            spare = self.spare()
+            if spare:
+                self._helping += 1
+        if not spare:
+            return side(), main()
+        try:
+            future = self._pool().submit(side)
+            try:
+                result = main()
+            except BaseException:
+                future.exception()  # wait for it; the caller's error is the one raised
+                raise
+            return future.result(), result
+        finally:
+            with self._lock:
+                self._helping -= 1
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._helpers is None:
+                self._helpers = ThreadPoolExecutor(
+                    max(1, self.cores - 1), thread_name_prefix="faceverify-spare"
+                )
+            return self._helpers
+
+
+_CORES: SpareCores | None = None
+_CORES_LOCK = threading.Lock()
+
+
+def spare_cores() -> SpareCores:
+    """The process's one :class:`SpareCores` (every request counts against it)."""
+    global _CORES
+    with _CORES_LOCK:
+        if _CORES is None:
+            _CORES = SpareCores(usable_cpus())
+        return _CORES

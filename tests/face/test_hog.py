@@ -1,0 +1,142 @@
+"""dlib's HOG detector with its pyramid split between two cores (app/face/hog.py), and
+the spare-core helper it runs on (app/face/cores.py): the same boxes and scores as one
+scan, on real photos."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import dlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.face.cores import SpareCores, usable_cpus
+from app.face.hog import SPLIT_LEVELS, SplitHog, frontal_layout, read_layout, saved_form
+from tests.helpers import data
+
+PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "two_people.jpg")
+
+
+def _images() -> list[tuple[str, np.ndarray]]:
+    """Each photo at three sizes, grey (the quick pass) and colour (the full search)."""
+    out = []
+    for name in PHOTOS:
+        with Image.open(io.BytesIO(data(name))) as img:
+            rgb = img.convert("RGB")
+        for side in (320, 480, 800):
+            scale = side / max(rgb.size)
+            size = (round(rgb.width * scale), round(rgb.height * scale))
+            small = rgb.resize(size, Image.Resampling.BILINEAR)
+            out.append((f"{name}@{side} RGB", np.asarray(small)))
+            out.append((f"{name}@{side} L", np.asarray(small.convert("L"))))
+    return out
+
+
+def _boxes(rects: list, scores: list) -> list[tuple[float, tuple[int, int, int, int]]]:  # type: ignore[type-arg]
+    return [
+        (round(float(s), 9), (r.left(), r.top(), r.right(), r.bottom()))
+        for r, s in zip(rects, scores, strict=True)
+    ]
+
+
+def test_the_saved_form_gives_the_overlap_rule_and_a_two_level_copy() -> None:
+    layout = frontal_layout(dlib)
+    assert layout is not None
+    # dlib's frontal face detector's test_box_overlap, as it saved it.
+    assert 0.30 < layout.iou < 0.35 and 0.75 < layout.covered < 0.8
+    assert layout.min_layer == (64, 64)
+    # The copy scans fewer levels: a face only the small levels see is not found by it.
+    first = SplitHog(dlib, layout, SpareCores(1))._first
+    with Image.open(io.BytesIO(data("obama.jpg"))) as img:
+        grey = img.convert("L")
+    (face,) = dlib.get_frontal_face_detector()(np.asarray(grey))
+    # The face made ~240 px: level 0 looks for 80 px faces, level 6 for ~240 px ones.
+    scale = 240 / face.width()
+    big = np.asarray(grey.resize((round(grey.width * scale), round(grey.height * scale))))
+    assert len(dlib.get_frontal_face_detector()(big)) == 1
+    assert first is not None and len(first.run(big, 0, 0.0)[0]) == 0
+
+
+def test_bytes_not_laid_out_as_read_turn_the_split_off() -> None:
+    assert read_layout(b"") is None
+    assert read_layout(b"\x01\x03" + saved_form(dlib.get_frontal_face_detector())[2:]) is None
+    hog = SplitHog(dlib, None, SpareCores(2))
+    rects, scores = hog.run(np.asarray(Image.open(io.BytesIO(data("obama.jpg"))).convert("L")))
+    assert len(rects) == 1 and scores[0] > 0
+
+
+@pytest.mark.model
+def test_the_split_scan_finds_exactly_what_one_scan_finds() -> None:
+    hog = SplitHog(dlib, frontal_layout(dlib), SpareCores(2))
+    faces = 0
+    for name, image in _images():
+        rects, scores, _ = hog.whole.run(image, 0, 0.0)
+        expected = _boxes(rects, scores)
+        assert _boxes(*hog.run(image)) == expected, name
+        faces += len(expected)
+    assert faces >= 25  # the photos' faces at most sizes, two_people's two among them
+
+
+@pytest.mark.model
+def test_the_split_runs_on_a_spare_core_and_not_under_load() -> None:
+    cores = SpareCores(2)
+    hog = SplitHog(dlib, frontal_layout(dlib), cores)
+    seen: list[str] = []
+    rest = hog._rest
+
+    def spy(image: np.ndarray) -> list:  # type: ignore[type-arg]
+        seen.append(threading.current_thread().name)
+        return rest(image)
+
+    hog._rest = spy  # type: ignore[method-assign]
+    image = np.asarray(Image.open(io.BytesIO(data("obama.jpg"))).convert("L"))
+    hog.run(image)
+    assert seen and seen[-1].startswith("faceverify-spare")
+    # Two requests inferring on two cores: no core is spare, one scan in the caller.
+    seen.clear()
+    with cores.inferring(), cores.inferring():
+        assert not cores.spare()
+        hog.run(image)
+    assert seen == []
+    with cores.inferring():
+        assert cores.spare()
+    assert SPLIT_LEVELS == 2
+
+
+def test_beside_returns_both_results_and_raises_either_error_after_both_end() -> None:
+    cores = SpareCores(2)
+    main_thread = threading.current_thread().name
+    threads: list[str] = []
+
+    def side() -> int:
+        threads.append(threading.current_thread().name)
+        return 1
+
+    assert cores.beside(side, lambda: 2) == (1, 2)
+    assert threads[0] != main_thread
+    finished = threading.Event()
+
+    def slow_side() -> int:
+        finished.wait(0.2)
+        threads.append("side done")
+        return 1
+
+    def failing_main() -> int:
+        raise ValueError("main")
+
+    with pytest.raises(ValueError, match="main"):
+        cores.beside(slow_side, failing_main)
+    assert threads[-1] == "side done"  # the side task ended before the error surfaced
+
+    def failing_side() -> int:
+        raise KeyError("side")
+
+    with pytest.raises(KeyError):
+        cores.beside(failing_side, lambda: 2)
+    # One core: everything in the caller's thread.
+    threads.clear()
+    assert SpareCores(1).beside(side, lambda: 2) == (1, 2)
+    assert threads == [main_thread]
+    assert usable_cpus() >= 1
