@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import ModelFileError
+from app.face.cores import usable_cpus
 from app.face.detect import largest, main_face
 from app.face.dlib_resnet import DIM, DlibEncoder, OnnxEncoder, prepared_onnx_model
 from app.face.image import decode_image
@@ -321,12 +322,20 @@ def _stage_breakdown(timings: list[dict[str, float]], latencies: list[float]) ->
     """Median ms per stage of sequential requests, from the answers' ``timing``; the rest
     of the server's time (``other_ms``: waiting for a slot, reading the subject's row,
     building the answer), and the client's latency beyond the server's total
-    (``http_ms``: connection, multipart parsing, JSON, the event loop)."""
+    (``http_ms``: connection, multipart parsing, JSON, the event loop).
+
+    With a spare core a lone request scores its quality beside its encoding
+    (app/face/cores.py): that phase then lasts the longer of the two, not their sum."""
+    beside = usable_cpus() > 1
+
+    def serial(t: dict[str, float]) -> float:
+        both = t["encode_ms"] + t["quality_ms"]
+        pair = max(t["encode_ms"], t["quality_ms"]) if beside else both
+        return sum(t[k] for k in STAGES) - both + pair
+
     out = {stage: round(statistics.median(t[stage] for t in timings), 2) for stage in STAGES}
     total = statistics.median(t["total_ms"] for t in timings)
-    out["other_ms"] = round(
-        statistics.median(t["total_ms"] - sum(t[k] for k in STAGES) for t in timings), 2
-    )
+    out["other_ms"] = round(statistics.median(t["total_ms"] - serial(t) for t in timings), 2)
     out["http_ms"] = round(statistics.median(latencies) - total, 2)
     out["client_p50_ms"] = round(statistics.median(latencies), 2)
     return out
@@ -495,6 +504,7 @@ def print_table(report: dict[str, Any]) -> None:
             if row:
                 parts = "  ".join(
                     f"{k.removesuffix('_ms')} {v:.1f}"
+                    + (" (beside encode)" if k == "quality_ms" and usable_cpus() > 1 else "")
                     for k, v in row.items()
                     if k != "client_p50_ms"
                 )

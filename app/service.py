@@ -897,7 +897,7 @@ class FaceService:
         and :meth:`_mirrored` adds it). Thorough: the template recipe's views."""
         thorough = mode == "thorough" and self._templates
         with self.slots.hold():
-            probes = []
+            found = []
             for number, data in enumerate(images):
                 faces = self._find(
                     data,
@@ -906,16 +906,25 @@ class FaceService:
                     quick=True,
                     views=main_face if thorough else None,
                 )
-                face = main_face(faces)
+                found.append((main_face(faces), len(faces)))
+            mains = [face for face, _ in found]
+
+            def grade() -> list[Assessment]:
                 with timings.measure("quality_ms"):
-                    assessed = quality.assess(quality.measure(face))
-                probes.append(ProbeFace(face, len(faces), assessed))
-            faces = [p.face for p in probes]
-            if thorough:
-                embeddings = self.pipeline.embed(faces, timings, thorough=True)
-            else:
+                    return [quality.assess(quality.measure(face)) for face in mains]
+
+            def embed() -> np.ndarray:
+                if thorough:
+                    return self.pipeline.embed(mains, timings, thorough=True)
                 mirror = False if self._skips_mirror else None
-                embeddings = self.pipeline.embed(faces, timings, mirror=mirror)
+                return self.pipeline.embed(mains, timings, mirror=mirror)
+
+            # The quality score needs only the chip: on a spare core, it costs no time.
+            assessed, embeddings = spare_cores().beside(grade, embed)
+        probes = [
+            ProbeFace(face, count, grade)
+            for (face, count), grade in zip(found, assessed, strict=True)
+        ]
         return probes, embeddings
 
     @property

@@ -508,3 +508,32 @@ def test_a_search_by_a_face_never_returns_that_face(fake_service: FaceService) -
     found = fake_service.identify_face(collection="default", face_id=own.id, top_k=5)
     assert [c.subject_id for c in found.candidates] == ["s2"]
     assert all(np.isfinite(c.result.distance) for c in found.candidates)
+
+
+def test_a_probes_quality_is_scored_beside_its_encoding_on_a_spare_core(
+    fake_service: FaceService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.face import quality
+    from app.face.cores import SpareCores
+
+    cores = SpareCores(2)
+    monkeypatch.setattr("app.service.spare_cores", lambda: cores)
+    measured = quality.measure
+    threads: list[str] = []
+
+    def spy(found):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return measured(found)
+
+    monkeypatch.setattr(quality, "measure", spy)
+    fake_service.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
+    probe = fake_image(face(1, noise=0.2))
+    beside = fake_service.verify(collection="default", subject_id="ann", image=probe)
+    assert threads[-1].startswith("faceverify-spare")
+    # Every core taken by other requests: in the caller's thread, the same answer.
+    with cores.inferring():
+        alone = fake_service.verify(collection="default", subject_id="ann", image=probe)
+    assert threads[-1] == threading.current_thread().name
+    assert beside.probe is not None and alone.probe is not None
+    assert beside.probe.quality == alone.probe.quality
+    assert beside.result == alone.result
