@@ -519,8 +519,10 @@ class FaceService:
         ``mode``: how the photo is embedded (default: the setting)."""
         timings = Timings()
         mode = mode or self.settings.probe_mode
-        # Tell "unknown" from "known but every face deleted" before paying for inference.
-        self._enrolled(collection, subject_id)
+        # Tell "unknown" from "known but every face deleted" before paying for inference;
+        # a subject read before is not read again here: the read after inference decides.
+        if not self._subjects.holds((collection, subject_id)):
+            self._enrolled(collection, subject_id)
         probe, embedding = self._probe(image, timings, mode)
         with timings.measure("search_ms"):
             # Read again: a delete may have landed during inference.
@@ -1045,6 +1047,11 @@ class VersionedCache:
                 return None
             self._entries.move_to_end(key)
             return found[1]
+
+    def holds(self, key: Any) -> bool:
+        """Whether ``key`` was read at some version (current or not)."""
+        with self._lock:
+            return key in self._entries
 
     def put(self, key: Any, version: int, value: Any) -> None:
         """Store ``value`` as read at ``version`` (read the version before the value: a

@@ -497,6 +497,31 @@ def test_verify_answers_a_known_subject_from_memory_until_any_write(
     assert a.verify(collection="default", subject_id="ann", image=fake_image(face(2))).result.match
 
 
+def test_verifying_a_subject_read_before_reads_the_gallery_version_once(
+    fake_service: FaceService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before inference (is the subject there at all?) is not repeated for a
+    subject this process has read; the read after inference decides, also when the
+    subject lost its faces meanwhile."""
+    enrolled = fake_service.enroll(
+        collection="default", subject_id="ann", images=[fake_image(face(1))]
+    )
+    fake_service.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
+    versions = []
+    real = fake_service.store.version
+    monkeypatch.setattr(fake_service.store, "version", lambda: versions.append(1) or real())
+    assert fake_service.verify(
+        collection="default", subject_id="ann", image=fake_image(face(1))
+    ).result.match
+    assert len(versions) == 1
+    fake_service.delete_face(collection="default", subject_id="ann", face_id=enrolled.faces[0].id)
+    with pytest.raises(SubjectHasNoFaces):
+        fake_service.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
+    fake_service.delete_subject(collection="default", subject_id="ann")
+    with pytest.raises(SubjectNotFound):
+        fake_service.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
+
+
 def test_a_search_by_a_face_never_returns_that_face(fake_service: FaceService) -> None:
     """The searched face's own subject, with no other face, is not a candidate (it was
     answered at distance +inf, and its false match rate then failed with a 500)."""
