@@ -24,16 +24,19 @@ S = TypeVar("S")
 M = TypeVar("M")
 
 
-def usable_cpus() -> int:
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota
     (a container limited to 2 CPUs on a 64-core host has 2, where os.cpu_count() says
-    64)."""
+    64; a quota of 1.5 CPUs counts 1)."""
     try:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         count = os.cpu_count() or 1
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = cpu_max.read_text().split()[:2]
         if quota != "max":
             count = min(count, max(1, int(int(quota) // int(period))))
     except (OSError, ValueError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.errors import ModelFileError
+from app.face.cores import usable_cpus
 from app.face.detect import DetectedFace
 from app.face.encoder import EncoderModel, FaceEncoder
 from app.face.pool import InstancePool
@@ -139,9 +139,10 @@ class OnnxEncoder(_DlibResnet):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        # 0: one thread per core (os.cpu_count(); ONNX Runtime's own default counts
-        # physical cores, one on this 2-vCPU machine: 6.4 ms a face against 4.3).
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        # 0: one thread per usable CPU (in a container: its quota, not the host's
+        # cores); ONNX Runtime's own default counts physical cores, one on this 2-vCPU
+        # machine: 6.4 ms a face against 4.3.
+        options.intra_op_num_threads = threads or usable_cpus()
         options.inter_op_num_threads = 1
         # Idle pool threads spin-wait by default, holding a core for a while after each
         # run: the HOG pass and landmarks that follow ran 1.5x slower, and concurrent

@@ -5,7 +5,9 @@ scan, on real photos."""
 from __future__ import annotations
 
 import io
+import os
 import threading
+from pathlib import Path
 
 import dlib
 import numpy as np
@@ -14,6 +16,7 @@ from PIL import Image
 
 from app.face.cores import SpareCores, usable_cpus
 from app.face.hog import SPLIT_LEVELS, SplitHog, frontal_layout, read_layout, saved_form
+from app.settings import Settings
 from tests.helpers import data
 
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "two_people.jpg")
@@ -139,4 +142,18 @@ def test_beside_returns_both_results_and_raises_either_error_after_both_end() ->
     threads.clear()
     assert SpareCores(1).beside(side, lambda: 2) == (1, 2)
     assert threads == [main_thread]
-    assert usable_cpus() >= 1
+
+
+def test_usable_cpus_follow_the_affinity_and_a_cgroup_quota(tmp_path: Path) -> None:
+    mine = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cpus(tmp_path / "absent") == mine
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == mine
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs
+    assert usable_cpus(cpu_max) == 1
+    cpu_max.write_text("6400000 100000\n")  # more than this process may use
+    assert usable_cpus(cpu_max) == mine
+    cpu_max.write_text("garbage")
+    assert usable_cpus(cpu_max) == mine
+    assert Settings().max_concurrent_inference == usable_cpus() + 1
