@@ -192,6 +192,10 @@ def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, 
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+# Concurrent requests per load run: 50 a client, ~5 s at 80/s. Ten a client (the run
+# before) lasted ~1 s, much of it the ramp-up and the tail with fewer clients left.
+LOAD_REQUESTS = 400
+
 # A key for the benchmark's own server (FACEVERIFY_API_KEYS), made per run.
 BENCH_KEY = "bench-" + uuid.uuid4().hex
 
@@ -236,10 +240,15 @@ class AnswerCheck:
 
 
 def bench_http(
-    photos: dict[str, bytes], requests: int, clients: int, workers: int = 1
+    photos: dict[str, bytes],
+    requests: int,
+    clients: int,
+    workers: int = 1,
+    load_requests: int = LOAD_REQUESTS,
 ) -> dict[str, Any]:
     """/verify over HTTP against a `faceverify serve` subprocess (``workers`` processes)
-    on a loopback port."""
+    on a loopback port: ``requests`` sequential ones per photo, then ``load_requests``
+    from ``clients`` at once (a quarter of each for the 12 MP photo)."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         env = {
@@ -282,12 +291,16 @@ def bench_http(
                     stages.append(answer["timing"])
 
             for name, data in photos.items():
+                # A new connection: the server drops one idle for 5 s (uvicorn's keep-alive
+                # timeout), as the sequential one was through the last load run.
+                conn.close()
                 body, ctype = _multipart({"subject_id": "bench"}, {"image": data})
                 n = requests if name == "640x480" else max(10, requests // 4)
                 stages.clear()
                 seq = _time(lambda b=body, c=ctype: verify(b, c), n)  # type: ignore[misc]
                 result[f"{name}_stages"] = _stage_breakdown(stages[-n:], seq)
-                latencies, wall, statuses = _concurrent(port, [(body, ctype)], n, clients, check)
+                load = load_requests if name == "640x480" else max(2 * clients, load_requests // 4)
+                latencies, wall, statuses = _concurrent(port, [(body, ctype)], load, clients, check)
                 result[name] = {
                     "sequential": _percentiles(seq),
                     f"concurrent_{clients}": {
@@ -299,7 +312,7 @@ def bench_http(
             # Both photos at once from every client, alternating: different inputs in
             # flight together, which is what shared native state gets wrong.
             bodies = [_multipart({"subject_id": "bench"}, {"image": d}) for d in photos.values()]
-            latencies, wall, statuses = _concurrent(port, bodies, requests, clients, check)
+            latencies, wall, statuses = _concurrent(port, bodies, load_requests, clients, check)
             result["mixed"] = {
                 f"concurrent_{clients}": {
                     **_percentiles(latencies),
@@ -434,6 +447,7 @@ def run(
     sizes: list[int],
     skip_http: bool = False,
     workers: int = 1,
+    load_requests: int = LOAD_REQUESTS,
 ) -> dict[str, Any]:
     settings = Settings()
     photos = make_photos(photo_dir)
@@ -445,6 +459,7 @@ def run(
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(),
+            "usable_cpus": usable_cpus(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
         },
@@ -452,13 +467,14 @@ def run(
             "encoder": settings.encoder,
             "onnx_threads": settings.onnx_threads,
             "workers": workers,
+            "inference_slots": settings.max_concurrent_inference,
         },
         "encoder": bench_encoders(settings, np.stack(chips), repeats),
         "pipeline_vs_face_recognition_style": bench_pipelines(settings, photos, repeats),
         "identify": bench_identify(sizes, queries=20),
     }
     if not skip_http:
-        report["http_verify"] = bench_http(photos, requests, clients, workers)
+        report["http_verify"] = bench_http(photos, requests, clients, workers, load_requests)
     return report
 
 
@@ -534,6 +550,7 @@ def main(
     skip_http: bool,
     *,
     workers: int = 1,
+    load_requests: int = LOAD_REQUESTS,
 ) -> None:
     report = run(
         photo_dir=photo_dir,
@@ -543,6 +560,7 @@ def main(
         sizes=sizes,
         skip_http=skip_http,
         workers=workers,
+        load_requests=load_requests,
     )
     print_table(report)
     text = json.dumps(report, indent=2)

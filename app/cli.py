@@ -414,8 +414,11 @@ def bench(
         ),
     ] = Path("tests/data"),
     repeats: Annotated[int, typer.Option(help="Timed runs per encoder/pipeline measurement.")] = 30,
-    requests: Annotated[int, typer.Option(help="HTTP requests per photo and mode.")] = 80,
+    requests: Annotated[int, typer.Option(help="Sequential HTTP requests per photo.")] = 80,
     clients: Annotated[int, typer.Option(help="Concurrent HTTP clients.")] = 8,
+    load_requests: Annotated[
+        int, typer.Option(help="Requests per concurrent run (12 MP: a quarter).")
+    ] = 400,
     sizes: Annotated[
         str, typer.Option(help="Gallery sizes for identify, comma-separated.")
     ] = "10000,100000,1000000",
@@ -437,6 +440,7 @@ def bench(
         json_out,
         skip_http,
         workers=workers or Settings().workers,
+        load_requests=load_requests,
     )
 
 
