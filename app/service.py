@@ -1086,6 +1086,9 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
     everything a running service needs, from settings alone."""
     weights = load_checked_weights(settings)
     pipeline = build_pipeline(settings, weights)
+    # First use at start-up, not in the first request (first /compare 1.9x the steady
+    # one before; docs/PERFORMANCE.md).
+    quality.measure(pipeline.warm())
     calibration = Calibration.load(settings.resolved_calibration_file())
     store = GalleryStore.open(settings.resolved_database_url())
     if settings.vector_search != "memory":

@@ -170,6 +170,15 @@ class HogFaceDetector:
         with self.models.borrow() as models:
             return self._detect(models, rgb, timings or Timings(), quick)
 
+    def warm(self, rgb: np.ndarray) -> None:
+        """First use of the HOG passes (the quick ones, split on a spare core) and the
+        landmarks, on any photo, at start-up; the CNN fallback is left cold (~0.4 s
+        once, only when HOG finds nothing)."""
+        with self.models.borrow() as models:
+            self._quick(models, rgb)
+            height, width = rgb.shape[:2]
+            models.predictor(rgb, self._dlib.rectangle(0, 0, width // 2, height // 2))
+
     def _detect(
         self, models: _DlibModels, rgb: np.ndarray, timings: Timings, quick: bool
     ) -> list[DetectedFace]:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
+from PIL import Image
 
 from app.face.detect import DetectedFace, FaceDetector
 from app.face.encoder import FaceEncoder
 from app.face.image import decode_image_scaled
 from app.face.timing import Timings
 from app.face.views import recipe_name, recipe_views
+from app.geometry import Box
 
 # Picks one of a photo's faces (app.face.detect.main_face or largest).
 Choose = Callable[[list[DetectedFace]], DetectedFace]
@@ -145,6 +148,41 @@ class Pipeline:
         mirrors = np.stack([_chip(f)[:, ::-1] for f in faces])
         with timings.measure("encode_ms"):
             return ((single + self.encoder.encode(mirrors)) / 2).astype(np.float32)
+
+    def warm(self) -> DetectedFace:
+        """Run each stage once on a made-up photo (a grey ramp, no face in it), so the
+        first request after start-up does not pay for first use: Pillow's JPEG decoder,
+        HOG and its spare-core helper, the landmarks, the chip, ONNX Runtime's memory
+        and threads. Returns a made-up face with its chip (for the quality score's own
+        warm-up)."""
+        width, height = 640, 480
+        ramp = np.linspace(0, 255, width, dtype=np.float32)
+        rgb = np.repeat(np.tile(ramp, (height, 1))[..., None], 3, axis=2).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, "JPEG", quality=90)
+        decoded, _ = decode_image_scaled(buffer.getvalue(), max_pixels=self.max_pixels)
+        warm_detector = getattr(self.detector, "warm", None)
+        if warm_detector is not None:
+            warm_detector(decoded)
+        cx, cy = width // 2, height // 2
+        face = DetectedFace(
+            box=Box(cx - 100, cy - 100, cx + 100, cy + 100),
+            side=200,
+            score=1.0,
+            landmarks=(
+                (cx + 60, cy - 20),
+                (cx + 20, cy - 20),
+                (cx - 60, cy - 20),
+                (cx - 20, cy - 20),
+                (cx, cy + 40),
+            ),
+            frame=(width, height),
+        )
+        face = replace(face, chip=self.encoder.align(decoded, face))
+        # Batches as a verify (1-2 chips) and a compare (2-4) make them.
+        for count in (1, 2):
+            self.embed([face] * count, Timings())
+        return face
 
     def _embed_views(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
         """Each face's mean embedding over its views, all faces' views in one batch."""

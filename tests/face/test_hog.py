@@ -157,3 +157,26 @@ def test_usable_cpus_follow_the_affinity_and_a_cgroup_quota(tmp_path: Path) -> N
     cpu_max.write_text("garbage")
     assert usable_cpus(cpu_max) == mine
     assert Settings().max_concurrent_inference == usable_cpus() + 1
+
+
+@pytest.mark.model
+def test_start_up_runs_every_stage_once_on_a_made_up_photo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.face.registry import build_pipeline
+
+    pipeline = build_pipeline(Settings())
+    ran: list[str] = []
+    for owner, name in (
+        (pipeline.detector, "_quick"),
+        (pipeline.encoder, "align"),
+        (pipeline.encoder, "encode"),
+    ):
+        real = getattr(owner, name)
+        monkeypatch.setattr(
+            owner, name, lambda *a, _r=real, _n=name, **k: ran.append(_n) or _r(*a, **k)
+        )
+    face = pipeline.warm()
+    assert face.chip is not None and face.chip.shape == (150, 150, 3)
+    assert {"_quick", "align", "encode"} <= set(ran)
+    assert ran.count("encode") == 2  # a batch as a verify makes, and as a compare
