@@ -26,3 +26,14 @@ def test_the_quality_score_beside_the_encoder_is_not_counted_twice(
     # On 2 cores encode and quality overlap: 13 - (2 + 3 + 1.5 + max(4.5, 1) + 0.5).
     assert row["other_ms"] == other
     assert row["http_ms"] == 3.0 and row["client_p50_ms"] == 16.0
+
+
+def test_ours_and_the_baseline_are_timed_in_turns() -> None:
+    calls: list[str] = []
+    samples = bench._in_turns(
+        {"ours": (lambda: calls.append("o"), 6), "baseline": (lambda: calls.append("b"), 2)},
+        warmup=1,
+    )
+    assert {name: len(v) for name, v in samples.items()} == {"ours": 6, "baseline": 2}
+    # One warm-up each, then the baseline's two runs spread among ours, not after them.
+    assert "".join(calls) == "ob" + "ooob" * 2
