@@ -924,8 +924,8 @@ class FaceService:
             # The quality score needs only the chip: on a spare core, it costs no time.
             assessed, embeddings = spare_cores().beside(grade, embed)
         probes = [
-            ProbeFace(face, count, grade)
-            for (face, count), grade in zip(found, assessed, strict=True)
+            ProbeFace(face, count, assessment)
+            for (face, count), assessment in zip(found, assessed, strict=True)
         ]
         return probes, embeddings
 
