@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from app.face.cores import SpareCores, usable_cpus
-from app.face.hog import SPLIT_LEVELS, SplitHog, frontal_layout, read_layout, saved_form
+from app.face.hog import SplitHog, frontal_layout, read_layout, saved_form
 from app.settings import Settings
 from tests.helpers import data
 
@@ -105,7 +105,6 @@ def test_the_split_runs_on_a_spare_core_and_not_under_load() -> None:
     assert seen == []
     with cores.inferring():
         assert cores.spare()
-    assert SPLIT_LEVELS == 2
 
 
 def test_beside_returns_both_results_and_raises_either_error_after_both_end() -> None:
