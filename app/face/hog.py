@@ -128,8 +128,12 @@ def load_saved(dlib: Any, saved: bytes) -> Any:
 
 
 def frontal_layout(dlib: Any) -> HogLayout | None:
-    """The split's pieces for dlib's frontal face detector (None: no split)."""
-    return read_layout(saved_form(dlib.get_frontal_face_detector()))
+    """The split's pieces for dlib's frontal face detector (None: no split, also when no
+    temporary file can be written: dlib saves and loads detectors only through files)."""
+    try:
+        return read_layout(saved_form(dlib.get_frontal_face_detector()))
+    except OSError:
+        return None
 
 
 class SplitHog:
@@ -141,9 +145,12 @@ class SplitHog:
 
     def __init__(self, dlib: Any, layout: HogLayout | None, cores: SpareCores) -> None:
         self.whole = dlib.get_frontal_face_detector()
+        try:
+            self._first = load_saved(dlib, layout.first_levels) if layout else None
+            self._one = load_saved(dlib, layout.one_level) if layout else None
+        except OSError:  # no writable temporary directory: one scan, as before
+            layout, self._first, self._one = None, None, None
         self._layout = layout
-        self._first = load_saved(dlib, layout.first_levels) if layout else None
-        self._one = load_saved(dlib, layout.one_level) if layout else None
         self._dlib = dlib
         self._pyramid = dlib.pyramid_down(6)
         self._cores = cores

@@ -62,6 +62,22 @@ def test_the_saved_form_gives_the_overlap_rule_and_a_two_level_copy() -> None:
     assert first is not None and len(first.run(big, 0, 0.0)[0]) == 0
 
 
+def test_no_writable_temporary_directory_turns_the_split_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layout = frontal_layout(dlib)
+
+    def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("app.face.hog.tempfile.mkstemp", read_only)
+    assert frontal_layout(dlib) is None
+    hog = SplitHog(dlib, layout, SpareCores(2))
+    assert hog._first is None and hog._layout is None
+    rects, scores = hog.run(np.asarray(Image.open(io.BytesIO(data("obama.jpg"))).convert("L")))
+    assert len(rects) == 1 and scores[0] > 0
+
+
 def test_bytes_not_laid_out_as_read_turn_the_split_off() -> None:
     assert read_layout(b"") is None
     assert read_layout(b"\x01\x03" + saved_form(dlib.get_frontal_face_detector())[2:]) is None
