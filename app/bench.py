@@ -541,12 +541,13 @@ def print_table(report: dict[str, Any]) -> None:
                         f"{conc['p99']:7.1f} {conc['requests_per_s']:7.1f}  {conc['statuses']}"
                     )
     if "http_verify" in report:
+        beside = report["machine"]["usable_cpus"] > 1
         for name in ("640x480", "12MP"):
             row = report["http_verify"].get(f"{name}_stages")
             if row:
                 parts = "  ".join(
                     f"{k.removesuffix('_ms')} {v:.1f}"
-                    + (" (beside encode)" if k == "quality_ms" and usable_cpus() > 1 else "")
+                    + (" (beside encode)" if k == "quality_ms" and beside else "")
                     for k, v in row.items()
                     if k != "client_p50_ms"
                 )

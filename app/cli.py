@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import ModelFileError
+from app.face.cores import usable_cpus
 from app.face.onnx_convert import DlibFormatError
 from app.face.weights import WeightFile
 from app.settings import Settings
@@ -283,7 +284,7 @@ def enroll(
     report: Annotated[
         Path | None, typer.Option(help="Where to list refused photos (.csv or .jsonl).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Subjects at once; default one per core.")] = 0,
+    workers: Annotated[int, typer.Option(help="Subjects at once; default one per usable CPU.")] = 0,
     upgrade: Annotated[
         bool,
         typer.Option(
@@ -312,7 +313,7 @@ def enroll(
             service,
             folder,
             collection=collection,
-            workers=workers or os.cpu_count() or 1,
+            workers=workers or usable_cpus(),
             progress=bar.update,
             upgrade=upgrade,
         )
