@@ -295,6 +295,15 @@ class Partitions:
         with self._lock:
             self._parts.pop(collection, None)
 
+    def fresh(self) -> VectorIndex:
+        """A new, empty index of the kind this holds (filled before :meth:`put`)."""
+        return self._factory(self.dim)
+
+    def put(self, collection: str, index: VectorIndex) -> None:
+        """Swap in one collection's index, leaving the others as they are."""
+        with self._lock:
+            self._parts[collection] = index
+
     def clear(self) -> None:
         with self._lock:
             self._parts.clear()

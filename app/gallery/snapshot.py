@@ -117,6 +117,9 @@ class SnapshotDir:
         and renamed, so a reader never sees half a snapshot."""
         if not all(isinstance(i, AnnIndex) for i in indexes.values()):
             return None
+        for index in indexes.values():
+            assert isinstance(index, AnnIndex)
+            index.wait_trained()  # the IVF lists are saved too, shared by every process
         if sum(len(i) for i in indexes.values()) < self.min_faces:
             return None
         base = self._key(instance, encoders, dim)

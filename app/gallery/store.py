@@ -26,6 +26,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from app.errors import (
     CollectionExists,
     CollectionNotFound,
+    DatabaseBusy,
     FaceNotFound,
     SubjectExists,
     SubjectNotFound,
@@ -49,6 +50,8 @@ from app.geometry import Box
 # the whole gallery instead of replaying; pruning keeps deleted subjects' ids from
 # lingering in the log.
 EVENT_RETENTION = 10_000
+# How long a SQLite writer waits for another's write lock before DatabaseBusy (503).
+BUSY_TIMEOUT_SECONDS = 30.0
 # Rows per slice when reading every embedding (load_embeddings).
 LOAD_SLICE = 50_000
 
@@ -115,7 +118,12 @@ class CollectionRecord:
 
 # reload_collection: many faces changed at once (an import); reload that collection.
 ChangeKind = Literal[
-    "add_face", "delete_face", "delete_subject", "delete_collection", "reload_collection"
+    "add_face",
+    "delete_face",
+    "delete_subject",
+    "create_collection",
+    "delete_collection",
+    "reload_collection",
 ]
 
 
@@ -143,10 +151,14 @@ class GalleryStore:
     within a collection; every subject method names its collection. Methods take keyword
     arguments only and return plain records, never ORM objects."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
-        """Connect; nothing is read or written (see :meth:`open` and :meth:`migrate`)."""
+    def __init__(
+        self, url: str, *, echo: bool = False, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+    ) -> None:
+        """Connect; nothing is read or written (see :meth:`open` and :meth:`migrate`).
+        ``busy_timeout``: how long a SQLite writer waits for another's lock before
+        DatabaseBusy."""
         self.url = url
-        self.engine: Engine = _make_engine(url, echo=echo)
+        self.engine: Engine = _make_engine(url, echo=echo, busy_timeout=busy_timeout)
         # Set by enable_vectors: the embedding length kept in pgvector's face_vectors.
         self.vector_dim: int | None = None
         # The ceiling on maintenance_work_mem for HNSW builds (after bulk imports).
@@ -400,7 +412,7 @@ class GalleryStore:
     def create_collection(self, *, collection: str) -> CollectionRecord:
         """Create an empty collection; CollectionExists if the id is taken."""
         with Session(self.engine) as session, session.begin():
-            _bump_version(session)  # queue with the other writers
+            version = _bump_version(session)  # queue with the other writers
             if session.get(CollectionRow, collection) is not None:
                 raise CollectionExists(
                     f"Collection {collection!r} already exists.", collection=collection
@@ -408,6 +420,9 @@ class GalleryStore:
             row = CollectionRow(id=collection, created_at=datetime.now(UTC))
             session.add(row)
             session.flush()
+            # Every version has its change: a gap in the log makes every process reload
+            # every index (issue 25: 47 s on a 1.8M-face server after POST /collections).
+            _log(session, version, [("create_collection", collection, "", None)])
             return CollectionRecord(row.id, row.created_at, 0, 0)
 
     def get_collection(self, *, collection: str) -> CollectionRecord:
@@ -892,13 +907,25 @@ def _face_record(face: Face) -> FaceRecord:
 _VERSION_SQL = f"SELECT {GalleryState.version.key} FROM {GalleryState.__tablename__}"  # noqa: S608
 
 
-def _make_engine(url: str, *, echo: bool) -> Engine:
+def _make_engine(url: str, *, echo: bool, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, echo=echo, pool_pre_ping=True)
     database = url.split("///", 1)[1] if "///" in url else ""
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+    engine = create_engine(url, echo=echo, connect_args={"timeout": busy_timeout})
+
+    @event.listens_for(engine, "handle_error")
+    def _locked_is_busy(context: Any) -> None:
+        # Another writer (a `gallery import` of a million faces holds the write lock for
+        # its whole transaction) kept the lock past the wait: a clear 503 with
+        # Retry-After, not a 500 "database is locked" (issue 25).
+        if "database is locked" in str(context.original_exception):
+            raise DatabaseBusy(
+                f"Another writer held the database for over {busy_timeout:g} s (a bulk "
+                "import?); nothing was stored. Retry shortly.",
+                retry_after=5,
+            ) from context.original_exception
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -908,7 +935,7 @@ def _make_engine(url: str, *, echo: bool) -> Engine:
         # FULL: a committed enrollment survives a power cut, not only a crash.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()
 
     return engine

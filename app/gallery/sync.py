@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Collection
 from typing import Protocol
 
@@ -66,6 +67,9 @@ class GallerySync:
         self.snapshots = snapshots
         self.version = -1
         self._lock = threading.Lock()
+        # Collections being reloaded in the background (after an import), each with the
+        # event set when its index is current again.
+        self._reloading: dict[str, threading.Event] = {}
 
     def sync(self) -> bool:
         """Bring the index up to the store's version. Cheap when nothing changed (one
@@ -143,14 +147,70 @@ class GallerySync:
             )
 
     def _reload_collection(self, collection: str) -> None:
-        """One collection afresh from the store (after an import). It reflects the store
-        as it is now; later changes in the same replay are applied again, harmlessly."""
+        """One collection afresh from the store (after an import), on a thread of its
+        own: a search in another collection neither waits for it nor pays for it (issue
+        25: the first identify in ``default`` after a 1.2M-face import into another
+        collection took 57.6 s). A search in this one waits (:meth:`wait_for`)."""
+        if collection in self._reloading:
+            self._reloading[collection].clear()  # another import: load once more
+            return
+        self._reloading[collection] = threading.Event()
+        threading.Thread(
+            target=self._reload_in_background,
+            args=(collection,),
+            name=f"reload-{collection}",
+            daemon=True,
+        ).start()
+
+    def _reload_in_background(self, collection: str) -> None:
+        while True:
+            try:
+                if self._reload_once(collection):
+                    return
+            except Exception as exc:  # the database is down, say: try again, say so
+                log.warning("reloading collection %r failed (%s); retrying in 1 s", collection, exc)
+                time.sleep(1.0)
+
+    def _reload_once(self, collection: str) -> bool:
+        """Load the collection as the store has it now, then swap it in and replay what
+        changed in it meanwhile. True when it is current (no newer import asked again)."""
+        done = self._reloading[collection]
+        done.set()  # cleared by an import replayed while this loads: then once more
+        start = self.source.version()
         rows = self.source.load_embeddings(
             dim=self.indexes.dim, encoders=self.encoders, collection=collection
         )
-        self.indexes.drop(collection)
+        index = self.indexes.fresh()
         if rows.face_ids:
-            self.indexes.writable(collection).add(rows.face_ids, rows.subject_ids, rows.matrix)
+            index.add(rows.face_ids, rows.subject_ids, rows.matrix)
+        with self._lock:
+            changes = self.source.changes_since(version=start)
+            if changes is None:  # the log moved past: a full reload will come
+                changes = []
+                self.version = -1
+            self.indexes.put(collection, index)
+            self._replay(
+                [c for c in changes if c.collection == collection and c.kind != "reload_collection"]
+            )
+            if not done.is_set():
+                return False
+            del self._reloading[collection]
+            done.set()
+        log.info("collection %r reloaded: %d faces", collection, len(index))
+        return True
+
+    def wait_for(self, collection: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` s while ``collection`` is reloaded; False if it still
+        is (the caller answers 'retry shortly')."""
+        done = self._reloading.get(collection)
+        if done is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while collection in self._reloading:
+            if time.monotonic() >= deadline:
+                return False
+            done.wait(0.05)
+        return True
 
     def _replay(self, changes: list[Change]) -> None:
         added = [c.face_id for c in changes if c.kind == "add_face" and c.face_id]
@@ -176,6 +236,7 @@ class GallerySync:
                 self.indexes.drop(change.collection)
             elif change.kind == "reload_collection":
                 self._reload_collection(change.collection)
+            # create_collection: nothing to do (an index is made on the first face)
 
     def advance(self, version: int) -> None:
         """Record that this process applied its own write of ``version`` to the index
