@@ -33,7 +33,9 @@ table (app/api/problems.py); nothing here knows HTTP.
     ├── Unauthorized               no API key, or an unknown or revoked one
     ├── Forbidden                  a valid key without the scope the endpoint needs
     ├── ServiceBusy                no inference slot within the wait
-    │   ├── TooManyRequests        more requests waiting than the queue holds
+    │   ├── TooManyRequests        more requests waiting than the queue (or the key's share) holds
+    │   │   └── RateLimited        the key's requests per second are used up
+    │   ├── DatabaseBusy           another writer held the database past the wait
     │   └── IndexLoading           identify before the 1:N index has loaded
     ├── NotReady                   models not loaded or database unreachable (readiness)
     └── ModelFileError             weights missing or with the wrong sha256 (start-up)
@@ -251,6 +253,14 @@ class ServiceBusy(FaceVerifyError):
 
 class TooManyRequests(ServiceBusy):
     pass
+
+
+class RateLimited(TooManyRequests):
+    """The key's own rate limit (FACEVERIFY_RATE_LIMIT_PER_SECOND) is used up."""
+
+
+class DatabaseBusy(ServiceBusy):
+    """Another writer (a bulk import, say) held the database's write lock past the wait."""
 
 
 class IndexLoading(ServiceBusy):

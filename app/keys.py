@@ -41,6 +41,9 @@ class Principal:
 
     scopes: tuple[str, ...]
     collection: str | None
+    # The key's id: its record's for a database key, ``env-`` and the start of its
+    # sha256 for one from the environment. Requests are shared fairly between these.
+    key_id: str = ""
 
     @property
     def unbound_admin(self) -> bool:
@@ -95,7 +98,10 @@ def parse_env_keys(text: str) -> dict[str, Principal]:
         if at and not COLLECTION_ID.match(collection):
             raise ValueError(f"FACEVERIFY_API_KEYS: {collection!r} is not a collection id")
         scopes = parse_scopes(scope_text)
-        keys[digest(key)] = Principal(scopes, binding(scopes, collection or None))
+        hashed = digest(key)
+        keys[hashed] = Principal(
+            scopes, binding(scopes, collection or None), key_id=f"env-{hashed[:12]}"
+        )
     return keys
 
 
@@ -159,7 +165,7 @@ class KeyStore:
         # The index found the row by its hash; compare again in constant time anyway.
         if not hmac.compare_digest(row.key_sha256, wanted):
             return None
-        return Principal(parse_scopes(row.scopes), row.collection_id)
+        return Principal(parse_scopes(row.scopes), row.collection_id, key_id=row.id)
 
     def authorize(self, key: str | None, scope: str | None, *, unbound: bool = False) -> Principal:
         """What the key may do, if it may call an endpoint needing ``scope`` (None: any

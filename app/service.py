@@ -12,8 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,7 +33,6 @@ from app.errors import (
     NoFace,
     NotReady,
     RequestCancelled,
-    ServiceBusy,
     SubjectHasNoFaces,
     TooManyImages,
 )
@@ -64,6 +62,7 @@ from app.gallery.sync import GallerySync
 from app.scoring.calibration import Calibration, matched_threshold
 from app.scoring.distance import distances
 from app.settings import Settings
+from app.slots import FairSlots
 
 log = logging.getLogger("faceverify.service")
 
@@ -208,31 +207,6 @@ class IdentifyResult:
     curve: str = FAST
 
 
-class InferenceSlots:
-    """At most ``limit`` inferences at once; a caller waits up to ``wait_seconds`` for a
-    slot, then gets ServiceBusy (503 + Retry-After) rather than joining an endless queue.
-    """
-
-    def __init__(self, limit: int, wait_seconds: float) -> None:
-        self._semaphore = threading.BoundedSemaphore(limit)
-        self.limit = limit
-        self.wait_seconds = wait_seconds
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        if not self._semaphore.acquire(timeout=self.wait_seconds):
-            raise ServiceBusy(
-                f"All {self.limit} inference slots stayed busy for {self.wait_seconds:g} s; "
-                "retry shortly.",
-                retry_after=max(1, round(self.wait_seconds)),
-            )
-        try:
-            with spare_cores().inferring():
-                yield
-        finally:
-            self._semaphore.release()
-
-
 class FaceService:
     def __init__(
         self,
@@ -258,8 +232,10 @@ class FaceService:
         self.indexes = Partitions(pipeline.dim, index_factory)
         self.gallery = GallerySync(store, self.indexes, pipeline.compatible, snapshots)
         self.calibration = calibration
-        self.slots = InferenceSlots(
-            settings.max_concurrent_inference, settings.inference_wait_seconds
+        self.slots = FairSlots(
+            settings.max_concurrent_inference,
+            settings.inference_wait_seconds,
+            reserve=settings.tenant_reserve_slots,
         )
         # PostgreSQL with pgvector searches itself: no index in this process, no replay.
         self.db_search = store.vector_dim is not None and store.vector_dim == pipeline.dim
@@ -746,7 +722,7 @@ class FaceService:
                 ef_search=self._ef_search(),
             )
             return hits, self._db_collection_size(collection)
-        self.gallery.sync()
+        self._sync(collection)
         index = self.indexes.get(collection)
         return index.search(embedding, k, exclude=exclude), len(index)
 
@@ -763,8 +739,19 @@ class FaceService:
                 k=k,
                 encoders=self.pipeline.compatible,
             )
-        self.gallery.sync()
+        self._sync(collection)
         return self.indexes.get(collection).rescore(embedding, previous, k)
+
+    def _sync(self, collection: str) -> None:
+        """Bring the index up to the store's version; wait while ``collection`` itself
+        is reloaded after an import (another collection's reload is not waited for)."""
+        self.gallery.sync()
+        if not self.gallery.wait_for(collection, self.settings.inference_wait_seconds):
+            raise IndexLoading(
+                f"Collection {collection!r} is being reloaded after an import; retry "
+                "shortly (verify works meanwhile).",
+                retry_after=2,
+            )
 
     # ---- subjects --------------------------------------------------------------------
     def get_subject(
@@ -839,6 +826,7 @@ class FaceService:
         if self.index_ready.is_set():
             self.gallery.sync()
         if collection is not None:
+            self.gallery.wait_for(collection, self.settings.inference_wait_seconds)
             index = self.indexes.get(collection)
             return {"faces": len(index), "subjects": index.subject_count}
         return {

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     # side (0 = never). It found a face in all 15 lfw-devtrain View 1 images HOG missed,
     # at ~330 ms each; a photo with no face costs up to ~0.8 s more.
     detect_cnn_max_side: int = Field(400, ge=0, le=2048)
+    # The CNN fallback runs in this many child processes at the lowest CPU priority
+    # (app/face/cnn.py): dlib's CNN holds the GIL for its whole call (~0.8 s on a photo
+    # without a face), so in the server it stalled every request. Photos waiting for it
+    # hold no inference slot; past one waiting a worker, 503 after inference_wait_seconds.
+    detect_cnn_workers: int = Field(1, ge=1, le=16)
     # Probes (verify, identify, compare) are first searched on a copy of at most this
     # side, where HOG costs a quarter as much and finds faces of >= ~80/this of the
     # longest side; only when nothing is found there does the full search run.
@@ -158,6 +163,17 @@ class Settings(BaseSettings):
     # Requests that may wait for a slot at once (per process); past that, 429 at once, so
     # there is never an unbounded queue.
     max_queued_requests: int = Field(32, ge=0)
+    # Of those, how many one API key may have waiting (429 past that, for that key only),
+    # so one key flooding cannot fill the queue for every other (issue 25).
+    max_queued_per_key: int = Field(8, ge=0)
+    # Slots beyond max_concurrent_inference that only a tenant (a key) holding no slot may
+    # take: a quiet tenant's request starts at once while another floods (app/slots.py).
+    tenant_reserve_slots: int = Field(1, ge=0, le=16)
+    # Optional rate limit of each API key, in requests a second (0: none), in each process;
+    # past it 429 rate_limited with Retry-After and the RateLimit fields. The burst is the
+    # bucket's size (0: one second's worth).
+    rate_limit_per_second: float = Field(0.0, ge=0)
+    rate_limit_burst: int = Field(0, ge=0)
     # A request taking longer than this is answered 503 request_timeout.
     request_timeout_seconds: float = Field(60.0, gt=0)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)

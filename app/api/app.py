@@ -20,6 +20,7 @@ from app.api import observability, problems
 from app.api.deps import Admission
 from app.api.guards import PAGE_CSP, BodyGuard, HeadAsGet, SecurityHeaders
 from app.api.observability import Metrics
+from app.api.ratelimit import RateLimiter, RateLimitHeaders
 from app.api.routes import router
 from app.errors import CollectionExists
 from app.face.weights import WeightFile
@@ -59,7 +60,10 @@ def create_app(
         _create_env_key_collections(service, env_keys)
         app.state.metrics = Metrics(service.gallery_counts, service.collection_face_counts)
         app.state.admission = Admission(
-            settings.max_concurrent_inference + settings.max_queued_requests
+            settings.max_concurrent_inference + settings.max_queued_requests,
+            per_key=settings.max_concurrent_inference
+            + settings.tenant_reserve_slots
+            + settings.max_queued_per_key,
         )
         log.info(
             "faceverify ready: encoder=%s, database=%s (the 1:N index loads in the background)",
@@ -96,9 +100,15 @@ def create_app(
         redirect_slashes=False,
     )
     app.state.settings = settings
+    app.state.rate_limiter = (
+        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        if settings.rate_limit_per_second
+        else None
+    )
     problems.install(app)
     # Innermost first: the body guard sits inside the request-id/metrics middleware, so
     # its 413s are logged and counted like any other answer.
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(
         BodyGuard,
         max_bytes=settings.max_upload_bytes,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -9,11 +11,13 @@ from fastapi import Depends, Query, Request
 
 from app.api.inputs import RequestBody, read_body
 from app.api.observability import Metrics
-from app.errors import Forbidden, InvalidRequest, TooManyRequests
+from app.api.ratelimit import RateLimiter
+from app.errors import Forbidden, InvalidRequest, RateLimited, TooManyRequests
 from app.gallery.models import COLLECTION_ID_PATTERN, DEFAULT_COLLECTION
 from app.keys import KeyStore, Principal
 from app.service import FaceService
 from app.settings import Settings
+from app.slots import Tenant, current_tenant
 
 
 # The accessors are `async def` though they do not wait: FastAPI runs a plain `def`
@@ -61,7 +65,18 @@ def require(scope: str | None, *, unbound: bool = False) -> Any:
 
     def check(request: Request) -> None:
         keys: KeyStore = request.app.state.keys
-        request.state.principal = keys.authorize(api_key(request), scope, unbound=unbound)
+        principal = keys.authorize(api_key(request), scope, unbound=unbound)
+        request.state.principal = principal
+        limiter: RateLimiter | None = request.app.state.rate_limiter
+        if limiter is not None:
+            allowance = limiter.take(principal.key_id)
+            request.state.rate_limit = allowance.headers(limiter.burst, limiter.rate)
+            if not allowance.allowed:
+                raise RateLimited(
+                    f"This API key may send {limiter.rate:g} requests a second "
+                    f"(bursts of {limiter.burst}); retry in {allowance.retry_after:.1f} s.",
+                    retry_after=max(1, math.ceil(allowance.retry_after)),
+                )
 
     return Depends(check)
 
@@ -111,29 +126,47 @@ def collection_from_query(request: Request, collection: CollectionQuery = None) 
 
 
 class Admission:
-    """Counts the requests that run or wait for inference in this process; past
-    inference slots + ``max_queued_requests`` a request is refused at once (429), before
-    it takes a thread. A request is admitted only once its whole body has arrived, so a
-    slow upload holds no place (issue 9: 40 trickling uploads kept every real request
-    out for 60 s)."""
+    """Counts the requests that run or wait for inference in this process, in all and
+    by API key. Past ``limit`` in all, or ``per_key`` of one key, a request is refused
+    at once (429), before it takes a thread, so one key flooding fills its own share of
+    the queue, not everyone's (issue 25: 48 clients of one key got another collection's
+    /verify 429 on 37 of 41 requests). A request is admitted only once its whole body
+    has arrived, so a slow upload holds no place (issue 9)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_key: int | None = None) -> None:
         self.limit = limit
+        self.per_key = per_key if per_key is not None else limit
         self.active = 0
+        self.by_key: Counter[str] = Counter()
 
 
 async def admit(request: Request, _body: BodyDep) -> AsyncIterator[None]:
     admission: Admission = request.app.state.admission
+    who: Principal = request.state.principal
+    if admission.by_key[who.key_id] >= admission.per_key:
+        raise TooManyRequests(
+            f"This API key has {admission.by_key[who.key_id]} requests running or waiting, "
+            "its share of the queue; retry shortly.",
+            retry_after=1,
+        )
     if admission.active >= admission.limit:
         raise TooManyRequests(
             f"{admission.active} requests are already running or waiting; retry shortly.",
             retry_after=1,
         )
     admission.active += 1  # one event loop: no lock needed
+    admission.by_key[who.key_id] += 1
+    # Seen by the route's thread (the context is copied): the inference slots are shared
+    # fairly between tenants (app/slots.py).
+    token = current_tenant.set(Tenant(who.collection or "", who.key_id))
     try:
         yield
     finally:
+        current_tenant.reset(token)
         admission.active -= 1
+        admission.by_key[who.key_id] -= 1
+        if not admission.by_key[who.key_id]:
+            del admission.by_key[who.key_id]
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

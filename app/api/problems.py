@@ -54,6 +54,8 @@ ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
     errors.Unauthorized: (401, "unauthorized"),
     errors.Forbidden: (403, "forbidden"),
     errors.TooManyRequests: (429, "too_many_requests"),
+    errors.RateLimited: (429, "rate_limited"),
+    errors.DatabaseBusy: (503, "database_busy"),
     errors.ServiceBusy: (503, "service_busy"),
     errors.IndexLoading: (503, "index_loading"),
     errors.NotReady: (503, "not_ready"),

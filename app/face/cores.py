@@ -16,7 +16,8 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +26,31 @@ M = TypeVar("M")
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+# What the caller's inference slot does while the caller waits on work done elsewhere
+# (another process): set by whoever holds the slot (the service's slots), read by the
+# face code that waits (app/face/cnn.py). None outside a slot.
+_WAITING: ContextVar[Callable[[], AbstractContextManager[None]] | None] = ContextVar(
+    "faceverify_waiting_outside", default=None
+)
+
+
+def waiting_outside() -> AbstractContextManager[None]:
+    """A block in which the caller waits on another process and uses no core: the
+    holder of its inference slot may lend the slot to another request meanwhile."""
+    hook = _WAITING.get()
+    return hook() if hook is not None else nullcontext()
+
+
+@contextmanager
+def lending_slot(hook: Callable[[], AbstractContextManager[None]]) -> Iterator[None]:
+    """Within the block, :func:`waiting_outside` runs ``hook`` (the slot holder's way to
+    give its slot back and take one again)."""
+    token = _WAITING.set(hook)
+    try:
+        yield
+    finally:
+        _WAITING.reset(token)
 
 
 def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -55,15 +81,16 @@ class SpareCores:
         self._helpers: ThreadPoolExecutor | None = None
 
     @contextmanager
-    def inferring(self) -> Iterator[None]:
-        """Count the caller as a request using a core until the block ends."""
+    def inferring(self, count: int = 1) -> Iterator[None]:
+        """Count the caller as a request using a core until the block ends (``count``
+        -1: as one that stopped using its core for the block)."""
         with self._lock:
-            self._inferring += 1
+            self._inferring += count
         try:
             yield
         finally:
             with self._lock:
-                self._inferring -= 1
+                self._inferring -= count
 
     def spare(self) -> bool:
         """Whether a core is free for a side task: fewer requests inferring than cores

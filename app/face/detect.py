@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from app.face.cnn import CnnProcess
 from app.face.cores import SpareCores, spare_cores
 from app.face.hog import SplitHog, frontal_layout
 from app.face.pool import InstancePool
@@ -90,7 +91,6 @@ class _DlibModels:
 
     hog: SplitHog
     predictor: Any
-    cnn: Any | None
 
 
 @dataclass
@@ -128,6 +128,8 @@ class HogFaceDetector:
         retry_max_side: int = 1024,
         cnn_path: Path | None = None,
         cnn_max_side: int = 400,
+        cnn_workers: int = 1,
+        cnn_wait_seconds: float = 10.0,
         quick_side: int = 0,
         instances: int = 1,
         cores: SpareCores | None = None,
@@ -142,8 +144,15 @@ class HogFaceDetector:
             return _DlibModels(
                 hog=SplitHog(dlib, layout, spare),
                 predictor=dlib.shape_predictor(str(shape_predictor_path)),
-                cnn=dlib.cnn_face_detection_model_v1(str(cnn_path)) if cnn_path else None,
             )
+
+        # The CNN fallback runs in a child process of its own (app/face/cnn.py): dlib's
+        # binding holds the GIL for its whole call.
+        self.cnn = (
+            CnnProcess(cnn_path, workers=cnn_workers, wait_seconds=cnn_wait_seconds)
+            if cnn_path
+            else None
+        )
 
         self.models = InstancePool(load)
         self.models.warm(instances)
@@ -225,14 +234,14 @@ class HogFaceDetector:
                 break
             upsample += 1
         detector = "hog"
-        if not len(rects) and models.cnn is not None and min(height, width) >= CNN_MIN_SIDE:
+        if not len(rects) and self.cnn is not None and min(height, width) >= CNN_MIN_SIDE:
             # HOG found nothing: dlib's CNN detector on a copy of at most cnn_max_side
             # (its cost grows with the pixels: ~330 ms at 250x250 here).
             scale = min(1.0, self.cnn_max_side / max(height, width))
             small = rgb if scale == 1.0 else _resize(rgb, scale)
-            detections = models.cnn(small, 0)
-            rects = [d.rect for d in detections]
-            scores = [d.confidence for d in detections]
+            detections = self.cnn.detect(small)
+            rects = [self._dlib.rectangle(*d[:4]) for d in detections]
+            scores = [d[4] for d in detections]
             detector, upsample = "cnn", 0
         return _Found(rects, scores, scale, upsample, detector)
 

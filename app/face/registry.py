@@ -51,6 +51,8 @@ def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFac
         retry_max_side=settings.detect_retry_max_side,
         cnn_path=weights["mmod_cnn_detector"].path if cnn else None,
         cnn_max_side=cnn,
+        cnn_workers=settings.detect_cnn_workers,
+        cnn_wait_seconds=settings.inference_wait_seconds,
         quick_side=settings.detect_quick_side,
         # One set of dlib objects per inference slot, loaded at start-up.
         instances=settings.max_concurrent_inference,

@@ -170,9 +170,13 @@ def test_environment_keys_must_be_long_and_well_formed() -> None:
     parsed = parse_env_keys(
         f"{VERIFY_KEY}:verify+enroll,{ADMIN_KEY}:admin,{ENROLL_KEY}:enroll@door"
     )
-    assert parsed[digest(VERIFY_KEY)] == Principal(("enroll", "verify"), "default")
-    assert parsed[digest(ADMIN_KEY)] == Principal(("admin",), None)  # every collection
-    assert parsed[digest(ENROLL_KEY)] == Principal(("enroll",), "door")
+
+    def env(key: str) -> str:
+        return f"env-{digest(key)[:12]}"
+
+    assert parsed[digest(VERIFY_KEY)] == Principal(("enroll", "verify"), "default", env(VERIFY_KEY))
+    assert parsed[digest(ADMIN_KEY)] == Principal(("admin",), None, env(ADMIN_KEY))
+    assert parsed[digest(ENROLL_KEY)] == Principal(("enroll",), "door", env(ENROLL_KEY))
     bad_keys = ("short:verify", f"{VERIFY_KEY}", f"{VERIFY_KEY}:root", f"{VERIFY_KEY}:")
     for bad in (*bad_keys, f"{VERIFY_KEY}:verify@no/slash", f"{VERIFY_KEY}:verify@"):
         with pytest.raises(ValueError):

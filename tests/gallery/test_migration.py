@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from app.errors import SubjectNotFound
 from app.gallery.store import GalleryStore
-from app.keys import KeyStore, Principal, digest
+from app.keys import KeyStore, digest
 from app.scoring.calibration import Calibration
 from app.service import FaceService
 from app.settings import Settings
@@ -147,8 +147,10 @@ def test_an_old_database_moves_into_the_default_collection(
         # Keys keep their reach: a verify key saw the one gallery, now "default"; an
         # admin key still reaches every collection.
         keys = KeyStore(store.engine, {})
-        assert keys.principal_for("old-verify-key-0123456789") == Principal(("verify",), "default")
-        assert keys.principal_for("old-admin-key-01234") == Principal(("admin",), None)
+        verify = keys.principal_for("old-verify-key-0123456789")
+        admin = keys.principal_for("old-admin-key-01234")
+        assert verify is not None and (verify.scopes, verify.collection) == (("verify",), "default")
+        assert admin is not None and (admin.scopes, admin.collection) == (("admin",), None)
         record = store.find_idempotent(owner="o", key="k")
         assert record is not None and (record.collection, record.subject_id) == ("default", "bob")
     finally:
