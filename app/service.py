@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,7 +37,7 @@ from app.errors import (
     TooManyImages,
 )
 from app.face import quality
-from app.face.cores import spare_cores
+from app.face.cores import spare_cores, usable_cpus
 from app.face.detect import DetectedFace, largest, main_face
 from app.face.pipeline import Choose, FacePipeline
 from app.face.quality import Assessment, FaceMeasures
@@ -236,6 +236,7 @@ class FaceService:
             settings.max_concurrent_inference,
             settings.inference_wait_seconds,
             reserve=settings.tenant_reserve_slots,
+            bulk_limit=settings.bulk_slots or max(1, usable_cpus() - 1),
         )
         # PostgreSQL with pgvector searches itself: no index in this process, no replay.
         self.db_search = store.vector_dim is not None and store.vector_dim == pipeline.dim
@@ -801,7 +802,9 @@ class FaceService:
         if not self.store.collection_exists(collection=collection):
             raise CollectionNotFound.for_id(collection)
 
-    def delete_collection(self, *, collection: str) -> CollectionRecord:
+    def delete_collection(
+        self, *, collection: str, env_key_hashes: Collection[str] = ()
+    ) -> CollectionRecord:
         """Delete a collection, every subject and embedding of it and the keys bound to
         it, from the database and this process's index, before returning; the other
         processes replay the deletion before their next search."""
@@ -811,7 +814,9 @@ class FaceService:
                 "name no collection use it. Delete its subjects instead.",
                 collection=collection,
             )
-        record, version = self.store.delete_collection(collection=collection)
+        record, version = self.store.delete_collection(
+            collection=collection, env_key_hashes=env_key_hashes
+        )
         self.indexes.drop(collection)
         self.gallery.advance(version)
         return record

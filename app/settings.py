@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     # Slots beyond max_concurrent_inference that only a tenant (a key) holding no slot may
     # take: a quiet tenant's request starts at once while another floods (app/slots.py).
     tenant_reserve_slots: int = Field(1, ge=0, le=16)
+    # A key's further requests while it has one in flight (a flood, a bulk job) run at a
+    # lower CPU priority (app/api/lanes.py), and while another key has been served in the
+    # last second they hold at most this many slots in all (0: usable CPUs - 1, at least
+    # 1), so a quiet key's /verify finds the cores free. A lone busy key uses every slot.
+    bulk_slots: int = Field(0, ge=0, le=64)
     # Optional rate limit of each API key, in requests a second (0: none), in each process;
     # past it 429 rate_limited with Retry-After and the RateLimit fields. The burst is the
     # bucket's size (0: one second's worth).

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Literal
 
 from app.errors import ServiceBusy
-from app.face.cores import lending_slot, spare_cores
+from app.face.cores import lending_slot, no_helpers, spare_cores
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,26 @@ class Tenant:
 
 
 ANONYMOUS = Tenant()
+# How long a tenant's lone request keeps other tenants' bulk requests capped: a quiet
+# tenant's next request (sequential clients send it at once) finds cores free.
+SHARED_SECONDS = 1.0
 
 # The current request's tenant, set by the HTTP layer before the route runs.
 current_tenant: ContextVar[Tenant] = ContextVar("faceverify_tenant", default=ANONYMOUS)
+
+Lane = Literal["normal", "bulk"]
+# The current request's lane, set by the HTTP layer: "bulk" for a key's further requests
+# while it has one in flight, run on low-priority threads (app/api/lanes.py). A bulk
+# request neither counts as using a core nor splits its work onto helper threads (which
+# run at the normal priority): the cores it would use are the other tenants' to take.
+current_lane: ContextVar[Lane] = ContextVar("faceverify_lane", default="normal")
 
 
 @dataclass(eq=False)
 class _Waiter:
     tenant: Tenant
     order: int
+    bulk: bool
     granted: threading.Event = field(default_factory=threading.Event)
 
 
@@ -54,9 +67,17 @@ class FairSlots:
     then the tenant served longest ago); a caller waits up to ``wait_seconds`` for a slot,
     then gets ServiceBusy (503 + Retry-After) rather than joining an endless queue."""
 
-    def __init__(self, limit: int, wait_seconds: float, *, reserve: int = 1) -> None:
+    def __init__(
+        self, limit: int, wait_seconds: float, *, reserve: int = 1, bulk_limit: int | None = None
+    ) -> None:
         self.limit = limit
         self.reserve = reserve
+        # Slots that bulk-lane requests (a key's further requests in flight) may hold in
+        # all while another tenant has been served in the last SHARED_SECONDS.
+        self.bulk_limit = limit if bulk_limit is None else bulk_limit
+        self._bulk = 0
+        self._lone_seen: dict[Tenant, float] = {}  # tenant -> last normal-lane request
+        self.clock = time.monotonic
         self.wait_seconds = wait_seconds
         self._lock = threading.Lock()
         self._running = 0
@@ -78,25 +99,42 @@ class FairSlots:
             return self._by_key[tenant]
 
     # ---- taking and giving back ---------------------------------------------------------
-    def _may_take(self, tenant: Tenant) -> bool:
+    def _shared(self, tenant: Tenant) -> bool:
+        """Whether another tenant sent a request of the normal lane (one alone in flight)
+        in the last SHARED_SECONDS: then ``tenant``'s bulk requests are capped."""
+        now = self.clock()
+        for other, seen in list(self._lone_seen.items()):
+            if now - seen > SHARED_SECONDS:
+                del self._lone_seen[other]
+        return any(other != tenant for other in self._lone_seen)
+
+    def _bulk_full(self, tenant: Tenant) -> bool:
+        return self._bulk >= self.bulk_limit and self._shared(tenant)
+
+    def _may_take(self, tenant: Tenant, bulk: bool) -> bool:
+        if not bulk:
+            self._lone_seen[tenant] = self.clock()
+        elif self._bulk_full(tenant):
+            return False
         if self._running < self.limit and not self._waiting:
             return True
         # A tenant holding nothing may use the reserve, waiters or not: it is the one
         # a fair grant would pick next anyway.
         return self._by_key[tenant] == 0 and self._running < self.limit + self.reserve
 
-    def _take(self, tenant: Tenant) -> None:
+    def _take(self, tenant: Tenant, bulk: bool) -> None:
+        self._bulk += bulk
         self._running += 1
         self._by_collection[tenant.collection] += 1
         self._by_key[tenant] += 1
         self._served[tenant] = next(self._order)
 
-    def acquire(self, tenant: Tenant) -> None:
+    def acquire(self, tenant: Tenant, bulk: bool = False) -> None:
         with self._lock:
-            if self._may_take(tenant):
-                self._take(tenant)
+            if self._may_take(tenant, bulk):
+                self._take(tenant, bulk)
                 return
-            waiter = _Waiter(tenant, next(self._order))
+            waiter = _Waiter(tenant, next(self._order), bulk)
             self._waiting.append(waiter)
         if waiter.granted.wait(self.wait_seconds):
             return
@@ -114,8 +152,9 @@ class FairSlots:
             retry_after=max(1, round(self.wait_seconds)),
         )
 
-    def release(self, tenant: Tenant) -> None:
+    def release(self, tenant: Tenant, bulk: bool = False) -> None:
         with self._lock:
+            self._bulk -= bulk
             self._running -= 1
             self._by_collection[tenant.collection] -= 1
             self._by_key[tenant] -= 1
@@ -126,8 +165,11 @@ class FairSlots:
             if not self._by_collection[tenant.collection]:
                 del self._by_collection[tenant.collection]
             while self._waiting:
+                eligible = [w for w in self._waiting if not w.bulk or not self._bulk_full(w.tenant)]
+                if not eligible:
+                    break
                 nearest = min(
-                    self._waiting,
+                    eligible,
                     key=lambda w: (
                         self._by_collection[w.tenant.collection],
                         self._by_key[w.tenant],
@@ -144,7 +186,7 @@ class FairSlots:
                 ):
                     break
                 self._waiting.remove(nearest)
-                self._take(nearest.tenant)
+                self._take(nearest.tenant, nearest.bulk)
                 nearest.granted.set()
 
     @contextmanager
@@ -152,29 +194,30 @@ class FairSlots:
         """A slot for the current request's tenant until the block ends. Inside, work
         that waits on another process (app/face/cnn.py) lends the slot back."""
         tenant = current_tenant.get()
-        self.acquire(tenant)
+        bulk = current_lane.get() == "bulk"
+        self.acquire(tenant, bulk)
         try:
-            with spare_cores().inferring(), lending_slot(lambda: self._lent(tenant)):
+            with (
+                spare_cores().inferring(0 if bulk else 1),
+                no_helpers(bulk),
+                lending_slot(lambda: self._lent(tenant, bulk)),
+            ):
                 yield
         finally:
-            self.release(tenant)
+            self.release(tenant, bulk)
 
     @contextmanager
-    def _lent(self, tenant: Tenant) -> Iterator[None]:
+    def _lent(self, tenant: Tenant, bulk: bool) -> Iterator[None]:
         """Give the slot back for the block, then wait for one again (fairly: others may
         go first)."""
-        self.release(tenant)
+        self.release(tenant, bulk)
         acquired = False
         try:
-            with spare_cores().inferring(-1):
+            with spare_cores().inferring(0 if bulk else -1):
                 yield
-            self.acquire(tenant)
+            self.acquire(tenant, bulk)
             acquired = True
         finally:
             if not acquired:  # the block failed, or no slot came back: hold() releases
-                self.acquire_unchecked(tenant)
-
-    def acquire_unchecked(self, tenant: Tenant) -> None:
-        """Count a slot as held without waiting (so the holder's release balances)."""
-        with self._lock:
-            self._take(tenant)
+                with self._lock:
+                    self._take(tenant, bulk)

@@ -206,7 +206,7 @@ def _measure(url: str, requests: int, noface_clients: int, thorough_clients: int
     want_thorough = verify(thorough_client, big, "thorough").json()
     thorough_client.close()
 
-    def sequential(n: int) -> tuple[list[float], Counter[str]]:
+    def sequential(n: int, stages: dict[str, list[float]]) -> tuple[list[float], Counter[str]]:
         latencies, labels = [], Counter[str]()
         for _ in range(n):
             started = time.perf_counter()
@@ -215,6 +215,8 @@ def _measure(url: str, requests: int, noface_clients: int, thorough_clients: int
             label = _label(r)
             if label == "ok":
                 got = r.json()
+                for stage, ms in got.get("timing", {}).items():
+                    stages.setdefault(stage, []).append(ms)
                 if (
                     abs(got["distance"] - want["distance"]) > TOLERANCE
                     or got["match"] != want["match"]
@@ -223,8 +225,9 @@ def _measure(url: str, requests: int, noface_clients: int, thorough_clients: int
             labels[label] += 1
         return latencies, labels
 
-    sequential(10)  # warm
-    alone, alone_labels = sequential(requests)
+    sequential(10, {})  # warm
+    alone_stages: dict[str, list[float]] = {}
+    alone, alone_labels = sequential(requests, alone_stages)
 
     def check_noface(r: httpx2.Response) -> str:
         return _label(r)  # no_face, or a refusal code; never 'ok' for a grey photo
@@ -248,7 +251,8 @@ def _measure(url: str, requests: int, noface_clients: int, thorough_clients: int
     for flood in floods:
         flood.start()
     time.sleep(3.0)  # let the floods fill every queue
-    loaded, loaded_labels = sequential(requests)
+    loaded_stages: dict[str, list[float]] = {}
+    loaded, loaded_labels = sequential(requests, loaded_stages)
     for flood in floods:
         flood.finish()
     quiet.close()
@@ -264,6 +268,9 @@ def _measure(url: str, requests: int, noface_clients: int, thorough_clients: int
             "p95": _pct(loaded, 0.95),
             "mean": statistics.mean(loaded),
         },
+        # The server's own stage timings (means): what the wait was spent on.
+        "alone_stages_ms": {k: round(statistics.mean(v), 2) for k, v in alone_stages.items()},
+        "loaded_stages_ms": {k: round(statistics.mean(v), 2) for k, v in loaded_stages.items()},
         "alone_answers": dict(alone_labels),
         "loaded_answers": dict(loaded_labels),
         "noface_flood": {
@@ -303,6 +310,8 @@ def main() -> None:
     ratios = f"p50 {report['p50_ratio']:.2f}x  p95 {report['p95_ratio']:.2f}x"
     print(f"ratio loaded/alone         : {ratios}")
     print(f"quiet answers alone / loaded: {report['alone_answers']} / {report['loaded_answers']}")
+    print(f"server stages alone : {report['alone_stages_ms']}")
+    print(f"server stages loaded: {report['loaded_stages_ms']}")
     for name in ("noface_flood", "thorough_flood"):
         f = report[name]
         print(f"{name} ({f['clients']} clients): {f['per_second']:.1f}/s {f['answers']}")

@@ -17,7 +17,7 @@ from app.gallery.models import COLLECTION_ID_PATTERN, DEFAULT_COLLECTION
 from app.keys import KeyStore, Principal
 from app.service import FaceService
 from app.settings import Settings
-from app.slots import Tenant, current_tenant
+from app.slots import Tenant, current_lane, current_tenant
 
 
 # The accessors are `async def` though they do not wait: FastAPI runs a plain `def`
@@ -157,11 +157,14 @@ async def admit(request: Request, _body: BodyDep) -> AsyncIterator[None]:
     admission.active += 1  # one event loop: no lock needed
     admission.by_key[who.key_id] += 1
     # Seen by the route's thread (the context is copied): the inference slots are shared
-    # fairly between tenants (app/slots.py).
+    # fairly between tenants (app/slots.py), and a key's further requests in flight run
+    # at a lower CPU priority than a lone one (app/api/lanes.py).
     token = current_tenant.set(Tenant(who.collection or "", who.key_id))
+    lane = current_lane.set("bulk" if admission.by_key[who.key_id] > 1 else "normal")
     try:
         yield
     finally:
+        current_lane.reset(lane)
         current_tenant.reset(token)
         admission.active -= 1
         admission.by_key[who.key_id] -= 1

@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -40,15 +41,24 @@ Detection = tuple[int, int, int, int, float]
 _MODEL: Any = None  # the child's detector
 
 
-def _start(path: str, nice: int) -> None:
+def _start(path: str, nice: int, parent: int) -> None:
     global _MODEL
     try:
         os.nice(nice)
     except OSError:  # pragma: no cover - a platform without nice: run as is
         pass
+    # A server killed with SIGKILL cannot stop its children; each watches its parent and
+    # exits when it is gone (seen before: children outliving their server).
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     import dlib
 
     _MODEL = dlib.cnn_face_detection_model_v1(path)
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _detect(rgb: np.ndarray) -> list[Detection]:
@@ -106,8 +116,8 @@ class CnnProcess:
 
     def _run(self, rgb: np.ndarray) -> list[Detection]:
         for attempt in (1, 2):
-            future: Future[list[Detection]] = self._executor().submit(_detect, rgb)
             try:
+                future: Future[list[Detection]] = self._executor().submit(_detect, rgb)
                 return future.result()
             except BrokenProcessPool:  # the child died (killed, out of memory): once more
                 log.warning("the CNN detector's process died; starting another")
@@ -117,8 +127,11 @@ class CnnProcess:
         raise AssertionError("unreachable")
 
     def warm(self) -> None:
-        """Start the child processes and load the model (~0.5 s), off the request path."""
-        self.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+        """Start the child processes and load the model (~1 s), off the request path."""
+        try:
+            self.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+        except Exception as exc:  # it starts again on first use; say why it did not now
+            log.warning("the CNN detector's process did not start (%s)", exc)
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -128,7 +141,7 @@ class CnnProcess:
                     self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start,
-                    initargs=(str(self.path), self.nice),
+                    initargs=(str(self.path), self.nice, os.getpid()),
                 )
             return self._pool
 

@@ -42,6 +42,21 @@ def waiting_outside() -> AbstractContextManager[None]:
     return hook() if hook is not None else nullcontext()
 
 
+# False while the caller's work must stay on its own (low-priority) thread.
+_HELPERS: ContextVar[bool] = ContextVar("faceverify_helpers", default=True)
+
+
+@contextmanager
+def no_helpers(active: bool = True) -> Iterator[None]:
+    """Within the block (if ``active``), :meth:`SpareCores.beside` and the HOG split
+    run everything in the caller's thread."""
+    token = _HELPERS.set(not active and _HELPERS.get())
+    try:
+        yield
+    finally:
+        _HELPERS.reset(token)
+
+
 @contextmanager
 def lending_slot(hook: Callable[[], AbstractContextManager[None]]) -> Iterator[None]:
     """Within the block, :func:`waiting_outside` runs ``hook`` (the slot holder's way to
@@ -95,7 +110,7 @@ class SpareCores:
     def spare(self) -> bool:
         """Whether a core is free for a side task: fewer requests inferring than cores
         (the caller counts when it holds :meth:`inferring`) and a helper idle."""
-        return self._inferring < self.cores and self._helping < self.cores - 1
+        return _HELPERS.get() and self._inferring < self.cores and self._helping < self.cores - 1
 
     def beside(self, side: Callable[[], S], main: Callable[[], M]) -> tuple[S, M]:
         """``(side(), main())``: ``side`` on a helper thread while the caller runs

@@ -8,6 +8,7 @@ a new encoder never touches this file, and a new detector never touches an encod
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -181,8 +182,11 @@ class HogFaceDetector:
 
     def warm(self, rgb: np.ndarray) -> None:
         """First use of the HOG passes (the quick ones, split on a spare core) and the
-        landmarks, on any photo, at start-up; the CNN fallback is left cold (~0.4 s
-        once, only when HOG finds nothing)."""
+        landmarks, on any photo, at start-up; the CNN fallback's child process starts
+        on a thread meanwhile (~1 s, so the first photo HOG misses does not wait for
+        it)."""
+        if self.cnn is not None:
+            threading.Thread(target=self.cnn.warm, name="cnn-warm", daemon=True).start()
         with self.models.borrow() as models:
             self._quick(models, rgb)
             height, width = rgb.shape[:2]

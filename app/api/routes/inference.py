@@ -26,6 +26,7 @@ from app.api.deps import (
     require,
     target_collection,
 )
+from app.api.lanes import in_lane
 from app.api.routes.common import face_out, problems, request_body, subject_out
 from app.errors import Forbidden, InvalidRequest
 from app.face.detect import DetectedFace
@@ -136,7 +137,7 @@ def inference_route(
     """POST ``path``: the key's ``scope`` checked first, then the body read, then
     admission; OpenAPI for the form's fields and its image fields (``images``: name ->
     may repeat) sent as multipart or JSON."""
-    return router.post(
+    post = router.post(
         path,
         dependencies=[require(scope), Depends(admit)],
         status_code=status_code,
@@ -144,6 +145,7 @@ def inference_route(
         responses=problems(*statuses),
         openapi_extra=request_body(form, images, images_required=images_required),
     )
+    return lambda route: post(in_lane(route))
 
 
 def quality_out(assessed: Assessment, floor: float) -> s.QualityOut:
