@@ -20,12 +20,19 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.errors import Forbidden, Unauthorized
-from app.gallery.models import COLLECTION_ID_PATTERN, DEFAULT_COLLECTION, ApiKey, Collection
+from app.gallery.models import (
+    COLLECTION_ID_PATTERN,
+    DEFAULT_COLLECTION,
+    ApiKey,
+    Collection,
+    DeletedCollection,
+    RevokedEnvKey,
+)
 
 SCOPES = ("enroll", "verify", "admin")
 KEY_PREFIX = "fv_"
@@ -129,7 +136,9 @@ class KeyStore:
         )
         with Session(self.engine) as session, session.begin():
             if bound is not None and session.get(Collection, bound) is None:
+                # An admin asking for a key of a deleted collection creates it again.
                 session.add(Collection(id=bound, created_at=datetime.now(UTC)))
+                session.execute(delete(DeletedCollection).where(DeletedCollection.id == bound))
             session.add(row)
             session.flush()
             return key, _record(row)
@@ -148,8 +157,20 @@ class KeyStore:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def env_key_revoked(self, hashed: str) -> bool:
+        with Session(self.engine) as session:
+            return session.get(RevokedEnvKey, hashed) is not None
+
+    def env_keys_bound_to(self, collection: str) -> tuple[str, ...]:
+        """The sha256 of the FACEVERIFY_API_KEYS keys bound to ``collection``."""
+        return tuple(sorted(h for h, p in self.env_keys.items() if p.collection == collection))
+
+    def usable_env_keys(self) -> dict[str, Principal]:
+        """The environment's keys that were not revoked with their collection."""
+        return {h: p for h, p in self.env_keys.items() if not self.env_key_revoked(h)}
+
     def active_count(self) -> int:
-        return len(self.env_keys) + sum(1 for k in self.list() if k.revoked_at is None)
+        return len(self.usable_env_keys()) + sum(1 for k in self.list() if k.revoked_at is None)
 
     def principal_for(self, key: str) -> Principal | None:
         """What the key may do, or None if it is unknown or revoked. Looked up on every
@@ -157,7 +178,9 @@ class KeyStore:
         wanted = digest(key)
         for known, principal in self.env_keys.items():
             if hmac.compare_digest(known, wanted):
-                return principal
+                # Revoked with its collection (issue 25: it kept working, and reached a
+                # new tenant's collection of the same name once an admin made one).
+                return None if self.env_key_revoked(known) else principal
         with Session(self.engine) as session:
             row = session.scalar(select(ApiKey).where(ApiKey.key_sha256 == wanted))
         if row is None or row.revoked_at is not None:

@@ -19,12 +19,13 @@ from fastapi.staticfiles import StaticFiles
 from app.api import observability, problems
 from app.api.deps import Admission
 from app.api.guards import PAGE_CSP, BodyGuard, HeadAsGet, SecurityHeaders
+from app.api.lanes import Lanes
 from app.api.observability import Metrics
 from app.api.ratelimit import RateLimiter, RateLimitHeaders
 from app.api.routes import router
 from app.errors import CollectionExists
 from app.face.weights import WeightFile
-from app.keys import KeyStore, Principal, parse_env_keys
+from app.keys import KeyStore, parse_env_keys
 from app.memory import return_large_blocks_to_the_system
 from app.service import FaceService, build_service
 from app.settings import Settings
@@ -57,8 +58,9 @@ def create_app(
         app.state.service = service
         app.state.weights = weights
         app.state.keys = KeyStore(service.store.engine, env_keys)
-        _create_env_key_collections(service, env_keys)
+        _create_env_key_collections(service, app.state.keys)
         app.state.metrics = Metrics(service.gallery_counts, service.collection_face_counts)
+        app.state.lanes = Lanes(settings.max_concurrent_inference + settings.max_queued_requests)
         app.state.admission = Admission(
             settings.max_concurrent_inference + settings.max_queued_requests,
             per_key=settings.max_concurrent_inference
@@ -84,6 +86,7 @@ def create_app(
         try:
             yield
         finally:
+            app.state.lanes.close()
             service.store.close()
 
     app = FastAPI(
@@ -124,11 +127,27 @@ def create_app(
     return app
 
 
-def _create_env_key_collections(service: FaceService, env_keys: dict[str, Principal]) -> None:
-    """A key from FACEVERIFY_API_KEYS may name a collection no one created yet."""
-    for principal in env_keys.values():
+def _create_env_key_collections(service: FaceService, keys: KeyStore) -> None:
+    """A key from FACEVERIFY_API_KEYS may name a collection no one created yet. One
+    revoked with its collection, or bound to a deleted collection, creates nothing: a
+    deleted collection stays deleted until an admin creates it (issue 25)."""
+    for hashed, principal in keys.env_keys.items():
         name = principal.collection
-        if name is not None and not service.store.collection_exists(collection=name):
+        if name is None or service.store.collection_exists(collection=name):
+            continue
+        if keys.env_key_revoked(hashed):
+            log.warning(
+                "FACEVERIFY_API_KEYS: a key bound to %r was revoked when that collection "
+                "was deleted and is refused; remove it from the environment",
+                name,
+            )
+        elif service.store.collection_deleted(collection=name):
+            log.warning(
+                "FACEVERIFY_API_KEYS: collection %r was deleted; a key bound to it does not "
+                "create it again (an admin may: POST /collections)",
+                name,
+            )
+        else:
             try:
                 service.create_collection(collection=name)
             except CollectionExists:

@@ -172,3 +172,39 @@ class ApiKey(Base):
     collection_id: Mapped[str | None] = mapped_column(String(COLLECTION_ID_MAX))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeletedCollection(Base):
+    """A collection that was deleted and not created again since: a key from
+    FACEVERIFY_API_KEYS bound to it does not bring it back at start-up (issue 25)."""
+
+    __tablename__ = "deleted_collections"
+
+    id: Mapped[str] = mapped_column(String(COLLECTION_ID_MAX), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RevokedEnvKey(Base):
+    """A FACEVERIFY_API_KEYS key revoked with the collection it was bound to. Such keys
+    live in each process's environment, not here, so their revocation is kept by hash:
+    they stay refused after a restart and when a collection of that name is made again."""
+
+    __tablename__ = "revoked_env_keys"
+
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    collection_id: Mapped[str] = mapped_column(String(COLLECTION_ID_MAX))
+    revoked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class IndexSnapshotRecord(Base):
+    """An index snapshot saved from this database (app/gallery/snapshot.py): its random
+    token, the gallery version it reflects and the sha256 of its manifest (which holds
+    each file's sha256). A snapshot whose token this database does not hold with that
+    version and digest came from another history (a restored backup) and is rebuilt."""
+
+    __tablename__ = "index_snapshots"
+
+    token: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

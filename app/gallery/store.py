@@ -35,10 +35,12 @@ from app.gallery import pgcopy, pgvector
 from app.gallery.models import (
     EMBEDDING_DTYPE,
     ApiKey,
+    DeletedCollection,
     Face,
     GalleryEvent,
     GalleryState,
     IdempotencyRecord,
+    RevokedEnvKey,
     Subject,
     embedding_matrix,
 )
@@ -419,6 +421,7 @@ class GalleryStore:
                 )
             row = CollectionRow(id=collection, created_at=datetime.now(UTC))
             session.add(row)
+            session.execute(delete(DeletedCollection).where(DeletedCollection.id == collection))
             session.flush()
             # Every version has its change: a gap in the log makes every process reload
             # every index (issue 25: 47 s on a 1.8M-face server after POST /collections).
@@ -434,6 +437,11 @@ class GalleryStore:
     def collection_exists(self, *, collection: str) -> bool:
         with Session(self.engine) as session:
             return session.get(CollectionRow, collection) is not None
+
+    def collection_deleted(self, *, collection: str) -> bool:
+        """Whether the collection was deleted and not created again since."""
+        with Session(self.engine) as session:
+            return session.get(DeletedCollection, collection) is not None
 
     def list_collections(self, *, only: str | None = None) -> list[CollectionRecord]:
         """Every collection (or just ``only``) with its subject and face counts, by id."""
@@ -461,10 +469,15 @@ class GalleryStore:
             ]
             return [CollectionRecord(c.id, c.created_at, n, m) for c, n, m in found]
 
-    def delete_collection(self, *, collection: str) -> tuple[CollectionRecord, int]:
+    def delete_collection(
+        self, *, collection: str, env_key_hashes: Collection[str] = ()
+    ) -> tuple[CollectionRecord, int]:
         """Delete a collection with every subject and face of it, and revoke the API keys
         bound to it (so a new collection of the same name never inherits them), in one
-        transaction. Returns what was deleted and the gallery version written."""
+        transaction: the database's keys, and ``env_key_hashes`` (the sha256 of the
+        FACEVERIFY_API_KEYS keys bound to it, kept as revoked). The collection is
+        recorded as deleted, so nothing but an admin's create brings it back. Returns
+        what was deleted and the gallery version written."""
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session)
             row = session.get(CollectionRow, collection)
@@ -482,6 +495,20 @@ class GalleryStore:
                 .where(ApiKey.collection_id == collection, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
+            now = datetime.now(UTC)
+            known = set(
+                session.scalars(
+                    select(RevokedEnvKey.key_sha256).where(
+                        RevokedEnvKey.key_sha256.in_(list(env_key_hashes))
+                    )
+                ).all()
+            )
+            for hashed in sorted(set(env_key_hashes) - known):
+                session.add(
+                    RevokedEnvKey(key_sha256=hashed, collection_id=collection, revoked_at=now)
+                )
+            session.execute(delete(DeletedCollection).where(DeletedCollection.id == collection))
+            session.add(DeletedCollection(id=collection, deleted_at=now))
             record = CollectionRecord(row.id, row.created_at, int(n_subjects), int(n_faces))
             session.delete(row)
             _log(session, version, [("delete_collection", collection, "", None)])

@@ -273,3 +273,47 @@ def test_identify_by_a_stored_face(client: TestClient) -> None:
     )
     both = client.post("/identify", data={"face_id": first}, files={"image": ALICE}, headers=DOOR)
     assert_problem(both, 422, "validation_error")
+
+
+def test_an_environment_key_is_revoked_with_its_collection_for_good(settings: Settings) -> None:
+    """Issue 25: a FACEVERIFY_API_KEYS key ...@lobby kept working after DELETE
+    /collections/lobby answered keys_revoked, reached a new tenant's lobby once an admin
+    made one, and a restart silently re-created the deleted collection."""
+    keys = f"{TEST_KEY}:admin,{LOBBY_KEY}:admin@lobby"
+    configured = settings.model_copy(update={"api_keys": SecretStr(keys)})
+
+    def app() -> TestClient:
+        return TestClient(
+            create_app(configured, builder=lambda s: (_fake_service(s), {})),
+            raise_server_exceptions=False,
+        )
+
+    with app() as c:
+        assert c.get("/collections/lobby", headers=ADMIN).status_code == 200  # made for it
+        r = c.post("/enroll", data={"subject_id": "sam"}, files={"image": SAM_LOBBY}, headers=LOBBY)
+        assert r.status_code == 201
+        gone = c.delete("/collections/lobby", headers=ADMIN)
+        assert gone.status_code == 200 and gone.json()["keys_revoked"] is True
+        assert_problem(c.get("/subjects", headers=LOBBY), 401, "unauthorized")
+        assert_problem(c.get("/collections/lobby", headers=ADMIN), 404, "collection_not_found")
+    with app() as c:  # a restart with the same environment
+        assert_problem(c.get("/collections/lobby", headers=ADMIN), 404, "collection_not_found")
+        assert_problem(c.get("/subjects", headers=LOBBY), 401, "unauthorized")
+        # An admin makes "lobby" again for a new tenant: the old key does not reach it.
+        assert c.post("/collections", json={"collection_id": "lobby"}, headers=ADMIN).status_code
+        new = c.post(
+            "/enroll?collection=lobby",
+            data={"subject_id": "carol"},
+            files={"image": ALICE},
+            headers=ADMIN,
+        )
+        assert new.status_code == 201
+        for r in (
+            c.get("/subjects", headers=LOBBY),
+            c.post("/identify", files={"image": ALICE}, headers=LOBBY),
+        ):
+            assert_problem(r, 401, "unauthorized")
+    with app() as c:  # and after one more restart
+        assert_problem(c.get("/subjects", headers=LOBBY), 401, "unauthorized")
+        listed = c.get("/subjects?collection=lobby", headers=ADMIN).json()
+        assert [s["subject_id"] for s in listed["items"]] == ["carol"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api import schemas as s
-from app.api.deps import BodyDep, ServiceDep, require
+from app.api.deps import BodyDep, KeysDep, ServiceDep, require
 from app.api.routes.common import problems
 from app.gallery.store import CollectionRecord
 
@@ -55,11 +55,14 @@ def get_collection(collection_id: s.CollectionId, service: ServiceDep) -> s.Coll
     responses=problems(401, 403, 404, 409, 422),
 )
 def delete_collection(
-    collection_id: s.CollectionId, service: ServiceDep
+    collection_id: s.CollectionId, service: ServiceDep, keys: KeysDep
 ) -> s.DeleteCollectionResponse:
     """Delete a collection: every subject and embedding of it, from the database and
-    every process's index, and revoke the keys bound to it, before answering."""
-    record = service.delete_collection(collection=collection_id)
+    every process's index, and revoke the keys bound to it (those from
+    FACEVERIFY_API_KEYS too, for good), before answering."""
+    record = service.delete_collection(
+        collection=collection_id, env_key_hashes=keys.env_keys_bound_to(collection_id)
+    )
     return s.DeleteCollectionResponse(
         **collection_out(record).model_dump(), deleted=True, keys_revoked=True
     )
