@@ -12,6 +12,15 @@ version it reflects, the encoders and dimension. A process that opens one replay
 store's change log since that version, as it would after any reload; a snapshot the log
 no longer reaches back to is not used (a new one is built and the old ones removed).
 Builds are serialised by a file lock, so workers started together build once.
+
+A snapshot must also prove it belongs to this database's history (issue 25): a backup
+restored under a newer snapshot has the same instance id, and identify then served a
+subject GET and DELETE could not see. Each snapshot gets a random token, and its
+manifest (snapshot.json) lists every file's sha256; the database registers the token
+with the version and the manifest's sha256 when the snapshot is saved
+(``index_snapshots``). A snapshot the database does not hold so, or whose files do not
+match their sums (a file rewritten in place at the same size made identify name the
+wrong people), is rebuilt.
 """
 
 from __future__ import annotations
@@ -23,23 +32,33 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Collection, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.gallery.ann import AnnIndex
 from app.gallery.index import VectorIndex
 
 log = logging.getLogger("faceverify.gallery")
 
-FORMAT = 1
+FORMAT = 2
+HASH_CHUNK = 1 << 20
+
+
+class SnapshotMismatch(ValueError):
+    """A snapshot that is not this database's, or whose files changed since saved."""
 
 
 @dataclass(frozen=True)
 class Snapshot:
     folder: Path
     version: int
+    token: str = ""
+    digest: str = ""  # sha256 of snapshot.json
 
 
 class SnapshotDir:
@@ -88,13 +107,26 @@ class SnapshotDir:
         for folder in base.iterdir():
             meta = folder / "snapshot.json"
             if folder.name.startswith("v") and meta.is_file():
-                data = json.loads(meta.read_text())
+                raw = meta.read_bytes()
+                data = json.loads(raw)
                 if data.get("format") == FORMAT:
-                    found.append(Snapshot(folder, int(data["version"])))
+                    found.append(
+                        Snapshot(
+                            folder,
+                            int(data["version"]),
+                            str(data.get("token", "")),
+                            hashlib.sha256(raw).hexdigest(),
+                        )
+                    )
         return max(found, key=lambda s: s.version, default=None)
 
     def open(self, snapshot: Snapshot) -> dict[str, VectorIndex]:
+        """The snapshot's indexes, once every file matches its sha256 in the manifest
+        (else SnapshotMismatch)."""
         meta = json.loads((snapshot.folder / "snapshot.json").read_text())
+        for name, want in meta["files"].items():
+            if _sha256(snapshot.folder / name) != want:
+                raise SnapshotMismatch(f"{name} changed since the snapshot was saved")
         kwargs = {"exact_below": self.exact_below}
         if self.nprobe is not None:
             kwargs["nprobe"] = self.nprobe
@@ -111,10 +143,12 @@ class SnapshotDir:
         encoders: Collection[str],
         dim: int,
         version: int,
+        register: Callable[[Snapshot], None] = lambda snapshot: None,
     ) -> Snapshot | None:
         """Write ``indexes`` (AnnIndex objects only; otherwise nothing is saved) as the
-        snapshot of ``version``, then remove older ones. Written under a temporary name
-        and renamed, so a reader never sees half a snapshot."""
+        snapshot of ``version``, ``register`` it with the database, then remove older
+        ones. Written under a temporary name and renamed, so a reader never sees half a
+        snapshot."""
         if not all(isinstance(i, AnnIndex) for i in indexes.values()):
             return None
         for index in indexes.values():
@@ -133,22 +167,30 @@ class SnapshotDir:
                 index = indexes[collection]
                 assert isinstance(index, AnnIndex)
                 index.save(temporary / f"c{i}")
-            (temporary / "snapshot.json").write_text(
-                json.dumps(
-                    {
-                        "format": FORMAT,
-                        "version": version,
-                        "instance": instance,
-                        "encoders": sorted(encoders),
-                        "dim": dim,
-                        "collections": names,
-                    }
-                )
-            )
+            files = {
+                str(path.relative_to(temporary)): _sha256(path)
+                for path in sorted(temporary.rglob("*"))
+                if path.is_file()
+            }
+            token = str(uuid.uuid4())
+            manifest = json.dumps(
+                {
+                    "format": FORMAT,
+                    "version": version,
+                    "instance": instance,
+                    "token": token,
+                    "encoders": sorted(encoders),
+                    "dim": dim,
+                    "collections": names,
+                    "files": files,
+                }
+            ).encode()
+            (temporary / "snapshot.json").write_bytes(manifest)
+            register(Snapshot(final, version, token, hashlib.sha256(manifest).hexdigest()))
             if final.exists():
                 shutil.rmtree(final)
             temporary.rename(final)
-        except OSError as exc:
+        except (OSError, SQLAlchemyError) as exc:
             shutil.rmtree(temporary, ignore_errors=True)
             log.warning("could not save the index snapshot in %s (%s)", base, exc)
             return None
@@ -157,4 +199,12 @@ class SnapshotDir:
         for other in base.iterdir():
             if other != final and other.name != ".lock":
                 shutil.rmtree(other, ignore_errors=True)
-        return Snapshot(final, version)
+        return Snapshot(final, version, token, hashlib.sha256(manifest).hexdigest())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

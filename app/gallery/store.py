@@ -40,6 +40,7 @@ from app.gallery.models import (
     GalleryEvent,
     GalleryState,
     IdempotencyRecord,
+    IndexSnapshotRecord,
     RevokedEnvKey,
     Subject,
     embedding_matrix,
@@ -54,6 +55,8 @@ from app.geometry import Box
 EVENT_RETENTION = 10_000
 # How long a SQLite writer waits for another's write lock before DatabaseBusy (503).
 BUSY_TIMEOUT_SECONDS = 30.0
+# Index snapshot records kept (each process may still hold an older one mapped).
+SNAPSHOT_RECORDS = 16
 # Rows per slice when reading every embedding (load_embeddings).
 LOAD_SLICE = 50_000
 
@@ -388,10 +391,37 @@ class GalleryStore:
             matrix=matrix[: len(ids)],
         )
 
+    def register_snapshot(self, *, token: str, version: int, digest: str) -> None:
+        """Record an index snapshot saved from this database (app/gallery/snapshot.py);
+        records of older snapshots than the last few are dropped."""
+        with Session(self.engine) as session, session.begin():
+            session.add(
+                IndexSnapshotRecord(
+                    token=token, version=version, digest=digest, created_at=datetime.now(UTC)
+                )
+            )
+            keep = (
+                select(IndexSnapshotRecord.token)
+                .order_by(IndexSnapshotRecord.created_at.desc())
+                .limit(SNAPSHOT_RECORDS)
+            )
+            session.execute(
+                delete(IndexSnapshotRecord).where(IndexSnapshotRecord.token.not_in(keep))
+            )
+
+    def snapshot_registered(self, *, token: str) -> tuple[int, str] | None:
+        """(version, manifest sha256) of a snapshot this database registered, or None."""
+        with Session(self.engine) as session:
+            row = session.get(IndexSnapshotRecord, token) if token else None
+            return None if row is None else (int(row.version), row.digest)
+
     def changes_since(self, *, version: int) -> list[Change] | None:
         """The changes made after ``version``, oldest first; None if the log no longer
-        reaches back that far (then reload everything)."""
+        reaches back that far, or ``version`` is ahead of the database's (a backup was
+        restored): then reload everything."""
         with self.engine.connect() as conn:
+            if version > int(conn.execute(select(GalleryState.version)).scalar_one()):
+                return None
             rows = conn.execute(
                 select(
                     GalleryEvent.version,

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 from app.gallery.index import Partitions
-from app.gallery.snapshot import SnapshotDir
+from app.gallery.snapshot import Snapshot, SnapshotDir, SnapshotMismatch
 from app.gallery.store import Change, EmbeddingRows
 
 log = logging.getLogger("faceverify.gallery")
@@ -28,6 +28,10 @@ class ChangeSource(Protocol):
     def version(self) -> int: ...
 
     def instance(self) -> str: ...
+
+    def register_snapshot(self, *, token: str, version: int, digest: str) -> None: ...
+
+    def snapshot_registered(self, *, token: str) -> tuple[int, str] | None: ...
 
     def changes_since(self, *, version: int) -> list[Change] | None: ...
 
@@ -111,11 +115,18 @@ class GallerySync:
         instance, dim = self.source.instance(), self.indexes.dim
         with self.snapshots.locked():
             found = self.snapshots.latest(instance, self.encoders, dim)
+            if found is not None and not self._ours(found):
+                found = None
             changes = self.source.changes_since(version=found.version) if found else None
             if found is not None and changes is not None:
-                self.indexes.replace(self.snapshots.open(found))
-                self._replay(changes)
-                return max([found.version, *(c.version for c in changes)])
+                try:
+                    opened = self.snapshots.open(found)
+                except SnapshotMismatch as exc:
+                    log.warning("index snapshot %s is rebuilt: %s", found.folder, exc)
+                else:
+                    self.indexes.replace(opened)
+                    self._replay(changes)
+                    return max([found.version, *(c.version for c in changes)])
             self._load_all()
             saved = self.snapshots.save(
                 self.indexes.parts(),
@@ -123,10 +134,26 @@ class GallerySync:
                 encoders=self.encoders,
                 dim=dim,
                 version=current,
+                register=lambda s: self.source.register_snapshot(
+                    token=s.token, version=s.version, digest=s.digest
+                ),
             )
             if saved is not None:  # this process too reads the shared pages
                 self.indexes.replace(self.snapshots.open(saved))
             return current
+
+    def _ours(self, snapshot: Snapshot) -> bool:
+        """Whether this database registered ``snapshot`` (token, version and manifest):
+        one saved from another history (a backup restored since) is not."""
+        registered = self.source.snapshot_registered(token=snapshot.token)
+        if registered == (snapshot.version, snapshot.digest):
+            return True
+        log.warning(
+            "index snapshot %s is not this database's (%s); rebuilding it",
+            snapshot.folder,
+            "unknown to it" if registered is None else "its manifest changed",
+        )
+        return False
 
     def _load_all(self) -> None:
         rows = self.source.load_embeddings(dim=self.indexes.dim, encoders=self.encoders)
