@@ -4,7 +4,6 @@ app/gallery/models.py; these are what crosses HTTP."""
 from __future__ import annotations
 
 import json
-import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_type_hints
 
@@ -21,6 +20,7 @@ from pydantic import (
 
 from app.api.inputs import json_depth, parse_json
 from app.errors import InvalidRequest
+from app.gallery.ids import NAME_MAX, nfkc, not_only_dots, one_script
 from app.gallery.models import COLLECTION_ID_PATTERN, SUBJECT_ID_MAX, SUBJECT_ID_PATTERN
 from app.geometry import Box
 
@@ -28,43 +28,12 @@ from app.geometry import Box
 METADATA_MAX_DEPTH = 8
 
 
-def _not_only_dots(value: str) -> str:
-    # "." and ".." are path segments that clients and proxies rewrite.
-    if value.strip(".") == "":
-        raise ValueError("a subject id cannot consist of dots only")
-    return value
-
-
-CONFUSABLE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK"})
-
-
-def _nfkc(value: Any) -> Any:
-    # Compatibility forms are one id: fullwidth "ＡＢＣ" is "ABC", a ligature its letters.
-    return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
-
-
-def _one_script(value: str) -> str:
-    # "obаma" with a Cyrillic "а" looks like "obama" but is another id: refuse ids whose
-    # letters mix Latin, Cyrillic and Greek, the scripts whose letters look alike (as
-    # browsers do for mixed-script domain names), so no look-alike subject can be created
-    # next to a real one (issue 9). Kanji with kana, or Hangul with Hanja, stay allowed.
-    scripts = {unicodedata.name(ch, "?").split(" ")[0] for ch in value if ch.isalpha()}
-    scripts &= CONFUSABLE_SCRIPTS
-    if len(scripts) > 1:
-        raise ValueError(
-            "a subject id cannot mix letters of several scripts ("
-            + ", ".join(sorted(scripts))
-            + ")"
-        )
-    return value
-
-
 SubjectId = Annotated[
     str,
-    BeforeValidator(_nfkc),
+    BeforeValidator(nfkc),
     StringConstraints(min_length=1, max_length=SUBJECT_ID_MAX, pattern=SUBJECT_ID_PATTERN),
-    AfterValidator(_not_only_dots),
-    AfterValidator(_one_script),
+    AfterValidator(not_only_dots),
+    AfterValidator(one_script),
 ]
 Prior = Annotated[float, Field(gt=0, lt=1)]
 Mode = Annotated[
@@ -95,7 +64,7 @@ class _Form(BaseModel):
 class EnrollRequest(_Form):
     subject_id: SubjectId
     collection: CollectionField = None
-    name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    name: Annotated[str, StringConstraints(max_length=NAME_MAX)] | None = None
     metadata: dict[str, Any] | None = Field(
         None, description="Any JSON object (in multipart: a JSON string)."
     )

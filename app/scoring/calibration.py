@@ -120,6 +120,8 @@ class Calibration:
             return None
         counts = table["cumulative_impostors"]
         total = int(table["impostor_pairs"])
+        if not math.isfinite(distance):  # (an overflowed distance: past every step)
+            return counts[-1] / total, int(counts[-1]), total
         i = min(max(math.ceil(distance / table["grid_step"] - 1e-9), 0), len(counts) - 1)
         return counts[i] / total, int(counts[i]), total
 

@@ -97,6 +97,9 @@ def test_fmr_lookup_errs_high(tmp_path: Path) -> None:
     assert cal.fmr(0.4) == (0.01, 1, 100)
     assert cal.fmr(0.0) == (0.0, 0, 100)
     assert cal.fmr(5.0) == (1.0, 100, 100)
+    # An overflowed distance (issue 25: imported rows of 3e38 made /verify answer 500).
+    assert cal.fmr(float("inf")) == (1.0, 100, 100)
+    assert cal.percent(float("inf")) == 0.1
 
 
 def test_prior_shifts_the_log_odds(tmp_path: Path) -> None:
