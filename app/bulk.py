@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -43,13 +46,76 @@ class PhotoOutcome:
 
 
 def subjects_in(folder: Path) -> dict[str, list[Path]]:
-    """Sub-folder name -> its photos, sorted; folders with no photos are left out."""
+    """Sub-folder name -> its photos, sorted; folders with no photos are left out. Only
+    real folders and regular files inside ``folder``: symbolic links, devices and FIFOs
+    are not followed (issue 25: a linked subject folder and /etc/hostname were read,
+    x.jpg -> /dev/zero ran out of memory, a FIFO hung the run); :func:`passed_over`
+    lists them."""
     found = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        photos = sorted(p for p in sub.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    for sub in sorted(p for p in folder.iterdir() if _is(p, stat.S_ISDIR)):
+        photos = sorted(p for p in sub.iterdir() if _photo_name(p) and _is(p, stat.S_ISREG))
         if photos:
             found[sub.name] = photos
     return found
+
+
+def passed_over(folder: Path) -> list[PhotoOutcome]:
+    """What :func:`subjects_in` does not enroll and why: links, devices, FIFOs."""
+    outcomes = []
+    for sub in sorted(folder.iterdir()):
+        if sub.is_symlink():
+            outcomes.append(_not_regular(sub, sub.name, "a symbolic link (not followed)"))
+        elif _is(sub, stat.S_ISDIR):
+            for p in sorted(sub.iterdir()):
+                if _photo_name(p) and not _is(p, stat.S_ISREG):
+                    kind = "a symbolic link (not followed)" if p.is_symlink() else "not a file"
+                    outcomes.append(_not_regular(p, sub.name, kind))
+    return outcomes
+
+
+def _not_regular(path: Path, subject_id: str, why: str) -> PhotoOutcome:
+    return PhotoOutcome(str(path), subject_id, "refused", "not_a_regular_file", f"{path}: {why}")
+
+
+def _photo_name(path: Path) -> bool:
+    return path.suffix.lower() in PHOTO_SUFFIXES
+
+
+def _is(path: Path, kind: Callable[[int], bool]) -> bool:
+    """The entry itself (never what a link points to) is of ``kind``."""
+    try:
+        return kind(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+class UnreadablePhoto(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def read_photo(path: Path, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most ``max_bytes`` (the upload cap): opened without
+    following a link and without blocking (a FIFO swapped in after the listing), then
+    checked to be a regular file before anything is read."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise UnreadablePhoto("unreadable", f"{path}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadablePhoto("not_a_regular_file", f"{path}: not a regular file")
+        if info.st_size > max_bytes:
+            raise UnreadablePhoto(
+                "file_too_large", f"{path}: {info.st_size} bytes; the cap is {max_bytes}"
+            )
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnreadablePhoto("file_too_large", f"{path}: more than {max_bytes} bytes")
+    return data
 
 
 def enroll_folder(
@@ -63,6 +129,7 @@ def enroll_folder(
 ) -> list[PhotoOutcome]:
     subjects = subjects_in(folder)
     current = service.pipeline.template
+    max_bytes = service.settings.max_upload_bytes
 
     def one_subject(item: tuple[str, list[Path]]) -> list[PhotoOutcome]:
         subject_id, photos = item
@@ -77,7 +144,7 @@ def enroll_folder(
                 result = service.enroll(
                     collection=collection,
                     subject_id=subject_id,
-                    images=[photo.read_bytes()],
+                    images=[read_photo(photo, max_bytes)],
                     add=exists,
                     skip_known=True,
                 )
@@ -87,10 +154,13 @@ def enroll_folder(
             except FaceVerifyError as exc:
                 code = status_and_code(exc)[1]
                 outcomes.append(PhotoOutcome(str(photo), subject_id, "refused", code, exc.detail))
-            except OSError as exc:
+            except UnreadablePhoto as exc:
                 outcomes.append(
-                    PhotoOutcome(str(photo), subject_id, "refused", "unreadable", str(exc))
+                    PhotoOutcome(str(photo), subject_id, "refused", exc.code, exc.detail)
                 )
+            except Exception as exc:  # one bad file never aborts the run; it is reported
+                detail = f"{type(exc).__name__}: {exc}"
+                outcomes.append(PhotoOutcome(str(photo), subject_id, "refused", "error", detail))
             if progress:
                 progress(1)
         if upgrade:
@@ -98,7 +168,14 @@ def enroll_folder(
         return outcomes
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        return [o for batch in pool.map(one_subject, subjects.items()) for o in batch]
+        done = [o for batch in pool.map(one_subject, subjects.items()) for o in batch]
+    return passed_over(folder) + done
+
+
+def refusals_by_code(outcomes: list[PhotoOutcome]) -> dict[str, int]:
+    """How many photos were refused for each code, most first."""
+    counts = Counter(o.code for o in outcomes if o.status == "refused")
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _replace_older(

@@ -296,7 +296,7 @@ def enroll(
     """Enroll a folder of photos in bulk, with /enroll's rules; safe to re-run."""
     from tqdm import tqdm
 
-    from app.bulk import enroll_folder, subjects_in, write_report
+    from app.bulk import enroll_folder, refusals_by_code, subjects_in, write_report
     from app.service import build_service
 
     settings = _or_exit(Settings)
@@ -323,9 +323,11 @@ def enroll(
     photos = len(outcomes) - counts["replaced"]
     if report is not None:
         write_report(report, outcomes)
+    by_code = ", ".join(f"{code} {n}" for code, n in refusals_by_code(outcomes).items())
     typer.echo(
         f"{counts['enrolled']} enrolled, {counts['skipped']} already there, "
-        f"{counts['refused']} refused{f' (listed in {report})' if report else ''}"
+        f"{counts['refused']} refused{f' ({by_code})' if by_code else ''}"
+        f"{f', listed in {report}' if report else ''}"
         + (f", {counts['replaced']} older faces replaced" if upgrade else "")
         + f"; {photos} photos in {elapsed:.1f} s ({photos / max(elapsed, 1e-9):.1f}/s)"
     )

@@ -76,3 +76,64 @@ def test_upgrade_replaces_faces_of_an_older_recipe_with_templates(
     # Without --upgrade the older faces stay; with nothing enrolled they stay too.
     again = enroll_folder(after, root, collection="default", workers=2, upgrade=True)
     assert not [o for o in again if o.status == "replaced"]
+
+
+def test_a_folder_is_not_trusted_links_devices_fifos_and_huge_files_are_refused(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Issue 25: links out of the folder were followed (a linked subject folder and
+    /etc/hostname were read), x.jpg -> /dev/zero read until MemoryError and aborted the
+    run, and a FIFO hung it. Only regular files inside, each under the upload cap; one bad
+    file never aborts the run."""
+    import os
+    import threading
+
+    service = make_fake_service(settings.model_copy(update={"max_upload_bytes": 50_000}))
+    root = folder(tmp_path / "photos")
+    outside = tmp_path / "outside"
+    (outside / "eve").mkdir(parents=True)
+    (outside / "eve" / "0.png").write_bytes(fake_image(face(5)))
+    (root / "eve").symlink_to(outside / "eve")  # a subject folder linked out
+    (root / "ann" / "2.jpg").symlink_to("/etc/hostname")
+    (root / "ann" / "3.jpg").symlink_to("/dev/zero")
+    os.mkfifo(root / "ann" / "4.jpg")
+    (root / "cy" / "9.png").write_bytes(b"\x89PNG" + bytes(60_000))  # over the cap
+
+    outcomes: list = []
+    worker = threading.Thread(
+        target=lambda: outcomes.extend(
+            enroll_folder(service, root, collection="default", workers=2)
+        )
+    )
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the run hung"
+    status = {(Path(o.path).parent.name, Path(o.path).name): (o.status, o.code) for o in outcomes}
+    assert status[("photos", "eve")] == ("refused", "not_a_regular_file")
+    assert status[("ann", "2.jpg")] == ("refused", "not_a_regular_file")
+    assert status[("ann", "3.jpg")] == ("refused", "not_a_regular_file")
+    assert status[("ann", "4.jpg")] == ("refused", "not_a_regular_file")
+    assert status[("cy", "9.png")] == ("refused", "file_too_large")
+    assert status[("ann", "0.png")] == ("enrolled", "")  # the rest went on
+    names = [
+        s.id for s in service.list_subjects(collection="default", offset=0, limit=10)[0]
+    ]
+    assert "eve" not in names
+
+
+def test_the_cli_prints_refusals_by_code(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = folder(tmp_path / "photos")
+    env = {**__import__("os").environ, "FACEVERIFY_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("faceverify")), "enroll", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    # The real models find no face in the fake photos: the count by code says so.
+    assert "6 refused (no_face 6)" in done.stdout

@@ -148,9 +148,7 @@ def _check_vectors(where: str, vectors: np.ndarray, first_row: int | None = None
     finite = np.isfinite(vectors).all(axis=1)
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    bad = np.flatnonzero(
-        ~finite | ~((norms >= MIN_EMBEDDING_NORM) & (norms <= MAX_EMBEDDING_NORM))
-    )
+    bad = np.flatnonzero(~finite | ~((norms >= MIN_EMBEDDING_NORM) & (norms <= MAX_EMBEDDING_NORM)))
     if not len(bad):
         return
     i = int(bad[0])
