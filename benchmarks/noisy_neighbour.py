@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,10 +38,12 @@ from typing import Any
 import httpx2
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import serving  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "faces"
 TESTS = ROOT / "tests" / "data"
-FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))
 ADMIN = "noisy-admin-key-0123456789"
 KEYS = {
     "quiet": "noisy-quiet-key-0123456789",
@@ -79,37 +79,6 @@ def thorough_photo() -> bytes:
 def _pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    keys = [f"{ADMIN}:admin"] + [f"{key}:verify+enroll@{name}" for name, key in KEYS.items()]
-    env = {
-        **os.environ,
-        "FACEVERIFY_DATA_DIR": str(data_dir),
-        "FACEVERIFY_API_KEYS": ",".join(keys),
-        "FACEVERIFY_LOG_FORMAT": "text",
-        "FACEVERIFY_CACHE_DIR": os.environ.get(
-            "FACEVERIFY_CACHE_DIR", str(Path(tempfile.gettempdir()) / "faceverify-bench-cache")
-        ),
-    }
-    log = (data_dir / "server.log").open("wb")
-    return subprocess.Popen(
-        [FACEVERIFY, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-
-
-def _wait(url: str, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("the server exited")
-        try:
-            if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx2.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become ready")
 
 
 class Flood:
@@ -160,21 +129,12 @@ def _label(r: httpx2.Response) -> str:
 
 
 def run(requests: int, noface_clients: int, thorough_clients: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="faceverify-noisy-") as tmp:
-        data_dir = Path(tmp)
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        url = f"http://127.0.0.1:{port}"
-        server = _serve(data_dir, port)
-        try:
-            _wait(url, server)
-            return _measure(url, requests, noface_clients, thorough_clients)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    keys = [f"{ADMIN}:admin"] + [f"{key}:verify+enroll@{name}" for name, key in KEYS.items()]
+    with (
+        tempfile.TemporaryDirectory(prefix="faceverify-noisy-") as tmp,
+        serving(Path(tmp), ",".join(keys)) as url,
+    ):
+        return _measure(url, requests, noface_clients, thorough_clients)
 
 
 def _measure(url: str, requests: int, noface_clients: int, thorough_clients: int) -> dict[str, Any]:

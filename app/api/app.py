@@ -21,7 +21,7 @@ from app.api.deps import Admission
 from app.api.guards import PAGE_CSP, BodyGuard, HeadAsGet, SecurityHeaders
 from app.api.lanes import Lanes
 from app.api.observability import Metrics
-from app.api.ratelimit import RateLimiter, RateLimitHeaders
+from app.api.ratelimit import RateLimiter
 from app.api.routes import router
 from app.errors import CollectionExists
 from app.face.weights import WeightFile
@@ -111,7 +111,6 @@ def create_app(
     problems.install(app)
     # Innermost first: the body guard sits inside the request-id/metrics middleware, so
     # its 413s are logged and counted like any other answer.
-    app.add_middleware(RateLimitHeaders)
     app.add_middleware(
         BodyGuard,
         max_bytes=settings.max_upload_bytes,

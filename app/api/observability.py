@@ -213,7 +213,11 @@ class Observe:
             nonlocal status, started
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
-                MutableHeaders(scope=message).append("X-Request-ID", rid)
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", rid)
+                # A rate-limited key's RateLimit fields (app/api/ratelimit.py), 429 or not.
+                for name, value in scope.get("state", {}).get("rate_limit", {}).items():
+                    headers[name] = value
             await send(message)
 
         task = asyncio.ensure_future(self.app(scope, receive, send_with_id))

@@ -2,9 +2,9 @@
 
 FACEVERIFY_RATE_LIMIT_PER_SECOND refills each key's bucket; FACEVERIFY_RATE_LIMIT_BURST
 is its size (0: one second's worth, at least 1). A request finding the bucket empty is
-answered 429 ``rate_limited`` with Retry-After. Every answer to a limited key carries the
-IETF draft's fields (draft-ietf-httpapi-ratelimit-headers-10):
-``RateLimit-Policy: "per-key";q=BURST;w=SECONDS`` and ``RateLimit: "per-key";r=LEFT;t=SECONDS``.
+answered 429 ``rate_limited`` with Retry-After. Every answer to a limited key carries
+(added by app/api/observability.py) the fields of draft-ietf-httpapi-ratelimit-headers-10:
+``RateLimit-Policy: "per-key";q=BURST;w=SECONDS``, ``RateLimit: "per-key";r=LEFT;t=SECONDS``.
 Per process: with N workers or replicas a key may get N times the rate (say so in the
 setting; a shared limiter would put the database on every request's path).
 """
@@ -16,9 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 POLICY = "per-key"
 # Buckets kept at most; a full bucket is dropped first (it holds no state worth keeping).
@@ -75,27 +72,3 @@ class RateLimiter:
         full = [k for k, (t, w) in self._buckets.items() if t + (now - w) * self.rate >= self.burst]
         for k in full or list(self._buckets)[: len(self._buckets) // 2]:
             del self._buckets[k]
-
-
-class RateLimitHeaders:
-    """Adds the RateLimit fields of a limited request (``scope["state"]["rate_limit"]``,
-    set by the key check) to its answer, 429 or not. Pure ASGI, like Observe."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                fields = scope.get("state", {}).get("rate_limit")
-                if fields:
-                    headers = MutableHeaders(scope=message)
-                    for name, value in fields.items():
-                        headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, send_with_limits)
