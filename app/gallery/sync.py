@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.gallery.index import Partitions
@@ -45,6 +46,15 @@ class ChangeSource(Protocol):
     ) -> EmbeddingRows: ...
 
 
+@dataclass
+class _Reload:
+    """A collection's reload in the background: ``done`` once its index is current;
+    ``again`` when another import came while it loaded."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    again: bool = False
+
+
 class GallerySync:
     """Replays ``source``'s change log into ``indexes`` (one VectorIndex a collection).
 
@@ -71,9 +81,8 @@ class GallerySync:
         self.snapshots = snapshots
         self.version = -1
         self._lock = threading.Lock()
-        # Collections being reloaded in the background (after an import), each with the
-        # event set when its index is current again.
-        self._reloading: dict[str, threading.Event] = {}
+        # Collections being reloaded in the background (after an import).
+        self._reloading: dict[str, _Reload] = {}
 
     def sync(self) -> bool:
         """Bring the index up to the store's version. Cheap when nothing changed (one
@@ -178,10 +187,11 @@ class GallerySync:
         own: a search in another collection neither waits for it nor pays for it (issue
         25: the first identify in ``default`` after a 1.2M-face import into another
         collection took 57.6 s). A search in this one waits (:meth:`wait_for`)."""
-        if collection in self._reloading:
-            self._reloading[collection].clear()  # another import: load once more
+        reload = self._reloading.get(collection)
+        if reload is not None:
+            reload.again = True  # another import while it loads: load once more
             return
-        self._reloading[collection] = threading.Event()
+        self._reloading[collection] = _Reload()
         threading.Thread(
             target=self._reload_in_background,
             args=(collection,),
@@ -201,8 +211,8 @@ class GallerySync:
     def _reload_once(self, collection: str) -> bool:
         """Load the collection as the store has it now, then swap it in and replay what
         changed in it meanwhile. True when it is current (no newer import asked again)."""
-        done = self._reloading[collection]
-        done.set()  # cleared by an import replayed while this loads: then once more
+        reload = self._reloading[collection]
+        reload.again = False
         start = self.source.version()
         rows = self.source.load_embeddings(
             dim=self.indexes.dim, encoders=self.encoders, collection=collection
@@ -219,25 +229,18 @@ class GallerySync:
             self._replay(
                 [c for c in changes if c.collection == collection and c.kind != "reload_collection"]
             )
-            if not done.is_set():
+            if reload.again:
                 return False
             del self._reloading[collection]
-            done.set()
+        reload.done.set()
         log.info("collection %r reloaded: %d faces", collection, len(index))
         return True
 
     def wait_for(self, collection: str, timeout: float) -> bool:
         """Wait up to ``timeout`` s while ``collection`` is reloaded; False if it still
         is (the caller answers 'retry shortly')."""
-        done = self._reloading.get(collection)
-        if done is None:
-            return True
-        deadline = time.monotonic() + timeout
-        while collection in self._reloading:
-            if time.monotonic() >= deadline:
-                return False
-            done.wait(0.05)
-        return True
+        reload = self._reloading.get(collection)
+        return reload is None or reload.done.wait(timeout)
 
     def _replay(self, changes: list[Change]) -> None:
         added = [c.face_id for c in changes if c.kind == "add_face" and c.face_id]
