@@ -115,9 +115,7 @@ def test_a_folder_is_not_trusted_links_devices_fifos_and_huge_files_are_refused(
     assert status[("ann", "4.jpg")] == ("refused", "not_a_regular_file")
     assert status[("cy", "9.png")] == ("refused", "file_too_large")
     assert status[("ann", "0.png")] == ("enrolled", "")  # the rest went on
-    names = [
-        s.id for s in service.list_subjects(collection="default", offset=0, limit=10)[0]
-    ]
+    names = [s.id for s in service.list_subjects(collection="default", offset=0, limit=10)[0]]
     assert "eve" not in names
 
 
