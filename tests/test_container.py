@@ -115,6 +115,30 @@ def assert_verifies(url: str) -> None:
     assert other["match"] is False and other["distance"] > 0.6, other
 
 
+def assert_cnn_fallback(url: str, container: str) -> None:
+    """A face HOG misses (obama tilted 60 degrees) is found by the CNN fallback, which
+    runs in a child process at nice 19 (app/face/cnn.py): as a non-root user on a
+    read-only root filesystem too."""
+    import io
+
+    from PIL import Image
+
+    tilted = Image.open(DATA / "obama.jpg").convert("RGB")
+    out = io.BytesIO()
+    tilted.rotate(60, expand=True, fillcolor=(128, 128, 128)).save(out, "PNG")
+    r = httpx2.post(
+        url + "/detect", files={"image": out.getvalue()}, headers={"X-API-Key": KEY}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    assert [f["detector"] for f in r.json()["faces"]] == ["cnn"], r.json()
+    nice = (
+        "import os; print(sorted(os.getpriority(os.PRIO_PROCESS, int(p)) "
+        "for p in os.listdir('/proc') if p.isdigit()))"
+    )
+    niced = run("docker", "exec", container, "python", "-c", nice)
+    assert "19" in niced, niced  # the CNN child
+
+
 def test_the_image_serves_keeps_its_gallery_and_reports_its_health(image: str) -> None:
     name, volume = f"fv-test-{uuid.uuid4().hex[:8]}", f"fv-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -130,6 +154,7 @@ def test_the_image_serves_keeps_its_gallery_and_reports_its_health(image: str) -
         wait_ready(url)
         assert run("docker", "exec", name, "id", "-u") != "0"
         enroll_and_verify(url)
+        assert_cnn_fallback(url, name)
         wait_health(name, "healthy")
         logs = subprocess.run(
             ["docker", "logs", name], capture_output=True, text=True, check=True
