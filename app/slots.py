@@ -200,7 +200,7 @@ class FairSlots:
             with (
                 spare_cores().inferring(0 if bulk else 1),
                 no_helpers(bulk),
-                lending_slot(lambda: self._lent(tenant, bulk)),
+                lending_slot(lambda: self._lent(tenant, bulk), owner=tenant),
             ):
                 yield
         finally:

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import ServiceBusy
-from app.face.cores import waiting_outside
+from app.face.cores import slot_owner, waiting_outside
 
 log = logging.getLogger("faceverify.face")
 
@@ -72,9 +73,11 @@ def _detect(rgb: np.ndarray) -> list[Detection]:
 class CnnProcess:
     """dlib's CNN detector in ``workers`` child processes, started on first use.
 
-    At most ``workers + queued`` calls are inside at once; one more waits up to
-    ``wait_seconds`` for a place, then gets ServiceBusy (503), so a flood of photos
-    without a face queues here, outside the inference slots, and is refused here.
+    At most ``workers + queued`` calls are inside at once, and at most one of each slot
+    owner (tenant, :func:`app.face.cores.slot_owner`); a call waits up to
+    ``wait_seconds`` for a place, then gets ServiceBusy (503). So a flood of photos
+    without a face queues here, outside the inference slots, is refused here, and holds
+    one place: another tenant's photo that needs the CNN waits for one call at most.
 
     Args:
         path: the model file (mmod_human_face_detector.dat).
@@ -96,23 +99,35 @@ class CnnProcess:
         self.workers = workers
         self.wait_seconds = wait_seconds
         self.nice = nice
-        self._places = threading.BoundedSemaphore(workers + queued)
+        self.places = workers + queued
+        self._inside: Counter[object] = Counter()  # owner -> calls holding a place
+        self._turn = threading.Condition()
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """The detections in an ``(H, W, 3)`` uint8 RGB image (upsample 0)."""
+        owner = slot_owner()
         with waiting_outside():
-            if not self._places.acquire(timeout=self.wait_seconds):
-                raise ServiceBusy(
-                    "The fallback face detector is busy with other photos in which no "
-                    "face was found quickly; retry shortly.",
-                    retry_after=max(1, round(self.wait_seconds)),
-                )
+            with self._turn:
+                if not self._turn.wait_for(
+                    lambda: self._inside[owner] == 0 and sum(self._inside.values()) < self.places,
+                    timeout=self.wait_seconds,
+                ):
+                    raise ServiceBusy(
+                        "The fallback face detector is busy with other photos in which no "
+                        "face was found quickly; retry shortly.",
+                        retry_after=max(1, round(self.wait_seconds)),
+                    )
+                self._inside[owner] += 1
             try:
                 return self._run(np.ascontiguousarray(rgb))
             finally:
-                self._places.release()
+                with self._turn:
+                    self._inside[owner] -= 1
+                    if not self._inside[owner]:
+                        del self._inside[owner]
+                    self._turn.notify_all()
 
     def _run(self, rgb: np.ndarray) -> list[Detection]:
         for attempt in (1, 2):

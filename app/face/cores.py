@@ -57,14 +57,27 @@ def no_helpers(active: bool = True) -> Iterator[None]:
         _HELPERS.reset(token)
 
 
+# Whom the caller's slot was granted to (a tenant, opaque here): a queue outside the
+# slots (the CNN fallback's) shares its places between owners with it.
+_OWNER: ContextVar[object] = ContextVar("faceverify_slot_owner", default=None)
+
+
+def slot_owner() -> object:
+    """Whom the current work is done for (None outside a slot)."""
+    return _OWNER.get()
+
+
 @contextmanager
-def lending_slot(hook: Callable[[], AbstractContextManager[None]]) -> Iterator[None]:
+def lending_slot(
+    hook: Callable[[], AbstractContextManager[None]], owner: object = None
+) -> Iterator[None]:
     """Within the block, :func:`waiting_outside` runs ``hook`` (the slot holder's way to
-    give its slot back and take one again)."""
-    token = _WAITING.set(hook)
+    give its slot back and take one again) and :func:`slot_owner` is ``owner``."""
+    token, owned = _WAITING.set(hook), _OWNER.set(owner)
     try:
         yield
     finally:
+        _OWNER.reset(owned)
         _WAITING.reset(token)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, insert, inspect, select, update
+from sqlalchemy import create_engine, delete, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
@@ -163,6 +163,7 @@ class GalleryStore:
         ``busy_timeout``: how long a SQLite writer waits for another's lock before
         DatabaseBusy."""
         self.url = url
+        self.busy_timeout = busy_timeout
         self.engine: Engine = _make_engine(url, echo=echo, busy_timeout=busy_timeout)
         # Set by enable_vectors: the embedding length kept in pgvector's face_vectors.
         self.vector_dim: int | None = None
@@ -450,7 +451,7 @@ class GalleryStore:
     def create_collection(self, *, collection: str) -> CollectionRecord:
         """Create an empty collection; CollectionExists if the id is taken."""
         with Session(self.engine) as session, session.begin():
-            version = _bump_version(session)  # queue with the other writers
+            version = _bump_version(session, self.busy_timeout)  # queue with the other writers
             if session.get(CollectionRow, collection) is not None:
                 raise CollectionExists(
                     f"Collection {collection!r} already exists.", collection=collection
@@ -515,7 +516,7 @@ class GalleryStore:
         recorded as deleted, so nothing but an admin's create brings it back. Returns
         what was deleted and the gallery version written."""
         with Session(self.engine) as session, session.begin():
-            version = _bump_version(session)
+            version = _bump_version(session, self.busy_timeout)
             row = session.get(CollectionRow, collection)
             if row is None:
                 raise CollectionNotFound.for_id(collection)
@@ -577,7 +578,7 @@ class GalleryStore:
             raise ValueError("embeddings must be finite")
         now = datetime.now(UTC)
         with Session(self.engine) as session, session.begin():
-            version = _bump_version(session)
+            version = _bump_version(session, lock_timeout=None)  # others' writes are short
             if session.get(CollectionRow, collection) is None:
                 raise CollectionNotFound.for_id(collection)
             wanted = set(subject_ids)
@@ -707,7 +708,7 @@ class GalleryStore:
         with Session(self.engine) as session, session.begin():
             # Writers queue on the version row, so what the checks below read cannot
             # change before this transaction commits.
-            version = _bump_version(session)
+            version = _bump_version(session, self.busy_timeout)
             if idempotency is not None and self.find_idempotent(
                 owner=idempotency.owner, key=idempotency.key, session=session
             ):
@@ -792,7 +793,7 @@ class GalleryStore:
         """Delete a subject and every face of it. Returns the deleted face ids and the
         gallery version written."""
         with Session(self.engine) as session, session.begin():
-            version = _bump_version(session)
+            version = _bump_version(session, self.busy_timeout)
             if session.get(Subject, (collection, subject_id)) is None:
                 raise SubjectNotFound.for_id(subject_id)
             face_ids = list(
@@ -809,7 +810,7 @@ class GalleryStore:
         """Delete one face of a subject; the subject stays, even with no faces left.
         Returns the gallery version written."""
         with Session(self.engine) as session, session.begin():
-            version = _bump_version(session)
+            version = _bump_version(session, self.busy_timeout)
             if session.get(Subject, (collection, subject_id)) is None:
                 raise SubjectNotFound.for_id(subject_id)
             deleted = session.execute(
@@ -875,10 +876,14 @@ def _of_subject(collection: str, subject_id: str) -> tuple[Any, Any]:
     return Face.collection_id == collection, Face.subject_id == subject_id
 
 
-def _bump_version(session: Session) -> int:
+def _bump_version(session: Session, lock_timeout: float | None = BUSY_TIMEOUT_SECONDS) -> int:
     # First statement of every write transaction: it takes the write lock (SQLite) or the
     # row lock (PostgreSQL) at once, so writers queue here and versions are handed out in
-    # commit order; a reader that has seen version v has seen every write <= v.
+    # commit order; a reader that has seen version v has seen every write <= v. On
+    # PostgreSQL a writer waits for the row at most ``lock_timeout`` s (then
+    # DatabaseBusy, as SQLite's busy timeout gives); None: as long as it takes.
+    if lock_timeout is not None and session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}"))
     return int(
         session.execute(
             update(GalleryState)
@@ -972,23 +977,14 @@ _VERSION_SQL = f"SELECT {GalleryState.version.key} FROM {GalleryState.__tablenam
 
 def _make_engine(url: str, *, echo: bool, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, echo=echo, pool_pre_ping=True)
+        engine = create_engine(url, echo=echo, pool_pre_ping=True)
+        _busy_is_503(engine, busy_timeout)
+        return engine
     database = url.split("///", 1)[1] if "///" in url else ""
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, echo=echo, connect_args={"timeout": busy_timeout})
-
-    @event.listens_for(engine, "handle_error")
-    def _locked_is_busy(context: Any) -> None:
-        # Another writer (a `gallery import` of a million faces holds the write lock for
-        # its whole transaction) kept the lock past the wait: a clear 503 with
-        # Retry-After, not a 500 "database is locked" (issue 25).
-        if "database is locked" in str(context.original_exception):
-            raise DatabaseBusy(
-                f"Another writer held the database for over {busy_timeout:g} s (a bulk "
-                "import?); nothing was stored. Retry shortly.",
-                retry_after=5,
-            ) from context.original_exception
+    _busy_is_503(engine, busy_timeout)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -1002,6 +998,24 @@ def _make_engine(url: str, *, echo: bool, busy_timeout: float = BUSY_TIMEOUT_SEC
         cursor.close()
 
     return engine
+
+
+def _busy_is_503(engine: Engine, busy_timeout: float) -> None:
+    """Another writer (a `gallery import` of a million faces holds the write lock for its
+    whole transaction) kept the lock past the wait: a clear 503 database_busy with
+    Retry-After, not a 500 "database is locked" (issue 25). SQLite says so in its
+    message; PostgreSQL with SQLSTATE 55P03 once the writer's lock_timeout passes
+    (:func:`_bump_version`)."""
+
+    @event.listens_for(engine, "handle_error")
+    def _locked_is_busy(context: Any) -> None:
+        error = context.original_exception
+        if "database is locked" in str(error) or getattr(error, "sqlstate", None) == "55P03":
+            raise DatabaseBusy(
+                f"Another writer held the database for over {busy_timeout:g} s (a bulk "
+                "import?); nothing was stored. Retry shortly.",
+                retry_after=5,
+            ) from error
 
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"

@@ -112,3 +112,34 @@ def test_a_killed_child_is_replaced() -> None:
         assert cnn.detect(_rotated_obama())[0][4] > 0
     finally:
         cnn.close()
+
+
+def test_one_tenant_holds_one_place_so_another_waits_for_one_call_at_most() -> None:
+    """A flood of photos without a face from one key held every place of the CNN's
+    queue, so another key's photo that needed the CNN waited, then got 503."""
+    from contextlib import nullcontext
+
+    from app.face.cores import lending_slot
+
+    cnn = CnnProcess(_model_path(), workers=1, queued=1, wait_seconds=0.3)
+    try:
+        cnn.warm()
+        grey = np.full((400, 400, 3), 128, dtype=np.uint8)  # ~0.7 s a call
+
+        def as_owner(owner: str) -> list:
+            with lending_slot(nullcontext, owner=owner):
+                return cnn.detect(grey)
+
+        flood = threading.Thread(target=as_owner, args=("noisy",))
+        flood.start()
+        time.sleep(0.1)
+        with pytest.raises(ServiceBusy):
+            as_owner("noisy")  # its one place is taken: refused after the wait
+        quiet: list = []
+        other = threading.Thread(target=lambda: quiet.append(as_owner("quiet")))
+        other.start()
+        other.join(10)
+        flood.join(10)
+        assert quiet == [[]]  # admitted to the other place, answered after one call
+    finally:
+        cnn.close()

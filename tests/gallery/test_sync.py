@@ -140,3 +140,28 @@ def test_a_writer_locked_out_by_a_long_import_gets_database_busy(tmp_path: Path)
         importer.close()
     add(store, "ann", 1)  # free again
     assert store.get_subject(collection="default", subject_id="ann").face_count == 1
+
+
+def test_a_postgresql_writer_locked_out_by_a_long_import_gets_database_busy(
+    postgres_url: str,
+) -> None:
+    """On PostgreSQL an import holds gallery_state's row lock for its whole transaction;
+    other writers waited for all of it. Now as on SQLite: DatabaseBusy past the wait."""
+    from sqlalchemy import create_engine, text
+
+    from app.errors import DatabaseBusy
+
+    GalleryStore.open(postgres_url).close()
+    store = GalleryStore(postgres_url, busy_timeout=0.2)
+    importer = create_engine(postgres_url)
+    try:
+        with importer.connect() as conn:
+            conn.execute(text("UPDATE gallery_state SET version = version WHERE id = 1"))
+            with pytest.raises(DatabaseBusy):  # what an import's transaction holds
+                add(store, "ann", 1)
+            conn.rollback()
+        add(store, "ann", 1)  # free again
+        assert store.get_subject(collection="default", subject_id="ann").face_count == 1
+    finally:
+        importer.dispose()
+        store.close()
