@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import json
 import logging
 import re
@@ -170,6 +171,17 @@ def bounded_labels(counts: dict[str, int], limit: int) -> list[tuple[str, int]]:
     return ranked[:limit] + ([(OTHER_COLLECTIONS, rest)] if len(ranked) > limit else [])
 
 
+# A request id: this process's random prefix and a counter (unique, no system call: a
+# uuid4 per request read os.urandom, and re-taking the GIL after it cost the event loop
+# ~13% of its samples under a flood of refused requests).
+_ID_PREFIX = uuid.uuid4().hex[:20]
+_ID_COUNTER = itertools.count()
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
 def install(app: FastAPI) -> None:
     """Request id (X-Request-ID, echoed), one access-log line and metrics per request,
     and the request timeout."""
@@ -197,7 +209,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         incoming = Headers(scope=scope).get("x-request-id", "")
-        rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        rid = incoming if _SAFE_ID.match(incoming) else _new_request_id()
         token = request_id_var.set(rid)
         state = scope["app"].state
         metrics: Metrics | None = getattr(state, "metrics", None)

@@ -23,6 +23,7 @@ from app.api.deps import (
     SettingsDep,
     admit,
     api_key,
+    refuse_before_body,
     require,
     target_collection,
 )
@@ -139,7 +140,7 @@ def inference_route(
     may repeat) sent as multipart or JSON."""
     post = router.post(
         path,
-        dependencies=[require(scope), Depends(admit)],
+        dependencies=[require(scope), Depends(refuse_before_body), Depends(admit)],
         status_code=status_code,
         response_model=response_model,
         responses=problems(*statuses),
