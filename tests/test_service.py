@@ -220,7 +220,7 @@ def test_admission_gives_each_key_its_own_share_of_the_queue() -> None:
 
     from starlette.requests import Request
 
-    from app.api.deps import Admission, admit
+    from app.api.deps import Admission, admit, refuse_before_body
     from app.api.inputs import RequestBody
     from app.errors import TooManyRequests
     from app.keys import Principal
@@ -243,6 +243,10 @@ def test_admission_gives_each_key_its_own_share_of_the_queue() -> None:
             await anext(held)
         with pytest.raises(TooManyRequests, match="its share"):
             await anext(admit(request_of("noisy"), RequestBody()))
+        # ... and before its body is read at all.
+        with pytest.raises(TooManyRequests, match="its share"):
+            await refuse_before_body(request_of("noisy"))
+        await refuse_before_body(request_of("quiet"))
         quiet = admit(request_of("quiet"), RequestBody())
         await anext(quiet)
         # The route's thread sees whom it works for: the slots share by it.
