@@ -94,10 +94,6 @@ class FairSlots:
     def running(self) -> int:
         return self._running
 
-    def held_by(self, tenant: Tenant) -> int:
-        with self._lock:
-            return self._by_key[tenant]
-
     # ---- taking and giving back ---------------------------------------------------------
     def _shared(self, tenant: Tenant) -> bool:
         """Whether another tenant sent a request of the normal lane (one alone in flight)
@@ -116,11 +112,20 @@ class FairSlots:
             self._lone_seen[tenant] = self.clock()
         elif self._bulk_full(tenant):
             return False
-        if self._running < self.limit and not self._waiting:
-            return True
-        # A tenant holding nothing may use the reserve, waiters or not: it is the one
-        # a fair grant would pick next anyway.
-        return self._by_key[tenant] == 0 and self._running < self.limit + self.reserve
+        # With waiters, a slot goes through the fair grant in release(); a tenant holding
+        # nothing may still use the reserve: it is the one that grant would pick next.
+        return self._room_for(tenant) if not self._waiting else self._in_reserve(tenant)
+
+    def _in_reserve(self, tenant: Tenant) -> bool:
+        return not self._by_key[tenant] and self._running < self.limit + self.reserve
+
+    def _room_for(self, tenant: Tenant) -> bool:
+        return self._running < self.limit or self._in_reserve(tenant)
+
+    def _forget_if_idle(self, tenant: Tenant) -> None:
+        """Drop a tenant's turn order once it holds and waits for nothing."""
+        if not self._by_key[tenant] and not any(w.tenant == tenant for w in self._waiting):
+            self._served.pop(tenant, None)
 
     def _take(self, tenant: Tenant, bulk: bool) -> None:
         self._bulk += bulk
@@ -142,10 +147,7 @@ class FairSlots:
             if waiter.granted.is_set():  # granted between the timeout and the lock
                 return
             self._waiting.remove(waiter)
-            if not self._by_key[waiter.tenant] and not any(
-                w.tenant == waiter.tenant for w in self._waiting
-            ):
-                self._served.pop(waiter.tenant, None)
+            self._forget_if_idle(waiter.tenant)
         raise ServiceBusy(
             f"All {self.limit} inference slots stayed busy for {self.wait_seconds:g} s; "
             "retry shortly.",
@@ -160,8 +162,7 @@ class FairSlots:
             self._by_key[tenant] -= 1
             if not self._by_key[tenant]:
                 del self._by_key[tenant]
-                if not any(w.tenant == tenant for w in self._waiting):
-                    self._served.pop(tenant, None)
+                self._forget_if_idle(tenant)
             if not self._by_collection[tenant.collection]:
                 del self._by_collection[tenant.collection]
             while self._waiting:
@@ -177,13 +178,7 @@ class FairSlots:
                         w.order,
                     ),
                 )
-                if not (
-                    self._running < self.limit
-                    or (
-                        not self._by_key[nearest.tenant]
-                        and self._running < self.limit + self.reserve
-                    )
-                ):
+                if not self._room_for(nearest.tenant):
                     break
                 self._waiting.remove(nearest)
                 self._take(nearest.tenant, nearest.bulk)
