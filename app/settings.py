@@ -9,8 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.face.cores import usable_cpus
-from app.face.views import MAX_VIEWS
+from app.cpus import usable_cpus
+from app.names import ENCODER_MODEL_NAMES, MAX_TEMPLATE_VIEWS
 
 # manifest.json and calibration.json, shipped inside the package (package data), so a
 # plain `pip install` has them; the repository's top-level models/ links here.
@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     # also shifted), each with its mirror (app/face/views.py). 2 = the chip and its
     # mirror, as before templates. 10 is as accurate as 18 on lfw-devtrain at ~60% of
     # the cost (docs/ACCURACY.md); the calibration file holds for one value.
-    template_views: int = Field(10, ge=2, le=MAX_VIEWS, multiple_of=2)
+    template_views: int = Field(10, ge=2, le=MAX_TEMPLATE_VIEWS, multiple_of=2)
     # How /verify, /identify and /compare embed the photo when the request does not say
     # (field ``mode``): fast (the chip; its mirror too near the threshold) or thorough
     # (the template recipe's views: more accurate, several times the encoder's cost).
@@ -195,10 +195,9 @@ class Settings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from app.face.registry import ENCODER_MODELS
-
-        if value not in ENCODER_MODELS:
-            raise ValueError(f"unknown model {value!r}; known: {', '.join(sorted(ENCODER_MODELS))}")
+        if value not in ENCODER_MODEL_NAMES:
+            known = ", ".join(sorted(ENCODER_MODEL_NAMES))
+            raise ValueError(f"unknown model {value!r}; known: {known}")
         return value
 
     @model_validator(mode="after")

@@ -12,20 +12,18 @@ the same work as before.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from pathlib import Path
 from typing import TypeVar
+
+from app.cpus import usable_cpus
 
 S = TypeVar("S")
 M = TypeVar("M")
 
-
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 # What the caller's inference slot does while the caller waits on work done elsewhere
 # (another process): set by whoever holds the slot (the service's slots), read by the
@@ -79,23 +77,6 @@ def lending_slot(
     finally:
         _OWNER.reset(owned)
         _WAITING.reset(token)
-
-
-def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
-    """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota
-    (a container limited to 2 CPUs on a 64-core host has 2, where os.cpu_count() says
-    64; a quota of 1.5 CPUs counts 1)."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
 
 
 class SpareCores:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.cpus import usable_cpus
 from app.errors import ModelFileError
-from app.face.cores import usable_cpus
 from app.face.detect import DetectedFace
 from app.face.encoder import EncoderModel, FaceEncoder
 from app.face.pool import InstancePool

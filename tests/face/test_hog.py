@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.face.cores import SpareCores, usable_cpus
+from app.cpus import usable_cpus
+from app.face.cores import SpareCores
 from app.face.hog import SplitHog, frontal_layout, read_layout, saved_form
 from app.settings import Settings
 from tests.helpers import data

@@ -9,6 +9,8 @@ from pydantic import ValidationError
 
 from app.face.registry import ENCODER_MODELS, pipeline_version
 from app.face.timing import Timings
+from app.face.views import RECIPE
+from app.names import ENCODER_MODEL_NAMES, MAX_TEMPLATE_VIEWS
 from app.settings import Settings
 from tests.fakes import face, fake_image, fake_pipeline, unit_vector
 
@@ -57,6 +59,10 @@ def test_a_big_photo_is_decoded_smaller_and_its_faces_reported_in_its_own_pixels
 
 def test_the_registry_names_the_models_and_keeps_the_stored_version_string() -> None:
     assert set(ENCODER_MODELS) == {"dlib_resnet_v1"}
+    # Settings validates against the leaf module of names: it must name the same models
+    # and the template recipe's length (app/names.py).
+    assert set(ENCODER_MODEL_NAMES) == set(ENCODER_MODELS)
+    assert MAX_TEMPLATE_VIEWS == len(RECIPE)
     # Stored with every face since the first release: the refactoring must not move it.
     assert pipeline_version(Settings()) == "hog-u0-m800-r1024-cnn400/sp5/chip150p0.25/j0/flip"
     with pytest.raises(ValidationError, match="unknown model 'facenet'"):
