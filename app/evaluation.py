@@ -4,7 +4,7 @@ over labelled pairs, the accuracy report, and the distance -> probability fit.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,8 +13,8 @@ from typing import Any, Literal
 import numpy as np
 
 from app.errors import FaceVerifyError
-from app.face.detect import main_face
-from app.face.pipeline import FacePipeline
+from app.face.detect import DetectedFace, largest, main_face
+from app.face.recipes import Recipes
 from app.face.registry import curve_fingerprint
 from app.face.timing import Timings
 from app.face.views import FAST, curve_for
@@ -36,56 +36,102 @@ MODES: tuple[Mode, ...] = ("fast", "thorough", "mixed")
 
 @dataclass(frozen=True)
 class Embedded:
-    """One image's main face embedded both ways: fast (as a probe) and as an enrollment
-    template (None when templates are off or were not asked for)."""
+    """One image embedded every way the service embeds a photo (app/face/recipes.py):
+    as a fast probe from its chip alone (``fast``) and with the mirror pass
+    (``mirrored``; None: the same as ``fast``), as a thorough probe (``probe_template``)
+    and as an enrolled template (``template``); the last two None when templates are off
+    or were not asked for (``probe_template`` None: the same as ``template``)."""
 
     fast: np.ndarray
     template: np.ndarray | None = None
+    mirrored: np.ndarray | None = None
+    probe_template: np.ndarray | None = None
+
+    @property
+    def with_mirror(self) -> np.ndarray:
+        return self.fast if self.mirrored is None else self.mirrored
+
+    @property
+    def thorough_probe(self) -> np.ndarray | None:
+        return self.template if self.probe_template is None else self.probe_template
 
 
 def embed_images(
-    pipeline: FacePipeline,
+    recipes: Recipes,
     paths: Iterable[Path],
     *,
     templates: bool = False,
     progress: bool = True,
     batch: int = 32,
 ) -> dict[Path, Embedded | None]:
-    """Each image's embedding by the service's pipeline (its main face, as /verify uses),
-    and with ``templates`` also its enrollment template; None when no face was found or
-    the file is unreadable (failure to acquire)."""
-    templates = templates and pipeline.template != FAST
+    """Each image embedded by the service's own recipes: as a probe (its main face, the
+    quick detection pass, as /verify, /identify and /compare embed it) and with
+    ``templates`` also as an enrollment (its largest face, the full search, the template
+    recipe); None when a probe finds no face or the file is unreadable (failure to
+    acquire)."""
+    templates = templates and recipes.templates
     unique = sorted(set(paths))
     out: dict[Path, Embedded | None] = {}
-    pending: list[tuple[Path, Any]] = []
+    pending: list[tuple[Path, DetectedFace, DetectedFace | None]] = []
     bar = _progress(len(unique), "embedding", progress)
 
     def flush() -> None:
         if pending:
-            faces = [face for _, face in pending]
-            fast = pipeline.embed(faces, Timings())
-            both = pipeline.embed(faces, Timings(), thorough=True) if templates else fast
-            for (path, _), f, t in zip(pending, fast, both, strict=True):
-                out[path] = Embedded(f, t if templates else None)
+            for path, embedded in zip(
+                [p for p, _, _ in pending], _embed_batch(recipes, pending, templates), strict=True
+            ):
+                out[path] = embedded
             pending.clear()
 
     for path in unique:
-        try:
-            faces = pipeline.find_faces(
-                path.read_bytes(), Timings(), views=main_face if templates else None
-            )
-        except (OSError, FaceVerifyError):
-            faces = []
-        if faces:
-            pending.append((path, main_face(faces)))
-        else:
+        probe, enrolled = _faces(recipes, path, templates)
+        if probe is None:
             out[path] = None
+        else:
+            pending.append((path, probe, enrolled))
         if len(pending) >= batch:
             flush()
         bar.update(1)
     flush()
     bar.close()
     return out
+
+
+def _faces(
+    recipes: Recipes, path: Path, templates: bool
+) -> tuple[DetectedFace | None, DetectedFace | None]:
+    """The face a probe of ``path`` is compared by and (``templates``) the face an
+    enrollment of it stores; None where none was found."""
+    try:
+        data = path.read_bytes()
+        probes = recipes.find_probe(data, Timings(), thorough=templates)
+        enrolled = recipes.find_enrollment(data, Timings()) if templates else []
+    except (OSError, FaceVerifyError):
+        return None, None
+    return (
+        main_face(probes) if probes else None,
+        largest(enrolled) if enrolled else None,
+    )
+
+
+def _embed_batch(
+    recipes: Recipes,
+    pending: list[tuple[Path, DetectedFace, DetectedFace | None]],
+    templates: bool,
+) -> list[Embedded]:
+    probes = [probe for _, probe, _ in pending]
+    fast = recipes.embed_probes(probes, Timings(), thorough=False)
+    mirrored = recipes.add_mirror(probes, fast, Timings()) if recipes.skips_mirror else fast
+    if not templates:
+        return [Embedded(f, None, m) for f, m in zip(fast, mirrored, strict=True)]
+    thorough = recipes.embed_probes(probes, Timings(), thorough=True)
+    # An enrollment's full search finds a face wherever the quick pass did but for rare
+    # photos; such an image is enrolled as its probe face would be.
+    enrolled = [e if e is not None else p for _, p, e in pending]
+    stored = recipes.embed_enrollment(enrolled, Timings())
+    return [
+        Embedded(f, s, m, t) for f, m, t, s in zip(fast, mirrored, thorough, stored, strict=True)
+    ]
 
 
 def _progress(total: int, label: str, enabled: bool) -> Any:
@@ -104,18 +150,23 @@ class Scored:
 
 
 def score_pairs(
-    pairs: list[Pair], embeddings: dict[Path, Embedded | None], mode: Mode = "fast"
+    pairs: list[Pair],
+    embeddings: dict[Path, Embedded | None],
+    mode: Mode = "fast",
+    undecided: Callable[[float], bool] | None = None,
 ) -> Scored:
-    """Each pair's distance, both photos embedded as ``mode`` says: fast, thorough (both
-    as templates) or mixed (the first photo as an enrolled template, the second as a fast
-    probe). Without templates every mode is fast."""
+    """Each pair's distance as the service measures it, both photos embedded as ``mode``
+    says: fast (both as fast probes, as /compare), mixed (the first as an enrolled
+    template, the second as a fast probe, as /verify) or thorough (the first enrolled,
+    the second a thorough probe). ``undecided`` is the service's mirror rule
+    (:meth:`Recipes.undecided`): where it holds for a fast probe's single-pass distance,
+    the probe's mirrored embedding is used, as the service does. Without templates every
+    mode is fast."""
     distance = np.full(len(pairs), np.inf)
     for i, p in enumerate(pairs):
         a, b = embeddings.get(p.a), embeddings.get(p.b)
         if a is not None and b is not None:
-            x = a.template if mode != "fast" and a.template is not None else a.fast
-            y = b.template if mode == "thorough" and b.template is not None else b.fast
-            distance[i] = float(np.linalg.norm(x.astype(np.float64) - y))
+            distance[i] = _pair_distance(a, b, mode, undecided or (lambda _: False))
     missing = sorted(path for path, v in embeddings.items() if v is None)
     return Scored(
         pairs=pairs,
@@ -124,6 +175,23 @@ def score_pairs(
         folds=np.array([p.fold for p in pairs]),
         missing_images=missing,
     )
+
+
+def _pair_distance(
+    a: Embedded, b: Embedded, mode: Mode, undecided: Callable[[float], bool]
+) -> float:
+    def norm(x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.linalg.norm(x.astype(np.float64) - y))
+
+    if mode == "thorough" and a.template is not None and b.thorough_probe is not None:
+        return norm(a.template, b.thorough_probe)
+    enrolled = a.template if mode != "fast" and a.template is not None else None
+    x = a.fast if enrolled is None else enrolled
+    d = norm(x, b.fast)
+    if undecided(d):
+        # compare mirrors both probes; verify has one probe, against the enrolled face
+        d = norm(a.with_mirror if enrolled is None else enrolled, b.with_mirror)
+    return d
 
 
 def report(scored: Scored, calibration: Calibration, threshold: float) -> dict[str, Any]:
@@ -312,21 +380,31 @@ def fit_calibration(
     }
 
 
-def _embed_with_service_pipeline(
-    settings: Settings, pairs: list[Pair], templates: bool, progress: bool
-) -> tuple[dict[Path, Embedded | None], str]:
-    """Embed every image of ``pairs`` with the pipeline the server would build from
-    ``settings`` (no gallery, no database); also the template recipe's name."""
+def served_recipes(settings: Settings) -> Recipes:
+    """The recipes the server would embed with from ``settings`` (no gallery, no
+    database)."""
     from app.face.registry import build_pipeline
 
-    pipeline = build_pipeline(settings)
+    return Recipes(build_pipeline(settings), settings.threshold, settings.mirror_margin)
+
+
+def _embed_with_service_pipeline(
+    settings: Settings, pairs: list[Pair], templates: bool, progress: bool
+) -> tuple[dict[Path, Embedded | None], Recipes]:
+    """Embed every image of ``pairs`` with the recipes the server would use."""
+    recipes = served_recipes(settings)
     embeddings = embed_images(
-        pipeline,
+        recipes,
         [p.a for p in pairs] + [p.b for p in pairs],
         templates=templates,
         progress=progress,
     )
-    return embeddings, pipeline.template
+    return embeddings, recipes
+
+
+def mirror_rule(recipes: Recipes) -> Callable[[float], bool]:
+    """The service's mirror rule for a fast probe's single-pass distance."""
+    return lambda d: recipes.undecided(np.array([d]), thorough=False)
 
 
 def mode_curve(mode: Mode, template: str) -> str:
@@ -348,12 +426,13 @@ def run_evaluate(
     embedding, each scored on the curve and at the threshold the service uses for it.
     One mode writes to ``out``; several to ``out/<mode>``."""
     templates = any(mode != "fast" for mode in modes)
-    embeddings, template = _embed_with_service_pipeline(settings, pairs, templates, progress)
+    embeddings, recipes = _embed_with_service_pipeline(settings, pairs, templates, progress)
+    template = recipes.pipeline.template
     loaded = Calibration.load(settings.resolved_calibration_file())
     reports: dict[Mode, dict[str, Any]] = {}
     for mode in modes:
         folder = out if len(modes) == 1 else out / mode
-        scored = score_pairs(pairs, embeddings, mode)
+        scored = score_pairs(pairs, embeddings, mode, mirror_rule(recipes))
         curve = mode_curve(mode, template)
         calibration = loaded.curve(curve) or loaded
         folder.mkdir(parents=True, exist_ok=True)
@@ -385,10 +464,11 @@ def run_calibrate(
     """Fit every curve in use from one embedding pass: the fast curve on fast pairs
     (the file's top level) and, when templates are on, mixed and thorough under
     ``curves``."""
-    embeddings, template = _embed_with_service_pipeline(settings, pairs, True, progress)
+    embeddings, recipes = _embed_with_service_pipeline(settings, pairs, True, progress)
+    template = recipes.pipeline.template
 
     def fitted(mode: Mode) -> dict[str, Any]:
-        scored = score_pairs(pairs, embeddings, mode)
+        scored = score_pairs(pairs, embeddings, mode, mirror_rule(recipes))
         curve = mode_curve(mode, template)
         return fit_calibration(scored, settings, data_name=data_name, root=root, curve=curve)
 
