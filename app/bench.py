@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.cpus import usable_cpus
 from app.errors import ModelFileError
-from app.face.cores import usable_cpus
 from app.face.detect import largest, main_face
 from app.face.dlib_resnet import DIM, DlibEncoder, OnnxEncoder, prepared_onnx_model
 from app.face.image import decode_image

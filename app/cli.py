@@ -12,8 +12,8 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.cpus import usable_cpus
 from app.errors import ModelFileError
-from app.face.cores import usable_cpus
 from app.face.onnx_convert import DlibFormatError
 from app.face.weights import WeightFile
 from app.settings import Settings
@@ -213,6 +213,7 @@ def gallery_import(
     from app.gallery.store import GalleryStore
     from app.gallery.transfer import read_gallery_file
     from app.keys import COLLECTION_ID
+    from app.service.build import enable_vectors
 
     settings = _or_exit(Settings)
     if not COLLECTION_ID.match(collection):
@@ -222,11 +223,8 @@ def gallery_import(
     started = time.perf_counter()
     data = _or_exit(lambda: read_gallery_file(file, dim=spec.dim))
     store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
-    if settings.vector_search != "memory":
-        # into pgvector's table too, when there is one
-        store.enable_vectors(dim=spec.dim, build_memory_mb=settings.pgvector_build_memory_mb)
-    if not store.collection_exists(collection=collection):
-        _or_exit(lambda: store.create_collection(collection=collection))
+    enable_vectors(store, settings, spec.dim)  # into pgvector's table too, when there is one
+    _or_exit(lambda: store.ensure_collection(collection=collection))
     with tqdm(total=len(data.subject_ids), unit="face", desc="import") as bar:
         stored, created, _ = _or_exit(
             lambda: store.import_faces(
@@ -305,8 +303,7 @@ def enroll(
         raise typer.Exit(2)
     total = sum(len(p) for p in subjects_in(folder).values())
     service, _ = _or_exit(lambda: build_service(settings))
-    if not service.store.collection_exists(collection=collection):
-        _or_exit(lambda: service.create_collection(collection=collection))
+    _or_exit(lambda: service.store.ensure_collection(collection=collection))
     started = time.perf_counter()
     with tqdm(total=total, unit="photo", desc="enroll") as bar:
         outcomes = enroll_folder(

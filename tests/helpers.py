@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
+from app.gallery.search import PgvectorSearch
 from app.gallery.store import GalleryStore
 from app.scoring.calibration import Calibration
 from app.service import FaceService
@@ -71,18 +72,24 @@ def fake_service(
     real photos)."""
     settings = settings.model_copy(update={"enroll_min_quality": 0})
     store = GalleryStore.open(settings.resolved_database_url())
+    pipeline = fake_pipeline(
+        max_pixels=settings.max_image_pixels,
+        delay=delay,
+        also_compatible=also_compatible,
+        template_views=settings.template_views,
+    )
+    search = None
     if pgvector:
         assert store.enable_vectors(dim=128), "pgvector is not available"
+        search = PgvectorSearch(
+            store, encoders=pipeline.compatible, ef_search=settings.pgvector_ef_search
+        )
     return FaceService(
         settings=settings,
-        pipeline=fake_pipeline(
-            max_pixels=settings.max_image_pixels,
-            delay=delay,
-            also_compatible=also_compatible,
-            template_views=settings.template_views,
-        ),
+        pipeline=pipeline,
         store=store,
         calibration=Calibration.load(settings.resolved_calibration_file()),
+        search=search,
     )
 
 

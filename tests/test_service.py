@@ -66,7 +66,7 @@ def test_one_bad_photo_stores_nothing(fake_service: FaceService) -> None:
     assert info.value.extra["image_index"] == 1
     with pytest.raises(SubjectNotFound):
         fake_service.get_subject(collection="default", subject_id="ann")
-    assert len(fake_service.indexes) == 0
+    assert fake_service.gallery_counts() == {"faces": 0, "subjects": 0}
 
 
 def test_two_faces_are_refused_unless_largest_is_asked_for(fake_service: FaceService) -> None:
@@ -368,7 +368,7 @@ def test_concurrent_requests_with_one_idempotency_key_store_once(settings: Setti
         )
     assert sorted(r.replayed for r in results) == [False, True]
     assert service.get_subject(collection="default", subject_id="ann")[0].face_count == 1
-    assert len(service.indexes) == 1
+    assert service.gallery_counts()["faces"] == 1
     service.store.close()
 
 
@@ -442,6 +442,7 @@ def test_verify_works_while_the_index_loads_and_identify_waits_for_it(settings: 
     verify and enroll read subjects by key meanwhile, identify says 503 index_loading
     (issue 12)."""
     from app.errors import IndexLoading
+    from app.gallery.search import MemorySearch
     from app.gallery.store import GalleryStore
     from app.scoring.calibration import Calibration
     from tests.fakes import fake_pipeline
@@ -458,14 +459,21 @@ def test_verify_works_while_the_index_loads_and_identify_waits_for_it(settings: 
         return load(**kwargs)
 
     store.load_embeddings = slow_load  # type: ignore[method-assign]
+    pipeline = fake_pipeline()
     service = FaceService(
         settings=settings.model_copy(
             update={"inference_wait_seconds": 0.2, "enroll_min_quality": 0}  # fake faces are flat
         ),
-        pipeline=fake_pipeline(),
+        pipeline=pipeline,
         store=store,
         calibration=Calibration.load(settings.resolved_calibration_file()),
-        load_in_background=True,
+        search=MemorySearch(
+            store,
+            dim=pipeline.dim,
+            encoders=pipeline.compatible,
+            wait_seconds=0.2,
+            background=True,
+        ),
     )
     try:
         assert not service.index_ready.is_set()
@@ -565,7 +573,7 @@ def test_a_probes_quality_is_scored_beside_its_encoding_on_a_spare_core(
     from app.face.cores import SpareCores
 
     cores = SpareCores(2)
-    monkeypatch.setattr("app.service.spare_cores", lambda: cores)
+    monkeypatch.setattr("app.service.core.spare_cores", lambda: cores)
     monkeypatch.setattr("app.slots.spare_cores", lambda: cores)
     measured = quality.measure
     threads: list[str] = []

@@ -23,7 +23,6 @@ from app.api.lanes import Lanes
 from app.api.observability import Metrics
 from app.api.ratelimit import RateLimiter
 from app.api.routes import router
-from app.errors import CollectionExists
 from app.face.weights import WeightFile
 from app.keys import KeyStore, parse_env_keys
 from app.memory import return_large_blocks_to_the_system
@@ -147,10 +146,7 @@ def _create_env_key_collections(service: FaceService, keys: KeyStore) -> None:
                 name,
             )
         else:
-            try:
-                service.create_collection(collection=name)
-            except CollectionExists:
-                pass  # another worker made it first
+            service.store.ensure_collection(collection=name)  # another worker may have
 
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"

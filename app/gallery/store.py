@@ -465,6 +465,17 @@ class GalleryStore:
             _log(session, version, [("create_collection", collection, "", None)])
             return CollectionRecord(row.id, row.created_at, 0, 0)
 
+    def ensure_collection(self, *, collection: str) -> bool:
+        """Create the collection unless it exists; whether this call created it (another
+        process creating it at the same moment is not an error)."""
+        if self.collection_exists(collection=collection):
+            return False
+        try:
+            self.create_collection(collection=collection)
+        except CollectionExists:
+            return False
+        return True
+
     def get_collection(self, *, collection: str) -> CollectionRecord:
         found = self.list_collections(only=collection)
         if not found:

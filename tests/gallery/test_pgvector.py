@@ -17,6 +17,7 @@ from sqlalchemy import event, text
 from app.errors import SubjectNotFound
 from app.gallery import pgvector
 from app.gallery.index import ExactIndex
+from app.gallery.search import GallerySearch, MemorySearch, PgvectorSearch
 from app.gallery.store import GalleryStore
 from app.service import FaceService
 from app.settings import Settings
@@ -64,12 +65,15 @@ def bare_store() -> Iterator[tuple[GalleryStore, str]]:
     next(databases, None)
 
 
+@pytest.mark.parametrize("where", ["pgvector", "memory"])
 def test_identify_in_the_database_agrees_with_exact_search(
-    replicas: tuple[FaceService, FaceService],
+    replicas: tuple[FaceService, FaceService], where: str
 ) -> None:
     """8k faces, 2k subjects with four noisy faces each (not random unit vectors, where
     approximate search is unrealistically easy or hard): recall@1 of the HNSW search
-    against the exact index, over 200 probes that are new noisy views of a subject."""
+    against the exact index, over 200 probes that are new noisy views of a subject.
+    Both implementations of the search seam answer through the one protocol (the
+    in-memory one, loaded from the same database, is exact by construction)."""
     a, _ = replicas
     rng = np.random.default_rng(7)
     centres = rng.normal(size=(2000, 128)).astype(np.float32)
@@ -81,12 +85,15 @@ def test_identify_in_the_database_agrees_with_exact_search(
     exact = ExactIndex(128)
     rows = a.store.load_embeddings(dim=128)
     exact.add(rows.face_ids, rows.subject_ids, rows.matrix)
+    search: GallerySearch = a.search
+    if where == "memory":
+        search = MemorySearch(a.store, dim=128, encoders=a.pipeline.compatible, wait_seconds=5)
     picked = rng.choice(2000, size=200, replace=False)
     probes = centres[picked] + rng.normal(size=(200, 128)).astype(np.float32) * noise
     agree = rescored_agree = 0
     for probe in probes:
         want = exact.search(probe, 1)[0]
-        got, size = a._search("default", probe, 5)
+        got, size = search.search("default", probe, 5)
         assert size == 8000
         agree += got[0].subject_id == want.subject_id
         assert abs(got[0].distance - want.distance) < 1e-4 or got[0].distance > want.distance
@@ -94,7 +101,7 @@ def test_identify_in_the_database_agrees_with_exact_search(
         # shortlist, re-scored by key, against exact search for the moved embedding.
         shift = rng.normal(size=128).astype(np.float32)
         moved = probe + shift / np.linalg.norm(shift) * 0.08
-        rescored = a._rescore("default", moved, got, 5)
+        rescored = search.rescore("default", moved, got, 5)
         rescored_agree += rescored[0].face_id == exact.search(moved, 1)[0].face_id
     assert agree / len(probes) >= 0.995, agree
     assert rescored_agree / len(probes) >= 0.99, rescored_agree
@@ -110,7 +117,7 @@ def test_top_100_over_subjects_with_many_faces_widens_within_pgvectors_limits(
     rng = np.random.default_rng(3)
     faces = rng.normal(size=(1000, 128)).astype(np.float32)
     imported(a.store, [f"s{i // 100}" for i in range(1000)], faces)
-    got, _ = a._search("default", faces[0], 100)
+    got, _ = a.search.search("default", faces[0], 100)
     assert sorted(h.subject_id for h in got) == sorted(f"s{i}" for i in range(10))
     assert got[0].subject_id == "s0" and got[0].distance < 1e-3
 
@@ -122,7 +129,7 @@ def test_a_write_on_one_replica_is_seen_by_the_next_request_on_another(
     a.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
     best = b.identify(collection="default", image=fake_image(face(1))).best
     assert best is not None and best.subject_id == "ann" and best.result.distance < 1e-5
-    assert len(b.indexes) == 0 and b.gallery.version == -1  # no copy, no replay
+    assert isinstance(b.search, PgvectorSearch)  # no copy, no replay: it holds no index
     enrolled = a.get_subject(collection="default", subject_id="ann")[1]
     b.delete_face(collection="default", subject_id="ann", face_id=enrolled[0].id)
     assert a.identify(collection="default", image=fake_image(face(1))).candidates == []
@@ -179,7 +186,7 @@ def test_an_index_built_with_older_parameters_is_noticed_and_rebuilt(
     imported(a.store, [f"s{i}" for i in range(50)], faces)
     pgvector.rebuild_index(a.store.engine)
     assert pgvector.index_is_current(a.store.engine)
-    got, _ = a._search("default", faces[7], 1)
+    got, _ = a.search.search("default", faces[7], 1)
     assert got[0].subject_id == "s7"
 
 
@@ -201,7 +208,7 @@ def test_a_bulk_import_by_copy_keeps_every_value_exactly(
         stored = conn.execute(text("SELECT embedding::text FROM face_vectors")).scalars().all()
     back = np.array([json.loads(v) for v in stored], dtype=np.float32)
     assert sorted(map(bytes, back)) == sorted(map(bytes, faces))
-    hit, _ = a._search("default", faces[0], 1)
+    hit, _ = a.search.search("default", faces[0], 1)
     assert hit[0].subject_id == "ß.ü@0:x-+" and hit[0].distance == 0.0
 
 
@@ -251,11 +258,12 @@ def test_identify_sends_the_width_the_graph_size_or_the_setting_asks_for(
             sent.append(statement)
 
     event.listen(a.store.engine, "before_cursor_execute", record)
-    a._search("default", rng.normal(size=128).astype(np.float32), 5)
+    a.search.search("default", rng.normal(size=128).astype(np.float32), 5)
     assert sent == ["SET LOCAL hnsw.ef_search = 200"]
     # Past 1.5M faces (the planner's estimate, as the service reads it) it widens.
-    a._counts[("graph",)] = (time.monotonic(), 3_000_000)
-    a._search("default", rng.normal(size=128).astype(np.float32), 5)
+    assert isinstance(a.search, PgvectorSearch)
+    a.search._memo._values[("graph",)] = (time.monotonic(), 3_000_000)
+    a.search.search("default", rng.normal(size=128).astype(np.float32), 5)
     assert sent[-1] == "SET LOCAL hnsw.ef_search = 400"
     fixed = fake_service(
         settings.model_copy(
@@ -264,7 +272,7 @@ def test_identify_sends_the_width_the_graph_size_or_the_setting_asks_for(
         pgvector=True,
     )
     event.listen(fixed.store.engine, "before_cursor_execute", record)
-    fixed._search("default", rng.normal(size=128).astype(np.float32), 5)
+    fixed.search.search("default", rng.normal(size=128).astype(np.float32), 5)
     fixed.store.close()
     assert sent[-1] == "SET LOCAL hnsw.ef_search = 350"
 

@@ -93,6 +93,6 @@ def info(
         settings=s.InfoSettings(
             **{name: getattr(settings, name) for name in INFO_SETTINGS},
             database=settings.resolved_database_url().split(":", 1)[0],
-            vector_search="pgvector" if service.db_search else "memory",
+            vector_search=service.search.name,
         ),
     )

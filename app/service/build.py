@@ -1,0 +1,83 @@
+"""Everything a running service needs, from settings alone: the models, the gallery, the
+calibration, and where identify searches (the one place that chooses)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from app.errors import NotReady
+from app.face import quality
+from app.face.registry import build_pipeline, load_checked_weights
+from app.face.weights import WeightFile
+from app.gallery.index import ExactIndex, VectorIndex
+from app.gallery.search import GallerySearch, MemorySearch, PgvectorSearch
+from app.gallery.snapshot import SnapshotDir
+from app.gallery.store import GalleryStore
+from app.scoring.calibration import Calibration
+from app.service.core import FaceService
+from app.settings import Settings
+
+
+def enable_vectors(store: GalleryStore, settings: Settings, dim: int) -> bool:
+    """Keep pgvector's table in step with the faces when the settings ask for it and the
+    database can (FACEVERIFY_VECTOR_SEARCH auto or pgvector); whether it is on."""
+    if settings.vector_search == "memory":
+        return False
+    return store.enable_vectors(dim=dim, build_memory_mb=settings.pgvector_build_memory_mb)
+
+
+def gallery_search(
+    settings: Settings, store: GalleryStore, *, dim: int, encoders: frozenset[str]
+) -> GallerySearch:
+    """PostgreSQL with pgvector when the store keeps vectors of this length; else an
+    index of each collection in this process, loaded in the background."""
+    if store.vector_dim is not None and store.vector_dim == dim:
+        return PgvectorSearch(store, encoders=encoders, ef_search=settings.pgvector_ef_search)
+    return MemorySearch(
+        store,
+        dim=dim,
+        encoders=encoders,
+        wait_seconds=settings.inference_wait_seconds,
+        factory=_index_factory(settings),
+        snapshots=_snapshots(settings),
+        background=True,
+    )
+
+
+def _index_factory(settings: Settings) -> Callable[[int], VectorIndex]:
+    if settings.memory_index == "exact":
+        return ExactIndex
+    from app.gallery.ann import AnnIndex
+
+    return lambda dim: AnnIndex(dim, exact_below=settings.ann_exact_below)
+
+
+def _snapshots(settings: Settings) -> SnapshotDir | None:
+    if settings.memory_index != "ann":
+        return None
+    return SnapshotDir(
+        settings.resolved_index_dir(),
+        min_faces=settings.index_snapshot_min_faces,
+        exact_below=settings.ann_exact_below,
+    )
+
+
+def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile]]:
+    """Load and check the models, open (and migrate) the gallery and the calibration."""
+    weights = load_checked_weights(settings)
+    pipeline = build_pipeline(settings, weights)
+    # First use at start-up, not in the first request (first /compare 1.9x the steady
+    # one before; docs/PERFORMANCE.md).
+    quality.measure(pipeline.warm())
+    calibration = Calibration.load(settings.resolved_calibration_file())
+    store = GalleryStore.open(settings.resolved_database_url())
+    if not enable_vectors(store, settings, pipeline.dim) and settings.vector_search == "pgvector":
+        raise NotReady(
+            "FACEVERIFY_VECTOR_SEARCH=pgvector, but the database is not PostgreSQL "
+            "with the vector extension (see docs/SCALING.md)."
+        )
+    search = gallery_search(settings, store, dim=pipeline.dim, encoders=pipeline.compatible)
+    service = FaceService(
+        settings=settings, pipeline=pipeline, store=store, calibration=calibration, search=search
+    )
+    return service, weights

@@ -1,0 +1,539 @@
+"""The use cases: enroll, verify, identify, compare, and the subject CRUD around them.
+
+FaceService orchestrates; each job it relies on has its own module: the request gates
+(gates.py), the enrollment rules (enrollment.py), the cached subject reads
+(subjects.py), scoring by curve (decisions.py), the embedding recipes
+(app/face/recipes.py) and where identify searches (app/gallery/search.py). Knows
+nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.errors import CollectionNotFound, CollectionProtected, NoFace, NotReady
+from app.face import quality
+from app.face.cores import spare_cores
+from app.face.detect import DetectedFace, main_face
+from app.face.pipeline import FacePipeline
+from app.face.quality import Assessment
+from app.face.recipes import Recipes
+from app.face.timing import Timings
+from app.face.views import FAST, curve_for, versioned
+from app.gallery.index import SubjectHit
+from app.gallery.models import DEFAULT_COLLECTION
+from app.gallery.search import GallerySearch, MemorySearch
+from app.gallery.store import (
+    CollectionRecord,
+    FaceRecord,
+    GalleryStore,
+    IdempotencyClaim,
+    IdempotencyKeyTaken,
+    NewFace,
+    SubjectRecord,
+)
+from app.scoring.calibration import Calibration
+from app.scoring.distance import distances
+from app.service.decisions import Decisions
+from app.service.enrollment import EnrollmentRules, all_known, request_digest
+from app.service.gates import inference_slots, stop_if_expired
+from app.service.results import (
+    Candidate,
+    CompareResult,
+    DetectResult,
+    EnrollResult,
+    FacePolicy,
+    IdentifyResult,
+    ProbeFace,
+    ProbeMode,
+    VerifyResult,
+)
+from app.service.subjects import RecipeMemo, SubjectReads
+from app.settings import Settings
+
+
+class FaceService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pipeline: FacePipeline,
+        store: GalleryStore,
+        calibration: Calibration,
+        search: GallerySearch | None = None,
+    ) -> None:
+        """``search``: where identify searches (default: an exact index of each
+        collection in this process, loaded now; :func:`app.service.build_service` picks
+        the configured one)."""
+        self.settings = settings
+        self.pipeline = pipeline
+        self.store = store
+        self.calibration = calibration
+        self.search = search or MemorySearch(
+            store,
+            dim=pipeline.dim,
+            encoders=pipeline.compatible,
+            wait_seconds=settings.inference_wait_seconds,
+        )
+        self.recipes = Recipes(pipeline, settings.threshold, settings.mirror_margin)
+        self.decisions = Decisions(settings, calibration, self.recipes.templates)
+        self.rules = EnrollmentRules(settings, store, self.decisions.threshold)
+        self.subjects = SubjectReads(store, dim=pipeline.dim, encoders=pipeline.compatible)
+        self.face_recipes = RecipeMemo(store)
+        self.slots = inference_slots(settings)
+
+    @property
+    def index_ready(self) -> Any:
+        """Set once identify can search (the start-up load is done)."""
+        return self.search.ready
+
+    # ---- enroll ----------------------------------------------------------------------
+    def enroll(
+        self,
+        *,
+        collection: str,
+        subject_id: str,
+        images: list[bytes],
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        face_policy: FacePolicy = "single",
+        add: bool = False,
+        force: bool = False,
+        idempotency: tuple[str, str] | None = None,
+        skip_known: bool = False,
+    ) -> EnrollResult:
+        """Store one face per image: a new subject (``add=False``) or more faces of an
+        existing one (``add=True``). Every image is checked before anything is stored:
+        one bad photo stores nothing.
+
+        Every face must match the subject: be within the threshold of one of its faces
+        (the enrolled ones, or an earlier photo of this request), else FaceMismatch, so
+        a key that may enroll cannot slip someone else's face into a subject (issue 9).
+        ``force`` skips that check (the API allows it to admin keys only).
+
+        ``idempotency`` is ``(owner, key)``: the first request with it stores and is
+        remembered for 24 h with its result; a retry gets that result again.
+
+        ``skip_known`` (with ``add``): when every face is one the subject already has
+        (the same embedding: the pipeline is deterministic), store nothing and answer
+        with no faces, so re-running a bulk enrollment doubles nothing.
+        """
+        self.rules.check_count(images)
+        claim = None
+        if idempotency is not None:
+            digest = request_digest(
+                collection, subject_id, images, name, metadata, face_policy, add
+            )
+            claim = IdempotencyClaim(*idempotency, digest)
+            if (replay := self.rules.replay(claim)) is not None:
+                return replay
+        timings = Timings()
+        chosen, embeddings = self._enrollment_faces(images, face_policy, timings)
+        # The subject's faces, read once for both checks below.
+        known = np.zeros((0, embeddings.shape[1]), dtype=np.float32)
+        recipes: list[str] = []
+        if add and (skip_known or not force):
+            known, recipes = self.subjects.known(collection, subject_id)
+        if skip_known and add and self._has_already(known, recipes, embeddings):
+            subject = self.store.get_subject(collection=collection, subject_id=subject_id)
+            return EnrollResult(subject=subject, faces=[], timings=timings)
+        if not force:
+            mine = self.pipeline.template
+            self.rules.check_same_person(subject_id, known, recipes, embeddings, mine)
+        stop_if_expired(committing=True)
+        faces = [
+            NewFace(embedding=e, box=f.box, detector_score=f.score)
+            for f, e in zip(chosen, embeddings, strict=True)
+        ]
+        return self._store_faces(collection, subject_id, name, metadata, faces, add, claim, timings)
+
+    def _enrollment_faces(
+        self, images: list[bytes], policy: FacePolicy, timings: Timings
+    ) -> tuple[list[DetectedFace], np.ndarray]:
+        """Each image's face to store, checked, and their embeddings (the enrollment
+        recipe); the first refusal stops it."""
+        chosen: list[DetectedFace] = []
+        with self.slots.hold():
+            for number, data in enumerate(images):
+                stop_if_expired()  # stop early: nobody waits for this answer any more
+                faces = self._found(self.recipes.find_enrollment(data, timings), number)
+                face = self.rules.chosen_face(faces, number, policy)
+                self.rules.check_quality(face, number, timings)
+                chosen.append(face)
+            return chosen, self.recipes.embed_enrollment(chosen, timings)
+
+    def _has_already(self, known: np.ndarray, recipes: list[str], new: np.ndarray) -> bool:
+        """Whether every new face is one the subject has, made the same way (an older
+        recipe's face of the same photo is not this one: re-enrolling is how a gallery
+        gets templates)."""
+        same_recipe = np.array([r == self.pipeline.template for r in recipes], dtype=bool)
+        return all_known(known[same_recipe], new)
+
+    def _store_faces(
+        self,
+        collection: str,
+        subject_id: str,
+        name: str | None,
+        metadata: dict[str, Any] | None,
+        faces: list[NewFace],
+        add: bool,
+        claim: IdempotencyClaim | None,
+        timings: Timings,
+    ) -> EnrollResult:
+        """Write the faces (with the idempotency record) and tell the search."""
+        try:
+            stored, subject, version = self.store.add_faces(
+                collection=collection,
+                subject_id=subject_id,
+                name=name,
+                metadata=metadata,
+                faces=faces,
+                encoder=self.pipeline.encoder_name,
+                pipeline_version=versioned(self.pipeline.version, self.pipeline.template),
+                add=add,
+                idempotency=claim,
+            )
+        except IdempotencyKeyTaken:
+            # A concurrent request with the same key stored first; ours rolled back.
+            assert claim is not None
+            if (replay := self.rules.replay(claim)) is None:
+                raise
+            return replay
+        embeddings = np.stack([f.embedding for f in faces])
+        self.search.faces_added(collection, [f.id for f in stored], subject_id, embeddings)
+        self.search.advanced(version)
+        return EnrollResult(subject=subject, faces=stored, timings=timings)
+
+    # ---- quality -----------------------------------------------------------------------
+    def detect(self, *, image: bytes) -> DetectResult:
+        """Every face in the photo (the full search, as enrollment looks), with its
+        landmarks, pose, size, measures and quality; nothing is encoded or stored."""
+        timings = Timings()
+        with self.slots.hold():
+            faces = self.pipeline.find_faces(image, timings)
+            out = []
+            with timings.measure("quality_ms"):
+                for face in faces:
+                    measures = quality.measure(face)
+                    out.append((face, measures, quality.assess(measures)))
+        return DetectResult(out, timings)
+
+    # ---- 1:1 -------------------------------------------------------------------------
+    def verify(
+        self,
+        *,
+        collection: str,
+        subject_id: str,
+        image: bytes,
+        prior: float | None = None,
+        mode: ProbeMode | None = None,
+    ) -> VerifyResult:
+        """Compare the main face of ``image`` (:func:`main_face`) with the subject's
+        enrolled face it most likely matches (the nearest, when all were made alike).
+        ``mode``: how the photo is embedded (default: the setting)."""
+        timings = Timings()
+        mode = mode or self.settings.probe_mode
+        # Tell "unknown" from "known but every face deleted" before paying for inference;
+        # a subject read before is not read again here: the read after inference decides.
+        if not self.subjects.seen(collection, subject_id):
+            self.subjects.enrolled(collection, subject_id)
+        probe, embedding = self._probe(image, timings, mode)
+        with timings.measure("search_ms"):
+            # Read again: a delete may have landed during inference.
+            face_ids, known, recipes = self.subjects.enrolled(collection, subject_id)
+            d = distances(embedding, known)
+        if self._near_threshold(d, mode):
+            (embedding,) = self._mirrored([probe], embedding[None], timings)
+            with timings.measure("search_ms"):
+                d = distances(embedding, known)
+        best, curve = self._likeliest(d, recipes, mode)
+        return VerifyResult(
+            subject_id=subject_id,
+            probe=probe,
+            face_id=face_ids[best],
+            result=self.decisions.match(float(d[best]), prior, curve),
+            timings=timings,
+            mode=mode,
+        )
+
+    def _likeliest(self, d: np.ndarray, recipes: list[str], mode: ProbeMode) -> tuple[int, str]:
+        """The face the photo most likely matches, and the curve that scores it. Faces
+        embedded differently are scored on different curves: the likeliest is the one
+        with the highest probability (with one curve: the nearest)."""
+        probe_recipe = self._recipe(mode)
+        curves = [self.decisions.curve(curve_for(r, probe_recipe)) for r in recipes]
+        best = max(range(len(d)), key=lambda i: (float(curves[i].probability(d[i])), -d[i]))
+        return best, curves[best].name
+
+    def compare(
+        self,
+        *,
+        image_a: bytes,
+        image_b: bytes,
+        prior: float | None = None,
+        mode: ProbeMode | None = None,
+    ) -> CompareResult:
+        """Distance and score between the main faces of two photos; stores nothing."""
+        timings = Timings()
+        mode = mode or self.settings.probe_mode
+        probes, embeddings = self._probes([image_a, image_b], timings, mode)
+
+        def distance() -> float:
+            return float(np.linalg.norm(embeddings[0].astype(np.float64) - embeddings[1]))
+
+        if self._near_threshold(np.array([distance()]), mode):
+            embeddings = self._mirrored(probes, embeddings, timings)
+        recipe = self._recipe(mode)
+        match = self.decisions.match(distance(), prior, curve_for(recipe, recipe))
+        return CompareResult(probes[0], probes[1], match, timings, mode)
+
+    # ---- 1:N -------------------------------------------------------------------------
+    def identify(
+        self,
+        *,
+        collection: str,
+        image: bytes,
+        top_k: int | None = None,
+        prior: float | None = None,
+        mode: ProbeMode | None = None,
+    ) -> IdentifyResult:
+        """The ``top_k`` subjects of the collection nearest to the photo's main face;
+        ``best`` is the nearest only if it passes the threshold."""
+        timings = Timings()
+        mode = mode or self.settings.probe_mode
+        probe, embedding = self._probe(image, timings, mode)
+        k = top_k or self.settings.identify_top_k
+        with timings.measure("search_ms"):
+            first, size = self.search.search(collection, embedding, k)
+        hits: list[SubjectHit] = first
+        if self._near_threshold(np.array([h.distance for h in first]), mode):
+            (embedding,) = self._mirrored([probe], embedding[None], timings)
+            # The mirror moves an embedding by hundredths: the nearest faces to the
+            # new one are among those the first search looked at (its shortlist), so
+            # they are re-scored exactly instead of searched for again (at 10M faces
+            # a second IVF search cost as much as the first, ~30 ms).
+            with timings.measure("search_ms"):
+                hits = self.search.rescore(collection, embedding, first, k)
+        result = self._scored_candidates(
+            collection, probe, self._recipe(mode), hits, size, prior, timings
+        )
+        result.mode = mode
+        return result
+
+    def _scored_candidates(
+        self,
+        collection: str,
+        probe: ProbeFace | None,
+        probe_recipe: str,
+        hits: list[SubjectHit],
+        size: int,
+        prior: float | None,
+        timings: Timings,
+    ) -> IdentifyResult:
+        """Scored candidates, each on the curve its face's recipe calls for; ``best`` is
+        the nearest only if it passes the threshold."""
+        with timings.measure("search_ms"):
+            recipes = self.face_recipes.of(collection, [h.face_id for h in hits])
+        candidates = [
+            Candidate(
+                h.subject_id,
+                h.face_id,
+                self.decisions.match(
+                    h.distance, prior, curve_for(recipes.get(h.face_id, FAST), probe_recipe)
+                ),
+            )
+            for h in hits
+        ]
+        best = candidates[0] if candidates and candidates[0].result.match else None
+        curve = candidates[0].result.curve if candidates else curve_for(FAST, probe_recipe)
+        return IdentifyResult(probe, candidates, best, size, timings, curve=curve)
+
+    def identify_face(
+        self,
+        *,
+        collection: str,
+        face_id: str,
+        top_k: int | None = None,
+        prior: float | None = None,
+    ) -> IdentifyResult:
+        """Identify with a stored face instead of a photo (AWS SearchFaces): the nearest
+        subjects to it, the face itself left out (its subject's other faces count)."""
+        timings = Timings()
+        with timings.measure("search_ms"):
+            _, embedding = self.store.face_embedding(
+                collection=collection, face_id=face_id, encoders=self.pipeline.compatible
+            )
+            k = top_k or self.settings.identify_top_k
+            hits, size = self.search.search(collection, embedding, k, exclude=face_id)
+            query_recipe = self.face_recipes.of(collection, [face_id]).get(face_id, FAST)
+        return self._scored_candidates(collection, None, query_recipe, hits, size, prior, timings)
+
+    # ---- subjects --------------------------------------------------------------------
+    def get_subject(
+        self, *, collection: str, subject_id: str
+    ) -> tuple[SubjectRecord, list[FaceRecord]]:
+        subject = self.store.get_subject(collection=collection, subject_id=subject_id)
+        return subject, self.store.list_faces(collection=collection, subject_id=subject_id)
+
+    def list_subjects(
+        self, *, collection: str, offset: int, limit: int, prefix: str | None = None
+    ) -> tuple[list[SubjectRecord], int]:
+        return self.store.list_subjects(
+            collection=collection, offset=offset, limit=limit, prefix=prefix
+        )
+
+    def delete_subject(self, *, collection: str, subject_id: str) -> int:
+        """Delete the subject and every embedding of it, from the database and from this
+        process's index, before returning. Returns how many faces were deleted."""
+        face_ids, version = self.store.delete_subject(collection=collection, subject_id=subject_id)
+        self.search.subject_removed(collection, subject_id)
+        self.search.advanced(version)
+        return len(face_ids)
+
+    def delete_face(self, *, collection: str, subject_id: str, face_id: str) -> None:
+        version = self.store.delete_face(
+            collection=collection, subject_id=subject_id, face_id=face_id
+        )
+        self.search.faces_removed(collection, [face_id])
+        self.search.advanced(version)
+
+    # ---- collections -----------------------------------------------------------------
+    def create_collection(self, *, collection: str) -> CollectionRecord:
+        return self.store.create_collection(collection=collection)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        return self.store.list_collections()
+
+    def get_collection(self, *, collection: str) -> CollectionRecord:
+        return self.store.get_collection(collection=collection)
+
+    def require_collection(self, collection: str) -> None:
+        """CollectionNotFound unless the collection exists. The default one always does
+        (migration 0003 makes it; delete_collection refuses it), so the common request
+        skips a query (~0.4 ms under load, holding the GIL)."""
+        if collection == DEFAULT_COLLECTION:
+            return
+        if not self.store.collection_exists(collection=collection):
+            raise CollectionNotFound.for_id(collection)
+
+    def delete_collection(
+        self, *, collection: str, env_key_hashes: Collection[str] = ()
+    ) -> CollectionRecord:
+        """Delete a collection, every subject and embedding of it and the keys bound to
+        it, from the database and this process's index, before returning; the other
+        processes replay the deletion before their next search."""
+        if collection == DEFAULT_COLLECTION:
+            raise CollectionProtected(
+                f"The {DEFAULT_COLLECTION!r} collection cannot be deleted: requests that "
+                "name no collection use it. Delete its subjects instead.",
+                collection=collection,
+            )
+        record, version = self.store.delete_collection(
+            collection=collection, env_key_hashes=env_key_hashes
+        )
+        self.search.collection_dropped(collection)
+        self.search.advanced(version)
+        return record
+
+    def gallery_counts(self, collection: str | None = None) -> dict[str, int]:
+        """Faces and subjects of the running model: of one collection, or of all (while
+        the index loads: what is loaded so far)."""
+        return self.search.counts(collection)
+
+    def collection_face_counts(self) -> dict[str, int]:
+        """Faces of the running model per collection (those with any)."""
+        return self.search.face_counts()
+
+    # ---- probes ----------------------------------------------------------------------
+    def _found(self, faces: list[DetectedFace], image_index: int | None) -> list[DetectedFace]:
+        """``faces``, or NoFace naming the image when there are none."""
+        if not faces:
+            where = "the image" if image_index is None else f"image {image_index}"
+            side = self.settings.min_face_side
+            raise NoFace(
+                f"No face was found in {where}. Use a sharper, frontal photo"
+                + (f" where the face is at least {side} px wide." if side else "."),
+                image_index=image_index,
+            )
+        return faces
+
+    def _recipe(self, mode: ProbeMode) -> str:
+        """The recipe a probe embedded in ``mode`` is made with."""
+        return self.recipes.probe_recipe(mode == "thorough")
+
+    def _probe(
+        self, data: bytes, timings: Timings, mode: ProbeMode
+    ) -> tuple[ProbeFace, np.ndarray]:
+        (probe,), embeddings = self._probes([data], timings, mode)
+        return probe, embeddings[0]
+
+    def _probes(
+        self, images: list[bytes], timings: Timings, mode: ProbeMode
+    ) -> tuple[list[ProbeFace], np.ndarray]:
+        """Each photo's main face, all encoded in one batch by the probe recipe (fast:
+        the chip alone while the mirror rule may skip the mirror pass; thorough: the
+        template views)."""
+        thorough = mode == "thorough"
+        with self.slots.hold():
+            found = []
+            for number, data in enumerate(images):
+                faces = self.recipes.find_probe(data, timings, thorough=thorough)
+                faces = self._found(faces, number if len(images) > 1 else None)
+                found.append((main_face(faces), len(faces)))
+            mains = [face for face, _ in found]
+
+            def grade() -> list[Assessment]:
+                with timings.measure("quality_ms"):
+                    return [quality.assess(quality.measure(face)) for face in mains]
+
+            def embed() -> np.ndarray:
+                return self.recipes.embed_probes(mains, timings, thorough=thorough)
+
+            # The quality score needs only the chip: on a spare core, it costs no time.
+            assessed, embeddings = spare_cores().beside(grade, embed)
+        probes = [
+            ProbeFace(face, count, assessment)
+            for (face, count), assessment in zip(found, assessed, strict=True)
+        ]
+        return probes, embeddings
+
+    def _near_threshold(self, d: np.ndarray, mode: ProbeMode) -> bool:
+        """The mirror rule (:meth:`Recipes.undecided`): a fast probe's distances lie so
+        near the threshold that the mirror pass must settle them."""
+        return self.recipes.undecided(d, thorough=mode == "thorough")
+
+    def _mirrored(
+        self, probes: list[ProbeFace], single: np.ndarray, timings: Timings
+    ) -> np.ndarray:
+        with self.slots.hold():
+            return self.recipes.add_mirror([p.face for p in probes], single, timings)
+
+    # ---- calibration -----------------------------------------------------------------
+    def curve(self, name: str) -> Calibration:
+        """The calibration curve ``name`` (Decisions.curve)."""
+        return self.decisions.curve(name)
+
+    def threshold(self, curve: str) -> float:
+        """The decision threshold on ``curve`` (Decisions.threshold)."""
+        return self.decisions.threshold(curve)
+
+    def curves_in_use(self) -> tuple[str, ...]:
+        return self.decisions.curves_in_use()
+
+    def calibration_matches_pipeline(self) -> bool:
+        return self.decisions.calibration_matches_pipeline()
+
+    def curve_matches(self, name: str) -> bool:
+        return self.decisions.curve_matches(name)
+
+    def ready(self) -> None:
+        """Raise NotReady unless the database answers (the models are loaded if this
+        object exists)."""
+        try:
+            self.store.ping()
+        except SQLAlchemyError as exc:
+            raise NotReady(f"The database does not answer: {type(exc).__name__}") from exc

@@ -1,0 +1,128 @@
+"""Cached reads of what verify and identify need from the store: a subject's faces (by
+gallery version) and each stored face's template recipe (it never changes)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from app.errors import SubjectHasNoFaces
+from app.face.views import recipe_of
+from app.gallery.store import GalleryStore
+
+# Subjects whose faces verify keeps in memory while the gallery does not change (~1 KB
+# a subject with two faces).
+SUBJECT_CACHE_SIZE = 4096
+# Face id -> template recipe, remembered (a stored face's recipe never changes).
+RECIPE_CACHE_SIZE = 100_000
+
+
+class VersionedCache:
+    """A bounded LRU map whose entries are valid only at the gallery version they were
+    read at: reading the version (one row) is ~5x cheaper than reading a subject's faces.
+    Thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[Any, tuple[int, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, version: int) -> Any | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None or found[0] != version:
+                return None
+            self._entries.move_to_end(key)
+            return found[1]
+
+    def holds(self, key: Any) -> bool:
+        """Whether ``key`` was read at some version (current or not)."""
+        with self._lock:
+            return key in self._entries
+
+    def put(self, key: Any, version: int, value: Any) -> None:
+        """Store ``value`` as read at ``version`` (read the version before the value: a
+        write in between then leaves the entry already out of date, never wrong)."""
+        with self._lock:
+            self._entries[key] = (version, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+class RecipeMemo:
+    """Each stored face's template recipe, read once (bounded LRU, thread-safe)."""
+
+    def __init__(self, store: GalleryStore, size: int = RECIPE_CACHE_SIZE) -> None:
+        self.store = store
+        self.size = size
+        self._recipes: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, collection: str, face_ids: list[str]) -> dict[str, str]:
+        with self._lock:
+            known = {f: self._recipes[f] for f in face_ids if f in self._recipes}
+        missing = [f for f in face_ids if f not in known]
+        if missing:
+            versions = self.store.pipeline_versions(collection=collection, face_ids=missing)
+            read = {f: recipe_of(v) for f, v in versions.items()}
+            with self._lock:
+                self._recipes.update(read)
+                while len(self._recipes) > self.size:
+                    self._recipes.popitem(last=False)
+            known.update(read)
+        return known
+
+
+class SubjectReads:
+    """A subject's faces of the running model, read by key from the store (the truth),
+    so verify never waits for or depends on the size of the 1:N index."""
+
+    def __init__(self, store: GalleryStore, *, dim: int, encoders: frozenset[str]) -> None:
+        self.store = store
+        self.dim = dim
+        self.encoders = encoders
+        self._cache = VersionedCache(SUBJECT_CACHE_SIZE)
+
+    def seen(self, collection: str, subject_id: str) -> bool:
+        """Whether the subject was read before (at any version)."""
+        return self._cache.holds((collection, subject_id))
+
+    def enrolled(self, collection: str, subject_id: str) -> tuple[list[str], np.ndarray, list[str]]:
+        """The subject's face ids, embeddings and template recipes. A subject read at
+        the gallery version that is still current is answered from memory (any write
+        anywhere bumps the version, so a cached answer is never stale). SubjectNotFound
+        or SubjectHasNoFaces."""
+        version = self.store.version()
+        key = (collection, subject_id)
+        cached = self._cache.get(key, version)
+        if cached is not None:
+            face_ids, known, recipes = cached
+        else:
+            face_ids, known, versions = self.store.subject_embeddings(
+                collection=collection,
+                subject_id=subject_id,
+                dim=self.dim,
+                encoders=self.encoders,
+            )
+            recipes = [recipe_of(v) for v in versions]
+            self._cache.put(key, version, (face_ids, known, recipes))
+        if not face_ids:
+            raise SubjectHasNoFaces(
+                f"Subject {subject_id!r} has no enrolled faces to compare with.",
+                subject_id=subject_id,
+            )
+        return face_ids, known, recipes
+
+    def known(self, collection: str, subject_id: str) -> tuple[np.ndarray, list[str]]:
+        """The subject's embeddings and their recipes; none when every face was deleted
+        (the first new photo then starts afresh). SubjectNotFound if there is no such
+        subject."""
+        try:
+            _, known, recipes = self.enrolled(collection, subject_id)
+            return known, recipes
+        except SubjectHasNoFaces:
+            return np.zeros((0, self.dim), dtype=np.float32), []
