@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.errors import FaceNotFound, SubjectNotFound
-from app.gallery import store as store_module
+from app.gallery import bulkload, changelog
 from app.gallery.index import ExactIndex, Partitions
 from app.gallery.models import Face, GalleryEvent, Subject
 from app.gallery.store import GalleryStore, NewFace
@@ -188,7 +188,7 @@ def test_an_index_never_holds_another_models_embeddings(store: GalleryStore) -> 
 def test_an_index_behind_the_pruned_log_reloads_everything(
     store: GalleryStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "EVENT_RETENTION", 2)
+    monkeypatch.setattr(changelog, "EVENT_RETENTION", 2)
     sync = synced(store)
     sync.sync()
     for i in range(5):
@@ -282,7 +282,7 @@ def test_loading_every_embedding_in_slices_gives_the_same_rows(
     for i in range(9):
         add(store, f"s{i}", 3 * i, 3 * i + 1, 3 * i + 2)
     whole = store.load_embeddings(dim=128)
-    monkeypatch.setattr(store_module, "LOAD_SLICE", 4)
+    monkeypatch.setattr(bulkload, "LOAD_SLICE", 4)
     sliced = store.load_embeddings(dim=128)
     assert sliced.face_ids == whole.face_ids and len(whole.face_ids) == 27
     assert sliced.subject_ids == whole.subject_ids and sliced.collections == whole.collections

@@ -1,0 +1,286 @@
+"""Writing records: collections, an enrollment's faces, deletes. Each write is one
+transaction that also bumps the version and logs its change (changelog.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    FaceNotFound,
+    SubjectExists,
+    SubjectNotFound,
+)
+from app.gallery import pgvector
+from app.gallery.changelog import _bump_version, _log
+from app.gallery.engine import StoreBase
+from app.gallery.idempotency import _record_idempotency, find_idempotent
+from app.gallery.models import (
+    EMBEDDING_DTYPE,
+    ApiKey,
+    DeletedCollection,
+    Face,
+    IdempotencyRecord,
+    RevokedEnvKey,
+    Subject,
+)
+from app.gallery.models import Collection as CollectionRow
+from app.gallery.reads import _of_subject
+from app.gallery.records import (
+    CollectionRecord,
+    FaceRecord,
+    IdempotencyClaim,
+    IdempotencyKeyTaken,
+    NewFace,
+    SubjectRecord,
+    _face_record,
+    _subject_record,
+)
+
+
+class Writes(StoreBase):
+    """Collections, faces and subjects, written one transaction each."""
+
+    def create_collection(self, *, collection: str) -> CollectionRecord:
+        """Create an empty collection; CollectionExists if the id is taken."""
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session, self.busy_timeout)  # queue with the other writers
+            if session.get(CollectionRow, collection) is not None:
+                raise CollectionExists(
+                    f"Collection {collection!r} already exists.", collection=collection
+                )
+            row = CollectionRow(id=collection, created_at=datetime.now(UTC))
+            session.add(row)
+            session.execute(delete(DeletedCollection).where(DeletedCollection.id == collection))
+            session.flush()
+            # Every version has its change: a gap in the log makes every process reload
+            # every index (issue 25: 47 s on a 1.8M-face server after POST /collections).
+            _log(session, version, [("create_collection", collection, "", None)])
+            return CollectionRecord(row.id, row.created_at, 0, 0)
+
+    def ensure_collection(self, *, collection: str) -> bool:
+        """Create the collection unless it exists; whether this call created it (another
+        process creating it at the same moment is not an error)."""
+        with Session(self.engine) as session:
+            if session.get(CollectionRow, collection) is not None:
+                return False
+        try:
+            self.create_collection(collection=collection)
+        except CollectionExists:
+            return False
+        return True
+
+    def delete_collection(
+        self, *, collection: str, env_key_hashes: Collection[str] = ()
+    ) -> tuple[CollectionRecord, int]:
+        """Delete a collection with every subject and face of it, and revoke the API keys
+        bound to it (so a new collection of the same name never inherits them), in one
+        transaction: the database's keys, and ``env_key_hashes`` (the sha256 of the
+        FACEVERIFY_API_KEYS keys bound to it, kept as revoked). The collection is
+        recorded as deleted, so nothing but an admin's create brings it back. Returns
+        what was deleted and the gallery version written."""
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session, self.busy_timeout)
+            row = session.get(CollectionRow, collection)
+            if row is None:
+                raise CollectionNotFound.for_id(collection)
+            n_faces = session.execute(delete(Face).where(Face.collection_id == collection)).rowcount  # type: ignore[attr-defined]
+            n_subjects = session.execute(
+                delete(Subject).where(Subject.collection_id == collection)
+            ).rowcount  # type: ignore[attr-defined]
+            session.execute(
+                delete(IdempotencyRecord).where(IdempotencyRecord.collection_id == collection)
+            )
+            session.execute(
+                update(ApiKey)
+                .where(ApiKey.collection_id == collection, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            now = datetime.now(UTC)
+            known = set(
+                session.scalars(
+                    select(RevokedEnvKey.key_sha256).where(
+                        RevokedEnvKey.key_sha256.in_(list(env_key_hashes))
+                    )
+                ).all()
+            )
+            for hashed in sorted(set(env_key_hashes) - known):
+                session.add(
+                    RevokedEnvKey(key_sha256=hashed, collection_id=collection, revoked_at=now)
+                )
+            session.execute(delete(DeletedCollection).where(DeletedCollection.id == collection))
+            session.add(DeletedCollection(id=collection, deleted_at=now))
+            record = CollectionRecord(row.id, row.created_at, int(n_subjects), int(n_faces))
+            session.delete(row)
+            _log(session, version, [("delete_collection", collection, "", None)])
+            return record, version
+
+    def add_faces(
+        self,
+        *,
+        collection: str,
+        subject_id: str,
+        faces: list[NewFace],
+        encoder: str,
+        pipeline_version: str,
+        name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        add: bool = False,
+        idempotency: IdempotencyClaim | None = None,
+    ) -> tuple[list[FaceRecord], SubjectRecord, int]:
+        """Create the subject (``add=False``: it must be new) or add to it (``add=True``:
+        it must exist; name/metadata are updated when given), and store all ``faces`` in
+        one transaction: all are stored or none. Checked inside the transaction, so two
+        requests racing to create one subject cannot both succeed.
+
+        Raises:
+            CollectionNotFound: the collection does not exist.
+            SubjectExists: ``add=False`` and the subject exists.
+            SubjectNotFound: ``add=True`` and it does not.
+            IdempotencyKeyTaken: ``idempotency`` was recorded by another request first.
+
+        Returns:
+            The stored faces, the subject afterwards, and the gallery version written.
+        """
+        with Session(self.engine) as session, session.begin():
+            # Writers queue on the version row, so what the checks below read cannot
+            # change before this transaction commits.
+            version = _bump_version(session, self.busy_timeout)
+            if idempotency is not None and find_idempotent(
+                session, idempotency.owner, idempotency.key
+            ):
+                raise IdempotencyKeyTaken(idempotency.key)
+            if session.get(CollectionRow, collection) is None:
+                raise CollectionNotFound.for_id(collection)
+            subject = _subject_to_write(session, collection, subject_id, add, name, metadata)
+            rows, vectors = _face_rows(collection, subject_id, faces, encoder, pipeline_version)
+            session.add_all(rows)
+            session.flush()
+            if rows:
+                self._store_vectors(session, rows, vectors)
+            _log(session, version, [("add_face", collection, subject_id, r.id) for r in rows])
+            if idempotency is not None:
+                _record_idempotency(
+                    session, idempotency, collection, subject_id, [r.id for r in rows]
+                )
+            count = session.scalar(
+                select(func.count()).select_from(Face).where(*_of_subject(collection, subject_id))
+            )
+            return (
+                [_face_record(r) for r in rows],
+                _subject_record(subject, int(count or 0)),
+                version,
+            )
+
+    def delete_subject(self, *, collection: str, subject_id: str) -> tuple[list[str], int]:
+        """Delete a subject and every face of it. Returns the deleted face ids and the
+        gallery version written."""
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session, self.busy_timeout)
+            if session.get(Subject, (collection, subject_id)) is None:
+                raise SubjectNotFound.for_id(subject_id)
+            face_ids = list(
+                session.scalars(select(Face.id).where(*_of_subject(collection, subject_id))).all()
+            )
+            session.execute(delete(Face).where(*_of_subject(collection, subject_id)))
+            session.execute(
+                delete(Subject).where(Subject.collection_id == collection, Subject.id == subject_id)
+            )
+            _log(session, version, [("delete_subject", collection, subject_id, None)])
+            return face_ids, version
+
+    def delete_face(self, *, collection: str, subject_id: str, face_id: str) -> int:
+        """Delete one face of a subject; the subject stays, even with no faces left.
+        Returns the gallery version written."""
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session, self.busy_timeout)
+            if session.get(Subject, (collection, subject_id)) is None:
+                raise SubjectNotFound.for_id(subject_id)
+            deleted = session.execute(
+                delete(Face).where(Face.id == face_id, *_of_subject(collection, subject_id))
+            ).rowcount  # type: ignore[attr-defined]
+            if not deleted:
+                raise FaceNotFound(
+                    f"Subject {subject_id!r} has no face {face_id!r}.",
+                    subject_id=subject_id,
+                    face_id=face_id,
+                )
+            _log(session, version, [("delete_face", collection, subject_id, face_id)])
+            return version
+
+    def _store_vectors(self, session: Session, faces: list[Face], vectors: np.ndarray) -> None:
+        """The faces' embeddings into face_vectors too, in the same transaction."""
+        if self.vector_dim is None or vectors.shape[1] != self.vector_dim:
+            return
+        pgvector.insert_vectors(
+            session.connection(),
+            [(f.id, f.collection_id, f.subject_id, f.encoder) for f in faces],
+            vectors,
+        )
+
+
+def _subject_to_write(
+    session: Session,
+    collection: str,
+    subject_id: str,
+    add: bool,
+    name: str | None,
+    metadata: dict[str, Any] | None,
+) -> Subject:
+    """The subject an enrollment writes to: created (``add=False``: it must be new) or
+    found and updated with ``name``/``metadata`` when given (``add=True``)."""
+    subject = session.get(Subject, (collection, subject_id))
+    if subject is None and add:
+        raise SubjectNotFound.for_id(subject_id)
+    if subject is not None and not add:
+        raise SubjectExists(
+            f"Subject {subject_id!r} already exists; send add=true to add faces to it.",
+            subject_id=subject_id,
+        )
+    if subject is None:
+        subject = Subject(collection_id=collection, id=subject_id, name=name, meta=metadata)
+        session.add(subject)
+        return subject
+    if name is not None:
+        subject.name = name
+    if metadata is not None:
+        subject.meta = metadata
+    return subject
+
+
+def _face_rows(
+    collection: str, subject_id: str, faces: list[NewFace], encoder: str, pipeline_version: str
+) -> tuple[list[Face], np.ndarray]:
+    """The rows of ``faces`` and their embeddings as one matrix; ValueError if an
+    embedding is not a vector of finite floats."""
+    rows, vectors = [], []
+    for face in faces:
+        vector = np.asarray(face.embedding, dtype=EMBEDDING_DTYPE)
+        if vector.ndim != 1 or not len(vector) or not np.all(np.isfinite(vector)):
+            raise ValueError("an embedding must be a vector of finite floats")
+        vectors.append(vector)
+        left, top, right, bottom = (int(v) for v in face.box.as_tuple())
+        rows.append(
+            Face(
+                id=str(uuid.uuid4()),
+                collection_id=collection,
+                subject_id=subject_id,
+                embedding=vector.tobytes(),
+                box_left=left,
+                box_top=top,
+                box_right=right,
+                box_bottom=bottom,
+                detector_score=float(face.detector_score),
+                encoder=encoder,
+                pipeline_version=pipeline_version,
+            )
+        )
+    return rows, np.stack(vectors) if vectors else np.zeros((0, 0), dtype=EMBEDDING_DTYPE)
