@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.errors import FaceVerifyError
-from app.face.detect import DetectedFace, largest, main_face
+from app.face.detect import DetectedFace, main_face
 from app.face.recipes import Recipes
 from app.face.registry import curve_fingerprint
 from app.face.timing import Timings
@@ -66,9 +66,9 @@ def embed_images(
 ) -> dict[Path, Embedded | None]:
     """Each image embedded by the service's own recipes: as a probe (its main face, the
     quick detection pass, as /verify, /identify and /compare embed it) and with
-    ``templates`` also as an enrollment (its largest face, the full search, the template
-    recipe); None when a probe finds no face or the file is unreadable (failure to
-    acquire)."""
+    ``templates`` also as an enrollment (the full search, the template recipe, the
+    photo's main face: see :func:`_faces`); None when a probe finds no face or the file
+    is unreadable (failure to acquire)."""
     templates = templates and recipes.templates
     unique = sorted(set(paths))
     out: dict[Path, Embedded | None] = {}
@@ -105,12 +105,16 @@ def _faces(
     try:
         data = path.read_bytes()
         probes = recipes.find_probe(data, Timings(), thorough=templates)
-        enrolled = recipes.find_enrollment(data, Timings()) if templates else []
+        enrolled = recipes.find_enrollment(data, Timings(), main_face) if templates else []
     except (OSError, FaceVerifyError):
         return None, None
+    # The enrollment's face is the photo's main face: /enroll's default (face=single)
+    # refuses a photo with several faces, and with face=largest LFW's largest face is
+    # sometimes a bystander's, which would fit the curve to mislabelled pairs. On a
+    # one-face photo (what the service enrolls by default) the two are the same face.
     return (
         main_face(probes) if probes else None,
-        largest(enrolled) if enrolled else None,
+        main_face(enrolled) if enrolled else None,
     )
 
 

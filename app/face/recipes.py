@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.face.detect import DetectedFace, largest, main_face
-from app.face.pipeline import FacePipeline
+from app.face.pipeline import Choose, FacePipeline
 from app.face.timing import Timings
 from app.face.views import FAST
 
@@ -92,10 +92,12 @@ class Recipes:
         return self.pipeline.add_mirror(faces, single, timings)
 
     # ---- enrollment ------------------------------------------------------------------
-    def find_enrollment(self, data: bytes, timings: Timings) -> list[DetectedFace]:
-        """Every face of an enrollment photo (the full search); the largest also gets
-        the template views cut."""
-        views = largest if self.templates else None
+    def find_enrollment(
+        self, data: bytes, timings: Timings, choose: Choose = largest
+    ) -> list[DetectedFace]:
+        """Every face of an enrollment photo (the full search); the one ``choose`` picks
+        (the largest: the one /enroll stores) also gets the template views cut."""
+        views = choose if self.templates else None
         return self.pipeline.find_faces(data, timings, views=views)
 
     def embed_enrollment(self, faces: list[DetectedFace], timings: Timings) -> np.ndarray:
