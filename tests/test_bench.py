@@ -1,10 +1,11 @@
-"""`faceverify bench`'s stage breakdown of a sequential /verify (app/bench.py)."""
+"""`faceverify bench`'s stage breakdown of a sequential /verify (app/bench/)."""
 
 from __future__ import annotations
 
 import pytest
 
 from app import bench
+from app.bench import http as bench_http
 
 TIMING = {
     "decode_ms": 2.0,
@@ -21,7 +22,7 @@ TIMING = {
 def test_the_quality_score_beside_the_encoder_is_not_counted_twice(
     monkeypatch: pytest.MonkeyPatch, cpus: int, other: float
 ) -> None:
-    monkeypatch.setattr(bench, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(bench_http, "usable_cpus", lambda: cpus)
     row = bench._stage_breakdown([TIMING] * 3, [16.0, 16.0, 16.0])
     # On 2 cores encode and quality overlap: 13 - (2 + 3 + 1.5 + max(4.5, 1) + 0.5).
     assert row["other_ms"] == other
