@@ -1,0 +1,251 @@
+"""The ``faceverify`` command."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.cli.accuracy import bench, calibrate, evaluate
+from app.cli.common import _check_models, _or_exit
+from app.cli.gallery import enroll, gallery_cli
+from app.settings import Settings
+
+cli = typer.Typer(help="faceverify: face verification service.", no_args_is_help=True)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (FACEVERIFY_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (FACEVERIFY_PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (FACEVERIFY_WORKERS).")
+    ] = None,
+) -> None:
+    """Start the HTTP service (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    settings = _or_exit(Settings)
+    host = host or settings.host
+    port = port or settings.port
+    workers = workers or settings.workers
+    from app.api.observability import configure_logging
+
+    configure_logging(settings.log_format)
+    weights = _or_exit(lambda: _check_models(settings))
+    _or_exit(lambda: _first_admin_key(settings))
+    from app.face.registry import prepare
+
+    # The encoder's one-time work (the ONNX conversion) here, not in each worker at once.
+    _or_exit(lambda: prepare(settings, weights))
+    if workers > 1:
+        # Worker processes build their own app from the environment; pass the CLI's
+        # choices on through it.
+        os.environ["FACEVERIFY_HOST"], os.environ["FACEVERIFY_PORT"] = host, str(port)
+        uvicorn.run(
+            "app.api.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,  # faceverify logs each request itself, with its request id
+            log_config=None,
+        )
+    else:
+        from app.api.app import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
+
+
+models_cli = typer.Typer(help="Model files: check them, prepare the ONNX encoder.")
+cli.add_typer(models_cli, name="models")
+
+
+@models_cli.command("check")
+def models_check(
+    photo: Annotated[
+        Path | None,
+        typer.Option(help="Also run the whole pipeline on this photo (a deployment's smoke test)."),
+    ] = None,
+) -> None:
+    """Locate the model files and check their sha256 against the manifest; with
+    --photo, load the models and embed the photo's faces too (exit 1 if none is found)."""
+    settings = _or_exit(Settings)
+    weights = _or_exit(lambda: _check_models(settings))
+    for w in weights.values():
+        where = f"ONNX conversion in {settings.resolved_cache_dir()}" if w.prepared_only else w.path
+        typer.echo(f"ok  {w.name:20s} {w.sha256}  {where}")
+    if photo is None:
+        return
+    from app.face.registry import build_pipeline
+    from app.face.timing import Timings
+
+    pipeline = _or_exit(lambda: build_pipeline(settings, weights))
+    data = _or_exit(photo.read_bytes)
+    faces = _or_exit(lambda: pipeline.find_faces(data, Timings()))
+    if not faces:
+        typer.echo(f"faceverify: no face found in {photo}", err=True)
+        raise typer.Exit(1)
+    embeddings = pipeline.embed(faces, Timings())
+    typer.echo(
+        f"ok  {photo.name}: {len(faces)} face(s), {embeddings.shape[1]}-d embeddings "
+        f"({pipeline.encoder_name})"
+    )
+
+
+@models_cli.command("prepare")
+def models_prepare() -> None:
+    """Do the encoder model's one-time work (convert dlib's ResNet to ONNX into the cache
+    directory; done at first start otherwise), checked by sha256."""
+    from app.face.registry import prepare
+
+    settings = _or_exit(Settings)
+    weights = _or_exit(lambda: _check_models(settings))
+    _or_exit(lambda: prepare(settings, weights))
+    typer.echo(
+        f"ok  {settings.model} ({settings.encoder}) prepared in {settings.resolved_cache_dir()}"
+    )
+
+
+keys_cli = typer.Typer(help="API keys: create, list, revoke.")
+cli.add_typer(keys_cli, name="keys")
+
+
+def _key_store(settings: Settings, *, create: bool) -> Any:
+    """The key table. ``create``: make the database and its schema if need be (creating a
+    key writes); otherwise the database is only read, never migrated."""
+    from app.gallery.store import GalleryStore
+    from app.keys import KeyStore, parse_env_keys
+
+    env_keys = parse_env_keys(settings.api_keys.get_secret_value())
+    url = settings.resolved_database_url()
+    store = GalleryStore.open(url) if create else GalleryStore(url)
+    if store.schema_revision() is None:
+        typer.echo(
+            "faceverify: the database has no faceverify schema yet; start the server or run "
+            "`faceverify db upgrade` first",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return KeyStore(store.engine, env_keys)
+
+
+@keys_cli.command("create")
+def keys_create(
+    scope: Annotated[str, typer.Option(help="enroll, verify, admin, joined by +.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    collection: Annotated[
+        str | None,
+        typer.Option(
+            help="The collection the key sees and changes (created if new). Default: "
+            "'default'; an admin key without it may address every collection."
+        ),
+    ] = None,
+) -> None:
+    """Create a key and print it once (only its sha256 is stored)."""
+    from app.keys import COLLECTION_ID, parse_scopes
+
+    settings = _or_exit(Settings)
+    scopes = _or_exit(lambda: parse_scopes(scope))
+    if collection is not None and not COLLECTION_ID.match(collection):
+        typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
+        raise typer.Exit(2)
+    key, record = _or_exit(
+        lambda: _key_store(settings, create=True).create(
+            name=name, scopes=scopes, collection=collection
+        )
+    )
+    where = f"collection {record.collection}" if record.collection else "every collection"
+    typer.echo(
+        f"{key}\n(id {record.id}, scopes {'+'.join(record.scopes)}, {where}; shown only now)"
+    )
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """The keys in the database: id, prefix, scopes, name, revoked or not."""
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: _key_store(settings, create=False))
+    for k in store.list():
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        where = k.collection or "*"
+        typer.echo(
+            f"{k.id}  {k.prefix}...  {'+'.join(k.scopes):20s} {where:16s} {state:18s} {k.name}"
+        )
+    if store.env_keys:
+        typer.echo(f"(and {len(store.env_keys)} key(s) from FACEVERIFY_API_KEYS)")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
+    """Revoke a key: it stops working at once."""
+    settings = _or_exit(Settings)
+    if not _or_exit(lambda: _key_store(settings, create=False).revoke(key_id=key_id)):
+        typer.echo(f"faceverify: no active key with id {key_id}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"revoked {key_id}")
+
+
+db_cli = typer.Typer(help="The database: schema migrations, the vector index.")
+cli.add_typer(db_cli, name="db")
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations (serve does this at start too)."""
+    from app.gallery.store import GalleryStore
+
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    typer.echo(f"schema at revision {store.schema_revision()}")
+    store.close()
+
+
+@db_cli.command("rebuild-vector-index")
+def db_rebuild_vector_index() -> None:
+    """Rebuild pgvector's HNSW index with this version's parameters (after an upgrade
+    that changed them; serve says so at start). Searches and writes go on meanwhile."""
+    from app.gallery import pgvector
+    from app.gallery.store import GalleryStore
+
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    if store.engine.dialect.name != "postgresql":
+        typer.echo("not PostgreSQL: there is no vector index to rebuild", err=True)
+        raise typer.Exit(1)
+    started = time.perf_counter()
+    pgvector.rebuild_index(store.engine, settings.pgvector_build_memory_mb)
+    typer.echo(
+        f"rebuilt ix_face_vectors_hnsw ({pgvector.HNSW_OPTIONS}) in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    store.close()
+
+
+def _first_admin_key(settings: Settings) -> None:
+    """There is never a default key; on a first start with none, make one and say so."""
+    store = _key_store(settings, create=True)
+    if store.active_count():
+        return
+    key, _ = store.create(name="first admin key (made by faceverify serve)", scopes=("admin",))
+    typer.echo(
+        "\nfaceverify: no API key existed, so an admin key was created. It is shown only now:\n"
+        f"\n    {key}\n\n"
+        "Send it as the X-API-Key header (or Authorization: Bearer). Narrower keys:\n"
+        "    faceverify keys create --scope verify --name my-kiosk\n"
+    )
+
+
+def main() -> None:
+    cli(prog_name="faceverify")
+
+
+# The commands of the other modules (app/cli/*.py), registered in help's order.
+cli.command()(enroll)
+cli.command()(bench)
+cli.command()(evaluate)
+cli.command()(calibrate)
+cli.add_typer(gallery_cli, name="gallery")

@@ -1,0 +1,171 @@
+"""Measuring: `faceverify bench`, `evaluate` and `calibrate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.scoring.pairs import Pair
+
+from app.cli.common import _or_exit
+
+
+def bench(
+    photos: Annotated[
+        Path,
+        typer.Option(
+            help="Folder with obama.jpg, obama3.jpg, biden.jpg, two_people.jpg, obama2.jpg."
+        ),
+    ] = Path("tests/data"),
+    repeats: Annotated[int, typer.Option(help="Timed runs per encoder/pipeline measurement.")] = 30,
+    requests: Annotated[int, typer.Option(help="Sequential HTTP requests per photo.")] = 80,
+    clients: Annotated[int, typer.Option(help="Concurrent HTTP clients.")] = 8,
+    load_requests: Annotated[
+        int, typer.Option(help="Requests per concurrent run (12 MP: a quarter).")
+    ] = 400,
+    sizes: Annotated[
+        str, typer.Option(help="Gallery sizes for identify, comma-separated.")
+    ] = "10000,100000,1000000",
+    json_out: Annotated[Path | None, typer.Option(help="Also write the JSON report here.")] = None,
+    skip_http: Annotated[bool, typer.Option(help="Skip the HTTP part.")] = False,
+    workers: Annotated[
+        int, typer.Option(help="Server worker processes (default: FACEVERIFY_WORKERS).")
+    ] = 0,
+) -> None:
+    """Measure encoder, pipeline, HTTP and 1:N speed; print a table and JSON."""
+    from app import bench as bench_module
+
+    bench_module.main(
+        photos,
+        repeats,
+        requests,
+        clients,
+        [int(s) for s in sizes.split(",")],
+        json_out,
+        skip_http,
+        workers=workers or Settings().workers,
+        load_requests=load_requests,
+    )
+
+
+def evaluate(
+    out: Annotated[Path, typer.Option(help="Folder for pairs.tsv, report.json and plots.")],
+    pairs: Annotated[Path | None, typer.Option(help="LFW-style pairs file (View 1 or 2).")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Image root for --pairs (NAME/NAME_NNNN.jpg).")
+    ] = None,
+    identities: Annotated[
+        Path | None, typer.Option(help="Folder with one sub-folder per identity.")
+    ] = None,
+    different: Annotated[
+        int, typer.Option(help="With --identities: different-identity pairs.")
+    ] = 20_000,
+    max_same: Annotated[int, typer.Option(help="With --identities: same pairs per identity.")] = 30,
+    seed: Annotated[int, typer.Option(help="With --identities: sampling seed.")] = 0,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="fast: both photos as fast probes; thorough: both as enrollment templates; "
+            "mixed: the first photo of each pair as a template, the second as a fast probe; "
+            "all: the three from one pass (written to OUT/fast, OUT/thorough, OUT/mixed)."
+        ),
+    ] = "fast",
+) -> None:
+    """Accuracy and calibration of the service's pipeline on labelled pairs."""
+    from app.evaluation import MODES, run_evaluate
+
+    if mode not in (*MODES, "all"):
+        typer.echo(f"faceverify: --mode must be one of {', '.join(MODES)} or all", err=True)
+        raise typer.Exit(2)
+    settings = _or_exit(Settings)
+    pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
+    modes = MODES if mode == "all" else tuple(m for m in MODES if m == mode)
+    reports = run_evaluate(settings=settings, pairs=pair_list, root=root, out=out, modes=modes)
+    for name, rep in reports.items():
+        tf, cal = rep["ten_fold"], rep["calibration"]
+        missing = "" if rep["curve"]["present"] else " (missing: the fast curve stood in)"
+        typer.echo(
+            f"mode {name}, curve {rep['curve']['name']}{missing}: "
+            f"{rep['pairs']['total']} pairs, {rep['identities']} identities, "
+            f"{rep['failure_to_acquire']['images_without_face']} images without a face\n"
+            f"  accuracy at {rep['threshold']}: {100 * rep['accuracy_at_threshold']:.2f}%  "
+            f"10-fold: {100 * tf['accuracy_mean']:.2f}% +- {100 * tf['accuracy_std']:.2f}  "
+            f"EER {100 * rep['eer']['rate']:.2f}%\n"
+            f"  calibration {cal['version']}: Brier {cal['brier']:.4f}, log loss "
+            f"{cal['log_loss']:.4f}, ECE {cal['ece_10_equal_count_bins']:.4f}"
+        )
+    typer.echo(f"written to {out}/")
+
+
+def calibrate(
+    pairs: Annotated[Path | None, typer.Option(help="LFW-style pairs file (View 1 or 2).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Image root for --pairs.")] = None,
+    identities: Annotated[
+        Path | None, typer.Option(help="Folder with one sub-folder per identity.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write; default the configured calibration file.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name of the data set, recorded in the file.")
+    ] = None,
+    different: Annotated[
+        int, typer.Option(help="With --identities: different-identity pairs.")
+    ] = 100_000,
+    max_same: Annotated[int, typer.Option(help="With --identities: same pairs per identity.")] = 30,
+    seed: Annotated[int, typer.Option(help="With --identities: sampling seed.")] = 0,
+) -> None:
+    """Fit the distance -> match percent curve on labelled pairs and write it."""
+    from app.evaluation import run_calibrate
+
+    settings = _or_exit(Settings)
+    pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
+    target = out or settings.resolved_calibration_file()
+    content = _or_exit(
+        lambda: run_calibrate(
+            settings=settings,
+            pairs=pair_list,
+            root=root,
+            out=target,
+            data_name=name or root.name,
+        )
+    )
+    held = content["fit"]["held_out"]
+    if not held["folds"]:
+        typer.echo(
+            f"w={content['params']['w']:.4f} b={content['params']['b']:.4f}; "
+            f"{held['note']}\nwritten to {target}"
+        )
+        return
+    typer.echo(
+        f"w={content['params']['w']:.4f} b={content['params']['b']:.4f} from "
+        f"{content['data']['pairs']} pairs of {content['data']['identities']} identities\n"
+        f"held-out identities: logistic log loss {held['logistic']['log_loss']:.4f} ECE "
+        f"{held['logistic']['ece']:.4f}; isotonic log loss {held['isotonic']['log_loss']:.4f} "
+        f"ECE {held['isotonic']['ece']:.4f}\nwritten to {target}"
+    )
+
+
+def _pairs(
+    pairs: Path | None,
+    images: Path | None,
+    identities: Path | None,
+    different: int,
+    max_same: int,
+    seed: int,
+) -> tuple[list[Pair], Path]:
+    from app.scoring.pairs import identity_pairs, read_lfw_pairs
+
+    if identities and not pairs:
+        return identity_pairs(
+            identities, max_same_per_identity=max_same, different=different, seed=seed
+        ), identities
+    if pairs and images and not identities:
+        return read_lfw_pairs(pairs, images), images
+    typer.echo("faceverify: give either --pairs FILE --images DIR, or --identities DIR", err=True)
+    raise typer.Exit(2)

@@ -1,0 +1,153 @@
+"""Faces in bulk: `faceverify gallery import|export` and `faceverify enroll DIR`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from app.cpus import usable_cpus
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    pass
+
+from app.cli.common import _or_exit
+
+gallery_cli = typer.Typer(help="The gallery: import and export embeddings in bulk.")
+
+
+CollectionOption = Annotated[
+    str, typer.Option(help="The collection to import into / export from (created if new).")
+]
+
+
+@gallery_cli.command("import")
+def gallery_import(
+    file: Annotated[Path, typer.Argument(help=".jsonl or .npz (see docs/SCALING.md).")],
+    collection: CollectionOption = "default",
+) -> None:
+    """Add the faces of a file to a collection: all of them or, on any bad line, none."""
+    from tqdm import tqdm
+
+    from app.face.registry import encoder_model
+    from app.gallery.store import GalleryStore
+    from app.gallery.transfer import read_gallery_file
+    from app.keys import COLLECTION_ID
+    from app.service.build import enable_vectors
+
+    settings = _or_exit(Settings)
+    if not COLLECTION_ID.match(collection):
+        typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
+        raise typer.Exit(2)
+    spec = encoder_model(settings)
+    started = time.perf_counter()
+    data = _or_exit(lambda: read_gallery_file(file, dim=spec.dim))
+    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    enable_vectors(store, settings, spec.dim)  # into pgvector's table too, when there is one
+    _or_exit(lambda: store.ensure_collection(collection=collection))
+    with tqdm(total=len(data.subject_ids), unit="face", desc="import") as bar:
+        stored, created, _ = _or_exit(
+            lambda: store.import_faces(
+                collection=collection,
+                subject_ids=data.subject_ids,
+                embeddings=data.embeddings,
+                names=data.names,
+                encoder=spec.name,
+                pipeline_version=f"import:{file.name}"[:128],
+                progress=bar.update,
+            )
+        )
+    elapsed = time.perf_counter() - started
+    typer.echo(
+        f"imported {stored} faces ({created} new subjects) into {collection} in "
+        f"{elapsed:.1f} s ({stored / max(elapsed, 1e-9):,.0f} faces/s)"
+    )
+    store.close()
+
+
+@gallery_cli.command("export")
+def gallery_export(
+    file: Annotated[Path, typer.Argument(help=".jsonl or .npz")],
+    collection: CollectionOption = "default",
+) -> None:
+    """Write every face of a collection (subject, face id, name, embedding)."""
+    from app.gallery.models import embedding_matrix
+    from app.gallery.store import GalleryStore
+    from app.gallery.transfer import write_gallery_file
+
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    faces, names, blobs = _or_exit(lambda: store.export_faces(collection=collection))
+    dim = len(blobs[0]) // 4 if blobs else 0
+    matrix = _or_exit(lambda: embedding_matrix(blobs, dim))  # refuses mixed sizes
+    _or_exit(
+        lambda: write_gallery_file(
+            file,
+            subject_ids=[f.subject_id for f in faces],
+            face_ids=[f.id for f in faces],
+            names=names,
+            embeddings=matrix,
+        )
+    )
+    typer.echo(f"exported {len(faces)} faces of {collection} to {file}")
+    store.close()
+
+
+def enroll(
+    folder: Annotated[
+        Path, typer.Argument(help="One sub-folder per subject (its name is the id).")
+    ],
+    collection: CollectionOption = "default",
+    report: Annotated[
+        Path | None, typer.Option(help="Where to list refused photos (.csv or .jsonl).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Subjects at once; default one per usable CPU.")] = 0,
+    upgrade: Annotated[
+        bool,
+        typer.Option(
+            help="Re-enroll: once a subject has a face of the current template recipe from "
+            "these photos, delete its faces of other recipes (e.g. enrolled before templates)."
+        ),
+    ] = False,
+) -> None:
+    """Enroll a folder of photos in bulk, with /enroll's rules; safe to re-run."""
+    from tqdm import tqdm
+
+    from app.bulk import enroll_folder, refusals_by_code, subjects_in, write_report
+    from app.service import build_service
+
+    settings = _or_exit(Settings)
+    if not folder.is_dir():
+        typer.echo(f"faceverify: {folder} is not a folder", err=True)
+        raise typer.Exit(2)
+    total = sum(len(p) for p in subjects_in(folder).values())
+    service, _ = _or_exit(lambda: build_service(settings))
+    _or_exit(lambda: service.store.ensure_collection(collection=collection))
+    started = time.perf_counter()
+    with tqdm(total=total, unit="photo", desc="enroll") as bar:
+        outcomes = enroll_folder(
+            service,
+            folder,
+            collection=collection,
+            workers=workers or usable_cpus(),
+            progress=bar.update,
+            upgrade=upgrade,
+        )
+    elapsed = time.perf_counter() - started
+    statuses = ("enrolled", "skipped", "refused", "replaced")
+    counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
+    photos = len(outcomes) - counts["replaced"]
+    if report is not None:
+        write_report(report, outcomes)
+    by_code = ", ".join(f"{code} {n}" for code, n in refusals_by_code(outcomes).items())
+    typer.echo(
+        f"{counts['enrolled']} enrolled, {counts['skipped']} already there, "
+        f"{counts['refused']} refused{f' ({by_code})' if by_code else ''}"
+        f"{f', listed in {report}' if report else ''}"
+        + (f", {counts['replaced']} older faces replaced" if upgrade else "")
+        + f"; {photos} photos in {elapsed:.1f} s ({photos / max(elapsed, 1e-9):.1f}/s)"
+    )
+    service.store.close()
