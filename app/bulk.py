@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.api.problems import status_and_code
-from app.errors import FaceVerifyError, SubjectNotFound
+from app.errors import FaceVerifyError, SubjectNotFound, error_code
 from app.face.views import recipe_of
 from app.service import FaceService
 
@@ -152,7 +151,7 @@ def enroll_folder(
                 status = "enrolled" if result.faces else "skipped"
                 outcomes.append(PhotoOutcome(str(photo), subject_id, status))
             except FaceVerifyError as exc:
-                code = status_and_code(exc)[1]
+                code = error_code(exc)
                 outcomes.append(PhotoOutcome(str(photo), subject_id, "refused", code, exc.detail))
             except UnreadablePhoto as exc:
                 outcomes.append(

@@ -273,3 +273,54 @@ class NotReady(FaceVerifyError):
 
 class ModelFileError(FaceVerifyError):
     pass
+
+
+# Each domain error's stable machine-readable code: the problem+json ``code`` of the API
+# (app/api/problems.py gives each its HTTP status) and the refusal code of the bulk
+# enrollment's report. Every subclass of FaceVerifyError has its own line.
+ERROR_CODES: dict[type[FaceVerifyError], str] = {
+    InvalidImage: "invalid_image",
+    InvalidBase64: "invalid_base64",
+    UnsupportedMediaType: "unsupported_media_type",
+    UnsupportedContentType: "unsupported_content_type",
+    ImageTooLarge: "image_too_large",
+    RequestTooLarge: "request_too_large",
+    RequestBodyTimeout: "request_body_timeout",
+    # nginx's 499: nobody reads the answer; logged as info, not as an error.
+    ClientDisconnected: "client_disconnected",
+    TooManyImages: "too_many_images",
+    IdempotencyKeyReused: "idempotency_key_reused",
+    FaceMismatch: "face_mismatch",
+    InvalidRequest: "validation_error",
+    InputError: "bad_request",
+    NoFace: "no_face",
+    MultipleFaces: "multiple_faces",
+    FaceTooSmall: "face_too_small",
+    FaceQualityTooLow: "face_quality_too_low",
+    FaceError: "face_error",
+    SubjectNotFound: "subject_not_found",
+    CollectionNotFound: "collection_not_found",
+    FaceNotFound: "face_not_found",
+    KeyNotFound: "key_not_found",
+    NotFoundError: "not_found",
+    SubjectHasNoFaces: "subject_has_no_faces",
+    SubjectExists: "subject_exists",
+    CollectionExists: "collection_exists",
+    CollectionProtected: "collection_protected",
+    RequestCancelled: "request_timeout",
+    Unauthorized: "unauthorized",
+    Forbidden: "forbidden",
+    TooManyRequests: "too_many_requests",
+    RateLimited: "rate_limited",
+    DatabaseBusy: "database_busy",
+    ServiceBusy: "service_busy",
+    IndexLoading: "index_loading",
+    NotReady: "not_ready",
+    ModelFileError: "model_file_error",
+    FaceVerifyError: "internal_error",
+}
+
+
+def error_code(exc: FaceVerifyError) -> str:
+    """The stable code of ``exc`` (internal_error for an error with no line)."""
+    return ERROR_CODES.get(type(exc), "internal_error")

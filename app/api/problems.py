@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, get_type_hints
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors
@@ -18,50 +19,93 @@ log = logging.getLogger("faceverify.api")
 
 PROBLEM_JSON = "application/problem+json"
 
-# Each domain error's HTTP status and stable machine-readable code. Every subclass of
-# FaceVerifyError has its own line (tests/api/test_problems.py enumerates them), so a new
-# error cannot silently take its parent's status.
-ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
-    errors.InvalidImage: (400, "invalid_image"),
-    errors.InvalidBase64: (400, "invalid_base64"),
-    errors.UnsupportedMediaType: (415, "unsupported_media_type"),
-    errors.UnsupportedContentType: (415, "unsupported_content_type"),
-    errors.ImageTooLarge: (413, "image_too_large"),
-    errors.RequestTooLarge: (413, "request_too_large"),
-    errors.RequestBodyTimeout: (408, "request_body_timeout"),
+# Each domain error's HTTP status (its stable code is app/errors.py ERROR_CODES). Every
+# subclass of FaceVerifyError has its own line (tests/api/test_problems.py enumerates
+# them), so a new error cannot silently take its parent's status.
+ERROR_STATUS: dict[type[errors.FaceVerifyError], int] = {
+    errors.InvalidImage: 400,
+    errors.InvalidBase64: 400,
+    errors.UnsupportedMediaType: 415,
+    errors.UnsupportedContentType: 415,
+    errors.ImageTooLarge: 413,
+    errors.RequestTooLarge: 413,
+    errors.RequestBodyTimeout: 408,
     # nginx's 499: nobody reads the answer; logged as info, not as an error.
-    errors.ClientDisconnected: (499, "client_disconnected"),
-    errors.TooManyImages: (422, "too_many_images"),
-    errors.IdempotencyKeyReused: (422, "idempotency_key_reused"),
-    errors.FaceMismatch: (422, "face_mismatch"),
-    errors.InvalidRequest: (422, "validation_error"),
-    errors.InputError: (400, "bad_request"),
-    errors.NoFace: (422, "no_face"),
-    errors.MultipleFaces: (422, "multiple_faces"),
-    errors.FaceTooSmall: (422, "face_too_small"),
-    errors.FaceQualityTooLow: (422, "face_quality_too_low"),
-    errors.FaceError: (422, "face_error"),
-    errors.SubjectNotFound: (404, "subject_not_found"),
-    errors.CollectionNotFound: (404, "collection_not_found"),
-    errors.FaceNotFound: (404, "face_not_found"),
-    errors.KeyNotFound: (404, "key_not_found"),
-    errors.NotFoundError: (404, "not_found"),
-    errors.SubjectHasNoFaces: (409, "subject_has_no_faces"),
-    errors.SubjectExists: (409, "subject_exists"),
-    errors.CollectionExists: (409, "collection_exists"),
-    errors.CollectionProtected: (409, "collection_protected"),
-    errors.RequestCancelled: (503, "request_timeout"),
-    errors.Unauthorized: (401, "unauthorized"),
-    errors.Forbidden: (403, "forbidden"),
-    errors.TooManyRequests: (429, "too_many_requests"),
-    errors.RateLimited: (429, "rate_limited"),
-    errors.DatabaseBusy: (503, "database_busy"),
-    errors.ServiceBusy: (503, "service_busy"),
-    errors.IndexLoading: (503, "index_loading"),
-    errors.NotReady: (503, "not_ready"),
-    errors.ModelFileError: (500, "model_file_error"),
-    errors.FaceVerifyError: (500, "internal_error"),
+    errors.ClientDisconnected: 499,
+    errors.TooManyImages: 422,
+    errors.IdempotencyKeyReused: 422,
+    errors.FaceMismatch: 422,
+    errors.InvalidRequest: 422,
+    errors.InputError: 400,
+    errors.NoFace: 422,
+    errors.MultipleFaces: 422,
+    errors.FaceTooSmall: 422,
+    errors.FaceQualityTooLow: 422,
+    errors.FaceError: 422,
+    errors.SubjectNotFound: 404,
+    errors.CollectionNotFound: 404,
+    errors.FaceNotFound: 404,
+    errors.KeyNotFound: 404,
+    errors.NotFoundError: 404,
+    errors.SubjectHasNoFaces: 409,
+    errors.SubjectExists: 409,
+    errors.CollectionExists: 409,
+    errors.CollectionProtected: 409,
+    errors.RequestCancelled: 503,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.TooManyRequests: 429,
+    errors.RateLimited: 429,
+    errors.DatabaseBusy: 503,
+    errors.ServiceBusy: 503,
+    errors.IndexLoading: 503,
+    errors.NotReady: 503,
+    errors.ModelFileError: 500,
+    errors.FaceVerifyError: 500,
 }
+ERROR_TABLE: dict[type[errors.FaceVerifyError], tuple[int, str]] = {
+    cls: (status, errors.ERROR_CODES[cls]) for cls, status in ERROR_STATUS.items()
+}
+
+
+class _ProblemBase(BaseModel):
+    type: str
+    title: str
+    status: int
+    code: str = Field(description="Stable machine-readable error code.")
+    detail: str
+    instance: str | None = None
+
+
+def _problem_model() -> type[BaseModel]:
+    """RFC 9457 problem details, with every domain error's extra members (optional,
+    each described with the codes that carry it), read from the error classes' typed
+    fields, so the schema cannot drift from what the service sends."""
+    carriers: dict[str, list[str]] = {}
+    types: dict[str, Any] = {}
+    for cls, (_, code) in ERROR_TABLE.items():
+        hints = get_type_hints(cls)
+        for name in cls.extra_fields():
+            carriers.setdefault(name, []).append(code)
+            types.setdefault(name, hints[name])
+    carriers.setdefault("errors", []).append("validation_error")
+    extras: dict[str, Any] = {
+        name: (
+            types[name] | None,
+            Field(None, description="Sent with code " + ", ".join(sorted(set(codes))) + "."),
+        )
+        for name, codes in sorted(carriers.items())
+    }
+    model: type[BaseModel] = create_model(
+        "Problem",
+        __base__=_ProblemBase,
+        __doc__="RFC 9457 problem details; `code` is stable, `detail` is for people.",
+        **extras,
+    )
+    return model
+
+
+Problem = _problem_model()
 
 
 def status_and_code(exc: errors.FaceVerifyError) -> tuple[int, str]:

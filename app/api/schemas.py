@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -14,7 +14,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    create_model,
     field_validator,
 )
 
@@ -470,48 +469,6 @@ class InfoResponse(BaseModel):
     gallery: GalleryCounts
     access: AccessOut = Field(description="What the key that asked may do.")
     settings: InfoSettings
-
-
-class _ProblemBase(BaseModel):
-    type: str
-    title: str
-    status: int
-    code: str = Field(description="Stable machine-readable error code.")
-    detail: str
-    instance: str | None = None
-
-
-def _problem_model() -> type[BaseModel]:
-    """RFC 9457 problem details, with every domain error's extra members (optional,
-    each described with the codes that carry it), read from the error classes' typed
-    fields, so the schema cannot drift from what the service sends."""
-    from app.api.problems import ERROR_TABLE
-
-    carriers: dict[str, list[str]] = {}
-    types: dict[str, Any] = {}
-    for cls, (_, code) in ERROR_TABLE.items():
-        hints = get_type_hints(cls)
-        for name in cls.extra_fields():
-            carriers.setdefault(name, []).append(code)
-            types.setdefault(name, hints[name])
-    carriers.setdefault("errors", []).append("validation_error")
-    extras: dict[str, Any] = {
-        name: (
-            types[name] | None,
-            Field(None, description="Sent with code " + ", ".join(sorted(set(codes))) + "."),
-        )
-        for name, codes in sorted(carriers.items())
-    }
-    model: type[BaseModel] = create_model(
-        "Problem",
-        __base__=_ProblemBase,
-        __doc__="RFC 9457 problem details; `code` is stable, `detail` is for people.",
-        **extras,
-    )
-    return model
-
-
-Problem = _problem_model()
 
 
 def as_utc(value: datetime) -> datetime:

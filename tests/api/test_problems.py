@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from app import errors
-from app.api.problems import ERROR_TABLE, problem_for
+from app.api.problems import ERROR_STATUS, ERROR_TABLE, problem_for
 from app.geometry import Box
 
 
@@ -20,6 +20,9 @@ def subclasses(cls: type) -> set[type]:
 def test_every_error_class_has_its_own_table_entry() -> None:
     # A subclass missing from the table would silently take a 500; it must be listed.
     assert subclasses(errors.FaceVerifyError) | {errors.FaceVerifyError} == set(ERROR_TABLE)
+    # ...in both halves: the codes (app/errors.py, shared with the bulk report) and the
+    # statuses (app/api/problems.py).
+    assert set(errors.ERROR_CODES) == set(ERROR_STATUS) == set(ERROR_TABLE)
     codes = [code for _, code in ERROR_TABLE.values()]
     assert len(codes) == len(set(codes))
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.api import schemas as s
-from app.api.problems import PROBLEM_JSON
+from app.api.problems import PROBLEM_JSON, Problem
 from app.face.views import recipe_of
 from app.gallery.store import FaceRecord, SubjectRecord
 
@@ -15,7 +15,7 @@ from app.gallery.store import FaceRecord, SubjectRecord
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the problem+json answers a route may give."""
     return {
-        status: {"model": s.Problem, "content": {PROBLEM_JSON: {}}, "description": "Problem"}
+        status: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "Problem"}
         for status in statuses
     }
 
