@@ -9,13 +9,12 @@ nothing of HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import CollectionNotFound, CollectionProtected, NoFace, NotReady
+from app.errors import NoFace, NotReady
 from app.face import quality
 from app.face.cores import spare_cores
 from app.face.detect import DetectedFace, main_face
@@ -25,22 +24,19 @@ from app.face.recipes import Recipes
 from app.face.timing import Timings
 from app.face.views import FAST, curve_for, versioned
 from app.gallery.index import SubjectHit
-from app.gallery.models import DEFAULT_COLLECTION
 from app.gallery.search import GallerySearch, MemorySearch
 from app.gallery.store import (
-    CollectionRecord,
-    FaceRecord,
     GalleryStore,
     IdempotencyClaim,
     IdempotencyKeyTaken,
     NewFace,
-    SubjectRecord,
 )
 from app.scoring.calibration import Calibration
 from app.scoring.distance import distances
 from app.service.decisions import Decisions
 from app.service.enrollment import EnrollmentRules, all_known, request_digest
 from app.service.gates import inference_slots, stop_if_expired
+from app.service.records import GalleryRecords
 from app.service.results import (
     Candidate,
     CompareResult,
@@ -56,7 +52,9 @@ from app.service.subjects import RecipeMemo, SubjectReads
 from app.settings import Settings
 
 
-class FaceService:
+class FaceService(GalleryRecords):
+    """The use cases; the subject and collection reads and deletes are GalleryRecords'."""
+
     def __init__(
         self,
         *,
@@ -371,82 +369,6 @@ class FaceService:
             hits, size = self.search.search(collection, embedding, k, exclude=face_id)
             query_recipe = self.face_recipes.of(collection, [face_id]).get(face_id, FAST)
         return self._scored_candidates(collection, None, query_recipe, hits, size, prior, timings)
-
-    # ---- subjects --------------------------------------------------------------------
-    def get_subject(
-        self, *, collection: str, subject_id: str
-    ) -> tuple[SubjectRecord, list[FaceRecord]]:
-        subject = self.store.get_subject(collection=collection, subject_id=subject_id)
-        return subject, self.store.list_faces(collection=collection, subject_id=subject_id)
-
-    def list_subjects(
-        self, *, collection: str, offset: int, limit: int, prefix: str | None = None
-    ) -> tuple[list[SubjectRecord], int]:
-        return self.store.list_subjects(
-            collection=collection, offset=offset, limit=limit, prefix=prefix
-        )
-
-    def delete_subject(self, *, collection: str, subject_id: str) -> int:
-        """Delete the subject and every embedding of it, from the database and from this
-        process's index, before returning. Returns how many faces were deleted."""
-        face_ids, version = self.store.delete_subject(collection=collection, subject_id=subject_id)
-        self.search.subject_removed(collection, subject_id)
-        self.search.advanced(version)
-        return len(face_ids)
-
-    def delete_face(self, *, collection: str, subject_id: str, face_id: str) -> None:
-        version = self.store.delete_face(
-            collection=collection, subject_id=subject_id, face_id=face_id
-        )
-        self.search.faces_removed(collection, [face_id])
-        self.search.advanced(version)
-
-    # ---- collections -----------------------------------------------------------------
-    def create_collection(self, *, collection: str) -> CollectionRecord:
-        return self.store.create_collection(collection=collection)
-
-    def list_collections(self) -> list[CollectionRecord]:
-        return self.store.list_collections()
-
-    def get_collection(self, *, collection: str) -> CollectionRecord:
-        return self.store.get_collection(collection=collection)
-
-    def require_collection(self, collection: str) -> None:
-        """CollectionNotFound unless the collection exists. The default one always does
-        (migration 0003 makes it; delete_collection refuses it), so the common request
-        skips a query (~0.4 ms under load, holding the GIL)."""
-        if collection == DEFAULT_COLLECTION:
-            return
-        if not self.store.collection_exists(collection=collection):
-            raise CollectionNotFound.for_id(collection)
-
-    def delete_collection(
-        self, *, collection: str, env_key_hashes: Collection[str] = ()
-    ) -> CollectionRecord:
-        """Delete a collection, every subject and embedding of it and the keys bound to
-        it, from the database and this process's index, before returning; the other
-        processes replay the deletion before their next search."""
-        if collection == DEFAULT_COLLECTION:
-            raise CollectionProtected(
-                f"The {DEFAULT_COLLECTION!r} collection cannot be deleted: requests that "
-                "name no collection use it. Delete its subjects instead.",
-                collection=collection,
-            )
-        record, version = self.store.delete_collection(
-            collection=collection, env_key_hashes=env_key_hashes
-        )
-        self.search.collection_dropped(collection)
-        self.search.advanced(version)
-        return record
-
-    def gallery_counts(self, collection: str | None = None) -> dict[str, int]:
-        """Faces and subjects of the running model: of one collection, or of all (while
-        the index loads: what is loaded so far)."""
-        return self.search.counts(collection)
-
-    def collection_face_counts(self) -> dict[str, int]:
-        """Faces of the running model per collection (those with any)."""
-        return self.search.face_counts()
 
     # ---- probes ----------------------------------------------------------------------
     def _found(self, faces: list[DetectedFace], image_index: int | None) -> list[DetectedFace]:
