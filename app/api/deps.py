@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Query, Request
 
@@ -24,19 +24,19 @@ from app.slots import Tenant, current_lane, current_tenant
 # dependency in the thread pool, one thread hop per dependency per request (~0.2-0.5 ms
 # each on a busy 2-core machine); these only read app state.
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return cast(Settings, request.app.state.settings)
 
 
 async def get_service(request: Request) -> FaceService:
-    return request.app.state.service
+    return cast(FaceService, request.app.state.service)
 
 
 async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    return cast(Metrics, request.app.state.metrics)
 
 
 async def get_keys(request: Request) -> KeyStore:
-    return request.app.state.keys
+    return cast(KeyStore, request.app.state.keys)
 
 
 async def get_body(request: Request) -> RequestBody:
@@ -82,7 +82,7 @@ def require(scope: str | None, *, unbound: bool = False) -> Any:
 
 
 async def get_principal(request: Request) -> Principal:
-    return request.state.principal
+    return cast(Principal, request.state.principal)
 
 
 def target_collection(request: Request, *requested: str | None) -> str:

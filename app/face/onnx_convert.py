@@ -291,113 +291,136 @@ def read_dlib_resnet(data: bytes) -> tuple[dict[str, float], list[Layer]]:
     return mean, layers
 
 
+class _Graph:
+    """The ONNX nodes and initializers of the graph being built, named in order."""
+
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self._helper, self._numpy_helper = helper, numpy_helper
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._counter = 0
+        # (channels, rows, cols) of the current output, tracked for add_prev's padding
+        self.shape: tuple[int, ...] = (3, 150, 150)
+        self.tags: dict[str, tuple[str, tuple[int, ...]]] = {}
+
+    def name(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}_{self._counter}"
+
+    def const(self, array: np.ndarray, prefix: str) -> str:
+        n = self.name(prefix)
+        self.inits.append(self._numpy_helper.from_array(np.ascontiguousarray(array), n))
+        return n
+
+    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
+        out = self.name(op.lower())
+        self.nodes.append(self._helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def conv(self, x: str, p: dict[str, Any], affine: Layer | None) -> str:
+        w, b = p["w"].astype(np.float64), p["b"].astype(np.float64)
+        if affine is not None:
+            # Fold the following per-channel affine: g*(conv(x)+b)+beta.
+            gamma, beta = affine.params["gamma"], affine.params["beta"]
+            w = w * gamma[:, None, None, None]
+            b = b * gamma + beta
+        (py, px), (sy, sx) = p["padding"], p["stride"]
+        x = self.node(
+            "Conv",
+            [x, self.const(w.astype(np.float32), "w"), self.const(b.astype(np.float32), "b")],
+            kernel_shape=list(w.shape[2:]),
+            strides=[sy, sx],
+            pads=[py, px, py, px],
+        )
+        kh, kw = w.shape[2:]
+        self.shape = (
+            w.shape[0],
+            1 + (self.shape[1] + 2 * py - kh) // sy,
+            1 + (self.shape[2] + 2 * px - kw) // sx,
+        )
+        return x
+
+    def pool(self, x: str, kind: str, p: dict[str, Any]) -> str:
+        (wy, wx), (sy, sx), (py, px) = p["window"], p["stride"], p["padding"]
+        if (wy, wx) == (0, 0):
+            self.shape = (self.shape[0], 1, 1)
+            return self.node("GlobalAveragePool", [x])
+        op = "MaxPool" if kind == "max_pool" else "AveragePool"
+        x = self.node(op, [x], kernel_shape=[wy, wx], strides=[sy, sx], pads=[py, px, py, px])
+        self.shape = (
+            self.shape[0],
+            1 + (self.shape[1] + 2 * py - wy) // sy,
+            1 + (self.shape[2] + 2 * px - wx) // sx,
+        )
+        return x
+
+    def add_prev(self, x: str, tag: str) -> str:
+        other, other_shape = self.tags[tag]
+        out_shape = tuple(max(a, b) for a, b in zip(self.shape, other_shape, strict=True))
+        x = self.node(
+            "Add",
+            [
+                _pad_to(x, self.shape, out_shape, self.node, self.const),
+                _pad_to(other, other_shape, out_shape, self.node, self.const),
+            ],
+        )
+        self.shape = out_shape
+        return x
+
+    def layer(self, x: str, layer: Layer, affine: Layer | None) -> str:
+        """``x`` through one dlib layer (``affine``: the one following a con, folded)."""
+        kind, p = layer.kind, layer.params
+        if kind == "con":
+            return self.conv(x, p, affine)
+        if kind == "affine":
+            raise DlibFormatError("an affine layer that does not follow a con layer")
+        if kind == "relu":
+            return self.node("Relu", [x])
+        if kind in ("max_pool", "avg_pool"):
+            return self.pool(x, kind, p)
+        if kind.startswith("tag"):
+            self.tags[kind[3:]] = (x, self.shape)
+            return x
+        if kind.startswith("skip"):
+            x, self.shape = self.tags[kind[4:]]
+            return x
+        if kind.startswith("add_prev"):
+            return self.add_prev(x, kind[8:])
+        if kind == "fc":
+            x = self.node("Flatten", [x], axis=1)
+            return self.node("MatMul", [x, self.const(p["w"].astype(np.float32), "fc")])
+        raise AssertionError(kind)
+
+
 def build_onnx(mean: dict[str, float], layers: list[Layer]) -> Any:
     """An ONNX graph: input ``chips`` (N, 150, 150, 3) uint8 RGB, output ``embeddings``
     (N, 128) float32."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes: list[Any] = []
-    inits: list[Any] = []
-    counter = [0]
-
-    def name(prefix: str) -> str:
-        counter[0] += 1
-        return f"{prefix}_{counter[0]}"
-
-    def const(array: np.ndarray, prefix: str) -> str:
-        n = name(prefix)
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), n))
-        return n
-
-    def node(op: str, inputs: list[str], **attrs: Any) -> str:
-        out = name(op.lower())
-        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
-
+    g = _Graph()
     # Input normalisation (input_rgb_image_sized): (pixel - avg) / 256, planar RGB.
-    x = node("Cast", ["chips"], to=TensorProto.FLOAT)
+    x = g.node("Cast", ["chips"], to=TensorProto.FLOAT)
     avg = np.array([mean["r"], mean["g"], mean["b"]], dtype=np.float32)
-    x = node("Sub", [x, const(avg, "avg")])
-    x = node("Mul", [x, const(np.array(1.0 / 256.0, dtype=np.float32), "scale")])
-    x = node("Transpose", [x], perm=[0, 3, 1, 2])
-    shape: tuple[int, ...] = (
-        3,
-        150,
-        150,
-    )  # (channels, rows, cols), tracked for add_prev's zero-padding
-
-    tags: dict[str, tuple[str, tuple[int, ...]]] = {}
+    x = g.node("Sub", [x, g.const(avg, "avg")])
+    x = g.node("Mul", [x, g.const(np.array(1.0 / 256.0, dtype=np.float32), "scale")])
+    x = g.node("Transpose", [x], perm=[0, 3, 1, 2])
     i = 0
     while i < len(layers):
-        layer = layers[i]
-        p = layer.params
-        if layer.kind == "con":
-            w, b = p["w"].astype(np.float64), p["b"].astype(np.float64)
-            if i + 1 < len(layers) and layers[i + 1].kind == "affine":
-                # Fold the following per-channel affine: g*(conv(x)+b)+beta.
-                gamma, beta = layers[i + 1].params["gamma"], layers[i + 1].params["beta"]
-                w = w * gamma[:, None, None, None]
-                b = b * gamma + beta
-                i += 1
-            (py, px), (sy, sx) = p["padding"], p["stride"]
-            x = node(
-                "Conv",
-                [x, const(w.astype(np.float32), "w"), const(b.astype(np.float32), "b")],
-                kernel_shape=list(w.shape[2:]),
-                strides=[sy, sx],
-                pads=[py, px, py, px],
-            )
-            kh, kw = w.shape[2:]
-            shape = (
-                w.shape[0],
-                1 + (shape[1] + 2 * py - kh) // sy,
-                1 + (shape[2] + 2 * px - kw) // sx,
-            )
-        elif layer.kind == "affine":
-            raise DlibFormatError("an affine layer that does not follow a con layer")
-        elif layer.kind == "relu":
-            x = node("Relu", [x])
-        elif layer.kind in ("max_pool", "avg_pool"):
-            (wy, wx), (sy, sx), (py, px) = p["window"], p["stride"], p["padding"]
-            if (wy, wx) == (0, 0):
-                x = node("GlobalAveragePool", [x])
-                shape = (shape[0], 1, 1)
-            else:
-                op = "MaxPool" if layer.kind == "max_pool" else "AveragePool"
-                x = node(op, [x], kernel_shape=[wy, wx], strides=[sy, sx], pads=[py, px, py, px])
-                shape = (
-                    shape[0],
-                    1 + (shape[1] + 2 * py - wy) // sy,
-                    1 + (shape[2] + 2 * px - wx) // sx,
-                )
-        elif layer.kind.startswith("tag"):
-            tags[layer.kind[3:]] = (x, shape)
-        elif layer.kind.startswith("skip"):
-            x, shape = tags[layer.kind[4:]]
-        elif layer.kind.startswith("add_prev"):
-            other, other_shape = tags[layer.kind[8:]]
-            out_shape = tuple(max(a, b) for a, b in zip(shape, other_shape, strict=True))
-            x = node(
-                "Add",
-                [
-                    _pad_to(x, shape, out_shape, node, const),
-                    _pad_to(other, other_shape, out_shape, node, const),
-                ],
-            )
-            shape = out_shape
-        elif layer.kind == "fc":
-            x = node("Flatten", [x], axis=1)
-            x = node("MatMul", [x, const(p["w"].astype(np.float32), "fc")])
-        else:
-            raise AssertionError(layer.kind)
-        i += 1
-    nodes[-1].output[0] = "embeddings"
+        follows = layers[i + 1] if i + 1 < len(layers) else None
+        affine = (
+            follows if layers[i].kind == "con" and follows and follows.kind == "affine" else None
+        )
+        x = g.layer(x, layers[i], affine)
+        i += 2 if affine is not None else 1
+    g.nodes[-1].output[0] = "embeddings"
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         "dlib_face_recognition_resnet_model_v1",
         [helper.make_tensor_value_info("chips", TensorProto.UINT8, ["N", 150, 150, 3])],
         [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["N", 128])],
-        inits,
+        g.inits,
     )
     model = helper.make_model(
         graph,
@@ -415,7 +438,8 @@ def _pad_to(x: str, shape: tuple[int, ...], target: tuple[int, ...], node: Any, 
         return x
     begin = [0, 0, 0, 0]
     end = [0] + [t - s for s, t in zip(shape, target, strict=True)]
-    return node("Pad", [x, const(np.array(begin + end, dtype=np.int64), "pads")], mode="constant")
+    pads = const(np.array(begin + end, dtype=np.int64), "pads")
+    return str(node("Pad", [x, pads], mode="constant"))
 
 
 def convert(dat_path: Path, onnx_path: Path) -> str:

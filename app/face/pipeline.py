@@ -138,7 +138,10 @@ class Pipeline:
                 return self.encoder.encode(chips)
             # One batch: the chips and their mirror images, averaged pairwise.
             both = self.encoder.encode(np.concatenate([chips, chips[:, :, ::-1]]))
-            return ((both[: len(chips)] + both[len(chips) :]) / 2).astype(np.float32)
+            averaged: np.ndarray = ((both[: len(chips)] + both[len(chips) :]) / 2).astype(
+                np.float32
+            )
+            return averaged
 
     def add_mirror(
         self, faces: list[DetectedFace], single: np.ndarray, timings: Timings
@@ -147,7 +150,8 @@ class Pipeline:
             return single
         mirrors = np.stack([_chip(f)[:, ::-1] for f in faces])
         with timings.measure("encode_ms"):
-            return ((single + self.encoder.encode(mirrors)) / 2).astype(np.float32)
+            mirrored: np.ndarray = ((single + self.encoder.encode(mirrors)) / 2).astype(np.float32)
+            return mirrored
 
     def warm(self) -> DetectedFace:
         """Run each stage once on a made-up photo (a grey ramp, no face in it), so the
@@ -191,7 +195,8 @@ class Pipeline:
         n = self.template_views
         with timings.measure("encode_ms"):
             every = self.encoder.encode(np.concatenate([f.views for f in faces]))
-        return every.reshape(len(faces), n, -1).mean(axis=1, dtype=np.float64).astype(np.float32)
+        mean: np.ndarray = every.reshape(len(faces), n, -1).mean(axis=1, dtype=np.float64)
+        return mean.astype(np.float32)
 
 
 def _chip(face: DetectedFace) -> np.ndarray:

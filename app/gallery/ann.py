@@ -307,7 +307,8 @@ class AnnIndex:
         with self._lock:
             rows = self._subject_rows(subject_id)
             order = np.argsort(self._fid[rows])
-            return self._vec[rows[order]].copy()
+            picked: np.ndarray = self._vec[rows[order]].copy()
+            return picked
 
     def best_for_subject(self, subject_id: str, query: np.ndarray) -> SubjectHit | None:
         with self._lock:

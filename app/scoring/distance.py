@@ -8,7 +8,8 @@ import numpy as np
 def squared_norms(matrix: np.ndarray) -> np.ndarray:
     """Row-wise ||x||^2 as float32, for :func:`distances` to reuse across queries."""
     matrix = np.asarray(matrix, dtype=np.float32)
-    return np.einsum("ij,ij->i", matrix, matrix)
+    norms: np.ndarray = np.einsum("ij,ij->i", matrix, matrix)
+    return norms
 
 
 def distances(
@@ -37,4 +38,5 @@ def distances(
         gallery_sq_norms = squared_norms(gallery)
     d2 = gallery_sq_norms + np.float32(query @ query) - 2.0 * (gallery @ query)
     np.maximum(d2, 0.0, out=d2)
-    return np.sqrt(d2, out=d2)
+    root: np.ndarray = np.sqrt(d2, out=d2)
+    return root

@@ -115,7 +115,8 @@ def balanced_weights(same: np.ndarray) -> np.ndarray:
     stated at), normalised to mean 1."""
     n, n_same = len(same), int(same.sum())
     w = np.where(same, n / (2 * max(n_same, 1)), n / (2 * max(n - n_same, 1)))
-    return w / w.mean()
+    weights: np.ndarray = w / w.mean()
+    return weights
 
 
 def brier(same: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:

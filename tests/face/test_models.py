@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -250,8 +251,8 @@ def test_probes_far_from_the_threshold_skip_the_mirror_pass(
     real_service.enroll(collection="default", subject_id="skip-obama", images=[data("obama.jpg")])
 
     def answers(margin: float) -> tuple[list[int], list[float], list[bool]]:
-        settings = real_service.settings.model_copy(update={"mirror_margin": margin})
-        monkeypatch.setattr(real_service, "settings", settings)
+        recipes = dataclasses.replace(real_service.recipes, mirror_margin=margin)
+        monkeypatch.setattr(real_service, "recipes", recipes)
         batches.clear()
         results = [
             real_service.verify(
