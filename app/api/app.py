@@ -7,7 +7,7 @@ import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -49,45 +49,7 @@ def create_app(
     service with a fake pipeline."""
     settings = settings or Settings()
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        return_large_blocks_to_the_system()
-        env_keys = parse_env_keys(settings.api_keys.get_secret_value())
-        service, weights = builder(settings)
-        app.state.service = service
-        app.state.weights = weights
-        app.state.keys = KeyStore(service.store.engine, env_keys)
-        _create_env_key_collections(service, app.state.keys)
-        app.state.metrics = Metrics(service.gallery_counts, service.collection_face_counts)
-        app.state.lanes = Lanes(settings.max_concurrent_inference + settings.max_queued_requests)
-        app.state.admission = Admission(
-            settings.max_concurrent_inference + settings.max_queued_requests,
-            per_key=settings.max_concurrent_inference
-            + settings.tenant_reserve_slots
-            + settings.max_queued_per_key,
-        )
-        log.info(
-            "faceverify ready: encoder=%s, database=%s (the 1:N index loads in the background)",
-            service.pipeline.encoder_name,
-            settings.resolved_database_url().split(":", 1)[0],
-        )
-        for curve in service.curves_in_use():
-            if not service.curve_matches(curve):
-                log.warning(
-                    "calibration %s: its %s curve %s; the match percent may not mean what it "
-                    "says. Run `faceverify calibrate` to refit.",
-                    service.calibration.version,
-                    curve,
-                    "is missing (the fast curve stands in)"
-                    if service.calibration.curve(curve) is None
-                    else "was not fitted for these pipeline settings",
-                )
-        try:
-            yield
-        finally:
-            app.state.lanes.close()
-            service.store.close()
-
+    lifespan = _lifespan(settings, builder)
     app = FastAPI(
         # /docs is served below from the installed Swagger UI, not from a CDN; no ReDoc.
         docs_url=None,
@@ -123,6 +85,58 @@ def create_app(
     _add_web_page(app)
     _add_docs(app)
     return app
+
+
+def _lifespan(
+    settings: Settings, builder: Callable[[Settings], tuple[FaceService, dict[str, WeightFile]]]
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up and shut-down: the models, the store, the keys, the gates."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        return_large_blocks_to_the_system()
+        env_keys = parse_env_keys(settings.api_keys.get_secret_value())
+        service, weights = builder(settings)
+        app.state.service = service
+        app.state.weights = weights
+        app.state.keys = KeyStore(service.store.engine, env_keys)
+        _create_env_key_collections(service, app.state.keys)
+        app.state.metrics = Metrics(service.gallery_counts, service.collection_face_counts)
+        app.state.lanes = Lanes(settings.max_concurrent_inference + settings.max_queued_requests)
+        app.state.admission = Admission(
+            settings.max_concurrent_inference + settings.max_queued_requests,
+            per_key=settings.max_concurrent_inference
+            + settings.tenant_reserve_slots
+            + settings.max_queued_per_key,
+        )
+        log.info(
+            "faceverify ready: encoder=%s, database=%s (the 1:N index loads in the background)",
+            service.pipeline.encoder_name,
+            settings.resolved_database_url().split(":", 1)[0],
+        )
+        _warn_of_calibration(service)
+        try:
+            yield
+        finally:
+            app.state.lanes.close()
+            service.store.close()
+
+    return lifespan
+
+
+def _warn_of_calibration(service: FaceService) -> None:
+    """A curve in use that is missing or was fitted for other settings: say so."""
+    for curve in service.curves_in_use():
+        if not service.curve_matches(curve):
+            log.warning(
+                "calibration %s: its %s curve %s; the match percent may not mean what it "
+                "says. Run `faceverify calibrate` to refit.",
+                service.calibration.version,
+                curve,
+                "is missing (the fast curve stands in)"
+                if service.calibration.curve(curve) is None
+                else "was not fitted for these pipeline settings",
+            )
 
 
 def _create_env_key_collections(service: FaceService, keys: KeyStore) -> None:

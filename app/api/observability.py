@@ -254,25 +254,29 @@ class Observe:
         finally:
             if not task.done():
                 task.cancel()  # this request itself was cancelled (the client went away)
-            elapsed = time.perf_counter() - start
-            route = getattr(scope.get("route"), "path", "unmatched")
-            method = method_label(scope["method"])
-            if metrics:
-                metrics.inflight.dec()
-                metrics.requests.labels(route, method, str(status)).inc()
-                metrics.latency.labels(route, method).observe(elapsed)
-            access_log.info(
-                "%s %s %s %.1fms",
-                method,
-                route,
-                status,
-                elapsed * 1000,
-                extra={
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "ms": round(elapsed * 1000, 1),
-                },  # fmt: skip
-            )
+            _account(scope, metrics, status, time.perf_counter() - start)
             request_id_var.reset(token)
             commit_gate.reset(gate_token)
+
+
+def _account(scope: Scope, metrics: Metrics | None, status: int, elapsed: float) -> None:
+    """One answered request in the metrics and the access log."""
+    route = getattr(scope.get("route"), "path", "unmatched")
+    method = method_label(scope["method"])
+    if metrics:
+        metrics.inflight.dec()
+        metrics.requests.labels(route, method, str(status)).inc()
+        metrics.latency.labels(route, method).observe(elapsed)
+    access_log.info(
+        "%s %s %s %.1fms",
+        method,
+        route,
+        status,
+        elapsed * 1000,
+        extra={
+            "method": method,
+            "route": route,
+            "status": status,
+            "ms": round(elapsed * 1000, 1),
+        },  # fmt: skip
+    )

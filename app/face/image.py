@@ -68,6 +68,28 @@ def decode_image_scaled(
             any pixel is decoded, so a small file declaring 50000x50000 costs nothing.
         InvalidImage: a known format whose data does not decode (truncated, corrupt).
     """
+    img = _opened(data, max_pixels)
+    width, height = img.size
+    try:
+        img.seek(0)
+        scale = 1.0
+        if min_side and img.format in ("JPEG", "MPO") and max(width, height) >= 2 * min_side:
+            factor = min_side / max(width, height)
+            img.draft(img.mode, (math.ceil(width * factor), math.ceil(height * factor)))
+            scale = img.size[0] / width
+        img.load()
+        orientation = _orientation(img)
+        picture: Image.Image = img
+        if min_side and scale == 1.0 and max(width, height) >= 2 * min_side:
+            picture, scale = _reduce(img, max(width, height) // min_side)
+        return _to_rgb_array(_upright(picture, orientation)), scale
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(f"The image data is corrupt or truncated: {exc}") from exc
+
+
+def _opened(data: bytes, max_pixels: int) -> Image.Image:
+    """The photo opened (its header read, no pixel decoded) and checked: a supported
+    format, within the pixel cap, not empty."""
     if not data:
         raise InvalidImage("The image is empty (0 bytes).")
     try:
@@ -102,21 +124,7 @@ def decode_image_scaled(
         )
     if width == 0 or height == 0:
         raise InvalidImage("The image has no pixels.")
-    try:
-        img.seek(0)
-        scale = 1.0
-        if min_side and img.format in ("JPEG", "MPO") and max(width, height) >= 2 * min_side:
-            factor = min_side / max(width, height)
-            img.draft(img.mode, (math.ceil(width * factor), math.ceil(height * factor)))
-            scale = img.size[0] / width
-        img.load()
-        orientation = _orientation(img)
-        picture: Image.Image = img
-        if min_side and scale == 1.0 and max(width, height) >= 2 * min_side:
-            picture, scale = _reduce(img, max(width, height) // min_side)
-        return _to_rgb_array(_upright(picture, orientation)), scale
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise InvalidImage(f"The image data is corrupt or truncated: {exc}") from exc
+    return img
 
 
 # Modes whose pixels Image.reduce cannot average; they are reduced in numpy instead.

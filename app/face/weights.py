@@ -85,36 +85,41 @@ def load_weights(
             "not installed. Install it (pip install face_recognition_models) or set "
             "FACEVERIFY_WEIGHTS_DIR to a folder holding the .dat files."
         )
-    found: dict[str, WeightFile] = {}
-    for entry in manifest["models"]:
-        path = folder / entry["file"]
-        if not path.is_file() and prepared is not None and prepared(entry["name"], entry["sha256"]):
-            found[entry["name"]] = WeightFile(
-                name=entry["name"],
-                path=path,
-                sha256=entry["sha256"],
-                licence=entry["licence"],
-                source=entry["source"],
-                prepared_only=True,
-            )
-            continue
-        if not path.is_file():
-            raise ModelFileError(
-                f"Model file {entry['file']} is missing from {folder}. Reinstall "
-                "face_recognition_models or point FACEVERIFY_WEIGHTS_DIR at a folder with it."
-            )
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise ModelFileError(
-                f"Model file {path} has sha256 {actual}, but the manifest expects "
-                f"{entry['sha256']}: the file is corrupt or a different model. Reinstall "
-                "face_recognition_models."
-            )
-        found[entry["name"]] = WeightFile(
+    return {
+        entry["name"]: _checked_file(folder, entry, prepared) for entry in manifest["models"]
+    }
+
+
+def _checked_file(
+    folder: Path, entry: dict[str, str], prepared: Callable[[str, str], bool] | None
+) -> WeightFile:
+    """One manifest entry's file, its sha256 checked (or its prepared form standing in)."""
+    path = folder / entry["file"]
+    if not path.is_file() and prepared is not None and prepared(entry["name"], entry["sha256"]):
+        return WeightFile(
             name=entry["name"],
             path=path,
-            sha256=actual,
+            sha256=entry["sha256"],
             licence=entry["licence"],
             source=entry["source"],
+            prepared_only=True,
         )
-    return found
+    if not path.is_file():
+        raise ModelFileError(
+            f"Model file {entry['file']} is missing from {folder}. Reinstall "
+            "face_recognition_models or point FACEVERIFY_WEIGHTS_DIR at a folder with it."
+        )
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise ModelFileError(
+            f"Model file {path} has sha256 {actual}, but the manifest expects "
+            f"{entry['sha256']}: the file is corrupt or a different model. Reinstall "
+            "face_recognition_models."
+        )
+    return WeightFile(
+        name=entry["name"],
+        path=path,
+        sha256=actual,
+        licence=entry["licence"],
+        source=entry["source"],
+    )

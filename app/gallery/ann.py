@@ -52,6 +52,32 @@ _GENERATIONS = itertools.count(1)
 log = logging.getLogger("faceverify.gallery")
 
 
+def _save_column(
+    path: Path,
+    name: str,
+    values: np.ndarray,
+    rows: np.ndarray,
+    capacity: int,
+    renumber: np.ndarray,
+) -> None:
+    """One column of the live ``rows`` into a .npy file of ``capacity`` rows (subject
+    numbers renumbered to the sorted names, every saved row live)."""
+    out = np.lib.format.open_memmap(
+        path, mode="w+", dtype=values.dtype, shape=(capacity, *values.shape[1:])
+    )
+    # In slices: no second copy of the rows in memory at 10M faces.
+    for start in range(0, len(rows), SAVE_SLICE):
+        picked = rows[start : start + SAVE_SLICE]
+        if name == "subj":
+            out[start : start + len(picked)] = renumber[values[picked]]
+        elif name == "live":
+            out[start : start + len(picked)] = True
+        else:
+            out[start : start + len(picked)] = values[picked]
+    out.flush()
+    del out
+
+
 class AnnIndex:
     def __init__(self, dim: int, *, exact_below: int = EXACT_BELOW, nprobe: int = NPROBE):
         self.dim = dim
@@ -332,7 +358,6 @@ class AnnIndex:
         """Write the live rows to ``folder`` (which must not exist yet) for :meth:`open`:
         numpy files with a quarter of spare rows (sparse, so free on disk until used),
         subject names sorted, and the IVF index if there is one."""
-        import faiss
 
         with self._lock:
             folder.mkdir(parents=True)
@@ -352,43 +377,8 @@ class AnnIndex:
                 "live": self._live,
             }
             for name, values in columns.items():
-                out = np.lib.format.open_memmap(
-                    folder / f"{name}.npy",
-                    mode="w+",
-                    dtype=values.dtype,
-                    shape=(capacity, *values.shape[1:]),
-                )
-                # In slices: no second copy of the rows in memory at 10M faces.
-                for start in range(0, n, SAVE_SLICE):
-                    picked = rows[start : start + SAVE_SLICE]
-                    if name == "subj":
-                        out[start : start + len(picked)] = renumber[values[picked]]
-                    elif name == "live":
-                        out[start : start + len(picked)] = True
-                    else:
-                        out[start : start + len(picked)] = values[picked]
-                out.flush()
-                del out
-            trained = False
-            if self._ivfs:
-                ivf = faiss.clone_index(self._ivfs[0])
-                ivf.reset()
-                faiss.write_index(ivf, str(folder / "ivf-empty.faiss"))
-            if self._ivfs and n == self._n and len(self._ivfs) == 1:
-                # No dead rows: row numbers stay, the lists are written as they are.
-                faiss.write_index(self._ivfs[0], str(folder / "ivf.faiss"))
-                trained = True
-            elif self._ivfs:
-                # Row numbers change (dead rows are left out): the lists are rebuilt
-                # with the trained cell centres, no new training.
-                for start in range(0, n, SAVE_SLICE):
-                    picked = rows[start : start + SAVE_SLICE]
-                    ivf.add_with_ids(
-                        np.ascontiguousarray(self._vec[picked]),
-                        np.arange(start, start + len(picked), dtype=np.int64),
-                    )
-                faiss.write_index(ivf, str(folder / "ivf.faiss"))
-                trained = True
+                _save_column(folder / f"{name}.npy", name, values, rows, capacity, renumber)
+            trained = self._save_ivf(folder, rows)
             (folder / "index.json").write_text(
                 json.dumps(
                     {
@@ -399,6 +389,31 @@ class AnnIndex:
                     }
                 )
             )
+
+    def _save_ivf(self, folder: Path, rows: np.ndarray) -> bool:
+        """The IVF index's empty clone and, with the live rows renumbered, its lists;
+        whether there was a trained index to save. Called holding the lock."""
+        import faiss
+
+        if not self._ivfs:
+            return False
+        ivf = faiss.clone_index(self._ivfs[0])
+        ivf.reset()
+        faiss.write_index(ivf, str(folder / "ivf-empty.faiss"))
+        if len(rows) == self._n and len(self._ivfs) == 1:
+            # No dead rows: row numbers stay, the lists are written as they are.
+            faiss.write_index(self._ivfs[0], str(folder / "ivf.faiss"))
+            return True
+        # Row numbers change (dead rows are left out): the lists are rebuilt with the
+        # trained cell centres, no new training.
+        for start in range(0, len(rows), SAVE_SLICE):
+            picked = rows[start : start + SAVE_SLICE]
+            ivf.add_with_ids(
+                np.ascontiguousarray(self._vec[picked]),
+                np.arange(start, start + len(picked), dtype=np.int64),
+            )
+        faiss.write_index(ivf, str(folder / "ivf.faiss"))
+        return True
 
     @classmethod
     def open(

@@ -90,40 +90,8 @@ def enable(engine: Engine, *, dim: int, build_memory_mb: int = BUILD_MEMORY_MB) 
     with engine.begin() as conn:
         # Serialise concurrent start-ups (several workers on one database).
         conn.execute(text("SELECT pg_advisory_xact_lock(720412)"))
-        conn.execute(
-            text(
-                f"""
-                CREATE TABLE IF NOT EXISTS face_vectors (
-                    face_id varchar(36) PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
-                    collection_id varchar(64) NOT NULL,
-                    subject_id varchar(128) NOT NULL,
-                    encoder varchar(64) NOT NULL,
-                    embedding vector({dim}) NOT NULL
-                )"""
-            )
-        )
-        conn.execute(
-            text(
-                "CREATE INDEX IF NOT EXISTS ix_face_vectors_collection "
-                "ON face_vectors (collection_id)"
-            )
-        )
-        # face_vectors holds a subset of faces (a foreign key): equal counts mean none
-        # is missing, which two counts tell in ~0.5 s at 3M faces where the anti-join
-        # took ~3 s warm, at every start of every replica.
-        faces, vectors = conn.execute(
-            text("SELECT (SELECT count(*) FROM faces), (SELECT count(*) FROM face_vectors)")
-        ).one()
-        missing: int = (
-            0
-            if faces == vectors
-            else conn.execute(
-                text(
-                    "SELECT count(*) FROM faces f LEFT JOIN face_vectors v "
-                    "ON v.face_id = f.id WHERE v.face_id IS NULL"
-                )
-            ).scalar_one()
-        )
+        _create_table(conn, dim)
+        missing = _missing_vectors(conn)
         if missing >= BULK_REBUILD:  # a gallery meeting pgvector: load, then build once
             bulk_begin(conn)
             _backfill(conn, dim)
@@ -139,6 +107,44 @@ def enable(engine: Engine, *, dim: int, build_memory_mb: int = BUILD_MEMORY_MB) 
             "faceverify db rebuild-vector-index"
         )
     return True
+
+
+def _create_table(conn: Connection, dim: int) -> None:
+    conn.execute(
+        text(
+            f"""
+            CREATE TABLE IF NOT EXISTS face_vectors (
+                face_id varchar(36) PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
+                collection_id varchar(64) NOT NULL,
+                subject_id varchar(128) NOT NULL,
+                encoder varchar(64) NOT NULL,
+                embedding vector({dim}) NOT NULL
+            )"""
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE INDEX IF NOT EXISTS ix_face_vectors_collection ON face_vectors (collection_id)"
+        )
+    )
+
+
+def _missing_vectors(conn: Connection) -> int:
+    """Faces without their face_vectors row. face_vectors holds a subset of faces (a
+    foreign key): equal counts mean none is missing, which two counts tell in ~0.5 s at
+    3M faces where the anti-join took ~3 s warm, at every start of every replica."""
+    faces, vectors = conn.execute(
+        text("SELECT (SELECT count(*) FROM faces), (SELECT count(*) FROM face_vectors)")
+    ).one()
+    if faces == vectors:
+        return 0
+    missing: int = conn.execute(
+        text(
+            "SELECT count(*) FROM faces f LEFT JOIN face_vectors v "
+            "ON v.face_id = f.id WHERE v.face_id IS NULL"
+        )
+    ).scalar_one()
+    return missing
 
 
 def _backfill(conn: Connection, dim: int) -> int:

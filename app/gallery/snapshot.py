@@ -162,29 +162,10 @@ class SnapshotDir:
         final = base / f"v{version}"
         try:
             temporary.mkdir()
-            names = sorted(indexes)
-            for i, collection in enumerate(names):
-                index = indexes[collection]
-                assert isinstance(index, AnnIndex)
-                index.save(temporary / f"c{i}")
-            files = {
-                str(path.relative_to(temporary)): _sha256(path)
-                for path in sorted(temporary.rglob("*"))
-                if path.is_file()
-            }
             token = str(uuid.uuid4())
-            manifest = json.dumps(
-                {
-                    "format": FORMAT,
-                    "version": version,
-                    "instance": instance,
-                    "token": token,
-                    "encoders": sorted(encoders),
-                    "dim": dim,
-                    "collections": names,
-                    "files": files,
-                }
-            ).encode()
+            manifest = _write_collections(
+                temporary, indexes, version, instance, token, encoders, dim
+            )
             (temporary / "snapshot.json").write_bytes(manifest)
             register(Snapshot(final, version, token, hashlib.sha256(manifest).hexdigest()))
             if final.exists():
@@ -200,6 +181,41 @@ class SnapshotDir:
             if other != final and other.name != ".lock":
                 shutil.rmtree(other, ignore_errors=True)
         return Snapshot(final, version, token, hashlib.sha256(manifest).hexdigest())
+
+
+def _write_collections(
+    folder: Path,
+    indexes: dict[str, VectorIndex],
+    version: int,
+    instance: str,
+    token: str,
+    encoders: Collection[str],
+    dim: int,
+) -> bytes:
+    """Each collection's index into ``folder`` (c0, c1, ... in name order), and the
+    manifest naming every file with its sha256."""
+    names = sorted(indexes)
+    for i, collection in enumerate(names):
+        index = indexes[collection]
+        assert isinstance(index, AnnIndex)
+        index.save(folder / f"c{i}")
+    files = {
+        str(path.relative_to(folder)): _sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+    return json.dumps(
+        {
+            "format": FORMAT,
+            "version": version,
+            "instance": instance,
+            "token": token,
+            "encoders": sorted(encoders),
+            "dim": dim,
+            "collections": names,
+            "files": files,
+        }
+    ).encode()
 
 
 def _sha256(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Keeping a :class:`~app.gallery.index.VectorIndex` in step with the store.
 
-The store logs every write with a gallery version (app/gallery/store.py). A
+The store logs every write with a gallery version (app/gallery/changelog.py). A
 :class:`GallerySync` remembers the version its index reflects and replays the changes
 since, so writes made by other threads or processes (replicas on one PostgreSQL) reach
 this process's index before it answers. It works with any VectorIndex and any
