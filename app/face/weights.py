@@ -85,9 +85,7 @@ def load_weights(
             "not installed. Install it (pip install face_recognition_models) or set "
             "FACEVERIFY_WEIGHTS_DIR to a folder holding the .dat files."
         )
-    return {
-        entry["name"]: _checked_file(folder, entry, prepared) for entry in manifest["models"]
-    }
+    return {entry["name"]: _checked_file(folder, entry, prepared) for entry in manifest["models"]}
 
 
 def _checked_file(
