@@ -13,62 +13,22 @@ same distance (within 1e-5) on both.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx2
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import serving  # noqa: E402
+
 PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "data"
 KEY = "ab-" + uuid.uuid4().hex
-
-
-@contextmanager
-def server(checkout: Path, port: int) -> Iterator[str]:
-    data_dir = Path(tempfile.mkdtemp(prefix="ab-"))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(checkout),
-        "FACEVERIFY_DATA_DIR": str(data_dir),
-        "FACEVERIFY_API_KEYS": f"{KEY}:admin",
-        "FACEVERIFY_LOG_FORMAT": "text",
-        "FACEVERIFY_CACHE_DIR": str(Path(tempfile.gettempdir()) / "faceverify-bench-cache"),
-    }
-    log = (data_dir / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-        cwd=checkout,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"{checkout}: the server exited; see {data_dir}/server.log")
-            try:
-                if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{checkout}: not ready in 180 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-        log.close()
 
 
 def photo(name: str) -> bytes:
@@ -137,8 +97,10 @@ def main() -> None:
     args = parser.parse_args()
     with ExitStack() as stack:
         urls = {
-            "old": stack.enter_context(server(args.old.resolve(), 18601)),
-            "new": stack.enter_context(server(args.new.resolve(), 18602)),
+            name: stack.enter_context(
+                serving(Path(tempfile.mkdtemp(prefix="ab-")), f"{KEY}:admin", checkout.resolve())
+            )
+            for name, checkout in (("old", args.old), ("new", args.new))
         }
         clients = {
             name: stack.enter_context(

@@ -31,16 +31,23 @@ def bench_env(data_dir: Path, api_keys: str) -> dict[str, str]:
 
 
 @contextmanager
-def serving(data_dir: Path, api_keys: str) -> Iterator[str]:
-    """The server's URL while it runs (stopped at the end); its log is data_dir/server.log."""
+def serving(data_dir: Path, api_keys: str, checkout: Path | None = None) -> Iterator[str]:
+    """The server's URL while it runs (stopped at the end); its log is data_dir/server.log.
+    ``checkout``: run that source tree's code (same virtualenv) instead of this one's."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     url = f"http://127.0.0.1:{port}"
     with (data_dir / "server.log").open("wb") as log:
+        env = bench_env(data_dir, api_keys)
+        command = [FACEVERIFY, "serve", "--port", str(port)]
+        if checkout is not None:
+            env["PYTHONPATH"] = str(checkout)
+            command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
         server = subprocess.Popen(
-            [FACEVERIFY, "serve", "--port", str(port)],
-            env=bench_env(data_dir, api_keys),
+            command,
+            cwd=checkout,
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
