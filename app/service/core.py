@@ -9,6 +9,7 @@ nothing of HTTP.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -85,7 +86,7 @@ class FaceService(GalleryRecords):
         self.slots = inference_slots(settings)
 
     @property
-    def index_ready(self) -> Any:
+    def index_ready(self) -> threading.Event:
         """Set once identify can search (the start-up load is done)."""
         return self.search.ready
 
