@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from app.audit.events import AuditDraft, current_audit
 from app.errors import FaceVerifyError, SubjectNotFound, error_code
 from app.face.views import recipe_of
 from app.service import FaceService
@@ -139,6 +140,11 @@ def enroll_folder(
             exists = False
         outcomes = []
         for photo in photos:
+            # Each stored photo's event goes in with its faces (the trail on).
+            if service.audit is not None:
+                current_audit.set(
+                    AuditDraft("enroll", request_id="cli", success_status=0, client="cli")
+                )
             try:
                 result = service.enroll(
                     collection=collection,

@@ -14,7 +14,8 @@ table (app/api/problems.py); nothing here knows HTTP.
     │   ├── InvalidRequest         missing/ill-typed fields
     │   │   ├── TooManyImages      more photos in one enrollment than the cap
     │   │   └── IdempotencyKeyReused  an Idempotency-Key sent again with another request
-    │   └── FaceMismatch           a new face too far from the subject's other faces
+    │   ├── FaceMismatch           a new face too far from the subject's other faces
+    │   └── ConsentRequired        enrollment in a collection that requires consent, without it
     ├── FaceError                  the image decodes but its faces do not fit the use
     │   ├── NoFace
     │   ├── MultipleFaces          carries the boxes found
@@ -24,7 +25,8 @@ table (app/api/problems.py); nothing here knows HTTP.
     │   ├── CollectionNotFound
     │   ├── SubjectNotFound
     │   ├── FaceNotFound
-    │   └── KeyNotFound
+    │   ├── KeyNotFound
+    │   └── SubjectExpired         past its retention or expiry: never matches, purged soon
     ├── SubjectHasNoFaces          verify against a subject whose faces were all deleted
     ├── SubjectExists              enroll to an existing subject without add=true
     ├── CollectionExists           create a collection whose id is taken
@@ -36,7 +38,8 @@ table (app/api/problems.py); nothing here knows HTTP.
     │   ├── TooManyRequests        more requests waiting than the queue (or the key's share) holds
     │   │   └── RateLimited        the key's requests per second are used up
     │   ├── DatabaseBusy           another writer held the database past the wait
-    │   └── IndexLoading           identify before the 1:N index has loaded
+    │   ├── IndexLoading           identify before the 1:N index has loaded
+    │   └── AuditUnavailable       the audit trail could not record the request
     ├── NotReady                   models not loaded or database unreachable (readiness)
     └── ModelFileError             weights missing or with the wrong sha256 (start-up)
 """
@@ -142,6 +145,22 @@ class FaceMismatch(InputError):
     threshold: float
 
 
+@dataclass(eq=False, kw_only=True)
+class ConsentRequired(InputError):
+    """The collection requires consent (issue 27) and the enrollment carries none."""
+
+    collection: str
+
+    @classmethod
+    def for_collection(cls, collection: str) -> ConsentRequired:
+        return cls(
+            f"Collection {collection!r} requires consent: send consent with the document "
+            "id or version the person agreed to and when they did (consent.reference, "
+            "consent.given_at).",
+            collection=collection,
+        )
+
+
 class FaceError(FaceVerifyError):
     pass
 
@@ -209,6 +228,15 @@ class KeyNotFound(NotFoundError):
 
 
 @dataclass(eq=False, kw_only=True)
+class SubjectExpired(NotFoundError):
+    """Past its expiry or its collection's retention: it never matches again, and the
+    next purge deletes it."""
+
+    subject_id: str
+    due_at: str
+
+
+@dataclass(eq=False, kw_only=True)
 class SubjectHasNoFaces(FaceVerifyError):
     subject_id: str
 
@@ -267,6 +295,10 @@ class IndexLoading(ServiceBusy):
     """Identify right after start-up, while the 1:N index is still being filled."""
 
 
+class AuditUnavailable(ServiceBusy):
+    """The audit trail could not record the request, so it is not answered."""
+
+
 class NotReady(FaceVerifyError):
     pass
 
@@ -302,6 +334,9 @@ ERROR_CODES: dict[type[FaceVerifyError], str] = {
     CollectionNotFound: "collection_not_found",
     FaceNotFound: "face_not_found",
     KeyNotFound: "key_not_found",
+    SubjectExpired: "subject_expired",
+    ConsentRequired: "consent_required",
+    AuditUnavailable: "audit_unavailable",
     NotFoundError: "not_found",
     SubjectHasNoFaces: "subject_has_no_faces",
     SubjectExists: "subject_exists",

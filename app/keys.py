@@ -24,6 +24,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from app.audit.events import stage
 from app.errors import Forbidden, Unauthorized
 from app.gallery.models import (
     COLLECTION_ID_PATTERN,
@@ -142,6 +143,12 @@ class KeyStore:
                 session.execute(delete(DeletedCollection).where(DeletedCollection.id == bound))
             session.add(row)
             session.flush()
+            stage(
+                session,
+                collection=bound,
+                subjects=[],
+                detail={"new_key_id": row.id, "scopes": row.scopes},
+            )
             return key, _record(row)
 
     def list(self) -> list[KeyRecord]:
@@ -156,6 +163,8 @@ class KeyStore:
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
+            if result.rowcount:  # type: ignore[attr-defined]
+                stage(session, collection=None, subjects=[], detail={"revoked_key_id": key_id})
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def env_key_revoked(self, hashed: str) -> bool:

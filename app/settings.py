@@ -147,6 +147,23 @@ class Settings(BaseSettings):
     # memory only. More keys: `faceverify keys create`. There is never a default key.
     api_keys: SecretStr = Field(SecretStr(""), description="KEY:SCOPE+SCOPE,...")
 
+    # --- privacy (issue 27, docs/PRIVACY.md) ------------------------------------------
+    # Record who used whose face data: one event a request that reads or changes it,
+    # hash-chained; a request whose event cannot be written is answered 503.
+    audit_trail: bool = True
+    # Audit events older than this many days are pruned (0: kept for good).
+    audit_retention_days: int = Field(0, ge=0)
+    # How often the retention purge (and the audit pruning) runs, in seconds.
+    purge_interval_seconds: float = Field(600.0, gt=0)
+    # PostgreSQL: deleted embeddings are vacuumed out of the pages within this many
+    # seconds of a delete (plus the vacuum's own time).
+    erase_vacuum_seconds: float = Field(30.0, ge=0)
+    # Encrypt embeddings at rest with AES-GCM: a base64 key of 32 bytes, or a file
+    # holding one. Older keys (to read rows not yet rotated): comma-separated.
+    encryption_key: SecretStr = Field(SecretStr(""), description="base64 of 32 bytes")
+    encryption_key_file: Path | None = None
+    encryption_old_keys: SecretStr = Field(SecretStr(""), description="base64,base64,...")
+
     # --- serving ---------------------------------------------------------------------
     # json: one JSON object a line with the request id (for log shippers); text: for people.
     log_format: Literal["json", "text"] = "json"

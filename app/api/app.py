@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import observability, problems
+from app.api.audit import AuditAnswers
 from app.api.deps import Admission
 from app.api.guards import PAGE_CSP, BodyGuard, HeadAsGet, SecurityHeaders
 from app.api.lanes import Lanes
@@ -79,6 +80,8 @@ def create_app(
         grace=settings.upload_grace_seconds,
     )
     observability.install(app)
+    # Outside the request-id middleware: it sees every answer, timeouts included.
+    app.add_middleware(AuditAnswers)
     app.add_middleware(HeadAsGet)
     app.add_middleware(SecurityHeaders, csp_for=_csp_for)
     app.include_router(router)
@@ -99,6 +102,8 @@ def _lifespan(
         service, weights = builder(settings)
         app.state.service = service
         app.state.weights = weights
+        app.state.audit = service.audit
+        service.start_upkeep()
         app.state.keys = KeyStore(service.store.engine, env_keys)
         _create_env_key_collections(service, app.state.keys)
         app.state.metrics = Metrics(service.gallery_counts, service.collection_face_counts)
@@ -119,6 +124,8 @@ def _lifespan(
             yield
         finally:
             app.state.lanes.close()
+            app.state.audit = None
+            service.close()
             service.store.close()
 
     return lifespan

@@ -9,9 +9,11 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Query, Request
 
+from app.api.audit import arm
 from app.api.inputs import RequestBody, read_body
 from app.api.observability import Metrics
 from app.api.ratelimit import RateLimiter
+from app.audit.events import current_audit, note
 from app.errors import Forbidden, InvalidRequest, RateLimited, TooManyRequests
 from app.gallery.models import COLLECTION_ID_PATTERN, DEFAULT_COLLECTION
 from app.keys import KeyStore, Principal
@@ -67,6 +69,9 @@ def require(scope: str | None, *, unbound: bool = False) -> Any:
         keys: KeyStore = request.app.state.keys
         principal = keys.authorize(api_key(request), scope, unbound=unbound)
         request.state.principal = principal
+        draft = current_audit.get()
+        if draft is not None:
+            arm(request.scope, draft, principal)
         limiter: RateLimiter | None = request.app.state.rate_limiter
         if limiter is not None:
             allowance = limiter.take(principal.key_id)
@@ -106,6 +111,7 @@ def target_collection(request: Request, *requested: str | None) -> str:
             )
         return who.collection
     name = wanted or DEFAULT_COLLECTION
+    note(collection=name)
     service: FaceService = request.app.state.service
     service.require_collection(name)
     return name

@@ -60,6 +60,26 @@ class _Form(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+def _aware_utc(value: datetime) -> datetime:
+    """A time without an offset is taken as UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+AwareTime = Annotated[datetime, AfterValidator(_aware_utc)]
+
+
+class ConsentIn(BaseModel):
+    """The person's consent as the caller records it (issue 27; BIPA's written release)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    reference: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Your record of it: a document id, a form version, a signature id.",
+    )
+    given_at: AwareTime = Field(description="When the person gave it (ISO 8601).")
+
+
 class EnrollRequest(_Form):
     subject_id: SubjectId
     collection: CollectionField = None
@@ -80,6 +100,26 @@ class EnrollRequest(_Form):
         False,
         description="Store faces that do not match the subject's other faces (admin keys only).",
     )
+    expires_at: AwareTime | None = Field(
+        None,
+        description="Delete the subject at this time (ISO 8601, in the future), whatever "
+        "the collection's schedule; it never matches after it.",
+    )
+    consent: ConsentIn | None = Field(
+        None,
+        description="The person's consent (in multipart: a JSON string); required for a "
+        "new subject when the collection says so (422 consent_required).",
+    )
+
+    @field_validator("consent", mode="before")
+    @classmethod
+    def _consent_from_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_json(value, "consent")
+            except InvalidRequest as exc:
+                raise ValueError(exc.detail) from exc
+        return value
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -258,6 +298,11 @@ class SubjectOut(BaseModel):
     metadata: dict[str, Any] | None
     created_at: datetime
     face_count: int
+    last_used_at: datetime | None = Field(
+        None, description="Its last enrollment or successful verify (hour resolution)."
+    )
+    expires_at: datetime | None = Field(None, description="Set at enrollment, if any.")
+    consent: dict[str, Any] | None = Field(None, description="The consent it was enrolled with.")
 
 
 class SubjectDetailOut(SubjectOut):
@@ -384,9 +429,30 @@ class KeyCreated(KeyOut):
     key: str = Field(description="The key itself: shown in this response only.")
 
 
+RetentionDays = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=36_500,
+        description="Delete a subject this many days after its last enrollment or "
+        "successful verify (null: keep until deleted).",
+    ),
+]
+
+
 class CollectionCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     collection_id: CollectionId
+    retention_days: RetentionDays = None
+    consent_required: bool = Field(False, description="A new subject needs consent at enrollment.")
+
+
+class CollectionUpdateRequest(BaseModel):
+    """Only the fields sent change."""
+
+    model_config = ConfigDict(extra="forbid")
+    retention_days: RetentionDays = None
+    consent_required: bool | None = None
 
 
 class CollectionOut(BaseModel):
@@ -394,6 +460,50 @@ class CollectionOut(BaseModel):
     created_at: datetime
     subjects: int
     faces: int = Field(description="Faces stored, of any model.")
+    retention_days: int | None = Field(
+        None, description="The retention schedule: days after last use (null: none)."
+    )
+    consent_required: bool = False
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    position: int | None = Field(description="In the hash chain (null: not sealed yet).")
+    at: str
+    request_id: str
+    key_id: str | None
+    collection: str | None
+    action: str
+    subjects: list[str]
+    status: int
+    code: str | None
+    match: bool | None
+    score: float | None
+    client: str | None
+    detail: dict[str, Any] | None
+    chain: str | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    next_after: int | None = Field(description="Pass as ?after= for the next page.")
+
+
+class FaceExport(FaceOut):
+    embedding: list[float] | None = Field(None, description="Only with include_embeddings=true.")
+
+
+class SubjectExport(BaseModel):
+    """Everything the service holds about one person (a subject access request)."""
+
+    collection: CollectionOut
+    subject: SubjectOut
+    due_at: datetime | None = Field(
+        description="When the retention schedule or expires_at deletes it (null: never)."
+    )
+    faces: list[FaceExport]
+    audit_events: list[AuditEventOut]
+    exported_at: datetime
 
 
 class DeleteCollectionResponse(CollectionOut):
@@ -448,6 +558,17 @@ class GalleryCounts(BaseModel):
     )
 
 
+class PrivacyOut(BaseModel):
+    audit_trail: bool
+    audit_retention_days: int = Field(description="0: audit events are kept for good.")
+    purge_interval_seconds: float
+    encryption_at_rest: bool
+    schedules: dict[str, CollectionOut] = Field(
+        description="Retention and consent of the collections the key may see (those "
+        "with a schedule or a consent rule, for an admin key of every collection)."
+    )
+
+
 class AccessOut(BaseModel):
     scopes: list[str]
     collection: str | None = Field(description="The key's collection; null: every one.")
@@ -468,6 +589,7 @@ class InfoResponse(BaseModel):
     calibration_matches_pipeline: bool
     gallery: GalleryCounts
     access: AccessOut = Field(description="What the key that asked may do.")
+    privacy: PrivacyOut
     settings: InfoSettings
 
 

@@ -12,6 +12,7 @@ import typer
 from app.cli.accuracy import bench, calibrate, evaluate
 from app.cli.common import _check_models, _or_exit
 from app.cli.gallery import enroll, gallery_cli
+from app.cli.privacy import audit_cli, collections_cli, encryption_cli, purge
 from app.settings import Settings
 
 cli = typer.Typer(help="faceverify: face verification service.", no_args_is_help=True)
@@ -249,3 +250,7 @@ cli.command()(bench)
 cli.command()(evaluate)
 cli.command()(calibrate)
 cli.add_typer(gallery_cli, name="gallery")
+cli.command()(purge)
+cli.add_typer(audit_cli, name="audit")
+cli.add_typer(collections_cli, name="collections")
+cli.add_typer(encryption_cli, name="encryption")

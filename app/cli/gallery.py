@@ -32,11 +32,11 @@ def gallery_import(
     """Add the faces of a file to a collection: all of them or, on any bad line, none."""
     from tqdm import tqdm
 
+    from app.audit.events import AuditDraft
     from app.face.registry import encoder_model
-    from app.gallery.store import GalleryStore
     from app.gallery.transfer import read_gallery_file
     from app.keys import COLLECTION_ID
-    from app.service.build import enable_vectors
+    from app.service.build import enable_vectors, open_store
 
     settings = _or_exit(Settings)
     if not COLLECTION_ID.match(collection):
@@ -45,8 +45,9 @@ def gallery_import(
     spec = encoder_model(settings)
     started = time.perf_counter()
     data = _or_exit(lambda: read_gallery_file(file, dim=spec.dim))
-    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
-    enable_vectors(store, settings, spec.dim)  # into pgvector's table too, when there is one
+    store = _or_exit(lambda: open_store(settings))
+    if store.cipher is None:
+        enable_vectors(store, settings, spec.dim)  # into pgvector's table too, when there is one
     _or_exit(lambda: store.ensure_collection(collection=collection))
     with tqdm(total=len(data.subject_ids), unit="face", desc="import") as bar:
         stored, created, _ = _or_exit(
@@ -58,6 +59,9 @@ def gallery_import(
                 encoder=spec.name,
                 pipeline_version=f"import:{file.name}"[:128],
                 progress=bar.update,
+                audit=AuditDraft("import", request_id="cli", client="cli", success_status=0)
+                if settings.audit_trail
+                else None,
             )
         )
     elapsed = time.perf_counter() - started
@@ -74,13 +78,22 @@ def gallery_export(
     collection: CollectionOption = "default",
 ) -> None:
     """Write every face of a collection (subject, face id, name, embedding)."""
+    from app.cli.privacy import cli_event
     from app.gallery.models import embedding_matrix
-    from app.gallery.store import GalleryStore
     from app.gallery.transfer import write_gallery_file
+    from app.service.build import open_store
 
     settings = _or_exit(Settings)
-    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
+    store = _or_exit(lambda: open_store(settings))
     faces, names, blobs = _or_exit(lambda: store.export_faces(collection=collection))
+    cli_event(
+        settings,
+        store,
+        "export",
+        collection=collection,
+        subjects=sorted({f.subject_id for f in faces}),
+        detail={"faces": len(faces), "file": file.name},
+    )
     dim = len(blobs[0]) // 4 if blobs else 0
     matrix = _or_exit(lambda: embedding_matrix(blobs, dim))  # refuses mixed sizes
     _or_exit(

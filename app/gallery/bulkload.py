@@ -14,11 +14,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.audit.events import AuditDraft, stage
 from app.errors import (
     CollectionNotFound,
 )
 from app.gallery import pgcopy, pgvector
 from app.gallery.changelog import _bump_version, _log
+from app.gallery.crypto import EmbeddingCipher, plain
 from app.gallery.engine import StoreBase
 from app.gallery.models import (
     EMBEDDING_DTYPE,
@@ -50,6 +52,7 @@ class _Batch:
     pipeline_version: str
     created: datetime
     with_vectors: bool
+    cipher: EmbeddingCipher | None = None
 
 
 def _copy_faces(conn: Connection, batch: _Batch) -> None:
@@ -92,6 +95,10 @@ def _copy_faces(conn: Connection, batch: _Batch) -> None:
 def _insert_faces(conn: Connection, batch: _Batch) -> None:
     """Imported faces (and their pgvector rows) by INSERT: :func:`_copy_faces`' twin,
     for SQLite (and any database without COPY)."""
+    sealed: list[tuple[bytes, str | None]] = [
+        batch.cipher.seal(v.tobytes(), f) if batch.cipher else (v.tobytes(), None)
+        for f, v in zip(batch.face_ids, batch.vectors, strict=True)
+    ]
     conn.execute(
         insert(Face),
         [
@@ -99,7 +106,8 @@ def _insert_faces(conn: Connection, batch: _Batch) -> None:
                 "id": face_id,
                 "collection_id": batch.collection,
                 "subject_id": subject_id,
-                "embedding": vector.tobytes(),
+                "embedding": stored,
+                "key_id": kid,
                 "box_left": 0,
                 "box_top": 0,
                 "box_right": 0,
@@ -109,8 +117,8 @@ def _insert_faces(conn: Connection, batch: _Batch) -> None:
                 "pipeline_version": batch.pipeline_version,
                 "created_at": batch.created,
             }
-            for face_id, subject_id, vector in zip(
-                batch.face_ids, batch.subject_ids, batch.vectors, strict=True
+            for face_id, subject_id, (stored, kid) in zip(
+                batch.face_ids, batch.subject_ids, sealed, strict=True
             )
         ],
     )
@@ -176,6 +184,7 @@ class BulkFaces(StoreBase):
         pipeline_version: str,
         batch: int = 20_000,
         progress: Callable[[int], None] | None = None,
+        audit: AuditDraft | None = None,
     ) -> tuple[int, int, int]:
         """Store many faces in one transaction (all or none): subjects that do not exist
         in the collection are created (with ``names``), existing ones get the faces
@@ -195,7 +204,8 @@ class BulkFaces(StoreBase):
             rebuild = self.vector_dim is not None and len(subject_ids) >= BULK_REBUILD
             if rebuild:
                 pgvector.bulk_begin(conn)
-            write = _copy_faces if conn.dialect.name == "postgresql" else _insert_faces
+            copy = conn.dialect.name == "postgresql" and self.cipher is None
+            write = _copy_faces if copy else _insert_faces
             face_ids = [str(uuid.uuid4()) for _ in subject_ids]
             for start in range(0, len(subject_ids), batch):
                 end = min(start + batch, len(subject_ids))
@@ -208,6 +218,7 @@ class BulkFaces(StoreBase):
                     pipeline_version,
                     now,
                     with_vectors=self.vector_dim == vectors.shape[1],
+                    cipher=self.cipher,
                 )
                 write(conn, part)
                 if progress:
@@ -215,7 +226,42 @@ class BulkFaces(StoreBase):
             if rebuild:
                 pgvector.bulk_end(conn, self.build_memory_mb)
             _log(session, version, [("reload_collection", collection, "", None)])
+            stage(
+                session,
+                collection=collection,
+                subjects=[],
+                detail={"faces": len(subject_ids), "subjects_created": created},
+                draft=audit,
+            )
             return len(subject_ids), created, version
+
+    def rotate_encryption(self, *, batch: int = 1000) -> int:
+        """Rewrite every embedding not sealed with the current key (an older key's, or
+        plain) with the current key, ``batch`` rows a transaction; how many. With no
+        key set: decrypt every row to plain."""
+        done, after = 0, ""
+        current = self.cipher.current if self.cipher is not None else None
+        while True:
+            with Session(self.engine) as session, session.begin():
+                stale = (
+                    (Face.key_id.is_(None) | (Face.key_id != current))
+                    if current
+                    else Face.key_id.is_not(None)
+                )
+                rows = session.scalars(
+                    select(Face).where(stale, Face.id > after).order_by(Face.id).limit(batch)
+                ).all()
+                for face in rows:
+                    data = plain(self.cipher, face.embedding, face.id, face.key_id)
+                    if self.cipher is not None:
+                        face.embedding, face.key_id = self.cipher.seal(data, face.id)
+                    else:
+                        face.embedding, face.key_id = data, None
+                done += len(rows)
+                if len(rows) < batch:
+                    break
+                after = rows[-1].id
+        return done
 
     def export_faces(
         self, *, collection: str
@@ -235,7 +281,7 @@ class BulkFaces(StoreBase):
             return (
                 [_face_record(r[0]) for r in rows],
                 [r[1] for r in rows],
-                [r[0].embedding for r in rows],
+                [plain(self.cipher, r[0].embedding, r[0].id, r[0].key_id) for r in rows],
             )
 
     def load_embeddings(
@@ -276,11 +322,18 @@ class BulkFaces(StoreBase):
             )
             matrix = np.empty((expected, dim), dtype=EMBEDDING_DTYPE)
             result = conn.execute(
-                select(Face.id, Face.collection_id, Face.subject_id, Face.embedding).where(*where)
+                select(
+                    Face.id, Face.collection_id, Face.subject_id, Face.embedding, Face.key_id
+                ).where(*where)
             )
             while part := result.fetchmany(LOAD_SLICE):
                 start = len(ids)
-                part_ids, part_collections, part_subjects, blobs = zip(*part, strict=True)
+                part_ids, part_collections, part_subjects, blobs, kids = zip(*part, strict=True)
+                if any(k is not None for k in kids):
+                    blobs = tuple(
+                        plain(self.cipher, b, f, k)
+                        for b, f, k in zip(blobs, part_ids, kids, strict=True)
+                    )
                 ids.extend(part_ids)
                 collections.extend(part_collections)
                 subjects.extend(part_subjects)

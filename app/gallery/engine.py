@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from app.errors import (
     DatabaseBusy,
 )
+from app.gallery.crypto import EmbeddingCipher
 
 # How long a SQLite writer waits for another's write lock before DatabaseBusy (503).
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -38,6 +39,9 @@ def _make_engine(url: str, *, echo: bool, busy_timeout: float = BUSY_TIMEOUT_SEC
         # FULL: a committed enrollment survives a power cut, not only a crash.
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Deleted content is overwritten with zeros, not left in free space (issue 27:
+        # it is on in some builds of SQLite and off in SQLite's own default).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()
 
@@ -108,3 +112,5 @@ class StoreBase:
     vector_dim: int | None
     # The ceiling on maintenance_work_mem for HNSW builds (after bulk imports).
     build_memory_mb: int
+    # Embeddings encrypted at rest (app/gallery/crypto.py); None: stored plain.
+    cipher: EmbeddingCipher | None

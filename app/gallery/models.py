@@ -9,6 +9,7 @@ import numpy as np
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -60,6 +62,11 @@ class Collection(Base):
 
     id: Mapped[str] = mapped_column(String(COLLECTION_ID_MAX), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The retention schedule (issue 27): a subject is deleted this many days after its
+    # last enrollment or successful verify (None: kept until deleted).
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Enrollment of a new subject needs a consent reference.
+    consent_required: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Subject(Base):
@@ -73,6 +80,12 @@ class Subject(Base):
     # "metadata" is reserved on declarative classes, hence the attribute name.
     meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The last enrollment or successful verify (the retention clock; hour resolution).
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Deleted at this time whatever the collection's schedule (given at enrollment).
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The caller's consent record: {"reference": ..., "given_at": ...}.
+    consent: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     faces: Mapped[list[Face]] = relationship(
         back_populates="subject", cascade="all, delete-orphan", passive_deletes=True
@@ -87,6 +100,8 @@ class Face(Base):
     subject_id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX))
     # The embedding as little-endian float32 values (dlib_resnet_v1: 128, 512 bytes).
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    # The encryption key the embedding is sealed with (app/gallery/crypto.py); None: plain.
+    key_id: Mapped[str | None] = mapped_column(String(16))
     box_left: Mapped[int] = mapped_column(Integer)
     box_top: Mapped[int] = mapped_column(Integer)
     box_right: Mapped[int] = mapped_column(Integer)
@@ -208,3 +223,50 @@ class IndexSnapshotRecord(Base):
     version: Mapped[int] = mapped_column(BigInteger)
     digest: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who used whose face data, when, and with what outcome (issue 27): one row a
+    request. Never an image, an embedding or a key. ``position`` and ``chain`` are set
+    by the sealer (app/audit/chain.py): a dense sequence and a sha256 hash chain over
+    the events in that order, so a change, a removal or a reordering shows."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    request_id: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(64))
+    collection_id: Mapped[str | None] = mapped_column(String(COLLECTION_ID_MAX))
+    action: Mapped[str] = mapped_column(String(32))
+    # The subject ids it touched as "|a|b|" (ids never hold "|"): filterable with LIKE.
+    subjects: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[int] = mapped_column(Integer)
+    code: Mapped[str | None] = mapped_column(String(64))
+    match: Mapped[bool | None] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float)
+    client: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    position: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    chain: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_collection_at", "collection_id", "at"),
+    )
+
+
+class AuditHead(Base):
+    """One row: the last sealed position and its chain value, and the anchor: the
+    position and chain value of the last event pruned, where a verification starts."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)
+    chain: Mapped[str] = mapped_column(String(64))
+    anchor_position: Mapped[int] = mapped_column(BigInteger, default=0)
+    anchor_chain: Mapped[str] = mapped_column(String(64))
+    anchor_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

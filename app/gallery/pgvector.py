@@ -72,6 +72,14 @@ def graph_size(engine: Engine) -> int:
         return int(conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one())
 
 
+def table_exists(engine: Engine) -> bool:
+    """Whether this database has a face_vectors table (plaintext embeddings)."""
+    if engine.dialect.name != "postgresql":
+        return False
+    with engine.connect() as conn:
+        return bool(conn.execute(text("SELECT to_regclass('face_vectors') IS NOT NULL")).scalar())
+
+
 def enable(engine: Engine, *, dim: int, build_memory_mb: int = BUILD_MEMORY_MB) -> bool:
     """Make ``face_vectors`` (and fill it from ``faces``) if this is PostgreSQL with the
     vector extension installed or installable by this role. False: not available."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from app.errors import (
     FaceNotFound,
     SubjectNotFound,
 )
+from app.gallery.crypto import plain
 from app.gallery.engine import StoreBase
 from app.gallery.models import (
     EMBEDDING_DTYPE,
@@ -27,6 +29,7 @@ from app.gallery.records import (
     CollectionRecord,
     FaceRecord,
     SubjectRecord,
+    SubjectTimes,
     _face_record,
     _subject_record,
 )
@@ -57,17 +60,26 @@ class Reads(StoreBase):
 
     def subject_embeddings(
         self, *, collection: str, subject_id: str, dim: int, encoders: Collection[str]
-    ) -> tuple[list[str], np.ndarray, list[str]]:
+    ) -> tuple[list[str], np.ndarray, list[str], SubjectTimes]:
         """One subject's face ids, ``(n, dim)`` embeddings made by ``encoders`` and
-        pipeline versions, read by key in one indexed query: what verify needs, at a cost
-        that does not depend on the gallery's size. n may be 0 (every face deleted, or of
-        another model).
+        pipeline versions, and its retention times, read by key in one indexed query:
+        what verify needs, at a cost that does not depend on the gallery's size. n may
+        be 0 (every face deleted, or of another model).
 
         Raises:
             SubjectNotFound: no such subject in the collection.
         """
         stmt = (
-            select(Subject.id, Face.id, Face.embedding, Face.pipeline_version)
+            select(
+                Subject.id,
+                Face.id,
+                Face.embedding,
+                Face.pipeline_version,
+                Face.key_id,
+                Subject.created_at,
+                Subject.last_used_at,
+                Subject.expires_at,
+            )
             .outerjoin(
                 Face,
                 (Face.collection_id == Subject.collection_id)
@@ -82,8 +94,9 @@ class Reads(StoreBase):
         if not rows:
             raise SubjectNotFound.for_id(subject_id)
         found = [r for r in rows if r[1] is not None]
-        matrix = embedding_matrix([r[2] for r in found], dim)
-        return [r[1] for r in found], matrix.astype(np.float32), [r[3] for r in found]
+        matrix = embedding_matrix([plain(self.cipher, r[2], r[1], r[4]) for r in found], dim)
+        times = SubjectTimes(rows[0][5], rows[0][6], rows[0][7])
+        return [r[1] for r in found], matrix.astype(np.float32), [r[3] for r in found], times
 
     def pipeline_versions(self, *, collection: str, face_ids: Collection[str]) -> dict[str, str]:
         """The pipeline version each of these faces was stored with (by primary key;
@@ -104,7 +117,7 @@ class Reads(StoreBase):
         Raises:
             FaceNotFound: no such face in the collection (or of another model).
         """
-        stmt = select(Face.subject_id, Face.embedding).where(
+        stmt = select(Face.subject_id, Face.embedding, Face.key_id).where(
             Face.collection_id == collection,
             Face.id == face_id,
             Face.encoder.in_(sorted(encoders)),
@@ -113,7 +126,16 @@ class Reads(StoreBase):
             row = conn.execute(stmt).first()
         if row is None:
             raise FaceNotFound(f"No face {face_id!r} in this collection.", face_id=face_id)
-        return str(row[0]), np.frombuffer(row[1], dtype=EMBEDDING_DTYPE).astype(np.float32)
+        stored = plain(self.cipher, row[1], face_id, row[2])
+        return str(row[0]), np.frombuffer(stored, dtype=EMBEDDING_DTYPE).astype(np.float32)
+
+    def subject_face_bytes(self, *, collection: str, subject_id: str) -> dict[str, bytes]:
+        """Each face of the subject's embedding, as stored plain bytes (decrypted)."""
+        stmt = select(Face.id, Face.embedding, Face.key_id).where(
+            *_of_subject(collection, subject_id)
+        )
+        with self.engine.connect() as conn:
+            return {r[0]: plain(self.cipher, r[1], r[0], r[2]) for r in conn.execute(stmt)}
 
     def list_faces(self, *, collection: str, subject_id: str) -> list[FaceRecord]:
         with Session(self.engine) as session:
@@ -189,4 +211,68 @@ class Reads(StoreBase):
             found: list[tuple[CollectionRow, int, int]] = [
                 (r[0], int(r[1]), int(r[2])) for r in session.execute(stmt).all()
             ]
-            return [CollectionRecord(c.id, c.created_at, n, m) for c, n, m in found]
+            return [
+                CollectionRecord(
+                    c.id, c.created_at, n, m, c.retention_days, bool(c.consent_required)
+                )
+                for c, n, m in found
+            ]
+
+    def collection_policy(self, *, collection: str) -> tuple[int | None, bool, bool]:
+        """A collection's retention days, whether it requires consent, and whether any
+        of its subjects has an expiry date (CollectionNotFound)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(CollectionRow.retention_days, CollectionRow.consent_required).where(
+                    CollectionRow.id == collection
+                )
+            ).first()
+            if row is None:
+                raise CollectionNotFound.for_id(collection)
+            dated = conn.execute(
+                select(Subject.id)
+                .where(Subject.collection_id == collection, Subject.expires_at.is_not(None))
+                .limit(1)
+            ).first()
+        return row[0], bool(row[1]), dated is not None
+
+    def subject_times(
+        self, *, collection: str, subject_ids: Collection[str]
+    ) -> dict[str, SubjectTimes]:
+        """When each of these subjects was made, last used and expires (by key)."""
+        if not subject_ids:
+            return {}
+        stmt = select(
+            Subject.id, Subject.created_at, Subject.last_used_at, Subject.expires_at
+        ).where(Subject.collection_id == collection, Subject.id.in_(sorted(subject_ids)))
+        with self.engine.connect() as conn:
+            return {r[0]: SubjectTimes(r[1], r[2], r[3]) for r in conn.execute(stmt).all()}
+
+    def due_subjects(self, *, now: datetime, limit: int = 1000) -> list[tuple[str, str]]:
+        """(collection, subject) pairs due for deletion at ``now``: past their expiry,
+        or unused for longer than their collection's retention days."""
+        due: list[tuple[str, str]] = []
+        with self.engine.connect() as conn:
+            expired = conn.execute(
+                select(Subject.collection_id, Subject.id)
+                .where(Subject.expires_at <= now)
+                .limit(limit)
+            ).all()
+            due.extend((r[0], r[1]) for r in expired)
+            schedules = conn.execute(
+                select(CollectionRow.id, CollectionRow.retention_days).where(
+                    CollectionRow.retention_days.is_not(None)
+                )
+            ).all()
+            for collection, days in schedules:
+                cutoff = now - timedelta(days=int(days or 0))
+                unused = conn.execute(
+                    select(Subject.id)
+                    .where(
+                        Subject.collection_id == collection,
+                        func.coalesce(Subject.last_used_at, Subject.created_at) <= cutoff,
+                    )
+                    .limit(limit)
+                ).all()
+                due.extend((collection, r[0]) for r in unused)
+        return sorted(set(due))[:limit]

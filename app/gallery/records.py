@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -61,6 +61,10 @@ class SubjectRecord:
     metadata: dict[str, Any] | None
     created_at: datetime
     face_count: int
+    # The retention clock: the last enrollment or successful verify (hour resolution).
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    consent: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,29 @@ class CollectionRecord:
     created_at: datetime
     subjects: int
     faces: int
+    retention_days: int | None = None
+    consent_required: bool = False
+
+
+@dataclass(frozen=True)
+class Consent:
+    """The caller's record of a person's consent (issue 27): their document id or
+    version, and when it was given."""
+
+    reference: str
+    given_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "given_at": _aware(self.given_at).isoformat()}
+
+
+@dataclass(frozen=True)
+class SubjectTimes:
+    """What decides when a subject is due for deletion."""
+
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
 
 
 # reload_collection: many faces changed at once (an import); reload that collection.
@@ -101,6 +128,16 @@ class EmbeddingRows:
     matrix: np.ndarray  # (N, dim) float32
 
 
+def due_at(times: SubjectTimes, retention_days: int | None) -> datetime | None:
+    """When a subject is due for deletion: its expiry, or ``retention_days`` after its
+    last use (its creation if never used), whichever comes first; None: never."""
+    due = [_aware(times.expires_at)] if times.expires_at is not None else []
+    if retention_days is not None:
+        used = times.last_used_at or times.created_at
+        due.append(_aware(used) + timedelta(days=retention_days))
+    return min(due, default=None)
+
+
 def _aware(moment: datetime) -> datetime:
     # SQLite returns naive datetimes (stored as UTC).
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -113,6 +150,9 @@ def _subject_record(subject: Subject, face_count: int) -> SubjectRecord:
         metadata=subject.meta,
         created_at=subject.created_at,
         face_count=face_count,
+        last_used_at=subject.last_used_at,
+        expires_at=subject.expires_at,
+        consent=subject.consent,
     )
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.errors import IndexLoading
 from app.gallery import pgvector
 from app.gallery.index import ExactIndex, Hits, Partitions, SubjectHit, VectorIndex
-from app.gallery.snapshot import SnapshotDir
+from app.gallery.snapshot import SnapshotDir, erase_rows
 from app.gallery.store import GalleryStore
 from app.gallery.sync import GallerySync
 
@@ -79,6 +79,11 @@ class GallerySearch(Protocol):
     def faces_removed(self, collection: str, face_ids: list[str]) -> None: ...
 
     def collection_dropped(self, collection: str) -> None: ...
+
+    def erase(self, face_ids: list[str], collection: str | None = None) -> None:
+        """Deleted faces (or a deleted collection's) out of any file this search keeps
+        (index snapshots)."""
+        ...
 
     def advanced(self, version: int) -> None:
         """This process's own write made the store's version ``version``."""
@@ -202,6 +207,10 @@ class MemorySearch:
     def collection_dropped(self, collection: str) -> None:
         self.indexes.drop(collection)
 
+    def erase(self, face_ids: list[str], collection: str | None = None) -> None:
+        if self.gallery.snapshots is not None:
+            erase_rows(self.gallery.snapshots.root, face_ids, collection=collection)
+
     def advanced(self, version: int) -> None:
         self.gallery.advance(version)
 
@@ -308,6 +317,9 @@ class PgvectorSearch:
 
     def collection_dropped(self, collection: str) -> None:
         pass
+
+    def erase(self, face_ids: list[str], collection: str | None = None) -> None:
+        pass  # PostgreSQL holds the vectors: the store's vacuum erases them
 
     def advanced(self, version: int) -> None:
         pass

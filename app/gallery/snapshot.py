@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.gallery.ann import AnnIndex
@@ -181,6 +182,44 @@ class SnapshotDir:
             if other != final and other.name != ".lock":
                 shutil.rmtree(other, ignore_errors=True)
         return Snapshot(final, version, token, hashlib.sha256(manifest).hexdigest())
+
+
+def erase_rows(root: Path, face_ids: Collection[str] = (), *, collection: str | None = None) -> int:
+    """Deleted faces (``face_ids``, or every face of a deleted ``collection``) out of
+    every snapshot under ``root`` (issue 27): their rows of ``vec.npy`` are overwritten
+    with zeros in place, then the snapshot is removed (its IVF file holds quantised
+    copies, and its sums no longer match); the next full load saves a new one.
+    Processes that have it mapped keep working: the rows they see zeroed are rows they
+    drop when they replay the delete. How many rows were zeroed."""
+    if (not face_ids and collection is None) or not root.exists():
+        return 0
+    wanted = np.asarray(sorted({f.encode() for f in face_ids}), dtype=bytes)
+    zeroed = 0
+    for manifest in sorted(root.glob("*/v*/snapshot.json")):
+        folder = manifest.parent
+        names = json.loads(manifest.read_text())["collections"]
+        hit = False
+        for i, name in enumerate(names):
+            part = folder / f"c{i}"
+            n = int(json.loads((part / "index.json").read_text())["rows"])
+            if name == collection:
+                rows = np.arange(n)
+            else:
+                fid = np.load(part / "fid.npy", mmap_mode="r")
+                rows = np.flatnonzero(np.isin(fid[:n], wanted))
+            if not len(rows):
+                continue
+            vec = np.load(part / "vec.npy", mmap_mode="r+")
+            vec[rows] = 0
+            vec.flush()
+            del vec
+            zeroed, hit = zeroed + len(rows), True
+        if hit:
+            # Not under the build lock (a build can take minutes): a process opening it
+            # meanwhile finds files missing and loads a private index instead.
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("index snapshot %s removed: it held deleted faces", folder)
+    return zeroed
 
 
 def _write_collections(

@@ -8,12 +8,16 @@ touched, so in-memory indexes in other threads or processes can catch up (see
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy.engine import Engine
 
 from app.gallery import pgvector
 from app.gallery.bulkload import BulkFaces
 from app.gallery.changelog import ChangeLog
+from app.gallery.crypto import EmbeddingCipher
 from app.gallery.engine import BUSY_TIMEOUT_SECONDS, _make_engine, current_revision, migrate
+from app.gallery.erasure import Erasure
 from app.gallery.idempotency import IdempotencyRecords
 from app.gallery.reads import Reads
 from app.gallery.records import (
@@ -45,14 +49,15 @@ __all__ = [
 ]
 
 
-class GalleryStore(Reads, Writes, BulkFaces, ChangeLog, IdempotencyRecords):
+class GalleryStore(Reads, Writes, BulkFaces, ChangeLog, IdempotencyRecords, Erasure):
     """Collections, their subjects and faces in a SQL database. Subject ids are unique
     within a collection; every subject method names its collection. Methods take keyword
     arguments only and return plain records, never ORM objects.
 
     One class for its callers, its methods in modules by job: reads.py, writes.py,
     bulkload.py (import/export), changelog.py (versions, the change log, snapshot
-    records), idempotency.py; engine.py connects and migrates."""
+    records), idempotency.py, erasure.py (bytes gone from the files after a delete);
+    engine.py connects and migrates."""
 
     def __init__(
         self, url: str, *, echo: bool = False, busy_timeout: float = BUSY_TIMEOUT_SECONDS
@@ -67,6 +72,11 @@ class GalleryStore(Reads, Writes, BulkFaces, ChangeLog, IdempotencyRecords):
         self.vector_dim: int | None = None
         # The ceiling on maintenance_work_mem for HNSW builds (after bulk imports).
         self.build_memory_mb = pgvector.BUILD_MEMORY_MB
+        self.cipher: EmbeddingCipher | None = None
+        # Erasure after deletes (erasure.py).
+        self._erase_lock = threading.Lock()
+        self._erase_pending: float | None = None
+        self.vacuum_delay = 30.0
 
     def enable_vectors(self, *, dim: int, build_memory_mb: int | None = None) -> bool:
         """Keep and search embeddings in PostgreSQL with pgvector, if it is available

@@ -12,9 +12,11 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from app.audit.events import AuditDraft, stage
 from app.errors import (
     CollectionExists,
     CollectionNotFound,
+    ConsentRequired,
     FaceNotFound,
     SubjectExists,
     SubjectNotFound,
@@ -36,35 +38,74 @@ from app.gallery.models import Collection as CollectionRow
 from app.gallery.reads import _of_subject
 from app.gallery.records import (
     CollectionRecord,
+    Consent,
     FaceRecord,
     IdempotencyClaim,
     IdempotencyKeyTaken,
     NewFace,
     SubjectRecord,
+    SubjectTimes,
+    _aware,
     _face_record,
     _subject_record,
+    due_at,
 )
+
+
+class Unset:
+    """A keyword not given (None is a value: "no retention")."""
+
+
+UNSET = Unset()
+
+
+class DueCheck:
+    """A retention purge's test, made again inside the deleting transaction, and the
+    audit event the deletion is recorded with."""
+
+    def __init__(self, now: datetime, retention_days: int | None, draft: AuditDraft) -> None:
+        self.now = now
+        self.retention_days = retention_days
+        self.draft = draft
+
+    def still_due(self, session: Session, subject: Subject) -> bool:
+        times = SubjectTimes(subject.created_at, subject.last_used_at, subject.expires_at)
+        due = due_at(times, self.retention_days)
+        return due is not None and _aware(self.now) >= due
 
 
 class Writes(StoreBase):
     """Collections, faces and subjects, written one transaction each."""
 
-    def create_collection(self, *, collection: str) -> CollectionRecord:
-        """Create an empty collection; CollectionExists if the id is taken."""
+    def create_collection(
+        self,
+        *,
+        collection: str,
+        retention_days: int | None = None,
+        consent_required: bool = False,
+    ) -> CollectionRecord:
+        """Create an empty collection (with its retention schedule and consent rule);
+        CollectionExists if the id is taken."""
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session, self.busy_timeout)  # queue with the other writers
             if session.get(CollectionRow, collection) is not None:
                 raise CollectionExists(
                     f"Collection {collection!r} already exists.", collection=collection
                 )
-            row = CollectionRow(id=collection, created_at=datetime.now(UTC))
+            row = CollectionRow(
+                id=collection,
+                created_at=datetime.now(UTC),
+                retention_days=retention_days,
+                consent_required=consent_required,
+            )
             session.add(row)
             session.execute(delete(DeletedCollection).where(DeletedCollection.id == collection))
             session.flush()
             # Every version has its change: a gap in the log makes every process reload
             # every index (issue 25: 47 s on a 1.8M-face server after POST /collections).
             _log(session, version, [("create_collection", collection, "", None)])
-            return CollectionRecord(row.id, row.created_at, 0, 0)
+            stage(session, collection=collection, subjects=[])
+            return CollectionRecord(row.id, row.created_at, 0, 0, retention_days, consent_required)
 
     def ensure_collection(self, *, collection: str) -> bool:
         """Create the collection unless it exists; whether this call created it (another
@@ -121,6 +162,12 @@ class Writes(StoreBase):
             record = CollectionRecord(row.id, row.created_at, int(n_subjects), int(n_faces))
             session.delete(row)
             _log(session, version, [("delete_collection", collection, "", None)])
+            stage(
+                session,
+                collection=collection,
+                subjects=[],
+                detail={"subjects_deleted": int(n_subjects), "faces_deleted": int(n_faces)},
+            )
             return record, version
 
     def add_faces(
@@ -135,6 +182,9 @@ class Writes(StoreBase):
         metadata: dict[str, Any] | None = None,
         add: bool = False,
         idempotency: IdempotencyClaim | None = None,
+        expires_at: datetime | None = None,
+        consent: Consent | None = None,
+        now: datetime | None = None,
     ) -> tuple[list[FaceRecord], SubjectRecord, int]:
         """Create the subject (``add=False``: it must be new) or add to it (``add=True``:
         it must exist; name/metadata are updated when given), and store all ``faces`` in
@@ -146,6 +196,11 @@ class Writes(StoreBase):
             SubjectExists: ``add=False`` and the subject exists.
             SubjectNotFound: ``add=True`` and it does not.
             IdempotencyKeyTaken: ``idempotency`` was recorded by another request first.
+            ConsentRequired: the collection requires consent, and neither this request
+                nor the subject has it.
+
+        ``expires_at`` and ``consent`` are stored with the subject (replacing earlier
+        ones); the subject's retention clock (last_used_at) restarts at ``now``.
 
         Returns:
             The stored faces, the subject afterwards, and the gallery version written.
@@ -158,15 +213,32 @@ class Writes(StoreBase):
                 session, idempotency.owner, idempotency.key
             ):
                 raise IdempotencyKeyTaken(idempotency.key)
-            if session.get(CollectionRow, collection) is None:
+            collection_row = session.get(CollectionRow, collection)
+            if collection_row is None:
                 raise CollectionNotFound.for_id(collection)
             subject = _subject_to_write(session, collection, subject_id, add, name, metadata)
+            if consent is not None:
+                subject.consent = consent.as_json()
+            if collection_row.consent_required and not subject.consent:
+                raise ConsentRequired.for_collection(collection)
+            if expires_at is not None:
+                subject.expires_at = expires_at
+            subject.last_used_at = now or datetime.now(UTC)
             rows, vectors = _face_rows(collection, subject_id, faces, encoder, pipeline_version)
+            if self.cipher is not None:
+                for row in rows:
+                    row.embedding, row.key_id = self.cipher.seal(row.embedding, row.id)
             session.add_all(rows)
             session.flush()
             if rows:
                 self._store_vectors(session, rows, vectors)
             _log(session, version, [("add_face", collection, subject_id, r.id) for r in rows])
+            stage(
+                session,
+                collection=collection,
+                subjects=[subject_id],
+                detail={"faces_added": [r.id for r in rows]},
+            )
             if idempotency is not None:
                 _record_idempotency(
                     session, idempotency, collection, subject_id, [r.id for r in rows]
@@ -180,12 +252,17 @@ class Writes(StoreBase):
                 version,
             )
 
-    def delete_subject(self, *, collection: str, subject_id: str) -> tuple[list[str], int]:
+    def delete_subject(
+        self, *, collection: str, subject_id: str, due: DueCheck | None = None
+    ) -> tuple[list[str], int]:
         """Delete a subject and every face of it. Returns the deleted face ids and the
-        gallery version written."""
+        gallery version written. ``due`` (a retention purge): delete only if the
+        subject is still due when the transaction looks (a verify may have just used
+        it), recording the purge as ``due``'s audit event; SubjectNotFound otherwise."""
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session, self.busy_timeout)
-            if session.get(Subject, (collection, subject_id)) is None:
+            subject = session.get(Subject, (collection, subject_id))
+            if subject is None or (due is not None and not due.still_due(session, subject)):
                 raise SubjectNotFound.for_id(subject_id)
             face_ids = list(
                 session.scalars(select(Face.id).where(*_of_subject(collection, subject_id))).all()
@@ -195,7 +272,57 @@ class Writes(StoreBase):
                 delete(Subject).where(Subject.collection_id == collection, Subject.id == subject_id)
             )
             _log(session, version, [("delete_subject", collection, subject_id, None)])
+            stage(
+                session,
+                collection=collection,
+                subjects=[subject_id],
+                detail={"faces_deleted": len(face_ids)},
+                draft=due.draft if due is not None else None,
+            )
             return face_ids, version
+
+    def update_collection(
+        self,
+        *,
+        collection: str,
+        retention_days: int | None | Unset = UNSET,
+        consent_required: bool | Unset = UNSET,
+    ) -> None:
+        """Set a collection's retention schedule and consent rule (what is given)."""
+        with Session(self.engine) as session, session.begin():
+            version = _bump_version(session, self.busy_timeout)
+            row = session.get(CollectionRow, collection)
+            if row is None:
+                raise CollectionNotFound.for_id(collection)
+            if not isinstance(retention_days, Unset):
+                row.retention_days = retention_days
+            if not isinstance(consent_required, Unset):
+                row.consent_required = consent_required
+            # A version of its own, so cached schedules are read again.
+            _log(session, version, [("create_collection", collection, "", None)])
+            stage(
+                session,
+                collection=collection,
+                subjects=[],
+                detail={
+                    "retention_days": row.retention_days,
+                    "consent_required": bool(row.consent_required),
+                },
+            )
+
+    def touch_subject(self, *, collection: str, subject_id: str, now: datetime) -> None:
+        """Restart a subject's retention clock (a successful verify): no version bump, no
+        change log (nothing an index holds changed)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Subject)
+                .where(
+                    Subject.collection_id == collection,
+                    Subject.id == subject_id,
+                    (Subject.last_used_at.is_(None)) | (Subject.last_used_at < now),
+                )
+                .values(last_used_at=now)
+            )
 
     def delete_face(self, *, collection: str, subject_id: str, face_id: str) -> int:
         """Delete one face of a subject; the subject stays, even with no faces left.
@@ -214,6 +341,9 @@ class Writes(StoreBase):
                     face_id=face_id,
                 )
             _log(session, version, [("delete_face", collection, subject_id, face_id)])
+            stage(
+                session, collection=collection, subjects=[subject_id], detail={"face_id": face_id}
+            )
             return version
 
     def _store_vectors(self, session: Session, faces: list[Face], vectors: np.ndarray) -> None:

@@ -9,6 +9,8 @@ from app.errors import NotReady
 from app.face import quality
 from app.face.registry import build_pipeline, load_checked_weights
 from app.face.weights import WeightFile
+from app.gallery import pgvector
+from app.gallery.crypto import EncryptionKeyError, cipher_from
 from app.gallery.index import ExactIndex, VectorIndex
 from app.gallery.search import GallerySearch, MemorySearch, PgvectorSearch
 from app.gallery.snapshot import SnapshotDir
@@ -70,14 +72,43 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
     # one before; docs/PERFORMANCE.md).
     quality.measure(pipeline.warm())
     calibration = Calibration.load(settings.resolved_calibration_file())
-    store = GalleryStore.open(settings.resolved_database_url())
-    if not enable_vectors(store, settings, pipeline.dim) and settings.vector_search == "pgvector":
-        raise NotReady(
-            "FACEVERIFY_VECTOR_SEARCH=pgvector, but the database is not PostgreSQL "
-            "with the vector extension (see docs/SCALING.md)."
-        )
+    store = open_store(settings)
+    if store.cipher is None:
+        if (
+            not enable_vectors(store, settings, pipeline.dim)
+            and settings.vector_search == "pgvector"
+        ):
+            raise NotReady(
+                "FACEVERIFY_VECTOR_SEARCH=pgvector, but the database is not PostgreSQL "
+                "with the vector extension (see docs/SCALING.md)."
+            )
     search = gallery_search(settings, store, dim=pipeline.dim, encoders=pipeline.compatible)
     service = FaceService(
         settings=settings, pipeline=pipeline, store=store, calibration=calibration, search=search
     )
     return service, weights
+
+
+def open_store(settings: Settings) -> GalleryStore:
+    """The gallery store the settings name, migrated, with its encryption key (refused
+    with pgvector: PostgreSQL searches plaintext vectors; docs/PRIVACY.md)."""
+    store = GalleryStore.open(settings.resolved_database_url())
+    store.vacuum_delay = settings.erase_vacuum_seconds
+    try:
+        store.cipher = cipher_from(
+            settings.encryption_key.get_secret_value(),
+            settings.encryption_key_file,
+            settings.encryption_old_keys.get_secret_value(),
+        )
+    except (EncryptionKeyError, OSError) as exc:
+        raise NotReady(f"Encryption at rest: {exc}.") from exc
+    if store.cipher is not None and (
+        settings.vector_search == "pgvector" or pgvector.table_exists(store.engine)
+    ):
+        raise NotReady(
+            "FACEVERIFY_ENCRYPTION_KEY cannot be combined with pgvector: PostgreSQL must "
+            "search plaintext vectors. Set FACEVERIFY_VECTOR_SEARCH=memory (and drop the "
+            "face_vectors table), or leave the key unset and encrypt at the database or "
+            "disk level instead (docs/PRIVACY.md)."
+        )
+    return store

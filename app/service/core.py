@@ -10,11 +10,13 @@ nothing of HTTP.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.audit.trail import AuditTrail
 from app.errors import NoFace, NotReady
 from app.face import quality
 from app.face.cores import spare_cores
@@ -25,6 +27,7 @@ from app.face.recipes import Recipes
 from app.face.timing import Timings
 from app.face.views import FAST, curve_for, versioned
 from app.gallery.index import SubjectHit
+from app.gallery.records import Consent
 from app.gallery.search import GallerySearch, MemorySearch
 from app.gallery.store import (
     GalleryStore,
@@ -49,7 +52,9 @@ from app.service.results import (
     ProbeMode,
     VerifyResult,
 )
+from app.service.retention import Retention
 from app.service.subjects import RecipeMemo, SubjectReads
+from app.service.upkeep import Upkeep
 from app.settings import Settings
 
 
@@ -84,6 +89,26 @@ class FaceService(GalleryRecords):
         self.subjects = SubjectReads(store, dim=pipeline.dim, encoders=pipeline.compatible)
         self.face_recipes = RecipeMemo(store)
         self.slots = inference_slots(settings)
+        self.retention = Retention(store, self.search)
+        # The audit trail (app/audit); its writer starts with the background work.
+        self.audit = AuditTrail(store.engine) if settings.audit_trail else None
+        self._upkeep: Upkeep | None = None
+
+    def start_upkeep(self) -> None:
+        """The audit writer; purge, prune and erase (app/service/upkeep.py)."""
+        if self._upkeep is None:
+            if self.audit is not None:
+                self.audit.start()
+            self._upkeep = Upkeep(self)
+            self._upkeep.start()
+
+    def close(self) -> None:
+        """Stop the background threads (the store stays open)."""
+        if self._upkeep is not None:
+            self._upkeep.stop()
+            self._upkeep = None
+        if self.audit is not None:
+            self.audit.close()
 
     @property
     def index_ready(self) -> threading.Event:
@@ -104,6 +129,8 @@ class FaceService(GalleryRecords):
         force: bool = False,
         idempotency: tuple[str, str] | None = None,
         skip_known: bool = False,
+        expires_at: datetime | None = None,
+        consent: Consent | None = None,
     ) -> EnrollResult:
         """Store one face per image: a new subject (``add=False``) or more faces of an
         existing one (``add=True``). Every image is checked before anything is stored:
@@ -120,8 +147,14 @@ class FaceService(GalleryRecords):
         ``skip_known`` (with ``add``): when every face is one the subject already has
         (the same embedding: the pipeline is deterministic), store nothing and answer
         with no faces, so re-running a bulk enrollment doubles nothing.
+
+        ``expires_at`` (in the future) and ``consent`` are stored with the subject; a
+        collection that requires consent refuses a new subject without it before any
+        photo is read (ConsentRequired). Adding to a subject past its retention is
+        refused (SubjectExpired).
         """
         self.rules.check_count(images)
+        self.retention.check_enrollment(collection, subject_id, add, expires_at, consent)
         claim = None
         if idempotency is not None:
             digest = request_digest(
@@ -148,7 +181,15 @@ class FaceService(GalleryRecords):
             NewFace(embedding=e, box=f.box, detector_score=f.score)
             for f, e in zip(chosen, embeddings, strict=True)
         ]
-        return self._store_faces(collection, subject_id, name, metadata, faces, add, claim, timings)
+        return self._store_faces(
+            collection,
+            subject_id,
+            faces,
+            add,
+            claim,
+            timings,
+            {"name": name, "metadata": metadata, "expires_at": expires_at, "consent": consent},
+        )
 
     def _enrollment_faces(
         self, images: list[bytes], policy: FacePolicy, timings: Timings
@@ -176,25 +217,25 @@ class FaceService(GalleryRecords):
         self,
         collection: str,
         subject_id: str,
-        name: str | None,
-        metadata: dict[str, Any] | None,
         faces: list[NewFace],
         add: bool,
         claim: IdempotencyClaim | None,
         timings: Timings,
+        about: dict[str, Any],
     ) -> EnrollResult:
-        """Write the faces (with the idempotency record) and tell the search."""
+        """Write the faces (with the idempotency record) and tell the search. ``about``:
+        the subject's name, metadata, expires_at and consent."""
         try:
             stored, subject, version = self.store.add_faces(
                 collection=collection,
                 subject_id=subject_id,
-                name=name,
-                metadata=metadata,
                 faces=faces,
                 encoder=self.pipeline.encoder_name,
                 pipeline_version=versioned(self.pipeline.version, self.pipeline.template),
                 add=add,
                 idempotency=claim,
+                now=self.retention.clock(),
+                **about,
             )
         except IdempotencyKeyTaken:
             # A concurrent request with the same key stored first; ours rolled back.
@@ -243,18 +284,24 @@ class FaceService(GalleryRecords):
         probe, embedding = self._probe(image, timings, mode)
         with timings.measure("search_ms"):
             # Read again: a delete may have landed during inference.
-            face_ids, known, recipes = self.subjects.enrolled(collection, subject_id)
+            face_ids, known, recipes, times, version = self.subjects.read(collection, subject_id)
+            # Past its retention or expiry: it never matches (SubjectExpired).
+            self.retention.check_read(collection, subject_id, times, version)
+            self.subjects.require_faces(subject_id, face_ids)
             d = distances(embedding, known)
         if self._near_threshold(d, mode):
             (embedding,) = self._mirrored([probe], embedding[None], timings)
             with timings.measure("search_ms"):
                 d = distances(embedding, known)
         best, curve = self._likeliest(d, recipes, mode)
+        result = self.decisions.match(float(d[best]), prior, curve)
+        if result.match:
+            self.retention.used(collection, subject_id)  # restarts its retention clock
         return VerifyResult(
             subject_id=subject_id,
             probe=probe,
             face_id=face_ids[best],
-            result=self.decisions.match(float(d[best]), prior, curve),
+            result=result,
             timings=timings,
             mode=mode,
         )
@@ -317,6 +364,10 @@ class FaceService(GalleryRecords):
             # a second IVF search cost as much as the first, ~30 ms).
             with timings.measure("search_ms"):
                 hits = self.search.rescore(collection, embedding, first, k)
+        with timings.measure("search_ms"):
+            hits = self.retention.unexpired(
+                collection, hits, lambda n: self.search.search(collection, embedding, n)[0], k
+            )
         result = self._scored_candidates(
             collection, probe, self._recipe(mode), hits, size, prior, timings
         )
@@ -367,7 +418,13 @@ class FaceService(GalleryRecords):
                 collection=collection, face_id=face_id, encoders=self.pipeline.compatible
             )
             k = top_k or self.settings.identify_top_k
-            hits, size = self.search.search(collection, embedding, k, exclude=face_id)
+            found, size = self.search.search(collection, embedding, k, exclude=face_id)
+            hits = self.retention.unexpired(
+                collection,
+                found,
+                lambda n: self.search.search(collection, embedding, n, exclude=face_id)[0],
+                k,
+            )
             query_recipe = self.face_recipes.of(collection, [face_id]).get(face_id, FAST)
         return self._scored_candidates(collection, None, query_recipe, hits, size, prior, timings)
 

@@ -4,6 +4,7 @@ told of every delete before the answer (so identify never returns a deleted face
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from app.errors import CollectionNotFound, CollectionProtected
 from app.gallery.models import DEFAULT_COLLECTION
@@ -37,6 +38,7 @@ class GalleryRecords:
         face_ids, version = self.store.delete_subject(collection=collection, subject_id=subject_id)
         self.search.subject_removed(collection, subject_id)
         self.search.advanced(version)
+        erase(self.store, self.search, face_ids)
         return len(face_ids)
 
     def delete_face(self, *, collection: str, subject_id: str, face_id: str) -> None:
@@ -45,10 +47,20 @@ class GalleryRecords:
         )
         self.search.faces_removed(collection, [face_id])
         self.search.advanced(version)
+        erase(self.store, self.search, [face_id])
 
     # ---- collections -----------------------------------------------------------------
-    def create_collection(self, *, collection: str) -> CollectionRecord:
-        return self.store.create_collection(collection=collection)
+    def create_collection(
+        self, *, collection: str, retention_days: int | None = None, consent_required: bool = False
+    ) -> CollectionRecord:
+        return self.store.create_collection(
+            collection=collection, retention_days=retention_days, consent_required=consent_required
+        )
+
+    def update_collection(self, *, collection: str, changes: dict[str, Any]) -> CollectionRecord:
+        """Set a collection's retention_days and/or consent_required (the keys given)."""
+        self.store.update_collection(collection=collection, **changes)
+        return self.store.get_collection(collection=collection)
 
     def list_collections(self) -> list[CollectionRecord]:
         return self.store.list_collections()
@@ -82,6 +94,7 @@ class GalleryRecords:
         )
         self.search.collection_dropped(collection)
         self.search.advanced(version)
+        erase(self.store, self.search, [], collection)
         return record
 
     def gallery_counts(self, collection: str | None = None) -> dict[str, int]:
@@ -92,3 +105,12 @@ class GalleryRecords:
     def collection_face_counts(self) -> dict[str, int]:
         """Faces of the running model per collection (those with any)."""
         return self.search.face_counts()
+
+
+def erase(
+    store: GalleryStore, search: GallerySearch, face_ids: list[str], collection: str | None = None
+) -> None:
+    """After a delete, before its answer: the embeddings' bytes out of the index
+    snapshots and the database's files (app/gallery/erasure.py)."""
+    search.erase(face_ids, collection)
+    store.erased(face_ids=face_ids)

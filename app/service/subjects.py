@@ -11,6 +11,7 @@ import numpy as np
 
 from app.errors import SubjectHasNoFaces
 from app.face.views import recipe_of
+from app.gallery.records import SubjectTimes
 from app.gallery.store import GalleryStore
 
 # Subjects whose faces verify keeps in memory while the gallery does not change (~1 KB
@@ -96,26 +97,38 @@ class SubjectReads:
         the gallery version that is still current is answered from memory (any write
         anywhere bumps the version, so a cached answer is never stale). SubjectNotFound
         or SubjectHasNoFaces."""
-        version = self.store.version()
-        key = (collection, subject_id)
-        cached = self._cache.get(key, version)
-        if cached is not None:
-            face_ids, known, recipes = cached
-        else:
-            face_ids, known, versions = self.store.subject_embeddings(
-                collection=collection,
-                subject_id=subject_id,
-                dim=self.dim,
-                encoders=self.encoders,
-            )
-            recipes = [recipe_of(v) for v in versions]
-            self._cache.put(key, version, (face_ids, known, recipes))
+        face_ids, known, recipes, _, _ = self.read(collection, subject_id)
+        self.require_faces(subject_id, face_ids)
+        return face_ids, known, recipes
+
+    @staticmethod
+    def require_faces(subject_id: str, face_ids: list[str]) -> None:
         if not face_ids:
             raise SubjectHasNoFaces(
                 f"Subject {subject_id!r} has no enrolled faces to compare with.",
                 subject_id=subject_id,
             )
-        return face_ids, known, recipes
+
+    def read(
+        self, collection: str, subject_id: str
+    ) -> tuple[list[str], np.ndarray, list[str], SubjectTimes, int]:
+        """:meth:`enrolled`'s read, with the subject's retention times (as of the read:
+        a last use written since, without a version bump, may be missing) and the
+        gallery version it is valid at. Faces may be none."""
+        version = self.store.version()
+        key = (collection, subject_id)
+        cached = self._cache.get(key, version)
+        if cached is None:
+            face_ids, known, versions, times = self.store.subject_embeddings(
+                collection=collection,
+                subject_id=subject_id,
+                dim=self.dim,
+                encoders=self.encoders,
+            )
+            cached = (face_ids, known, [recipe_of(v) for v in versions], times)
+            self._cache.put(key, version, cached)
+        face_ids, known, recipes, times = cached
+        return face_ids, known, recipes, times, version
 
     def known(self, collection: str, subject_id: str) -> tuple[np.ndarray, list[str]]:
         """The subject's embeddings and their recipes; none when every face was deleted

@@ -61,6 +61,9 @@ SCOPES: dict[tuple[str, str], str | None] = {
     ("POST", "/collections"): "admin",
     ("GET", "/collections/{collection_id}"): "admin",
     ("DELETE", "/collections/{collection_id}"): "admin",
+    ("PATCH", "/collections/{collection_id}"): "admin",
+    ("GET", "/subjects/{subject_id}/export"): "admin",
+    ("GET", "/audit"): "admin",
     ("GET", "/info"): None,
 }
 # For load balancers, orchestrators and people: no key.

@@ -7,8 +7,7 @@ from fastapi import APIRouter
 
 from app.api import schemas as s
 from app.api.deps import BodyDep, KeysDep, ServiceDep, require
-from app.api.routes.common import problems
-from app.gallery.store import CollectionRecord
+from app.api.routes.common import collection_out, problems
 
 router = APIRouter(tags=["collections"], dependencies=[require("admin", unbound=True)])
 
@@ -36,7 +35,39 @@ def list_collections(service: ServiceDep) -> list[s.CollectionOut]:
 def create_collection(raw: BodyDep, service: ServiceDep) -> s.CollectionOut:
     """Create an empty collection (then: POST /keys with it, and enroll with those keys)."""
     body = raw.validate(s.CollectionCreateRequest)
-    return collection_out(service.create_collection(collection=body.collection_id))
+    return collection_out(
+        service.create_collection(
+            collection=body.collection_id,
+            retention_days=body.retention_days,
+            consent_required=body.consent_required,
+        )
+    )
+
+
+@router.patch(
+    "/collections/{collection_id}",
+    response_model=s.CollectionOut,
+    responses=problems(401, 403, 404, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": s.CollectionUpdateRequest.model_json_schema()}
+            },
+        }
+    },
+)
+def update_collection(
+    collection_id: s.CollectionId, raw: BodyDep, service: ServiceDep
+) -> s.CollectionOut:
+    """Set a collection's retention schedule (retention_days; null: none) and consent
+    rule (consent_required). Subjects already past a new schedule are deleted at the
+    next purge, and never match from now on."""
+    body = raw.validate(s.CollectionUpdateRequest)
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("consent_required", False) is None:
+        del changes["consent_required"]
+    return collection_out(service.update_collection(collection=collection_id, changes=changes))
 
 
 @router.get(
@@ -65,13 +96,4 @@ def delete_collection(
     )
     return s.DeleteCollectionResponse(
         **collection_out(record).model_dump(), deleted=True, keys_revoked=True
-    )
-
-
-def collection_out(record: CollectionRecord) -> s.CollectionOut:
-    return s.CollectionOut(
-        collection_id=record.id,
-        created_at=s.as_utc(record.created_at),
-        subjects=record.subjects,
-        faces=record.faces,
     )

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from app.api import schemas as s
 from app.api.problems import PROBLEM_JSON, Problem
 from app.face.views import recipe_of
-from app.gallery.store import FaceRecord, SubjectRecord
+from app.gallery.store import CollectionRecord, FaceRecord, SubjectRecord
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -75,4 +75,18 @@ def subject_out(subject: SubjectRecord) -> s.SubjectOut:
         metadata=subject.metadata,
         created_at=s.as_utc(subject.created_at),
         face_count=subject.face_count,
+        last_used_at=s.as_utc(subject.last_used_at) if subject.last_used_at else None,
+        expires_at=s.as_utc(subject.expires_at) if subject.expires_at else None,
+        consent=subject.consent,
+    )
+
+
+def collection_out(record: CollectionRecord) -> s.CollectionOut:
+    return s.CollectionOut(
+        collection_id=record.id,
+        created_at=s.as_utc(record.created_at),
+        subjects=record.subjects,
+        faces=record.faces,
+        retention_days=record.retention_days,
+        consent_required=record.consent_required,
     )

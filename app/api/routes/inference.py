@@ -29,11 +29,13 @@ from app.api.deps import (
 )
 from app.api.lanes import in_lane
 from app.api.routes.common import face_out, problems, request_body, subject_out
+from app.audit.events import note
 from app.errors import Forbidden, InvalidRequest
 from app.face.detect import DetectedFace
 from app.face.quality import Assessment
 from app.face.timing import Timings
 from app.gallery.models import IDEMPOTENCY_KEY_MAX
+from app.gallery.records import Consent
 from app.keys import digest
 from app.service import Match, ProbeFace
 
@@ -202,6 +204,7 @@ def enroll(
 ) -> s.EnrollResponse:
     """Enroll a new subject, or add faces to one (add=true): one face per photo, all or none."""
     form = body.validate(s.EnrollRequest)
+    note(subjects=[form.subject_id])
     if form.force and "admin" not in request.state.principal.scopes:
         raise Forbidden("force=true needs an admin key.", required_scope="admin")
     owner = digest(api_key(request) or "")
@@ -215,6 +218,8 @@ def enroll(
         add=form.add,
         force=form.force,
         idempotency=(owner, idempotency_key) if idempotency_key else None,
+        expires_at=form.expires_at,
+        consent=Consent(form.consent.reference, form.consent.given_at) if form.consent else None,
     )
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -238,6 +243,7 @@ def enroll(
 def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
     """Is the person in the photo this subject? Compares with the subject's closest face."""
     form = body.validate(s.VerifyRequest)
+    note(subjects=[form.subject_id])
     result = call.service.verify(
         collection=call.collection(form.collection),
         subject_id=form.subject_id,
@@ -245,6 +251,7 @@ def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
         prior=form.prior,
         mode=form.mode,
     )
+    note(subjects=[result.subject_id], match=result.result.match, score=result.result.score)
     return s.VerifyResponse(
         **call.match(result.result, "verify"),
         subject_id=result.subject_id,
@@ -287,6 +294,12 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
         )
     if result.candidates:
         call.metrics.scores.labels("identify").observe(result.candidates[0].result.score)
+    note(
+        subjects=[c.subject_id for c in result.candidates],
+        match=result.best is not None,
+        score=result.candidates[0].result.score if result.candidates else None,
+        detail={"face_id": form.face_id} if form.face_id is not None else None,
+    )
     candidates = [
         s.CandidateOut(
             subject_id=c.subject_id,
@@ -323,6 +336,7 @@ def compare(body: BodyDep, call: InferenceDep) -> s.CompareResponse:
         prior=form.prior,
         mode=form.mode,
     )
+    note(match=result.result.match, score=result.result.score)
     return s.CompareResponse(
         **call.match(result.result, "compare"),
         mode=result.mode,
@@ -337,6 +351,7 @@ def detect(body: BodyDep, call: InferenceDep) -> s.DetectResponse:
     """Every face in the photo with its landmarks, pose, size and quality; nothing is stored."""
     body.validate(s.DetectRequest)
     result = call.service.detect(image=body.image())
+    note(detail={"faces": len(result.faces)})
     return s.DetectResponse(
         faces=[
             s.DetectedFaceOut(

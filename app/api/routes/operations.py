@@ -7,10 +7,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import schemas as s
 from app.api.deps import MetricsDep, PrincipalDep, ServiceDep, SettingsDep, require
-from app.api.routes.common import problems
+from app.api.routes.common import collection_out, problems
 from app.errors import NotReady
 from app.face.views import CURVE_USES
 from app.service import FaceService
+from app.settings import Settings
 
 router = APIRouter(tags=["operations"])
 
@@ -90,9 +91,29 @@ def info(
         calibration_matches_pipeline=matches,
         gallery=s.GalleryCounts(**counts, collections=per_collection),
         access=s.AccessOut(scopes=list(who.scopes), collection=who.collection),
+        privacy=_privacy(service, settings, who.collection),
         settings=s.InfoSettings(
             **{name: getattr(settings, name) for name in INFO_SETTINGS},
             database=settings.resolved_database_url().split(":", 1)[0],
             vector_search=service.search.name,
         ),
+    )
+
+
+def _privacy(service: FaceService, settings: Settings, bound: str | None) -> s.PrivacyOut:
+    """The audit, retention and encryption settings, and the schedules the key may see."""
+    if bound is not None:
+        shown = [service.get_collection(collection=bound)]
+    else:
+        shown = [
+            c
+            for c in service.list_collections()
+            if c.retention_days is not None or c.consent_required
+        ][:INFO_COLLECTIONS]
+    return s.PrivacyOut(
+        audit_trail=service.audit is not None,
+        audit_retention_days=settings.audit_retention_days,
+        purge_interval_seconds=settings.purge_interval_seconds,
+        encryption_at_rest=service.store.cipher is not None,
+        schedules={c.id: collection_out(c) for c in shown},
     )

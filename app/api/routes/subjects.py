@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query
 from app.api import schemas as s
 from app.api.deps import CollectionDep, ServiceDep, require
 from app.api.routes.common import face_out, problems, subject_out
+from app.audit.events import note
 
 router = APIRouter(tags=["subjects"])
 
@@ -32,6 +33,7 @@ def list_subjects(
     items, total = service.list_subjects(
         collection=collection, offset=offset, limit=limit, prefix=prefix
     )
+    note(subjects=[x.id for x in items])
     return s.SubjectPage(
         items=[subject_out(x) for x in items], total=total, offset=offset, limit=limit
     )

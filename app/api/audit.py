@@ -1,0 +1,172 @@
+"""The audit trail's HTTP side: every answered request that reads or changes biometric
+data has its event, committed before the answer leaves (issue 27).
+
+:class:`AuditAnswers` is pure ASGI and sits outside the request-id middleware, so it
+sees every answer that middleware gives (timeouts included). A route in
+:data:`app.audit.events.ACTIONS` gets a draft event in a context variable; the key check
+fills in the key, the route its collection, subjects and outcome. A write records the
+draft in its own transaction; for every other request the middleware holds the answer's
+first message, has the event committed by the trail's group commit, and only then lets
+the answer go. If the event cannot be written the answer is 503 ``audit_unavailable``
+instead: never an answer without its event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.observability import request_id_var
+from app.api.problems import problem_for
+from app.audit.events import ACTIONS, AuditDraft, current_audit
+from app.audit.trail import AuditTrail
+from app.errors import AuditUnavailable
+from app.keys import Principal
+
+
+class AuditAnswers:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trail: AuditTrail | None = getattr(scope["app"].state, "audit", None)
+        if trail is None:
+            await self.app(scope, receive, send)
+            return
+        draft = AuditDraft(action="")
+        token = current_audit.set(draft)
+        held: list[Message] = []
+        passing = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal passing
+            if passing:
+                await send(message)
+                return
+            held.append(message)
+            start = held[0]
+            if start["status"] >= 400 and message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return  # a problem body is one message; wait for its end
+            elif start["status"] >= 400:
+                return  # hold the start until the problem body says its code
+            passing = True
+            if not await _recorded(trail, scope, draft, held):
+                held[:] = _unavailable(scope, draft.request_id)
+            for each in held:
+                await send(each)
+
+        try:
+            await self.app(scope, receive, audited_send)
+        except Exception:
+            # An error no handler answered (the server answers 500): recorded as such.
+            if not passing and _audited(scope, draft):
+                await _commit(trail, draft.row(500, "internal_error"))
+            raise
+        finally:
+            current_audit.reset(token)
+
+
+def _audited(scope: Scope, draft: AuditDraft) -> bool:
+    """Whether the request is one the trail records, filling in the draft: an audited
+    route, called with a valid key (a request without one touched nothing)."""
+    route = getattr(scope.get("route"), "path", None)
+    known = ACTIONS.get((scope["method"], route or ""))
+    principal: Principal | None = scope.get("state", {}).get("principal")
+    if known is None or principal is None:
+        return False
+    draft.action = draft.action or known[0]
+    draft.key_id = principal.key_id
+    params = scope.get("path_params", {})
+    if draft.collection is None:
+        draft.collection = params.get("collection_id") or principal.collection
+    if not draft.subjects and "subject_id" in params:
+        draft.subjects = [params["subject_id"]]
+    client = scope.get("client")
+    draft.client = client[0] if client else None
+    return True
+
+
+def arm(scope: Scope, draft: AuditDraft, principal: Principal) -> None:
+    """Called by the key check: the draft knows its action, key and request id before
+    the route runs, so a write can record it in its transaction."""
+    route = getattr(scope.get("route"), "path", None)
+    known = ACTIONS.get((scope["method"], route or ""))
+    if known is None:
+        return
+    draft.action, draft.success_status = known
+    draft.key_id = principal.key_id
+    draft.request_id = request_id_var.get()
+    client = scope.get("client")
+    draft.client = client[0] if client else None
+
+
+async def _recorded(
+    trail: AuditTrail, scope: Scope, draft: AuditDraft, held: list[Message]
+) -> bool:
+    """The event of the answer in ``held`` is committed (or was not needed)."""
+    if draft.recorded or not _audited(scope, draft):
+        return True
+    start = held[0]
+    draft.request_id = Headers(raw=start.get("headers", [])).get("x-request-id", "-")
+    code = None
+    if start["status"] >= 400:
+        code = _problem_code(b"".join(m.get("body", b"") for m in held[1:]))
+    try:
+        await _commit(trail, draft.row(start["status"], code))
+    except Exception:  # noqa: BLE001 - the answer becomes a 503, never unaudited
+        return False
+    return True
+
+
+async def _commit(trail: AuditTrail, row: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def done(error: BaseException | None) -> None:
+        loop.call_soon_threadsafe(settle, error)
+
+    trail.submit(row, done)
+    await future
+
+
+def _problem_code(body: bytes) -> str | None:
+    try:
+        value = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _unavailable(scope: Scope, request_id: str) -> list[Message]:
+    response = problem_for(
+        AuditUnavailable(
+            "The audit trail could not record this request, so it is not answered. Retry shortly.",
+            retry_after=5,
+        ),
+        instance=scope["path"],
+    )
+    response.headers["X-Request-ID"] = request_id
+    return [
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response.raw_headers,
+        },
+        {"type": "http.response.body", "body": response.body},
+    ]

@@ -1,0 +1,103 @@
+"""/audit and /subjects/{id}/export: who used whose face data, and everything held
+about one person (issue 27; docs/PRIVACY.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+
+from app.api import schemas as s
+from app.api.deps import CollectionDep, PrincipalDep, ServiceDep, require, target_collection
+from app.api.routes.common import collection_out, face_out, problems, subject_out
+from app.api.routes.subjects import SubjectIdPath
+from app.audit.events import note
+from app.errors import NotReady
+from app.gallery.models import COLLECTION_ID_PATTERN, EMBEDDING_DTYPE
+from app.service.access import subject_export
+
+router = APIRouter(tags=["privacy"])
+
+
+@router.get(
+    "/audit",
+    response_model=s.AuditPage,
+    responses=problems(401, 403, 404, 422, 503),
+    dependencies=[require("admin")],
+)
+def read_audit(
+    request: Request,
+    service: ServiceDep,
+    who: PrincipalDep,
+    subject: Annotated[str | None, Query(max_length=128)] = None,
+    key_id: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=32)] = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive.")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive.")] = None,
+    collection: Annotated[str | None, Query(pattern=COLLECTION_ID_PATTERN)] = None,
+    after: Annotated[int, Query(ge=0, description="The previous page's next_after.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> s.AuditPage:
+    """Audit events, oldest first, filtered by subject, key, action, time and collection
+    (a key bound to a collection sees its own only; an admin key of every collection
+    sees every collection's unless it names one)."""
+    trail = service.audit
+    if trail is None:
+        raise NotReady("The audit trail is off (FACEVERIFY_AUDIT_TRAIL=false).")
+    if who.collection is not None or collection is not None:
+        collection = target_collection(request, collection)
+    items = trail.query(
+        collection=collection,
+        subject=subject,
+        key_id=key_id,
+        action=action,
+        since=s.as_utc(since) if since else None,
+        until=s.as_utc(until) if until else None,
+        after=after,
+        limit=limit,
+    )
+    note(detail={"events": len(items)})
+    return s.AuditPage(
+        items=[s.AuditEventOut(**e) for e in items],
+        next_after=items[-1]["id"] if len(items) == limit else None,
+    )
+
+
+@router.get(
+    "/subjects/{subject_id}/export",
+    response_model=s.SubjectExport,
+    responses=problems(401, 403, 404, 422),
+    dependencies=[require("admin")],
+)
+def export_subject(
+    subject_id: SubjectIdPath,
+    service: ServiceDep,
+    collection: CollectionDep,
+    include_embeddings: Annotated[
+        bool, Query(description="Add each face's embedding (128 numbers).")
+    ] = False,
+) -> s.SubjectExport:
+    """Everything the service holds about one person, in one JSON document: the record,
+    its metadata and consent, every face (box, versions, template, created), the audit
+    events about them, and when the schedule deletes them; embeddings only on request."""
+    found = subject_export(
+        service, collection=collection, subject_id=subject_id, embeddings=include_embeddings
+    )
+    faces = []
+    for face in found.faces:
+        out = s.FaceExport(**face_out(face).model_dump())
+        if face.id in found.embeddings:
+            stored = np.frombuffer(found.embeddings[face.id], dtype=EMBEDDING_DTYPE)
+            out.embedding = [float(v) for v in stored]
+        faces.append(out)
+    note(detail={"include_embeddings": include_embeddings})
+    return s.SubjectExport(
+        collection=collection_out(found.collection),
+        subject=subject_out(found.subject),
+        due_at=found.due_at,
+        faces=faces,
+        audit_events=[s.AuditEventOut(**e) for e in found.events],
+        exported_at=found.exported_at,
+    )

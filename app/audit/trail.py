@@ -1,0 +1,332 @@
+"""Writing, sealing, checking, reading and pruning the audit trail.
+
+Writes. A write's event goes in with the write (:func:`app.audit.events.stage`). Every
+other event is handed to :meth:`AuditTrail.submit`, and the answer waits until it is
+committed: one writer thread takes every event waiting and commits them together, so
+eight concurrent requests cost about one commit, not eight, and no request holds a lock
+while another's event is written.
+
+Sealing. Inserting an event takes no shared lock (each replica on PostgreSQL inserts
+rows of its own). A sealer thread, once a second, gives the unsealed events (in id
+order) the next positions of a dense sequence and chains them:
+``chain[p] = sha256(chain[p-1] || canonical(event p))``. One sealer works at a time:
+the ``audit_head`` row is its lock (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so another
+replica's sealer skips a turn instead of waiting; SQLite: the write lock).
+
+Checking. :meth:`AuditTrail.verify` walks the positions from the anchor and recomputes
+every link: a changed field, a missing position or two events swapped name the first
+event where the chain breaks; events removed from the end show against the head row.
+
+Pruning. Events older than the retention are removed as a prefix of the chain, and the
+anchor row keeps the position and chain value of the last one removed: the chain is
+verified from there, and the prune is itself an event in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from app.audit.events import AuditDraft, link, now, public, stage
+from app.gallery.models import AuditEvent, AuditHead
+
+log = logging.getLogger("faceverify.audit")
+
+# Events one group commit writes at most, and one seal chains at most.
+WRITE_BATCH = 512
+SEAL_BATCH = 5000
+# Seconds between the sealer's turns.
+SEAL_INTERVAL = 1.0
+# Rows read at a time when verifying and exporting.
+READ_CHUNK = 5000
+
+Done = Callable[[BaseException | None], None]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :meth:`AuditTrail.verify` found."""
+
+    ok: bool
+    events: int  # sealed events checked
+    first_position: int  # the anchor: positions after it were checked
+    last_position: int
+    head_chain: str
+    unsealed: int
+    problem: str | None = None
+    event_id: int | None = None
+    position: int | None = None
+
+
+class AuditTrail:
+    """The audit trail of one database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queue: queue.SimpleQueue[tuple[dict[str, Any], Done] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    # ---- the background threads ------------------------------------------------------
+    def start(self) -> None:
+        """The group-commit writer and the sealer."""
+        for target, name in ((self._write_loop, "audit-writer"), (self._seal_loop, "audit-seal")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        """Write what is queued, seal, stop."""
+        self._stop.set()
+        self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+    def submit(self, row: dict[str, Any], done: Done) -> None:
+        """Write ``row`` with the next group commit; ``done(None)`` once it is committed,
+        ``done(error)`` if it could not be (called on the writer thread)."""
+        if not self._threads:
+            raise RuntimeError("the audit writer is not running")
+        self._queue.put((row, done))
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` now, in one transaction (the command line's events)."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(AuditEvent), rows)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            error: BaseException | None = None
+            try:
+                self.write([row for row, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiter is told, none hangs
+                log.error("audit events could not be written: %s", exc)
+                error = exc
+            for _, done in batch:
+                done(error)
+
+    def _seal_loop(self) -> None:
+        while not self._stop.wait(SEAL_INTERVAL):
+            try:
+                while self.seal() == SEAL_BATCH:
+                    pass
+            except Exception as exc:  # noqa: BLE001 - sealing is retried next turn
+                log.warning("audit events could not be sealed: %s", exc)
+        try:
+            self.seal()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("audit events could not be sealed at shut-down: %s", exc)
+
+    # ---- sealing ---------------------------------------------------------------------
+    def _lock_head(self, session: Session) -> AuditHead | None:
+        """The head row, locked for this transaction; None when another replica's sealer
+        holds it (PostgreSQL)."""
+        if session.get_bind().dialect.name == "postgresql":
+            return session.scalars(
+                select(AuditHead).where(AuditHead.id == 1).with_for_update(skip_locked=True)
+            ).first()
+        # SQLite: a write takes the database's write lock at once.
+        session.execute(update(AuditHead).where(AuditHead.id == 1).values(id=1))
+        return session.get(AuditHead, 1)
+
+    def seal(self, limit: int = SEAL_BATCH) -> int:
+        """Chain up to ``limit`` unsealed events; how many were sealed."""
+        with Session(self.engine) as session, session.begin():
+            head = self._lock_head(session)
+            if head is None:
+                return 0
+            events = session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.position.is_(None))
+                .order_by(AuditEvent.id)
+                .limit(limit)
+            ).all()
+            position, chain = head.position, head.chain
+            for event in events:
+                position += 1
+                chain = link(chain, event, position)
+                event.position, event.chain = position, chain
+            head.position, head.chain = position, chain
+            return len(events)
+
+    # ---- checking --------------------------------------------------------------------
+    def verify(self, *, expect: tuple[int, str] | None = None) -> Verdict:
+        """Recompute the chain from the anchor; the first event where it breaks.
+        ``expect``: a (position, chain) pair recorded earlier (a printed head): the
+        chain must still pass through it."""
+        with Session(self.engine) as session:
+            head = session.get(AuditHead, 1)
+            if head is None:
+                raise RuntimeError("the audit_head row is missing (run the migrations)")
+            unsealed = session.scalar(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.position.is_(None))
+            )
+            start, chain = head.anchor_position, head.anchor_chain
+            expected, checked = start + 1, 0
+
+            def verdict(problem: str | None = None, event: AuditEvent | None = None) -> Verdict:
+                return Verdict(
+                    ok=problem is None,
+                    events=checked,
+                    first_position=start,
+                    last_position=expected - 1,
+                    head_chain=chain,
+                    unsealed=int(unsealed or 0),
+                    problem=problem,
+                    event_id=event.id if event is not None else None,
+                    position=event.position if event is not None else None,
+                )
+
+            for event in _by_position(session, start):
+                assert event.position is not None
+                if event.position != expected:
+                    return verdict(
+                        f"events at positions {expected}..{event.position - 1} were removed "
+                        f"(the chain resumes at event {event.id})",
+                        event,
+                    )
+                recomputed = link(chain, event, expected)
+                if recomputed != event.chain:
+                    return verdict(
+                        f"event {event.id} at position {expected} was changed, or moved "
+                        "from another position",
+                        event,
+                    )
+                if expect is not None and expect[0] == expected and expect[1] != recomputed:
+                    return verdict(f"the chain no longer passes {expect[0]}:{expect[1]}", event)
+                chain, expected, checked = recomputed, expected + 1, checked + 1
+            if head.position != expected - 1 or head.chain != chain:
+                return verdict(
+                    f"events after position {expected - 1} were removed (the head says "
+                    f"{head.position})"
+                )
+            if expect is not None and expect[0] > expected - 1:
+                return verdict(f"the chain ends before position {expect[0]}")
+            return verdict()
+
+    # ---- reading ---------------------------------------------------------------------
+    def query(
+        self,
+        *,
+        collection: str | None = None,
+        subject: str | None = None,
+        key_id: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events matching every filter given, oldest first, from id ``after``."""
+        stmt = _filtered(select(AuditEvent), collection, subject, key_id, action, since, until)
+        stmt = stmt.where(AuditEvent.id > after).order_by(AuditEvent.id).limit(limit)
+        with Session(self.engine) as session:
+            return [public(e) for e in session.scalars(stmt)]
+
+    def export(self, *, since: datetime | None = None) -> Iterator[dict[str, Any]]:
+        """Every event (from ``since``), oldest first, read a chunk at a time."""
+        after = 0
+        while True:
+            chunk = self.query(since=since, after=after, limit=READ_CHUNK)
+            yield from chunk
+            if len(chunk) < READ_CHUNK:
+                return
+            after = chunk[-1]["id"]
+
+    def count(self) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+
+    # ---- pruning ---------------------------------------------------------------------
+    def prune(self, *, before: datetime, draft: AuditDraft | None = None) -> int:
+        """Remove the sealed events older than ``before`` (as a prefix of the chain; an
+        older event after a newer one waits for it), move the anchor to the last one
+        removed, and record the prune as an event. How many were removed."""
+        self.seal()
+        with Session(self.engine) as session, session.begin():
+            head = self._lock_head(session)
+            if head is None:
+                return 0
+            first_kept = session.scalar(
+                select(func.min(AuditEvent.position)).where(
+                    AuditEvent.position > head.anchor_position, AuditEvent.at >= before
+                )
+            )
+            through = head.position if first_kept is None else int(first_kept) - 1
+            if through <= head.anchor_position:
+                return 0
+            chain = session.scalar(select(AuditEvent.chain).where(AuditEvent.position == through))
+            removed = session.execute(
+                delete(AuditEvent).where(AuditEvent.position <= through)
+            ).rowcount  # type: ignore[attr-defined]
+            head.anchor_position, head.anchor_chain, head.anchor_at = through, chain or "", now()
+            stage(
+                session,
+                collection=None,
+                subjects=[],
+                detail={"through_position": through, "events": int(removed)},
+                draft=draft or AuditDraft("audit_prune", request_id="retention"),
+            )
+        return int(removed)
+
+
+def _by_position(session: Session, after: int) -> Iterator[AuditEvent]:
+    while True:
+        chunk = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.position > after)
+            .order_by(AuditEvent.position)
+            .limit(READ_CHUNK)
+        ).all()
+        yield from chunk
+        if len(chunk) < READ_CHUNK:
+            return
+        after = int(chunk[-1].position or 0)
+        session.expunge_all()
+
+
+def _filtered(
+    stmt: Select[Any],
+    collection: str | None,
+    subject: str | None,
+    key_id: str | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Select[Any]:
+    if collection is not None:
+        stmt = stmt.where(AuditEvent.collection_id == collection)
+    if subject is not None:
+        stmt = stmt.where(AuditEvent.subjects.contains(f"|{subject}|", autoescape=True))
+    if key_id is not None:
+        stmt = stmt.where(AuditEvent.key_id == key_id)
+    if action is not None:
+        stmt = stmt.where(AuditEvent.action == action)
+    if since is not None:
+        stmt = stmt.where(AuditEvent.at >= since)
+    if until is not None:
+        stmt = stmt.where(AuditEvent.at < until)
+    return stmt

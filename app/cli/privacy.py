@@ -1,0 +1,220 @@
+"""The privacy commands (issue 27; docs/PRIVACY.md): the audit trail, the retention
+purge, collection schedules, and the encryption key."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from app.cli.common import _or_exit
+from app.settings import Settings
+
+audit_cli = typer.Typer(help="The audit trail: verify its hash chain, export it, prune it.")
+encryption_cli = typer.Typer(help="Embeddings encrypted at rest: a new key, key rotation.")
+collections_cli = typer.Typer(help="A collection's retention schedule and consent rule.")
+
+
+def _store(settings: Settings) -> Any:
+    from app.service.build import open_store
+
+    return _or_exit(lambda: open_store(settings))
+
+
+def _when(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        typer.echo(f"faceverify: {option} {text!r} is not an ISO 8601 time", err=True)
+        raise typer.Exit(2) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cli_event(settings: Settings, store: Any, action: str, **fields: Any) -> None:
+    """Record a command's read of biometric data (the trail on)."""
+    from app.audit.events import AuditDraft
+    from app.audit.trail import AuditTrail
+
+    if not settings.audit_trail:
+        return
+    draft = AuditDraft(action, request_id="cli", client="cli", **fields)
+    _or_exit(lambda: AuditTrail(store.engine).write([draft.row(0, None)]))
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    expect: Annotated[
+        str | None,
+        typer.Option(
+            help="POSITION:CHAIN printed by an earlier run (kept outside the database): "
+            "the chain must still pass through it."
+        ),
+    ] = None,
+) -> None:
+    """Seal what is unsealed, recompute the hash chain from its anchor, and name the
+    first event that was changed, removed or reordered (exit 1)."""
+    from app.audit.trail import AuditTrail
+
+    settings = _or_exit(Settings)
+    store = _store(settings)
+    trail = AuditTrail(store.engine)
+    pinned = None
+    if expect is not None:
+        position, _, chain = expect.partition(":")
+        if not position.isdigit() or len(chain) != 64:
+            typer.echo("faceverify: --expect takes POSITION:CHAIN (64 hex digits)", err=True)
+            raise typer.Exit(2)
+        pinned = (int(position), chain)
+    _or_exit(trail.seal)
+    verdict = _or_exit(lambda: trail.verify(expect=pinned))
+    if not verdict.ok:
+        typer.echo(f"FAILED: {verdict.problem}")
+        raise typer.Exit(1)
+    typer.echo(
+        f"ok: {verdict.events} events chained, positions {verdict.first_position + 1}.."
+        f"{verdict.last_position} (earlier ones pruned)"
+        if verdict.first_position
+        else f"ok: {verdict.events} events chained, positions 1..{verdict.last_position}"
+    )
+    typer.echo(f"head {verdict.last_position}:{verdict.head_chain}")
+    if verdict.unsealed:
+        typer.echo(f"({verdict.unsealed} events written since are not sealed yet)")
+    store.close()
+
+
+@audit_cli.command("export")
+def audit_export(
+    file: Annotated[Path, typer.Argument(help="JSON Lines, one event a line; - for stdout.")],
+    since: Annotated[str | None, typer.Option(help="ISO 8601: events from then on.")] = None,
+) -> None:
+    """Write the audit events (oldest first) as JSON Lines."""
+    from app.audit.trail import AuditTrail
+
+    settings = _or_exit(Settings)
+    start = _when(since, "--since")
+    store = _store(settings)
+    trail = AuditTrail(store.engine)
+    out = sys.stdout if str(file) == "-" else _or_exit(lambda: file.open("w"))
+    count = 0
+    for event in trail.export(since=start):
+        out.write(json.dumps(event) + "\n")
+        count += 1
+    if out is not sys.stdout:
+        out.close()
+        typer.echo(f"exported {count} audit events to {file}")
+    cli_event(settings, store, "export", detail={"audit_events": count})
+    store.close()
+
+
+@audit_cli.command("prune")
+def audit_prune(
+    days: Annotated[
+        int | None, typer.Option(help="Keep this many days (default AUDIT_RETENTION_DAYS).")
+    ] = None,
+) -> None:
+    """Remove audit events older than the retention, keeping the chain verifiable."""
+    from datetime import timedelta
+
+    from app.audit.trail import AuditTrail
+
+    settings = _or_exit(Settings)
+    keep = days if days is not None else settings.audit_retention_days
+    if not keep:
+        typer.echo("faceverify: no retention: pass --days or set AUDIT_RETENTION_DAYS", err=True)
+        raise typer.Exit(2)
+    store = _store(settings)
+    before = datetime.now(UTC) - timedelta(days=keep)
+    removed = _or_exit(lambda: AuditTrail(store.engine).prune(before=before))
+    typer.echo(f"pruned {removed} audit events older than {before:%Y-%m-%d %H:%M} UTC")
+    store.close()
+
+
+def purge(
+    now: Annotated[
+        str | None,
+        typer.Option(help="ISO 8601: purge as of this time instead of now (tests, planning)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="List what is due; delete nothing.")] = False,
+) -> None:
+    """Delete every subject past its expiry or its collection's retention, each with its
+    audit event; running servers drop them before their next search."""
+    from app.service.retention import Retention
+
+    settings = _or_exit(Settings)
+    moment = _when(now, "--now")
+    store = _store(settings)
+    retention = Retention(store, None)
+    retention.index_dir = settings.resolved_index_dir()
+    if dry_run:
+        due = _or_exit(lambda: retention.due(now=moment))
+        for collection, subject_id in due:
+            typer.echo(f"{collection}\t{subject_id}")
+        typer.echo(f"{len(due)} subjects due")
+    else:
+        deleted = _or_exit(lambda: retention.purge(now=moment, request_id="cli"))
+        typer.echo(f"purged {deleted} subjects")
+    store.close()
+
+
+@collections_cli.command("schedule")
+def collections_schedule(
+    collection: Annotated[str, typer.Argument(help="The collection id.")],
+    retention_days: Annotated[
+        str | None, typer.Option(help="Days after last use, or 'none' to keep until deleted.")
+    ] = None,
+    consent_required: Annotated[
+        bool | None, typer.Option("--consent-required/--no-consent-required")
+    ] = None,
+) -> None:
+    """Set (or show) a collection's retention schedule and consent rule."""
+    from app.audit.events import AuditDraft, current_audit
+
+    settings = _or_exit(Settings)
+    store = _store(settings)
+    changes: dict[str, Any] = {}
+    if retention_days is not None:
+        if retention_days != "none" and not retention_days.isdigit():
+            typer.echo("faceverify: --retention-days takes a number of days or 'none'", err=True)
+            raise typer.Exit(2)
+        changes["retention_days"] = None if retention_days == "none" else int(retention_days)
+    if consent_required is not None:
+        changes["consent_required"] = consent_required
+    if changes:
+        if settings.audit_trail:
+            current_audit.set(AuditDraft("update_collection", request_id="cli", client="cli"))
+        _or_exit(lambda: store.update_collection(collection=collection, **changes))
+    record = _or_exit(lambda: store.get_collection(collection=collection))
+    days = record.retention_days
+    typer.echo(
+        f"{record.id}: retention {f'{days} days after last use' if days else 'none'}, "
+        f"consent {'required' if record.consent_required else 'not required'}"
+    )
+    store.close()
+
+
+@encryption_cli.command("new-key")
+def encryption_new_key() -> None:
+    """Print a fresh key (base64 of 32 random bytes) for FACEVERIFY_ENCRYPTION_KEY."""
+    from app.gallery.crypto import new_key
+
+    typer.echo(new_key())
+
+
+@encryption_cli.command("rotate")
+def encryption_rotate() -> None:
+    """Rewrite every embedding with the current key (older keys in
+    ENCRYPTION_OLD_KEYS, plain rows too); with no key set, decrypt every row."""
+    settings = _or_exit(Settings)
+    store = _store(settings)
+    done = _or_exit(store.rotate_encryption)
+    _or_exit(lambda: store.erased())
+    cli_event(settings, store, "rotate_encryption", detail={"faces": done})
+    key = store.cipher.current if store.cipher is not None else "none (plain)"
+    typer.echo(f"rewrote {done} embeddings with key {key}")
+    store.close()

@@ -1,0 +1,89 @@
+"""Erasure that leaves nothing (issue 27): after a delete, the embedding's bytes go from
+the database's files too, not only from its tables.
+
+SQLite. ``secure_delete`` (set on every connection, app/gallery/engine.py) makes SQLite
+overwrite deleted content with zeros; the page that still held it lives on in the WAL
+file until a checkpoint copies the WAL back and truncates it. :meth:`Erasure.erased`
+checkpoints (TRUNCATE) after every delete, retrying while a reader holds an older
+snapshot; one it could not finish is retried by :meth:`Erasure.upkeep`.
+
+PostgreSQL. A deleted row stays in its heap page (and pgvector's index) until VACUUM
+prunes it. :meth:`Erasure.erased` marks a vacuum due; :meth:`Erasure.upkeep`, run by
+the service's background thread every few seconds, vacuums ``faces`` and
+``face_vectors`` once the last one is ``vacuum_delay`` seconds old (default 30), so a
+deleted embedding is pruned within that bound plus the vacuum's own time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import text
+
+from app.gallery.engine import StoreBase
+
+log = logging.getLogger("faceverify.erasure")
+
+# Checkpoint attempts after a delete, and the pause between them.
+CHECKPOINT_TRIES = 20
+CHECKPOINT_PAUSE = 0.05
+
+
+class Erasure(StoreBase):
+    _erase_lock: threading.Lock
+    _erase_pending: float | None  # monotonic time of the first delete not yet erased
+    vacuum_delay: float
+
+    def erased(self, *, face_ids: list[str] | None = None) -> bool:
+        """Rows were deleted: make their bytes go from the files. True when done now
+        (SQLite's checkpoint finished); False when it is left to :meth:`upkeep`."""
+        with self._erase_lock:
+            if self._erase_pending is None:
+                self._erase_pending = time.monotonic()
+        if self.engine.dialect.name == "sqlite":
+            return self._checkpoint()
+        return False
+
+    def upkeep(self) -> None:
+        """The erasure left over: a checkpoint that could not finish, a vacuum due."""
+        with self._erase_lock:
+            since = self._erase_pending
+        if since is None:
+            return
+        if self.engine.dialect.name == "sqlite":
+            self._checkpoint()
+        elif time.monotonic() - since >= self.vacuum_delay:
+            self.vacuum()
+
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate it."""
+        for _ in range(CHECKPOINT_TRIES):
+            with self.engine.connect() as conn:
+                busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+            if not busy:
+                with self._erase_lock:
+                    self._erase_pending = None
+                return True
+            time.sleep(CHECKPOINT_PAUSE)
+        log.warning("the WAL checkpoint after a delete waits for a reader; retried later")
+        return False
+
+    def vacuum(self) -> None:
+        """VACUUM the tables that hold embeddings (PostgreSQL): dead rows are pruned from
+        their pages and the indexes."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        with self._erase_lock:
+            self._erase_pending = None
+        tables = ["faces"]
+        if self.vector_dim is not None:
+            tables.append("face_vectors")
+        started = time.monotonic()
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for table in tables:
+                conn.execute(text(f"VACUUM {table}"))
+        log.info(
+            "vacuumed %s after deletes in %.2f s", ", ".join(tables), time.monotonic() - started
+        )

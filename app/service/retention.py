@@ -1,0 +1,234 @@
+"""Retention (issue 27): when a subject is due for deletion, keeping a due subject from
+ever matching, and the purge that deletes it.
+
+A subject is due at its ``expires_at`` (given at enrollment), or ``retention_days``
+after its last enrollment or successful verify (its collection's schedule), whichever
+comes first. From that moment verify answers 404 ``subject_expired`` and identify
+leaves it out, even before the purge has run. The purge runs in the service every
+``purge_interval_seconds`` (one replica at a time on PostgreSQL) and as ``faceverify
+purge``; each deletion is an audit event (``retention_purge``).
+
+Time comes from ``clock`` (tests pass a fake one). The last use is written at most once
+an hour per subject and process: a verify costs no write in the common case.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import text
+
+from app.audit.events import AuditDraft
+from app.errors import (
+    CollectionNotFound,
+    ConsentRequired,
+    InvalidRequest,
+    SubjectExpired,
+    SubjectNotFound,
+)
+from app.gallery.index import SubjectHit
+from app.gallery.records import Consent, SubjectTimes, due_at
+from app.gallery.search import GallerySearch
+from app.gallery.snapshot import erase_rows
+from app.gallery.store import GalleryStore
+from app.gallery.writes import DueCheck
+from app.service.records import erase
+from app.service.subjects import VersionedCache
+
+log = logging.getLogger("faceverify.retention")
+
+Clock = Callable[[], datetime]
+# How often a subject's last use is written (per process).
+TOUCH_EVERY = timedelta(hours=1)
+# Subjects one purge round deletes at most (then it goes on).
+PURGE_BATCH = 1000
+# The widest search identify makes to fill its list when expired subjects were left out.
+MAX_WIDER = 400
+# The PostgreSQL advisory lock the purging replica holds.
+PURGE_LOCK = 0x46565052  # "FVPR"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Retention:
+    def __init__(
+        self, store: GalleryStore, search: GallerySearch | None, clock: Clock = utc_now
+    ) -> None:
+        """``search``: the service's, told of each purge; None (the command line): the
+        running servers replay the purge from the change log, and ``index_dir``'s
+        snapshots are erased here."""
+        self.store = store
+        self.search = search
+        self.clock = clock
+        self.index_dir: Path | None = None
+        # collection -> (retention_days, consent_required, any subject with an expiry)
+        self._policies = VersionedCache(4096)
+        self._touched: dict[tuple[str, str], datetime] = {}
+        self._touch_lock = threading.Lock()
+
+    def policy(self, collection: str, version: int | None = None) -> tuple[int | None, bool, bool]:
+        """The collection's retention days, consent rule, and whether any subject has an
+        expiry: read once per gallery version (``version``: one just read). A
+        collection that is gone has none (the read that follows says it is gone)."""
+        version = self.store.version() if version is None else version
+        cached = self._policies.get(collection, version)
+        if cached is None:
+            try:
+                cached = self.store.collection_policy(collection=collection)
+            except CollectionNotFound:
+                return None, False, False
+            self._policies.put(collection, version, cached)
+        return cached
+
+    def check_read(
+        self, collection: str, subject_id: str, times: SubjectTimes, version: int
+    ) -> None:
+        """:meth:`check` for a subject just read at ``version`` (verify's read): no query
+        unless it looks due, then one fresh read decides (its cached last use may be
+        older than one another process wrote)."""
+        days, _, _ = self.policy(collection, version)
+        due = due_at(times, days)
+        if due is not None and self.clock() >= due:
+            self.check(collection, subject_id)
+
+    def expired(self, collection: str, subject_ids: list[str]) -> dict[str, datetime]:
+        """Those of ``subject_ids`` that are due (with when they became due). Free when
+        the collection has no schedule and no expiry dates."""
+        days, _, dated = self.policy(collection)
+        if days is None and not dated:
+            return {}
+        now = self.clock()
+        times = self.store.subject_times(collection=collection, subject_ids=subject_ids)
+        found = {}
+        for subject_id, when in times.items():
+            due = due_at(when, days)
+            if due is not None and now >= due:
+                found[subject_id] = due
+        return found
+
+    def check(self, collection: str, subject_id: str) -> None:
+        """SubjectExpired if the subject is due."""
+        due = self.expired(collection, [subject_id]).get(subject_id)
+        if due is not None:
+            raise SubjectExpired(
+                f"Subject {subject_id!r} is past its retention (due {due.isoformat()}): it "
+                "no longer matches and is deleted at the next purge.",
+                subject_id=subject_id,
+                due_at=due.isoformat(),
+            )
+
+    def used(self, collection: str, subject_id: str) -> None:
+        """A successful verify: restart the subject's retention clock (written at most
+        once per TOUCH_EVERY per subject in this process)."""
+        now = self.clock()
+        key = (collection, subject_id)
+        with self._touch_lock:
+            last = self._touched.get(key)
+            if last is not None and now - last < TOUCH_EVERY:
+                return
+            self._touched[key] = now
+            if len(self._touched) > 100_000:
+                self._touched.clear()
+        self.store.touch_subject(collection=collection, subject_id=subject_id, now=now)
+
+    def check_enrollment(
+        self,
+        collection: str,
+        subject_id: str,
+        add: bool,
+        expires_at: datetime | None,
+        consent: Consent | None,
+    ) -> None:
+        """What an enrollment must meet before any photo is read: an expiry in the
+        future, consent where the collection requires it (a new subject), and no
+        adding to a subject past its retention."""
+        if expires_at is not None and expires_at <= self.clock():
+            raise InvalidRequest("expires_at must be in the future.")
+        _, consent_required, _ = self.policy(collection)
+        if consent_required and consent is None and not add:
+            raise ConsentRequired.for_collection(collection)
+        if add:
+            self.check(collection, subject_id)
+
+    def unexpired(
+        self,
+        collection: str,
+        hits: list[SubjectHit],
+        wider: Callable[[int], list[SubjectHit]],
+        k: int,
+    ) -> list[SubjectHit]:
+        """``hits`` without subjects past their retention (they never match); when some
+        were, a wider search (``wider(n)``) fills the list again."""
+        expired = self.expired(collection, [h.subject_id for h in hits])
+        if not expired:
+            return hits
+        more = wider(min(4 * k + len(expired), MAX_WIDER))
+        gone = self.expired(collection, [h.subject_id for h in more])
+        return [h for h in more if h.subject_id not in gone][:k]
+
+    # ---- the purge -------------------------------------------------------------------
+    def purge(self, *, now: datetime | None = None, request_id: str = "retention") -> int:
+        """Delete every subject due at ``now`` (default: the clock), each in its own
+        transaction with its audit event, and tell the search. How many were deleted
+        (0 when another replica is purging)."""
+        now = now or self.clock()
+        deleted = 0
+        with self._only_replica() as mine:
+            if not mine:
+                return 0
+            while True:
+                due = self.store.due_subjects(now=now, limit=PURGE_BATCH)
+                round_deleted = 0
+                for collection, subject_id in due:
+                    round_deleted += self._purge_one(collection, subject_id, now, request_id)
+                deleted += round_deleted
+                if len(due) < PURGE_BATCH or not round_deleted:
+                    break
+        if deleted:
+            log.info("retention purge: %d subjects deleted", deleted)
+        return deleted
+
+    def _purge_one(self, collection: str, subject_id: str, now: datetime, request_id: str) -> int:
+        days, _, _ = self.store.collection_policy(collection=collection)
+        draft = AuditDraft("retention_purge", request_id=request_id, detail={"reason": "retention"})
+        try:
+            face_ids, version = self.store.delete_subject(
+                collection=collection, subject_id=subject_id, due=DueCheck(now, days, draft)
+            )
+        except SubjectNotFound:
+            return 0  # deleted meanwhile, or used again since it was found due
+        if self.search is not None:
+            self.search.subject_removed(collection, subject_id)
+            self.search.advanced(version)
+            erase(self.store, self.search, face_ids)
+        else:
+            if self.index_dir is not None:
+                erase_rows(self.index_dir, face_ids)
+            self.store.erased(face_ids=face_ids)
+        return 1
+
+    def due(self, *, now: datetime | None = None) -> list[tuple[str, str]]:
+        """What a purge at ``now`` would delete (a dry run)."""
+        return self.store.due_subjects(now=now or self.clock(), limit=1_000_000)
+
+    @contextmanager
+    def _only_replica(self) -> Iterator[bool]:
+        """On PostgreSQL, an advisory lock: one replica purges at a time."""
+        if self.store.engine.dialect.name != "postgresql":
+            yield True
+            return
+        with self.store.engine.connect() as conn:
+            got = bool(conn.execute(text(f"SELECT pg_try_advisory_lock({PURGE_LOCK})")).scalar())
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text(f"SELECT pg_advisory_unlock({PURGE_LOCK})"))
+                conn.commit()
