@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     # PostgreSQL: deleted embeddings are vacuumed out of the pages within this many
     # seconds of a delete (plus the vacuum's own time).
     erase_vacuum_seconds: float = Field(30.0, ge=0)
+    # PostgreSQL: that vacuum is VACUUM FULL: the tables are rewritten into new files, so
+    # no stale bytes of a deleted row stay in a page's free space; it locks them while
+    # it runs (docs/PRIVACY.md).
+    erase_vacuum_full: bool = False
     # Encrypt embeddings at rest with AES-GCM: a base64 key of 32 bytes, or a file
     # holding one. Older keys (to read rows not yet rotated): comma-separated.
     encryption_key: SecretStr = Field(SecretStr(""), description="base64 of 32 bytes")

@@ -16,9 +16,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from app.gallery.search import PgvectorSearch
-from app.gallery.store import GalleryStore
 from app.scoring.calibration import Calibration
 from app.service import FaceService
+from app.service.build import open_store
 from app.settings import Settings
 from tests.fakes import fake_pipeline
 
@@ -71,7 +71,7 @@ def fake_service(
     measures read as a featureless blur (tests/face/test_quality.py tests the gate on
     real photos)."""
     settings = settings.model_copy(update={"enroll_min_quality": 0})
-    store = GalleryStore.open(settings.resolved_database_url())
+    store = open_store(settings)  # migrated, with the settings' encryption key
     pipeline = fake_pipeline(
         max_pixels=settings.max_image_pixels,
         delay=delay,

@@ -205,6 +205,27 @@ def db_upgrade() -> None:
     store.close()
 
 
+@db_cli.command("vacuum")
+def db_vacuum(
+    full: Annotated[
+        bool, typer.Option(help="VACUUM FULL: rewrite the tables (locks them meanwhile).")
+    ] = False,
+) -> None:
+    """Erase deleted embeddings from the database's files now: PostgreSQL's VACUUM of the
+    tables that hold them; SQLite's WAL checkpoint."""
+    from app.service.build import open_store
+
+    settings = _or_exit(Settings)
+    store = _or_exit(lambda: open_store(settings))
+    started = time.perf_counter()
+    if store.engine.dialect.name == "postgresql":
+        _or_exit(lambda: store.vacuum(full=full))
+    else:
+        _or_exit(lambda: store.erased())
+    typer.echo(f"erased in {time.perf_counter() - started:.1f} s")
+    store.close()
+
+
 @db_cli.command("rebuild-vector-index")
 def db_rebuild_vector_index() -> None:
     """Rebuild pgvector's HNSW index with this version's parameters (after an upgrade

@@ -11,7 +11,13 @@ PostgreSQL. A deleted row stays in its heap page (and pgvector's index) until VA
 prunes it. :meth:`Erasure.erased` marks a vacuum due; :meth:`Erasure.upkeep`, run by
 the service's background thread every few seconds, vacuums ``faces`` and
 ``face_vectors`` once the last one is ``vacuum_delay`` seconds old (default 30), so a
-deleted embedding is pruned within that bound plus the vacuum's own time.
+deleted embedding is pruned from every index and the HNSW graph within that bound plus
+the vacuum's own time. Measured (tests/privacy/test_erasure.py): a plain VACUUM
+compacts the page, but the space it frees can keep the deleted row's bytes until a
+later row reuses it (deleting the newest row of a page left them there). ``VACUUM
+FULL`` (``vacuum_full``, or ``faceverify db vacuum --full``) rewrites the tables into
+new files and leaves none; it locks them while it runs (docs/PRIVACY.md has the costs).
+PostgreSQL's WAL keeps the bytes until its segments are recycled.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Erasure(StoreBase):
     _erase_lock: threading.Lock
     _erase_pending: float | None  # monotonic time of the first delete not yet erased
     vacuum_delay: float
+    vacuum_full: bool
 
     def erased(self, *, face_ids: list[str] | None = None) -> bool:
         """Rows were deleted: make their bytes go from the files. True when done now
@@ -55,7 +62,7 @@ class Erasure(StoreBase):
         if self.engine.dialect.name == "sqlite":
             self._checkpoint()
         elif time.monotonic() - since >= self.vacuum_delay:
-            self.vacuum()
+            self.vacuum(full=self.vacuum_full)
 
     def _checkpoint(self) -> bool:
         """Copy the WAL into the database file and truncate it."""
@@ -70,9 +77,10 @@ class Erasure(StoreBase):
         log.warning("the WAL checkpoint after a delete waits for a reader; retried later")
         return False
 
-    def vacuum(self) -> None:
+    def vacuum(self, *, full: bool = False) -> None:
         """VACUUM the tables that hold embeddings (PostgreSQL): dead rows are pruned from
-        their pages and the indexes."""
+        their pages and the indexes; ``full``: the tables are rewritten into new files
+        (no stale bytes left; an exclusive lock while it runs)."""
         if self.engine.dialect.name != "postgresql":
             return
         with self._erase_lock:
@@ -83,7 +91,7 @@ class Erasure(StoreBase):
         started = time.monotonic()
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             for table in tables:
-                conn.execute(text(f"VACUUM {table}"))
+                conn.execute(text(f"VACUUM {'FULL ' if full else ''}{table}"))
         log.info(
             "vacuumed %s after deletes in %.2f s", ", ".join(tables), time.monotonic() - started
         )

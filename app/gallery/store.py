@@ -77,6 +77,7 @@ class GalleryStore(Reads, Writes, BulkFaces, ChangeLog, IdempotencyRecords, Eras
         self._erase_lock = threading.Lock()
         self._erase_pending: float | None = None
         self.vacuum_delay = 30.0
+        self.vacuum_full = False
 
     def enable_vectors(self, *, dim: int, build_memory_mb: int | None = None) -> bool:
         """Keep and search embeddings in PostgreSQL with pgvector, if it is available

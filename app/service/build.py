@@ -94,6 +94,7 @@ def open_store(settings: Settings) -> GalleryStore:
     with pgvector: PostgreSQL searches plaintext vectors; docs/PRIVACY.md)."""
     store = GalleryStore.open(settings.resolved_database_url())
     store.vacuum_delay = settings.erase_vacuum_seconds
+    store.vacuum_full = settings.erase_vacuum_full
     try:
         store.cipher = cipher_from(
             settings.encryption_key.get_secret_value(),
