@@ -130,8 +130,7 @@ def stage(
         session.execute(insert(AuditEvent), [draft.row(draft.success_status, None)])
     except DBAPIError as exc:  # the write rolls back with it: 503, nothing stored
         raise AuditUnavailable(
-            "The audit trail could not record this change, so nothing was stored. Retry "
-            "shortly.",
+            "The audit trail could not record this change, so nothing was stored. Retry shortly.",
             retry_after=5,
         ) from exc
     session.info.setdefault(_STAGED, []).append(draft)
