@@ -102,10 +102,12 @@ def open_store(settings: Settings) -> GalleryStore:
             settings.encryption_old_keys.get_secret_value(),
         )
     except (EncryptionKeyError, OSError) as exc:
+        store.close()
         raise NotReady(f"Encryption at rest: {exc}.") from exc
     if store.cipher is not None and (
         settings.vector_search == "pgvector" or pgvector.table_exists(store.engine)
     ):
+        store.close()
         raise NotReady(
             "FACEVERIFY_ENCRYPTION_KEY cannot be combined with pgvector: PostgreSQL must "
             "search plaintext vectors. Set FACEVERIFY_VECTOR_SEARCH=memory (and drop the "
