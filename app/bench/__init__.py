@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from app.bench.audit import bench_audit, print_audit
 from app.bench.http import LOAD_REQUESTS, _stage_breakdown, bench_http
 from app.bench.measure import _in_turns, make_photos
 from app.bench.models import bench_encoders, bench_identify, bench_pipelines
@@ -36,8 +37,12 @@ def run(
     skip_http: bool = False,
     workers: int = 1,
     load_requests: int = LOAD_REQUESTS,
+    audit_only: bool = False,
 ) -> dict[str, Any]:
     settings = Settings()
+    if audit_only:
+        photos = make_photos(photo_dir)
+        return {"audit": bench_audit(photos["640x480"], requests, clients, load_requests)}
     photos = make_photos(photo_dir)
     pipeline = build_pipeline(settings)
     chips = []
@@ -66,7 +71,10 @@ def run(
     return report
 
 
-def print_table(report: dict[str, Any]) -> None:
+def print_table(report: dict[str, Any], clients: int = 8) -> None:
+    if "audit" in report:
+        print_audit(report["audit"], clients)
+        return
     print(f"machine: {report['machine']}  settings: {report['settings']}")
     _print_models(report)
     if "http_verify" in report:
@@ -144,6 +152,7 @@ def main(
     *,
     workers: int = 1,
     load_requests: int = LOAD_REQUESTS,
+    audit_only: bool = False,
 ) -> None:
     report = run(
         photo_dir=photo_dir,
@@ -154,8 +163,9 @@ def main(
         skip_http=skip_http,
         workers=workers,
         load_requests=load_requests,
+        audit_only=audit_only,
     )
-    print_table(report)
+    print_table(report, clients)
     text = json.dumps(report, indent=2)
     print("\n" + text)
     if json_out:

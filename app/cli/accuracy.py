@@ -36,6 +36,13 @@ def bench(
     workers: Annotated[
         int, typer.Option(help="Server worker processes (default: FACEVERIFY_WORKERS).")
     ] = 0,
+    audit: Annotated[
+        bool,
+        typer.Option(
+            help="Only the audit trail's cost: /verify on two servers, trail off and on, "
+            "requests alternated; every answer and event checked."
+        ),
+    ] = False,
 ) -> None:
     """Measure encoder, pipeline, HTTP and 1:N speed; print a table and JSON."""
     from app import bench as bench_module
@@ -50,6 +57,7 @@ def bench(
         skip_http,
         workers=workers or Settings().workers,
         load_requests=load_requests,
+        audit_only=audit,
     )
 
 

@@ -20,7 +20,12 @@ from app.gallery.crypto import EmbeddingCipher
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
-def _make_engine(url: str, *, echo: bool, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engine:
+def _make_engine(
+    url: str, *, echo: bool, busy_timeout: float = BUSY_TIMEOUT_SECONDS, fsync: bool = True
+) -> Engine:
+    """``fsync=False`` (SQLite): commits are not fsynced (synchronous=NORMAL: in WAL mode
+    a commit survives the process's crash, not a power cut, until the next fsync);
+    the audit trail's read events use such an engine (app/audit/trail.py)."""
     if not url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, pool_pre_ping=True)
         _busy_is_503(engine, busy_timeout)
@@ -37,7 +42,7 @@ def _make_engine(url: str, *, echo: bool, busy_timeout: float = BUSY_TIMEOUT_SEC
         # WAL: readers never block the writer; several processes can share the file.
         cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed enrollment survives a power cut, not only a crash.
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         cursor.execute("PRAGMA foreign_keys=ON")
         # Deleted content is overwritten with zeros, not left in free space (issue 27:
         # it is on in some builds of SQLite and off in SQLite's own default).

@@ -91,7 +91,9 @@ class FaceService(GalleryRecords):
         self.slots = inference_slots(settings)
         self.retention = Retention(store, self.search)
         # The audit trail (app/audit); its writer starts with the background work.
-        self.audit = AuditTrail(store.engine) if settings.audit_trail else None
+        self.audit = (
+            AuditTrail(store.engine, fsync=settings.audit_fsync) if settings.audit_trail else None
+        )
         self._upkeep: Upkeep | None = None
 
     def start_upkeep(self) -> None:

@@ -135,7 +135,7 @@ def test_a_request_whose_event_cannot_be_written_is_not_answered(
     def broken(rows: list[dict]) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(trail, "write", broken)
+    monkeypatch.setattr(trail, "_write_batch", broken)
     r = fake_client.post("/verify", data={"subject_id": "ann"}, files={"image": ann})
     body = assert_problem(r, 503, "audit_unavailable")
     assert "match" not in body and r.headers["retry-after"] == "5"
