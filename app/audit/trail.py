@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, select, text, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -78,13 +78,7 @@ class AuditTrail:
         with the next fsync (the sealer's, each second) rather than before the answer."""
         self.engine = engine
         self.fsync = fsync
-        self._writer: Engine = engine
-        if not fsync and engine.dialect.name == "sqlite":
-            from app.gallery.engine import _make_engine
-
-            self._writer = _make_engine(
-                engine.url.render_as_string(hide_password=False), echo=False, fsync=False
-            )
+        self._writer = _writer_engine(engine, fsync)
         self._queue: queue.SimpleQueue[tuple[dict[str, Any], Done] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -104,8 +98,7 @@ class AuditTrail:
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
-        if self._writer is not self.engine:
-            self._writer.dispose()
+        self._writer.dispose()
 
     def submit(self, row: dict[str, Any], done: Done) -> None:
         """Write ``row`` with the next group commit; ``done(None)`` once it is committed,
@@ -120,9 +113,8 @@ class AuditTrail:
             conn.execute(insert(AuditEvent), rows)
 
     def _write_batch(self, rows: list[dict[str, Any]]) -> None:
-        with self._writer.begin() as conn:
-            if not self.fsync and conn.dialect.name == "postgresql":
-                conn.execute(text("SET LOCAL synchronous_commit = off"))
+        # Autocommit: one statement, one round trip; each event is one row, atomic.
+        with self._writer.connect() as conn:
             conn.execute(insert(AuditEvent), rows)
 
     def _write_loop(self) -> None:
@@ -315,6 +307,22 @@ class AuditTrail:
                 draft=draft or AuditDraft("audit_prune", request_id="retention"),
             )
         return int(removed)
+
+
+def _writer_engine(engine: Engine, fsync: bool) -> Engine:
+    """The group commit's own connections: autocommit (no BEGIN and COMMIT round
+    trips), no pre-ping, and without ``fsync`` commits that do not wait for the disk."""
+    from sqlalchemy import create_engine
+
+    from app.gallery.engine import _make_engine
+
+    url = engine.url.render_as_string(hide_password=False)
+    if engine.dialect.name == "sqlite":
+        writer = _make_engine(url, echo=False, fsync=fsync)
+    else:
+        options = {} if fsync else {"options": "-c synchronous_commit=off"}
+        writer = create_engine(url, connect_args=options)
+    return writer.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _by_position(session: Session, after: int) -> Iterator[AuditEvent]:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,40 +35,68 @@ from app.bench.http import (
 RUNS = 3
 
 
-def bench_audit(photo: bytes, requests: int, clients: int, load_requests: int) -> dict[str, Any]:
+@dataclass
+class Config:
+    """One side of the comparison: its servers (replicas on one database) and where
+    its trail is."""
+
+    ports: list[int]
+    procs: list[subprocess.Popen[bytes]]
+    database_url: str
+
+
+def bench_audit(
+    photo: bytes,
+    requests: int,
+    clients: int,
+    load_requests: int,
+    *,
+    database_urls: tuple[str, str] | None = None,
+    replicas: int = 1,
+) -> dict[str, Any]:
+    """Trail off against trail on. ``database_urls``: the (off, on) databases (default:
+    a SQLite file each); ``replicas``: servers on each, the clients spread over them."""
     with tempfile.TemporaryDirectory() as root:
-        servers: dict[str, tuple[int, subprocess.Popen[bytes], Path]] = {}
+        sides: dict[str, Config] = {}
         try:
-            for name, on in (("off", "false"), ("on", "true")):
+            for i, (name, on) in enumerate((("off", "false"), ("on", "true"))):
                 folder = Path(root) / name
                 folder.mkdir()
-                port = _free_port()
-                env = {
-                    **os.environ,
-                    "FACEVERIFY_DATA_DIR": str(folder),
-                    "FACEVERIFY_PORT": str(port),
-                    "FACEVERIFY_API_KEYS": f"{BENCH_KEY}:admin",
-                    "FACEVERIFY_AUDIT_TRAIL": on,
-                }
-                env.pop("FACEVERIFY_DATABASE_URL", None)
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "serve"],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                servers[name] = (port, proc, folder)
-            for port, proc, _ in servers.values():
-                _wait_ready(port, proc)
-            return _measure(servers, photo, requests, clients, load_requests)
+                url = database_urls[i] if database_urls else f"sqlite:///{folder / 'faceverify.db'}"
+                sides[name] = Config([], [], url)
+                for _ in range(replicas):
+                    port = _free_port()
+                    env = {
+                        **os.environ,
+                        "FACEVERIFY_DATA_DIR": str(folder),
+                        "FACEVERIFY_DATABASE_URL": url,
+                        "FACEVERIFY_PORT": str(port),
+                        "FACEVERIFY_API_KEYS": f"{BENCH_KEY}:admin",
+                        "FACEVERIFY_AUDIT_TRAIL": on,
+                    }
+                    sides[name].ports.append(port)
+                    sides[name].procs.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "app.cli", "serve"],
+                            env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
+                    )
+                    _wait_ready(port, sides[name].procs[-1])  # one at a time: migrations
+            report = _measure(sides, photo, requests, clients, load_requests)
+            report["replicas"] = replicas
+            report["database"] = sides["on"].database_url.split(":", 1)[0]
+            return report
         finally:
-            for _, proc, _ in servers.values():
-                proc.terminate()
-                proc.wait(timeout=60)
+            for side in sides.values():
+                for proc in side.procs:
+                    proc.terminate()
+                    proc.wait(timeout=60)
 
 
 def _measure(
-    servers: dict[str, tuple[int, subprocess.Popen[bytes], Path]],
+    sides: dict[str, Config],
     photo: bytes,
     requests: int,
     clients: int,
@@ -75,16 +104,16 @@ def _measure(
 ) -> dict[str, Any]:
     body, ctype = _multipart({"subject_id": "bench"}, {"image": photo})
     check = AnswerCheck()
-    answered: dict[str, list[tuple[str, bool]]] = {name: [] for name in servers}
+    answered: dict[str, list[tuple[str, bool]]] = {name: [] for name in sides}
     conns = {
-        n: http.client.HTTPConnection("127.0.0.1", p, timeout=120)
-        for n, (p, _, _) in servers.items()
+        name: http.client.HTTPConnection("127.0.0.1", side.ports[0], timeout=120)
+        for name, side in sides.items()
     }
     for name, conn in conns.items():
         status, _ = _post_answer(conn, "/enroll", body, ctype)
         if status != 201:
             raise RuntimeError(f"enrolling on the audit-{name} server failed: {status}")
-    times: dict[str, list[float]] = {name: [] for name in servers}
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for i in range(requests + 5):
         for name, conn in conns.items():
             start = time.perf_counter()
@@ -96,13 +125,15 @@ def _measure(
                 times[name].append(elapsed)
     for conn in conns.values():
         conn.close()
-    rates: dict[str, list[float]] = {name: [] for name in servers}
+    rates: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(RUNS):
-        for name, (port, _, _) in servers.items():
-            done, wall = _load(port, body, ctype, clients, load_requests, check, answered[name])
+        for name, side in sides.items():
+            done, wall = _load(
+                side.ports, body, ctype, clients, load_requests, check, answered[name]
+            )
             rates[name].append(done / wall)
     report: dict[str, Any] = {}
-    for name in servers:
+    for name in sides:
         ordered = sorted(times[name])
         report[f"audit_{name}"] = {
             "verify_ms_p50": round(statistics.median(ordered), 2),
@@ -115,7 +146,7 @@ def _measure(
     key = f"concurrent_{clients}_rps"
     report["throughput_change_pct"] = round(100 * (on[key] / off[key] - 1), 1)
     report["answers"] = {"checked": check.checked, "wrong": check.wrong}
-    report["trail"] = _trail_check(servers["on"][2], answered["on"])
+    report["trail"] = _trail_check(sides["on"].database_url, answered["on"])
     return report
 
 
@@ -133,7 +164,7 @@ def _verify(
 
 
 def _load(
-    port: int,
+    ports: list[int],
     body: bytes,
     ctype: str,
     clients: int,
@@ -144,8 +175,8 @@ def _load(
     lock = threading.Lock()
     done = [0]
 
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", ports[k % len(ports)], timeout=120)
         for _ in range(max(1, total // clients)):
             status, answer, rid = _verify(conn, body, ctype)
             check(body, status, answer)
@@ -155,7 +186,7 @@ def _load(
                     answered.append((rid, bool(answer.get("match"))))
         conn.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -164,13 +195,13 @@ def _load(
     return done[0], time.perf_counter() - start
 
 
-def _trail_check(folder: Path, answered: list[tuple[str, bool]]) -> dict[str, Any]:
+def _trail_check(database_url: str, answered: list[tuple[str, bool]]) -> dict[str, Any]:
     """The audited server's trail against what it answered: N answers, N events with
     the same match, a valid chain."""
     from app.audit.trail import AuditTrail
     from app.gallery.store import GalleryStore
 
-    store = GalleryStore(f"sqlite:///{folder / 'faceverify.db'}")
+    store = GalleryStore(database_url)
     try:
         trail = AuditTrail(store.engine)
         deadline = time.monotonic() + 10  # the server's sealer: once a second
