@@ -7,6 +7,7 @@ $FACEVERIFY_SCREENSHOTS (default: the test's tmp dir).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -112,6 +113,18 @@ def test_enroll_verify_and_delete_in_a_browser(tmp_path: Path) -> None:
         expect(result).to_contain_text("thorough comparison")
         expect(result).to_contain_text("strangers")
         page.screenshot(path=shots / "4-no-match.png", full_page=True)
+
+        # Export what is held about the subject (a subject access request): one JSON file.
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Export obama").click()
+        saved = tmp_path / "export.json"
+        download.value.save_as(saved)
+        exported = json.loads(saved.read_text())
+        assert exported["subject"]["subject_id"] == "obama" and len(exported["faces"]) == 1
+        assert [e["action"] for e in exported["audit_events"]][:1] == ["enroll"]
+        assert exported["faces"][0]["embedding"] is None
+        expect(page.locator("#subjects-status")).to_contain_text("Exported obama: 1 face(s)")
+        page.screenshot(path=shots / "4-exported.png", full_page=True)
 
         # Delete the subject, confirming first.
         page.get_by_role("button", name="Delete obama").click()

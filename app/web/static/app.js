@@ -271,15 +271,32 @@ async function refreshSubjects(select) {
   list.replaceChildren(...data.items.map((s) => {
     const li = el("li");
     li.appendChild(el("span", {}, `${s.subject_id}${s.name ? ` (${s.name})` : ""}: ${s.face_count} face(s)`));
+    const exp = el("button", { type: "button", class: "secondary", "aria-label": `Export ${s.subject_id}` }, "Export");
+    exp.addEventListener("click", () => exportSubject(s.subject_id));
     const del = el("button", { type: "button", class: "danger", "aria-label": `Delete ${s.subject_id}` }, "Delete");
     del.addEventListener("click", () => confirmDelete(li, s.subject_id));
-    li.appendChild(del);
+    li.append(exp, del);
     return li;
   }));
   if (!prefix) {
     $("subject-options").replaceChildren(...data.items.map((s) => el("option", { value: s.subject_id })));
     if (select) $("verify-subject").value = select;
   }
+}
+
+// A subject access request: everything held about the person, saved as one JSON file
+// (embeddings left out; GET /subjects/{id}/export?include_embeddings=true has them).
+async function exportSubject(subjectId) {
+  const { ok, status, data } = await api("GET", inCollection(`/subjects/${encodeURIComponent(subjectId)}/export`));
+  if (!ok) { $("subjects-status").textContent = problemText(data, status); return; }
+  const blob = new Blob([JSON.stringify(data, null, 2)], { type: "application/json" });
+  const link = el("a", { href: URL.createObjectURL(blob), download: `${subjectId}-export.json` });
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  $("subjects-status").textContent =
+    `Exported ${subjectId}: ${data.faces.length} face(s), ${data.audit_events.length} audit event(s).`;
 }
 
 function confirmDelete(li, subjectId) {
