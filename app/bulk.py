@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from app.audit.events import AuditDraft, current_audit
 from app.errors import FaceVerifyError, SubjectNotFound, error_code
 from app.face.views import recipe_of
+from app.gallery.audit import AuditDraft, current_audit
 from app.service import FaceService
 
 PHOTO_SUFFIXES = {

@@ -24,8 +24,8 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.audit.events import stage
 from app.errors import Forbidden, Unauthorized
+from app.gallery.audit import stage
 from app.gallery.models import (
     COLLECTION_ID_PATTERN,
     DEFAULT_COLLECTION,

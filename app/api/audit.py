@@ -3,7 +3,7 @@ data has its event, committed before the answer leaves (issue 27).
 
 :class:`AuditAnswers` is pure ASGI and sits outside the request-id middleware, so it
 sees every answer that middleware gives (timeouts included). A route in
-:data:`app.audit.events.ACTIONS` gets a draft event in a context variable; the key check
+:data:`app.gallery.audit.ACTIONS` gets a draft event in a context variable; the key check
 fills in the key, the route its collection, subjects and outcome. A write records the
 draft in its own transaction; for every other request the middleware holds the answer's
 first message, has the event committed by the trail's group commit, and only then lets
@@ -22,9 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.observability import request_id_var
 from app.api.problems import problem_for
-from app.audit.events import ACTIONS, AuditDraft, current_audit
-from app.audit.trail import AuditTrail
 from app.errors import AuditUnavailable
+from app.gallery.audit import ACTIONS, AuditDraft, current_audit
+from app.gallery.trail import AuditTrail
 from app.keys import Principal
 
 

@@ -13,8 +13,8 @@ from app.api.audit import arm
 from app.api.inputs import RequestBody, read_body
 from app.api.observability import Metrics
 from app.api.ratelimit import RateLimiter
-from app.audit.events import current_audit, note
 from app.errors import Forbidden, InvalidRequest, RateLimited, TooManyRequests
+from app.gallery.audit import current_audit, note
 from app.gallery.models import COLLECTION_ID_PATTERN, DEFAULT_COLLECTION
 from app.keys import KeyStore, Principal
 from app.service import FaceService

@@ -198,8 +198,8 @@ def _load(
 def _trail_check(database_url: str, answered: list[tuple[str, bool]]) -> dict[str, Any]:
     """The audited server's trail against what it answered: N answers, N events with
     the same match, a valid chain."""
-    from app.audit.trail import AuditTrail
     from app.gallery.store import GalleryStore
+    from app.gallery.trail import AuditTrail
 
     store = GalleryStore(database_url)
     try:

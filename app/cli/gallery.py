@@ -32,8 +32,8 @@ def gallery_import(
     """Add the faces of a file to a collection: all of them or, on any bad line, none."""
     from tqdm import tqdm
 
-    from app.audit.events import AuditDraft
     from app.face.registry import encoder_model
+    from app.gallery.audit import AuditDraft
     from app.gallery.transfer import read_gallery_file
     from app.keys import COLLECTION_ID
     from app.service.build import enable_vectors, open_store

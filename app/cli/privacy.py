@@ -38,8 +38,8 @@ def _when(text: str | None, option: str) -> datetime | None:
 
 def cli_event(settings: Settings, store: Any, action: str, **fields: Any) -> None:
     """Record a command's read of biometric data (the trail on)."""
-    from app.audit.events import AuditDraft
-    from app.audit.trail import AuditTrail
+    from app.gallery.audit import AuditDraft
+    from app.gallery.trail import AuditTrail
 
     if not settings.audit_trail:
         return
@@ -59,7 +59,7 @@ def audit_verify(
 ) -> None:
     """Seal what is unsealed, recompute the hash chain from its anchor, and name the
     first event that was changed, removed or reordered (exit 1)."""
-    from app.audit.trail import AuditTrail
+    from app.gallery.trail import AuditTrail
 
     settings = _or_exit(Settings)
     store = _store(settings)
@@ -94,7 +94,7 @@ def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO 8601: events from then on.")] = None,
 ) -> None:
     """Write the audit events (oldest first) as JSON Lines."""
-    from app.audit.trail import AuditTrail
+    from app.gallery.trail import AuditTrail
 
     settings = _or_exit(Settings)
     start = _when(since, "--since")
@@ -121,7 +121,7 @@ def audit_prune(
     """Remove audit events older than the retention, keeping the chain verifiable."""
     from datetime import timedelta
 
-    from app.audit.trail import AuditTrail
+    from app.gallery.trail import AuditTrail
 
     settings = _or_exit(Settings)
     keep = days if days is not None else settings.audit_retention_days
@@ -173,7 +173,7 @@ def collections_schedule(
     ] = None,
 ) -> None:
     """Set (or show) a collection's retention schedule and consent rule."""
-    from app.audit.events import AuditDraft, current_audit
+    from app.gallery.audit import AuditDraft, current_audit
 
     settings = _or_exit(Settings)
     store = _store(settings)

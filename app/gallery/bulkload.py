@@ -14,11 +14,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.audit.events import AuditDraft, stage
 from app.errors import (
     CollectionNotFound,
 )
 from app.gallery import pgcopy, pgvector
+from app.gallery.audit import AuditDraft, stage
 from app.gallery.changelog import _bump_version, _log
 from app.gallery.crypto import EmbeddingCipher, plain
 from app.gallery.engine import StoreBase

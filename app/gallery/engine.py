@@ -25,7 +25,7 @@ def _make_engine(
 ) -> Engine:
     """``fsync=False`` (SQLite): commits are not fsynced (synchronous=NORMAL: in WAL mode
     a commit survives the process's crash, not a power cut, until the next fsync);
-    the audit trail's read events use such an engine (app/audit/trail.py)."""
+    the audit trail's read events use such an engine (app/gallery/trail.py)."""
     if not url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, pool_pre_ping=True)
         _busy_is_503(engine, busy_timeout)

@@ -228,7 +228,7 @@ class IndexSnapshotRecord(Base):
 class AuditEvent(Base):
     """Who used whose face data, when, and with what outcome (issue 27): one row a
     request. Never an image, an embedding or a key. ``position`` and ``chain`` are set
-    by the sealer (app/audit/chain.py): a dense sequence and a sha256 hash chain over
+    by the sealer (app/gallery/trail.py): a dense sequence and a sha256 hash chain over
     the events in that order, so a change, a removal or a reordering shows."""
 
     __tablename__ = "audit_events"

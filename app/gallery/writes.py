@@ -12,7 +12,6 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from app.audit.events import AuditDraft, stage
 from app.errors import (
     CollectionExists,
     CollectionNotFound,
@@ -22,6 +21,7 @@ from app.errors import (
     SubjectNotFound,
 )
 from app.gallery import pgvector
+from app.gallery.audit import AuditDraft, stage
 from app.gallery.changelog import _bump_version, _log
 from app.gallery.engine import StoreBase
 from app.gallery.idempotency import _record_idempotency, find_idempotent

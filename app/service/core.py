@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.audit.trail import AuditTrail
 from app.errors import NoFace, NotReady
 from app.face import quality
 from app.face.cores import spare_cores
@@ -35,6 +34,7 @@ from app.gallery.store import (
     IdempotencyKeyTaken,
     NewFace,
 )
+from app.gallery.trail import AuditTrail
 from app.scoring.calibration import Calibration
 from app.scoring.distance import distances
 from app.service.decisions import Decisions
@@ -90,7 +90,7 @@ class FaceService(GalleryRecords):
         self.face_recipes = RecipeMemo(store)
         self.slots = inference_slots(settings)
         self.retention = Retention(store, self.search)
-        # The audit trail (app/audit); its writer starts with the background work.
+        # The audit trail (app/gallery/trail.py); its writer starts with the background work.
         self.audit = (
             AuditTrail(store.engine, fsync=settings.audit_fsync) if settings.audit_trail else None
         )

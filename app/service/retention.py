@@ -23,7 +23,6 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from app.audit.events import AuditDraft
 from app.errors import (
     CollectionNotFound,
     ConsentRequired,
@@ -31,6 +30,7 @@ from app.errors import (
     SubjectExpired,
     SubjectNotFound,
 )
+from app.gallery.audit import AuditDraft
 from app.gallery.index import SubjectHit
 from app.gallery.records import Consent, SubjectTimes, due_at
 from app.gallery.search import GallerySearch

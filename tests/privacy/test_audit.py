@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.api.app import create_app
-from app.audit.events import ACTIONS, AuditDraft
-from app.audit.trail import AuditTrail
+from app.gallery.audit import ACTIONS, AuditDraft
 from app.gallery.store import GalleryStore
+from app.gallery.trail import AuditTrail
 from app.settings import Settings
 from tests.api.test_auth import PUBLIC, app_routes
 from tests.fakes import face, fake_image

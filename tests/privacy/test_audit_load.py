@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from app.audit.trail import AuditTrail
 from app.gallery.store import GalleryStore
+from app.gallery.trail import AuditTrail
 from tests.helpers import AUTH, TEST_KEY, data
 from tests.server import FACEVERIFY, free_port, serving, wait_ready
 

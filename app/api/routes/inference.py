@@ -29,11 +29,11 @@ from app.api.deps import (
 )
 from app.api.lanes import in_lane
 from app.api.routes.common import face_out, problems, request_body, subject_out
-from app.audit.events import note
 from app.errors import Forbidden, InvalidRequest
 from app.face.detect import DetectedFace
 from app.face.quality import Assessment
 from app.face.timing import Timings
+from app.gallery.audit import note
 from app.gallery.models import IDEMPOTENCY_KEY_MAX
 from app.gallery.records import Consent
 from app.keys import digest

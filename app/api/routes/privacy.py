@@ -13,8 +13,8 @@ from app.api import schemas as s
 from app.api.deps import CollectionDep, PrincipalDep, ServiceDep, require, target_collection
 from app.api.routes.common import collection_out, face_out, problems, subject_out
 from app.api.routes.subjects import SubjectIdPath
-from app.audit.events import note
 from app.errors import NotReady
+from app.gallery.audit import note
 from app.gallery.models import COLLECTION_ID_PATTERN, EMBEDDING_DTYPE
 from app.service.access import subject_export
 

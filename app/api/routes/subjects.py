@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from app.api import schemas as s
 from app.api.deps import CollectionDep, ServiceDep, require
 from app.api.routes.common import face_out, problems, subject_out
-from app.audit.events import note
+from app.gallery.audit import note
 
 router = APIRouter(tags=["subjects"])
 

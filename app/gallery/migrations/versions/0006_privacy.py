@@ -1,7 +1,7 @@
 """The audit trail, retention, consent and encryption at rest (issue 27).
 
 - audit_events / audit_head: one event a request that reads or changes biometric data,
-  hash-chained by the sealer (app/audit/chain.py).
+  hash-chained by the sealer (app/gallery/trail.py).
 - collections: retention_days, consent_required.
 - subjects: last_used_at (the retention clock), expires_at, consent.
 - faces: key_id (the encryption key an embedding is sealed with; NULL: plain).

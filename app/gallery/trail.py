@@ -1,6 +1,6 @@
 """Writing, sealing, checking, reading and pruning the audit trail.
 
-Writes. A write's event goes in with the write (:func:`app.audit.events.stage`). Every
+Writes. A write's event goes in with the write (:func:`app.gallery.audit.stage`). Every
 other event is handed to :meth:`AuditTrail.submit`, and the answer waits until it is
 committed: one writer thread takes every event waiting and commits them together, so
 eight concurrent requests cost about one commit, not eight, and no request holds a lock
@@ -36,7 +36,7 @@ from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.audit.events import AuditDraft, link, now, public, stage
+from app.gallery.audit import AuditDraft, link, now, public, stage
 from app.gallery.models import AuditEvent, AuditHead
 
 log = logging.getLogger("faceverify.audit")
