@@ -75,6 +75,7 @@ class ConsentIn(BaseModel):
     reference: str = Field(
         min_length=1,
         max_length=256,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
         description="Your record of it: a document id, a form version, a signature id.",
     )
     given_at: AwareTime = Field(description="When the person gave it (ISO 8601).")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -270,3 +270,27 @@ def test_events_are_sealed_in_the_background(fake_client: TestClient) -> None:
         assert time.monotonic() < deadline, "not sealed within 10 s"
         time.sleep(0.2)
     assert fake_client.app.state.audit.verify().ok  # type: ignore[attr-defined]
+
+
+def test_audit_queries_filter_page_and_refuse_what_they_cannot_read(
+    fake_client: TestClient,
+) -> None:
+    ann = fake_image(face(1))
+    fake_client.post("/enroll", data={"subject_id": "ann"}, files={"image": ann})
+    for _ in range(3):
+        fake_client.post("/verify", data={"subject_id": "ann"}, files={"image": ann})
+    first = fake_client.get("/audit?action=verify&limit=2").json()
+    assert [e["action"] for e in first["items"]] == ["verify", "verify"]
+    rest = fake_client.get(f"/audit?action=verify&after={first['next_after']}").json()
+    assert len(rest["items"]) == 1 and rest["next_after"] is None
+    assert len(fake_client.get("/audit?subject=ann&action=enroll").json()["items"]) == 1
+    # A time with an offset is the same instant in UTC: an hour ahead in +02:00 is an
+    # hour ahead, not three.
+    at = datetime.fromisoformat(first["items"][0]["at"].replace("Z", "+00:00"))
+    ahead = (at + timedelta(hours=1)).astimezone(timezone(timedelta(hours=2)))
+    r = fake_client.get("/audit", params={"action": "verify", "until": ahead.isoformat()})
+    assert len(r.json()["items"]) == 3
+    r = fake_client.get("/audit", params={"since": "0001-01-01T00:00:00+14:00"})
+    assert r.status_code == 200
+    for bad in ("after=99999999999999999999", "subject=%00", "key_id=a%20b", "action=DROP"):
+        assert_problem(fake_client.get(f"/audit?{bad}"), 422, "validation_error")

@@ -3,7 +3,7 @@ about one person (issue 27; docs/PRIVACY.md)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import numpy as np
@@ -15,7 +15,7 @@ from app.api.routes.common import collection_out, face_out, problems, subject_ou
 from app.api.routes.subjects import SubjectIdPath
 from app.errors import NotReady
 from app.gallery.audit import note
-from app.gallery.models import COLLECTION_ID_PATTERN, EMBEDDING_DTYPE
+from app.gallery.models import COLLECTION_ID_PATTERN, EMBEDDING_DTYPE, SUBJECT_ID_PATTERN
 from app.service.access import subject_export
 
 router = APIRouter(tags=["privacy"])
@@ -31,13 +31,13 @@ def read_audit(
     request: Request,
     service: ServiceDep,
     who: PrincipalDep,
-    subject: Annotated[str | None, Query(max_length=128)] = None,
-    key_id: Annotated[str | None, Query(max_length=64)] = None,
-    action: Annotated[str | None, Query(max_length=32)] = None,
+    subject: Annotated[str | None, Query(max_length=128, pattern=SUBJECT_ID_PATTERN)] = None,
+    key_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] = None,
+    action: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z_]+$")] = None,
     since: Annotated[datetime | None, Query(description="ISO 8601, inclusive.")] = None,
     until: Annotated[datetime | None, Query(description="ISO 8601, exclusive.")] = None,
     collection: Annotated[str | None, Query(pattern=COLLECTION_ID_PATTERN)] = None,
-    after: Annotated[int, Query(ge=0, description="The previous page's next_after.")] = 0,
+    after: Annotated[int, Query(ge=0, le=2**62, description="The previous page's next_after.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> s.AuditPage:
     """Audit events, oldest first, filtered by subject, key, action, time and collection
@@ -53,8 +53,8 @@ def read_audit(
         subject=subject,
         key_id=key_id,
         action=action,
-        since=s.as_utc(since) if since else None,
-        until=s.as_utc(until) if until else None,
+        since=_utc(since),
+        until=_utc(until),
         after=after,
         limit=limit,
     )
@@ -101,3 +101,17 @@ def export_subject(
         audit_events=[s.AuditEventOut(**e) for e in found.events],
         exported_at=found.exported_at,
     )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A query time in UTC (the store compares UTC times); one past the calendar's ends
+    is clamped to them."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if value.year == 1 else datetime.max
+        return edge.replace(tzinfo=UTC)
