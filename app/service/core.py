@@ -101,7 +101,7 @@ class FaceService(GalleryRecords):
         if self._upkeep is None:
             if self.audit is not None:
                 self.audit.start()
-            self._upkeep = Upkeep(self)
+            self._upkeep = Upkeep(self.settings, self.store, self.retention, self.audit)
             self._upkeep.start()
 
     def close(self) -> None:

@@ -12,10 +12,11 @@ import logging
 import threading
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from app.service.core import FaceService
+from app.gallery.store import GalleryStore
+from app.gallery.trail import AuditTrail
+from app.service.retention import Retention
+from app.settings import Settings
 
 log = logging.getLogger("faceverify.upkeep")
 
@@ -24,8 +25,17 @@ TICK = 2.0
 
 
 class Upkeep:
-    def __init__(self, service: FaceService) -> None:
-        self.service = service
+    def __init__(
+        self,
+        settings: Settings,
+        store: GalleryStore,
+        retention: Retention,
+        audit: AuditTrail | None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.retention = retention
+        self.audit = audit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="upkeep", daemon=True)
 
@@ -37,11 +47,11 @@ class Upkeep:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        interval = self.service.settings.purge_interval_seconds
+        interval = self.settings.purge_interval_seconds
         last_purge = time.monotonic() - interval  # a first round soon after start
         while not self._stop.wait(TICK):
             try:
-                self.service.store.upkeep()
+                self.store.upkeep()
                 if time.monotonic() - last_purge >= interval:
                     last_purge = time.monotonic()
                     self.round()
@@ -50,11 +60,10 @@ class Upkeep:
 
     def round(self) -> tuple[int, int]:
         """One purge round: subjects deleted, audit events pruned."""
-        service = self.service
-        purged = service.retention.purge()
+        purged = self.retention.purge()
         pruned = 0
-        days = service.settings.audit_retention_days
-        if service.audit is not None and days:
-            before = service.retention.clock() - timedelta(days=days)
-            pruned = service.audit.prune(before=before)
+        days = self.settings.audit_retention_days
+        if self.audit is not None and days:
+            before = self.retention.clock() - timedelta(days=days)
+            pruned = self.audit.prune(before=before)
         return purged, pruned

@@ -209,3 +209,27 @@ def test_the_subject_export_holds_everything_about_them(fake_client: TestClient)
     again = fake_client.get("/subjects/ann/export").json()
     assert [e["action"] for e in again["audit_events"]][-2:] == ["export_subject", "export_subject"]
     assert_problem(fake_client.get("/subjects/zed/export"), 404, "subject_not_found")
+
+
+def test_the_background_round_purges_and_prunes_the_audit_trail(tmp_path: Path) -> None:
+    from app.service.upkeep import Upkeep
+
+    settings = Settings(data_dir=tmp_path, api_keys=f"{TEST_KEY}:admin", audit_retention_days=1)
+    app = create_app(settings, builder=lambda s: (make_fake_service(s), {}))
+    with TestClient(app, headers=AUTH) as client:
+        clock = clocked(client)
+        enroll(client, "ann", 1, expires_at=(clock.now + timedelta(hours=1)).isoformat())
+        enroll(client, "bob", 2)
+        verify(client, "bob", 2)
+        service = client.app.state.service  # type: ignore[attr-defined]
+        upkeep = Upkeep(settings, service.store, service.retention, service.audit)
+        assert upkeep.round() == (0, 0)  # nothing due, nothing old
+        clock.now += timedelta(days=2)
+        purged, pruned = upkeep.round()
+        # ann; and every event so far, the purge's too (they carry the wall clock's time,
+        # two days before the fake one)
+        assert purged == 1 and pruned == 4
+        trail = service.audit
+        trail.seal()
+        assert trail.verify().ok
+        assert [e["action"] for e in trail.export()] == ["audit_prune"]
