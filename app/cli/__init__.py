@@ -134,6 +134,14 @@ def _key_store(settings: Settings, *, create: bool) -> Any:
     return KeyStore(store.engine, env_keys)
 
 
+def _cli_draft(settings: Settings, action: str) -> None:
+    """The command's write records its audit event in its transaction (the trail on)."""
+    from app.gallery.audit import AuditDraft, current_audit
+
+    if settings.audit_trail:
+        current_audit.set(AuditDraft(action, request_id="cli", client="cli", success_status=0))
+
+
 @keys_cli.command("create")
 def keys_create(
     scope: Annotated[str, typer.Option(help="enroll, verify, admin, joined by +.")],
@@ -150,6 +158,7 @@ def keys_create(
     from app.keys import COLLECTION_ID, parse_scopes
 
     settings = _or_exit(Settings)
+    _cli_draft(settings, "create_key")
     scopes = _or_exit(lambda: parse_scopes(scope))
     if collection is not None and not COLLECTION_ID.match(collection):
         typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
@@ -184,6 +193,7 @@ def keys_list() -> None:
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
     """Revoke a key: it stops working at once."""
     settings = _or_exit(Settings)
+    _cli_draft(settings, "revoke_key")
     if not _or_exit(lambda: _key_store(settings, create=False).revoke(key_id=key_id)):
         typer.echo(f"faceverify: no active key with id {key_id}", err=True)
         raise typer.Exit(2)

@@ -260,6 +260,12 @@ def test_the_cli_verifies_exports_and_fails_on_a_change(tmp_path: Path) -> None:
         conn.execute(text("UPDATE audit_events SET match = 0 WHERE id = 2"))
     bad = cli("audit", "verify", "--expect", head)
     assert bad.returncode == 1 and "event 2 at position 2 was changed" in bad.stdout
+    # Commands that write record their events too.
+    made = cli("keys", "create", "--scope", "verify", "--name", "door")
+    assert made.returncode == 0, made.stderr
+    exported = cli("audit", "export", "-").stdout
+    assert '"action": "create_key"' in exported and '"request_id": "cli"' in exported
+    assert made.stdout.split()[0] not in exported  # the key itself is not
 
 
 def test_events_are_sealed_in_the_background(fake_client: TestClient) -> None:
