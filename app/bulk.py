@@ -28,6 +28,7 @@ from pathlib import Path
 from app.errors import FaceVerifyError, SubjectNotFound, error_code
 from app.face.views import recipe_of
 from app.gallery.audit import AuditDraft, current_audit
+from app.gallery.records import Consent
 from app.service import FaceService
 
 PHOTO_SUFFIXES = {
@@ -126,6 +127,7 @@ def enroll_folder(
     workers: int,
     progress: Callable[[int], None] | None = None,
     upgrade: bool = False,
+    consent: Consent | None = None,
 ) -> list[PhotoOutcome]:
     subjects = subjects_in(folder)
     current = service.pipeline.template
@@ -152,6 +154,7 @@ def enroll_folder(
                     images=[read_photo(photo, max_bytes)],
                     add=exists,
                     skip_known=True,
+                    consent=consent,
                 )
                 exists = True
                 status = "enrolled" if result.faces else "skipped"

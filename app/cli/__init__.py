@@ -12,7 +12,7 @@ import typer
 from app.cli.accuracy import bench, calibrate, evaluate
 from app.cli.common import _check_models, _or_exit
 from app.cli.gallery import enroll, gallery_cli
-from app.cli.privacy import audit_cli, collections_cli, encryption_cli, purge
+from app.cli.privacy import audit_cli, collections_cli, encryption_cli, purge, subjects_cli
 from app.settings import Settings
 
 cli = typer.Typer(help="faceverify: face verification service.", no_args_is_help=True)
@@ -284,4 +284,5 @@ cli.add_typer(gallery_cli, name="gallery")
 cli.command()(purge)
 cli.add_typer(audit_cli, name="audit")
 cli.add_typer(collections_cli, name="collections")
+cli.add_typer(subjects_cli, name="subjects")
 cli.add_typer(encryption_cli, name="encryption")

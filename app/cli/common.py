@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import ModelFileError
+from app.errors import FaceVerifyError
 from app.face.onnx_convert import DlibFormatError
 from app.face.weights import WeightFile
 from app.settings import Settings
@@ -25,7 +25,7 @@ def _or_exit(step: Callable[[], T]) -> T:
     try:
         return step()
     except (
-        ModelFileError,
+        FaceVerifyError,  # a model file, a missing subject, an encryption key refused
         DlibFormatError,
         OSError,
         ValidationError,

@@ -12,7 +12,7 @@ from app.cpus import usable_cpus
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    pass
+    from app.gallery.records import Consent
 
 from app.cli.common import _or_exit
 
@@ -125,6 +125,16 @@ def enroll(
             "these photos, delete its faces of other recipes (e.g. enrolled before templates)."
         ),
     ] = False,
+    consent_reference: Annotated[
+        str | None,
+        typer.Option(
+            help="The consent every subject of the folder gave (your document id or "
+            "version); a collection that requires consent needs it."
+        ),
+    ] = None,
+    consent_given_at: Annotated[
+        str | None, typer.Option(help="When they gave it (ISO 8601; default now).")
+    ] = None,
 ) -> None:
     """Enroll a folder of photos in bulk, with /enroll's rules; safe to re-run."""
     from tqdm import tqdm
@@ -148,6 +158,7 @@ def enroll(
             workers=workers or usable_cpus(),
             progress=bar.update,
             upgrade=upgrade,
+            consent=_consent(consent_reference, consent_given_at),
         )
     elapsed = time.perf_counter() - started
     statuses = ("enrolled", "skipped", "refused", "replaced")
@@ -164,3 +175,23 @@ def enroll(
         + f"; {photos} photos in {elapsed:.1f} s ({photos / max(elapsed, 1e-9):.1f}/s)"
     )
     service.store.close()
+
+
+def _consent(reference: str | None, given_at: str | None) -> Consent | None:
+    from datetime import UTC, datetime
+
+    from app.gallery.records import Consent
+
+    if reference is None:
+        if given_at is not None:
+            typer.echo("faceverify: --consent-given-at needs --consent-reference", err=True)
+            raise typer.Exit(2)
+        return None
+    when = datetime.now(UTC)
+    if given_at is not None:
+        try:
+            when = datetime.fromisoformat(given_at)
+        except ValueError as exc:
+            typer.echo(f"faceverify: {given_at!r} is not an ISO 8601 time", err=True)
+            raise typer.Exit(2) from exc
+    return Consent(reference, when if when.tzinfo else when.replace(tzinfo=UTC))

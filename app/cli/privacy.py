@@ -218,3 +218,75 @@ def encryption_rotate() -> None:
     key = store.cipher.current if store.cipher is not None else "none (plain)"
     typer.echo(f"rewrote {done} embeddings with key {key}")
     store.close()
+
+
+subjects_cli = typer.Typer(help="One subject: export what is held about them, delete them.")
+CollectionOpt = Annotated[str, typer.Option(help="The collection.")]
+
+
+@subjects_cli.command("export")
+def subjects_export(
+    subject_id: Annotated[str, typer.Argument(help="The subject's id.")],
+    file: Annotated[Path, typer.Argument(help="Where to write the JSON; - for stdout.")],
+    collection: CollectionOpt = "default",
+    include_embeddings: Annotated[bool, typer.Option(help="Add the embeddings.")] = False,
+) -> None:
+    """Everything held about one person (an access request), as GET
+    /subjects/{id}/export gives it."""
+    from app.api.routes.privacy import export_out
+    from app.gallery.trail import AuditTrail
+    from app.service.access import subject_export
+
+    settings = _or_exit(Settings)
+    store = _store(settings)
+    audit = AuditTrail(store.engine) if settings.audit_trail else None
+    found = _or_exit(
+        lambda: subject_export(
+            store,
+            audit,
+            collection=collection,
+            subject_id=subject_id,
+            embeddings=include_embeddings,
+        )
+    )
+    cli_event(
+        settings,
+        store,
+        "export_subject",
+        collection=collection,
+        subjects=[subject_id],
+        detail={"include_embeddings": include_embeddings},
+    )
+    text = export_out(found).model_dump_json(indent=2)
+    if str(file) == "-":
+        typer.echo(text)
+    else:
+        _or_exit(lambda: file.write_text(text + "\n"))
+        typer.echo(f"exported {subject_id} ({len(found.faces)} faces) to {file}")
+    store.close()
+
+
+@subjects_cli.command("delete")
+def subjects_delete(
+    subject_id: Annotated[str, typer.Argument(help="The subject's id.")],
+    collection: CollectionOpt = "default",
+) -> None:
+    """Delete a subject and every embedding of it, erased from the database's files and
+    this machine's index snapshots (an erasure request); running servers drop it before
+    their next search."""
+    from app.gallery.audit import AuditDraft, current_audit
+    from app.gallery.snapshot import erase_rows
+
+    settings = _or_exit(Settings)
+    store = _store(settings)
+    if settings.audit_trail:
+        current_audit.set(
+            AuditDraft("delete_subject", request_id="cli", client="cli", success_status=0)
+        )
+    face_ids, _ = _or_exit(
+        lambda: store.delete_subject(collection=collection, subject_id=subject_id)
+    )
+    erase_rows(settings.resolved_index_dir(), face_ids)
+    _or_exit(lambda: store.erased(face_ids=face_ids))
+    typer.echo(f"deleted {subject_id} ({len(face_ids)} faces) from {collection}")
+    store.close()

@@ -4,8 +4,8 @@ person, gathered in one place (issue 27)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
 from app.gallery.records import (
     CollectionRecord,
@@ -14,9 +14,8 @@ from app.gallery.records import (
     SubjectTimes,
     due_at,
 )
-
-if TYPE_CHECKING:
-    from app.service.core import FaceService
+from app.gallery.store import GalleryStore
+from app.gallery.trail import AuditTrail
 
 # Audit events one export lists at most (the oldest first; `faceverify audit export`
 # has every one).
@@ -35,18 +34,25 @@ class SubjectExport:
 
 
 def subject_export(
-    service: FaceService, *, collection: str, subject_id: str, embeddings: bool
+    store: GalleryStore,
+    audit: AuditTrail | None,
+    *,
+    collection: str,
+    subject_id: str,
+    embeddings: bool,
+    now: datetime | None = None,
 ) -> SubjectExport:
-    subject, faces = service.get_subject(collection=collection, subject_id=subject_id)
-    record = service.get_collection(collection=collection)
+    """What the service holds about one subject (SubjectNotFound), from the store and
+    the audit trail (None: the trail is off)."""
+    subject = store.get_subject(collection=collection, subject_id=subject_id)
+    faces = store.list_faces(collection=collection, subject_id=subject_id)
+    record = store.get_collection(collection=collection)
     stored = (
-        service.store.subject_face_bytes(collection=collection, subject_id=subject_id)
-        if embeddings
-        else {}
+        store.subject_face_bytes(collection=collection, subject_id=subject_id) if embeddings else {}
     )
     events: list[dict[str, Any]] = []
-    if service.audit is not None:
-        events = service.audit.query(collection=collection, subject=subject_id, limit=EXPORT_EVENTS)
+    if audit is not None:
+        events = audit.query(collection=collection, subject=subject_id, limit=EXPORT_EVENTS)
     times = SubjectTimes(subject.created_at, subject.last_used_at, subject.expires_at)
     return SubjectExport(
         collection=record,
@@ -55,5 +61,5 @@ def subject_export(
         embeddings=stored,
         events=events,
         due_at=due_at(times, record.retention_days),
-        exported_at=service.retention.clock(),
+        exported_at=now or datetime.now(UTC),
     )

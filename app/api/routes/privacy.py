@@ -16,7 +16,7 @@ from app.api.routes.subjects import SubjectIdPath
 from app.errors import NotReady
 from app.gallery.audit import note
 from app.gallery.models import COLLECTION_ID_PATTERN, EMBEDDING_DTYPE, SUBJECT_ID_PATTERN
-from app.service.access import subject_export
+from app.service.access import SubjectExport, subject_export
 
 router = APIRouter(tags=["privacy"])
 
@@ -83,8 +83,19 @@ def export_subject(
     its metadata and consent, every face (box, versions, template, created), the audit
     events about them, and when the schedule deletes them; embeddings only on request."""
     found = subject_export(
-        service, collection=collection, subject_id=subject_id, embeddings=include_embeddings
+        service.store,
+        service.audit,
+        collection=collection,
+        subject_id=subject_id,
+        embeddings=include_embeddings,
+        now=service.retention.clock(),
     )
+    note(detail={"include_embeddings": include_embeddings})
+    return export_out(found)
+
+
+def export_out(found: SubjectExport) -> s.SubjectExport:
+    """The export as the API (and `faceverify subjects export`) gives it."""
     faces = []
     for face in found.faces:
         out = s.FaceExport(**face_out(face).model_dump())
@@ -92,7 +103,6 @@ def export_subject(
             stored = np.frombuffer(found.embeddings[face.id], dtype=EMBEDDING_DTYPE)
             out.embedding = [float(v) for v in stored]
         faces.append(out)
-    note(detail={"include_embeddings": include_embeddings})
     return s.SubjectExport(
         collection=collection_out(found.collection),
         subject=subject_out(found.subject),
