@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.errors import ServiceBusy
 from app.face import quality
 from app.face.detect import main_face
 from app.face.dlib_resnet import DlibEncoder
@@ -69,6 +71,19 @@ def _rotated(names: list[str], k: int) -> list[str]:
     return names[k % len(names) :] + names[: k % len(names)]
 
 
+def _answered(service: FaceService, name: str) -> tuple[list[tuple], np.ndarray]:
+    """:func:`_answer`, asked again after a refusal: the CNN fallback runs at nice 19
+    and answers 503 after INFERENCE_WAIT_SECONDS when the machine is busier than this
+    test (seen twice under another CPU-bound job). A refusal is not a wrong answer; a
+    wrong answer still fails the test."""
+    for _ in range(5):
+        try:
+            return _answer(service, name)
+        except ServiceBusy:
+            time.sleep(1)
+    return _answer(service, name)
+
+
 def test_threads_on_different_photos_get_the_answers_computed_alone(
     real_service: FaceService,
 ) -> None:
@@ -84,7 +99,7 @@ def test_threads_on_different_photos_get_the_answers_computed_alone(
         done = 0
         for _ in range(rounds):
             for name in _rotated(PHOTOS, k):
-                faces, embeddings = _answer(real_service, name)
+                faces, embeddings = _answered(real_service, name)
                 want_faces, want_embeddings = expected[name]
                 ok = faces == want_faces and np.allclose(
                     embeddings, want_embeddings, atol=EMBEDDING_TOLERANCE
