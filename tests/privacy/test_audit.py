@@ -300,3 +300,31 @@ def test_audit_queries_filter_page_and_refuse_what_they_cannot_read(
     assert r.status_code == 200
     for bad in ("after=99999999999999999999", "subject=%00", "key_id=a%20b", "action=DROP"):
         assert_problem(fake_client.get(f"/audit?{bad}"), 422, "validation_error")
+
+
+def test_a_key_bound_to_a_collection_reads_only_its_collections_events(
+    fake_client: TestClient,
+) -> None:
+    c = fake_client
+    c.post("/collections", json={"collection_id": "door", "retention_days": 7})
+    c.post("/collections", json={"collection_id": "lobby", "consent_required": True})
+    door = c.post("/keys", json={"name": "door admin", "scopes": ["admin"], "collection": "door"})
+    headers = {"X-API-Key": door.json()["key"]}
+    ann = fake_image(face(1))
+    r = c.post("/enroll?collection=lobby", data={"subject_id": "ann"}, files={"image": ann})
+    assert_problem(r, 422, "consent_required")  # refused, and audited in lobby
+    r = c.post("/enroll", data={"subject_id": "bob"}, files={"image": ann}, headers=headers)
+    assert r.status_code == 201
+    seen = c.get("/audit", headers=headers).json()["items"]
+    assert {e["collection"] for e in seen} == {"door"}
+    assert [e["subjects"] for e in seen if e["action"] == "enroll"] == [["bob"]]
+    assert_problem(c.get("/audit?collection=lobby", headers=headers), 403, "forbidden")
+    assert c.get("/audit?subject=ann", headers=headers).json()["items"] == []
+    assert_problem(
+        c.get("/subjects/ann/export?collection=lobby", headers=headers), 403, "forbidden"
+    )
+    privacy = c.get("/info", headers=headers).json()["privacy"]
+    assert list(privacy["schedules"]) == ["door"]
+    # The admin key of every collection sees both schedules, and every event.
+    assert set(c.get("/info").json()["privacy"]["schedules"]) == {"door", "lobby"}
+    assert {"door", "lobby"} <= {e["collection"] for e in c.get("/audit").json()["items"]}
