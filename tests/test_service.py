@@ -573,7 +573,7 @@ def test_a_probes_quality_is_scored_beside_its_encoding_on_a_spare_core(
     from app.face.cores import SpareCores
 
     cores = SpareCores(2)
-    monkeypatch.setattr("app.service.core.spare_cores", lambda: cores)
+    monkeypatch.setattr("app.service.probes.spare_cores", lambda: cores)
     monkeypatch.setattr("app.slots.spare_cores", lambda: cores)
     measured = quality.measure
     threads: list[str] = []

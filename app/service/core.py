@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import NoFace, NotReady
+from app.errors import NotReady
 from app.face import quality
-from app.face.cores import spare_cores
-from app.face.detect import DetectedFace, main_face
+from app.face.detect import DetectedFace
 from app.face.pipeline import FacePipeline
-from app.face.quality import Assessment
 from app.face.recipes import Recipes
 from app.face.timing import Timings
 from app.face.views import FAST, curve_for, versioned
@@ -40,6 +38,7 @@ from app.scoring.distance import distances
 from app.service.decisions import Decisions
 from app.service.enrollment import EnrollmentRules, all_known, request_digest
 from app.service.gates import inference_slots, stop_if_expired
+from app.service.probes import Probes
 from app.service.records import GalleryRecords
 from app.service.results import (
     Candidate,
@@ -58,7 +57,7 @@ from app.service.upkeep import Upkeep
 from app.settings import Settings
 
 
-class FaceService(GalleryRecords):
+class FaceService(GalleryRecords, Probes):
     """The use cases; the subject and collection reads and deletes are GalleryRecords'."""
 
     def __init__(
@@ -429,70 +428,6 @@ class FaceService(GalleryRecords):
             )
             query_recipe = self.face_recipes.of(collection, [face_id]).get(face_id, FAST)
         return self._scored_candidates(collection, None, query_recipe, hits, size, prior, timings)
-
-    # ---- probes ----------------------------------------------------------------------
-    def _found(self, faces: list[DetectedFace], image_index: int | None) -> list[DetectedFace]:
-        """``faces``, or NoFace naming the image when there are none."""
-        if not faces:
-            where = "the image" if image_index is None else f"image {image_index}"
-            side = self.settings.min_face_side
-            raise NoFace(
-                f"No face was found in {where}. Use a sharper, frontal photo"
-                + (f" where the face is at least {side} px wide." if side else "."),
-                image_index=image_index,
-            )
-        return faces
-
-    def _recipe(self, mode: ProbeMode) -> str:
-        """The recipe a probe embedded in ``mode`` is made with."""
-        return self.recipes.probe_recipe(mode == "thorough")
-
-    def _probe(
-        self, data: bytes, timings: Timings, mode: ProbeMode
-    ) -> tuple[ProbeFace, np.ndarray]:
-        (probe,), embeddings = self._probes([data], timings, mode)
-        return probe, embeddings[0]
-
-    def _probes(
-        self, images: list[bytes], timings: Timings, mode: ProbeMode
-    ) -> tuple[list[ProbeFace], np.ndarray]:
-        """Each photo's main face, all encoded in one batch by the probe recipe (fast:
-        the chip alone while the mirror rule may skip the mirror pass; thorough: the
-        template views)."""
-        thorough = mode == "thorough"
-        with self.slots.hold():
-            found = []
-            for number, data in enumerate(images):
-                faces = self.recipes.find_probe(data, timings, thorough=thorough)
-                faces = self._found(faces, number if len(images) > 1 else None)
-                found.append((main_face(faces), len(faces)))
-            mains = [face for face, _ in found]
-
-            def grade() -> list[Assessment]:
-                with timings.measure("quality_ms"):
-                    return [quality.assess(quality.measure(face)) for face in mains]
-
-            def embed() -> np.ndarray:
-                return self.recipes.embed_probes(mains, timings, thorough=thorough)
-
-            # The quality score needs only the chip: on a spare core, it costs no time.
-            assessed, embeddings = spare_cores().beside(grade, embed)
-        probes = [
-            ProbeFace(face, count, assessment)
-            for (face, count), assessment in zip(found, assessed, strict=True)
-        ]
-        return probes, embeddings
-
-    def _near_threshold(self, d: np.ndarray, mode: ProbeMode) -> bool:
-        """The mirror rule (:meth:`Recipes.undecided`): a fast probe's distances lie so
-        near the threshold that the mirror pass must settle them."""
-        return self.recipes.undecided(d, thorough=mode == "thorough")
-
-    def _mirrored(
-        self, probes: list[ProbeFace], single: np.ndarray, timings: Timings
-    ) -> np.ndarray:
-        with self.slots.hold():
-            return self.recipes.add_mirror([p.face for p in probes], single, timings)
 
     # ---- calibration -----------------------------------------------------------------
     def curve(self, name: str) -> Calibration:

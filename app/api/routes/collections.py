@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api import admin_schemas as a
 from app.api import schemas as s
 from app.api.deps import BodyDep, KeysDep, ServiceDep, require
 from app.api.routes.common import collection_out, problems
@@ -12,8 +13,8 @@ from app.api.routes.common import collection_out, problems
 router = APIRouter(tags=["collections"], dependencies=[require("admin", unbound=True)])
 
 
-@router.get("/collections", response_model=list[s.CollectionOut], responses=problems(401, 403))
-def list_collections(service: ServiceDep) -> list[s.CollectionOut]:
+@router.get("/collections", response_model=list[a.CollectionOut], responses=problems(401, 403))
+def list_collections(service: ServiceDep) -> list[a.CollectionOut]:
     """Every collection, with its subject and face counts."""
     return [collection_out(c) for c in service.list_collections()]
 
@@ -21,20 +22,20 @@ def list_collections(service: ServiceDep) -> list[s.CollectionOut]:
 @router.post(
     "/collections",
     status_code=201,
-    response_model=s.CollectionOut,
+    response_model=a.CollectionOut,
     responses=problems(401, 403, 409, 413, 422),
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": s.CollectionCreateRequest.model_json_schema()}
+                "application/json": {"schema": a.CollectionCreateRequest.model_json_schema()}
             },
         }
     },
 )
-def create_collection(raw: BodyDep, service: ServiceDep) -> s.CollectionOut:
+def create_collection(raw: BodyDep, service: ServiceDep) -> a.CollectionOut:
     """Create an empty collection (then: POST /keys with it, and enroll with those keys)."""
-    body = raw.validate(s.CollectionCreateRequest)
+    body = raw.validate(a.CollectionCreateRequest)
     return collection_out(
         service.create_collection(
             collection=body.collection_id,
@@ -46,24 +47,24 @@ def create_collection(raw: BodyDep, service: ServiceDep) -> s.CollectionOut:
 
 @router.patch(
     "/collections/{collection_id}",
-    response_model=s.CollectionOut,
+    response_model=a.CollectionOut,
     responses=problems(401, 403, 404, 413, 422),
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": s.CollectionUpdateRequest.model_json_schema()}
+                "application/json": {"schema": a.CollectionUpdateRequest.model_json_schema()}
             },
         }
     },
 )
 def update_collection(
     collection_id: s.CollectionId, raw: BodyDep, service: ServiceDep
-) -> s.CollectionOut:
+) -> a.CollectionOut:
     """Set a collection's retention schedule (retention_days; null: none) and consent
     rule (consent_required). Subjects already past a new schedule are deleted at the
     next purge, and never match from now on."""
-    body = raw.validate(s.CollectionUpdateRequest)
+    body = raw.validate(a.CollectionUpdateRequest)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("consent_required", False) is None:
         del changes["consent_required"]
@@ -72,28 +73,28 @@ def update_collection(
 
 @router.get(
     "/collections/{collection_id}",
-    response_model=s.CollectionOut,
+    response_model=a.CollectionOut,
     responses=problems(401, 403, 404, 422),
 )
-def get_collection(collection_id: s.CollectionId, service: ServiceDep) -> s.CollectionOut:
+def get_collection(collection_id: s.CollectionId, service: ServiceDep) -> a.CollectionOut:
     """One collection with its subject and face counts."""
     return collection_out(service.get_collection(collection=collection_id))
 
 
 @router.delete(
     "/collections/{collection_id}",
-    response_model=s.DeleteCollectionResponse,
+    response_model=a.DeleteCollectionResponse,
     responses=problems(401, 403, 404, 409, 422),
 )
 def delete_collection(
     collection_id: s.CollectionId, service: ServiceDep, keys: KeysDep
-) -> s.DeleteCollectionResponse:
+) -> a.DeleteCollectionResponse:
     """Delete a collection: every subject and embedding of it, from the database and
     every process's index, and revoke the keys bound to it (those from
     FACEVERIFY_API_KEYS too, for good), before answering."""
     record = service.delete_collection(
         collection=collection_id, env_key_hashes=keys.env_keys_bound_to(collection_id)
     )
-    return s.DeleteCollectionResponse(
+    return a.DeleteCollectionResponse(
         **collection_out(record).model_dump(), deleted=True, keys_revoked=True
     )

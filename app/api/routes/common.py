@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from app.api import admin_schemas as a
 from app.api import schemas as s
 from app.api.problems import PROBLEM_JSON, Problem
 from app.face.views import recipe_of
@@ -81,8 +82,8 @@ def subject_out(subject: SubjectRecord) -> s.SubjectOut:
     )
 
 
-def collection_out(record: CollectionRecord) -> s.CollectionOut:
-    return s.CollectionOut(
+def collection_out(record: CollectionRecord) -> a.CollectionOut:
+    return a.CollectionOut(
         collection_id=record.id,
         created_at=s.as_utc(record.created_at),
         subjects=record.subjects,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.api import schemas as s
+from app.api import admin_schemas as a
 from app.api.deps import MetricsDep, PrincipalDep, ServiceDep, SettingsDep, require
 from app.api.routes.common import collection_out, problems
 from app.errors import NotReady
@@ -18,7 +18,7 @@ router = APIRouter(tags=["operations"])
 # /info lists at most this many collections' sizes (the largest).
 INFO_COLLECTIONS = 100
 # The InfoSettings fields read straight off the settings (the rest are derived).
-INFO_SETTINGS = [f for f in s.InfoSettings.model_fields if f not in ("database", "vector_search")]
+INFO_SETTINGS = [f for f in a.InfoSettings.model_fields if f not in ("database", "vector_search")]
 
 
 @router.get("/metrics", responses=problems(401, 403), dependencies=[require("admin", unbound=True)])
@@ -27,14 +27,14 @@ def metrics_endpoint(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/healthz", response_model=s.HealthResponse)
-def healthz() -> s.HealthResponse:
+@router.get("/healthz", response_model=a.HealthResponse)
+def healthz() -> a.HealthResponse:
     """The process is up."""
-    return s.HealthResponse(status="ok")
+    return a.HealthResponse(status="ok")
 
 
-@router.get("/readyz", response_model=s.ReadyResponse, responses=problems(503))
-def readyz(request: Request) -> s.ReadyResponse:
+@router.get("/readyz", response_model=a.ReadyResponse, responses=problems(503))
+def readyz(request: Request) -> a.ReadyResponse:
     """Models are loaded and the database answers."""
     service: FaceService | None = getattr(request.app.state, "service", None)
     if service is None:
@@ -42,15 +42,15 @@ def readyz(request: Request) -> s.ReadyResponse:
     service.ready()
     # A status only: the endpoint needs no key, so it tells nothing about the gallery.
     loaded = service.index_ready.is_set()
-    return s.ReadyResponse(status="ready", identify="ready" if loaded else "loading")
+    return a.ReadyResponse(status="ready", identify="ready" if loaded else "loading")
 
 
 @router.get(
-    "/info", response_model=s.InfoResponse, responses=problems(401), dependencies=[require(None)]
+    "/info", response_model=a.InfoResponse, responses=problems(401), dependencies=[require(None)]
 )
 def info(
     request: Request, service: ServiceDep, settings: SettingsDep, who: PrincipalDep
-) -> s.InfoResponse:
+) -> a.InfoResponse:
     """Models, their hashes and licences, the threshold, calibration, what the key may
     do, and the size of the collections it may see."""
     weights = request.app.state.weights
@@ -62,11 +62,11 @@ def info(
         counts = service.gallery_counts()
         largest = sorted(service.collection_face_counts().items(), key=lambda kv: -kv[1])
         per_collection = dict(largest[:INFO_COLLECTIONS])
-    return s.InfoResponse(
+    return a.InfoResponse(
         service="faceverify",
         version=request.app.version,
         models=[
-            s.InfoModel(name=w.name, file=w.path.name, sha256=w.sha256, licence=w.licence)
+            a.InfoModel(name=w.name, file=w.path.name, sha256=w.sha256, licence=w.licence)
             for w in weights.values()
         ],
         encoder=service.pipeline.encoder_name,
@@ -89,10 +89,10 @@ def info(
             ],
         },
         calibration_matches_pipeline=matches,
-        gallery=s.GalleryCounts(**counts, collections=per_collection),
-        access=s.AccessOut(scopes=list(who.scopes), collection=who.collection),
+        gallery=a.GalleryCounts(**counts, collections=per_collection),
+        access=a.AccessOut(scopes=list(who.scopes), collection=who.collection),
         privacy=_privacy(service, settings, who.collection),
-        settings=s.InfoSettings(
+        settings=a.InfoSettings(
             **{name: getattr(settings, name) for name in INFO_SETTINGS},
             database=settings.resolved_database_url().split(":", 1)[0],
             vector_search=service.search.name,
@@ -100,7 +100,7 @@ def info(
     )
 
 
-def _privacy(service: FaceService, settings: Settings, bound: str | None) -> s.PrivacyOut:
+def _privacy(service: FaceService, settings: Settings, bound: str | None) -> a.PrivacyOut:
     """The audit, retention and encryption settings, and the schedules the key may see."""
     if bound is not None:
         shown = [service.get_collection(collection=bound)]
@@ -110,7 +110,7 @@ def _privacy(service: FaceService, settings: Settings, bound: str | None) -> s.P
             for c in service.list_collections()
             if c.retention_days is not None or c.consent_required
         ][:INFO_COLLECTIONS]
-    return s.PrivacyOut(
+    return a.PrivacyOut(
         audit_trail=service.audit is not None,
         audit_retention_days=settings.audit_retention_days,
         purge_interval_seconds=settings.purge_interval_seconds,

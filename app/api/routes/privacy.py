@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Query, Request
 
-from app.api import schemas as s
+from app.api import admin_schemas as a
 from app.api.deps import CollectionDep, PrincipalDep, ServiceDep, require, target_collection
 from app.api.routes.common import collection_out, face_out, problems, subject_out
 from app.api.routes.subjects import SubjectIdPath
@@ -23,7 +23,7 @@ router = APIRouter(tags=["privacy"])
 
 @router.get(
     "/audit",
-    response_model=s.AuditPage,
+    response_model=a.AuditPage,
     responses=problems(401, 403, 404, 422, 503),
     dependencies=[require("admin")],
 )
@@ -39,7 +39,7 @@ def read_audit(
     collection: Annotated[str | None, Query(pattern=COLLECTION_ID_PATTERN)] = None,
     after: Annotated[int, Query(ge=0, le=2**62, description="The previous page's next_after.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> s.AuditPage:
+) -> a.AuditPage:
     """Audit events, oldest first, filtered by subject, key, action, time and collection
     (a key bound to a collection sees its own only; an admin key of every collection
     sees every collection's unless it names one)."""
@@ -59,15 +59,15 @@ def read_audit(
         limit=limit,
     )
     note(detail={"events": len(items)})
-    return s.AuditPage(
-        items=[s.AuditEventOut(**e) for e in items],
+    return a.AuditPage(
+        items=[a.AuditEventOut(**e) for e in items],
         next_after=items[-1]["id"] if len(items) == limit else None,
     )
 
 
 @router.get(
     "/subjects/{subject_id}/export",
-    response_model=s.SubjectExport,
+    response_model=a.SubjectExport,
     responses=problems(401, 403, 404, 422),
     dependencies=[require("admin")],
 )
@@ -78,7 +78,7 @@ def export_subject(
     include_embeddings: Annotated[
         bool, Query(description="Add each face's embedding (128 numbers).")
     ] = False,
-) -> s.SubjectExport:
+) -> a.SubjectExport:
     """Everything the service holds about one person, in one JSON document: the record,
     its metadata and consent, every face (box, versions, template, created), the audit
     events about them, and when the schedule deletes them; embeddings only on request."""
@@ -94,21 +94,21 @@ def export_subject(
     return export_out(found)
 
 
-def export_out(found: SubjectExport) -> s.SubjectExport:
+def export_out(found: SubjectExport) -> a.SubjectExport:
     """The export as the API (and `faceverify subjects export`) gives it."""
     faces = []
     for face in found.faces:
-        out = s.FaceExport(**face_out(face).model_dump())
+        out = a.FaceExport(**face_out(face).model_dump())
         if face.id in found.embeddings:
             stored = np.frombuffer(found.embeddings[face.id], dtype=EMBEDDING_DTYPE)
             out.embedding = [float(v) for v in stored]
         faces.append(out)
-    return s.SubjectExport(
+    return a.SubjectExport(
         collection=collection_out(found.collection),
         subject=subject_out(found.subject),
         due_at=found.due_at,
         faces=faces,
-        audit_events=[s.AuditEventOut(**e) for e in found.events],
+        audit_events=[a.AuditEventOut(**e) for e in found.events],
         exported_at=found.exported_at,
     )
 

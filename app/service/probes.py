@@ -1,0 +1,88 @@
+"""A probe photo's faces and embeddings: the steps verify, identify and compare share
+(FaceService's; split out of core.py to keep each module to one screenful of jobs)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.errors import NoFace
+from app.face import quality
+from app.face.cores import spare_cores
+from app.face.detect import DetectedFace, main_face
+from app.face.quality import Assessment
+from app.face.recipes import Recipes
+from app.face.timing import Timings
+from app.service.results import ProbeFace, ProbeMode
+from app.settings import Settings
+from app.slots import FairSlots
+
+
+class Probes:
+    """FaceService sets ``settings``, ``recipes`` and ``slots``."""
+
+    settings: Settings
+    recipes: Recipes
+    slots: FairSlots
+
+    def _found(self, faces: list[DetectedFace], image_index: int | None) -> list[DetectedFace]:
+        """``faces``, or NoFace naming the image when there are none."""
+        if not faces:
+            where = "the image" if image_index is None else f"image {image_index}"
+            side = self.settings.min_face_side
+            raise NoFace(
+                f"No face was found in {where}. Use a sharper, frontal photo"
+                + (f" where the face is at least {side} px wide." if side else "."),
+                image_index=image_index,
+            )
+        return faces
+
+    def _recipe(self, mode: ProbeMode) -> str:
+        """The recipe a probe embedded in ``mode`` is made with."""
+        return self.recipes.probe_recipe(mode == "thorough")
+
+    def _probe(
+        self, data: bytes, timings: Timings, mode: ProbeMode
+    ) -> tuple[ProbeFace, np.ndarray]:
+        (probe,), embeddings = self._probes([data], timings, mode)
+        return probe, embeddings[0]
+
+    def _probes(
+        self, images: list[bytes], timings: Timings, mode: ProbeMode
+    ) -> tuple[list[ProbeFace], np.ndarray]:
+        """Each photo's main face, all encoded in one batch by the probe recipe (fast:
+        the chip alone while the mirror rule may skip the mirror pass; thorough: the
+        template views)."""
+        thorough = mode == "thorough"
+        with self.slots.hold():
+            found = []
+            for number, data in enumerate(images):
+                faces = self.recipes.find_probe(data, timings, thorough=thorough)
+                faces = self._found(faces, number if len(images) > 1 else None)
+                found.append((main_face(faces), len(faces)))
+            mains = [face for face, _ in found]
+
+            def grade() -> list[Assessment]:
+                with timings.measure("quality_ms"):
+                    return [quality.assess(quality.measure(face)) for face in mains]
+
+            def embed() -> np.ndarray:
+                return self.recipes.embed_probes(mains, timings, thorough=thorough)
+
+            # The quality score needs only the chip: on a spare core, it costs no time.
+            assessed, embeddings = spare_cores().beside(grade, embed)
+        probes = [
+            ProbeFace(face, count, assessment)
+            for (face, count), assessment in zip(found, assessed, strict=True)
+        ]
+        return probes, embeddings
+
+    def _near_threshold(self, d: np.ndarray, mode: ProbeMode) -> bool:
+        """The mirror rule (:meth:`Recipes.undecided`): a fast probe's distances lie so
+        near the threshold that the mirror pass must settle them."""
+        return self.recipes.undecided(d, thorough=mode == "thorough")
+
+    def _mirrored(
+        self, probes: list[ProbeFace], single: np.ndarray, timings: Timings
+    ) -> np.ndarray:
+        with self.slots.hold():
+            return self.recipes.add_mirror([p.face for p in probes], single, timings)
