@@ -61,8 +61,14 @@ class _Form(BaseModel):
 
 
 def _aware_utc(value: datetime) -> datetime:
-    """A time without an offset is taken as UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """The time in UTC (the store keeps UTC; SQLite drops an offset without converting);
+    one without an offset is taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01 at +14:00 is before the calendar
+        raise ValueError("the time is outside the calendar once converted to UTC") from exc
 
 
 AwareTime = Annotated[datetime, AfterValidator(_aware_utc)]

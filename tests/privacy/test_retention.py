@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,21 @@ def test_an_expired_subject_never_matches_and_the_purge_deletes_it(
         (["ann"], 200, 1)
     ]
     assert fake_client.app.state.audit.verify().ok  # type: ignore[attr-defined]
+
+
+def test_an_expiry_with_an_offset_is_the_same_instant(fake_client: TestClient) -> None:
+    clock = clocked(fake_client)
+    # 10:00 at +02:00 is 08:00 UTC: due then, not two hours later.
+    local = (clock.now + timedelta(days=1)).astimezone(timezone(timedelta(hours=2)))
+    r = enroll(fake_client, "ann", 1, expires_at=local.isoformat())
+    assert r.status_code == 201
+    assert r.json()["subject"]["expires_at"].startswith(
+        local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    )
+    clock.now += timedelta(days=1, minutes=1)
+    assert_problem(verify(fake_client, "ann", 1), 404, "subject_expired")
+    far = enroll(fake_client, "bob", 2, expires_at="0001-01-01T00:00:00+14:00")
+    assert_problem(far, 422, "validation_error")
 
 
 def test_an_expiry_in_the_past_is_refused(fake_client: TestClient) -> None:
