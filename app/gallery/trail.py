@@ -28,17 +28,21 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from app.errors import DatabaseBusy
 from app.gallery.audit import AuditDraft, link, now, public, stage
 from app.gallery.models import AuditEvent, AuditHead
+from app.gallery.spool import AuditSpool
 
 log = logging.getLogger("faceverify.audit")
 
@@ -47,6 +51,10 @@ WRITE_BATCH = 512
 SEAL_BATCH = 5000
 # Seconds between the sealer's turns.
 SEAL_INTERVAL = 1.0
+# SQLite: how long the group commit waits for another writer's lock before it spools,
+# and how long it then spools without asking again.
+WRITER_BUSY_SECONDS = 0.2
+SPOOL_SECONDS = 1.0
 # Rows read at a time when verifying and exporting.
 READ_CHUNK = 5000
 
@@ -108,6 +116,14 @@ class AuditTrail:
         self.engine = engine
         self.fsync = fsync
         self._writer = _writer_engine(engine, fsync)
+        # SQLite: where read events wait while another writer holds the lock (spool.py).
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self._spool = (
+            AuditSpool(Path(database).resolve().parent, fsync=fsync)
+            if database and database != ":memory:"
+            else None
+        )
+        self._busy_until = 0.0
         self._queue: queue.SimpleQueue[tuple[dict[str, Any], Done] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -141,6 +157,20 @@ class AuditTrail:
         with self.engine.begin() as conn:
             conn.execute(insert(AuditEvent), rows)
 
+    def _commit_batch(self, rows: list[dict[str, Any]]) -> None:
+        """Into the database; on SQLite, while another writer holds the lock (a bulk
+        import), into the spool file instead (spool.py), for a second at a time."""
+        if self._spool is None:
+            self._write_batch(rows)
+            return
+        if time.monotonic() >= self._busy_until:
+            try:
+                self._write_batch(rows)
+                return
+            except DatabaseBusy:
+                self._busy_until = time.monotonic() + SPOOL_SECONDS
+        self._spool.append(rows)
+
     def _write_batch(self, rows: list[dict[str, Any]]) -> None:
         """One multi-row INSERT in autocommit: one statement, one commit and one round
         trip for the whole batch, through the driver (SQLAlchemy's compile of a
@@ -171,7 +201,7 @@ class AuditTrail:
                 batch.append(more)
             error: BaseException | None = None
             try:
-                self._write_batch([row for row, _ in batch])
+                self._commit_batch([row for row, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter is told, none hangs
                 log.error("audit events could not be written: %s", exc)
                 error = exc
@@ -181,11 +211,15 @@ class AuditTrail:
     def _seal_loop(self) -> None:
         while not self._stop.wait(SEAL_INTERVAL):
             try:
+                if self._spool is not None:
+                    self._spool.drain(self.write)
                 while self.seal() == SEAL_BATCH:
                     pass
             except Exception as exc:  # noqa: BLE001 - sealing is retried next turn
                 log.warning("audit events could not be sealed: %s", exc)
         try:
+            if self._spool is not None:
+                self._spool.drain(self.write)
             self.seal()
         except Exception as exc:  # noqa: BLE001
             log.warning("audit events could not be sealed at shut-down: %s", exc)
@@ -355,7 +389,8 @@ def _writer_engine(engine: Engine, fsync: bool) -> Engine:
 
     url = engine.url.render_as_string(hide_password=False)
     if engine.dialect.name == "sqlite":
-        writer = _make_engine(url, echo=False, fsync=fsync)
+        # A short wait for the lock: past it, events go to the spool (spool.py).
+        writer = _make_engine(url, echo=False, fsync=fsync, busy_timeout=WRITER_BUSY_SECONDS)
     else:
         options = {} if fsync else {"options": "-c synchronous_commit=off"}
         writer = create_engine(url, connect_args=options)

@@ -22,17 +22,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import (
     CollectionNotFound,
     ConsentRequired,
+    DatabaseBusy,
     InvalidRequest,
     SubjectExpired,
     SubjectNotFound,
 )
 from app.gallery.audit import AuditDraft
 from app.gallery.index import SubjectHit
-from app.gallery.records import Consent, SubjectTimes, due_at
+from app.gallery.records import Consent, SubjectTimes, _aware, due_at
 from app.gallery.search import GallerySearch
 from app.gallery.snapshot import erase_rows
 from app.gallery.store import GalleryStore
@@ -70,7 +72,9 @@ class Retention:
         self.index_dir: Path | None = None
         # collection -> (retention_days, consent_required, any subject with an expiry)
         self._policies = VersionedCache(4096)
+        # This process's last use of each subject, and the uses not written yet.
         self._touched: dict[tuple[str, str], datetime] = {}
+        self._pending: dict[tuple[str, str], datetime] = {}
         self._touch_lock = threading.Lock()
 
     def policy(self, collection: str, version: int | None = None) -> tuple[int | None, bool, bool]:
@@ -94,7 +98,7 @@ class Retention:
         unless it looks due, then one fresh read decides (its cached last use may be
         older than one another process wrote)."""
         days, _, _ = self.policy(collection, version)
-        due = due_at(times, days)
+        due = due_at(self._with_recent_use(collection, subject_id, times), days)
         if due is not None and self.clock() >= due:
             self.check(collection, subject_id)
 
@@ -108,7 +112,7 @@ class Retention:
         times = self.store.subject_times(collection=collection, subject_ids=subject_ids)
         found = {}
         for subject_id, when in times.items():
-            due = due_at(when, days)
+            due = due_at(self._with_recent_use(collection, subject_id, when), days)
             if due is not None and now >= due:
                 found[subject_id] = due
         return found
@@ -125,18 +129,47 @@ class Retention:
             )
 
     def used(self, collection: str, subject_id: str) -> None:
-        """A successful verify: restart the subject's retention clock (written at most
-        once per TOUCH_EVERY per subject in this process)."""
+        """A successful verify: restart the subject's retention clock. Written by
+        :meth:`flush` (the background thread, every few seconds; at most once per
+        TOUCH_EVERY per subject in this process), never in the verify: a bulk import
+        holding SQLite's write lock must not stall verifies. Until then this process
+        counts it from memory."""
         now = self.clock()
         key = (collection, subject_id)
         with self._touch_lock:
             last = self._touched.get(key)
             if last is not None and now - last < TOUCH_EVERY:
                 return
-            self._touched[key] = now
             if len(self._touched) > 100_000:
                 self._touched.clear()
-        self.store.touch_subject(collection=collection, subject_id=subject_id, now=now)
+            self._touched[key] = now
+            self._pending[key] = now
+
+    def flush(self) -> None:
+        """Write the last uses not written yet (one that cannot be, now, waits)."""
+        with self._touch_lock:
+            pending, self._pending = self._pending, {}
+        for (collection, subject_id), when in pending.items():
+            try:
+                self.store.touch_subject(collection=collection, subject_id=subject_id, now=when)
+            except (DatabaseBusy, SQLAlchemyError):
+                with self._touch_lock:
+                    self._pending.setdefault((collection, subject_id), when)
+                return
+
+    def _with_recent_use(
+        self, collection: str, subject_id: str, times: SubjectTimes
+    ) -> SubjectTimes:
+        """``times`` with this process's last use of the subject, if more recent (it may
+        not be written yet)."""
+        with self._touch_lock:
+            recent = self._touched.get((collection, subject_id))
+        if recent is None:
+            return times
+        stored = times.last_used_at
+        if stored is not None and _aware(stored) >= recent:
+            return times
+        return SubjectTimes(times.created_at, recent, times.expires_at)
 
     def check_enrollment(
         self,
@@ -179,6 +212,7 @@ class Retention:
         transaction with its audit event, and tell the search. How many were deleted
         (0 when another replica is purging)."""
         now = now or self.clock()
+        self.flush()  # a verify just now keeps its subject
         deleted = 0
         with self._only_replica() as mine:
             if not mine:

@@ -45,6 +45,7 @@ class Upkeep:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+        self.retention.flush()
 
     def _run(self) -> None:
         interval = self.settings.purge_interval_seconds
@@ -52,6 +53,7 @@ class Upkeep:
         while not self._stop.wait(TICK):
             try:
                 self.store.upkeep()
+                self.retention.flush()
                 if time.monotonic() - last_purge >= interval:
                     last_purge = time.monotonic()
                     self.round()

@@ -328,3 +328,38 @@ def test_a_key_bound_to_a_collection_reads_only_its_collections_events(
     # The admin key of every collection sees both schedules, and every event.
     assert set(c.get("/info").json()["privacy"]["schedules"]) == {"door", "lobby"}
     assert {"door", "lobby"} <= {e["collection"] for e in c.get("/audit").json()["items"]}
+
+
+def test_reads_are_answered_and_audited_while_a_bulk_import_holds_sqlites_lock(
+    fake_client: TestClient, tmp_path: Path
+) -> None:
+    """A `gallery import` holds SQLite's write lock for its whole transaction: read
+    events wait in the spool file, the answers do not wait for the import, and the
+    events reach the database (chained) once the lock is free."""
+    import sqlite3
+
+    ann = fake_image(face(1))
+    fake_client.post("/enroll", data={"subject_id": "ann"}, files={"image": ann})
+    importer = sqlite3.connect(tmp_path / "faceverify.db", timeout=30)
+    importer.execute("BEGIN IMMEDIATE")  # the import's transaction
+    try:
+        started = time.monotonic()
+        answers = [
+            fake_client.post("/verify", data={"subject_id": "ann"}, files={"image": ann})
+            for _ in range(5)
+        ]
+        assert all(r.status_code == 200 and r.json()["match"] for r in answers)
+        assert time.monotonic() - started < 10  # not 5 x the 30 s busy timeout
+        spooled = list(tmp_path.glob("audit-spool-*.jsonl"))
+        assert spooled and all(r.headers["x-request-id"] in spooled[0].read_text() for r in answers)
+    finally:
+        importer.rollback()
+        importer.close()
+    deadline = time.monotonic() + 15
+    while not all(by_request(fake_client, r) for r in answers):
+        assert time.monotonic() < deadline, "the spooled events did not reach the database"
+        time.sleep(0.2)
+    assert [by_request(fake_client, r)[0]["match"] for r in answers] == [True] * 5
+    trail: AuditTrail = fake_client.app.state.audit  # type: ignore[attr-defined]
+    trail.seal()
+    assert trail.verify().ok
