@@ -35,6 +35,7 @@ log = logging.getLogger("faceverify.erasure")
 # Checkpoint attempts after a delete, and the pause between them.
 CHECKPOINT_TRIES = 20
 CHECKPOINT_PAUSE = 0.05
+CHECKPOINT_WAIT_MS = 50
 
 
 class Erasure(StoreBase):
@@ -68,7 +69,13 @@ class Erasure(StoreBase):
         """Copy the WAL into the database file and truncate it."""
         for _ in range(CHECKPOINT_TRIES):
             with self.engine.connect() as conn:
-                busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+                # TRUNCATE waits for readers through the busy handler: a short wait a
+                # try, not the 30 s a writer gets (a long read would hold the delete).
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")
+                try:
+                    busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+                finally:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             if not busy:
                 with self._erase_lock:
                     self._erase_pending = None
