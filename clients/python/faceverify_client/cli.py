@@ -33,6 +33,13 @@ PHOTO_SUFFIXES = {
     ".ppm", ".pgm",
 }  # fmt: skip
 STATE = ".faceverify-client-state.jsonl"
+# Answers that would be the same for every photo: the run stops with them.
+FATAL = (
+    errors.ConnectionFailed,
+    errors.Unauthorized,
+    errors.Forbidden,
+    errors.CollectionNotFound,
+)
 
 
 @dataclass(frozen=True)
@@ -97,21 +104,26 @@ def enroll_folder(
     def one_subject(item: tuple[str, list[Path]]) -> list[Outcome]:
         subject_id, photos = item
         outcomes = []
-        for number, path in enumerate(photos):
+        # Until one of its photos is stored, a photo creates the subject (as `faceverify
+        # enroll DIR` does: a refused first photo leaves the next one to create it).
+        created = False
+        for path in photos:
             name = str(path.relative_to(folder))
             data = path.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if (name, digest) in state.done:
+                created = True
                 outcomes.append(Outcome(name, subject_id, "skipped"))
                 progress.step()
                 continue
             key = hashlib.sha256(f"{collection}|{subject_id}|{digest}".encode()).hexdigest()
             try:
-                _enroll_once(fv, subject_id, data, collection, number == 0, f"fvc-bulk-{key}")
+                _enroll_once(fv, subject_id, data, collection, not created, f"fvc-bulk-{key}")
+                created = True
                 state.add(name, digest, subject_id)
                 outcomes.append(Outcome(name, subject_id, "enrolled"))
             except errors.FaceVerifyError as exc:
-                if isinstance(exc, errors.ConnectionFailed | errors.Unauthorized):
+                if isinstance(exc, FATAL):  # the same for every photo: stop at once
                     raise
                 outcomes.append(Outcome(name, subject_id, "refused", exc.code, exc.detail))
             progress.step()
@@ -124,8 +136,8 @@ def enroll_folder(
 def _enroll_once(
     fv: Client, subject_id: str, data: bytes, collection: str | None, first: bool, key: str
 ) -> None:
-    """The same request a fresh run sends (the first photo creates the subject, the rest
-    add), so a re-run's identical request is answered from the server's idempotency
+    """The same request a fresh run sends (the first photo stored creates the subject,
+    the rest add), so a re-run's identical request is answered from the server's idempotency
     record instead of stored again; a subject that existed before gets its first photo
     added (under a key of its own)."""
     if first:
@@ -182,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.report, outcomes)
     counts = Counter(o.status for o in outcomes)
     codes = Counter(o.code for o in outcomes if o.status == "refused")
-    by_code = ", ".join(f"{code} {n}" for code, n in codes.most_common())
+    ranked = sorted(codes.items(), key=lambda kv: (-kv[1], kv[0]))  # most first, then by name
+    by_code = ", ".join(f"{code} {n}" for code, n in ranked)
     print(
         f"{counts['enrolled']} enrolled, {counts['skipped']} already there, "
         f"{counts['refused']} refused{f' ({by_code})' if by_code else ''}"

@@ -26,6 +26,8 @@ def test_a_folder_is_enrolled_over_http_and_a_rerun_doubles_nothing(
         "bulk-obama": ["obama.jpg", "obama2.jpg"],
         "bulk-biden": ["biden.jpg"],
         "bulk-nobody": ["coffee.png"],
+        # A refused first photo leaves the next one to create the subject.
+        "bulk-pair": ["two_people.jpg", "biden.jpg"],
     }.items():
         (folder / subject).mkdir(parents=True)
         for photo in photos:
@@ -34,21 +36,26 @@ def test_a_folder_is_enrolled_over_http_and_a_rerun_doubles_nothing(
     args = [CLI, "enroll", str(folder), "--url", server, "--key", KEY, "--report", str(report)]
     first = subprocess.run(args, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("3 enrolled, 0 already there, 1 refused (no_face 1)")
+    assert first.stdout.startswith(
+        "4 enrolled, 0 already there, 2 refused (multiple_faces 1, no_face 1)"
+    ), first.stdout
     assert "bulk-nobody/coffee.png" in report.read_text()
     again = subprocess.run(args, capture_output=True, text=True)
-    assert again.stdout.startswith("0 enrolled, 3 already there, 1 refused"), again.stdout
+    assert again.stdout.startswith("0 enrolled, 4 already there, 2 refused"), again.stdout
     with Client(server, api_key=KEY) as fv:
         assert len(fv.get_subject("bulk-obama").faces) == 2
         assert len(fv.get_subject("bulk-biden").faces) == 1
         # A lost state file: the server's idempotency records answer again, nothing doubles.
         (folder / ".faceverify-client-state.jsonl").unlink()
         third = subprocess.run(args, capture_output=True, text=True)
-        assert third.stdout.startswith("3 enrolled"), third.stdout
+        assert third.stdout.startswith("4 enrolled"), third.stdout
         assert len(fv.get_subject("bulk-obama").faces) == 2
+        assert len(fv.get_subject("bulk-pair").faces) == 1
     wrong = subprocess.run(
         [CLI, "enroll", str(folder), "--url", server, "--key", "wrong"],
         capture_output=True,
         text=True,
     )
     assert wrong.returncode == 2 and "unauthorized" in wrong.stderr
+    nowhere = subprocess.run([*args, "--collection", "nowhere"], capture_output=True, text=True)
+    assert nowhere.returncode == 2 and "collection_not_found" in nowhere.stderr
