@@ -81,19 +81,45 @@ def test_the_async_client_has_the_same_methods(server: str) -> None:
 
     async def run() -> None:
         async with AsyncClient(server, api_key=KEY) as fv:
-            await fv.enroll("curie", DATA / "curie_upright.jpg")
-            result = await fv.verify("curie", DATA / "curie_orientation_6.jpg")
+            assert (await fv.health()).status == "ok" and (await fv.ready()).status == "ready"
+            assert (await fv.info()).service == "faceverify"
+            made = await fv.create_collection("lab")
+            assert made.collection_id == "lab"
+            assert (await fv.update_collection("lab", {"retention_days": 5})).retention_days == 5
+            assert (await fv.get_collection("lab")).retention_days == 5
+            assert "lab" in [c.collection_id for c in await fv.collections()]
+            enrolled = await fv.enroll(
+                "curie", [DATA / "curie_upright.jpg"], collection="lab", name="Marie Curie"
+            )
+            await fv.enroll("curie", DATA / "curie_orientation_3.jpg", collection="lab", add=True)
+            result = await fv.verify("curie", DATA / "curie_orientation_6.jpg", collection="lab")
             assert result.match
             several = await asyncio.gather(
                 *(fv.compare(DATA / "obama.jpg", DATA / "obama2.jpg") for _ in range(4))
             )
             assert len({r.distance for r in several}) == 1
-            ids = [s.subject_id async for s in fv.subjects(prefix="cur")]
+            who = await fv.identify(DATA / "curie_orientation_8.jpg", collection="lab")
+            assert who.best is not None and who.best.subject_id == "curie"
+            face_id = enrolled.faces[0].face_id
+            by_face = await fv.identify(face_id=face_id, collection="lab")
+            assert [c.subject_id for c in by_face.candidates] == ["curie"]
+            assert len((await fv.detect(DATA / "two_people.jpg")).faces) == 2
+            ids = [s.subject_id async for s in fv.subjects(collection="lab", page=1)]
             assert ids == ["curie"]
+            assert len((await fv.get_subject("curie", collection="lab")).faces) == 2
+            export = await fv.export_subject("curie", collection="lab")
+            assert export.subject.name == "Marie Curie" and export.audit_events
+            assert (await fv.delete_face("curie", face_id, collection="lab")).face_count == 1
+            key = await fv.create_key("lab kiosk", ["verify"], collection="lab")
+            assert key.key_id in [k.key_id for k in await fv.keys()]
+            assert (await fv.revoke_key(key.key_id)).revoked_at is not None
+            events = await fv.audit_page(collection="lab", action="verify")
+            assert [e.subjects for e in events.items] == [["curie"]]
             with pytest.raises(errors.SubjectNotFound) as raised:
                 await fv.verify("nobody", DATA / "obama.jpg")
             assert raised.value.subject_id == "nobody" and raised.value.request_id
-            assert (await fv.delete_subject("curie")).deleted
+            assert (await fv.delete_subject("curie", collection="lab")).deleted
+            assert (await fv.delete_collection("lab")).deleted
 
     asyncio.run(run())
 

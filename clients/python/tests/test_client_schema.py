@@ -69,3 +69,41 @@ def test_the_client_imports_none_of_the_servers_dependencies() -> None:
     dependencies = project.split("dependencies = [", 1)[1].split("]", 1)[0]
     names = {line.strip().strip('",').split(">")[0] for line in dependencies.splitlines()}
     assert names - {""} == {"httpx2", "pydantic"}
+
+
+def test_every_error_class_is_raised_with_its_typed_fields() -> None:
+    """A problem body of each code the server answers, with that code's fields, becomes
+    that code's exception, its fields set (boxes as Box models) and its request id."""
+    import dataclasses
+    import typing
+
+    from app.errors import ERROR_CODES
+
+    samples: dict[str, object] = {"int": 3, "float": 0.75, "str": "x"}
+    for cls, code in ERROR_CODES.items():
+        body: dict[str, object] = {"status": 400, "code": code, "detail": f"{code} here"}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == "detail":
+                continue
+            kind = str(hints[f.name])
+            if "Box" in kind:
+                box = {"left": 1, "top": 2, "right": 30, "bottom": 40}
+                body[f.name] = [box, box] if "list" in kind else box
+            elif "list" in kind:
+                body[f.name] = [{"loc": ["x"]}] if f.name == "errors" else ["a", "b"]
+            else:
+                body[f.name] = next(v for k, v in samples.items() if k in kind)
+        error = errors.error_from(400, body, "req-1")
+        assert type(error) is errors.BY_CODE[code], code
+        assert (error.code, error.detail, error.request_id) == (code, f"{code} here", "req-1")
+        for name in error.fields:
+            value = getattr(error, name)
+            if name == "boxes":
+                assert [b.right for b in value] == [30, 30]
+            elif name == "box":
+                assert value.bottom == 40
+            else:
+                assert value == body[name], (code, name)
+    unknown = errors.error_from(503, {"code": "something_new", "detail": "later"}, None)
+    assert isinstance(unknown, errors.ServiceBusy)
