@@ -44,7 +44,9 @@ FATAL = (
 
 @dataclass(frozen=True)
 class Outcome:
-    photo: str
+    """One photo's outcome: the fields of `faceverify enroll DIR`'s report."""
+
+    path: str
     subject_id: str
     status: str  # enrolled | skipped | refused
     code: str = ""
@@ -108,12 +110,12 @@ def enroll_folder(
         # enroll DIR` does: a refused first photo leaves the next one to create it).
         created = False
         for path in photos:
-            name = str(path.relative_to(folder))
+            name = str(path.relative_to(folder))  # in the state file: the folder may move
             data = path.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if (name, digest) in state.done:
                 created = True
-                outcomes.append(Outcome(name, subject_id, "skipped"))
+                outcomes.append(Outcome(str(path), subject_id, "skipped"))
                 progress.step()
                 continue
             key = hashlib.sha256(f"{collection}|{subject_id}|{digest}".encode()).hexdigest()
@@ -121,11 +123,11 @@ def enroll_folder(
                 _enroll_once(fv, subject_id, data, collection, not created, f"fvc-bulk-{key}")
                 created = True
                 state.add(name, digest, subject_id)
-                outcomes.append(Outcome(name, subject_id, "enrolled"))
+                outcomes.append(Outcome(str(path), subject_id, "enrolled"))
             except errors.FaceVerifyError as exc:
                 if isinstance(exc, FATAL):  # the same for every photo: stop at once
                     raise
-                outcomes.append(Outcome(name, subject_id, "refused", exc.code, exc.detail))
+                outcomes.append(Outcome(str(path), subject_id, "refused", exc.code, exc.detail))
             progress.step()
         return outcomes
 
@@ -152,10 +154,10 @@ def _enroll_once(
 def write_report(path: Path, outcomes: list[Outcome]) -> None:
     refused = [asdict(o) for o in outcomes if o.status == "refused"]
     with path.open("w", newline="") as fh:
-        if path.suffix == ".jsonl":
+        if path.suffix in (".jsonl", ".ndjson"):
             fh.writelines(json.dumps(row) + "\n" for row in refused)
         else:
-            writer = csv.DictWriter(fh, ["photo", "subject_id", "status", "code", "detail"])
+            writer = csv.DictWriter(fh, ["path", "subject_id", "status", "code", "detail"])
             writer.writeheader()
             writer.writerows(refused)
 
