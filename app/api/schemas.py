@@ -60,13 +60,15 @@ class _Form(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
-def _aware_utc(value: datetime) -> datetime:
+def to_utc(value: datetime) -> datetime:
     """The time in UTC (the store keeps UTC; SQLite drops an offset without converting);
-    one without an offset is taken as UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
+    one without an offset is taken as UTC. OverflowError past the calendar's ends."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _aware_utc(value: datetime) -> datetime:
     try:
-        return value.astimezone(UTC)
+        return to_utc(value)
     except OverflowError as exc:  # 0001-01-01 at +14:00 is before the calendar
         raise ValueError("the time is outside the calendar once converted to UTC") from exc
 

@@ -219,9 +219,14 @@ class Retention:
                 return 0
             while True:
                 due = self.store.due_subjects(now=now, limit=PURGE_BATCH)
+                days = {
+                    c: self.store.collection_policy(collection=c)[0] for c in {c for c, _ in due}
+                }
                 round_deleted = 0
                 for collection, subject_id in due:
-                    round_deleted += self._purge_one(collection, subject_id, now, request_id)
+                    round_deleted += self._purge_one(
+                        collection, subject_id, now, request_id, days[collection]
+                    )
                 deleted += round_deleted
                 if len(due) < PURGE_BATCH or not round_deleted:
                     break
@@ -229,8 +234,9 @@ class Retention:
             log.info("retention purge: %d subjects deleted", deleted)
         return deleted
 
-    def _purge_one(self, collection: str, subject_id: str, now: datetime, request_id: str) -> int:
-        days, _, _ = self.store.collection_policy(collection=collection)
+    def _purge_one(
+        self, collection: str, subject_id: str, now: datetime, request_id: str, days: int | None
+    ) -> int:
         draft = AuditDraft("retention_purge", request_id=request_id, detail={"reason": "retention"})
         try:
             face_ids, version = self.store.delete_subject(

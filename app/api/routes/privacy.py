@@ -13,6 +13,7 @@ from app.api import admin_schemas as a
 from app.api.deps import CollectionDep, PrincipalDep, ServiceDep, require, target_collection
 from app.api.routes.common import collection_out, face_out, problems, subject_out
 from app.api.routes.subjects import SubjectIdPath
+from app.api.schemas import to_utc
 from app.errors import NotReady
 from app.gallery.audit import note
 from app.gallery.models import COLLECTION_ID_PATTERN, EMBEDDING_DTYPE, SUBJECT_ID_PATTERN
@@ -118,10 +119,8 @@ def _utc(value: datetime | None) -> datetime | None:
     is clamped to them."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
     try:
-        return value.astimezone(UTC)
+        return to_utc(value)
     except OverflowError:
         edge = datetime.min if value.year == 1 else datetime.max
         return edge.replace(tzinfo=UTC)

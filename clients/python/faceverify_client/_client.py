@@ -51,6 +51,16 @@ def _outcome(call: Call[T], response: httpx2.Response) -> T | FaceVerifyError:
     return error_from(response.status_code, body, rid)
 
 
+def _request(call: Call[Any]) -> dict[str, Any]:
+    return {
+        "params": call.params,
+        "data": call.data,
+        "files": call.files,
+        "json": call.json,
+        "headers": call.headers,
+    }
+
+
 def _retry_after(error: FaceVerifyError) -> float | None:
     value = getattr(error, "retry_after", None)
     return float(value) if isinstance(value, (int, float)) else None
@@ -138,10 +148,7 @@ class Client(_Base):
         while True:
             outcome: Any
             try:
-                response = self._http.request(
-                    call.method, call.path, params=call.params, data=call.data,
-                    files=call.files, json=call.json, headers=call.headers,
-                )  # fmt: skip
+                response = self._http.request(call.method, call.path, **_request(call))
                 outcome = _outcome(call, response)
             except httpx2.TransportError as exc:
                 outcome = exc
@@ -227,10 +234,7 @@ class AsyncClient(_Base):
         while True:
             outcome: Any
             try:
-                response = await self._http.request(
-                    call.method, call.path, params=call.params, data=call.data,
-                    files=call.files, json=call.json, headers=call.headers,
-                )  # fmt: skip
+                response = await self._http.request(call.method, call.path, **_request(call))
                 outcome = _outcome(call, response)
             except httpx2.TransportError as exc:
                 outcome = exc
