@@ -4,20 +4,37 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-container lint unit clean
+.PHONY: run test test-container lint unit clean lock licenses
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall when pyproject.toml changes; the stamp files record what was installed.
-$(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# Every package comes from the lock (requirements/*.txt, `make lock`), each file checked
+# against its sha256 (--require-hashes); then faceverify itself from this checkout, built
+# with the locked setuptools. pip check fails if the lock misses a dependency.
+# Reinstall when the lock or a pyproject changes; the stamp files record what was installed.
+$(VENV)/.stamp-run: requirements/run.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/run.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
 
-$(VENV)/.stamp-dev: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e clients/python
+$(VENV)/.stamp-dev: requirements/dev.txt pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e clients/python
+	$(BIN)/python -m pip check
 	touch $@ $(VENV)/.stamp-run
+
+# Re-lock after changing a dependency in pyproject.toml (tests/test_lock.py fails until
+# you do): keeps every pin that still fits. UPGRADE=1 takes the newest releases instead.
+lock: $(VENV)/.stamp-dev
+	$(BIN)/python tools/lock.py $(if $(UPGRADE),--upgrade)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python tools/licenses.py
+
+# docs/LICENSES.md from the installed lock (tests/test_lock.py checks it is current).
+licenses: $(VENV)/.stamp-dev
+	$(BIN)/python tools/licenses.py
 
 run: $(VENV)/.stamp-run
 	$(BIN)/faceverify serve
