@@ -26,9 +26,11 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
 fi
 # Nothing a container reads: translations, manuals, documentation, glibc's iconv
 # character sets (Python has its own codecs), Python's 2to3 and help() texts: 65 of
-# 169 MB.
+# 169 MB. Each package's copyright file stays: it is the licence a redistributed image
+# must carry (docs/LICENSES.md).
+find "$ROOTFS"/usr/share/doc -mindepth 1 -not -name copyright -not -type d -delete
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* \
-  "$ROOTFS"/usr/share/locale/* "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* \
+  "$ROOTFS"/usr/share/locale/* "$ROOTFS"/usr/share/man/* \
   "$ROOTFS"/usr/share/info/* "$ROOTFS"/usr/lib/x86_64-linux-gnu/gconv \
   "$ROOTFS"/usr/lib/python3.11/lib2to3 "$ROOTFS"/usr/lib/python3.11/pydoc_data
 tar -C "$ROOTFS" -c . | docker import - "$NAME" >/dev/null
