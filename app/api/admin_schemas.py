@@ -155,6 +155,13 @@ class AccessOut(BaseModel):
     collection: str | None = Field(description="The key's collection; null: every one.")
 
 
+class BuildOut(BaseModel):
+    sbom: str | None = Field(
+        description="Path of the CycloneDX SBOM of this installation (the image's), or null."
+    )
+    licenses: str | None = Field(description="Path of its licence list (LICENSES.md), or null.")
+
+
 class InfoResponse(BaseModel):
     service: Literal["faceverify"]
     version: str
@@ -171,4 +178,5 @@ class InfoResponse(BaseModel):
     gallery: GalleryCounts
     access: AccessOut = Field(description="What the key that asked may do.")
     privacy: PrivacyOut
+    build: BuildOut = Field(description="Where the software inventory is (issue 29).")
     settings: InfoSettings

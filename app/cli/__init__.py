@@ -111,6 +111,40 @@ def models_prepare() -> None:
     )
 
 
+@cli.command()
+def sbom(
+    build: Annotated[
+        Path | None,
+        typer.Option(
+            help="Image build only: the environment's CycloneDX BOM from cyclonedx-py, to "
+            "which the model files are added; written to the SBOM's place."
+        ),
+    ] = None,
+    install_report: Annotated[
+        Path | None,
+        typer.Option(help="With --build: pip's --report of the install, for the wheels' sha256."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="With --build: write here instead of the SBOM's place.")
+    ] = None,
+) -> None:
+    """Print where this environment's SBOM (CycloneDX JSON) and licence list are. The
+    image has both; an environment made by `make run` has neither (exit 1)."""
+    from app.sbom import LICENSES_NAME, SBOM_NAME, SHARE_DIR, build_for, shipped_file
+
+    if build is not None:
+        settings = _or_exit(Settings)
+        target = out or SHARE_DIR / SBOM_NAME
+        bom = _or_exit(lambda: build_for(settings, build, install_report, target))
+        typer.echo(f"wrote {target}: {len(bom['components'])} components")
+        return
+    found = {name: shipped_file(name) for name in (SBOM_NAME, LICENSES_NAME)}
+    for name, path in found.items():
+        typer.echo(f"{name:15s} {path or f'none in {SHARE_DIR} (the image has one)'}")
+    if None in found.values():
+        raise typer.Exit(1)
+
+
 keys_cli = typer.Typer(help="API keys: create, list, revoke.")
 cli.add_typer(keys_cli, name="keys")
 

@@ -178,6 +178,13 @@ def _cached_onnx(sha256: str, cache_dir: Path) -> tuple[Path, Path, bool]:
     return model, record, source == sha256 and sha256_file(model) == expected
 
 
+def prepared_onnx_file(sha256: str, cache_dir: Path) -> tuple[Path, str] | None:
+    """The checked conversion of the weights with this sha256 and its own sha256, if the
+    cache holds one (the image's SBOM lists it)."""
+    model, record, ok = _cached_onnx(sha256, cache_dir)
+    return (model, str(json.loads(record.read_text())["onnx_sha256"])) if ok else None
+
+
 def has_prepared_onnx(sha256: str, cache_dir: Path) -> bool:
     """Whether the cache holds a checked conversion of the weights with this sha256 (it
     then stands in for the .dat, which the container image leaves out)."""

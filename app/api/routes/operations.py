@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -10,6 +12,7 @@ from app.api.deps import MetricsDep, PrincipalDep, ServiceDep, SettingsDep, requ
 from app.api.routes.common import collection_out, problems
 from app.errors import NotReady
 from app.face.views import CURVE_USES
+from app.sbom import LICENSES_NAME, SBOM_NAME, shipped_file
 from app.service import FaceService
 from app.settings import Settings
 
@@ -92,12 +95,20 @@ def info(
         gallery=a.GalleryCounts(**counts, collections=per_collection),
         access=a.AccessOut(scopes=list(who.scopes), collection=who.collection),
         privacy=_privacy(service, settings, who.collection),
+        build=a.BuildOut(
+            sbom=_path_or_none(shipped_file(SBOM_NAME)),
+            licenses=_path_or_none(shipped_file(LICENSES_NAME)),
+        ),
         settings=a.InfoSettings(
             **{name: getattr(settings, name) for name in INFO_SETTINGS},
             database=settings.resolved_database_url().split(":", 1)[0],
             vector_search=service.search.name,
         ),
     )
+
+
+def _path_or_none(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def _privacy(service: FaceService, settings: Settings, bound: str | None) -> a.PrivacyOut:

@@ -53,6 +53,11 @@ class Box(_Model):
     bottom: int
 
 
+class BuildOut(_Model):
+    sbom: str | None
+    licenses: str | None
+
+
 class CalibrationRef(_Model):
     version: str
     provisional: bool
@@ -215,6 +220,7 @@ class InfoResponse(_Model):
     gallery: GalleryCounts
     access: AccessOut
     privacy: PrivacyOut
+    build: BuildOut
     settings: InfoSettings
 
 
@@ -367,6 +373,7 @@ AccessOut.model_rebuild()
 AuditEventOut.model_rebuild()
 AuditPage.model_rebuild()
 Box.model_rebuild()
+BuildOut.model_rebuild()
 CalibrationRef.model_rebuild()
 CandidateOut.model_rebuild()
 CollectionOut.model_rebuild()

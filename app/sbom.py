@@ -1,0 +1,149 @@
+"""The image's software bill of materials and licence list (issue 29).
+
+The image build runs cyclonedx-py on the finished virtualenv (every Python package as
+a CycloneDX component), then ``faceverify sbom --build`` adds what cyclonedx-py cannot
+see: the model files of models/manifest.json (with their sha256) and the ONNX conversion
+the image ships instead of the ResNet's .dat, and the sha256 of each wheel pip installed
+(from pip's ``--report``). The result lives beside the environment it describes, at
+``<venv>/share/faceverify/sbom.cdx.json`` (``/opt/venv/...`` in the image), with
+docs/LICENSES.md beside it; ``faceverify sbom`` and ``/info`` say where.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.face.weights import WeightFile
+    from app.settings import Settings
+
+SHARE_DIR = Path(sys.prefix) / "share" / "faceverify"
+SBOM_NAME = "sbom.cdx.json"
+LICENSES_NAME = "LICENSES.md"
+MODEL_SOURCE = "https://github.com/davisking/dlib-models"
+MODEL_PACKAGE = "https://pypi.org/project/face-recognition-models/0.3.0/"
+
+
+def shipped_file(name: str) -> Path | None:
+    """``share/<name>`` if this environment has one (an image's), else None."""
+    path = SHARE_DIR / name
+    return path if path.is_file() else None
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def model_components(
+    manifest: dict[str, Any], weights: dict[str, WeightFile], onnx: tuple[Path, str] | None
+) -> list[dict[str, Any]]:
+    """A CycloneDX component for each manifest model, marked with whether its file is in
+    this environment, and one for the ONNX conversion that stands in for the ResNet."""
+    out = []
+    for entry in manifest["models"]:
+        weight = weights[entry["name"]]
+        shipped = not weight.prepared_only and weight.path.is_file()
+        out.append(
+            {
+                "type": "machine-learning-model",
+                "bom-ref": f"model:{entry['name']}",
+                "name": entry["name"],
+                "description": entry["role"],
+                "hashes": [{"alg": "SHA-256", "content": entry["sha256"]}],
+                "licenses": [{"license": {"name": entry["licence"]}}],
+                "externalReferences": [
+                    {"type": "vcs", "url": MODEL_SOURCE},
+                    {"type": "distribution", "url": MODEL_PACKAGE},
+                ],
+                "properties": [
+                    {"name": "faceverify:file", "value": entry["file"]},
+                    {"name": "faceverify:source", "value": entry["source"]},
+                    {
+                        "name": "faceverify:shipped",
+                        "value": str(weight.path) if shipped else "no (its conversion is)",
+                    },
+                ],
+            }
+        )
+    if onnx is not None:
+        path, sha256 = onnx
+        resnet = next(m for m in manifest["models"] if m["name"] == "dlib_resnet_v1")
+        out.append(
+            {
+                "type": "machine-learning-model",
+                "bom-ref": "model:dlib_resnet_v1.onnx",
+                "name": "dlib_resnet_v1 (ONNX)",
+                "description": "dlib_resnet_v1 converted to ONNX at build time "
+                "(app/face/onnx_convert.py); the encoder ONNX Runtime runs",
+                "hashes": [{"alg": "SHA-256", "content": sha256}],
+                "licenses": [{"license": {"name": resnet["licence"]}}],
+                "pedigree": {"notes": f"converted from {resnet['file']} ({resnet['sha256']})"},
+                "properties": [
+                    {"name": "faceverify:file", "value": path.name},
+                    {"name": "faceverify:shipped", "value": str(path)},
+                ],
+            }
+        )
+    return out
+
+
+def wheel_hashes(report: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(name, version) -> (url, sha256) of every archive in a pip ``--report``."""
+    out = {}
+    for item in report.get("install", []):
+        info = item.get("download_info", {})
+        sha = info.get("archive_info", {}).get("hashes", {}).get("sha256")
+        if sha:
+            meta = item["metadata"]
+            out[(_normal(meta["name"]), meta["version"])] = (info["url"], sha)
+    return out
+
+
+def build(
+    env_bom: dict[str, Any], report: dict[str, Any] | None, models: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """cyclonedx-py's BOM of the environment with the models and the wheels' hashes."""
+    bom = dict(env_bom)
+    wheels = wheel_hashes(report or {})
+    for component in bom.get("components", []):
+        wheel = wheels.get((_normal(component["name"]), component.get("version", "")))
+        if wheel is not None:
+            url, sha = wheel
+            component.setdefault("externalReferences", []).append(
+                {
+                    "type": "distribution",
+                    "url": url,
+                    "comment": "the file pip installed, checked against requirements/run.txt",
+                    "hashes": [{"alg": "SHA-256", "content": sha}],
+                }
+            )
+    bom["components"] = [*bom.get("components", []), *models]
+    dependencies = bom.setdefault("dependencies", [])
+    for entry in dependencies:
+        if entry.get("ref") == "root-component":
+            entry.setdefault("dependsOn", []).extend(m["bom-ref"] for m in models)
+    dependencies.extend({"ref": m["bom-ref"]} for m in models)
+    return bom
+
+
+def build_for(settings: Settings, env_bom: Path, report: Path | None, out: Path) -> dict[str, Any]:
+    """Write ``out``: the environment's BOM with this installation's models added."""
+    from app.face.dlib_resnet import prepared_onnx_file
+    from app.face.registry import load_checked_weights
+
+    weights = load_checked_weights(settings)
+    manifest = json.loads(settings.manifest_file().read_text())
+    onnx = prepared_onnx_file(weights["dlib_resnet_v1"].sha256, settings.resolved_cache_dir())
+    models = model_components(manifest, weights, onnx)
+    bom = build(
+        json.loads(env_bom.read_text()),
+        json.loads(report.read_text()) if report is not None else None,
+        models,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(bom, indent=2, sort_keys=True) + "\n")
+    return bom
