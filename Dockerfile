@@ -13,16 +13,24 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH \
     FACEVERIFY_CACHE_DIR=/srv/faceverify/cache
 WORKDIR /srv/faceverify
-RUN python -m venv /opt/venv
+# Every package from the lock (requirements/run.txt), each file checked against its
+# sha256: two builds of one commit install the same files (tests/test_container.py
+# compares them). pip's --report records which file each package came from, for the
+# SBOM. The locked pip and setuptools come first, so the base image's do not matter.
+COPY requirements/run.txt requirements/sbom.txt ./requirements/
+RUN python -m venv /opt/venv \
+    && pip install --require-hashes --no-deps --report /tmp/install-report.json -r requirements/run.txt \
+    && pip check
 COPY pyproject.toml README.md ./
 COPY app ./app
-# A plain install: the package carries its manifest and calibration (package data).
+# faceverify itself, built by the locked setuptools (no build isolation: nothing unlocked
+# is fetched). The package carries its manifest and calibration (package data).
 # dlib-bin is a prebuilt wheel and face_recognition_models carries the weights: no
 # compiler, and no download at run time. The ONNX encoder is converted here, once, and
 # stands in for the ResNet's .dat (checked by sha256 at every start); then onnx (needed
 # only to convert) leaves, and so do the .dat and the 68-point landmark model (~100 MB,
 # never loaded, and licensed for non-commercial use only): three model files remain.
-RUN pip install . \
+RUN pip install --no-deps --no-build-isolation . \
     && faceverify models check \
     && faceverify models prepare \
     && pip uninstall --yes onnx \
@@ -53,6 +61,19 @@ RUN apt-get update -qq \
     && find "$SITE" -name "*.pyi" -delete \
     && pip uninstall --yes --quiet rich pygments markdown-it-py mdurl setuptools pip \
     && TYPER_USE_RICH=0 faceverify models check --photo /tmp/face.jpg
+# The SBOM of the finished environment (docs/DEPLOYMENT.md): cyclonedx-py, from the lock,
+# in a venv of its own that the image leaves behind, lists every package; faceverify adds
+# the model files and the wheels' sha256; the result is validated against CycloneDX's
+# schema. Reproducible: no timestamp or random serial number. The licence list beside it.
+COPY tools/validate_sbom.py /tmp/validate_sbom.py
+COPY docs/LICENSES.md /opt/venv/share/faceverify/LICENSES.md
+RUN python -m venv /opt/sbom \
+    && /opt/sbom/bin/pip install --quiet --require-hashes --no-deps -r requirements/sbom.txt \
+    && /opt/sbom/bin/cyclonedx-py environment --pyproject pyproject.toml --output-reproducible \
+        -o /tmp/env.cdx.json /opt/venv/bin/python \
+    && TYPER_USE_RICH=0 faceverify sbom --build /tmp/env.cdx.json --install-report /tmp/install-report.json \
+    && /opt/sbom/bin/python /tmp/validate_sbom.py /opt/venv/share/faceverify/sbom.cdx.json \
+    && faceverify sbom
 
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -16,56 +16,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
+from tests.containers import free_port, image, run
 from tests.helpers import DATA
+
+__all__ = ["image"]  # the fixture, shared with tests/test_image_contents.py
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "container-test-key-0123456789abcdef"
 pytestmark = pytest.mark.container
-
-
-def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False
-    )
-    assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout}\n{done.stderr}"
-    return done.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def engine_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-
-
-@pytest.fixture(scope="module")
-def image() -> Iterator[str]:
-    if not engine_answers():
-        if os.environ.get("CI"):
-            pytest.fail("no container engine answers (docker info); .ci/run starts dockerd")
-        pytest.skip("no container engine answers (docker info)")
-    tag = f"faceverify:test-{uuid.uuid4().hex[:8]}"
-    args = ["docker", "build", "-q", "--network=host", "-t", tag]
-    if base := os.environ.get("FACEVERIFY_TEST_BASE_IMAGE"):
-        args += ["--build-arg", f"BASE_IMAGE={base}"]
-    run(*args, ".", timeout=900)
-    yield tag
-    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
 
 
 def wait_ready(url: str, seconds: float = 120) -> None:

@@ -17,15 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_dockerfile_installs_and_starts_like_make_run() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    # Install: a plain (not editable) install of the package, which carries its model
-    # manifest and calibration (test below), then the two model commands test_cli runs.
+    # Install: the lock (tests/test_lock.py), then a plain (not editable) install of the
+    # package, which carries its model manifest and calibration (test below), then the
+    # two model commands test_cli runs.
     assert re.search(
-        r"RUN pip install \. \\\n\s+&& faceverify models check \\\n"
-        r"\s+&& faceverify models prepare \\$",
+        r"RUN pip install --no-deps --no-build-isolation \. \\\n"
+        r"\s+&& faceverify models check \\\n\s+&& faceverify models prepare \\$",
         dockerfile,
         re.MULTILINE,
     )
-    assert "pip install --quiet -e ." in makefile
+    assert "pip install --quiet --no-deps --no-build-isolation -e ." in makefile
     # Multi-stage, on the official image unless BASE_IMAGE says otherwise.
     assert "ARG BASE_IMAGE=python:3.11-slim" in dockerfile
     assert dockerfile.count("FROM ${BASE_IMAGE}") == 2
@@ -47,7 +48,9 @@ def test_a_plain_install_carries_the_manifest_and_calibration(tmp_path: Path) ->
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(ROOT / "app", source / "app", ignore=shutil.ignore_patterns("__pycache__"))
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."]
+    # Built as the Dockerfile builds it: by the locked setuptools, nothing fetched.
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    pip += ["-w", str(tmp_path), "."]
     subprocess.run(pip, cwd=source, check=True, timeout=300)
     (wheel,) = tmp_path.glob("faceverify-*.whl")
     installed = tmp_path / "site"
