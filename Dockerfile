@@ -14,9 +14,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     FACEVERIFY_CACHE_DIR=/srv/faceverify/cache
 WORKDIR /srv/faceverify
 # Every package from the lock (requirements/run.txt), each file checked against its
-# sha256: two builds of one commit install the same files (tests/test_container.py
+# sha256: two builds of one commit install the same files (tests/test_image_contents.py
 # compares them). pip's --report records which file each package came from, for the
-# SBOM. The locked pip and setuptools come first, so the base image's do not matter.
+# SBOM. The lock pins pip and setuptools too, so the base image's do not matter.
 COPY requirements/run.txt requirements/sbom.txt ./requirements/
 RUN python -m venv /opt/venv \
     && pip install --require-hashes --no-deps --report /tmp/install-report.json -r requirements/run.txt \

@@ -31,7 +31,7 @@ $(VENV)/.stamp-dev: requirements/dev.txt pyproject.toml clients/python/pyproject
 # you do): keeps every pin that still fits. UPGRADE=1 takes the newest releases instead.
 lock: $(VENV)/.stamp-dev
 	$(BIN)/python tools/lock.py $(if $(UPGRADE),--upgrade)
-	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-compile --require-hashes --no-deps -r requirements/dev.txt
 	$(BIN)/python tools/licenses.py
 
 # docs/LICENSES.md from the installed lock (tests/test_lock.py checks it is current).
