@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-container lint unit clean lock licenses
+.PHONY: run test test-slow test-container lint unit clean lock licenses
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ lint: $(VENV)/.stamp-dev
 # One pytest worker per core (pytest-xdist): many tests wait on servers and sockets.
 test: lint
 	$(BIN)/pytest -n auto --dist worksteal
+
+# Load, kill -9 and generated-request tests (8-30 s each; CI runs them after make test).
+test-slow: $(VENV)/.stamp-dev
+	$(BIN)/pytest -m slow -n auto --dist worksteal
 
 # The image built and run, and the compose stack (needs a container engine; minutes).
 test-container: $(VENV)/.stamp-dev

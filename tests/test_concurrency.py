@@ -84,6 +84,7 @@ def _answered(service: FaceService, name: str) -> tuple[list[tuple], np.ndarray]
     return _answer(service, name)
 
 
+@pytest.mark.slow
 def test_threads_on_different_photos_get_the_answers_computed_alone(
     real_service: FaceService,
 ) -> None:
@@ -116,6 +117,7 @@ def test_threads_on_different_photos_get_the_answers_computed_alone(
     assert wrong == [], f"{len(wrong)} of {done} answers differ from the single-threaded ones"
 
 
+@pytest.mark.slow
 def test_concurrent_clients_get_the_answers_computed_alone(tmp_path: Path) -> None:
     """Over HTTP on a real server with default settings: /compare of a photo with itself,
     fast and thorough in turn, must be distance 0 with the same box as alone, whatever

@@ -76,6 +76,7 @@ def test_bad_inputs_get_their_codes_fast_and_the_server_stays_up(tmp_path: Path)
         assert r.status_code == 200 and r.json()["match"] is True
 
 
+@pytest.mark.slow
 def test_kill_minus_9_during_enrollment_leaves_all_or_nothing(tmp_path: Path) -> None:
     env = {**os.environ, "FACEVERIFY_DATA_DIR": str(tmp_path),
            "FACEVERIFY_API_KEYS": f"{TEST_KEY}:admin"}  # fmt: skip

@@ -30,6 +30,7 @@ def check_response(response: schemathesis.Response) -> None:
         assert {"type", "title", "status", "code", "detail"} <= set(response.json())
 
 
+@pytest.mark.slow
 def test_generated_requests_get_no_5xx_and_problem_json(tmp_path: Path) -> None:
     with serving({"FACEVERIFY_DATA_DIR": str(tmp_path)}) as url:
         schema = schemathesis.openapi.from_url(url + "/openapi.json")

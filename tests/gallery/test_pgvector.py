@@ -65,6 +65,7 @@ def bare_store() -> Iterator[tuple[GalleryStore, str]]:
     next(databases, None)
 
 
+@pytest.mark.slow
 def test_identify_in_the_database_agrees_with_exact_search(
     replicas: tuple[FaceService, FaceService],
 ) -> None:

@@ -52,6 +52,7 @@ def checked(url: str, answered: list[tuple[str, bool | None]]) -> AuditTrail:
         store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_every_concurrent_answer_has_its_event_and_the_chain_holds(
     tmp_path: Path, database: str, request: pytest.FixtureRequest
@@ -81,6 +82,7 @@ def test_every_concurrent_answer_has_its_event_and_the_chain_holds(
         store.close()
 
 
+@pytest.mark.slow
 def test_a_kill_9_under_load_loses_no_event_of_an_answered_request(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
