@@ -51,7 +51,8 @@ lint: $(VENV)/.stamp-dev
 test: lint
 	$(BIN)/pytest -n auto --dist worksteal
 
-# Load, kill -9 and generated-request tests (8-30 s each; CI runs them after make test).
+# The tests of about 10 s or more each (load, kill -9, generated requests, several
+# servers, the browser); CI runs them after make test.
 test-slow: $(VENV)/.stamp-dev
 	$(BIN)/pytest -m slow -n auto --dist worksteal
 

@@ -16,6 +16,7 @@ from tests.server import FACEVERIFY, free_port, serving
 pytestmark = pytest.mark.model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_two_servers_on_one_database_share_the_gallery(
     tmp_path: Path, database: str, request: pytest.FixtureRequest
@@ -95,6 +96,7 @@ def test_serve_fails_fast_when_a_weight_file_is_wrong(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "sha256" in proc.stderr
 
 
+@pytest.mark.slow
 def test_first_start_without_keys_prints_one_admin_key(tmp_path: Path) -> None:
     env = {"FACEVERIFY_DATA_DIR": str(tmp_path), "FACEVERIFY_API_KEYS": ""}
     with serving(env) as url:

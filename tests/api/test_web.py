@@ -39,6 +39,7 @@ def test_page_is_served(tmp_path: Path) -> None:
         assert "/" not in httpx2.get(url + "/openapi.json", timeout=10).json()["paths"]
 
 
+@pytest.mark.slow
 def test_enroll_verify_and_delete_in_a_browser(tmp_path: Path) -> None:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):

@@ -50,6 +50,7 @@ def test_the_child_finds_what_dlib_finds_in_process() -> None:
     assert got[0][4] == pytest.approx(want[0][4], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_the_child_holds_no_gil_of_the_servers() -> None:
     """In process, a counting thread got ~1% of its rate during a CNN call; now the
     caller only waits on a pipe."""

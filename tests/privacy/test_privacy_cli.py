@@ -21,6 +21,7 @@ pytestmark = pytest.mark.model
 FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))
 
 
+@pytest.mark.slow
 def test_consent_export_and_erasure_from_the_cli(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = {"FACEVERIFY_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}

@@ -72,6 +72,7 @@ def test_evaluate_writes_pairs_report_and_plots(identities: Path, tmp_path: Path
     assert (out / "det.png").stat().st_size > 1000 and (out / "reliability.png").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_scores_every_mode_from_one_pass(identities: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     proc = evaluate(identities, out, "--mode", "all")
