@@ -12,10 +12,11 @@ docs/LICENSES.md beside it; ``faceverify sbom`` and ``/info`` say where.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from packaging.utils import canonicalize_name
 
 if TYPE_CHECKING:
     from app.face.weights import WeightFile
@@ -34,15 +35,14 @@ def shipped_file(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def model_components(
-    manifest: dict[str, Any], weights: dict[str, WeightFile], onnx: tuple[Path, str] | None
+    manifest: dict[str, Any],
+    weights: dict[str, WeightFile],
+    onnx: tuple[str, Path, str] | None,
 ) -> list[dict[str, Any]]:
     """A CycloneDX component for each manifest model, marked with whether its file is in
-    this environment, and one for the ONNX conversion that stands in for the ResNet."""
+    this environment, and one for an ONNX conversion that stands in for a model
+    (``onnx``: the model's manifest name, the converted file, its sha256)."""
     out = []
     for entry in manifest["models"]:
         weight = weights[entry["name"]]
@@ -70,18 +70,18 @@ def model_components(
             }
         )
     if onnx is not None:
-        path, sha256 = onnx
-        resnet = next(m for m in manifest["models"] if m["name"] == "dlib_resnet_v1")
+        name, path, sha256 = onnx
+        source = next(m for m in manifest["models"] if m["name"] == name)
         out.append(
             {
                 "type": "machine-learning-model",
-                "bom-ref": "model:dlib_resnet_v1.onnx",
-                "name": "dlib_resnet_v1 (ONNX)",
-                "description": "dlib_resnet_v1 converted to ONNX at build time "
+                "bom-ref": f"model:{name}.onnx",
+                "name": f"{name} (ONNX)",
+                "description": f"{name} converted to ONNX at build time "
                 "(app/face/onnx_convert.py); the encoder ONNX Runtime runs",
                 "hashes": [{"alg": "SHA-256", "content": sha256}],
-                "licenses": [{"license": {"name": resnet["licence"]}}],
-                "pedigree": {"notes": f"converted from {resnet['file']} ({resnet['sha256']})"},
+                "licenses": [{"license": {"name": source["licence"]}}],
+                "pedigree": {"notes": f"converted from {source['file']} ({source['sha256']})"},
                 "properties": [
                     {"name": "faceverify:file", "value": path.name},
                     {"name": "faceverify:shipped", "value": str(path)},
@@ -93,24 +93,25 @@ def model_components(
 
 def wheel_hashes(report: dict[str, Any]) -> dict[tuple[str, str], tuple[str, str]]:
     """(name, version) -> (url, sha256) of every archive in a pip ``--report``."""
-    out = {}
+    out: dict[tuple[str, str], tuple[str, str]] = {}
     for item in report.get("install", []):
         info = item.get("download_info", {})
         sha = info.get("archive_info", {}).get("hashes", {}).get("sha256")
         if sha:
             meta = item["metadata"]
-            out[(_normal(meta["name"]), meta["version"])] = (info["url"], sha)
+            out[(canonicalize_name(meta["name"]), meta["version"])] = (info["url"], sha)
     return out
 
 
 def build(
     env_bom: dict[str, Any], report: dict[str, Any] | None, models: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """cyclonedx-py's BOM of the environment with the models and the wheels' hashes."""
-    bom = dict(env_bom)
+    """cyclonedx-py's BOM of the environment (changed in place) with the models and the
+    wheels' hashes added."""
+    bom = env_bom
     wheels = wheel_hashes(report or {})
     for component in bom.get("components", []):
-        wheel = wheels.get((_normal(component["name"]), component.get("version", "")))
+        wheel = wheels.get((canonicalize_name(component["name"]), component.get("version", "")))
         if wheel is not None:
             url, sha = wheel
             component.setdefault("externalReferences", []).append(
@@ -132,12 +133,13 @@ def build(
 
 def build_for(settings: Settings, env_bom: Path, report: Path | None, out: Path) -> dict[str, Any]:
     """Write ``out``: the environment's BOM with this installation's models added."""
-    from app.face.dlib_resnet import prepared_onnx_file
+    from app.face.dlib_resnet import MODEL, prepared_onnx_file
     from app.face.registry import load_checked_weights
 
     weights = load_checked_weights(settings)
     manifest = json.loads(settings.manifest_file().read_text())
-    onnx = prepared_onnx_file(weights["dlib_resnet_v1"].sha256, settings.resolved_cache_dir())
+    converted = prepared_onnx_file(weights[MODEL].sha256, settings.resolved_cache_dir())
+    onnx = (MODEL, *converted) if converted is not None else None
     models = model_components(manifest, weights, onnx)
     bom = build(
         json.loads(env_bom.read_text()),

@@ -7,19 +7,23 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import subprocess
+import sys
 import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from tests.containers import build_args, image, run
 
 __all__ = ["image"]
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import lock  # noqa: E402
+
 SHARE = "/opt/venv/share/faceverify"
 pytestmark = pytest.mark.container
 
@@ -29,22 +33,12 @@ INSTALLED = (
 )
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def lock_hashes() -> dict[tuple[str, str], set[str]]:
     """(name, version) -> sha256 of every file requirements/run.txt allows."""
-    out: dict[tuple[str, str], set[str]] = {}
-    key = None
-    for line in (ROOT / "requirements/run.txt").read_text().splitlines():
-        pin = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
-        if pin:
-            key = (_normal(pin.group(1)), pin.group(2))
-            out[key] = set()
-        elif key and (h := re.search(r"--hash=sha256:([0-9a-f]{64})", line)):
-            out[key].add(h.group(1))
-    return out
+    return {
+        (name, str(req.specifier).removeprefix("==")): hashes
+        for name, (req, hashes) in lock.entries(ROOT / "requirements/run.txt").items()
+    }
 
 
 def test_the_image_carries_its_sbom_and_licence_list(image: str) -> None:
@@ -54,19 +48,19 @@ def test_the_image_carries_its_sbom_and_licence_list(image: str) -> None:
     licences = run("docker", "run", "--rm", image, "cat", f"{SHARE}/LICENSES.md")
     assert licences == (ROOT / "docs/LICENSES.md").read_text().strip()
     installed = {
-        (_normal(n), v)
+        (canonicalize_name(n), v)
         for n, v in json.loads(run("docker", "run", "--rm", image, "python", "-c", INSTALLED))
     }
     # Every package in the image is a component, and nothing else is: the SBOM was made
     # after the build stage's cuts.
     libraries = [c for c in bom["components"] if c["type"] == "library"]
-    listed = {(_normal(c["name"]), c["version"]) for c in libraries}
+    listed = {(canonicalize_name(c["name"]), c["version"]) for c in libraries}
     assert listed == {(n, v) for n, v in installed if n != "faceverify"}
     assert bom["metadata"]["component"]["name"] == "faceverify"
     # Each came from a file the lock allows, and the SBOM says which.
     allowed = lock_hashes()
     for component in libraries:
-        key = (_normal(component["name"]), component["version"])
+        key = (canonicalize_name(component["name"]), component["version"])
         wheels = [
             h["content"]
             for ref in component.get("externalReferences", [])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -17,19 +18,6 @@ import licenses  # noqa: E402
 import lock  # noqa: E402
 
 LOCKS = [ROOT / "requirements" / f"{name}.txt" for name in lock.NAMES]
-
-
-def entries(path: Path) -> dict[str, tuple[Requirement, set[str]]]:
-    """name -> (the pinned requirement, its hashes) of a lock file."""
-    out: dict[str, tuple[Requirement, set[str]]] = {}
-    current = None
-    for line in path.read_text().splitlines():
-        if re.match(r"^[A-Za-z0-9]", line):
-            current = Requirement(line.rstrip(" \\"))
-            out[lock._normal(current.name)] = (current, set())
-        elif line.strip().startswith("--hash=sha256:") and current is not None:
-            out[lock._normal(current.name)][1].add(line.strip().split(":", 1)[1].rstrip(" \\"))
-    return out
 
 
 def test_the_lock_matches_pyproject() -> None:
@@ -58,7 +46,7 @@ def test_a_changed_dependency_makes_the_lock_stale(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", LOCKS, ids=lambda p: p.name)
 def test_every_pin_is_exact_hashed_and_single(path: Path) -> None:
-    pinned = entries(path)
+    pinned = lock.entries(path)
     assert pinned, path
     for name, (req, hashes) in pinned.items():
         assert re.fullmatch(r"==[^,*]+", str(req.specifier)), f"{name} is not pinned exactly"
@@ -67,9 +55,9 @@ def test_every_pin_is_exact_hashed_and_single(path: Path) -> None:
 
 
 def test_run_and_sbom_take_the_dev_versions_and_hashes() -> None:
-    dev = entries(ROOT / "requirements/dev.txt")
+    dev = lock.entries(ROOT / "requirements/dev.txt")
     for name in ("run", "sbom"):
-        for pkg, (req, hashes) in entries(ROOT / f"requirements/{name}.txt").items():
+        for pkg, (req, hashes) in lock.entries(ROOT / f"requirements/{name}.txt").items():
             assert pkg in dev, f"{name}.txt pins {pkg}, dev.txt does not"
             assert req.specifier == dev[pkg][0].specifier, pkg
             assert hashes == dev[pkg][1], pkg
@@ -80,7 +68,7 @@ def test_every_direct_requirement_is_met_by_its_pin() -> None:
         pinned = lock.pins(ROOT / f"requirements/{name}.txt")
         for line in wanted:
             req = Requirement(line)
-            version = pinned.get(lock._normal(req.name))
+            version = pinned.get(canonicalize_name(req.name))
             assert version is not None, f"{name}.txt misses {req.name}"
             assert req.specifier.contains(version, prereleases=True), f"{req} vs {version}"
 
@@ -89,7 +77,7 @@ def test_this_environment_was_installed_from_the_lock() -> None:
     """`make test` installed requirements/dev.txt: every pin that applies here is what is
     installed (run.txt's pins are dev.txt's)."""
     differ = {}
-    for name, (req, _) in entries(ROOT / "requirements/dev.txt").items():
+    for name, (req, _) in lock.entries(ROOT / "requirements/dev.txt").items():
         if req.marker is not None and not req.marker.evaluate():
             continue
         try:
@@ -127,7 +115,7 @@ def test_what_the_image_uninstalls_is_what_the_licence_list_says() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
     removed = set()
     for cmd in re.findall(r"pip uninstall ([^&]*)", dockerfile):
-        removed |= {lock._normal(w) for w in cmd.split() if not w.startswith("-")}
+        removed |= {canonicalize_name(w) for w in cmd.split() if not w.startswith("-")}
     assert removed == licenses.NOT_IN_IMAGE
 
 

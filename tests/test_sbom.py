@@ -7,13 +7,13 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from packaging.utils import canonicalize_name
 from typer.testing import CliRunner
 
 import app.sbom
@@ -22,10 +22,6 @@ from app.cli import cli
 ROOT = Path(__file__).resolve().parent.parent
 FACEVERIFY = str(Path(sys.executable).with_name("faceverify"))
 CYCLONEDX = str(Path(sys.executable).with_name("cyclonedx-py"))
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_the_sbom_lists_every_package_every_model_and_the_wheels(tmp_path: Path) -> None:
@@ -71,9 +67,11 @@ def test_the_sbom_lists_every_package_every_model_and_the_wheels(tmp_path: Path)
     assert built.returncode == 0, built.stderr
     bom = json.loads(out.read_text())
     assert bom["bomFormat"] == "CycloneDX" and bom["metadata"]["component"]["name"] == "faceverify"
-    libraries = {_normal(c["name"]): c for c in bom["components"] if c["type"] == "library"}
+    libraries = {
+        canonicalize_name(c["name"]): c for c in bom["components"] if c["type"] == "library"
+    }
     for dist in importlib.metadata.distributions():
-        name = _normal(dist.metadata["Name"])
+        name = canonicalize_name(dist.metadata["Name"])
         if name not in ("faceverify",):
             assert libraries[name]["version"] == dist.version, name
     numpy_refs = libraries["numpy"]["externalReferences"]

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lock  # noqa: E402
 
@@ -112,15 +114,11 @@ def kind(licence: str, permissive: tuple[str, ...] = PERMISSIVE) -> str:
 
 def image_packages() -> dict[str, str]:
     """name -> version of run.txt's pins whose environment marker holds here (Linux)."""
-    from packaging.requirements import Requirement
-
-    out = {}
-    for line in (ROOT / "requirements" / "run.txt").read_text().splitlines():
-        if re.match(r"^[A-Za-z0-9]", line):
-            req = Requirement(line.rstrip(" \\"))
-            if req.marker is None or req.marker.evaluate():
-                out[lock._normal(req.name)] = str(req.specifier).removeprefix("==")
-    return out
+    return {
+        name: str(req.specifier).removeprefix("==")
+        for name, (req, _) in lock.entries(ROOT / "requirements" / "run.txt").items()
+        if req.marker is None or req.marker.evaluate()
+    }
 
 
 def _declared() -> dict[str, dict[str, str]]:
@@ -132,7 +130,7 @@ def _declared() -> dict[str, dict[str, str]]:
         capture_output=True,
         text=True,
     ).stdout
-    return {lock._normal(p["Name"]): p for p in json.loads(found)}
+    return {canonicalize_name(p["Name"]): p for p in json.loads(found)}
 
 
 def bundled_libraries(package: str) -> list[str]:

@@ -33,6 +33,9 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = ROOT / "requirements"
 PYTHON_VERSION = "3.11"  # the oldest Python faceverify supports, and the image's
@@ -40,15 +43,8 @@ HEADER = "# inputs-sha256: "
 NAMES = ("dev", "run", "sbom")
 
 
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _requirement_name(line: str) -> str:
-    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
-    if match is None:
-        raise ValueError(f"not a requirement: {line!r}")
-    return _normal(match.group(1))
+    return canonicalize_name(Requirement(line).name)
 
 
 def inputs(root: Path = ROOT) -> dict[str, list[str]]:
@@ -61,7 +57,7 @@ def inputs(root: Path = ROOT) -> dict[str, list[str]]:
     client = tomllib.loads((root / "clients/python/pyproject.toml").read_text())
     project = server["project"]
     extras = project["optional-dependencies"]
-    own = {_normal(project["name"]), _normal(client["project"]["name"])}
+    own = {canonicalize_name(project["name"]), canonicalize_name(client["project"]["name"])}
     # setuptools builds the two local packages (--no-build-isolation); pip is the
     # installer. Both are pinned so a build does not depend on the base image's.
     tools = [*server["build-system"]["requires"], *client["build-system"]["requires"], "pip"]
@@ -104,16 +100,27 @@ def stale(root: Path = ROOT) -> list[str]:
     return out
 
 
-def pins(path: Path) -> dict[str, str]:
-    """name -> version of every package pinned in a lock file."""
-    found = {}
+def entries(path: Path) -> dict[str, tuple[Requirement, set[str]]]:
+    """Canonical name -> (the pinned requirement, with its marker; its sha256 hashes) of
+    every package in a lock file. A package pinned twice is an error: one version of a
+    package for every Python."""
+    out: dict[str, tuple[Requirement, set[str]]] = {}
+    current = ""
     for line in path.read_text().splitlines():
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
-        if match:
-            name, version = _normal(match.group(1)), match.group(2)
-            if found.setdefault(name, version) != version:
-                raise ValueError(f"{path.name} pins {name} twice: {found[name]} and {version}")
-    return found
+        if re.match(r"^[A-Za-z0-9]", line):
+            req = Requirement(line.rstrip(" \\"))
+            current = canonicalize_name(req.name)
+            if current in out:
+                raise ValueError(f"{path.name} pins {current} twice")
+            out[current] = (req, set())
+        elif (found := re.search(r"--hash=sha256:([^\s\\]+)", line)) and current:
+            out[current][1].add(found.group(1))
+    return out
+
+
+def pins(path: Path) -> dict[str, str]:
+    """Canonical name -> version of every package pinned in a lock file."""
+    return {name: str(req.specifier).removeprefix("==") for name, (req, _) in entries(path).items()}
 
 
 def _uv() -> str:
