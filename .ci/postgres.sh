@@ -15,6 +15,10 @@ BEGIN
     CREATE ROLE faceverify_test LOGIN PASSWORD 'faceverify_test' CREATEDB;
   END IF;
 END $$;
+-- A test drops its database WITH (FORCE). An autovacuum worker in it (after a bulk
+-- import) has no role, and only a member of pg_signal_backend may end it: without
+-- this the drop fails "must be a member of the role whose process is being terminated".
+GRANT pg_signal_backend TO faceverify_test;
 SQL
 # pgvector (built from vendor/ by .ci/pgvector.sh when it is installed): in template1, so
 # every test database has the extension (creating it needs a superuser).
