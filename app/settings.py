@@ -213,6 +213,12 @@ class Settings(BaseSettings):
     min_upload_bytes_per_second: int = Field(16 * 1024, ge=1)
     upload_grace_seconds: float = Field(10.0, gt=0)
     identify_top_k: int = Field(5, ge=1, le=100)
+    # /identify names its nearest subject only at this false-positive identification
+    # rate (strangers named) or lower, at the collection's size (issue 36: the 1:1
+    # threshold named 92% of strangers in a gallery of 940); a collection may set its
+    # own (PATCH /collections), a request only a lower one. 1%: AWS's and NIST FRTE's
+    # usual operating point for 1:N.
+    identify_fpir: float = Field(0.01, ge=1e-4, le=0.5)
     # Photos in one enrollment: a handful makes a good template; 20 bounds the work one
     # request can ask for (issue 9: 1,000 were allowed).
     max_enroll_images: int = Field(20, ge=1, le=1000)

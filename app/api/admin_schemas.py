@@ -21,11 +21,36 @@ RetentionDays = Annotated[
 ]
 
 
+IdentifyFpir = Annotated[
+    float | None,
+    Field(
+        ge=1e-4,
+        le=0.5,
+        description="/identify names a subject (`best`) only at this false-positive "
+        "identification rate or lower: the share of searches for people who are not "
+        "enrolled that would name someone, at the collection's size (null: "
+        "FACEVERIFY_IDENTIFY_FPIR, 0.01). A request may ask for a lower one.",
+    ),
+]
+VerifyMaxFmr = Annotated[
+    float | None,
+    Field(
+        ge=1e-7,
+        le=0.1,
+        description="/verify matches only at this false match rate or lower (one "
+        "comparison of two different people), on top of the threshold (null: the "
+        "threshold alone, ~0.8%). A request may ask for a lower one.",
+    ),
+]
+
+
 class CollectionCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     collection_id: CollectionId
     retention_days: RetentionDays = None
     consent_required: bool = Field(False, description="A new subject needs consent at enrollment.")
+    identify_fpir: IdentifyFpir = None
+    verify_max_fmr: VerifyMaxFmr = None
 
 
 class CollectionUpdateRequest(BaseModel):
@@ -34,6 +59,8 @@ class CollectionUpdateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     retention_days: RetentionDays = None
     consent_required: bool | None = None
+    identify_fpir: IdentifyFpir = None
+    verify_max_fmr: VerifyMaxFmr = None
 
 
 class CollectionOut(BaseModel):
@@ -45,6 +72,15 @@ class CollectionOut(BaseModel):
         None, description="The retention schedule: days after last use (null: none)."
     )
     consent_required: bool = False
+    identify_fpir: float | None = Field(
+        None,
+        description="The false-positive identification rate /identify names a subject at "
+        "(the collection's, else FACEVERIFY_IDENTIFY_FPIR; null in an export: the "
+        "server's default).",
+    )
+    verify_max_fmr: float | None = Field(
+        None, description="The largest false match rate /verify accepts (null: the threshold's)."
+    )
 
 
 class AuditEventOut(BaseModel):

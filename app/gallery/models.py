@@ -67,6 +67,11 @@ class Collection(Base):
     retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Enrollment of a new subject needs a consent reference.
     consent_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The decision rates (issue 36; None: the server's defaults): the false-positive
+    # identification rate /identify names a subject at, and the largest false match
+    # rate /verify accepts.
+    identify_fpir: Mapped[float | None] = mapped_column(Float, nullable=True)
+    verify_max_fmr: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Subject(Base):

@@ -26,6 +26,7 @@ from app.gallery.models import (
 )
 from app.gallery.models import Collection as CollectionRow
 from app.gallery.records import (
+    CollectionPolicy,
     CollectionRecord,
     FaceRecord,
     SubjectRecord,
@@ -213,19 +214,29 @@ class Reads(StoreBase):
             ]
             return [
                 CollectionRecord(
-                    c.id, c.created_at, n, m, c.retention_days, bool(c.consent_required)
+                    c.id,
+                    c.created_at,
+                    n,
+                    m,
+                    c.retention_days,
+                    bool(c.consent_required),
+                    c.identify_fpir,
+                    c.verify_max_fmr,
                 )
                 for c, n, m in found
             ]
 
-    def collection_policy(self, *, collection: str) -> tuple[int | None, bool, bool]:
-        """A collection's retention days, whether it requires consent, and whether any
-        of its subjects has an expiry date (CollectionNotFound)."""
+    def collection_policy(self, *, collection: str) -> CollectionPolicy:
+        """A collection's retention days, consent rule, whether any of its subjects has
+        an expiry date, and its decision rates (CollectionNotFound)."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(CollectionRow.retention_days, CollectionRow.consent_required).where(
-                    CollectionRow.id == collection
-                )
+                select(
+                    CollectionRow.retention_days,
+                    CollectionRow.consent_required,
+                    CollectionRow.identify_fpir,
+                    CollectionRow.verify_max_fmr,
+                ).where(CollectionRow.id == collection)
             ).first()
             if row is None:
                 raise CollectionNotFound.for_id(collection)
@@ -234,7 +245,7 @@ class Reads(StoreBase):
                 .where(Subject.collection_id == collection, Subject.expires_at.is_not(None))
                 .limit(1)
             ).first()
-        return row[0], bool(row[1]), dated is not None
+        return CollectionPolicy(row[0], bool(row[1]), dated is not None, row[2], row[3])
 
     def subject_times(
         self, *, collection: str, subject_ids: Collection[str]

@@ -75,6 +75,22 @@ class CollectionRecord:
     faces: int
     retention_days: int | None = None
     consent_required: bool = False
+    # None: the server's defaults (FACEVERIFY_IDENTIFY_FPIR; the threshold's own FMR).
+    identify_fpir: float | None = None
+    verify_max_fmr: float | None = None
+
+
+@dataclass(frozen=True)
+class CollectionPolicy:
+    """What a request must know of its collection: the retention schedule, the consent
+    rule, whether any subject has an expiry date, and the decision rates (None: the
+    server's defaults)."""
+
+    retention_days: int | None = None
+    consent_required: bool = False
+    dated: bool = False
+    identify_fpir: float | None = None
+    verify_max_fmr: float | None = None
 
 
 @dataclass(frozen=True)

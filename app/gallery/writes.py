@@ -83,9 +83,11 @@ class Writes(StoreBase):
         collection: str,
         retention_days: int | None = None,
         consent_required: bool = False,
+        identify_fpir: float | None = None,
+        verify_max_fmr: float | None = None,
     ) -> CollectionRecord:
-        """Create an empty collection (with its retention schedule and consent rule);
-        CollectionExists if the id is taken."""
+        """Create an empty collection (with its retention schedule, consent rule and
+        decision rates); CollectionExists if the id is taken."""
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session, self.busy_timeout)  # queue with the other writers
             if session.get(CollectionRow, collection) is not None:
@@ -97,6 +99,8 @@ class Writes(StoreBase):
                 created_at=datetime.now(UTC),
                 retention_days=retention_days,
                 consent_required=consent_required,
+                identify_fpir=identify_fpir,
+                verify_max_fmr=verify_max_fmr,
             )
             session.add(row)
             session.execute(delete(DeletedCollection).where(DeletedCollection.id == collection))
@@ -105,7 +109,16 @@ class Writes(StoreBase):
             # every index (issue 25: 47 s on a 1.8M-face server after POST /collections).
             _log(session, version, [("create_collection", collection, "", None)])
             stage(session, collection=collection, subjects=[])
-            return CollectionRecord(row.id, row.created_at, 0, 0, retention_days, consent_required)
+            return CollectionRecord(
+                row.id,
+                row.created_at,
+                0,
+                0,
+                retention_days,
+                consent_required,
+                identify_fpir,
+                verify_max_fmr,
+            )
 
     def ensure_collection(self, *, collection: str) -> bool:
         """Create the collection unless it exists; whether this call created it (another
@@ -287,8 +300,11 @@ class Writes(StoreBase):
         collection: str,
         retention_days: int | None | Unset = UNSET,
         consent_required: bool | Unset = UNSET,
+        identify_fpir: float | None | Unset = UNSET,
+        verify_max_fmr: float | None | Unset = UNSET,
     ) -> None:
-        """Set a collection's retention schedule and consent rule (what is given)."""
+        """Set a collection's retention schedule, consent rule and decision rates (what
+        is given; a rate of None: the server's default)."""
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session, self.busy_timeout)
             row = session.get(CollectionRow, collection)
@@ -298,6 +314,10 @@ class Writes(StoreBase):
                 row.retention_days = retention_days
             if not isinstance(consent_required, Unset):
                 row.consent_required = consent_required
+            if not isinstance(identify_fpir, Unset):
+                row.identify_fpir = identify_fpir
+            if not isinstance(verify_max_fmr, Unset):
+                row.verify_max_fmr = verify_max_fmr
             # A version of its own, so cached schedules are read again.
             _log(session, version, [("create_collection", collection, "", None)])
             stage(
@@ -307,6 +327,8 @@ class Writes(StoreBase):
                 detail={
                     "retention_days": row.retention_days,
                     "consent_required": bool(row.consent_required),
+                    "identify_fpir": row.identify_fpir,
+                    "verify_max_fmr": row.verify_max_fmr,
                 },
             )
 

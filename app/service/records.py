@@ -51,14 +51,25 @@ class GalleryRecords:
 
     # ---- collections -----------------------------------------------------------------
     def create_collection(
-        self, *, collection: str, retention_days: int | None = None, consent_required: bool = False
+        self,
+        *,
+        collection: str,
+        retention_days: int | None = None,
+        consent_required: bool = False,
+        identify_fpir: float | None = None,
+        verify_max_fmr: float | None = None,
     ) -> CollectionRecord:
         return self.store.create_collection(
-            collection=collection, retention_days=retention_days, consent_required=consent_required
+            collection=collection,
+            retention_days=retention_days,
+            consent_required=consent_required,
+            identify_fpir=identify_fpir,
+            verify_max_fmr=verify_max_fmr,
         )
 
     def update_collection(self, *, collection: str, changes: dict[str, Any]) -> CollectionRecord:
-        """Set a collection's retention_days and/or consent_required (the keys given)."""
+        """Set a collection's retention_days, consent_required, identify_fpir and/or
+        verify_max_fmr (the keys given)."""
         self.store.update_collection(collection=collection, **changes)
         return self.store.get_collection(collection=collection)
 

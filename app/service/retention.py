@@ -34,7 +34,7 @@ from app.errors import (
 )
 from app.gallery.audit import AuditDraft
 from app.gallery.index import SubjectHit
-from app.gallery.records import Consent, SubjectTimes, _aware, due_at
+from app.gallery.records import CollectionPolicy, Consent, SubjectTimes, _aware, due_at
 from app.gallery.search import GallerySearch
 from app.gallery.snapshot import erase_rows
 from app.gallery.store import GalleryStore
@@ -70,24 +70,25 @@ class Retention:
         self.search = search
         self.clock = clock
         self.index_dir: Path | None = None
-        # collection -> (retention_days, consent_required, any subject with an expiry)
+        # collection -> its CollectionPolicy
         self._policies = VersionedCache(4096)
         # This process's last use of each subject, and the uses not written yet.
         self._touched: dict[tuple[str, str], datetime] = {}
         self._pending: dict[tuple[str, str], datetime] = {}
         self._touch_lock = threading.Lock()
 
-    def policy(self, collection: str, version: int | None = None) -> tuple[int | None, bool, bool]:
-        """The collection's retention days, consent rule, and whether any subject has an
-        expiry: read once per gallery version (``version``: one just read). A
-        collection that is gone has none (the read that follows says it is gone)."""
+    def policy(self, collection: str, version: int | None = None) -> CollectionPolicy:
+        """The collection's retention days, consent rule, whether any subject has an
+        expiry, and its decision rates: read once per gallery version (``version``: one
+        just read). A collection that is gone has none (the read that follows says it is
+        gone)."""
         version = self.store.version() if version is None else version
         cached = self._policies.get(collection, version)
         if cached is None:
             try:
                 cached = self.store.collection_policy(collection=collection)
             except CollectionNotFound:
-                return None, False, False
+                return CollectionPolicy()
             self._policies.put(collection, version, cached)
         return cached
 
@@ -97,7 +98,7 @@ class Retention:
         """:meth:`check` for a subject just read at ``version`` (verify's read): no query
         unless it looks due, then one fresh read decides (its cached last use may be
         older than one another process wrote)."""
-        days, _, _ = self.policy(collection, version)
+        days = self.policy(collection, version).retention_days
         due = due_at(self._with_recent_use(collection, subject_id, times), days)
         if due is not None and self.clock() >= due:
             self.check(collection, subject_id)
@@ -105,8 +106,9 @@ class Retention:
     def expired(self, collection: str, subject_ids: list[str]) -> dict[str, datetime]:
         """Those of ``subject_ids`` that are due (with when they became due). Free when
         the collection has no schedule and no expiry dates."""
-        days, _, dated = self.policy(collection)
-        if days is None and not dated:
+        policy = self.policy(collection)
+        days = policy.retention_days
+        if days is None and not policy.dated:
             return {}
         now = self.clock()
         times = self.store.subject_times(collection=collection, subject_ids=subject_ids)
@@ -184,8 +186,7 @@ class Retention:
         adding to a subject past its retention."""
         if expires_at is not None and expires_at <= self.clock():
             raise InvalidRequest("expires_at must be in the future.")
-        _, consent_required, _ = self.policy(collection)
-        if consent_required and consent is None and not add:
+        if self.policy(collection).consent_required and consent is None and not add:
             raise ConsentRequired.for_collection(collection)
         if add:
             self.check(collection, subject_id)
@@ -220,7 +221,8 @@ class Retention:
             while True:
                 due = self.store.due_subjects(now=now, limit=PURGE_BATCH)
                 days = {
-                    c: self.store.collection_policy(collection=c)[0] for c in {c for c, _ in due}
+                    c: self.store.collection_policy(collection=c).retention_days
+                    for c in {c for c, _ in due}
                 }
                 round_deleted = 0
                 for collection, subject_id in due:

@@ -16,7 +16,7 @@ router = APIRouter(tags=["collections"], dependencies=[require("admin", unbound=
 @router.get("/collections", response_model=list[a.CollectionOut], responses=problems(401, 403))
 def list_collections(service: ServiceDep) -> list[a.CollectionOut]:
     """Every collection, with its subject and face counts."""
-    return [collection_out(c) for c in service.list_collections()]
+    return [collection_out(c, service.settings.identify_fpir) for c in service.list_collections()]
 
 
 @router.post(
@@ -41,7 +41,10 @@ def create_collection(raw: BodyDep, service: ServiceDep) -> a.CollectionOut:
             collection=body.collection_id,
             retention_days=body.retention_days,
             consent_required=body.consent_required,
-        )
+            identify_fpir=body.identify_fpir,
+            verify_max_fmr=body.verify_max_fmr,
+        ),
+        service.settings.identify_fpir,
     )
 
 
@@ -61,14 +64,18 @@ def create_collection(raw: BodyDep, service: ServiceDep) -> a.CollectionOut:
 def update_collection(
     collection_id: s.CollectionId, raw: BodyDep, service: ServiceDep
 ) -> a.CollectionOut:
-    """Set a collection's retention schedule (retention_days; null: none) and consent
-    rule (consent_required). Subjects already past a new schedule are deleted at the
+    """Set a collection's retention schedule (retention_days; null: none), consent
+    rule (consent_required) and decision rates (identify_fpir, verify_max_fmr; null:
+    the server's defaults). Subjects already past a new schedule are deleted at the
     next purge, and never match from now on."""
     body = raw.validate(a.CollectionUpdateRequest)
     changes = body.model_dump(exclude_unset=True)
     if changes.get("consent_required", False) is None:
         del changes["consent_required"]
-    return collection_out(service.update_collection(collection=collection_id, changes=changes))
+    return collection_out(
+        service.update_collection(collection=collection_id, changes=changes),
+        service.settings.identify_fpir,
+    )
 
 
 @router.get(
@@ -78,7 +85,9 @@ def update_collection(
 )
 def get_collection(collection_id: s.CollectionId, service: ServiceDep) -> a.CollectionOut:
     """One collection with its subject and face counts."""
-    return collection_out(service.get_collection(collection=collection_id))
+    return collection_out(
+        service.get_collection(collection=collection_id), service.settings.identify_fpir
+    )
 
 
 @router.delete(
@@ -96,5 +105,7 @@ def delete_collection(
         collection=collection_id, env_key_hashes=keys.env_keys_bound_to(collection_id)
     )
     return a.DeleteCollectionResponse(
-        **collection_out(record).model_dump(), deleted=True, keys_revoked=True
+        **collection_out(record, service.settings.identify_fpir).model_dump(),
+        deleted=True,
+        keys_revoked=True,
     )

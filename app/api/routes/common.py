@@ -82,7 +82,9 @@ def subject_out(subject: SubjectRecord) -> s.SubjectOut:
     )
 
 
-def collection_out(record: CollectionRecord) -> a.CollectionOut:
+def collection_out(record: CollectionRecord, default_fpir: float | None = None) -> a.CollectionOut:
+    """The collection as the API shows it; with ``default_fpir`` (the server's) an
+    ``identify_fpir`` the collection leaves unset is shown as the one in force."""
     return a.CollectionOut(
         collection_id=record.id,
         created_at=s.as_utc(record.created_at),
@@ -90,4 +92,6 @@ def collection_out(record: CollectionRecord) -> a.CollectionOut:
         faces=record.faces,
         retention_days=record.retention_days,
         consent_required=record.consent_required,
+        identify_fpir=default_fpir if record.identify_fpir is None else record.identify_fpir,
+        verify_max_fmr=record.verify_max_fmr,
     )

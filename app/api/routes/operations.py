@@ -126,5 +126,5 @@ def _privacy(service: FaceService, settings: Settings, bound: str | None) -> a.P
         audit_retention_days=settings.audit_retention_days,
         purge_interval_seconds=settings.purge_interval_seconds,
         encryption_at_rest=service.store.cipher is not None,
-        schedules={c.id: collection_out(c) for c in shown},
+        schedules={c.id: collection_out(c, settings.identify_fpir) for c in shown},
     )
