@@ -22,6 +22,7 @@ import numpy as np
 
 from app.errors import ModelFileError
 from app.face.views import CURVES, FAST
+from app.scoring.openset import OpenSetRule
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Calibration:
     pipeline: dict[str, Any] | None
     raw: dict[str, Any]
     fmr_table: dict[str, Any] | None = None
+    # The open-set identification rule of searches on this curve (issue 36); None in a
+    # file fitted before it.
+    open_set: OpenSetRule | None = None
 
     # The other curves (app/face/views.py CURVES) by name; this one is "fast".
     curves: dict[str, Calibration] = field(default_factory=dict)
@@ -77,6 +81,9 @@ class Calibration:
                 pipeline=raw.get("pipeline"),
                 raw=raw,
                 fmr_table=raw.get("fmr_table"),
+                open_set=OpenSetRule.from_dict(raw["open_set"], name)
+                if "open_set" in raw
+                else None,
                 name=name,
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -144,6 +151,22 @@ class Calibration:
             return float(grid[min(i, len(grid) - 1)])
         low, high = shares[i - 1], shares[i]
         return float(grid[i - 1] + (rate - low) / (high - low) * (grid[i] - grid[i - 1]))
+
+    def distance_for_max_fmr(self, rate: float) -> tuple[float, bool] | None:
+        """The distance at which a false match rate of ``rate`` is reached, for /verify's
+        ``max_fmr``, and whether the data supports it: from the open-set rule's impostor
+        tail (tens of millions of pairs, and a fitted tail below them) where the file has
+        one, else from the FMR table; None with neither. A rate under what the data
+        supports gets the distance at the lowest supported rate, and False."""
+        if self.open_set is not None:
+            tail = self.open_set.pairs_tail or self.open_set.tail
+            return tail.pooled_quantile(max(rate, tail.floor)), rate >= tail.floor
+        table = self.fmr_table
+        if not table or not table.get("impostor_pairs"):
+            return None
+        lowest = 1.0 / float(table["impostor_pairs"])
+        found = self.distance_at_fmr(max(rate, lowest))
+        return None if found is None else (found, rate >= lowest)
 
     def _fmr_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The FMR table as (distance grid, share of impostors at or below)."""
