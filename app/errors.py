@@ -13,7 +13,8 @@ table (app/api/problems.py); nothing here knows HTTP.
     │   ├── ClientDisconnected     the client went away while sending its request
     │   ├── InvalidRequest         missing/ill-typed fields
     │   │   ├── TooManyImages      more photos in one enrollment than the cap
-    │   │   └── IdempotencyKeyReused  an Idempotency-Key sent again with another request
+    │   │   ├── IdempotencyKeyReused  an Idempotency-Key sent again with another request
+    │   │   └── RateNotStricter    a request's fpir/max_fmr looser than its collection's
     │   ├── FaceMismatch           a new face too far from the subject's other faces
     │   └── ConsentRequired        enrollment in a collection that requires consent, without it
     ├── FaceError                  the image decodes but its faces do not fit the use
@@ -136,6 +137,16 @@ class TooManyImages(InvalidRequest):
 
 class IdempotencyKeyReused(InvalidRequest):
     pass
+
+
+@dataclass(eq=False, kw_only=True)
+class RateNotStricter(InvalidRequest):
+    """A request may only tighten its collection's decision rate (issue 36): an
+    ``fpir`` or ``max_fmr`` above the collection's is refused, not quietly capped."""
+
+    field: str
+    requested: float
+    allowed: float
 
 
 @dataclass(eq=False, kw_only=True)
@@ -322,6 +333,7 @@ ERROR_CODES: dict[type[FaceVerifyError], str] = {
     ClientDisconnected: "client_disconnected",
     TooManyImages: "too_many_images",
     IdempotencyKeyReused: "idempotency_key_reused",
+    RateNotStricter: "rate_not_stricter",
     FaceMismatch: "face_mismatch",
     InvalidRequest: "validation_error",
     InputError: "bad_request",

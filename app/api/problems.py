@@ -34,6 +34,7 @@ ERROR_STATUS: dict[type[errors.FaceVerifyError], int] = {
     errors.ClientDisconnected: 499,
     errors.TooManyImages: 422,
     errors.IdempotencyKeyReused: 422,
+    errors.RateNotStricter: 422,
     errors.FaceMismatch: 422,
     errors.InvalidRequest: 422,
     errors.InputError: 400,

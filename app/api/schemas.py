@@ -163,6 +163,13 @@ class VerifyRequest(_Form):
         None, description="Your genuine-attempt rate, to re-weight the percent (default 0.5)."
     )
     mode: Mode = None
+    max_fmr: Annotated[float, Field(ge=1e-7, le=0.1)] | None = Field(
+        None,
+        description="Match only at this false match rate or lower (one comparison of two "
+        "different people; e.g. 1e-4 for a stricter check than the default threshold's "
+        "~0.8%); no looser than the collection's verify_max_fmr (422 rate_not_stricter). "
+        "What it costs in false rejections: docs/ACCURACY.md.",
+    )
 
 
 class IdentifyRequest(_Form):
@@ -173,8 +180,18 @@ class IdentifyRequest(_Form):
         "is left out of the answer); send no image then.",
     )
     top_k: Annotated[int, Field(ge=1, le=100)] | None = None
-    prior: Prior | None = None
+    prior: Prior | None = Field(
+        None,
+        description="How likely the person searched for is enrolled at all, to re-weight "
+        "open_set.probability (default 0.5).",
+    )
     mode: Mode = None
+    fpir: Annotated[float, Field(ge=1e-4, le=0.5)] | None = Field(
+        None,
+        description="Name a subject (best) only at this false-positive identification rate "
+        "or lower: the share of searches for people who are not enrolled that name "
+        "someone. No looser than the collection's identify_fpir (422 rate_not_stricter).",
+    )
 
 
 class DetectRequest(_Form):
@@ -346,6 +363,11 @@ class MatchFields(BaseModel):
     fmr: FmrOut | None = Field(
         description="How often strangers come this close, from the calibration data."
     )
+    max_fmr: float | None = Field(
+        None,
+        description="The false match rate the threshold was held to (the request's or the "
+        "collection's max_fmr; null: the threshold's own).",
+    )
 
 
 class VerifyResponse(MatchFields):
@@ -368,21 +390,63 @@ class CompareResponse(MatchFields):
 
 
 class CandidateOut(BaseModel):
+    """A subject near the photo, with 1:1 figures: how this one comparison would be
+    judged on its own. Whether the search names someone is open_set's question."""
+
     subject_id: str
     face_id: str
-    distance: float
-    score: float
-    match: bool
+    distance: float = Field(description="1:1: Euclidean distance to the subject's nearest face.")
+    score: float = Field(
+        description="1:1: the match percent of this one comparison (as /verify gives it). "
+        "Not the chance that the search found the person: see open_set.probability."
+    )
+    match: bool = Field(description="1:1: distance <= threshold.")
     curve: Literal["fast", "mixed", "thorough"] = Field(
         description="The calibration curve that scored this candidate."
     )
     threshold: float = Field(description="Its curve's threshold (match: distance <= it).")
 
 
+class OpenSetOut(BaseModel):
+    """The open-set decision on the nearest subject: is it the person, or is the person
+    not enrolled? (docs/ACCURACY.md, "Open-set identification")"""
+
+    named: bool = Field(description="The nearest subject is best.")
+    probability: float | None = Field(
+        description="P(the nearest subject is the person in the photo), 0-1, given this "
+        "search (its distances and the collection's size) at `prior` that the person is "
+        "enrolled at all; null from the nearest-distance fallback rule."
+    )
+    prior: float = Field(description="The prior the probability is stated at.")
+    fpir: float = Field(
+        description="The false-positive identification rate the decision was made at: the "
+        "share of searches for people who are not enrolled that would name someone."
+    )
+    subjects: int = Field(description="N: the subjects searched.")
+    supported: bool = Field(
+        description="false: the calibration data cannot support this fpir at N subjects "
+        "(the collection is past the size its impostor tail reaches), so nobody is named."
+    )
+    reason: str | None = Field(
+        description="Why the nearest was not named: below_open_set_threshold, "
+        "outside_1to1_threshold or fpir_unsupported."
+    )
+    rule: str = Field(description="The open-set rule's version (from the calibration file).")
+    curve: Literal["fast", "mixed", "thorough"] = Field(
+        description="The calibration curve whose rule decided."
+    )
+
+
 class IdentifyResponse(BaseModel):
-    best: CandidateOut | None = Field(description="The nearest subject, if within threshold.")
+    best: CandidateOut | None = Field(
+        description="The nearest subject, when the open-set rule names it: null means "
+        "unknown (the person is likely not enrolled)."
+    )
     candidates: list[CandidateOut]
-    threshold: float = Field(description="The best candidate's curve's threshold.")
+    open_set: OpenSetOut | None = Field(
+        description="The decision on the nearest subject; null when the collection is empty."
+    )
+    threshold: float = Field(description="The nearest candidate's curve's 1:1 threshold.")
     gallery_size: int
     mode: Literal["fast", "thorough"] | None = Field(
         description="How the photo was embedded; null for a face_id search."

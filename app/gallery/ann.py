@@ -94,6 +94,9 @@ class AnnIndex:
             self._generation = next(_GENERATIONS)
             self._n = 0  # rows used (live and dead)
             self._live_count = 0
+            # Live faces per subject number, and how many numbers have any.
+            self._faces_per_subject = np.zeros(0, dtype=np.int32)
+            self._live_subjects = 0
             self._vec = np.zeros((0, self.dim), dtype=np.float32)
             self._sq = np.zeros(0, dtype=np.float32)
             self._fid = np.zeros(0, dtype=f"S{FACE_ID_BYTES}")
@@ -113,9 +116,9 @@ class AnnIndex:
 
     @property
     def subject_count(self) -> int:
-        with self._lock:
-            n = self._n
-            return len(np.unique(self._subj[:n][self._live[:n]]))
+        """Subjects with a live face: kept as faces come and go (every identify asks, and
+        counting 1M rows took ~50 ms)."""
+        return self._live_subjects
 
     def nbytes(self) -> int:
         arrays = (self._vec, self._sq, self._fid, self._subj, self._live)
@@ -149,6 +152,7 @@ class AnnIndex:
             self._live[start:end] = True
             self._n = end
             self._live_count += len(face_ids)
+            self._count_subjects(numbers, +1)
             if self._ivfs:
                 self._ivfs[-1].add_with_ids(vectors, np.arange(start, end, dtype=np.int64))
             self._train_if_due()
@@ -168,6 +172,22 @@ class AnnIndex:
         rows = rows[self._live[rows]]
         self._live[rows] = False
         self._live_count -= len(rows)
+        self._count_subjects(self._subj[rows], -1)
+
+    def _count_subjects(self, numbers: np.ndarray, sign: int) -> None:
+        """Faces of these subject numbers came (+1) or went (-1)."""
+        if not len(numbers):
+            return
+        top = int(numbers.max()) + 1
+        if top > len(self._faces_per_subject):
+            grown = np.zeros(max(top, 2 * len(self._faces_per_subject)), dtype=np.int32)
+            grown[: len(self._faces_per_subject)] = self._faces_per_subject
+            self._faces_per_subject = grown
+        touched = np.unique(numbers)
+        had = self._faces_per_subject[touched] > 0
+        np.add.at(self._faces_per_subject, numbers, sign)
+        has = self._faces_per_subject[touched] > 0
+        self._live_subjects += int(has.sum()) - int(had.sum())
 
     def _reserve(self, rows: int) -> None:
         if rows <= len(self._vec):
@@ -434,6 +454,7 @@ class AnnIndex:
         index._live = np.load(folder / "live.npy", mmap_mode="c")
         index._n = index._live_count = n
         index._subjects = _Subjects(np.load(folder / "subjects.npy", mmap_mode="r"))
+        index._count_subjects(np.asarray(index._subj[:n][index._live[:n]]), +1)
         if meta["ivf"] and n >= exact_below:  # else searched exactly, as a fresh index is
             # read_index gives the IVF class itself (faiss downcasts), typed as Index.
             shared: Any = faiss.read_index(

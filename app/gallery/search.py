@@ -64,6 +64,11 @@ class GallerySearch(Protocol):
         """Faces and subjects of the running model: of one collection, or of all."""
         ...
 
+    def subject_count(self, collection: str) -> int:
+        """The subjects a search of ``collection`` just looked at (N of the open-set
+        rule); cheap enough for every identify."""
+        ...
+
     def face_counts(self) -> dict[str, int]:
         """Faces of the running model per collection (those with any)."""
         ...
@@ -156,6 +161,9 @@ class MemorySearch:
     ) -> list[SubjectHit]:
         self._current(collection)
         return self.indexes.get(collection).rescore(embedding, previous, k)
+
+    def subject_count(self, collection: str) -> int:
+        return self.indexes.get(collection).subject_count
 
     def _current(self, collection: str) -> None:
         """Wait for the start-up load, bring the index up to the store's version, and
@@ -266,6 +274,13 @@ class PgvectorSearch:
             lambda: pgvector.collection_size(
                 self.engine, collection=collection, encoders=self.encoders
             ),
+        )
+
+    def subject_count(self, collection: str) -> int:
+        """How many subjects a search of ``collection`` looked at (memoised)."""
+        return self._memo.get(
+            ("subjects", collection),
+            lambda: pgvector.counts(self.engine, encoders=self.encoders).get(collection, (0, 0))[1],
         )
 
     def search(

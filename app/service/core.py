@@ -35,10 +35,12 @@ from app.gallery.store import (
 from app.gallery.trail import AuditTrail
 from app.scoring.calibration import Calibration
 from app.scoring.distance import distances
+from app.scoring.openset import NEIGHBOURS
 from app.service.decisions import Decisions
 from app.service.enrollment import EnrollmentRules, all_known, request_digest
 from app.service.gates import inference_slots, stop_if_expired
 from app.service.probes import Probes
+from app.service.rates import Rates
 from app.service.records import GalleryRecords
 from app.service.results import (
     Candidate,
@@ -89,6 +91,7 @@ class FaceService(GalleryRecords, Probes):
         self.face_recipes = RecipeMemo(store)
         self.slots = inference_slots(settings)
         self.retention = Retention(store, self.search)
+        self.rates = Rates(settings, self.retention)
         # The audit trail (app/gallery/trail.py); its writer starts with the background work.
         self.audit = (
             AuditTrail(store.engine, fsync=settings.audit_fsync) if settings.audit_trail else None
@@ -272,12 +275,16 @@ class FaceService(GalleryRecords, Probes):
         image: bytes,
         prior: float | None = None,
         mode: ProbeMode | None = None,
+        max_fmr: float | None = None,
     ) -> VerifyResult:
         """Compare the main face of ``image`` (:func:`main_face`) with the subject's
         enrolled face it most likely matches (the nearest, when all were made alike).
-        ``mode``: how the photo is embedded (default: the setting)."""
+        ``mode``: how the photo is embedded (default: the setting); ``max_fmr``: a false
+        match rate the decision must keep (no looser than the collection's)."""
         timings = Timings()
         mode = mode or self.settings.probe_mode
+        if max_fmr is not None:  # refused before inference, not after
+            self.rates.verify_max_fmr(collection, max_fmr)
         # Tell "unknown" from "known but every face deleted" before paying for inference;
         # a subject read before is not read again here: the read after inference decides.
         if not self.subjects.seen(collection, subject_id):
@@ -289,13 +296,14 @@ class FaceService(GalleryRecords, Probes):
             # Past its retention or expiry: it never matches (SubjectExpired).
             self.retention.check_read(collection, subject_id, times, version)
             self.subjects.require_faces(subject_id, face_ids)
+            max_fmr = self.rates.verify_max_fmr(collection, max_fmr, version)
             d = distances(embedding, known)
         if self._near_threshold(d, mode):
             (embedding,) = self._mirrored([probe], embedding[None], timings)
             with timings.measure("search_ms"):
                 d = distances(embedding, known)
         best, curve = self._likeliest(d, recipes, mode)
-        result = self.decisions.match(float(d[best]), prior, curve)
+        result = self.decisions.match(float(d[best]), prior, curve, max_fmr)
         if result.match:
             self.retention.used(collection, subject_id)  # restarts its retention clock
         return VerifyResult(
@@ -347,30 +355,35 @@ class FaceService(GalleryRecords, Probes):
         top_k: int | None = None,
         prior: float | None = None,
         mode: ProbeMode | None = None,
+        fpir: float | None = None,
     ) -> IdentifyResult:
         """The ``top_k`` subjects of the collection nearest to the photo's main face;
-        ``best`` is the nearest only if it passes the threshold."""
+        ``best`` is the nearest only if the open-set rule names it at the collection's
+        false-positive identification rate (or the stricter ``fpir``)."""
         timings = Timings()
         mode = mode or self.settings.probe_mode
+        target = self.rates.identify_fpir(collection, fpir)
         probe, embedding = self._probe(image, timings, mode)
         k = top_k or self.settings.identify_top_k
+        # The open-set rule looks at the nearest NEIGHBOURS subjects whatever top_k is.
+        fetch = max(k, NEIGHBOURS)
         with timings.measure("search_ms"):
-            first, size = self.search.search(collection, embedding, k)
+            first, size = self.search.search(collection, embedding, fetch)
         hits: list[SubjectHit] = first
-        if self._near_threshold(np.array([h.distance for h in first]), mode):
+        if self._near_threshold(np.array([h.distance for h in first[:k]]), mode):
             (embedding,) = self._mirrored([probe], embedding[None], timings)
             # The mirror moves an embedding by hundredths: the nearest faces to the
             # new one are among those the first search looked at (its shortlist), so
             # they are re-scored exactly instead of searched for again (at 10M faces
             # a second IVF search cost as much as the first, ~30 ms).
             with timings.measure("search_ms"):
-                hits = self.search.rescore(collection, embedding, first, k)
+                hits = self.search.rescore(collection, embedding, first, fetch)
         with timings.measure("search_ms"):
             hits = self.retention.unexpired(
-                collection, hits, lambda n: self.search.search(collection, embedding, n)[0], k
+                collection, hits, lambda n: self.search.search(collection, embedding, n)[0], fetch
             )
         result = self._scored_candidates(
-            collection, probe, self._recipe(mode), hits, size, prior, timings
+            collection, probe, self._recipe(mode), hits, size, prior, timings, k, target
         )
         result.mode = mode
         return result
@@ -384,11 +397,14 @@ class FaceService(GalleryRecords, Probes):
         size: int,
         prior: float | None,
         timings: Timings,
+        k: int,
+        fpir: float,
     ) -> IdentifyResult:
-        """Scored candidates, each on the curve its face's recipe calls for; ``best`` is
-        the nearest only if it passes the threshold."""
+        """The ``k`` nearest of ``hits``, each scored 1:1 on the curve its face's recipe
+        calls for; ``best`` is the nearest only if the open-set rule names it."""
         with timings.measure("search_ms"):
-            recipes = self.face_recipes.of(collection, [h.face_id for h in hits])
+            recipes = self.face_recipes.of(collection, [h.face_id for h in hits[:k]])
+            subjects = self.search.subject_count(collection)
         candidates = [
             Candidate(
                 h.subject_id,
@@ -397,11 +413,23 @@ class FaceService(GalleryRecords, Probes):
                     h.distance, prior, curve_for(recipes.get(h.face_id, FAST), probe_recipe)
                 ),
             )
-            for h in hits
+            for h in hits[:k]
         ]
-        best = candidates[0] if candidates and candidates[0].result.match else None
         curve = candidates[0].result.curve if candidates else curve_for(FAST, probe_recipe)
-        return IdentifyResult(probe, candidates, best, size, timings, curve=curve)
+        decision = None
+        if candidates:
+            decision = self.decisions.open_set(
+                [h.distance for h in hits[:NEIGHBOURS]],
+                max(subjects, len(hits)),
+                fpir,
+                prior,
+                curve,
+                candidates[0].result.match,
+            )
+        best = candidates[0] if decision is not None and decision.named else None
+        return IdentifyResult(
+            probe, candidates, best, size, timings, curve=curve, open_set=decision, fpir=fpir
+        )
 
     def identify_face(
         self,
@@ -410,24 +438,29 @@ class FaceService(GalleryRecords, Probes):
         face_id: str,
         top_k: int | None = None,
         prior: float | None = None,
+        fpir: float | None = None,
     ) -> IdentifyResult:
         """Identify with a stored face instead of a photo (AWS SearchFaces): the nearest
         subjects to it, the face itself left out (its subject's other faces count)."""
         timings = Timings()
+        target = self.rates.identify_fpir(collection, fpir)
         with timings.measure("search_ms"):
             _, embedding = self.store.face_embedding(
                 collection=collection, face_id=face_id, encoders=self.pipeline.compatible
             )
             k = top_k or self.settings.identify_top_k
-            found, size = self.search.search(collection, embedding, k, exclude=face_id)
+            fetch = max(k, NEIGHBOURS)
+            found, size = self.search.search(collection, embedding, fetch, exclude=face_id)
             hits = self.retention.unexpired(
                 collection,
                 found,
                 lambda n: self.search.search(collection, embedding, n, exclude=face_id)[0],
-                k,
+                fetch,
             )
             query_recipe = self.face_recipes.of(collection, [face_id]).get(face_id, FAST)
-        return self._scored_candidates(collection, None, query_recipe, hits, size, prior, timings)
+        return self._scored_candidates(
+            collection, None, query_recipe, hits, size, prior, timings, k, target
+        )
 
     # ---- calibration -----------------------------------------------------------------
     def curve(self, name: str) -> Calibration:

@@ -3,9 +3,15 @@ the match it gives."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
+import numpy as np
+
 from app.face.registry import curve_fingerprint
 from app.face.views import CURVES, FAST
 from app.scoring.calibration import Calibration, matched_threshold
+from app.scoring.openset import OpenSetDecision
 from app.service.results import Match
 from app.settings import Settings
 
@@ -34,10 +40,20 @@ class Decisions:
         data (:func:`matched_threshold`)."""
         return self._thresholds[curve]
 
-    def match(self, distance: float, prior: float | None, curve: str = FAST) -> Match:
-        """The decision and the calibrated percent for ``distance`` on ``curve``."""
+    def match(
+        self,
+        distance: float,
+        prior: float | None,
+        curve: str = FAST,
+        max_fmr: float | None = None,
+    ) -> Match:
+        """The decision and the calibrated percent for ``distance`` on ``curve``; with
+        ``max_fmr`` the threshold is also no looser than the distance at that false
+        match rate (:meth:`threshold_for_fmr`)."""
         calibration = self.curve(curve)
         threshold = self.threshold(calibration.name)
+        if max_fmr is not None:
+            threshold = min(threshold, self.threshold_for_fmr(calibration.name, max_fmr))
         return Match(
             distance=round(distance, 6),
             score=calibration.percent(distance, prior),
@@ -45,6 +61,74 @@ class Decisions:
             threshold=threshold,
             fmr=calibration.fmr(distance),
             curve=calibration.name,
+            max_fmr=max_fmr,
+        )
+
+    def threshold_for_fmr(self, curve: str, rate: float) -> float:
+        """The distance at which ``curve``'s impostor pairs reach the false match rate
+        ``rate`` (a rate under what the data supports: the lowest it does; a file with
+        no impostor counts: 0, nothing matches)."""
+        found = self.curve(curve).distance_for_max_fmr(rate)
+        return 0.0 if found is None else round(found[0], 4)
+
+    def open_set(
+        self,
+        distances: list[float],
+        subjects: int,
+        fpir: float,
+        prior: float | None,
+        curve: str,
+        within_threshold: bool,
+    ) -> OpenSetDecision:
+        """Whether a search of ``subjects`` whose nearest subjects lie at ``distances``
+        names the nearest (app/scoring/openset.py), at the false-positive
+        identification rate ``fpir``; never when the nearest fails the 1:1 threshold
+        (``within_threshold``). A calibration file without an open-set rule decides by
+        the nearest distance alone, at the 1:1 false match rate fpir / N."""
+        calibration = self.curve(curve)
+        rule = calibration.open_set
+        if rule is not None:
+            decision = rule.decide(np.asarray(distances), subjects, fpir, prior)
+            # Never more sure that the nearest is the person than that the pair is one
+            # person (the 1:1 curve at the same prior): it cannot be the person otherwise.
+            # Clipped as the percent is (0.1-99.9%: no search makes anything certain).
+            pair = float(calibration.probability(distances[0], prior))
+            if decision.probability is not None:
+                low, high = calibration.clip_low / 100, calibration.clip_high / 100
+                clipped = min(max(min(decision.probability, pair), low), high)
+                decision = replace(decision, probability=clipped)
+        else:
+            decision = self._nearest_distance(calibration, distances, subjects, fpir, prior)
+        if not within_threshold and decision.supported:
+            return replace(decision, named=False, reason="outside_1to1_threshold")
+        return decision
+
+    def _nearest_distance(
+        self,
+        calibration: Calibration,
+        distances: list[float],
+        subjects: int,
+        fpir: float,
+        prior: float | None,
+    ) -> OpenSetDecision:
+        """The fallback rule: name the nearest when it is closer than the distance at
+        which one comparison's false match rate is 1 - (1 - fpir)^(1/N)."""
+        rate = -math.expm1(math.log1p(-fpir) / max(subjects, 1))
+        found = calibration.distance_for_max_fmr(rate)
+        supported = found is not None and found[1]
+        named = bool(supported and found is not None and distances and distances[0] <= found[0])
+        return OpenSetDecision(
+            named=named,
+            probability=None,
+            prior=calibration.prior if prior is None else prior,
+            fpir=fpir,
+            subjects=subjects,
+            supported=supported,
+            rule=f"nearest-distance/{calibration.version}",
+            curve=calibration.name,
+            reason=None
+            if named
+            else ("below_open_set_threshold" if supported else "fpir_unsupported"),
         )
 
     def curves_in_use(self) -> tuple[str, ...]:

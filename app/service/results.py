@@ -10,6 +10,7 @@ from app.face.quality import Assessment, FaceMeasures
 from app.face.timing import Timings
 from app.face.views import FAST
 from app.gallery.store import FaceRecord, SubjectRecord
+from app.scoring.openset import OpenSetDecision
 
 FacePolicy = Literal["single", "largest"]
 ProbeMode = Literal["fast", "thorough"]
@@ -43,6 +44,8 @@ class Match:
     # The calibration curve that scored it (app/face/views.py CURVES) and its threshold.
     curve: str = FAST
     threshold: float = 0.6
+    # The false match rate the request or its collection asked the threshold to keep.
+    max_fmr: float | None = None
 
 
 @dataclass
@@ -92,3 +95,7 @@ class IdentifyResult:
     mode: ProbeMode | None = None  # None for a search by a stored face
     # The curve a candidate would be scored with when there is none.
     curve: str = FAST
+    # The open-set decision on the nearest subject (None: the collection is empty).
+    open_set: OpenSetDecision | None = None
+    # The false-positive identification rate the search was decided at.
+    fpir: float = 0.01

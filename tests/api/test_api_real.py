@@ -75,12 +75,25 @@ def test_bad_photos_get_their_codes(real_client: TestClient) -> None:
 
 
 def test_identify_compare_and_delete(real_client: TestClient) -> None:
-    enroll(real_client, "obama-id", "obama.jpg")
-    enroll(real_client, "biden-id", "biden.jpg")
-    r = real_client.post("/identify", files={"image": data("obama2.jpg")}, data={"top_k": "10"})
+    # A collection of its own: this module enrolls Obama under other ids too, and the
+    # open-set rule rightly names nobody when two subjects are both near the photo.
+    assert real_client.post("/collections", json={"collection_id": "idc"}).status_code == 201
+    enroll(real_client, "obama-id", "obama.jpg", collection="idc")
+    enroll(real_client, "biden-id", "biden.jpg", collection="idc")
+    r = real_client.post(
+        "/identify", files={"image": data("obama2.jpg")}, data={"top_k": "10", "collection": "idc"}
+    )
     body = r.json()
-    assert r.status_code == 200 and body["best"]["subject_id"].startswith("obama")
+    assert r.status_code == 200 and body["best"]["subject_id"] == "obama-id"
+    assert body["open_set"]["named"] and body["open_set"]["subjects"] == 2
+    assert body["open_set"]["probability"] > 0.9 and body["open_set"]["fpir"] == 0.01
     assert "biden-id" in [c["subject_id"] for c in body["candidates"]]
+    # Someone enrolled in neither: unknown, plainly.
+    r = real_client.post(
+        "/identify", files={"image": data("curie_upright.jpg")}, data={"collection": "idc"}
+    )
+    assert r.status_code == 200 and r.json()["best"] is None
+    assert r.json()["open_set"]["named"] is False
     r = real_client.post(
         "/compare", files={"image_a": data("obama.jpg"), "image_b": data("obama3.jpg")}
     )
@@ -89,7 +102,9 @@ def test_identify_compare_and_delete(real_client: TestClient) -> None:
         "/compare", files={"image_a": data("obama.jpg"), "image_b": data("biden.jpg")}
     )
     assert r.json()["match"] is False
-    assert real_client.delete("/subjects/biden-id").status_code == 200
-    r = real_client.post("/identify", files={"image": data("biden.jpg")}, data={"top_k": "100"})
+    assert real_client.delete("/subjects/biden-id?collection=idc").status_code == 200
+    r = real_client.post(
+        "/identify", files={"image": data("biden.jpg")}, data={"top_k": "100", "collection": "idc"}
+    )
     assert "biden-id" not in [c["subject_id"] for c in r.json()["candidates"]]
     assert real_client.get("/readyz").status_code == 200

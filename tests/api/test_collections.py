@@ -317,3 +317,44 @@ def test_an_environment_key_is_revoked_with_its_collection_for_good(settings: Se
         assert_problem(c.get("/subjects", headers=LOBBY), 401, "unauthorized")
         listed = c.get("/subjects?collection=lobby", headers=ADMIN).json()
         assert [s["subject_id"] for s in listed["items"]] == ["carol"]
+
+
+def test_decision_rates_are_set_per_collection_and_only_tightened_per_request(
+    client: TestClient,
+) -> None:
+    shown = client.get("/collections/door", headers=ADMIN).json()
+    assert shown["identify_fpir"] == 0.01 and shown["verify_max_fmr"] is None  # defaults
+    made = client.post(
+        "/collections",
+        json={"collection_id": "vault", "identify_fpir": 0.001, "verify_max_fmr": 1e-4},
+        headers=ADMIN,
+    )
+    assert made.status_code == 201 and made.json()["identify_fpir"] == 0.001
+    changed = client.patch("/collections/door", json={"identify_fpir": 0.002}, headers=ADMIN)
+    assert changed.status_code == 200 and changed.json()["identify_fpir"] == 0.002
+    for bad in ({"identify_fpir": 0.9}, {"identify_fpir": 0}, {"verify_max_fmr": 0.5}):
+        assert_problem(
+            client.patch("/collections/door", json=bad, headers=ADMIN), 422, "validation_error"
+        )
+    probe = {"image": ALICE}
+    found = client.post("/identify?collection=door", files=probe, headers=ADMIN).json()
+    assert found["open_set"]["fpir"] == 0.002 and found["best"]["subject_id"] == "alice"
+    stricter = client.post(
+        "/identify?collection=door", files=probe, data={"fpir": "0.001"}, headers=ADMIN
+    )
+    assert stricter.status_code == 200 and stricter.json()["open_set"]["fpir"] == 0.001
+    looser = client.post(
+        "/identify?collection=door", files=probe, data={"fpir": "0.01"}, headers=ADMIN
+    )
+    body = assert_problem(looser, 422, "rate_not_stricter")
+    assert body["field"] == "fpir" and body["requested"] == 0.01 and body["allowed"] == 0.002
+    client.patch("/collections/door", json={"verify_max_fmr": 1e-3}, headers=ADMIN)
+    verify = {"subject_id": "alice"}
+    held = client.post("/verify?collection=door", files=probe, data=verify, headers=ADMIN)
+    assert held.status_code == 200 and held.json()["max_fmr"] == 1e-3
+    loose = client.post(
+        "/verify?collection=door", files=probe, data={**verify, "max_fmr": "0.01"}, headers=ADMIN
+    )
+    assert_problem(loose, 422, "rate_not_stricter")
+    reset = client.patch("/collections/door", json={"identify_fpir": None}, headers=ADMIN)
+    assert reset.json()["identify_fpir"] == 0.01  # back to the server's default

@@ -140,3 +140,27 @@ def test_searches_are_exact_and_immediate_while_the_ivf_index_builds(
     release.set()
     assert ann.wait_trained(60) and ann._ivfs
     assert ann.search(centres[0] + 0.001, 1)[0].subject_id == "late-subject"
+
+
+def test_subject_count_follows_adds_removals_and_a_snapshot(tmp_path) -> None:
+    """The open-set rule reads N on every identify: the count is kept as faces come and
+    go, and agrees with the exact index and with a snapshot's reopening."""
+    rng = np.random.default_rng(4)
+    ann, exact = AnnIndex(8, exact_below=10**9), ExactIndex(8)
+    for index in (ann, exact):
+        vectors = rng.normal(size=(30, 8)).astype(np.float32)
+        faces = [f"f{i}" for i in range(30)]
+        subjects = [f"s{i % 12}" for i in range(30)]  # 12 subjects, 2-3 faces each
+        index.add(faces, subjects, vectors)
+        assert index.subject_count == 12
+        index.remove_faces(["f0", "f12"])  # s0 keeps f24
+        assert index.subject_count == 12
+        index.remove_faces(["f24"])  # s0 has none left
+        assert index.subject_count == 11
+        index.remove_subject("s1")
+        assert index.subject_count == 10
+        index.add(["f1"], ["s1"], vectors[:1])  # a removed face id back
+        index.add(["f1"], ["s1"], vectors[:1])  # and again: replaced, not doubled
+        assert index.subject_count == 11
+    ann.save(tmp_path / "snap")
+    assert AnnIndex.open(tmp_path / "snap").subject_count == 11

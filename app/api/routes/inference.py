@@ -108,6 +108,7 @@ class Inference:
             "distance": result.distance,
             "threshold": result.threshold,
             "fmr": fmr,
+            "max_fmr": result.max_fmr,
         }
 
 
@@ -250,6 +251,7 @@ def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
         image=body.image(),
         prior=form.prior,
         mode=form.mode,
+        max_fmr=form.max_fmr,
     )
     note(subjects=[result.subject_id], match=result.result.match, score=result.result.score)
     return s.VerifyResponse(
@@ -282,7 +284,11 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
         if form.mode is not None:
             raise InvalidRequest("mode applies to a photo; a face_id search uses the stored face.")
         result = call.service.identify_face(
-            collection=collection, face_id=form.face_id, top_k=form.top_k, prior=form.prior
+            collection=collection,
+            face_id=form.face_id,
+            top_k=form.top_k,
+            prior=form.prior,
+            fpir=form.fpir,
         )
     else:
         result = call.service.identify(
@@ -291,6 +297,7 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
             top_k=form.top_k,
             prior=form.prior,
             mode=form.mode,
+            fpir=form.fpir,
         )
     if result.candidates:
         call.metrics.scores.labels("identify").observe(result.candidates[0].result.score)
@@ -312,9 +319,23 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
         )
         for c in result.candidates
     ]
+    decision = result.open_set
     return s.IdentifyResponse(
         best=candidates[0] if result.best is not None else None,
         candidates=candidates,
+        open_set=None
+        if decision is None
+        else s.OpenSetOut(
+            named=decision.named,
+            probability=None if decision.probability is None else round(decision.probability, 4),
+            prior=decision.prior,
+            fpir=decision.fpir,
+            subjects=decision.subjects,
+            supported=decision.supported,
+            reason=decision.reason,
+            rule=decision.rule,
+            curve=decision.curve,
+        ),
         threshold=call.service.threshold(result.curve),
         gallery_size=result.gallery_size,
         mode=result.mode,
