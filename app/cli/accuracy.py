@@ -83,9 +83,30 @@ def evaluate(
             "all: the three from one pass (written to OUT/fast, OUT/thorough, OUT/mixed)."
         ),
     ] = "fast",
+    open_set: Annotated[
+        bool,
+        typer.Option(
+            "--open-set",
+            help="Open-set identification instead of pairs (needs --identities): per "
+            "gallery size, one photo of each of N people enrolled, searched with their "
+            "other photos and with photos of people left out; FPIR and FNIR at --fpir, "
+            "with 95% intervals, and a DET plot.",
+        ),
+    ] = False,
+    gallery_sizes: Annotated[
+        str, typer.Option(help="With --open-set: gallery sizes (people), comma-separated.")
+    ] = "100,1000",
+    fpir: Annotated[
+        str, typer.Option(help="With --open-set: FPIR targets, comma-separated.")
+    ] = "0.01,0.001",
 ) -> None:
-    """Accuracy and calibration of the service's pipeline on labelled pairs."""
+    """Accuracy and calibration of the service's pipeline on labelled pairs (or, with
+    --open-set, of 1:N searches)."""
     from app.evaluation import MODES, run_evaluate
+
+    if open_set:
+        _open_set(out, identities, gallery_sizes, fpir, seed)
+        return
 
     if mode not in (*MODES, "all"):
         typer.echo(f"faceverify: --mode must be one of {', '.join(MODES)} or all", err=True)
@@ -107,6 +128,47 @@ def evaluate(
             f"  calibration {cal['version']}: Brier {cal['brier']:.4f}, log loss "
             f"{cal['log_loss']:.4f}, ECE {cal['ece_10_equal_count_bins']:.4f}"
         )
+    typer.echo(f"written to {out}/")
+
+
+def _open_set(out: Path, identities: Path | None, gallery_sizes: str, fpir: str, seed: int) -> None:
+    from app.evaluation_openset import run_open_set
+
+    if identities is None:
+        typer.echo(
+            "faceverify: --open-set needs --identities DIR (one folder per person)", err=True
+        )
+        raise typer.Exit(2)
+    try:
+        sizes = [int(x) for x in gallery_sizes.split(",")]
+        targets = tuple(float(x) for x in fpir.split(","))
+    except ValueError:
+        typer.echo("faceverify: --gallery-sizes takes integers, --fpir numbers", err=True)
+        raise typer.Exit(2) from None
+    if not all(0 < t < 1 for t in targets) or not all(n >= 2 for n in sizes):
+        typer.echo("faceverify: --fpir must lie in (0, 1), --gallery-sizes be >= 2", err=True)
+        raise typer.Exit(2)
+    settings = _or_exit(Settings)
+    report = _or_exit(
+        lambda: run_open_set(
+            settings=settings, root=identities, sizes=sizes, out=out, targets=targets, seed=seed
+        )
+    )
+    for size, rep in report["sizes"].items():
+        typer.echo(
+            f"N = {size}: {rep['mated_searches']} mated, {rep['non_mated_searches']} "
+            f"non-mated searches; rank-1 {100 * rep['rank1_of_mated']:.1f}%"
+        )
+        for target, at in rep["at_target"].items():
+            lo, hi = at["fpir_ci95"]
+            flo, fhi = at["fnir_ci95"]
+            typer.echo(
+                f"  at FPIR {target}: FPIR {100 * at['fpir']:.2f}% [{100 * lo:.2f}, "
+                f"{100 * hi:.2f}]  FNIR {100 * at['fnir']:.1f}% [{100 * flo:.1f}, "
+                f"{100 * fhi:.1f}]"
+            )
+        if "probability_ece_balanced" in rep:
+            typer.echo(f"  open-set probability ECE {100 * rep['probability_ece_balanced']:.2f}%")
     typer.echo(f"written to {out}/")
 
 

@@ -153,3 +153,32 @@ def test_calibrate_refuses_pairs_that_cannot_fix_a_slope(tmp_path: Path) -> None
     )
     assert proc.returncode == 2 and "more (and harder) pairs" in proc.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_evaluate_open_set_reports_fpir_fnir_and_a_det_plot(
+    identities: Path, tmp_path: Path
+) -> None:
+    """Gallery of 2 of the 4 people with a face: the others are strangers; obama's and
+    hopper's other photos are mated searches."""
+    out = tmp_path / "open"
+    proc = run(
+        "evaluate", "--open-set", "--identities", str(identities), "--out", str(out),
+        "--gallery-sizes", "2,3", "--fpir", "0.01,0.2",
+        env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "open_set.json").read_text())
+    assert report["photos_without_face"] == 2 and report["people"] == 5
+    for size in ("2", "3"):
+        rep = report["sizes"][size]
+        assert rep["mated_searches"] > 0 and rep["non_mated_searches"] > 0
+        for target in ("0.01", "0.2"):
+            at = rep["at_target"][target]
+            lo, hi = at["fpir_ci95"]
+            assert 0 <= lo <= at["fpir"] <= hi <= 1 and 0 <= at["fnir"] <= 1
+    assert (out / "open_set_det.png").stat().st_size > 1000
+    assert "N = 2:" in proc.stdout and "FNIR" in proc.stdout
+    refused = run(
+        "evaluate", "--open-set", "--out", str(out), env={"FACEVERIFY_DATA_DIR": str(tmp_path)}
+    )
+    assert refused.returncode == 2 and "--identities" in refused.stderr
