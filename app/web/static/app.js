@@ -258,6 +258,50 @@ $("verify-form").addEventListener("submit", async (e) => {
   out.replaceChildren(verdict, gauge, explain, details, fig);
 });
 
+// ---- identify ----------------------------------------------------------------------
+// Open-set: best is null when the person is most likely not enrolled ("unknown"); the
+// candidates' percents are 1:1 figures and are not shown as the answer.
+$("identify-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const out = $("identify-result");
+  const file = $("identify-file").files[0];
+  if (!file) { out.textContent = "Choose a photo."; return; }
+  const form = new FormData();
+  form.append("image", file, file.name);
+  out.textContent = "Searching…";
+  const { ok, status, data } = await api("POST", inCollection("/identify"), form);
+  if (!ok) {
+    out.replaceChildren(el("p", { class: "error" }, problemText(data, status)));
+    return;
+  }
+  const os = data.open_set;
+  const fpir = os ? `${(os.fpir * 100).toLocaleString()}%` : "";
+  const n = os ? os.subjects.toLocaleString() : "0";
+  let verdict;
+  let explain;
+  if (data.best) {
+    verdict = el("p", { class: "verdict match" }, `Identified: ${data.best.subject_id}`);
+    explain = el("p", { class: "hint" },
+      (os.probability !== null
+        ? `${(os.probability * 100).toFixed(1)}% chance that this is ${data.best.subject_id}, ` +
+          `assuming the person is as likely enrolled as not. `
+        : "") +
+      `Searched ${n} enrolled people; at this setting about ${fpir} of people who are not ` +
+      "enrolled would be named by mistake.");
+  } else {
+    verdict = el("p", { class: "verdict nomatch" }, "Unknown: this person is not recognised");
+    const why = !os ? "Nobody is enrolled in this collection yet."
+      : os.reason === "fpir_unsupported"
+        ? `With ${n} enrolled people the calibration data cannot promise ${fpir} false ` +
+          "identifications, so nobody is named."
+        : `Nobody among ${n} enrolled people is close enough to name at ${fpir} false ` +
+          "identifications of strangers.";
+    explain = el("p", { class: "hint" }, why);
+  }
+  const fig = figure(URL.createObjectURL(file), file.name, data.probe ? [data.probe.box] : []);
+  out.replaceChildren(verdict, explain, fig);
+});
+
 // ---- subjects ----------------------------------------------------------------------
 async function refreshSubjects(select) {
   const prefix = $("subjects-search").value.trim();

@@ -97,8 +97,11 @@ def verify(
     collection: str | None = None,
     prior: float | None = None,
     mode: str | None = None,
+    max_fmr: float | None = None,
 ) -> Call[m.VerifyResponse]:
-    data = _form(subject_id=subject_id, collection=collection, prior=prior, mode=mode)
+    data = _form(
+        subject_id=subject_id, collection=collection, prior=prior, mode=mode, max_fmr=max_fmr
+    )
     return Call("POST", "/verify", m.VerifyResponse, data=data,
                 files=[("image", photo_bytes(photo))])  # fmt: skip
 
@@ -111,10 +114,15 @@ def identify(
     top_k: int | None = None,
     prior: float | None = None,
     mode: str | None = None,
+    fpir: float | None = None,
 ) -> Call[m.IdentifyResponse]:
+    """``best`` is None when the person is most likely not enrolled (``open_set`` says
+    why, and at which false-positive identification rate it was decided)."""
     if (photo is None) == (face_id is None):
         raise ValueError("identify takes a photo or a face_id, not both or neither")
-    data = _form(face_id=face_id, collection=collection, top_k=top_k, prior=prior, mode=mode)
+    data = _form(
+        face_id=face_id, collection=collection, top_k=top_k, prior=prior, mode=mode, fpir=fpir
+    )
     files = [("image", photo_bytes(photo))] if photo is not None else None
     return Call("POST", "/identify", m.IdentifyResponse, data=data, files=files)
 
@@ -171,11 +179,21 @@ def collections() -> Call[list[m.CollectionOut]]:
 
 
 def create_collection(
-    collection_id: str, *, retention_days: int | None = None, consent_required: bool = False
+    collection_id: str,
+    *,
+    retention_days: int | None = None,
+    consent_required: bool = False,
+    identify_fpir: float | None = None,
+    verify_max_fmr: float | None = None,
 ) -> Call[m.CollectionOut]:
-    body = {"collection_id": collection_id, "consent_required": consent_required}
-    if retention_days is not None:
-        body["retention_days"] = retention_days
+    body: dict[str, Any] = {"collection_id": collection_id, "consent_required": consent_required}
+    for name, value in (
+        ("retention_days", retention_days),
+        ("identify_fpir", identify_fpir),
+        ("verify_max_fmr", verify_max_fmr),
+    ):
+        if value is not None:
+            body[name] = value
     return Call("POST", "/collections", m.CollectionOut, json=body, retry=False)
 
 

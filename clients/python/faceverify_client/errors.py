@@ -102,6 +102,16 @@ class IdempotencyKeyReused(ValidationFailed):
     code = "idempotency_key_reused"
 
 
+class RateNotStricter(ValidationFailed):
+    """An fpir or max_fmr looser than the collection's."""
+
+    code = "rate_not_stricter"
+    fields: ClassVar[tuple[str, ...]] = ("errors", "field", "requested", "allowed")
+    field: str | None
+    requested: float | None
+    allowed: float | None
+
+
 class FaceMismatch(FaceVerifyError):
     code = "face_mismatch"
     fields: ClassVar[tuple[str, ...]] = ("image_index", "distance", "threshold")
@@ -285,7 +295,8 @@ BY_CODE: dict[str, type[FaceVerifyError]] = {
     for cls in [
         InvalidImage, InvalidBase64, UnsupportedMediaType, UnsupportedContentType,
         ImageTooLarge, RequestTooLarge, RequestBodyTimeout, ClientDisconnected,
-        ValidationFailed, TooManyImages, IdempotencyKeyReused, FaceMismatch, BadRequest,
+        ValidationFailed, TooManyImages, IdempotencyKeyReused, RateNotStricter, FaceMismatch,
+        BadRequest,
         FaceError, NoFace, MultipleFaces, FaceTooSmall, FaceQualityTooLow, NotFound,
         SubjectNotFound, CollectionNotFound, FaceNotFound, KeyNotFound, SubjectExpired,
         ConsentRequired, SubjectHasNoFaces, SubjectExists, CollectionExists,

@@ -65,6 +65,9 @@ class CalibrationRef(_Model):
 
 
 class CandidateOut(_Model):
+    """A subject near the photo, with 1:1 figures: how this one comparison would be judged
+    on its own. Whether the search names someone is open_set's question."""
+
     subject_id: str
     face_id: str
     distance: float
@@ -81,6 +84,8 @@ class CollectionOut(_Model):
     faces: int
     retention_days: int | None = None
     consent_required: bool | None = None
+    identify_fpir: float | None = None
+    verify_max_fmr: float | None = None
 
 
 class CompareResponse(_Model):
@@ -89,6 +94,7 @@ class CompareResponse(_Model):
     distance: float
     threshold: float
     fmr: FmrOut | None
+    max_fmr: float | None = None
     mode: Literal["fast", "thorough"]
     probe_a: ProbeOut
     probe_b: ProbeOut
@@ -104,6 +110,8 @@ class DeleteCollectionResponse(_Model):
     faces: int
     retention_days: int | None = None
     consent_required: bool | None = None
+    identify_fpir: float | None = None
+    verify_max_fmr: float | None = None
     deleted: bool
     keys_revoked: bool
 
@@ -191,6 +199,7 @@ class HealthResponse(_Model):
 class IdentifyResponse(_Model):
     best: CandidateOut | None
     candidates: list[CandidateOut]
+    open_set: OpenSetOut | None
     threshold: float
     gallery_size: int
     mode: Literal["fast", "thorough"] | None
@@ -264,6 +273,21 @@ class KeyOut(_Model):
 class ModelOut(_Model):
     encoder: str
     pipeline: str
+
+
+class OpenSetOut(_Model):
+    """The open-set decision on the nearest subject: is it the person, or is the person not
+    enrolled? (docs/ACCURACY.md, 'Open-set identification')"""
+
+    named: bool
+    probability: float | None
+    prior: float
+    fpir: float
+    subjects: int
+    supported: bool
+    reason: str | None
+    rule: str
+    curve: Literal["fast", "mixed", "thorough"]
 
 
 class PoseOut(_Model):
@@ -360,6 +384,7 @@ class VerifyResponse(_Model):
     distance: float
     threshold: float
     fmr: FmrOut | None
+    max_fmr: float | None = None
     subject_id: str
     face_id: str
     mode: Literal["fast", "thorough"]
@@ -396,6 +421,7 @@ InfoSettings.model_rebuild()
 KeyCreated.model_rebuild()
 KeyOut.model_rebuild()
 ModelOut.model_rebuild()
+OpenSetOut.model_rebuild()
 PoseOut.model_rebuild()
 PrivacyOut.model_rebuild()
 ProbeOut.model_rebuild()

@@ -46,6 +46,13 @@ def test_every_method_in_turn(server: str) -> None:
         assert added.face_count == 2
         who = fv.identify(DATA / "obama3.jpg")
         assert who.best is not None and who.best.subject_id == "obama"
+        assert who.open_set is not None and who.open_set.named and who.open_set.fpir == 0.01
+        stranger = fv.identify(DATA / "curie_upright.jpg", fpir=0.001)
+        assert stranger.best is None and stranger.open_set is not None
+        assert stranger.open_set.fpir == 0.001 and not stranger.open_set.named
+        with pytest.raises(errors.RateNotStricter) as refused:
+            fv.identify(DATA / "obama3.jpg", fpir=0.2)
+        assert refused.value.allowed == 0.01 and refused.value.requested == 0.2
         by_face = fv.identify(face_id=enrolled.faces[0].face_id)
         assert by_face.candidates[0].subject_id == "obama"
         same = fv.compare(DATA / "obama.jpg", DATA / "obama2.jpg")
