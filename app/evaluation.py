@@ -479,5 +479,24 @@ def run_calibrate(
     content = fitted("fast")
     if template != FAST:
         content["curves"] = {"mixed": fitted("mixed"), "thorough": fitted("thorough")}
+    _keep_open_set(content, settings.resolved_calibration_file())
     out.write_text(json.dumps(content, indent=1) + "\n")
     return content
+
+
+def _keep_open_set(content: dict[str, Any], previous: Path) -> None:
+    """Carry each curve's open-set rule (benchmarks/open_set.py: fitted on tens of
+    millions of impostor pairs, which a recalibration on a few people's pairs cannot
+    replace) over from the calibration in use, where it was fitted for the same
+    pipeline; without one, /identify decides by the nearest distance alone."""
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        return
+    bodies = [(content, old)] + [
+        (content["curves"][name], (old.get("curves") or {}).get(name) or {})
+        for name in (content.get("curves") or {})
+    ]
+    for new, before in bodies:
+        if "open_set" in before and before.get("pipeline") == new.get("pipeline"):
+            new["open_set"] = before["open_set"]

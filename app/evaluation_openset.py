@@ -186,7 +186,8 @@ def _searches(
             named[t].append(decision.named)
         if rule is not None:
             logit.append(float(rule.logit(np.asarray(distances), size)[0]))
-            probability.append(rule.probability(np.asarray(distances), size, None))
+            # The probability as the answer gives it (capped and clipped by the service).
+            probability.append(math.nan if decision.probability is None else decision.probability)
         else:
             logit.append(math.nan)
             probability.append(math.nan)

@@ -412,7 +412,7 @@ class OpenSetOut(BaseModel):
     not enrolled? (docs/ACCURACY.md, "Open-set identification")"""
 
     named: bool = Field(description="The nearest subject is best.")
-    probability: float | None = Field(
+    probability: Annotated[float, AfterValidator(lambda p: round(p, 4))] | None = Field(
         description="P(the nearest subject is the person in the photo), 0-1, given this "
         "search (its distances and the collection's size) at `prior` that the person is "
         "enrolled at all; null from the nearest-distance fallback rule."

@@ -145,8 +145,12 @@ def _open_set(out: Path, identities: Path | None, gallery_sizes: str, fpir: str,
     except ValueError:
         typer.echo("faceverify: --gallery-sizes takes integers, --fpir numbers", err=True)
         raise typer.Exit(2) from None
-    if not all(0 < t < 1 for t in targets) or not all(n >= 2 for n in sizes):
-        typer.echo("faceverify: --fpir must lie in (0, 1), --gallery-sizes be >= 2", err=True)
+    if not all(1e-4 <= t <= 0.5 for t in targets) or not all(n >= 2 for n in sizes):
+        typer.echo(
+            "faceverify: --fpir must lie in [0.0001, 0.5] (what the service decides at), "
+            "--gallery-sizes be >= 2",
+            err=True,
+        )
         raise typer.Exit(2)
     settings = _or_exit(Settings)
     report = _or_exit(

@@ -378,6 +378,20 @@ def counts(engine: Engine, *, encoders: Collection[str]) -> dict[str, tuple[int,
     return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
 
+def subject_count(engine: Engine, *, collection: str, encoders: Collection[str]) -> int:
+    """Subjects of one collection with a face of the given encoders."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(DISTINCT subject_id) FROM face_vectors "
+                    "WHERE collection_id = :c AND encoder = ANY(:e)"
+                ),
+                {"c": collection, "e": sorted(encoders)},
+            ).scalar_one()
+        )
+
+
 def collection_size(engine: Engine, *, collection: str, encoders: Collection[str]) -> int:
     with engine.connect() as conn:
         return int(

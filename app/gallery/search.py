@@ -280,7 +280,9 @@ class PgvectorSearch:
         """How many subjects a search of ``collection`` looked at (memoised)."""
         return self._memo.get(
             ("subjects", collection),
-            lambda: pgvector.counts(self.engine, encoders=self.encoders).get(collection, (0, 0))[1],
+            lambda: pgvector.subject_count(
+                self.engine, collection=collection, encoders=self.encoders
+            ),
         )
 
     def search(

@@ -8,10 +8,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from app.errors import InvalidRequest
 from app.face.registry import curve_fingerprint
 from app.face.views import CURVES, FAST
 from app.scoring.calibration import Calibration, matched_threshold
-from app.scoring.openset import OpenSetDecision
+from app.scoring.openset import FAR, NEIGHBOURS, OpenSetDecision
 from app.service.results import Match
 from app.settings import Settings
 
@@ -66,10 +67,15 @@ class Decisions:
 
     def threshold_for_fmr(self, curve: str, rate: float) -> float:
         """The distance at which ``curve``'s impostor pairs reach the false match rate
-        ``rate`` (a rate under what the data supports: the lowest it does; a file with
-        no impostor counts: 0, nothing matches)."""
+        ``rate``, rounded down. InvalidRequest when the calibration cannot support so
+        low a rate (or has no impostor counts at all)."""
         found = self.curve(curve).distance_for_max_fmr(rate)
-        return 0.0 if found is None else round(found[0], 4)
+        if found is None or not found[1]:
+            raise InvalidRequest(
+                f"max_fmr={rate:g} is below what this calibration's impostor pairs can "
+                "support; ask for a larger max_fmr."
+            )
+        return math.floor(found[0] * 10_000) / 10_000
 
     def open_set(
         self,
@@ -87,6 +93,7 @@ class Decisions:
         the nearest distance alone, at the 1:1 false match rate fpir / N."""
         calibration = self.curve(curve)
         rule = calibration.open_set
+        distances = _neighbours(distances, subjects)
         if rule is not None:
             decision = rule.decide(np.asarray(distances), subjects, fpir, prior)
             # Never more sure that the nearest is the person than that the pair is one
@@ -145,3 +152,17 @@ class Decisions:
         """Whether the file has curve ``name``, fitted with this pipeline's settings."""
         curve = self.calibration.curve(name)
         return curve is not None and curve.pipeline == curve_fingerprint(self.settings, name)
+
+
+def _neighbours(distances: list[float], subjects: int) -> list[float]:
+    """The nearest subjects' distances as the rule may read them. Fewer than NEIGHBOURS
+    from a collection that has more subjects (expired ones were left out, or a distance
+    was not finite and is dropped) are filled with the last one found, not with FAR: a
+    gap the rule would read as a wide margin must not be made up. Only a collection of
+    fewer than NEIGHBOURS subjects is filled with FAR (the rule's own padding,
+    app/scoring/openset.py features). A nearest that is not finite counts as FAR."""
+    first = distances[0] if distances and math.isfinite(distances[0]) else FAR
+    out = [first] + [d for d in distances[1:] if math.isfinite(d)]
+    while len(out) < min(NEIGHBOURS, subjects):
+        out.append(out[-1])
+    return out

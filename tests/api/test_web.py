@@ -115,6 +115,19 @@ def test_enroll_verify_and_delete_in_a_browser(tmp_path: Path) -> None:
         expect(result).to_contain_text("strangers")
         page.screenshot(path=shots / "4-no-match.png", full_page=True)
 
+        # Identify: Obama's other photo names him; Curie, enrolled nowhere, is unknown.
+        page.get_by_label("Photo of someone", exact=False).set_input_files(DATA / "obama3.jpg")
+        page.get_by_role("button", name="Identify").click()
+        found = page.locator("#identify-result")
+        expect(found).to_contain_text("Identified: obama")
+        expect(found).to_contain_text("people who are not enrolled")
+        page.get_by_label("Photo of someone", exact=False).set_input_files(
+            DATA / "curie_upright.jpg"
+        )
+        page.get_by_role("button", name="Identify").click()
+        expect(found).to_contain_text("Unknown: this person is not recognised")
+        page.screenshot(path=shots / "4-unknown.png", full_page=True)
+
         # Export what is held about the subject (a subject access request): one JSON file.
         with page.expect_download() as download:
             page.get_by_role("button", name="Export obama").click()

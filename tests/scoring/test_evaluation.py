@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.scoring.calibration import Calibration
+from app.settings import Settings
 from tests.helpers import DATA
 
 pytestmark = pytest.mark.model
@@ -127,6 +128,13 @@ def test_calibrate_writes_a_usable_calibration(identities: Path, tmp_path: Path)
         assert curve.pipeline == {**(cal.pipeline or {}), "template_views": 10}
     # Averaging views moves a same-person pair's distance: the curves differ.
     assert cal.curve("thorough").b != cal.b  # type: ignore[union-attr]
+    # The open-set rules of the calibration in use (same pipeline) are carried over:
+    # 40 impostor pairs could not fit them.
+    shipped = Calibration.load(Settings().resolved_calibration_file())
+    for name in ("fast", "mixed", "thorough"):
+        kept, before = cal.curve(name), shipped.curve(name)
+        assert kept is not None and before is not None and kept.open_set is not None
+        assert before.open_set is not None and kept.open_set.version == before.open_set.version
 
 
 def test_calibrate_refuses_pairs_that_cannot_fix_a_slope(tmp_path: Path) -> None:
@@ -155,6 +163,7 @@ def test_calibrate_refuses_pairs_that_cannot_fix_a_slope(tmp_path: Path) -> None
     assert not (tmp_path / "c.json").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_open_set_reports_fpir_fnir_and_a_det_plot(
     identities: Path, tmp_path: Path
 ) -> None:

@@ -4,11 +4,13 @@ with known answers, and the shipped rule as the calibration file holds it."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.errors import InvalidRequest
 from app.scoring.calibration import Calibration
 from app.scoring.openset import FAR, NEIGHBOURS, ImpostorTail, OpenSetRule, features
 from app.scoring.openset_fit import (
@@ -19,6 +21,8 @@ from app.scoring.openset_fit import (
     stranger_order_statistics,
     tail_dict,
 )
+from app.service.decisions import Decisions
+from app.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "app" / "models" / "calibration.json"
 NAMES = ("d1", "margin", "spread", "log_n")
@@ -149,3 +153,46 @@ def test_the_shipped_calibration_has_an_open_set_rule_for_every_curve() -> None:
     for fold in held:
         assert fold["1000"]["0.01"]["fpir"] < 0.015 and fold["100"]["0.01"]["fpir"] < 0.015
         assert fold["1000"]["ece_balanced"] < 0.03
+
+
+def _decisions() -> Decisions:
+    settings = Settings()
+    return Decisions(settings, Calibration.load(SHIPPED), templates=True)
+
+
+def test_missing_neighbours_of_a_large_collection_are_not_read_as_a_wide_margin() -> None:
+    """Expired subjects left out of a search leave fewer than five distances: the gap
+    must not look like strangers far away (a stranger at 0.55 would be named)."""
+    decisions = _decisions()
+    full = [0.55, 0.6, 0.62, 0.63, 0.64]
+    for found in (full[:1], full[:2], full[:3], full):
+        decision = decisions.open_set(found, 1000, 0.01, None, "mixed", True)
+        assert not decision.named and decision.probability is not None
+        assert decision.probability < 0.5
+    # A collection of two really has two: the rule's own padding, a clear match named.
+    small = decisions.open_set([0.3, 0.8], 2, 0.01, None, "mixed", True)
+    assert small.named and small.probability == pytest.approx(0.999)
+
+
+def test_distances_that_are_not_finite_give_an_answer_not_an_error() -> None:
+    decisions = _decisions()
+    for bad in ([float("nan"), 0.7], [0.5, float("inf"), float("inf")], [float("inf")]):
+        decision = decisions.open_set(bad, 1000, 0.01, None, "mixed", bad[0] < 0.59)
+        assert not decision.named and decision.probability is not None
+        assert np.isfinite(decision.probability)
+
+
+def test_max_fmr_rounds_the_threshold_down_and_refuses_what_it_cannot_support() -> None:
+    decisions = _decisions()
+    curve = decisions.curve("mixed")
+    found = curve.distance_for_max_fmr(1e-4)
+    assert found is not None and found[1]
+    assert found[0] - 1e-4 < decisions.threshold_for_fmr("mixed", 1e-4) <= found[0]
+    without = replace(curve, open_set=None)  # only the 100,000 pairs' FMR table
+    assert without.distance_for_max_fmr(1e-6) == (
+        pytest.approx(without.distance_for_max_fmr(1e-5)[0]),
+        False,
+    )  # type: ignore[index]
+    decisions.calibration = replace(decisions.calibration, open_set=None, curves={})
+    with pytest.raises(InvalidRequest):
+        decisions.threshold_for_fmr("fast", 1e-6)

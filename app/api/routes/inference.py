@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
@@ -323,19 +324,7 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
     return s.IdentifyResponse(
         best=candidates[0] if result.best is not None else None,
         candidates=candidates,
-        open_set=None
-        if decision is None
-        else s.OpenSetOut(
-            named=decision.named,
-            probability=None if decision.probability is None else round(decision.probability, 4),
-            prior=decision.prior,
-            fpir=decision.fpir,
-            subjects=decision.subjects,
-            supported=decision.supported,
-            reason=decision.reason,
-            rule=decision.rule,
-            curve=decision.curve,
-        ),
+        open_set=None if decision is None else s.OpenSetOut.model_validate(asdict(decision)),
         threshold=call.service.threshold(result.curve),
         gallery_size=result.gallery_size,
         mode=result.mode,
