@@ -276,7 +276,7 @@ $("identify-form").addEventListener("submit", async (e) => {
   }
   const os = data.open_set;
   const fpir = os ? `${(os.fpir * 100).toLocaleString()}%` : "";
-  const n = os ? os.subjects.toLocaleString() : "0";
+  const n = os ? `${os.subjects.toLocaleString()} enrolled ${os.subjects === 1 ? "person" : "people"}` : "";
   let verdict;
   let explain;
   if (data.best) {
@@ -286,15 +286,15 @@ $("identify-form").addEventListener("submit", async (e) => {
         ? `${(os.probability * 100).toFixed(1)}% chance that this is ${data.best.subject_id}, ` +
           `assuming the person is as likely enrolled as not. `
         : "") +
-      `Searched ${n} enrolled people; at this setting about ${fpir} of people who are not ` +
+      `Searched ${n}; at this setting about ${fpir} of people who are not ` +
       "enrolled would be named by mistake.");
   } else {
     verdict = el("p", { class: "verdict nomatch" }, "Unknown: this person is not recognised");
     const why = !os ? "Nobody is enrolled in this collection yet."
       : os.reason === "fpir_unsupported"
-        ? `With ${n} enrolled people the calibration data cannot promise ${fpir} false ` +
+        ? `With ${n} the calibration data cannot promise ${fpir} false ` +
           "identifications, so nobody is named."
-        : `Nobody among ${n} enrolled people is close enough to name at ${fpir} false ` +
+        : `Nobody among ${n} is close enough to name at ${fpir} false ` +
           "identifications of strangers.";
     explain = el("p", { class: "hint" }, why);
   }
