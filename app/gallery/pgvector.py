@@ -380,24 +380,21 @@ def counts(engine: Engine, *, encoders: Collection[str]) -> dict[str, tuple[int,
 
 def subject_count(engine: Engine, *, collection: str, encoders: Collection[str]) -> int:
     """Subjects of one collection with a face of the given encoders."""
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "SELECT count(DISTINCT subject_id) FROM face_vectors "
-                    "WHERE collection_id = :c AND encoder = ANY(:e)"
-                ),
-                {"c": collection, "e": sorted(encoders)},
-            ).scalar_one()
-        )
+    return _count(engine, "count(DISTINCT subject_id)", collection, encoders)
 
 
 def collection_size(engine: Engine, *, collection: str, encoders: Collection[str]) -> int:
+    """Faces of one collection of the given encoders."""
+    return _count(engine, "count(*)", collection, encoders)
+
+
+def _count(engine: Engine, what: str, collection: str, encoders: Collection[str]) -> int:
+    # ``what`` is one of the two constants above, never a caller's text.
     with engine.connect() as conn:
         return int(
             conn.execute(
                 text(
-                    "SELECT count(*) FROM face_vectors "
+                    f"SELECT {what} FROM face_vectors "
                     "WHERE collection_id = :c AND encoder = ANY(:e)"
                 ),
                 {"c": collection, "e": sorted(encoders)},
