@@ -53,6 +53,7 @@ CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bad_inputs_get_their_codes_fast_and_the_server_stays_up(tmp_path: Path) -> None:
     with (
         serving({"FACEVERIFY_DATA_DIR": str(tmp_path)}) as url,

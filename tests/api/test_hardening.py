@@ -146,6 +146,7 @@ def _trickle(port: int, path: str = "/verify") -> socket.socket:
     return sock
 
 
+@pytest.mark.slow
 def test_slow_uploads_hold_no_place_and_are_cut_off(tmp_path: Path) -> None:
     env = {
         "FACEVERIFY_DATA_DIR": str(tmp_path),
@@ -173,6 +174,7 @@ def test_slow_uploads_hold_no_place_and_are_cut_off(tmp_path: Path) -> None:
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_disconnects_are_one_info_line_and_workers_log_json(tmp_path: Path) -> None:
     env = {"FACEVERIFY_DATA_DIR": str(tmp_path)}
     with serving(env, "--workers", "2") as url:

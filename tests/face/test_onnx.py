@@ -68,6 +68,7 @@ def chips(real_service: FaceService) -> np.ndarray:
     return np.stack(found)
 
 
+@pytest.mark.slow
 def test_onnx_embeddings_match_dlib(chips: np.ndarray, real_service: FaceService) -> None:
     assert len(chips) >= 50
     resnet = real_service.pipeline.encoder  # type: ignore[attr-defined]

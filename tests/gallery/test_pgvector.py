@@ -191,6 +191,7 @@ def test_an_index_built_with_older_parameters_is_noticed_and_rebuilt(
     assert got[0].subject_id == "s7"
 
 
+@pytest.mark.slow
 def test_a_bulk_import_by_copy_keeps_every_value_exactly(
     replicas: tuple[FaceService, FaceService],
 ) -> None:
@@ -213,6 +214,7 @@ def test_a_bulk_import_by_copy_keeps_every_value_exactly(
     assert hit[0].subject_id == "ß.ü@0:x-+" and hit[0].distance == 0.0
 
 
+@pytest.mark.slow
 def test_a_large_gallery_meeting_pgvector_is_copied_then_indexed_once(
     bare_store: tuple[GalleryStore, str], caplog: pytest.LogCaptureFixture
 ) -> None:

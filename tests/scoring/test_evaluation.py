@@ -55,6 +55,7 @@ def evaluate(identities: Path, out: Path, *more: str) -> subprocess.CompletedPro
     return run("evaluate", *args, env={"FACEVERIFY_DATA_DIR": str(out.parent)})
 
 
+@pytest.mark.slow
 def test_evaluate_writes_pairs_report_and_plots(identities: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     proc = evaluate(identities, out)
@@ -96,6 +97,7 @@ def test_evaluate_scores_every_mode_from_one_pass(identities: Path, tmp_path: Pa
     assert bad.returncode == 2 and "--mode must be one of" in bad.stderr
 
 
+@pytest.mark.slow
 def test_calibrate_writes_a_usable_calibration(identities: Path, tmp_path: Path) -> None:
     target = tmp_path / "calibration.json"
     proc = run(
