@@ -195,6 +195,7 @@ def cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([FACEVERIFY, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_keys_cli_create_list_revoke(tmp_path: Path) -> None:
     made = cli("keys", "create", "--scope", "enroll+verify", "--name", "door", data_dir=tmp_path)
     assert made.returncode == 0, made.stderr

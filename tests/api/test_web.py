@@ -30,6 +30,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_page_is_served(tmp_path: Path) -> None:
     pytest.importorskip("playwright")
     with serving({"FACEVERIFY_DATA_DIR": str(tmp_path)}) as url:

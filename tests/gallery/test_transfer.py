@@ -79,6 +79,7 @@ def test_a_bad_line_stores_nothing_and_is_named(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_export_then_import_keeps_every_embedding(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     embeddings = (rng.normal(size=(50, 128)) / np.sqrt(128)).astype(np.float32)  # norm ~1

@@ -139,6 +139,7 @@ def test_calibrate_writes_a_usable_calibration(identities: Path, tmp_path: Path)
         assert before.open_set is not None and kept.open_set.version == before.open_set.version
 
 
+@pytest.mark.slow
 def test_calibrate_refuses_pairs_that_cannot_fix_a_slope(tmp_path: Path) -> None:
     root = tmp_path / "people"
     people = {
