@@ -12,7 +12,9 @@ import functools
 import io
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx2
@@ -230,3 +232,36 @@ def test_a_warmed_pool_lends_its_instances_without_loading_more() -> None:
     with pool.borrow() as a, pool.borrow() as b:
         assert a is not b
     assert pool.created == 2
+
+
+def test_identify_under_threads_gives_the_open_set_answers_computed_alone(
+    real_service: FaceService,
+) -> None:
+    """/identify's whole answer (candidates, best, the open-set decision and its
+    probability) for different photos from four threads, against the answer alone."""
+    collection = f"conc-{uuid.uuid4().hex[:8]}"
+    real_service.create_collection(collection=collection)
+    for subject, name in (("obama", "obama.jpg"), ("biden", "biden.jpg")):
+        real_service.enroll(collection=collection, subject_id=subject, images=[photo(name)])
+    probes = ["obama2.jpg", "obama3.jpg", "biden.jpg", "curie_upright.jpg", "hopper.jpg"]
+
+    def answer(name: str) -> tuple:
+        found = real_service.identify(collection=collection, image=photo(name))
+        decision = found.open_set
+        assert decision is not None and decision.probability is not None
+        # The numbers to the last bit ONNX Runtime keeps across threads (1e-5 above).
+        return (
+            [(c.subject_id, round(c.result.distance, 4)) for c in found.candidates],
+            found.best.subject_id if found.best else None,
+            replace(decision, probability=round(decision.probability, 4)),
+        )
+
+    expected = {name: answer(name) for name in probes}
+    assert expected["obama2.jpg"][1] == "obama" and expected["curie_upright.jpg"][1] is None
+
+    def work(k: int) -> list[str]:
+        return [name for name in _rotated(probes, k) * 2 if answer(name) != expected[name]]
+
+    with ThreadPoolExecutor(4) as pool:
+        wrong = [w for ws in pool.map(work, range(4)) for w in ws]
+    assert wrong == []
