@@ -165,13 +165,6 @@ class ImpostorTail:
             z = self.sigma / self.xi * (ratio ** (-self.xi) - 1.0)
         return np.where(p >= self.cdf_u, above, self.u - z)
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "pairs": self.pairs,
-            "gpd": {"u": self.u, "cdf_u": self.cdf_u, "xi": self.xi, "sigma": self.sigma},
-            "floor": self.floor,
-        }
-
 
 @dataclass(frozen=True)
 class OpenSetDecision:
@@ -244,7 +237,10 @@ class OpenSetRule:
         return z
 
     def probability(self, distances: np.ndarray, subjects: int, prior: float | None) -> float:
-        z = float(self.logit(distances, subjects)[0])
+        return self._probability(float(self.logit(distances, subjects)[0]), prior)
+
+    def _probability(self, z: float, prior: float | None) -> float:
+        """The probability at ``prior`` of the logit ``z`` (at the rule's prior)."""
         if prior is not None and prior != self.prior:
             z += _logit(prior) - _logit(self.prior)
         return 1.0 / (1.0 + math.exp(-max(min(z, 700.0), -700.0)))
@@ -279,13 +275,14 @@ class OpenSetRule:
     ) -> OpenSetDecision:
         """Name the nearest subject when its search clears the threshold for ``fpir``
         at ``subjects``; never past the size the tail supports for ``fpir``."""
-        probability = self.probability(distances, subjects, prior)
+        z = float(self.logit(distances, subjects)[0])
+        probability = self._probability(z, prior)
         supported = self.supported(subjects, fpir)
         reason = None
         if not supported:
             named, reason = False, "fpir_unsupported"
         else:
-            named = float(self.logit(distances, subjects)[0]) >= self.threshold(subjects, fpir)
+            named = z >= self.threshold(subjects, fpir)
             reason = None if named else "below_open_set_threshold"
         return OpenSetDecision(
             named=named,
@@ -298,13 +295,3 @@ class OpenSetRule:
             curve=self.curve,
             reason=reason,
         )
-
-    def fpir_at(self, distances: np.ndarray, subjects: int) -> float:
-        """The estimated FPIR of a rule that names every search scoring at least this
-        one's (the table read backwards); the table's edge levels clamp it."""
-        z = float(self.logit(distances, subjects)[0])
-        ln = np.log(self.sizes)
-        x = min(max(math.log(max(subjects, 1)), ln[0]), ln[-1])
-        column = np.array([np.interp(x, ln, self.logits[:, j]) for j in range(len(self.levels))])
-        # logits fall as the level rises: interpolate log level against -logit.
-        return float(np.exp(np.interp(-z, -column, np.log(self.levels))))
