@@ -20,7 +20,7 @@ from app.errors import (
 from app.gallery import pgcopy, pgvector
 from app.gallery.audit import AuditDraft, stage
 from app.gallery.changelog import _bump_version, _log
-from app.gallery.crypto import EmbeddingCipher, plain
+from app.gallery.crypto import EmbeddingCipher, plain, readable
 from app.gallery.engine import StoreBase
 from app.gallery.models import (
     EMBEDDING_DTYPE,
@@ -33,8 +33,11 @@ from app.gallery.pgvector import BULK_REBUILD
 from app.gallery.records import (
     EmbeddingRows,
     FaceRecord,
+    SubjectTimes,
     _face_record,
+    due_at,
 )
+from app.gallery.sealing import note_key, resealed
 
 # Rows per slice when reading every embedding (load_embeddings).
 LOAD_SLICE = 50_000
@@ -96,8 +99,10 @@ def _insert_faces(conn: Connection, batch: _Batch) -> None:
     """Imported faces (and their pgvector rows) by INSERT: :func:`_copy_faces`' twin,
     for SQLite (and any database without COPY)."""
     sealed: list[tuple[bytes, str | None]] = [
-        batch.cipher.seal(v.tobytes(), f) if batch.cipher else (v.tobytes(), None)
-        for f, v in zip(batch.face_ids, batch.vectors, strict=True)
+        batch.cipher.seal(v.tobytes(), (f, batch.collection, s))
+        if batch.cipher
+        else (v.tobytes(), None)
+        for f, s, v in zip(batch.face_ids, batch.subject_ids, batch.vectors, strict=True)
     ]
     conn.execute(
         insert(Face),
@@ -204,6 +209,8 @@ class BulkFaces(StoreBase):
             rebuild = self.vector_dim is not None and len(subject_ids) >= BULK_REBUILD
             if rebuild:
                 pgvector.bulk_begin(conn)
+            if self.cipher is not None:
+                note_key(session, self.cipher)
             copy = conn.dialect.name == "postgresql" and self.cipher is None
             write = _copy_faces if copy else _insert_faces
             face_ids = [str(uuid.uuid4()) for _ in subject_ids]
@@ -244,7 +251,11 @@ class BulkFaces(StoreBase):
         while True:
             with Session(self.engine) as session, session.begin():
                 stale = (
-                    (Face.key_id.is_(None) | (Face.key_id != current))
+                    (
+                        Face.key_id.is_(None)
+                        | (Face.key_id != current)
+                        | (func.length(Face.embedding) % 4 == 0)  # the older form
+                    )
                     if current
                     else Face.key_id.is_not(None)
                 )
@@ -252,25 +263,39 @@ class BulkFaces(StoreBase):
                     select(Face).where(stale, Face.id > after).order_by(Face.id).limit(batch)
                 ).all()
                 for face in rows:
-                    data = plain(self.cipher, face.embedding, face.id, face.key_id)
+                    owner = (face.id, face.collection_id, face.subject_id)
+                    data = plain(self.cipher, face.embedding, owner, face.key_id)
                     if self.cipher is not None:
-                        face.embedding, face.key_id = self.cipher.seal(data, face.id)
+                        face.embedding, face.key_id = self.cipher.seal(data, owner)
                     else:
                         face.embedding, face.key_id = data, None
                 done += len(rows)
                 if len(rows) < batch:
+                    resealed(session, self.cipher)
                     break
                 after = rows[-1].id
+        self.sealed = self.cipher is not None
         return done
 
     def export_faces(
-        self, *, collection: str
+        self, *, collection: str, now: datetime | None = None
     ) -> tuple[list[FaceRecord], list[str | None], list[bytes]]:
         """Every face of a collection with its subject's name and its embedding bytes,
-        by subject then face."""
+        by subject then face. Subjects past their retention or expiry (due, not yet
+        purged) are left out: they no longer match, so they are not handed on either
+        (issue 37); nor is a row that does not open (logged)."""
+        moment = now or datetime.now(UTC)
         with Session(self.engine) as session:
+            row = session.get(CollectionRow, collection)
+            days = row.retention_days if row is not None else None
             rows = session.execute(
-                select(Face, Subject.name)
+                select(
+                    Face,
+                    Subject.name,
+                    Subject.created_at,
+                    Subject.last_used_at,
+                    Subject.expires_at,
+                )
                 .join(
                     Subject,
                     (Subject.collection_id == Face.collection_id) & (Subject.id == Face.subject_id),
@@ -278,11 +303,23 @@ class BulkFaces(StoreBase):
                 .where(Face.collection_id == collection)
                 .order_by(Face.subject_id, Face.created_at, Face.id)
             ).all()
-            return (
-                [_face_record(r[0]) for r in rows],
-                [r[1] for r in rows],
-                [plain(self.cipher, r[0].embedding, r[0].id, r[0].key_id) for r in rows],
-            )
+            faces, names, blobs = [], [], []
+            for face, name, created, used, expires in rows:
+                due = due_at(SubjectTimes(created, used, expires), days)
+                if due is not None and moment >= due:
+                    continue
+                data = readable(
+                    self.cipher,
+                    face.embedding,
+                    (face.id, face.collection_id, face.subject_id),
+                    face.key_id,
+                    sealed=self.sealed,
+                )
+                if data is not None:
+                    faces.append(_face_record(face))
+                    names.append(name)
+                    blobs.append(data)
+            return faces, names, blobs
 
     def load_embeddings(
         self,
@@ -329,11 +366,19 @@ class BulkFaces(StoreBase):
             while part := result.fetchmany(LOAD_SLICE):
                 start = len(ids)
                 part_ids, part_collections, part_subjects, blobs, kids = zip(*part, strict=True)
-                if any(k is not None for k in kids):
-                    blobs = tuple(
-                        plain(self.cipher, b, f, k)
-                        for b, f, k in zip(blobs, part_ids, kids, strict=True)
-                    )
+                if self.sealed or any(k is not None for k in kids):
+                    opened = [
+                        readable(self.cipher, b, (f, c, s), k, sealed=self.sealed)
+                        for b, f, c, s, k in zip(
+                            blobs, part_ids, part_collections, part_subjects, kids, strict=True
+                        )
+                    ]
+                    if any(o is None for o in opened):  # left out (logged)
+                        keep = [i for i, o in enumerate(opened) if o is not None]
+                        part_ids = tuple(part_ids[i] for i in keep)
+                        part_collections = tuple(part_collections[i] for i in keep)
+                        part_subjects = tuple(part_subjects[i] for i in keep)
+                    blobs = tuple(o for o in opened if o is not None)
                 ids.extend(part_ids)
                 collections.extend(part_collections)
                 subjects.extend(part_subjects)

@@ -1,9 +1,14 @@
 """Embeddings encrypted at rest (issue 27, opt-in): AES-256-GCM from ``cryptography``.
 
 With FACEVERIFY_ENCRYPTION_KEY (or _KEY_FILE) set, every embedding is written as
-``nonce (12 bytes) || ciphertext || tag (16 bytes)``, its face id as associated data
-(a sealed embedding moved to another row does not open), and the row records the key's
-id (the first 16 hex digits of a sha256 of the key, never the key). Rows of older keys
+``0x02 || nonce (12 bytes) || ciphertext || tag (16 bytes)``, its face id, collection
+and subject as associated data (a sealed embedding moved to another row, or its row
+moved to another subject, does not open: issue 37), and the row records the key's id
+(the first 16 hex digits of a sha256 of the key, never the key). Rows sealed before
+issue 37 (no leading byte, the face id alone as associated data: their length is a
+multiple of 4, the new form's is not) stay readable until ``encryption rotate`` reseals
+them; once a gallery is wholly sealed in the new form (gallery_state.sealed) they, and
+plain rows, are refused. Rows of older keys
 (FACEVERIFY_ENCRYPTION_OLD_KEYS) and rows written before encryption (key_id NULL) stay
 readable; ``faceverify encryption rotate`` rewrites every row with the current key.
 
@@ -17,13 +22,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+log = logging.getLogger("faceverify.gallery")
+
 NONCE_BYTES = 12
+# The first byte of an embedding sealed in the current form (face, collection and subject
+# as associated data). The older form has none: 12 + 4·dim + 16 bytes, a multiple of 4.
+FORM = b"\x02"
 
 
 class EncryptionKeyError(ValueError):
@@ -54,23 +65,60 @@ class EmbeddingCipher:
         self._keys = {key_id(k): AESGCM(k) for k in [*(old or []), current]}
         self.current = key_id(current)
 
-    def seal(self, plain: bytes, face_id: str) -> tuple[bytes, str]:
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """The ids of every key given (current and old)."""
+        return frozenset(self._keys)
+
+    def seal(self, plain: bytes, owner: Owner) -> tuple[bytes, str]:
         """The stored form of an embedding, and the key id to store beside it."""
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._keys[self.current].encrypt(nonce, plain, face_id.encode())
-        return nonce + sealed, self.current
+        sealed = self._keys[self.current].encrypt(nonce, plain, associated(owner))
+        return FORM + nonce + sealed, self.current
 
-    def open(self, stored: bytes, face_id: str, kid: str) -> bytes:
+    def open(self, stored: bytes, owner: Owner, kid: str, *, legacy: bool = True) -> bytes:
+        """``legacy``: whether the older form (face id alone as associated data) is
+        still accepted (until the gallery is wholly resealed)."""
+        face_id = owner[0]
         aes = self._keys.get(kid)
         if aes is None:
             raise EncryptionKeyError(
                 f"face {face_id} is encrypted with key {kid}, which is not configured "
                 "(FACEVERIFY_ENCRYPTION_OLD_KEYS)"
             )
+        if is_current_form(stored):
+            nonce, body, aad = (
+                stored[1 : 1 + NONCE_BYTES],
+                stored[1 + NONCE_BYTES :],
+                associated(owner),
+            )
+        elif legacy:
+            nonce, body, aad = stored[:NONCE_BYTES], stored[NONCE_BYTES:], face_id.encode()
+        else:
+            raise EncryptionKeyError(
+                f"face {face_id} is sealed in the pre-0.5 form in a gallery resealed since"
+            )
         try:
-            return aes.decrypt(stored[:NONCE_BYTES], stored[NONCE_BYTES:], face_id.encode())
+            return aes.decrypt(nonce, body, aad)
         except InvalidTag as exc:
-            raise EncryptionKeyError(f"face {face_id}'s embedding does not decrypt") from exc
+            raise EncryptionKeyError(
+                f"face {face_id}'s embedding does not decrypt (another key, or the row was "
+                "changed or moved to another face, subject or collection)"
+            ) from exc
+
+
+# Who a stored embedding belongs to: (face id, collection id, subject id).
+Owner = tuple[str, str, str]
+
+
+def associated(owner: Owner) -> bytes:
+    """The associated data an embedding is sealed with: its face, collection and subject
+    (NUL never occurs in an id)."""
+    return b"faceverify-embedding/2\0" + "\0".join(owner).encode()
+
+
+def is_current_form(stored: bytes) -> bool:
+    return len(stored) % 4 == 1 and stored[:1] == FORM
 
 
 def cipher_from(key: str, key_file: Path | None, old_keys: str) -> EmbeddingCipher | None:
@@ -83,12 +131,44 @@ def cipher_from(key: str, key_file: Path | None, old_keys: str) -> EmbeddingCiph
     return EmbeddingCipher(parse_key(key, "the encryption key"), old)
 
 
-def plain(cipher: EmbeddingCipher | None, stored: bytes, face_id: str, kid: str | None) -> bytes:
-    """A stored embedding's plain bytes (rows with no key id were written plain)."""
+def plain(
+    cipher: EmbeddingCipher | None,
+    stored: bytes,
+    owner: Owner,
+    kid: str | None,
+    *,
+    sealed: bool = False,
+) -> bytes:
+    """A stored embedding's plain bytes (rows with no key id were written plain).
+    ``sealed``: the gallery was wholly sealed in the current form (gallery_state.sealed),
+    so a plain row or one of the older form was not written by faceverify: refused."""
     if kid is None:
+        if sealed:
+            raise EncryptionKeyError(
+                f"face {owner[0]} is stored in plaintext in a gallery whose every embedding "
+                "was sealed: it was not written by faceverify"
+            )
         return stored
     if cipher is None:
         raise EncryptionKeyError(
-            f"face {face_id} is encrypted, and no FACEVERIFY_ENCRYPTION_KEY is set"
+            f"face {owner[0]} is encrypted, and no FACEVERIFY_ENCRYPTION_KEY is set"
         )
-    return cipher.open(stored, face_id, kid)
+    return cipher.open(stored, owner, kid, legacy=not sealed)
+
+
+def readable(
+    cipher: EmbeddingCipher | None,
+    stored: bytes,
+    owner: Owner,
+    kid: str | None,
+    *,
+    sealed: bool = False,
+) -> bytes | None:
+    """:func:`plain`, or None (logged) for a row that does not open: a row changed,
+    moved to another subject or collection, or slipped in as plaintext is left out of
+    every search and answer instead of failing them all (issue 37)."""
+    try:
+        return plain(cipher, stored, owner, kid, sealed=sealed)
+    except EncryptionKeyError as exc:
+        log.error("a stored embedding is left out: %s", exc)
+        return None

@@ -119,3 +119,6 @@ class StoreBase:
     build_memory_mb: int
     # Embeddings encrypted at rest (app/gallery/crypto.py); None: stored plain.
     cipher: EmbeddingCipher | None
+    # Every embedding is sealed in the current form (app/gallery/sealing.py): a plain or
+    # older-form row is then not faceverify's and is left out.
+    sealed: bool

@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -138,6 +139,10 @@ class GalleryState(Base):
     version: Mapped[int] = mapped_column(BigInteger, default=0)
     # A random id set by migration 0004: which database an index snapshot came from.
     instance: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Migration 0008 (issue 37): the ids of the keys some embedding is sealed with (a
+    # JSON list), and whether every embedding is sealed in the current form.
+    key_ids: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sealed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class GalleryEvent(Base):

@@ -15,7 +15,7 @@ from app.errors import (
     FaceNotFound,
     SubjectNotFound,
 )
-from app.gallery.crypto import plain
+from app.gallery.crypto import readable
 from app.gallery.engine import StoreBase
 from app.gallery.models import (
     EMBEDDING_DTYPE,
@@ -94,10 +94,25 @@ class Reads(StoreBase):
             rows = [r for r in conn.execute(stmt).all()]
         if not rows:
             raise SubjectNotFound.for_id(subject_id)
-        found = [r for r in rows if r[1] is not None]
-        matrix = embedding_matrix([plain(self.cipher, r[2], r[1], r[4]) for r in found], dim)
+        opened = [
+            (
+                r,
+                readable(
+                    self.cipher, r[2], (r[1], collection, subject_id), r[4], sealed=self.sealed
+                ),
+            )
+            for r in rows
+            if r[1] is not None
+        ]
+        found = [(r, data) for r, data in opened if data is not None]
+        matrix = embedding_matrix([data for _, data in found], dim)
         times = SubjectTimes(rows[0][5], rows[0][6], rows[0][7])
-        return [r[1] for r in found], matrix.astype(np.float32), [r[3] for r in found], times
+        return (
+            [r[1] for r, _ in found],
+            matrix.astype(np.float32),
+            [r[3] for r, _ in found],
+            times,
+        )
 
     def pipeline_versions(self, *, collection: str, face_ids: Collection[str]) -> dict[str, str]:
         """The pipeline version each of these faces was stored with (by primary key;
@@ -127,7 +142,11 @@ class Reads(StoreBase):
             row = conn.execute(stmt).first()
         if row is None:
             raise FaceNotFound(f"No face {face_id!r} in this collection.", face_id=face_id)
-        stored = plain(self.cipher, row[1], face_id, row[2])
+        stored = readable(
+            self.cipher, row[1], (face_id, collection, str(row[0])), row[2], sealed=self.sealed
+        )
+        if stored is None:
+            raise FaceNotFound(f"No face {face_id!r} in this collection.", face_id=face_id)
         return str(row[0]), np.frombuffer(stored, dtype=EMBEDDING_DTYPE).astype(np.float32)
 
     def subject_face_bytes(self, *, collection: str, subject_id: str) -> dict[str, bytes]:
@@ -136,7 +155,13 @@ class Reads(StoreBase):
             *_of_subject(collection, subject_id)
         )
         with self.engine.connect() as conn:
-            return {r[0]: plain(self.cipher, r[1], r[0], r[2]) for r in conn.execute(stmt)}
+            opened = {
+                r[0]: readable(
+                    self.cipher, r[1], (r[0], collection, subject_id), r[2], sealed=self.sealed
+                )
+                for r in conn.execute(stmt)
+            }
+        return {face: data for face, data in opened.items() if data is not None}
 
     def list_faces(self, *, collection: str, subject_id: str) -> list[FaceRecord]:
         with Session(self.engine) as session:

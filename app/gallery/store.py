@@ -73,6 +73,7 @@ class GalleryStore(Reads, Writes, BulkFaces, ChangeLog, IdempotencyRecords, Eras
         # The ceiling on maintenance_work_mem for HNSW builds (after bulk imports).
         self.build_memory_mb = pgvector.BUILD_MEMORY_MB
         self.cipher: EmbeddingCipher | None = None
+        self.sealed = False
         # Erasure after deletes (erasure.py).
         self._erase_lock = threading.Lock()
         self._erase_pending: float | None = None

@@ -50,6 +50,7 @@ from app.gallery.records import (
     _subject_record,
     due_at,
 )
+from app.gallery.sealing import note_key
 
 
 class Unset:
@@ -240,7 +241,10 @@ class Writes(StoreBase):
             rows, vectors = _face_rows(collection, subject_id, faces, encoder, pipeline_version)
             if self.cipher is not None:
                 for row in rows:
-                    row.embedding, row.key_id = self.cipher.seal(row.embedding, row.id)
+                    row.embedding, row.key_id = self.cipher.seal(
+                        row.embedding, (row.id, collection, subject_id)
+                    )
+                note_key(session, self.cipher)
             session.add_all(rows)
             session.flush()
             if rows:

@@ -3,6 +3,7 @@ calibration, and where identify searches (the one place that chooses)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from app.errors import NotReady
@@ -12,12 +13,15 @@ from app.face.weights import WeightFile
 from app.gallery import pgvector
 from app.gallery.crypto import EncryptionKeyError, cipher_from
 from app.gallery.index import ExactIndex, VectorIndex
+from app.gallery.sealing import check_keys
 from app.gallery.search import GallerySearch, MemorySearch, PgvectorSearch
-from app.gallery.snapshot import SnapshotDir
+from app.gallery.snapshot import SnapshotDir, erase_all
 from app.gallery.store import GalleryStore
 from app.scoring.calibration import Calibration
 from app.service.core import FaceService
 from app.settings import Settings
+
+log = logging.getLogger("faceverify.gallery")
 
 
 def enable_vectors(store: GalleryStore, settings: Settings, dim: int) -> bool:
@@ -35,13 +39,25 @@ def gallery_search(
     index of each collection in this process, loaded in the background."""
     if store.vector_dim is not None and store.vector_dim == dim:
         return PgvectorSearch(store, encoders=encoders, ef_search=settings.pgvector_ef_search)
+    if store.cipher is not None:
+        # A snapshot's vec.npy holds every embedding in plaintext (issue 37): with
+        # encryption at rest none is written (each process builds its own index), and
+        # one left from before the key was set is overwritten and removed.
+        removed = erase_all(settings.resolved_index_dir())
+        if removed:
+            log.warning(
+                "%d index snapshots under %s held embeddings in plaintext beside an "
+                "encrypted gallery: overwritten and removed",
+                removed,
+                settings.resolved_index_dir(),
+            )
     return MemorySearch(
         store,
         dim=dim,
         encoders=encoders,
         wait_seconds=settings.inference_wait_seconds,
         factory=_index_factory(settings),
-        snapshots=_snapshots(settings),
+        snapshots=_snapshots(settings) if store.cipher is None else None,
         background=True,
     )
 
@@ -101,6 +117,7 @@ def open_store(settings: Settings) -> GalleryStore:
             settings.encryption_key_file,
             settings.encryption_old_keys.get_secret_value(),
         )
+        store.sealed = check_keys(store.engine, store.cipher)
     except (EncryptionKeyError, OSError) as exc:
         store.close()
         raise NotReady(f"Encryption at rest: {exc}.") from exc

@@ -208,7 +208,7 @@ def test_migrations_build_exactly_the_models_schema(store: GalleryStore) -> None
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.schema_revision() == "0007"
+    assert store.schema_revision() == "0008"
 
 
 def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:
@@ -270,7 +270,7 @@ def test_connecting_to_a_store_does_not_migrate_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'g.db'}"
     store = GalleryStore(url)
     assert store.schema_revision() is None  # nothing was created
-    assert store.migrate() == "0007" and store.schema_revision() == "0007"
+    assert store.migrate() == "0008" and store.schema_revision() == "0008"
     store.close()
 
 

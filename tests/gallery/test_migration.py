@@ -106,7 +106,7 @@ def test_an_old_database_moves_into_the_default_collection(
     old_database: str, tmp_path: Path
 ) -> None:
     store = GalleryStore.open(old_database)
-    assert store.schema_revision() == "0007"
+    assert store.schema_revision() == "0008"
     settings = Settings(data_dir=tmp_path)
     service = FaceService(
         settings=settings,

@@ -51,7 +51,7 @@ def test_embeddings_are_stored_encrypted_and_answers_do_not_change(tmp_path: Pat
         )
         with store.engine.connect() as conn:
             stored, kid = conn.execute(text("SELECT embedding, key_id FROM faces")).one()
-        assert kid == key_id(base64.b64decode(key)) and len(stored) == 512 + 12 + 16
+        assert kid == key_id(base64.b64decode(key)) and len(stored) == 1 + 512 + 12 + 16
         assert plain[:64] not in stored
         store.erased()
         assert files_holding(tmp_path, plain) == []  # nowhere on disk in the clear
@@ -59,10 +59,8 @@ def test_embeddings_are_stored_encrypted_and_answers_do_not_change(tmp_path: Pat
     with run_app(settings) as client:
         r = client.post("/verify", data={"subject_id": "ann"}, files={"image": ann})
         assert r.json()["match"] is True
-    store = open_store(Settings(data_dir=tmp_path))
-    with pytest.raises(EncryptionKeyError, match="no FACEVERIFY_ENCRYPTION_KEY"):
-        store.subject_face_bytes(collection="default", subject_id="ann")
-    store.close()
+    with pytest.raises(NotReady, match="no FACEVERIFY_ENCRYPTION_KEY"):
+        open_store(Settings(data_dir=tmp_path))
 
 
 def test_rotation_rewrites_every_row_with_the_new_key(tmp_path: Path) -> None:
@@ -100,10 +98,11 @@ def test_rotation_rewrites_every_row_with_the_new_key(tmp_path: Path) -> None:
 
 def test_a_sealed_embedding_moved_to_another_row_does_not_open() -> None:
     cipher = EmbeddingCipher(os.urandom(32))
-    sealed, kid = cipher.seal(b"\x01" * 512, "face-a")
-    assert cipher.open(sealed, "face-a", kid) == b"\x01" * 512
-    with pytest.raises(EncryptionKeyError, match="does not decrypt"):
-        cipher.open(sealed, "face-b", kid)
+    sealed, kid = cipher.seal(b"\x01" * 512, ("face-a", "door", "ann"))
+    assert cipher.open(sealed, ("face-a", "door", "ann"), kid) == b"\x01" * 512
+    for elsewhere in (("face-b", "door", "ann"), ("face-a", "door", "bob"), ("face-a", "x", "ann")):
+        with pytest.raises(EncryptionKeyError, match="does not decrypt"):
+            cipher.open(sealed, elsewhere, kid)
 
 
 def test_bad_keys_and_pgvector_are_refused_at_start(tmp_path: Path) -> None:
@@ -123,3 +122,141 @@ def test_a_postgres_database_with_pgvector_refuses_encryption(postgres_url: str)
     service.store.close()
     with pytest.raises(NotReady, match="drop the face_vectors table"):
         open_store(Settings(database_url=postgres_url, encryption_key=new_key()))
+
+
+# ---- issue 37: the attacks on encryption at rest ---------------------------------------
+def _keyed(tmp_path: Path, key: str = "", **more: object) -> Settings:
+    return Settings(data_dir=tmp_path, api_keys=f"{TEST_KEY}:admin", encryption_key=key, **more)
+
+
+def _faces_table(tmp_path: Path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faceverify.db") as conn:
+        return conn.execute(
+            "SELECT id, subject_id, embedding, key_id FROM faces ORDER BY id"
+        ).fetchall()
+
+
+def test_a_wrong_or_missing_key_stops_the_start_and_changes_nothing(tmp_path: Path) -> None:
+    right = new_key()
+    with run_app(_keyed(tmp_path, right)) as client:
+        client.post("/enroll", data={"subject_id": "ann"}, files={"image": fake_image(face(1))})
+    before = _faces_table(tmp_path)
+    for settings, says in (
+        (_keyed(tmp_path, new_key()), "wrong key"),
+        (_keyed(tmp_path), "no FACEVERIFY_ENCRYPTION_KEY"),
+    ):
+        with pytest.raises(NotReady, match=says):
+            open_store(settings)
+        with pytest.raises(NotReady, match=says), run_app(settings):
+            pass
+        faceverify = str(Path(sys.executable).with_name("faceverify"))
+        env = {
+            "FACEVERIFY_DATA_DIR": str(tmp_path),
+            "PATH": "/usr/bin:/bin",
+            "FACEVERIFY_ENCRYPTION_KEY": settings.encryption_key.get_secret_value(),
+        }
+        done = subprocess.run(
+            [faceverify, "encryption", "rotate"], env=env, capture_output=True, text=True
+        )
+        assert done.returncode != 0 and says in done.stderr, done.stderr
+    assert _faces_table(tmp_path) == before
+    # The right key still opens everything: nothing was mixed in.
+    with run_app(_keyed(tmp_path, right)) as client:
+        r = client.post("/verify", data={"subject_id": "ann"}, files={"image": fake_image(face(1))})
+        assert r.json()["match"] is True
+        assert client.post("/identify", files={"image": fake_image(face(1))}).status_code == 200
+
+
+def test_a_row_moved_to_another_subject_or_slipped_in_plain_does_not_match(
+    tmp_path: Path,
+) -> None:
+    key = new_key()
+    with run_app(_keyed(tmp_path, key)) as client:
+        client.post("/enroll", data={"subject_id": "ann"}, files={"image": fake_image(face(1))})
+        client.post("/enroll", data={"subject_id": "bob"}, files={"image": fake_image(face(2))})
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faceverify.db") as conn:
+        # The attacker moves ann's row to bob, and slips a plain row of face 3 to carl.
+        conn.execute("UPDATE faces SET subject_id = 'bob' WHERE subject_id = 'ann'")
+        conn.execute(
+            "INSERT INTO subjects (collection_id, id, created_at) "
+            "VALUES ('default', 'carl', '2026-01-01')"
+        )
+        template = conn.execute("SELECT * FROM faces LIMIT 1").fetchone()
+        columns = [c[1] for c in conn.execute("PRAGMA table_info(faces)")]
+        row = dict(zip(columns, template, strict=True))
+        from tests.fakes import unit_vector
+
+        row.update(id="forged", subject_id="carl", key_id=None, embedding=unit_vector(3).tobytes())
+        conn.execute(
+            f"INSERT INTO faces ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+    with run_app(_keyed(tmp_path, key)) as client:
+        r = client.post("/verify", data={"subject_id": "bob"}, files={"image": fake_image(face(1))})
+        assert r.json()["match"] is False, r.text  # ann's face no longer counts as bob's
+        r = client.post(
+            "/verify", data={"subject_id": "carl"}, files={"image": fake_image(face(3))}
+        )
+        assert r.json().get("match") is not True, r.text
+        service = client.app.state.service  # type: ignore[attr-defined]
+        assert service.index_ready.wait(30)
+        r = client.post("/identify", files={"image": fake_image(face(1))}).json()
+        assert all(c["distance"] > 0.1 for c in r["candidates"]), r  # the moved row is out
+        r = client.post("/identify", files={"image": fake_image(face(3))}).json()
+        assert all(c["subject_id"] != "carl" for c in r["candidates"]), r
+
+
+def test_with_a_key_no_index_snapshot_holds_an_embedding(tmp_path: Path) -> None:
+    from app.service import FaceService
+    from app.service.build import gallery_search
+    from tests.privacy.test_erasure import stored_bytes
+
+    def with_snapshots(s: Settings) -> tuple[FaceService, dict]:
+        fake = make_fake_service(s)
+        search = gallery_search(
+            fake.settings, fake.store, dim=128, encoders=fake.pipeline.compatible
+        )
+        return (
+            FaceService(
+                settings=fake.settings,
+                pipeline=fake.pipeline,
+                store=fake.store,
+                calibration=fake.calibration,
+                search=search,
+            ),
+            {},
+        )
+
+    plain_settings = _keyed(tmp_path, memory_index="ann", index_snapshot_min_faces=1)
+    for _ in range(2):  # written plain, then a snapshot saved at the next start
+        with TestClient(create_app(plain_settings, builder=with_snapshots), headers=AUTH) as c:
+            c.post(
+                "/enroll", data={"subject_id": f"s{_}"}, files={"image": fake_image(face(_ + 1))}
+            )
+            assert c.app.state.service.index_ready.wait(30)  # type: ignore[attr-defined]
+    assert list((tmp_path / "index").rglob("vec.npy")), "no snapshot was saved to begin with"
+    key = new_key()
+    subprocess.run(
+        [str(Path(sys.executable).with_name("faceverify")), "encryption", "rotate"],
+        env={
+            "FACEVERIFY_DATA_DIR": str(tmp_path),
+            "PATH": "/usr/bin:/bin",
+            "FACEVERIFY_ENCRYPTION_KEY": key,
+        },
+        check=True,
+        capture_output=True,
+    )
+    keyed = _keyed(tmp_path, key, memory_index="ann", index_snapshot_min_faces=1)
+    for _ in range(2):  # the start that finds the old snapshot, and a restart
+        with TestClient(create_app(keyed, builder=with_snapshots), headers=AUTH) as client:
+            assert client.app.state.service.index_ready.wait(30)  # type: ignore[attr-defined]
+            held = stored_bytes(client, "s0")
+            r = client.post("/identify", files={"image": fake_image(face(1))}).json()
+            assert r["candidates"][0]["subject_id"] == "s0"
+            client.app.state.service.store.erased()  # type: ignore[attr-defined]
+            assert files_holding(tmp_path, held) == []
+    assert not list((tmp_path / "index").rglob("vec.npy"))
