@@ -71,8 +71,10 @@ def audit_verify(
             typer.echo("faceverify: --expect takes POSITION:CHAIN (64 hex digits)", err=True)
             raise typer.Exit(2)
         pinned = (int(position), chain)
+    trail.drain_spool()  # what processes that died left beside the database
     _or_exit(trail.seal)
     verdict = _or_exit(lambda: trail.verify(expect=pinned))
+    spool = trail.spool_status()
     if not verdict.ok:
         typer.echo(f"FAILED: {verdict.problem}")
         raise typer.Exit(1)
@@ -83,8 +85,21 @@ def audit_verify(
         else f"ok: {verdict.events} events chained, positions 1..{verdict.last_position}"
     )
     typer.echo(f"head {verdict.last_position}:{verdict.head_chain}")
+    for line in verdict.notes:
+        typer.echo(f"note: {line}")
     if verdict.unsealed:
         typer.echo(f"({verdict.unsealed} events written since are not sealed yet)")
+    if spool is not None and spool.pending:
+        typer.echo(
+            f"({spool.pending} events wait in a running process's spool beside the database; "
+            "they are moved in once its lock is free)"
+        )
+    if spool is not None and spool.rejected:
+        typer.echo(
+            f"WARNING: {spool.rejected} spooled lines were not events as faceverify spools "
+            f"them (torn by a crash, or altered) and were set aside, outside the chain, in "
+            f"{spool.rejected_file}: inspect them"
+        )
     store.close()
 
 

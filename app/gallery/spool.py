@@ -6,7 +6,18 @@ so when the database is busy the group commit appends them to a spool file besid
 (``audit-spool-<pid>.jsonl``: written and flushed before the answer, fsynced too with
 FACEVERIFY_AUDIT_FSYNC, so a kill -9 keeps them) and answers; the sealer's turn moves
 spooled events into the database once the lock is free. A process's spool is drained by
-that process, or, after it died, by any other (a lock on the file settles who).
+that process, or, after it died, by any other.
+
+Draining never holds up an answer (issue 37: one verify waited 30 s on it): the file
+is first renamed, in a moment, to ``audit-spool-<drainer pid>-<n>.draining`` (appends go
+on into a new file), and the rows are inserted from there without the append lock and
+with a short busy timeout; a file still busy is tried again next turn.
+
+A line that is not an event as the group commit writes it (torn by a crash, or carrying
+fields it never writes, such as a position or a chain) is set aside, not inserted, in
+``audit-spool-rejected.jsonl`` with the reason, logged, and reported by `faceverify audit
+verify`; the rest of the file goes in, and sealing goes on (issue 37: one bad line
+stopped both).
 """
 
 from __future__ import annotations
@@ -16,7 +27,10 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
+from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,12 +38,26 @@ from typing import Any
 log = logging.getLogger("faceverify.audit")
 
 PREFIX = "audit-spool-"
+REJECTED = f"{PREFIX}rejected.jsonl"
+DRAINING = ".draining"
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    """What waits beside the database: events spooled, not yet in it; lines set aside."""
+
+    pending: int
+    rejected: int
+    rejected_file: Path
 
 
 class AuditSpool:
-    def __init__(self, folder: Path, *, fsync: bool) -> None:
+    def __init__(self, folder: Path, *, fsync: bool, columns: Collection[str] = ()) -> None:
+        """``columns``: the fields an event row has; a spooled line with other fields, or
+        without one of them, is set aside."""
         self.folder = folder
         self.fsync = fsync
+        self.columns = frozenset(columns)
         self.path = folder / f"{PREFIX}{os.getpid()}.jsonl"
         self._lock = threading.Lock()
 
@@ -45,44 +73,133 @@ class AuditSpool:
 
     def drain(self, insert: Callable[[list[dict[str, Any]]], None]) -> int:
         """Move every spooled event this process may drain into the database with
-        ``insert`` (one transaction a file); how many. A file stays when the insert
-        fails (still busy) and is tried again next turn."""
+        ``insert`` (one transaction a file; it should give up quickly when the
+        database is busy: the file stays and is tried next turn); how many."""
+        self._claim()
         moved = 0
-        for path in sorted(self.folder.glob(f"{PREFIX}*.jsonl")):
-            pid = path.name[len(PREFIX) : -len(".jsonl")]
-            if path != self.path and (not pid.isdigit() or _alive(int(pid))):
-                continue
-            moved += self._drain_file(path, insert)
+        for path in sorted(self.folder.glob(f"{PREFIX}*{DRAINING}")):
+            if _owner(path) == os.getpid():
+                moved += self._drain_file(path, insert)
         return moved
 
-    def _drain_file(self, path: Path, insert: Callable[[list[dict[str, Any]]], None]) -> int:
-        with self._lock:
-            try:
-                fh = path.open("r+")
-            except FileNotFoundError:
-                return 0
-            with fh:
+    def _claim(self) -> None:
+        """Rename this process's spool, and those of dead processes, to files this
+        process drains (a rename is atomic: two processes never claim one file)."""
+        for path in sorted(self.folder.glob(f"{PREFIX}*.jsonl")):
+            if path.name == REJECTED:
+                continue
+            pid = _owner(path)
+            if path != self.path and (pid is None or _alive(pid)):
+                continue
+            target = self.folder / f"{PREFIX}{os.getpid()}-{time.monotonic_ns()}{DRAINING}"
+            with self._lock if path == self.path else nullcontext():
                 try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return 0  # another process drains it
-                rows = [_restored(json.loads(line)) for line in fh if line.strip()]
-                if rows:
-                    insert(rows)
-                fh.truncate(0)
-            if path != self.path:
-                path.unlink(missing_ok=True)
+                    path.rename(target)
+                except FileNotFoundError:
+                    continue
+        # .draining files of a drainer that died are this process's to finish.
+        for path in sorted(self.folder.glob(f"{PREFIX}*{DRAINING}")):
+            pid = _owner(path)
+            if pid is not None and pid != os.getpid() and not _alive(pid):
+                try:
+                    path.rename(
+                        self.folder / f"{PREFIX}{os.getpid()}-{time.monotonic_ns()}{DRAINING}"
+                    )
+                except FileNotFoundError:
+                    continue
+
+    def _drain_file(self, path: Path, insert: Callable[[list[dict[str, Any]]], None]) -> int:
+        rows, bad = [], []
+        with path.open("rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    rows.append(self._restored(raw))
+                except (ValueError, TypeError, KeyError) as exc:
+                    bad.append(
+                        {
+                            "file": path.name,
+                            "line": number,
+                            "why": str(exc)[:200],
+                            "text": raw.decode("utf-8", "replace")[:4096],
+                        }
+                    )
+        if bad:
+            self._set_aside(bad)
+        if rows:
+            insert(rows)  # raises while the database is busy: the file stays
+        path.unlink(missing_ok=True)
         if rows:
             log.info("%d audit events moved from %s into the database", len(rows), path.name)
         return len(rows)
 
+    def _restored(self, raw: bytes) -> dict[str, Any]:
+        row = json.loads(raw)
+        if not isinstance(row, dict):
+            raise ValueError("not a JSON object")
+        if self.columns and set(row) != self.columns:
+            extra, missing = sorted(set(row) - self.columns), sorted(self.columns - set(row))
+            raise ValueError(f"not an event as spooled (extra {extra}, missing {missing})")
+        if not isinstance(row.get("at"), str):
+            raise ValueError("no time")
+        at = datetime.fromisoformat(row["at"])
+        if at.tzinfo is None:
+            raise ValueError("a time without its offset")
+        for name in ("request_id", "action"):
+            if not isinstance(row.get(name), str):
+                raise ValueError(f"{name} is not text")
+        if not isinstance(row.get("status"), int) or isinstance(row.get("status"), bool):
+            raise ValueError("status is not a number")
+        return {**row, "at": at}
+
+    def _set_aside(self, bad: list[dict[str, Any]]) -> None:
+        target = self.folder / REJECTED
+        with target.open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write("".join(json.dumps(b) + "\n" for b in bad))
+            fh.flush()
+            os.fsync(fh.fileno())
+        log.error(
+            "%d spooled audit lines could not be read as events and were set aside in %s "
+            "(first: %s line %d: %s)",
+            len(bad),
+            target,
+            bad[0]["file"],
+            bad[0]["line"],
+            bad[0]["why"],
+        )
+
+    def status(self) -> SpoolStatus:
+        return spool_status(self.folder)
+
+
+def spool_status(folder: Path) -> SpoolStatus:
+    """Events spooled beside the database and not in it yet; lines set aside."""
+    pending = sum(
+        _lines(path)
+        for path in folder.glob(f"{PREFIX}*")
+        if path.name != REJECTED and path.suffix in (".jsonl", DRAINING)
+    )
+    return SpoolStatus(pending, _lines(folder / REJECTED), folder / REJECTED)
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def _owner(path: Path) -> int | None:
+    """The pid a spool file's name gives (the spooling or the draining process)."""
+    stem = path.name[len(PREFIX) :].split(".")[0].split("-")[0]
+    return int(stem) if stem.isdigit() else None
+
 
 def _portable(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "at": row["at"].isoformat()}
-
-
-def _restored(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "at": datetime.fromisoformat(row["at"])}
 
 
 def _alive(pid: int) -> bool:

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from app.errors import DatabaseBusy
 from app.gallery.audit import AuditDraft, link, now, public, stage
 from app.gallery.models import AuditEvent, AuditHead
-from app.gallery.spool import AuditSpool
+from app.gallery.spool import AuditSpool, SpoolStatus
 
 log = logging.getLogger("faceverify.audit")
 
@@ -55,6 +55,10 @@ SEAL_INTERVAL = 1.0
 # and how long it then spools without asking again.
 WRITER_BUSY_SECONDS = 0.2
 SPOOL_SECONDS = 1.0
+# An event dated more than this before one chained ahead of it was backdated (issue
+# 37). Events are chained in the order they are written, each dated as it is written;
+# spooled events wait for a bulk import's lock (minutes), so this leaves an hour.
+BACKDATE_SECONDS = 3600
 # Rows read at a time when verifying and exporting.
 READ_CHUNK = 5000
 
@@ -103,6 +107,8 @@ class Verdict:
     problem: str | None = None
     event_id: int | None = None
     position: int | None = None
+    # Facts that do not fail the check: e.g. an --expect position that was pruned.
+    notes: tuple[str, ...] = ()
 
 
 class AuditTrail:
@@ -116,10 +122,12 @@ class AuditTrail:
         self.engine = engine
         self.fsync = fsync
         self._writer = _writer_engine(engine, fsync)
+        # The spool's drain: transactions that give up quickly when SQLite is busy.
+        self._drainer = self._writer.execution_options(isolation_level="SERIALIZABLE")
         # SQLite: where read events wait while another writer holds the lock (spool.py).
         database = engine.url.database if engine.dialect.name == "sqlite" else None
         self._spool = (
-            AuditSpool(Path(database).resolve().parent, fsync=fsync)
+            AuditSpool(Path(database).resolve().parent, fsync=fsync, columns=_COLUMNS)
             if database and database != ":memory:"
             else None
         )
@@ -208,18 +216,42 @@ class AuditTrail:
             for _, done in batch:
                 done(error)
 
+    def _drain_spool(self) -> None:
+        """Spooled events into the database, giving up at once while it is busy (the
+        spool is tried again next turn; sealing goes on either way)."""
+        if self._spool is None:
+            return
+        try:
+            self._spool.drain(self._insert_quickly)
+        except DatabaseBusy:
+            pass
+        except Exception as exc:  # noqa: BLE001 - tried again next turn
+            log.warning("spooled audit events could not be moved yet: %s", exc)
+
+    def drain_spool(self) -> None:
+        """Move what waits in spools this process may drain (its own, and those of
+        processes that died) into the database, if it is free now."""
+        self._drain_spool()
+
+    def spool_status(self) -> SpoolStatus | None:
+        """Events spooled beside the database and lines set aside (SQLite; else None)."""
+        return self._spool.status() if self._spool is not None else None
+
+    def _insert_quickly(self, rows: list[dict[str, Any]]) -> None:
+        """``rows`` in one transaction, waiting WRITER_BUSY_SECONDS at most for the lock."""
+        with self._drainer.begin() as conn:
+            conn.execute(insert(AuditEvent), rows)
+
     def _seal_loop(self) -> None:
         while not self._stop.wait(SEAL_INTERVAL):
+            self._drain_spool()
             try:
-                if self._spool is not None:
-                    self._spool.drain(self.write)
                 while self.seal() == SEAL_BATCH:
                     pass
             except Exception as exc:  # noqa: BLE001 - sealing is retried next turn
                 log.warning("audit events could not be sealed: %s", exc)
+        self._drain_spool()
         try:
-            if self._spool is not None:
-                self._spool.drain(self.write)
             self.seal()
         except Exception as exc:  # noqa: BLE001
             log.warning("audit events could not be sealed at shut-down: %s", exc)
@@ -263,7 +295,12 @@ class AuditTrail:
     def verify(self, *, expect: tuple[int, str] | None = None) -> Verdict:
         """Recompute the chain from the anchor; the first event where it breaks.
         ``expect``: a (position, chain) pair recorded earlier (a printed head): the
-        chain must still pass through it."""
+        chain must still pass through it (at the anchor: the anchor's chain value).
+
+        Also refused (issue 37): an anchor that no ``audit_prune`` event in the chain
+        names (its position and chain value): removing a prefix and moving the anchor
+        by hand is not a prune; and an event dated more than BACKDATE_SECONDS before an
+        event chained ahead of it (a row slipped in with an old date)."""
         with Session(self.engine) as session:
             head = session.get(AuditHead, 1)
             if head is None:
@@ -273,6 +310,9 @@ class AuditTrail:
             )
             start, chain = head.anchor_position, head.anchor_chain
             expected, checked = start + 1, 0
+            notes: list[str] = []
+            backing: AuditEvent | None = None
+            latest: tuple[datetime, int] | None = None
 
             def verdict(problem: str | None = None, event: AuditEvent | None = None) -> Verdict:
                 return Verdict(
@@ -285,8 +325,12 @@ class AuditTrail:
                     problem=problem,
                     event_id=event.id if event is not None else None,
                     position=event.position if event is not None else None,
+                    notes=tuple(notes),
                 )
 
+            problem = _expected_at_anchor(expect, head, notes)
+            if problem is not None:
+                return verdict(problem)
             for event in _by_position(session, start):
                 assert event.position is not None
                 if event.position != expected:
@@ -304,12 +348,19 @@ class AuditTrail:
                     )
                 if expect is not None and expect[0] == expected and expect[1] != recomputed:
                     return verdict(f"the chain no longer passes {expect[0]}:{expect[1]}", event)
+                problem, latest = _dated_in_order(event, expected, latest)
+                if problem is not None:
+                    return verdict(problem, event)
+                backing = backing or _backs(event, start, head.anchor_chain)
                 chain, expected, checked = recomputed, expected + 1, checked + 1
             if head.position != expected - 1 or head.chain != chain:
                 return verdict(
                     f"events after position {expected - 1} were removed (the head says "
                     f"{head.position})"
                 )
+            problem = _anchor_backed(start, backing, notes)
+            if problem is not None:
+                return verdict(problem)
             if expect is not None and expect[0] > expected - 1:
                 return verdict(f"the chain ends before position {expect[0]}")
             return verdict()
@@ -370,14 +421,92 @@ class AuditTrail:
                 delete(AuditEvent).where(AuditEvent.position <= through)
             ).rowcount  # type: ignore[attr-defined]
             head.anchor_position, head.anchor_chain, head.anchor_at = through, chain or "", now()
+            # The event that backs the anchor move: verify refuses an anchor no prune
+            # names (issue 37).
             stage(
                 session,
                 collection=None,
                 subjects=[],
-                detail={"through_position": through, "events": int(removed)},
+                detail={
+                    "through_position": through,
+                    "through_chain": chain or "",
+                    "before": _aware(before).isoformat(),
+                    "events": int(removed),
+                },
                 draft=draft or AuditDraft("audit_prune", request_id="retention"),
             )
         return int(removed)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands times back naive (stored as UTC).
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _dated_in_order(
+    event: AuditEvent, position: int, latest: tuple[datetime, int] | None
+) -> tuple[str | None, tuple[datetime, int] | None]:
+    """A problem if ``event`` is dated more than BACKDATE_SECONDS before the latest
+    event chained ahead of it; the latest (time, position) after it."""
+    at = _aware(event.at)
+    if latest is not None and (latest[0] - at).total_seconds() > BACKDATE_SECONDS:
+        return (
+            f"event {event.id} at position {position} is dated {at.isoformat()}, before the "
+            f"event at position {latest[1]} ({latest[0].isoformat()}) by more than "
+            f"{BACKDATE_SECONDS // 60} minutes: it was backdated",
+            latest,
+        )
+    return None, latest if latest is not None and latest[0] >= at else (at, position)
+
+
+def _expected_at_anchor(
+    expect: tuple[int, str] | None, head: AuditHead, notes: list[str]
+) -> str | None:
+    """An ``--expect`` at or before the anchor: at it, the anchor's chain value must be
+    the one expected; before it, it was pruned (noted: it cannot be compared)."""
+    if expect is None or expect[0] > head.anchor_position:
+        return None
+    if expect[0] == head.anchor_position and expect[1] != head.anchor_chain:
+        return (
+            f"the chain no longer passes {expect[0]}:{expect[1]} (the anchor at "
+            f"{head.anchor_position} says {head.anchor_chain or 'nothing'}): events were "
+            "removed and the anchor rewritten"
+        )
+    if expect[0] < head.anchor_position:
+        notes.append(
+            f"position {expect[0]} was pruned (the chain is kept from {head.anchor_position}): "
+            "it can no longer be compared"
+        )
+    return None
+
+
+def _anchor_backed(start: int, backing: AuditEvent | None, notes: list[str]) -> str | None:
+    """An anchor past 0 needs the audit_prune event that moved it."""
+    if not start:
+        return None
+    if backing is None:
+        return (
+            f"the chain starts at position {start}, and no audit_prune event names that "
+            f"anchor: events 1..{start} were removed without a prune"
+        )
+    detail = backing.detail if isinstance(backing.detail, dict) else {}
+    notes.append(
+        f"events 1..{start} were pruned by event {backing.id} at "
+        f"{_aware(backing.at).isoformat()} (events before {detail.get('before', '?')})"
+    )
+    return None
+
+
+def _backs(event: AuditEvent, position: int, chain: str) -> AuditEvent | None:
+    """``event`` if it is the prune that moved the anchor to ``position`` (past 0): an
+    audit_prune naming that position and, from 0.5 on, that chain value."""
+    detail = event.detail if isinstance(event.detail, dict) else {}
+    if not position or event.action != "audit_prune":
+        return None
+    named = detail.get("through_chain")
+    if detail.get("through_position") != position or named not in (None, chain):
+        return None
+    return event
 
 
 def _writer_engine(engine: Engine, fsync: bool) -> Engine:
