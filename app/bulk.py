@@ -28,6 +28,7 @@ from pathlib import Path
 from app.errors import FaceVerifyError, SubjectNotFound, error_code
 from app.face.views import recipe_of
 from app.gallery.audit import AuditDraft, current_audit
+from app.gallery.ids import check_stored_subject_id
 from app.gallery.records import Consent
 from app.service import FaceService
 
@@ -135,6 +136,14 @@ def enroll_folder(
 
     def one_subject(item: tuple[str, list[Path]]) -> list[PhotoOutcome]:
         subject_id, photos = item
+        try:  # a folder name the API could not address is no subject id (issue 37)
+            check_stored_subject_id(subject_id)
+        except ValueError as exc:
+            why = f"the folder name is not a subject id the API can address: {exc}"
+            return [
+                PhotoOutcome(str(p), subject_id, "refused", "invalid_subject_id", why)
+                for p in photos
+            ]
         try:
             service.get_subject(collection=collection, subject_id=subject_id)
             exists = True

@@ -17,6 +17,12 @@ from app.names import ENCODER_MODEL_NAMES, MAX_TEMPLATE_VIEWS
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
+# The longest retention schedule (a century), of subjects and of the audit trail: past
+# it, due dates overflowed the calendar and verify, identify and the purge failed (issue
+# 37: the CLI took 5,000,000 days).
+RETENTION_DAYS_MAX = 36_500
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEVERIFY_", extra="ignore")
 
@@ -156,7 +162,7 @@ class Settings(BaseSettings):
     # the sealer's fsync within a second; ~0.4 ms less a request (docs/PERFORMANCE.md).
     audit_fsync: bool = False
     # Audit events older than this many days are pruned (0: kept for good).
-    audit_retention_days: int = Field(0, ge=0)
+    audit_retention_days: int = Field(0, ge=0, le=RETENTION_DAYS_MAX)
     # How often the retention purge (and the audit pruning) runs, in seconds.
     purge_interval_seconds: float = Field(600.0, gt=0)
     # PostgreSQL: deleted embeddings are vacuumed out of the pages within this many

@@ -9,12 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.schemas import CollectionId, FaceOut, SubjectOut
+from app.settings import RETENTION_DAYS_MAX
 
 RetentionDays = Annotated[
     int | None,
     Field(
+        strict=True,  # not true (1 day) nor "5" (issue 37)
         ge=1,
-        le=36_500,
+        le=RETENTION_DAYS_MAX,
         description="Delete a subject this many days after its last enrollment or "
         "successful verify (null: keep until deleted).",
     ),
@@ -48,7 +50,9 @@ class CollectionCreateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     collection_id: CollectionId
     retention_days: RetentionDays = None
-    consent_required: bool = Field(False, description="A new subject needs consent at enrollment.")
+    consent_required: bool = Field(
+        False, strict=True, description="A new subject needs consent at enrollment."
+    )
     identify_fpir: IdentifyFpir = None
     verify_max_fmr: VerifyMaxFmr = None
 
@@ -58,7 +62,7 @@ class CollectionUpdateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     retention_days: RetentionDays = None
-    consent_required: bool | None = None
+    consent_required: bool | None = Field(None, strict=True)
     identify_fpir: IdentifyFpir = None
     verify_max_fmr: VerifyMaxFmr = None
 
@@ -84,8 +88,10 @@ class CollectionOut(BaseModel):
 
 
 class AuditEventOut(BaseModel):
-    id: int
-    position: int | None = Field(description="In the hash chain (null: not sealed yet).")
+    id: int | None = Field(description="null for a key bound to a collection.")
+    position: int | None = Field(
+        description="In the hash chain (null: not sealed yet, or a key bound to a collection)."
+    )
     at: str
     request_id: str
     key_id: str | None
@@ -103,7 +109,10 @@ class AuditEventOut(BaseModel):
 
 class AuditPage(BaseModel):
     items: list[AuditEventOut]
-    next_after: int | None = Field(description="Pass as ?after= for the next page.")
+    next_after: int | str | None = Field(
+        description="Pass as ?after= for the next page (an opaque cursor for a key bound to "
+        "a collection)."
+    )
 
 
 class FaceExport(FaceOut):

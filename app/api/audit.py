@@ -24,6 +24,7 @@ from app.api.observability import request_id_var
 from app.api.problems import problem_for
 from app.errors import AuditUnavailable
 from app.gallery.audit import ACTIONS, AuditDraft, current_audit
+from app.gallery.ids import nfkc
 from app.gallery.trail import AuditTrail
 from app.keys import Principal
 
@@ -88,7 +89,8 @@ def _audited(scope: Scope, draft: AuditDraft) -> bool:
     if draft.collection is None:
         draft.collection = params.get("collection_id") or principal.collection
     if not draft.subjects and "subject_id" in params:
-        draft.subjects = [params["subject_id"]]
+        # As the route reads it: "ｖｉｃｔｉｍ" is victim (issue 37).
+        draft.subjects = [nfkc(params["subject_id"])]
     client = scope.get("client")
     draft.client = client[0] if client else None
     return True

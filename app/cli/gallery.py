@@ -28,8 +28,21 @@ CollectionOption = Annotated[
 def gallery_import(
     file: Annotated[Path, typer.Argument(help=".jsonl or .npz (see docs/SCALING.md).")],
     collection: CollectionOption = "default",
+    consent_reference: Annotated[
+        str | None,
+        typer.Option(
+            help="The consent every subject the file creates gave (your document id or "
+            "version); a collection that requires consent needs it."
+        ),
+    ] = None,
+    consent_given_at: Annotated[
+        str | None, typer.Option(help="When they gave it (ISO 8601; default now).")
+    ] = None,
 ) -> None:
-    """Add the faces of a file to a collection: all of them or, on any bad line, none."""
+    """Add the faces of a file to a collection: all of them or, on any bad line, none.
+    Where /enroll would refuse, so does the import: new subjects of a collection that
+    requires consent need --consent-reference, and no faces go to a subject past its
+    retention."""
     from tqdm import tqdm
 
     from app.face.registry import encoder_model
@@ -42,6 +55,7 @@ def gallery_import(
     if not COLLECTION_ID.match(collection):
         typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
         raise typer.Exit(2)
+    consent = _consent(consent_reference, consent_given_at)
     spec = encoder_model(settings)
     started = time.perf_counter()
     data = _or_exit(lambda: read_gallery_file(file, dim=spec.dim))
@@ -62,6 +76,7 @@ def gallery_import(
                 audit=AuditDraft("import", request_id="cli", client="cli", success_status=0)
                 if settings.audit_trail
                 else None,
+                consent=consent,
             )
         )
     elapsed = time.perf_counter() - started
@@ -180,18 +195,24 @@ def enroll(
 def _consent(reference: str | None, given_at: str | None) -> Consent | None:
     from datetime import UTC, datetime
 
-    from app.gallery.records import Consent
+    from app.gallery.records import Consent, checked_consent
 
     if reference is None:
         if given_at is not None:
             typer.echo("faceverify: --consent-given-at needs --consent-reference", err=True)
             raise typer.Exit(2)
         return None
-    when = datetime.now(UTC)
+    now = when = datetime.now(UTC)
     if given_at is not None:
         try:
             when = datetime.fromisoformat(given_at)
         except ValueError as exc:
             typer.echo(f"faceverify: {given_at!r} is not an ISO 8601 time", err=True)
             raise typer.Exit(2) from exc
-    return Consent(reference, when if when.tzinfo else when.replace(tzinfo=UTC))
+    try:  # the API's rules: no consent dated in the future, a reference of 1-256
+        return checked_consent(
+            Consent(reference, when if when.tzinfo else when.replace(tzinfo=UTC)), now
+        )
+    except ValueError as exc:
+        typer.echo(f"faceverify: {exc}", err=True)
+        raise typer.Exit(2) from exc

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from app.cli.common import _or_exit
-from app.settings import Settings
+from app.settings import RETENTION_DAYS_MAX, Settings
 
 audit_cli = typer.Typer(help="The audit trail: verify its hash chain, export it, prune it.")
 encryption_cli = typer.Typer(help="Embeddings encrypted at rest: a new key, key rotation.")
@@ -130,7 +130,12 @@ def audit_export(
 @audit_cli.command("prune")
 def audit_prune(
     days: Annotated[
-        int | None, typer.Option(help="Keep this many days (default AUDIT_RETENTION_DAYS).")
+        int | None,
+        typer.Option(
+            min=1,
+            max=RETENTION_DAYS_MAX,
+            help="Keep this many days (default AUDIT_RETENTION_DAYS).",
+        ),
     ] = None,
 ) -> None:
     """Remove audit events older than the retention, keeping the chain verifiable."""
@@ -177,6 +182,11 @@ def purge(
     store.close()
 
 
+def _whole(text: str) -> int | str:
+    """A whole number of days, as written (ASCII digits); else the text (refused)."""
+    return int(text) if text.isascii() and text.isdigit() else text
+
+
 @collections_cli.command("schedule")
 def collections_schedule(
     collection: Annotated[str, typer.Argument(help="The collection id.")],
@@ -189,15 +199,18 @@ def collections_schedule(
 ) -> None:
     """Set (or show) a collection's retention schedule and consent rule."""
     from app.gallery.audit import AuditDraft, current_audit
+    from app.gallery.records import checked_retention_days
 
     settings = _or_exit(Settings)
     store = _store(settings)
     changes: dict[str, Any] = {}
     if retention_days is not None:
-        if retention_days != "none" and not retention_days.isdigit():
-            typer.echo("faceverify: --retention-days takes a number of days or 'none'", err=True)
-            raise typer.Exit(2)
-        changes["retention_days"] = None if retention_days == "none" else int(retention_days)
+        days = None if retention_days == "none" else _whole(retention_days)
+        try:  # the API's bounds (issue 37: 0 expired everyone, 5000000 broke verify)
+            changes["retention_days"] = checked_retention_days(days)
+        except ValueError as exc:
+            typer.echo(f"faceverify: --retention-days: {exc}", err=True)
+            raise typer.Exit(2) from exc
     if consent_required is not None:
         changes["consent_required"] = consent_required
     if changes:

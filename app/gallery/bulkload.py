@@ -16,6 +16,9 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.errors import (
     CollectionNotFound,
+    ConsentRequired,
+    InvalidRequest,
+    SubjectExpired,
 )
 from app.gallery import pgcopy, pgvector
 from app.gallery.audit import AuditDraft, stage
@@ -31,10 +34,12 @@ from app.gallery.models import (
 from app.gallery.models import Collection as CollectionRow
 from app.gallery.pgvector import BULK_REBUILD
 from app.gallery.records import (
+    Consent,
     EmbeddingRows,
     FaceRecord,
     SubjectTimes,
     _face_record,
+    checked_consent,
     due_at,
 )
 from app.gallery.sealing import note_key, resealed
@@ -149,25 +154,62 @@ def _checked_matrix(embeddings: np.ndarray, rows: int) -> np.ndarray:
 
 def _create_subjects(
     session: Session,
-    collection: str,
+    row: CollectionRow,
     subject_ids: list[str],
     names: list[str | None] | None,
     now: datetime,
     batch: int,
+    consent: Consent | None,
 ) -> int:
     """The subjects of ``subject_ids`` the collection lacks, each with the first name
-    given for it; how many were created."""
+    given for it (and ``consent``); how many were created. Refused, before anything is
+    written, where /enroll refuses (issue 37): new subjects in a collection that
+    requires consent, without it (ConsentRequired), and faces for a subject past its
+    retention or expiry (SubjectExpired)."""
+    collection = row.id
     wanted = set(subject_ids)
-    existing = (
-        set(session.scalars(select(Subject.id).where(Subject.collection_id == collection)).all())
-        & wanted
+    existing: set[str] = set()
+    stmt = select(Subject.id, Subject.created_at, Subject.last_used_at, Subject.expires_at).where(
+        Subject.collection_id == collection
     )
+    expired = []
+    for subject_id, created, used, expires in session.execute(stmt):
+        if subject_id in wanted:
+            existing.add(subject_id)
+            due = due_at(SubjectTimes(created, used, expires), row.retention_days)
+            if due is not None and now >= due:
+                expired.append((subject_id, due))
+    if expired:
+        first, due = min(expired)
+        raise SubjectExpired(
+            f"{len(expired)} subjects of the file are past their retention in {collection!r} "
+            f"(first {first!r}, due {due.isoformat()}): they no longer match, so no faces "
+            "are added to them. Run `faceverify purge` first (then they are created anew), "
+            "or leave them out of the file; nothing was stored.",
+            subject_id=first,
+            due_at=due.isoformat(),
+        )
+    if row.consent_required and consent is None and wanted - existing:
+        raise ConsentRequired.for_collection(collection)
+    if consent is not None:
+        try:
+            checked_consent(consent, now)
+        except ValueError as exc:
+            raise InvalidRequest(f"{exc}.") from exc
     first_name: dict[str, str | None] = {}
     for i, subject in enumerate(subject_ids):
         if subject not in first_name or first_name[subject] is None:
             first_name[subject] = names[i] if names else None
+    agreed = consent.as_json() if consent is not None else None
     new_subjects = [
-        {"collection_id": collection, "id": s, "name": first_name[s], "created_at": now}
+        {
+            "collection_id": collection,
+            "id": s,
+            "name": first_name[s],
+            "created_at": now,
+            "last_used_at": now,
+            "consent": agreed,
+        }
         for s in sorted(wanted - existing)
     ]
     for start in range(0, len(new_subjects), batch):
@@ -190,6 +232,7 @@ class BulkFaces(StoreBase):
         batch: int = 20_000,
         progress: Callable[[int], None] | None = None,
         audit: AuditDraft | None = None,
+        consent: Consent | None = None,
     ) -> tuple[int, int, int]:
         """Store many faces in one transaction (all or none): subjects that do not exist
         in the collection are created (with ``names``), existing ones get the faces
@@ -202,9 +245,10 @@ class BulkFaces(StoreBase):
         now = datetime.now(UTC)
         with Session(self.engine) as session, session.begin():
             version = _bump_version(session, lock_timeout=None)  # others' writes are short
-            if session.get(CollectionRow, collection) is None:
+            row = session.get(CollectionRow, collection)
+            if row is None:
                 raise CollectionNotFound.for_id(collection)
-            created = _create_subjects(session, collection, subject_ids, names, now, batch)
+            created = _create_subjects(session, row, subject_ids, names, now, batch, consent)
             conn = session.connection()
             rebuild = self.vector_dim is not None and len(subject_ids) >= BULK_REBUILD
             if rebuild:

@@ -13,6 +13,7 @@ from app.gallery.models import (
     Subject,
 )
 from app.geometry import Box
+from app.settings import RETENTION_DAYS_MAX
 
 
 @dataclass(frozen=True)
@@ -182,3 +183,29 @@ def _face_record(face: Face) -> FaceRecord:
         pipeline_version=face.pipeline_version,
         created_at=face.created_at,
     )
+
+
+# A consent given later than this ahead of the server's clock is refused (clock skew).
+CONSENT_SKEW = timedelta(minutes=5)
+
+
+def checked_retention_days(value: object) -> int | None:
+    """``value`` if it is a retention schedule the API takes (None, or a whole number of
+    days from 1 to RETENTION_DAYS_MAX; not true, not "5"); else ValueError."""
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= RETENTION_DAYS_MAX:
+        raise ValueError(
+            f"retention_days is a whole number of days from 1 to {RETENTION_DAYS_MAX}, or none"
+        )
+    return value
+
+
+def checked_consent(consent: Consent, now: datetime) -> Consent:
+    """``consent`` if it was given no later than now; else ValueError (issue 37: a
+    consent dated 2999 was stored)."""
+    if _aware(consent.given_at) > now + CONSENT_SKEW:
+        raise ValueError("consent.given_at is in the future")
+    if not consent.reference.strip() or len(consent.reference) > 256:
+        raise ValueError("consent.reference is 1 to 256 characters")
+    return consent

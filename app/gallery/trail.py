@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ SPOOL_SECONDS = 1.0
 # 37). Events are chained in the order they are written, each dated as it is written;
 # spooled events wait for a bulk import's lock (minutes), so this leaves an hour.
 BACKDATE_SECONDS = 3600
+# Seconds before a subject's or collection's creation its trail is read from (lifetime).
+LIFETIME_SKEW = 60
 # Rows read at a time when verifying and exporting.
 READ_CHUNK = 5000
 
@@ -383,6 +385,31 @@ class AuditTrail:
         stmt = stmt.where(AuditEvent.id > after).order_by(AuditEvent.id).limit(limit)
         with Session(self.engine) as session:
             return [public(e) for e in session.scalars(stmt)]
+
+    def lifetime(
+        self, *, collection: str, created_at: datetime, subject: str | None = None
+    ) -> tuple[datetime, int]:
+        """Where the current lifetime of ``collection`` (or of ``subject`` in it) starts
+        in the trail, as a (since, after id) pair for :meth:`query`: an id used again
+        after its deletion is another collection or person, so its export and a key
+        bound to it see its own events only (issue 37). From LIFETIME_SKEW before its
+        creation (replicas' clocks differ), after the last deletion (or purge) event
+        of it in that window."""
+        since = _aware(created_at) - timedelta(seconds=LIFETIME_SKEW)
+        ended = AuditEvent.action == "delete_collection"
+        if subject is not None:
+            ended = ended | (
+                AuditEvent.action.in_(("delete_subject", "retention_purge"))
+                & AuditEvent.subjects.contains(f"|{subject}|", autoescape=True)
+            )
+        stmt = select(func.max(AuditEvent.id)).where(
+            AuditEvent.collection_id == collection,
+            AuditEvent.at >= since,
+            AuditEvent.code.is_(None),
+            ended,
+        )
+        with Session(self.engine) as session:
+            return since, int(session.scalar(stmt) or 0)
 
     def export(self, *, since: datetime | None = None) -> Iterator[dict[str, Any]]:
         """Every event (from ``since``), oldest first, read a chunk at a time."""

@@ -17,7 +17,9 @@ from app.errors import (
     CollectionNotFound,
     ConsentRequired,
     FaceNotFound,
+    InvalidRequest,
     SubjectExists,
+    SubjectExpired,
     SubjectNotFound,
 )
 from app.gallery import pgvector
@@ -25,6 +27,7 @@ from app.gallery.audit import AuditDraft, stage
 from app.gallery.changelog import _bump_version, _log
 from app.gallery.engine import StoreBase
 from app.gallery.idempotency import _record_idempotency, find_idempotent
+from app.gallery.ids import check_stored_subject_id
 from app.gallery.models import (
     EMBEDDING_DTYPE,
     ApiKey,
@@ -48,6 +51,8 @@ from app.gallery.records import (
     _aware,
     _face_record,
     _subject_record,
+    checked_consent,
+    checked_retention_days,
     due_at,
 )
 from app.gallery.sealing import note_key
@@ -98,7 +103,7 @@ class Writes(StoreBase):
             row = CollectionRow(
                 id=collection,
                 created_at=datetime.now(UTC),
-                retention_days=retention_days,
+                retention_days=_retention(retention_days),
                 consent_required=consent_required,
                 identify_fpir=identify_fpir,
                 verify_max_fmr=verify_max_fmr,
@@ -231,13 +236,9 @@ class Writes(StoreBase):
             if collection_row is None:
                 raise CollectionNotFound.for_id(collection)
             subject = _subject_to_write(session, collection, subject_id, add, name, metadata)
-            if consent is not None:
-                subject.consent = consent.as_json()
-            if collection_row.consent_required and not subject.consent:
-                raise ConsentRequired.for_collection(collection)
-            if expires_at is not None:
-                subject.expires_at = expires_at
-            subject.last_used_at = now or datetime.now(UTC)
+            moment = now or datetime.now(UTC)
+            _apply_subject_rules(subject, collection_row, add, consent, expires_at, moment)
+            subject.last_used_at = moment
             rows, vectors = _face_rows(collection, subject_id, faces, encoder, pipeline_version)
             if self.cipher is not None:
                 for row in rows:
@@ -315,7 +316,7 @@ class Writes(StoreBase):
             if row is None:
                 raise CollectionNotFound.for_id(collection)
             if not isinstance(retention_days, Unset):
-                row.retention_days = retention_days
+                row.retention_days = _retention(retention_days)
             if not isinstance(consent_required, Unset):
                 row.consent_required = consent_required
             if not isinstance(identify_fpir, Unset):
@@ -383,6 +384,47 @@ class Writes(StoreBase):
         )
 
 
+def _apply_subject_rules(
+    subject: Subject,
+    collection_row: CollectionRow,
+    add: bool,
+    consent: Consent | None,
+    expires_at: datetime | None,
+    moment: datetime,
+) -> None:
+    """The rules an enrollment meets where it commits: no adding to a subject past its
+    retention (decided here: checked before the photos were read, it could become due
+    meanwhile; issue 37), consent where the collection requires it (not dated in the
+    future), and the expiry."""
+    if add:
+        times = SubjectTimes(subject.created_at, subject.last_used_at, subject.expires_at)
+        due = due_at(times, collection_row.retention_days)
+        if due is not None and moment >= due:
+            raise SubjectExpired(
+                f"Subject {subject.id!r} is past its retention (due {due.isoformat()}): it "
+                "no longer matches and is deleted at the next purge.",
+                subject_id=subject.id,
+                due_at=due.isoformat(),
+            )
+    if consent is not None:
+        try:
+            subject.consent = checked_consent(consent, moment).as_json()
+        except ValueError as exc:
+            raise InvalidRequest(f"{exc}.") from exc
+    if collection_row.consent_required and not subject.consent:
+        raise ConsentRequired.for_collection(collection_row.id)
+    if expires_at is not None:
+        subject.expires_at = expires_at
+
+
+def _retention(days: int | None) -> int | None:
+    """The API's bounds on a retention schedule, for every caller (the CLI too)."""
+    try:
+        return checked_retention_days(days)
+    except ValueError as exc:
+        raise InvalidRequest(f"{exc}.") from exc
+
+
 def _subject_to_write(
     session: Session,
     collection: str,
@@ -402,6 +444,10 @@ def _subject_to_write(
             subject_id=subject_id,
         )
     if subject is None:
+        try:  # every path that creates a subject applies the API's rules (issue 37)
+            check_stored_subject_id(subject_id)
+        except ValueError as exc:
+            raise InvalidRequest(f"Not a subject id the API can address: {exc}.") from exc
         subject = Subject(collection_id=collection, id=subject_id, name=name, meta=metadata)
         session.add(subject)
         return subject

@@ -52,7 +52,17 @@ def subject_export(
     )
     events: list[dict[str, Any]] = []
     if audit is not None:
-        events = audit.query(collection=collection, subject=subject_id, limit=EXPORT_EVENTS)
+        # This lifetime's only: not those of an earlier subject of the same id (issue 37).
+        since, after = audit.lifetime(
+            collection=collection, subject=subject_id, created_at=subject.created_at
+        )
+        events = audit.query(
+            collection=collection,
+            subject=subject_id,
+            since=since,
+            after=after,
+            limit=EXPORT_EVENTS,
+        )
     times = SubjectTimes(subject.created_at, subject.last_used_at, subject.expires_at)
     return SubjectExport(
         collection=record,

@@ -10,6 +10,7 @@ nothing of HTTP.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from app.face.pipeline import FacePipeline
 from app.face.recipes import Recipes
 from app.face.timing import Timings
 from app.face.views import FAST, curve_for, versioned
+from app.gallery.audit import note
 from app.gallery.index import SubjectHit
 from app.gallery.records import Consent
 from app.gallery.search import GallerySearch, MemorySearch
@@ -162,7 +164,15 @@ class FaceService(GalleryRecords, Probes):
         claim = None
         if idempotency is not None:
             digest = request_digest(
-                collection, subject_id, images, name, metadata, face_policy, add
+                collection,
+                subject_id,
+                images,
+                name,
+                metadata,
+                face_policy,
+                add,
+                expires_at,
+                consent,
             )
             claim = IdempotencyClaim(*idempotency, digest)
             if (replay := self.rules.replay(claim)) is not None:
@@ -445,9 +455,13 @@ class FaceService(GalleryRecords, Probes):
         timings = Timings()
         target = self.rates.identify_fpir(collection, fpir)
         with timings.measure("search_ms"):
-            _, embedding = self.store.face_embedding(
+            owner, embedding = self.store.face_embedding(
                 collection=collection, face_id=face_id, encoders=self.pipeline.compatible
             )
+            # The probe's owner is used too: named in the event, and refused once past
+            # its retention, as verify refuses it (issue 37).
+            note(subjects=[owner], detail={"face_id": face_id, "probe_subject": owner})
+            self.retention.check(collection, owner)
             k = top_k or self.settings.identify_top_k
             fetch = max(k, NEIGHBOURS)
             found, size = self.search.search(collection, embedding, fetch, exclude=face_id)
@@ -458,9 +472,10 @@ class FaceService(GalleryRecords, Probes):
                 fetch,
             )
             query_recipe = self.face_recipes.of(collection, [face_id]).get(face_id, FAST)
-        return self._scored_candidates(
+        result = self._scored_candidates(
             collection, None, query_recipe, hits, size, prior, timings, k, target
         )
+        return replace(result, probe_subject=owner)
 
     # ---- calibration -----------------------------------------------------------------
     def curve(self, name: str) -> Calibration:

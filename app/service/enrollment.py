@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from app.face import quality
 from app.face.detect import DetectedFace, largest
 from app.face.timing import Timings
 from app.face.views import curve_for
+from app.gallery.records import Consent
 from app.gallery.store import GalleryStore, IdempotencyClaim
 from app.scoring.distance import distances
 from app.service.results import EnrollResult, FacePolicy
@@ -169,10 +171,23 @@ def request_digest(
     metadata: dict[str, Any] | None,
     face_policy: str,
     add: bool,
+    expires_at: datetime | None = None,
+    consent: Consent | None = None,
 ) -> str:
-    """What makes two enrollments "the same request" for an Idempotency-Key."""
+    """What makes two enrollments "the same request" for an Idempotency-Key: every
+    field that changes what is stored, the expiry and consent included (issue 37: a
+    replay ignored a changed one)."""
     digest = hashlib.sha256()
-    fields = [collection, subject_id, name, metadata, face_policy, add]
+    fields = [
+        collection,
+        subject_id,
+        name,
+        metadata,
+        face_policy,
+        add,
+        expires_at.isoformat() if expires_at is not None else None,
+        consent.as_json() if consent is not None else None,
+    ]
     digest.update(json.dumps(fields, sort_keys=True).encode())
     for image in images:
         digest.update(hashlib.sha256(image).digest())

@@ -99,3 +99,5 @@ class IdentifyResult:
     open_set: OpenSetDecision | None = None
     # The false-positive identification rate the search was decided at.
     fpir: float = 0.01
+    # A search by a stored face: whose face it is.
+    probe_subject: str | None = None

@@ -108,15 +108,15 @@ def test_delete_face_keeps_the_subject(store: GalleryStore) -> None:
 
 
 def test_list_subjects_pages_and_filters_by_prefix(store: GalleryStore) -> None:
-    for name in ["ann", "anna", "bob", "a_b", "a%b"]:
+    for name in ["ann", "anna", "bob", "a_b", "axb"]:
         add(store, name, hash(name) % 1000)
     page, total = store.list_subjects(collection="default", offset=0, limit=2)
-    assert total == 5 and [s.id for s in page] == ["a%b", "a_b"]
+    assert total == 5 and [s.id for s in page] == ["a_b", "ann"]
     page, total = store.list_subjects(collection="default", offset=0, limit=10, prefix="ann")
     assert total == 2 and {s.id for s in page} == {"ann", "anna"}
-    # LIKE wildcards in the prefix are literal.
-    page, total = store.list_subjects(collection="default", offset=0, limit=10, prefix="a%")
-    assert [s.id for s in page] == ["a%b"]
+    # LIKE wildcards in the prefix are literal ("%" is no subject id since issue 37).
+    page, total = store.list_subjects(collection="default", offset=0, limit=10, prefix="a_")
+    assert [s.id for s in page] == ["a_b"]
 
 
 def test_index_search_matches_brute_force() -> None:

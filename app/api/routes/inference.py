@@ -23,7 +23,6 @@ from app.api.deps import (
     ServiceDep,
     SettingsDep,
     admit,
-    api_key,
     refuse_before_body,
     require,
     target_collection,
@@ -209,9 +208,12 @@ def enroll(
     note(subjects=[form.subject_id])
     if form.force and "admin" not in request.state.principal.scopes:
         raise Forbidden("force=true needs an admin key.", required_scope="admin")
-    owner = digest(api_key(request) or "")
+    collection = call.collection(form.collection)
+    # An Idempotency-Key is the collection's, not one API key's: a retry sent with
+    # another key of the collection gets the first answer, not a second copy (issue 37).
+    owner = digest(f"collection:{collection}")
     result = call.service.enroll(
-        collection=call.collection(form.collection),
+        collection=collection,
         subject_id=form.subject_id,
         images=body.image_list(),
         name=form.name,
@@ -302,11 +304,12 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
         )
     if result.candidates:
         call.metrics.scores.labels("identify").observe(result.candidates[0].result.score)
+    returned = [c.subject_id for c in result.candidates]
     note(
-        subjects=[c.subject_id for c in result.candidates],
+        # A search by a stored face uses its owner's data too (issue 37).
+        subjects=[result.probe_subject, *returned] if result.probe_subject else returned,
         match=result.best is not None,
         score=result.candidates[0].result.score if result.candidates else None,
-        detail={"face_id": form.face_id} if form.face_id is not None else None,
     )
     candidates = [
         s.CandidateOut(
