@@ -109,13 +109,14 @@ class AuditSpool:
                     continue
 
     def _drain_file(self, path: Path, insert: Callable[[list[dict[str, Any]]], None]) -> int:
-        rows, bad = [], []
+        rows, good, bad = [], [], []
         with path.open("rb") as fh:
             for number, raw in enumerate(fh, 1):
                 if not raw.strip():
                     continue
                 try:
                     rows.append(self._restored(raw))
+                    good.append(raw if raw.endswith(b"\n") else raw + b"\n")
                 except (ValueError, TypeError, KeyError) as exc:
                     bad.append(
                         {
@@ -127,6 +128,11 @@ class AuditSpool:
                     )
         if bad:
             self._set_aside(bad)
+            # The file keeps its good lines only: set aside once, however often the
+            # insert must be tried again.
+            kept = path.with_name(path.name + ".tmp")
+            kept.write_bytes(b"".join(good))
+            kept.replace(path)
         if rows:
             insert(rows)  # raises while the database is busy: the file stays
         path.unlink(missing_ok=True)

@@ -5,9 +5,11 @@ photo; refused photos are listed with their codes.
 
 Concurrent (``--concurrency`` subjects at once, each subject's photos in order: the
 first creates it, the rest add), resumable (a state file beside the folder records each
-photo enrolled, by path and sha256: a re-run skips them), and safe to interrupt: each
-enroll's Idempotency-Key is derived from the collection, subject and photo, so a photo
-stored just before a crash is answered again, not stored twice.
+photo enrolled, by path and sha256, with the server and collection it went to: a re-run
+to the same place skips them), and safe to interrupt: each enroll's Idempotency-Key is
+derived from the collection, subject and photo, and the server keeps it per collection
+(not per API key), so a photo stored just before a crash, or by a run with another key,
+is answered again, not stored twice (for 24 h, the record's life).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from faceverify_client import Client, errors
@@ -81,24 +84,54 @@ class Progress:
 
 
 class State:
-    """The photos enrolled so far (a JSON line each, appended as they are)."""
+    """The photos enrolled so far (a JSON line each, appended as they are), each with the
+    server and collection it went to: the same folder sent elsewhere is enrolled there
+    too (issue 37: another collection was told "already there" and got nothing).
 
-    def __init__(self, path: Path) -> None:
+    A line that is not such an entry (torn by a crash, edited, or written by a version
+    that recorded no server) is passed over and counted in ``unreadable``: its photo is
+    sent again, and the server's idempotency record answers it if it was stored."""
+
+    def __init__(self, path: Path, *, server: str, collection: str | None) -> None:
         self.path, self.lock = path, threading.Lock()
+        self.target = {"server": _server(server), "collection": collection or ""}
         self.done: set[tuple[str, str]] = set()
+        self.unreadable = 0
         if path.exists():
-            for line in path.read_text().splitlines():
-                entry = json.loads(line)
-                self.done.add((entry["photo"], entry["sha256"]))
+            for line in path.read_text(errors="replace").splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    photo, digest = str(entry["photo"]), str(entry["sha256"])
+                    target = {"server": entry["server"], "collection": entry["collection"]}
+                except (ValueError, TypeError, KeyError):
+                    self.unreadable += 1
+                    continue
+                if target == self.target:
+                    self.done.add((photo, digest))
 
     def add(self, photo: str, digest: str, subject_id: str) -> None:
+        entry = {"photo": photo, "sha256": digest, "subject": subject_id, **self.target}
         with self.lock, self.path.open("a") as fh:
-            fh.write(json.dumps({"photo": photo, "sha256": digest, "subject": subject_id}) + "\n")
+            fh.write(json.dumps(entry) + "\n")
             self.done.add((photo, digest))
 
 
+def _server(url: str) -> str:
+    """A server as the state file names it: scheme, host and port, lower case, no
+    trailing slash."""
+    return url.strip().rstrip("/").lower()
+
+
 def enroll_folder(
-    fv: Client, folder: Path, *, collection: str | None, concurrency: int, state: State
+    fv: Client,
+    folder: Path,
+    *,
+    collection: str | None,
+    concurrency: int,
+    state: State,
+    consent: dict[str, str] | None = None,
 ) -> list[Outcome]:
     subjects = subjects_in(folder)
     progress = Progress(sum(len(p) for p in subjects.values()))
@@ -120,7 +153,9 @@ def enroll_folder(
                 continue
             key = hashlib.sha256(f"{collection}|{subject_id}|{digest}".encode()).hexdigest()
             try:
-                _enroll_once(fv, subject_id, data, collection, not created, f"fvc-bulk-{key}")
+                _enroll_once(
+                    fv, subject_id, data, collection, not created, f"fvc-bulk-{key}", consent
+                )
                 created = True
                 state.add(name, digest, subject_id)
                 outcomes.append(Outcome(str(path), subject_id, "enrolled"))
@@ -136,7 +171,13 @@ def enroll_folder(
 
 
 def _enroll_once(
-    fv: Client, subject_id: str, data: bytes, collection: str | None, first: bool, key: str
+    fv: Client,
+    subject_id: str,
+    data: bytes,
+    collection: str | None,
+    first: bool,
+    key: str,
+    consent: dict[str, str] | None = None,
 ) -> None:
     """The same request a fresh run sends (the first photo stored creates the subject,
     the rest add), so a re-run's identical request is answered from the server's idempotency
@@ -144,7 +185,7 @@ def _enroll_once(
     added (under a key of its own)."""
     if first:
         try:
-            fv.enroll(subject_id, data, collection=collection, idempotency_key=key)
+            fv.enroll(subject_id, data, collection=collection, idempotency_key=key, consent=consent)
             return
         except errors.SubjectExists:
             key += "-add"
@@ -177,16 +218,37 @@ def main(argv: list[str] | None = None) -> int:
     enroll.add_argument("--concurrency", type=int, default=4, help="Subjects at once.")
     enroll.add_argument("--report", type=Path, help="Where to list refused photos (.csv, .jsonl).")
     enroll.add_argument("--state", type=Path, help=f"Resume file (default FOLDER/{STATE}).")
+    enroll.add_argument(
+        "--consent-reference",
+        help="The consent every subject of the folder gave (your document id or version); "
+        "a collection that requires consent needs it.",
+    )
+    enroll.add_argument(
+        "--consent-given-at", help="When they gave it (ISO 8601 with its offset; default now)."
+    )
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
-    state = State(args.state or args.folder / STATE)
+    consent = None
+    if args.consent_reference:
+        given = args.consent_given_at or datetime.now(UTC).isoformat()
+        consent = {"reference": args.consent_reference, "given_at": given}
+    elif args.consent_given_at:
+        parser.error("--consent-given-at needs --consent-reference")
+    state = State(args.state or args.folder / STATE, server=args.url, collection=args.collection)
+    if state.unreadable:
+        print(
+            f"faceverify-client: {state.unreadable} lines of {state.path} are not entries of "
+            "this version (torn, edited, or naming no server): their photos are sent again; "
+            "the server answers those it stored from its idempotency record",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     try:
         with Client(args.url, api_key=args.key) as fv:
             outcomes = enroll_folder(
                 fv, args.folder, collection=args.collection,
-                concurrency=args.concurrency, state=state,
+                concurrency=args.concurrency, state=state, consent=consent,
             )  # fmt: skip
     except errors.FaceVerifyError as exc:
         print(f"faceverify-client: {exc}", file=sys.stderr)

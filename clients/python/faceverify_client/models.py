@@ -21,7 +21,7 @@ class AccessOut(_Model):
 
 
 class AuditEventOut(_Model):
-    id: int
+    id: int | None
     position: int | None
     at: str
     request_id: str
@@ -40,7 +40,7 @@ class AuditEventOut(_Model):
 
 class AuditPage(_Model):
     items: list[AuditEventOut]
-    next_after: int | None
+    next_after: int | str | None
 
 
 class Box(_Model):

@@ -62,3 +62,42 @@ def test_a_folder_is_enrolled_over_http_and_a_rerun_doubles_nothing(
     assert wrong.returncode == 2 and "unauthorized" in wrong.stderr
     nowhere = subprocess.run([*args, "--collection", "nowhere"], capture_output=True, text=True)
     assert nowhere.returncode == 2 and "collection_not_found" in nowhere.stderr
+
+
+def test_the_state_is_per_server_and_collection_and_another_key_stores_nothing_twice(
+    server: str, tmp_path: Path
+) -> None:
+    """Issue 37, item 11: the same folder sent to another collection was told "already
+    there"; with the state file lost and another key, every photo was stored twice."""
+    folder = tmp_path / "people"
+    (folder / "state-obama").mkdir(parents=True)
+    shutil.copy(DATA / "obama.jpg", folder / "state-obama" / "obama.jpg")
+    shutil.copy(DATA / "obama2.jpg", folder / "state-obama" / "obama2.jpg")
+    with Client(server, api_key=KEY) as fv:
+        fv.create_collection("state-a")
+        fv.create_collection("state-b", consent_required=True)
+        other = fv.create_key("second", ["enroll", "verify"], collection="state-a").key
+    base = [CLI, "enroll", str(folder), "--url", server]
+    first = subprocess.run([*base, "--key", KEY, "--collection", "state-a"], capture_output=True,
+                           text=True)  # fmt: skip
+    assert first.stdout.startswith("2 enrolled"), first.stdout + first.stderr
+    refused = subprocess.run([*base, "--key", KEY, "--collection", "state-b"],
+                             capture_output=True, text=True)  # fmt: skip
+    assert refused.stdout.startswith("0 enrolled, 0 already there, 2 refused (consent_required 2)")
+    elsewhere = subprocess.run(
+        [*base, "--key", KEY, "--collection", "state-b", "--consent-reference", "form-v2"],
+        capture_output=True,
+        text=True,
+    )
+    assert elsewhere.stdout.startswith("2 enrolled, 0 already there"), elsewhere.stdout
+    # The state file lost (and a torn line in a new one), another key of the collection:
+    state = folder / ".faceverify-client-state.jsonl"
+    state.write_text('{"photo": "state-obama/obama.jpg", "sha')
+    again = subprocess.run([*base, "--key", other, "--collection", "state-a"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0 and "1 lines" in again.stderr, again.stderr
+    with Client(server, api_key=KEY) as fv:
+        assert len(fv.get_subject("state-obama", collection="state-a").faces) == 2
+        assert len(fv.get_subject("state-obama", collection="state-b").faces) == 2
+        consent = fv.get_subject("state-obama", collection="state-b").consent
+        assert consent is not None and consent["reference"] == "form-v2"
