@@ -91,8 +91,8 @@ def audit_verify(
         typer.echo(f"({verdict.unsealed} events written since are not sealed yet)")
     if spool is not None and spool.pending:
         typer.echo(
-            f"({spool.pending} events wait in a running process's spool beside the database; "
-            "they are moved in once its lock is free)"
+            f"({spool.pending} events wait in spool files beside the database; they are "
+            "moved in once the database takes them)"
         )
     if spool is not None and spool.rejected:
         typer.echo(
@@ -235,17 +235,93 @@ def encryption_new_key() -> None:
 
 
 @encryption_cli.command("rotate")
-def encryption_rotate() -> None:
+def encryption_rotate(
+    seal_plaintext: Annotated[
+        bool,
+        typer.Option(
+            help="Also seal plaintext rows in a gallery already sealed with a key: only "
+            "if they predate turning encryption on (a gallery never rotated since)."
+        ),
+    ] = False,
+    delete_left: Annotated[
+        bool,
+        typer.Option(
+            help="Delete the rows that do not open (slipped in, changed, or moved to "
+            "another subject), each as a delete_face audit event."
+        ),
+    ] = False,
+) -> None:
     """Rewrite every embedding with the current key (older keys in
     ENCRYPTION_OLD_KEYS, plain rows too); with no key set, decrypt every row."""
+    from app.service.build import open_store
+
     settings = _or_exit(Settings)
-    store = _store(settings)
-    done = _or_exit(store.rotate_encryption)
+    store = _or_exit(lambda: open_store(settings, rotating=True))
+    done, left, plain = _or_exit(lambda: store.rotate_encryption(seal_plain=seal_plaintext))
     _or_exit(lambda: store.erased())
-    cli_event(settings, store, "rotate_encryption", detail={"faces": done})
+    cli_event(settings, store, "rotate_encryption", detail={"faces": done, "left": len(left)})
     key = store.cipher.current if store.cipher is not None else "none (plain)"
     typer.echo(f"rewrote {done} embeddings with key {key}")
+    if plain:
+        typer.echo(
+            f"{len(plain)} of them were stored in plaintext (faces {_some(plain)}): rows "
+            "written before the key was set; every one is now sealed and used"
+        )
+    if left and delete_left:
+        _delete_faces(settings, store, left)
+        typer.echo(f"deleted {len(left)} rows that do not open (each an audit event)")
+        left = []
     store.close()
+    if left:
+        typer.echo(
+            f"WARNING: {len(left)} rows were left as they are: they do not open (plaintext "
+            "in a gallery sealed with a key, changed, moved to another subject, or of a key "
+            f"not given), so they were not written by faceverify: faces {_some(left)}. They "
+            "are never used. Rows slipped in: run again with --delete-left; plaintext rows "
+            "from before encryption was turned on: run again with --seal-plaintext.",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _subject_id(store: Any, collection: str, text: str) -> str:
+    """The subject ``text`` names: itself if stored so (an id stored before issue 37 that
+    the API cannot address stays reachable here), else as the API reads it (NFKC:
+    "ｅｘｐ" is "exp"), so an access or erasure request from the command line finds
+    whom the API would."""
+    from app.errors import SubjectNotFound
+    from app.gallery.ids import nfkc
+
+    try:
+        store.get_subject(collection=collection, subject_id=text)
+        return text
+    except SubjectNotFound:
+        return str(nfkc(text))
+
+
+def _some(ids: list[str]) -> str:
+    return ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else "")
+
+
+def _delete_faces(settings: Settings, store: Any, face_ids: list[str]) -> None:
+    from sqlalchemy import select
+
+    from app.errors import FaceVerifyError
+    from app.gallery.audit import AuditDraft, current_audit
+    from app.gallery.models import Face
+
+    with store.engine.connect() as conn:
+        owners = conn.execute(
+            select(Face.id, Face.collection_id, Face.subject_id).where(Face.id.in_(face_ids))
+        ).all()
+    for face_id, collection, subject_id in owners:
+        if settings.audit_trail:
+            current_audit.set(AuditDraft("delete_face", request_id="cli", client="cli"))
+        try:
+            store.delete_face(collection=collection, subject_id=subject_id, face_id=face_id)
+        except FaceVerifyError as exc:
+            typer.echo(f"faceverify: face {face_id}: {exc.detail}", err=True)
+    _or_exit(lambda: store.erased())
 
 
 subjects_cli = typer.Typer(help="One subject: export what is held about them, delete them.")
@@ -254,7 +330,9 @@ CollectionOpt = Annotated[str, typer.Option(help="The collection.")]
 
 @subjects_cli.command("export")
 def subjects_export(
-    subject_id: Annotated[str, typer.Argument(help="The subject's id.")],
+    subject_id: Annotated[
+        str, typer.Argument(help="The subject's id (read as the API reads it: NFKC).")
+    ],
     file: Annotated[Path, typer.Argument(help="Where to write the JSON; - for stdout.")],
     collection: CollectionOpt = "default",
     include_embeddings: Annotated[bool, typer.Option(help="Add the embeddings.")] = False,
@@ -267,6 +345,7 @@ def subjects_export(
 
     settings = _or_exit(Settings)
     store = _store(settings)
+    subject_id = _subject_id(store, collection, subject_id)
     audit = AuditTrail(store.engine) if settings.audit_trail else None
     found = _or_exit(
         lambda: subject_export(
@@ -296,7 +375,9 @@ def subjects_export(
 
 @subjects_cli.command("delete")
 def subjects_delete(
-    subject_id: Annotated[str, typer.Argument(help="The subject's id.")],
+    subject_id: Annotated[
+        str, typer.Argument(help="The subject's id (read as the API reads it: NFKC).")
+    ],
     collection: CollectionOpt = "default",
 ) -> None:
     """Delete a subject and every embedding of it, erased from the database's files and
@@ -307,6 +388,7 @@ def subjects_delete(
 
     settings = _or_exit(Settings)
     store = _store(settings)
+    subject_id = _subject_id(store, collection, subject_id)
     if settings.audit_trail:
         current_audit.set(
             AuditDraft("delete_subject", request_id="cli", client="cli", success_status=0)

@@ -23,7 +23,7 @@ from app.errors import (
 from app.gallery import pgcopy, pgvector
 from app.gallery.audit import AuditDraft, stage
 from app.gallery.changelog import _bump_version, _log
-from app.gallery.crypto import EmbeddingCipher, plain, readable
+from app.gallery.crypto import EmbeddingCipher, SealPolicy, readable
 from app.gallery.engine import StoreBase
 from app.gallery.models import (
     EMBEDDING_DTYPE,
@@ -286,11 +286,20 @@ class BulkFaces(StoreBase):
             )
             return len(subject_ids), created, version
 
-    def rotate_encryption(self, *, batch: int = 1000) -> int:
-        """Rewrite every embedding not sealed with the current key (an older key's, or
-        plain) with the current key, ``batch`` rows a transaction; how many. With no
-        key set: decrypt every row to plain."""
+    def rotate_encryption(
+        self, *, batch: int = 1000, seal_plain: bool = False
+    ) -> tuple[int, list[str], list[str]]:
+        """Rewrite every embedding not sealed with the current key in the current form
+        (an older key's, the older form, or plain) with the current key, ``batch`` rows a
+        transaction. A row that does not open as the gallery's policy allows (plaintext
+        in a gallery sealed with a key, changed, moved, or of a key not given) is not
+        faceverify's: it is left as it is, never sealed into a real one (issue 37), and
+        its id returned. With no key set: decrypt every row to plain.
+
+        Returns: rows rewritten, the ids of the rows left, and of the plain rows sealed."""
         done, after = 0, ""
+        left: list[str] = []
+        sealed_plain: list[str] = []
         current = self.cipher.current if self.cipher is not None else None
         while True:
             with Session(self.engine) as session, session.begin():
@@ -308,18 +317,36 @@ class BulkFaces(StoreBase):
                 ).all()
                 for face in rows:
                     owner = (face.id, face.collection_id, face.subject_id)
-                    data = plain(self.cipher, face.embedding, owner, face.key_id)
-                    if self.cipher is not None:
+                    # Plain rows are what a rotation seals (the operator's act; the CLI
+                    # lists them); a sealed row must open as the gallery's policy says.
+                    # In a gallery already sealed with a key no faceverify writes plain
+                    # rows (a keyed start refuses to serve beside them): those are sealed
+                    # only when the operator says they predate the key (``seal_plain``).
+                    policy = SealPolicy(
+                        refuse_plain=self.seal_policy.keyed and not seal_plain,
+                        refuse_legacy=self.seal_policy.refuse_legacy,
+                    )
+                    data = readable(self.cipher, face.embedding, owner, face.key_id, policy=policy)
+                    if data is not None and face.key_id is None and self.cipher is not None:
+                        sealed_plain.append(face.id)
+                    if data is None:
+                        left.append(face.id)
+                    elif self.cipher is not None:
                         face.embedding, face.key_id = self.cipher.seal(data, owner)
+                        done += 1
                     else:
                         face.embedding, face.key_id = data, None
-                done += len(rows)
+                        done += 1
                 if len(rows) < batch:
-                    resealed(session, self.cipher)
+                    if not left:
+                        resealed(session, self.cipher)
                     break
                 after = rows[-1].id
-        self.sealed = self.cipher is not None
-        return done
+        if not left:
+            self.seal_policy = SealPolicy(
+                refuse_plain=self.cipher is not None, refuse_legacy=self.cipher is not None
+            )
+        return done, left, sealed_plain
 
     def export_faces(
         self, *, collection: str, now: datetime | None = None
@@ -357,7 +384,7 @@ class BulkFaces(StoreBase):
                     face.embedding,
                     (face.id, face.collection_id, face.subject_id),
                     face.key_id,
-                    sealed=self.sealed,
+                    policy=self.seal_policy,
                 )
                 if data is not None:
                     faces.append(_face_record(face))
@@ -410,9 +437,9 @@ class BulkFaces(StoreBase):
             while part := result.fetchmany(LOAD_SLICE):
                 start = len(ids)
                 part_ids, part_collections, part_subjects, blobs, kids = zip(*part, strict=True)
-                if self.sealed or any(k is not None for k in kids):
+                if self.seal_policy.refuse_plain or any(k is not None for k in kids):
                     opened = [
-                        readable(self.cipher, b, (f, c, s), k, sealed=self.sealed)
+                        readable(self.cipher, b, (f, c, s), k, policy=self.seal_policy)
                         for b, f, c, s, k in zip(
                             blobs, part_ids, part_collections, part_subjects, kids, strict=True
                         )

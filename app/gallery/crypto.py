@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -131,29 +132,48 @@ def cipher_from(key: str, key_file: Path | None, old_keys: str) -> EmbeddingCiph
     return EmbeddingCipher(parse_key(key, "the encryption key"), old)
 
 
+@dataclass(frozen=True)
+class SealPolicy:
+    """What a gallery's rows must be to be used (app/gallery/sealing.py decides at start).
+
+    refuse_plain: a key is set and the gallery has been sealed with one (its key ids are
+        recorded): every write since seals, so a plaintext row was not written by
+        faceverify (issue 37: a forged plain row matched).
+    refuse_legacy: every row was resealed in the current form (encryption rotate): a row
+        of the older form (face id alone as associated data) is a copy from before.
+    """
+
+    refuse_plain: bool = False
+    refuse_legacy: bool = False
+    # The gallery has been sealed with a key (its key ids are recorded).
+    keyed: bool = False
+
+
+OPEN = SealPolicy()
+
+
 def plain(
     cipher: EmbeddingCipher | None,
     stored: bytes,
     owner: Owner,
     kid: str | None,
     *,
-    sealed: bool = False,
+    policy: SealPolicy = OPEN,
 ) -> bytes:
-    """A stored embedding's plain bytes (rows with no key id were written plain).
-    ``sealed``: the gallery was wholly sealed in the current form (gallery_state.sealed),
-    so a plain row or one of the older form was not written by faceverify: refused."""
+    """A stored embedding's plain bytes (rows with no key id were written plain), as
+    ``policy`` allows; else EncryptionKeyError."""
     if kid is None:
-        if sealed:
+        if policy.refuse_plain:
             raise EncryptionKeyError(
-                f"face {owner[0]} is stored in plaintext in a gallery whose every embedding "
-                "was sealed: it was not written by faceverify"
+                f"face {owner[0]} is stored in plaintext in a gallery sealed with a key: it "
+                "was not written by faceverify"
             )
         return stored
     if cipher is None:
         raise EncryptionKeyError(
             f"face {owner[0]} is encrypted, and no FACEVERIFY_ENCRYPTION_KEY is set"
         )
-    return cipher.open(stored, owner, kid, legacy=not sealed)
+    return cipher.open(stored, owner, kid, legacy=not policy.refuse_legacy)
 
 
 def readable(
@@ -162,13 +182,13 @@ def readable(
     owner: Owner,
     kid: str | None,
     *,
-    sealed: bool = False,
+    policy: SealPolicy = OPEN,
 ) -> bytes | None:
     """:func:`plain`, or None (logged) for a row that does not open: a row changed,
     moved to another subject or collection, or slipped in as plaintext is left out of
     every search and answer instead of failing them all (issue 37)."""
     try:
-        return plain(cipher, stored, owner, kid, sealed=sealed)
+        return plain(cipher, stored, owner, kid, policy=policy)
     except EncryptionKeyError as exc:
         log.error("a stored embedding is left out: %s", exc)
         return None

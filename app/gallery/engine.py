@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from app.errors import (
     DatabaseBusy,
 )
-from app.gallery.crypto import EmbeddingCipher
+from app.gallery.crypto import EmbeddingCipher, SealPolicy
 
 # How long a SQLite writer waits for another's write lock before DatabaseBusy (503).
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -119,6 +119,5 @@ class StoreBase:
     build_memory_mb: int
     # Embeddings encrypted at rest (app/gallery/crypto.py); None: stored plain.
     cipher: EmbeddingCipher | None
-    # Every embedding is sealed in the current form (app/gallery/sealing.py): a plain or
-    # older-form row is then not faceverify's and is left out.
-    sealed: bool
+    # Which rows are not faceverify's and are left out (app/gallery/sealing.py).
+    seal_policy: SealPolicy

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -126,6 +127,13 @@ class Face(Base):
             ondelete="CASCADE",
         ),
         Index("ix_faces_collection_subject", "collection_id", "subject_id"),
+        # Migration 0008: the plaintext rows, found at once by a start with a key.
+        Index(
+            "ix_faces_plain",
+            "id",
+            sqlite_where=text("key_id IS NULL"),
+            postgresql_where=text("key_id IS NULL"),
+        ),
     )
 
 

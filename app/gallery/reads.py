@@ -98,7 +98,7 @@ class Reads(StoreBase):
             (
                 r,
                 readable(
-                    self.cipher, r[2], (r[1], collection, subject_id), r[4], sealed=self.sealed
+                    self.cipher, r[2], (r[1], collection, subject_id), r[4], policy=self.seal_policy
                 ),
             )
             for r in rows
@@ -143,7 +143,7 @@ class Reads(StoreBase):
         if row is None:
             raise FaceNotFound(f"No face {face_id!r} in this collection.", face_id=face_id)
         stored = readable(
-            self.cipher, row[1], (face_id, collection, str(row[0])), row[2], sealed=self.sealed
+            self.cipher, row[1], (face_id, collection, str(row[0])), row[2], policy=self.seal_policy
         )
         if stored is None:
             raise FaceNotFound(f"No face {face_id!r} in this collection.", face_id=face_id)
@@ -157,7 +157,7 @@ class Reads(StoreBase):
         with self.engine.connect() as conn:
             opened = {
                 r[0]: readable(
-                    self.cipher, r[1], (r[0], collection, subject_id), r[2], sealed=self.sealed
+                    self.cipher, r[1], (r[0], collection, subject_id), r[2], policy=self.seal_policy
                 )
                 for r in conn.execute(stmt)
             }

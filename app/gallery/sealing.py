@@ -13,21 +13,25 @@ seals), and :func:`check_keys` refuses, before anything is read or written:
 A key's id is a hash of the key, so a matching id is the right key; a row that does not
 open under it was changed, and is left out and logged (crypto.readable).
 
+With a key set every write seals, so a plaintext row is never used (crypto.readable;
+issue 37: a forged plain row matched), and a start with a key refuses to serve beside
+plaintext rows until `encryption rotate` has sealed them (the operator's act, which
+lists them): the gallery is never half plain while a keyed server runs.
 ``gallery_state.sealed`` says every embedding is sealed in the current form (face,
 collection and subject bound in): set by ``encryption rotate`` when it finishes, and at
-the first start with a key on an empty gallery. From then on a plain row, or one sealed
-in the older form, was not written by faceverify and is left out (crypto.readable).
+the first start with a key on an empty gallery; from then on a row of the older form is
+left out too. A state with no key ids beside sealed rows was changed: the start stops.
 """
 
 from __future__ import annotations
 
 import json
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.gallery.crypto import EmbeddingCipher, EncryptionKeyError
+from app.gallery.crypto import OPEN, EmbeddingCipher, EncryptionKeyError, SealPolicy
 from app.gallery.models import Face, GalleryState
 
 
@@ -60,10 +64,13 @@ def resealed(session: Session, cipher: EmbeddingCipher | None) -> None:
     )
 
 
-def check_keys(engine: Engine, cipher: EmbeddingCipher | None) -> bool:
+def check_keys(
+    engine: Engine, cipher: EmbeddingCipher | None, *, rotating: bool = False
+) -> SealPolicy:
     """Refuse (EncryptionKeyError, saying what to do) a key that cannot open this
-    gallery; else whether it is wholly sealed. An empty gallery opened with a key is
-    marked sealed from the start."""
+    gallery, or plaintext rows beside a key (unless ``rotating``: the rotation seals
+    them); else which rows are not faceverify's (crypto.SealPolicy). An empty gallery
+    opened with a key is marked sealed from the start."""
     with Session(engine) as session:
         state = session.get(GalleryState, 1)
         if state is None:
@@ -75,7 +82,7 @@ def check_keys(engine: Engine, cipher: EmbeddingCipher | None) -> bool:
                 f"the gallery's embeddings are sealed with key {', '.join(kids)}, and no "
                 "FACEVERIFY_ENCRYPTION_KEY (or _KEY_FILE) is set; set it and start again"
             )
-        return False
+        return OPEN
     missing = [k for k in kids if k not in cipher.key_ids]
     if missing:
         raise EncryptionKeyError(
@@ -84,10 +91,32 @@ def check_keys(engine: Engine, cipher: EmbeddingCipher | None) -> bool:
             "the right one, or put it in FACEVERIFY_ENCRYPTION_OLD_KEYS and run "
             "`faceverify encryption rotate`; nothing was read or written"
         )
+    with engine.connect() as conn:  # through ix_faces_plain: at once
+        plain_rows = conn.execute(
+            select(func.count()).select_from(Face).where(Face.key_id.is_(None))
+        ).scalar_one()
+    if plain_rows and not rotating:
+        raise EncryptionKeyError(
+            f"{plain_rows} faces are stored in plaintext beside the key: with a key set none "
+            "is ever used (one slipped in would match). Seal them first with `faceverify "
+            "encryption rotate` (it lists them), or delete them; nothing was read or written"
+        )
+    if not kids:
+        with engine.connect() as conn:
+            stray = conn.execute(
+                select(Face.id, Face.key_id).where(Face.key_id.is_not(None)).limit(1)
+            ).first()
+        if stray is not None:
+            raise EncryptionKeyError(
+                f"face {stray[0]} is sealed with key {stray[1]}, but the gallery's state "
+                "names no key: gallery_state was changed outside faceverify. Restore it "
+                "from a backup; nothing was read or written"
+            )
     if not sealed:
         with Session(engine) as session, session.begin():
             if session.scalar(select(Face.id).limit(1)) is None:
                 state_row = update(GalleryState).where(GalleryState.id == 1)
                 session.execute(state_row.values(sealed=True))
                 sealed = True
-    return sealed
+    # With a key set every write seals: a plaintext row is not faceverify's.
+    return SealPolicy(refuse_plain=True, refuse_legacy=sealed, keyed=bool(kids))

@@ -25,19 +25,39 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from app.errors import DatabaseBusy
 
 log = logging.getLogger("faceverify.audit")
 
 PREFIX = "audit-spool-"
+# A spooled event dated later than this ahead of the clock is set aside.
+FUTURE = timedelta(minutes=5)
+# Each field of a spooled event: the types it may have, and its longest text.
+_FIELDS: dict[str, tuple[tuple[type, ...], int]] = {
+    "at": ((str,), 64),
+    "request_id": ((str,), 64),
+    "key_id": ((str, type(None)), 64),
+    "collection_id": ((str, type(None)), 64),
+    "action": ((str,), 32),
+    "subjects": ((str,), 1 << 20),
+    "status": ((int,), 0),
+    "code": ((str, type(None)), 64),
+    "match": ((bool, type(None)), 0),
+    "score": ((float, int, type(None)), 0),
+    "client": ((str, type(None)), 64),
+    "detail": ((dict, type(None)), 0),
+}
 REJECTED = f"{PREFIX}rejected.jsonl"
 DRAINING = ".draining"
 
@@ -134,30 +154,67 @@ class AuditSpool:
             kept.write_bytes(b"".join(good))
             kept.replace(path)
         if rows:
-            insert(rows)  # raises while the database is busy: the file stays
+            try:
+                insert(rows)  # one transaction; busy: the file stays for the next turn
+            except DatabaseBusy:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a row the database refuses
+                log.warning("spooled events go in one at a time (%s)", exc)
+                rows = self._one_by_one(path, rows, insert)
         path.unlink(missing_ok=True)
         if rows:
             log.info("%d audit events moved from %s into the database", len(rows), path.name)
         return len(rows)
 
     def _restored(self, raw: bytes) -> dict[str, Any]:
+        """A spooled line as the row the group commit wrote: every field, each of the
+        type and size it has there (issue 37: a valid JSON line with a dict for its
+        subjects failed the insert every turn and held up the file's other events);
+        else ValueError, and the line is set aside."""
         row = json.loads(raw)
         if not isinstance(row, dict):
             raise ValueError("not a JSON object")
         if self.columns and set(row) != self.columns:
             extra, missing = sorted(set(row) - self.columns), sorted(self.columns - set(row))
             raise ValueError(f"not an event as spooled (extra {extra}, missing {missing})")
-        if not isinstance(row.get("at"), str):
-            raise ValueError("no time")
+        for name, (kinds, longest) in _FIELDS.items():
+            value = row.get(name)
+            if type(value) not in kinds:
+                raise ValueError(f"{name} is a {type(value).__name__}")
+            if isinstance(value, str) and len(value) > longest:
+                raise ValueError(f"{name} is longer than {longest}")
+        if not 0 <= row["status"] < 1000:
+            raise ValueError("status is not an HTTP status (or 0)")
+        if row["score"] is not None and not math.isfinite(row["score"]):
+            raise ValueError("score is not finite")
         at = datetime.fromisoformat(row["at"])
         if at.tzinfo is None:
             raise ValueError("a time without its offset")
-        for name in ("request_id", "action"):
-            if not isinstance(row.get(name), str):
-                raise ValueError(f"{name} is not text")
-        if not isinstance(row.get("status"), int) or isinstance(row.get("status"), bool):
-            raise ValueError("status is not a number")
+        if at > datetime.now(UTC) + FUTURE:
+            raise ValueError("dated in the future")
         return {**row, "at": at}
+
+    def _one_by_one(
+        self,
+        path: Path,
+        rows: list[dict[str, Any]],
+        insert: Callable[[list[dict[str, Any]]], None],
+    ) -> list[dict[str, Any]]:
+        """Each row in a transaction of its own; those the database refuses set aside."""
+        taken, bad = [], []
+        for number, row in enumerate(rows, 1):
+            try:
+                insert([row])
+                taken.append(row)
+            except DatabaseBusy:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                text = json.dumps({**row, "at": row["at"].isoformat()})
+                bad.append({"file": path.name, "line": number, "why": str(exc)[:200],
+                            "text": text[:4096]})  # fmt: skip
+        if bad:
+            self._set_aside(bad)
+        return taken
 
     def _set_aside(self, bad: list[dict[str, Any]]) -> None:
         target = self.folder / REJECTED

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from app.gallery import pgvector
 from app.gallery.bulkload import BulkFaces
 from app.gallery.changelog import ChangeLog
-from app.gallery.crypto import EmbeddingCipher
+from app.gallery.crypto import OPEN, EmbeddingCipher
 from app.gallery.engine import BUSY_TIMEOUT_SECONDS, _make_engine, current_revision, migrate
 from app.gallery.erasure import Erasure
 from app.gallery.idempotency import IdempotencyRecords
@@ -73,7 +73,7 @@ class GalleryStore(Reads, Writes, BulkFaces, ChangeLog, IdempotencyRecords, Eras
         # The ceiling on maintenance_work_mem for HNSW builds (after bulk imports).
         self.build_memory_mb = pgvector.BUILD_MEMORY_MB
         self.cipher: EmbeddingCipher | None = None
-        self.sealed = False
+        self.seal_policy = OPEN
         # Erasure after deletes (erasure.py).
         self._erase_lock = threading.Lock()
         self._erase_pending: float | None = None

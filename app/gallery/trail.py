@@ -124,8 +124,9 @@ class AuditTrail:
         self.engine = engine
         self.fsync = fsync
         self._writer = _writer_engine(engine, fsync)
-        # The spool's drain: transactions that give up quickly when SQLite is busy.
-        self._drainer = self._writer.execution_options(isolation_level="SERIALIZABLE")
+        # The spool's drain: whole transactions (a file's events go in together or not
+        # at all) that give up quickly when SQLite is busy.
+        self._drainer = _drain_engine(engine, fsync)
         # SQLite: where read events wait while another writer holds the lock (spool.py).
         database = engine.url.database if engine.dialect.name == "sqlite" else None
         self._spool = (
@@ -154,6 +155,7 @@ class AuditTrail:
             thread.join(timeout=10)
         self._threads.clear()
         self._writer.dispose()
+        self._drainer.dispose()
 
     def submit(self, row: dict[str, Any], done: Done) -> None:
         """Write ``row`` with the next group commit; ``done(None)`` once it is committed,
@@ -480,7 +482,8 @@ def _dated_in_order(
         return (
             f"event {event.id} at position {position} is dated {at.isoformat()}, before the "
             f"event at position {latest[1]} ({latest[0].isoformat()}) by more than "
-            f"{BACKDATE_SECONDS // 60} minutes: it was backdated",
+            f"{BACKDATE_SECONDS // 60} minutes: it was backdated (or the one at position "
+            f"{latest[1]} was dated ahead)",
             latest,
         )
     return None, latest if latest is not None and latest[0] >= at else (at, position)
@@ -534,6 +537,14 @@ def _backs(event: AuditEvent, position: int, chain: str) -> AuditEvent | None:
     if detail.get("through_position") != position or named not in (None, chain):
         return None
     return event
+
+
+def _drain_engine(engine: Engine, fsync: bool) -> Engine:
+    """Transactions (not autocommit) with the writer's short wait for SQLite's lock."""
+    from app.gallery.engine import _make_engine
+
+    url = engine.url.render_as_string(hide_password=False)
+    return _make_engine(url, echo=False, fsync=fsync, busy_timeout=WRITER_BUSY_SECONDS)
 
 
 def _writer_engine(engine: Engine, fsync: bool) -> Engine:

@@ -105,9 +105,11 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
     return service, weights
 
 
-def open_store(settings: Settings) -> GalleryStore:
+def open_store(settings: Settings, *, rotating: bool = False) -> GalleryStore:
     """The gallery store the settings name, migrated, with its encryption key (refused
-    with pgvector: PostgreSQL searches plaintext vectors; docs/PRIVACY.md)."""
+    with pgvector: PostgreSQL searches plaintext vectors; docs/PRIVACY.md). A wrong key
+    is refused (app/gallery/sealing.py); ``rotating``: plaintext rows beside the key are
+    not (``encryption rotate`` is what seals them)."""
     store = GalleryStore.open(settings.resolved_database_url())
     store.vacuum_delay = settings.erase_vacuum_seconds
     store.vacuum_full = settings.erase_vacuum_full
@@ -117,7 +119,7 @@ def open_store(settings: Settings) -> GalleryStore:
             settings.encryption_key_file,
             settings.encryption_old_keys.get_secret_value(),
         )
-        store.sealed = check_keys(store.engine, store.cipher)
+        store.seal_policy = check_keys(store.engine, store.cipher, rotating=rotating)
     except (EncryptionKeyError, OSError) as exc:
         store.close()
         raise NotReady(f"Encryption at rest: {exc}.") from exc

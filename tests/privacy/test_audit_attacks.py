@@ -178,3 +178,58 @@ def test_audit_verify_reports_the_set_aside_lines(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "ok: 1 events chained" in done.stdout  # the dead process's event moved in
     assert "WARNING: 1 spooled lines" in done.stdout and "set aside" in done.stdout
+
+
+def test_a_spooled_line_of_the_wrong_types_is_set_aside_and_the_rest_goes_in_once(
+    fake_client: TestClient, tmp_path: Path
+) -> None:
+    """Valid JSON with the right field names but a dict for its subjects (or a huge
+    status, or a date in the future) failed the insert every turn: the events before it
+    went in again each time, those after it never."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    spool = tmp_path / f"audit-spool-{int(dead.stdout)}.jsonl"
+    future = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    spool.write_text(
+        _spooled_line("good-1")
+        + _spooled_line("evil-1", subjects={"x": 1})
+        + _spooled_line("evil-2", status=2**70)
+        + _spooled_line("evil-3", at=future)
+        + _spooled_line("evil-4", score="abc")
+        + _spooled_line("good-2")
+    )
+    trail: AuditTrail = fake_client.app.state.audit  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 15
+    while spool.exists() or list(tmp_path.glob("audit-spool-*.draining")):
+        assert time.monotonic() < deadline, "the spool was not drained"
+        time.sleep(0.3)
+    time.sleep(1.5)  # a few more sealer turns: nothing goes in twice
+    ids = [e["request_id"] for e in trail.export()]
+    assert ids.count("good-1") == 1 and ids.count("good-2") == 1, ids
+    assert not [i for i in ids if i.startswith("evil")]
+    status = trail.spool_status()
+    assert status is not None and status.rejected == 4 and status.pending == 0
+    assert trail.verify().ok
+
+
+def test_the_cli_reads_a_subject_id_as_the_api_does(tmp_path: Path) -> None:
+    from tests.privacy.test_privacy_attacks import cli
+
+    exported = cli(tmp_path, "subjects", "export", "ｅｘｐ", "-")
+    assert exported.returncode == 2  # not there yet
+    from app.gallery.store import GalleryStore
+
+    store = GalleryStore.open(f"sqlite:///{tmp_path / 'faceverify.db'}")
+    from tests.fakes import unit_vector
+
+    store.import_faces(collection="default", subject_ids=["exp"], embeddings=unit_vector(1)[None],
+                       encoder="fake", pipeline_version="x")  # fmt: skip
+    store.close()
+    exported = cli(tmp_path, "subjects", "export", "ｅｘｐ", "-")
+    assert exported.returncode == 0 and '"subject_id": "exp"' in exported.stdout, exported.stderr
+    deleted = cli(tmp_path, "subjects", "delete", "ｅｘｐ")
+    assert deleted.returncode == 0, deleted.stderr

@@ -74,6 +74,16 @@ def test_rotation_rewrites_every_row_with_the_new_key(tmp_path: Path) -> None:
     plain_settings = keyed()
     with run_app(plain_settings) as client:  # written before encryption was turned on
         client.post("/enroll", data={"subject_id": "pre"}, files={"image": fake_image(face(3))})
+    # A key beside plaintext rows: no start until they are sealed (issue 37).
+    with pytest.raises(NotReady, match="1 faces are stored in plaintext"):
+        open_store(keyed(old))
+    sealed = subprocess.run(
+        [faceverify, "encryption", "rotate"],
+        env={**env, "FACEVERIFY_ENCRYPTION_KEY": old},
+        capture_output=True,
+        text=True,
+    )
+    assert "1 of them were stored in plaintext" in sealed.stdout, sealed.stderr
     with run_app(keyed(old)) as client:
         client.post("/enroll", data={"subject_id": "ann"}, files={"image": fake_image(face(1))})
     rotated = subprocess.run(
@@ -172,42 +182,62 @@ def test_a_wrong_or_missing_key_stops_the_start_and_changes_nothing(tmp_path: Pa
 def test_a_row_moved_to_another_subject_or_slipped_in_plain_does_not_match(
     tmp_path: Path,
 ) -> None:
+    import sqlite3
+
+    from tests.fakes import unit_vector
+
     key = new_key()
+    env = {"FACEVERIFY_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin",
+           "FACEVERIFY_ENCRYPTION_KEY": key}  # fmt: skip
+    faceverify = str(Path(sys.executable).with_name("faceverify"))
     with run_app(_keyed(tmp_path, key)) as client:
         client.post("/enroll", data={"subject_id": "ann"}, files={"image": fake_image(face(1))})
         client.post("/enroll", data={"subject_id": "bob"}, files={"image": fake_image(face(2))})
-    import sqlite3
-
     with sqlite3.connect(tmp_path / "faceverify.db") as conn:
-        # The attacker moves ann's row to bob, and slips a plain row of face 3 to carl.
+        # The attacker moves ann's row to bob, slips a plain row of face 3 into bob, and
+        # clears the gallery's sealed flag.
         conn.execute("UPDATE faces SET subject_id = 'bob' WHERE subject_id = 'ann'")
-        conn.execute(
-            "INSERT INTO subjects (collection_id, id, created_at) "
-            "VALUES ('default', 'carl', '2026-01-01')"
-        )
         template = conn.execute("SELECT * FROM faces LIMIT 1").fetchone()
         columns = [c[1] for c in conn.execute("PRAGMA table_info(faces)")]
         row = dict(zip(columns, template, strict=True))
-        from tests.fakes import unit_vector
-
-        row.update(id="forged", subject_id="carl", key_id=None, embedding=unit_vector(3).tobytes())
+        row.update(id="forged", subject_id="bob", key_id=None, embedding=unit_vector(3).tobytes())
         conn.execute(
             f"INSERT INTO faces ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
             list(row.values()),
         )
+        conn.execute("UPDATE gallery_state SET sealed = 0")
+    # A plaintext row beside the key: no start; the rotation leaves it, names it, and
+    # deletes it when told to (it never seals it into a real one).
+    with pytest.raises(NotReady, match="stored in plaintext"):
+        open_store(_keyed(tmp_path, key))
+    rotate = [faceverify, "encryption", "rotate"]
+    left = subprocess.run(rotate, env=env, capture_output=True, text=True)
+    assert left.returncode == 1 and "forged" in left.stderr, left.stderr
+    deleted = subprocess.run([*rotate, "--delete-left"], env=env, capture_output=True, text=True)
+    assert deleted.returncode == 0 and "deleted 1 rows" in deleted.stdout, deleted.stderr
     with run_app(_keyed(tmp_path, key)) as client:
         r = client.post("/verify", data={"subject_id": "bob"}, files={"image": fake_image(face(1))})
-        assert r.json()["match"] is False, r.text  # ann's face no longer counts as bob's
-        r = client.post(
-            "/verify", data={"subject_id": "carl"}, files={"image": fake_image(face(3))}
-        )
+        assert r.json().get("match") is not True, r.text  # ann's face is not bob's
+        r = client.post("/verify", data={"subject_id": "bob"}, files={"image": fake_image(face(3))})
         assert r.json().get("match") is not True, r.text
         service = client.app.state.service  # type: ignore[attr-defined]
         assert service.index_ready.wait(30)
         r = client.post("/identify", files={"image": fake_image(face(1))}).json()
-        assert all(c["distance"] > 0.1 for c in r["candidates"]), r  # the moved row is out
-        r = client.post("/identify", files={"image": fake_image(face(3))}).json()
-        assert all(c["subject_id"] != "carl" for c in r["candidates"]), r
+        assert all(c["distance"] > 0.1 for c in r["candidates"]), r
+        kinds = {e["action"] for e in client.get("/audit?subject=bob").json()["items"]}
+        assert "delete_face" in kinds
+
+
+def test_a_gallery_state_cleared_beside_sealed_rows_stops_the_start(tmp_path: Path) -> None:
+    import sqlite3
+
+    key = new_key()
+    with run_app(_keyed(tmp_path, key)) as client:
+        client.post("/enroll", data={"subject_id": "ann"}, files={"image": fake_image(face(1))})
+    with sqlite3.connect(tmp_path / "faceverify.db") as conn:
+        conn.execute("UPDATE gallery_state SET key_ids = NULL")
+    with pytest.raises(NotReady, match="changed outside faceverify"):
+        open_store(_keyed(tmp_path, key))
 
 
 def test_with_a_key_no_index_snapshot_holds_an_embedding(tmp_path: Path) -> None:
