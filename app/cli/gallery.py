@@ -23,21 +23,25 @@ CollectionOption = Annotated[
     str, typer.Option(help="The collection to import into / export from (created if new).")
 ]
 
+# The consent every subject a bulk command creates gave (`enroll DIR`, `gallery import`).
+ConsentReferenceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The consent every subject it creates gave (your document id or version); a "
+        "collection that requires consent needs it."
+    ),
+]
+ConsentGivenAtOption = Annotated[
+    str | None, typer.Option(help="When they gave it (ISO 8601; default now).")
+]
+
 
 @gallery_cli.command("import")
 def gallery_import(
     file: Annotated[Path, typer.Argument(help=".jsonl or .npz (see docs/SCALING.md).")],
     collection: CollectionOption = "default",
-    consent_reference: Annotated[
-        str | None,
-        typer.Option(
-            help="The consent every subject the file creates gave (your document id or "
-            "version); a collection that requires consent needs it."
-        ),
-    ] = None,
-    consent_given_at: Annotated[
-        str | None, typer.Option(help="When they gave it (ISO 8601; default now).")
-    ] = None,
+    consent_reference: ConsentReferenceOption = None,
+    consent_given_at: ConsentGivenAtOption = None,
 ) -> None:
     """Add the faces of a file to a collection: all of them or, on any bad line, none.
     Where /enroll would refuse, so does the import: new subjects of a collection that
@@ -140,16 +144,8 @@ def enroll(
             "these photos, delete its faces of other recipes (e.g. enrolled before templates)."
         ),
     ] = False,
-    consent_reference: Annotated[
-        str | None,
-        typer.Option(
-            help="The consent every subject of the folder gave (your document id or "
-            "version); a collection that requires consent needs it."
-        ),
-    ] = None,
-    consent_given_at: Annotated[
-        str | None, typer.Option(help="When they gave it (ISO 8601; default now).")
-    ] = None,
+    consent_reference: ConsentReferenceOption = None,
+    consent_given_at: ConsentGivenAtOption = None,
 ) -> None:
     """Enroll a folder of photos in bulk, with /enroll's rules; safe to re-run."""
     from tqdm import tqdm

@@ -253,31 +253,25 @@ def test_an_idempotency_replay_with_a_changed_expiry_or_consent_is_refused(
 ) -> None:
     c = fake_client
     c.patch("/collections/default", json={"consent_required": True})
-    image = {"image": fake_image(face(1))}
+
+    def send(**fields: str):
+        return c.post(
+            "/enroll",
+            data={"subject_id": "ann", **fields},
+            files={"image": fake_image(face(1))},
+            headers={"Idempotency-Key": "k1"},
+        )
+
     consent = '{"reference": "v1", "given_at": "2026-12-01T00:00:00Z"}'
-    first = c.post(
-        "/enroll",
-        data={"subject_id": "ann", "consent": consent},
-        files=image,
-        headers={"Idempotency-Key": "k1"},
-    )
-    assert first.status_code == 201
-    other = '{"reference": "v2", "given_at": "2026-12-01T00:00:00Z"}'
-    r = c.post(
-        "/enroll",
-        data={"subject_id": "ann", "consent": other},
-        files=image,
-        headers={"Idempotency-Key": "k1"},
-    )
-    assert r.status_code == 422 and r.json()["code"] == "idempotency_key_reused", r.text
+    assert send(consent=consent).status_code == 201
     later = (datetime.now(UTC) + timedelta(days=30)).isoformat()
-    r = c.post(
-        "/enroll",
-        data={"subject_id": "ann", "consent": consent, "expires_at": later},
-        files=image,
-        headers={"Idempotency-Key": "k1"},
-    )
-    assert r.status_code == 422 and r.json()["code"] == "idempotency_key_reused", r.text
+    for changed in (
+        {"consent": '{"reference": "v2", "given_at": "2026-12-01T00:00:00Z"}'},
+        {"consent": consent, "expires_at": later},
+    ):
+        r = send(**changed)
+        assert r.status_code == 422 and r.json()["code"] == "idempotency_key_reused", r.text
+    assert send(consent=consent).headers.get("idempotent-replayed") == "true"
 
 
 def test_a_retry_with_another_key_of_the_collection_stores_nothing_twice(
