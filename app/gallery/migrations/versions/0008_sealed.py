@@ -1,4 +1,4 @@
-"""Which keys a gallery's embeddings are sealed with (issue 37).
+"""Which keys the gallery is sealed with, and its plaintext rows indexed (issue 37).
 
 - gallery_state.key_ids: a JSON list of the key ids some embedding is sealed with, so a
   start with a wrong or missing key is refused before anything is read or written.
