@@ -21,7 +21,7 @@ from app.api.inputs import json_depth, parse_json
 from app.errors import InvalidRequest
 from app.gallery.ids import NAME_MAX, nfkc, not_only_dots, one_script
 from app.gallery.models import COLLECTION_ID_PATTERN, SUBJECT_ID_MAX, SUBJECT_ID_PATTERN
-from app.gallery.records import CONSENT_SKEW
+from app.gallery.records import consent_not_ahead
 from app.geometry import Box
 
 # Metadata is a small record about a person, not a document.
@@ -77,12 +77,6 @@ def _aware_utc(value: datetime) -> datetime:
 AwareTime = Annotated[datetime, AfterValidator(_aware_utc)]
 
 
-def _not_ahead(value: datetime) -> datetime:
-    if value > datetime.now(UTC) + CONSENT_SKEW:
-        raise ValueError("consent cannot be given in the future")
-    return value
-
-
 class ConsentIn(BaseModel):
     """The person's consent as the caller records it (issue 27; BIPA's written release)."""
 
@@ -93,7 +87,7 @@ class ConsentIn(BaseModel):
         pattern=r"^[^\x00-\x1f\x7f]+$",
         description="Your record of it: a document id, a form version, a signature id.",
     )
-    given_at: Annotated[AwareTime, AfterValidator(_not_ahead)] = Field(
+    given_at: Annotated[AwareTime, AfterValidator(consent_not_ahead)] = Field(
         description="When the person gave it (ISO 8601; not in the future)."
     )
 

@@ -209,3 +209,10 @@ def checked_consent(consent: Consent, now: datetime) -> Consent:
     if not consent.reference.strip() or len(consent.reference) > 256:
         raise ValueError("consent.reference is 1 to 256 characters")
     return consent
+
+
+def consent_not_ahead(given_at: datetime) -> datetime:
+    """A consent time no later than now (the API's validator); else ValueError."""
+    if _aware(given_at) > datetime.now(UTC) + CONSENT_SKEW:
+        raise ValueError("consent cannot be given in the future")
+    return given_at

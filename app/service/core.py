@@ -24,7 +24,6 @@ from app.face.pipeline import FacePipeline
 from app.face.recipes import Recipes
 from app.face.timing import Timings
 from app.face.views import FAST, curve_for, versioned
-from app.gallery.audit import note
 from app.gallery.index import SubjectHit
 from app.gallery.records import Consent
 from app.gallery.search import GallerySearch, MemorySearch
@@ -451,17 +450,14 @@ class FaceService(GalleryRecords, Probes):
         fpir: float | None = None,
     ) -> IdentifyResult:
         """Identify with a stored face instead of a photo (AWS SearchFaces): the nearest
-        subjects to it, the face itself left out (its subject's other faces count)."""
+        subjects to it, the face itself left out; its owner is used too (issue 37)."""
         timings = Timings()
         target = self.rates.identify_fpir(collection, fpir)
         with timings.measure("search_ms"):
             owner, embedding = self.store.face_embedding(
                 collection=collection, face_id=face_id, encoders=self.pipeline.compatible
             )
-            # The probe's owner is used too: named in the event, and refused once past
-            # its retention, as verify refuses it (issue 37).
-            note(subjects=[owner], detail={"face_id": face_id, "probe_subject": owner})
-            self.retention.check(collection, owner)
+            self.retention.check_probe(collection, owner, face_id)
             k = top_k or self.settings.identify_top_k
             fetch = max(k, NEIGHBOURS)
             found, size = self.search.search(collection, embedding, fetch, exclude=face_id)
@@ -472,10 +468,10 @@ class FaceService(GalleryRecords, Probes):
                 fetch,
             )
             query_recipe = self.face_recipes.of(collection, [face_id]).get(face_id, FAST)
-        result = self._scored_candidates(
+        found_ = self._scored_candidates(
             collection, None, query_recipe, hits, size, prior, timings, k, target
         )
-        return replace(result, probe_subject=owner)
+        return replace(found_, probe_subject=owner)
 
     # ---- calibration -----------------------------------------------------------------
     def curve(self, name: str) -> Calibration:

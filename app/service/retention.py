@@ -32,7 +32,7 @@ from app.errors import (
     SubjectExpired,
     SubjectNotFound,
 )
-from app.gallery.audit import AuditDraft
+from app.gallery.audit import AuditDraft, note
 from app.gallery.index import SubjectHit
 from app.gallery.records import CollectionPolicy, Consent, SubjectTimes, _aware, due_at
 from app.gallery.search import GallerySearch
@@ -129,6 +129,12 @@ class Retention:
                 subject_id=subject_id,
                 due_at=due.isoformat(),
             )
+
+    def check_probe(self, collection: str, subject_id: str, face_id: str) -> None:
+        """A search by a stored face uses its owner's data: the owner is named in the
+        event, and refused past its retention as verify refuses it (issue 37)."""
+        note(subjects=[subject_id], detail={"face_id": face_id, "probe_subject": subject_id})
+        self.check(collection, subject_id)
 
     def used(self, collection: str, subject_id: str) -> None:
         """A successful verify: restart the subject's retention clock. Written by
