@@ -48,6 +48,7 @@ table (app/api/problems.py); nothing here knows HTTP.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any
 
 from app.geometry import Box
@@ -245,6 +246,15 @@ class SubjectExpired(NotFoundError):
 
     subject_id: str
     due_at: str
+
+    @classmethod
+    def for_subject(cls, subject_id: str, due: datetime) -> SubjectExpired:
+        return cls(
+            f"Subject {subject_id!r} is past its retention (due {due.isoformat()}): it no "
+            "longer matches and is deleted at the next purge.",
+            subject_id=subject_id,
+            due_at=due.isoformat(),
+        )
 
 
 @dataclass(eq=False, kw_only=True)

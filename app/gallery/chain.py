@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.gallery.audit import link
 from app.gallery.models import AuditEvent, AuditHead
+from app.gallery.records import _aware
 
 # An event dated more than this before one chained ahead of it was backdated (issue
 # 37). Events are chained in the order they are written, each dated as it is written;
@@ -111,11 +112,6 @@ def verify_chain(engine: Engine, *, expect: tuple[int, str] | None = None) -> Ve
         if expect is not None and expect[0] > expected - 1:
             return verdict(f"the chain ends before position {expect[0]}")
         return verdict()
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands times back naive (stored as UTC).
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _dated_in_order(

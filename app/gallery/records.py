@@ -204,15 +204,14 @@ def checked_retention_days(value: object) -> int | None:
 def checked_consent(consent: Consent, now: datetime) -> Consent:
     """``consent`` if it was given no later than now; else ValueError (issue 37: a
     consent dated 2999 was stored)."""
-    if _aware(consent.given_at) > now + CONSENT_SKEW:
-        raise ValueError("consent.given_at is in the future")
+    consent_not_ahead(consent.given_at, now)
     if not consent.reference.strip() or len(consent.reference) > 256:
         raise ValueError("consent.reference is 1 to 256 characters")
     return consent
 
 
-def consent_not_ahead(given_at: datetime) -> datetime:
-    """A consent time no later than now (the API's validator); else ValueError."""
-    if _aware(given_at) > datetime.now(UTC) + CONSENT_SKEW:
+def consent_not_ahead(given_at: datetime, now: datetime | None = None) -> datetime:
+    """A consent time no later than ``now`` (the API's validator); else ValueError."""
+    if _aware(given_at) > (now or datetime.now(UTC)) + CONSENT_SKEW:
         raise ValueError("consent cannot be given in the future")
     return given_at

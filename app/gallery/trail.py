@@ -43,6 +43,7 @@ from app.errors import DatabaseBusy
 from app.gallery.audit import AuditDraft, link, now, public, stage
 from app.gallery.chain import Verdict, verify_chain
 from app.gallery.models import AuditEvent, AuditHead
+from app.gallery.records import _aware
 from app.gallery.spool import AuditSpool, SpoolStatus
 
 log = logging.getLogger("faceverify.audit")
@@ -104,9 +105,6 @@ class AuditTrail:
         self.engine = engine
         self.fsync = fsync
         self._writer = _writer_engine(engine, fsync)
-        # The spool's drain: whole transactions (a file's events go in together or not
-        # at all) that give up quickly when SQLite is busy.
-        self._drainer = _drain_engine(engine, fsync)
         # SQLite: where read events wait while another writer holds the lock (spool.py).
         database = engine.url.database if engine.dialect.name == "sqlite" else None
         self._spool = (
@@ -114,6 +112,9 @@ class AuditTrail:
             if database and database != ":memory:"
             else None
         )
+        # The spool's drain: whole transactions (a file's events go in together or not
+        # at all) that give up quickly when SQLite is busy.
+        self._drainer = _drain_engine(engine, fsync) if self._spool is not None else None
         self._busy_until = 0.0
         self._queue: queue.SimpleQueue[tuple[dict[str, Any], Done] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -135,7 +136,8 @@ class AuditTrail:
             thread.join(timeout=10)
         self._threads.clear()
         self._writer.dispose()
-        self._drainer.dispose()
+        if self._drainer is not None:
+            self._drainer.dispose()
 
     def submit(self, row: dict[str, Any], done: Done) -> None:
         """Write ``row`` with the next group commit; ``done(None)`` once it is committed,
@@ -223,6 +225,7 @@ class AuditTrail:
 
     def _insert_quickly(self, rows: list[dict[str, Any]]) -> None:
         """``rows`` in one transaction, waiting WRITER_BUSY_SECONDS at most for the lock."""
+        assert self._drainer is not None  # only with a spool
         with self._drainer.begin() as conn:
             conn.execute(insert(AuditEvent), rows)
 
@@ -376,11 +379,6 @@ class AuditTrail:
                 draft=draft or AuditDraft("audit_prune", request_id="retention"),
             )
         return int(removed)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands times back naive (stored as UTC).
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _drain_engine(engine: Engine, fsync: bool) -> Engine:

@@ -400,12 +400,7 @@ def _apply_subject_rules(
         times = SubjectTimes(subject.created_at, subject.last_used_at, subject.expires_at)
         due = due_at(times, collection_row.retention_days)
         if due is not None and moment >= due:
-            raise SubjectExpired(
-                f"Subject {subject.id!r} is past its retention (due {due.isoformat()}): it "
-                "no longer matches and is deleted at the next purge.",
-                subject_id=subject.id,
-                due_at=due.isoformat(),
-            )
+            raise SubjectExpired.for_subject(subject.id, due)
     if consent is not None:
         try:
             subject.consent = checked_consent(consent, moment).as_json()

@@ -123,12 +123,7 @@ class Retention:
         """SubjectExpired if the subject is due."""
         due = self.expired(collection, [subject_id]).get(subject_id)
         if due is not None:
-            raise SubjectExpired(
-                f"Subject {subject_id!r} is past its retention (due {due.isoformat()}): it "
-                "no longer matches and is deleted at the next purge.",
-                subject_id=subject_id,
-                due_at=due.isoformat(),
-            )
+            raise SubjectExpired.for_subject(subject_id, due)
 
     def check_probe(self, collection: str, subject_id: str, face_id: str) -> None:
         """A search by a stored face uses its owner's data: the owner is named in the
