@@ -27,10 +27,14 @@ from pathlib import Path
 
 from app.errors import FaceVerifyError, SubjectNotFound, error_code
 from app.face.views import recipe_of
-from app.gallery.audit import AuditDraft, current_audit
+from app.gallery import Consent
 from app.gallery.ids import check_stored_subject_id
-from app.gallery.records import Consent
+from app.privacy.events import AuditDraft, current_audit
 from app.service import FaceService
+from app.settings import Settings
+
+# The photo size cap's default (FACEVERIFY_MAX_UPLOAD_BYTES).
+UPLOAD_CAP: int = Settings.model_fields["max_upload_bytes"].default
 
 PHOTO_SUFFIXES = {
     ".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".gif", ".tif", ".tiff",
@@ -129,10 +133,12 @@ def enroll_folder(
     progress: Callable[[int], None] | None = None,
     upgrade: bool = False,
     consent: Consent | None = None,
+    max_bytes: int = UPLOAD_CAP,
 ) -> list[PhotoOutcome]:
+    """``max_bytes``: the largest photo read (FACEVERIFY_MAX_UPLOAD_BYTES)."""
     subjects = subjects_in(folder)
-    current = service.pipeline.template
-    max_bytes = service.settings.max_upload_bytes
+    current = service.names().template
+    audited = service.audit_trail() is not None
 
     def one_subject(item: tuple[str, list[Path]]) -> list[PhotoOutcome]:
         subject_id, photos = item
@@ -152,7 +158,7 @@ def enroll_folder(
         outcomes = []
         for photo in photos:
             # Each stored photo's event goes in with its faces (the trail on).
-            if service.audit is not None:
+            if audited:
                 current_audit.set(
                     AuditDraft("enroll", request_id="cli", success_status=0, client="cli")
                 )

@@ -24,11 +24,11 @@ import numpy as np
 
 from app.evaluation import Embedded, embed_images, served_recipes
 from app.face.views import FAST, curve_for
-from app.gallery.index import ExactIndex
 from app.scoring.calibration import Calibration
 from app.scoring.openset import NEIGHBOURS
 from app.service.decisions import Decisions
 from app.settings import Settings
+from app.vectors.index import ExactIndex
 
 TARGETS = (0.01, 0.001)
 

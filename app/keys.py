@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.errors import Forbidden, Unauthorized
-from app.gallery.audit import stage
+from app.gallery import Database, Sealing
 from app.gallery.models import (
     COLLECTION_ID_PATTERN,
     DEFAULT_COLLECTION,
@@ -34,6 +33,8 @@ from app.gallery.models import (
     DeletedCollection,
     RevokedEnvKey,
 )
+from app.gallery.unit import transaction
+from app.privacy import events
 
 SCOPES = ("enroll", "verify", "admin")
 KEY_PREFIX = "fv_"
@@ -115,8 +116,9 @@ def parse_env_keys(text: str) -> dict[str, Principal]:
 
 
 class KeyStore:
-    def __init__(self, engine: Engine, env_keys: dict[str, Principal]) -> None:
-        self.engine = engine
+    def __init__(self, database: Database, env_keys: dict[str, Principal]) -> None:
+        self.database = database
+        self.engine = database.engine
         self.env_keys = env_keys
 
     def create(
@@ -136,20 +138,20 @@ class KeyStore:
             collection_id=bound,
             created_at=datetime.now(UTC),
         )
-        with Session(self.engine) as session, session.begin():
+        event = events.entry()
+        with transaction(self.database, Sealing(), None, audit=event, versioned=False) as tx:
+            session = tx.session
             if bound is not None and session.get(Collection, bound) is None:
                 # An admin asking for a key of a deleted collection creates it again.
                 session.add(Collection(id=bound, created_at=datetime.now(UTC)))
                 session.execute(delete(DeletedCollection).where(DeletedCollection.id == bound))
             session.add(row)
             session.flush()
-            stage(
-                session,
-                collection=bound,
-                subjects=[],
-                detail={"new_key_id": row.id, "scopes": row.scopes},
+            event.about(
+                collection=bound, subjects=[], detail={"new_key_id": row.id, "scopes": row.scopes}
             )
-            return key, _record(row)
+            record = _record(row)
+        return key, record
 
     def list(self) -> list[KeyRecord]:
         with Session(self.engine) as session:
@@ -157,15 +159,18 @@ class KeyStore:
             return [_record(r) for r in rows]
 
     def revoke(self, *, key_id: str) -> bool:
-        with Session(self.engine) as session, session.begin():
-            result = session.execute(
+        event = events.entry()
+        with transaction(self.database, Sealing(), None, versioned=False) as tx:
+            result = tx.session.execute(
                 update(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=datetime.now(UTC))
             )
-            if result.rowcount:  # type: ignore[attr-defined]
-                stage(session, collection=None, subjects=[], detail={"revoked_key_id": key_id})
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            revoked = bool(result.rowcount)  # type: ignore[attr-defined]
+            if revoked:  # only a revocation is an event of its own
+                event.about(collection=None, subjects=[], detail={"revoked_key_id": key_id})
+                tx.join(event)
+        return revoked
 
     def env_key_revoked(self, hashed: str) -> bool:
         # On every request with an environment key: a Core query, not the ORM's

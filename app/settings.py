@@ -44,17 +44,17 @@ class Settings(BaseSettings):
     # the database server has the memory.
     pgvector_build_memory_mb: int = Field(2048, ge=64)
     # How wide pgvector's HNSW search looks (hnsw.ef_search, 1-1000). 0: by the graph's
-    # size, 200 up to 1.5M faces and in proportion past it (app/gallery/pgvector.py);
+    # size, 200 up to 1.5M faces and in proportion past it (app/vectors/pgvector/sql.py);
     # wider is slower and finds the true nearest face more often.
     pgvector_ef_search: int = Field(0, ge=0, le=1000)
     # The in-memory index. ann: compact rows (~690 B a face against ~1.6 KB) searched
     # exactly below ANN_EXACT_BELOW faces a collection, by FAISS IVF-SQ8 candidates
-    # re-ranked exactly above (app/gallery/ann.py); exact: a plain matrix, always exact.
+    # re-ranked exactly above (app/vectors/ann.py); exact: a plain matrix, always exact.
     memory_index: Literal["ann", "exact"] = "ann"
     ann_exact_below: int = Field(1_000_000, ge=0)
     # Where the in-memory (ann) index of a large gallery is saved, so the worker
     # processes of one machine share one memory-mapped copy and a restart opens it
-    # instead of rebuilding (app/gallery/snapshot.py). Default <data_dir>/index.
+    # instead of rebuilding (app/vectors/snapshot.py). Default <data_dir>/index.
     index_dir: Path | None = None
     # Galleries with fewer faces are not saved (they load from the database in ~1 s).
     index_snapshot_min_faces: int = Field(200_000, ge=1)

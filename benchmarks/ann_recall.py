@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from app.gallery.ann import AnnIndex
-from app.gallery.index import ExactIndex
+from app.vectors.ann import AnnIndex
+from app.vectors.index import ExactIndex
 
 
 def rss_mb() -> float:

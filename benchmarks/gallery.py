@@ -25,8 +25,8 @@ from typing import Any
 import httpx2
 import numpy as np
 
-from app.gallery.ann import AnnIndex
-from app.gallery.store import GalleryStore
+from app.gallery import Gallery
+from app.vectors.ann import AnnIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic import generate  # noqa: E402
@@ -164,8 +164,8 @@ def main() -> None:
         ]
 
         # Recall: identify by stored face over HTTP against exact search in this process.
-        store = GalleryStore(url_db)
-        rows = store.load_embeddings(dim=128)
+        store = Gallery(url_db)
+        rows = store.faces.load(dim=128)
         store.close()
         # Exact search with numpy rows (AnnIndex never approximates below exact_below):
         # ExactIndex's per-face dictionaries would not fit beside a 10M-face server.

@@ -18,9 +18,8 @@ import time
 
 import numpy as np
 
-from app.gallery import pgvector
-from app.gallery.ann import AnnIndex
-from app.gallery.store import GalleryStore
+from app.gallery import Gallery, pgvector
+from app.vectors.ann import AnnIndex
 
 
 def main() -> None:
@@ -31,8 +30,8 @@ def main() -> None:
     parser.add_argument("--collection", default="default")
     parser.add_argument("--encoder", default="dlib_resnet_v1")
     args = parser.parse_args()
-    store = GalleryStore(args.database_url)
-    rows = store.load_embeddings(dim=128)
+    store = Gallery(args.database_url)
+    rows = store.faces.load(dim=128)
     encoders = [args.encoder]
     exact = AnnIndex(128, exact_below=2**62)  # numpy rows, always exact
     exact.add(rows.face_ids, rows.subject_ids, rows.matrix)
@@ -40,11 +39,11 @@ def main() -> None:
     probes = [(rows.face_ids[i], rows.matrix[i].copy()) for i in picks]
     want = [exact.search(q, 1, exclude=f)[0].subject_id for f, q in probes]
     del rows, exact
-    auto = pgvector.ef_search_for(pgvector.graph_size(store.engine))
+    auto = pgvector.ef_search_for(pgvector.graph_size(store.database.engine))
     for ef in (auto if x == "auto" else int(x) for x in args.ef.split(",")):
         search = functools.partial(
             pgvector.search,
-            store.engine,
+            store.database.engine,
             collection=args.collection,
             k=5,
             encoders=encoders,

@@ -27,9 +27,9 @@ SHAPE = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "lfw_de
 
 
 def fit(db: Path, out: Path = SHAPE) -> None:
-    from app.gallery.store import GalleryStore
+    from app.gallery import Gallery
 
-    rows = GalleryStore(f"sqlite:///{db}").load_embeddings(dim=128)
+    rows = Gallery(f"sqlite:///{db}").load_embeddings(dim=128)
     subjects = np.asarray(rows.subject_ids)
     x = rows.matrix.astype(np.float64)
     names, inverse, sizes = np.unique(subjects, return_inverse=True, return_counts=True)

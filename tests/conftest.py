@@ -34,7 +34,7 @@ def settings(tmp_path: Path) -> Settings:
 def fake_service(settings: Settings) -> Iterator[FaceService]:
     service = make_fake_service(settings)
     yield service
-    service.store.close()
+    service.close()
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def real_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaceServi
     """The real dlib models, loaded once for the session, on a fresh SQLite file."""
     service, _ = build_service(Settings(data_dir=tmp_path_factory.mktemp("real")))
     yield service
-    service.store.close()
+    service.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,23 @@ import struct
 import uuid
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
-from app.gallery.search import PgvectorSearch
+from app.gallery import Gallery, IdempotencyClaim
+from app.privacy.erasure import Erasure
 from app.scoring.calibration import Calibration
 from app.service import FaceService
-from app.service.build import open_store
+from app.service.build import open_gallery, vector_backend
+from app.service.collections import Collections
+from app.service.enroll import NewEnrollment, write_enrollment
+from app.service.records import SubjectRecords
 from app.settings import Settings
 from tests.fakes import fake_pipeline
 
@@ -65,32 +72,114 @@ def fake_service(
     also_compatible: frozenset[str] = frozenset(),
     pgvector: bool = False,
 ) -> FaceService:
-    """The real service, store and calibration, with the fake detector and encoder;
-    ``pgvector``: search in PostgreSQL (the test database must have the extension).
-    The enrollment quality gate is off: a fake face is a flat colour, which the quality
-    measures read as a featureless blur (tests/face/test_quality.py tests the gate on
-    real photos)."""
+    """The real service, gallery and calibration, with the fake detector and encoder;
+    ``pgvector``: search in PostgreSQL (the test database must have the extension; else
+    an exact index in this process, loaded before this returns). The enrollment quality
+    gate is off: a fake face is a flat colour, which the quality measures read as a
+    featureless blur (tests/face/test_quality.py tests the gate on real photos)."""
     settings = settings.model_copy(update={"enroll_min_quality": 0})
-    store = open_store(settings)  # migrated, with the settings' encryption key
+    gallery = open_gallery(settings)  # migrated, with the settings' encryption key
     pipeline = fake_pipeline(
         max_pixels=settings.max_image_pixels,
         delay=delay,
         also_compatible=also_compatible,
         template_views=settings.template_views,
     )
-    search = None
-    if pgvector:
-        assert store.enable_vectors(dim=128), "pgvector is not available"
-        search = PgvectorSearch(
-            store, encoders=pipeline.compatible, ef_search=settings.pgvector_ef_search
-        )
+    return service_on(
+        settings, gallery, pipeline, vector_search="pgvector" if pgvector else "memory"
+    )
+
+
+def service_on(
+    settings: Settings,
+    gallery: Gallery,
+    pipeline: Any = None,
+    *,
+    background: bool = False,
+    vector_search: str = "memory",
+    memory_index: str = "exact",
+) -> FaceService:
+    """A service on ``gallery`` (the fake pipeline unless one is given), its vector
+    backend picked by build.py as a server's is (an exact index in memory by default,
+    loaded before this returns unless ``background``)."""
+    pipeline = pipeline or fake_pipeline(template_views=settings.template_views)
+    picked = settings.model_copy(
+        update={"vector_search": vector_search, "memory_index": memory_index}
+    )
+    vectors = vector_backend(
+        picked, gallery, dim=pipeline.dim, encoders=pipeline.compatible, background=background
+    )
     return FaceService(
         settings=settings,
         pipeline=pipeline,
-        store=store,
+        gallery=gallery,
         calibration=Calibration.load(settings.resolved_calibration_file()),
-        search=search,
+        vectors=vectors,
     )
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A service's parts, as a test looks at them (the application never does: it calls
+    the service's methods)."""
+
+    settings: Settings
+    pipeline: Any
+    gallery: Gallery
+    calibration: Calibration
+    vectors: Any
+    retention: Any
+    audit: Any
+    erasure: Erasure
+    probes: Any
+
+
+def parts(service: FaceService) -> Parts:
+    return Parts(
+        service._settings,  # noqa: SLF001 - a test's look inside
+        service._pipeline,  # noqa: SLF001
+        service._gallery,  # noqa: SLF001
+        service._calibration,  # noqa: SLF001
+        service._vectors,  # noqa: SLF001
+        service._retention,  # noqa: SLF001
+        service._audit,  # noqa: SLF001
+        service._erasure,  # noqa: SLF001
+        service._probes,  # noqa: SLF001
+    )
+
+
+def add_faces(
+    gallery: Gallery,
+    *,
+    idempotency: IdempotencyClaim | None = None,
+    now: datetime | None = None,
+    **new: Any,
+) -> tuple[list[Any], Any, int]:
+    """An enrollment's write (app/service/enroll.py), as the tests of the gallery make
+    one: the stored faces, the subject and the version written."""
+    return write_enrollment(gallery, NewEnrollment(**new), claim=idempotency, now=now)
+
+
+def delete_subject(gallery: Gallery, *, collection: str, subject_id: str) -> tuple[list[str], int]:
+    """Delete a subject in one transaction: its face ids and the version written."""
+    with gallery.transaction() as tx:
+        face_ids = tx.subjects.delete(collection, subject_id)
+    return face_ids, tx.version
+
+
+def delete_face(gallery: Gallery, *, collection: str, subject_id: str, face_id: str) -> int:
+    with gallery.transaction() as tx:
+        tx.faces.delete(collection, subject_id, face_id)
+    return tx.version
+
+
+def collections(gallery: Gallery) -> Collections:
+    """The collection use cases on ``gallery`` (as the command line has them)."""
+    return Collections(gallery, Erasure(gallery.database))
+
+
+def subject_records(gallery: Gallery) -> SubjectRecords:
+    return SubjectRecords(gallery, Erasure(gallery.database))
 
 
 def fresh_postgres_database() -> Iterator[str]:

@@ -23,7 +23,7 @@ def test_the_quality_score_beside_the_encoder_is_not_counted_twice(
     monkeypatch: pytest.MonkeyPatch, cpus: int, other: float
 ) -> None:
     monkeypatch.setattr(bench_http, "usable_cpus", lambda: cpus)
-    row = bench._stage_breakdown([TIMING] * 3, [16.0, 16.0, 16.0])
+    row = bench.stage_breakdown([TIMING] * 3, [16.0, 16.0, 16.0])
     # On 2 cores encode and quality overlap: 13 - (2 + 3 + 1.5 + max(4.5, 1) + 0.5).
     assert row["other_ms"] == other
     assert row["http_ms"] == 3.0 and row["client_p50_ms"] == 16.0
@@ -31,7 +31,7 @@ def test_the_quality_score_beside_the_encoder_is_not_counted_twice(
 
 def test_ours_and_the_baseline_are_timed_in_turns() -> None:
     calls: list[str] = []
-    samples = bench._in_turns(
+    samples = bench.in_turns(
         {"ours": (lambda: calls.append("o"), 6), "baseline": (lambda: calls.append("b"), 2)},
         warmup=1,
     )

@@ -12,6 +12,7 @@ from app.service import FaceService
 from app.settings import Settings
 from tests.fakes import face, fake_image
 from tests.helpers import fake_service as make_fake_service
+from tests.helpers import parts
 
 
 def folder(root: Path) -> Path:
@@ -102,7 +103,13 @@ def test_a_folder_is_not_trusted_links_devices_fifos_and_huge_files_are_refused(
     outcomes: list = []
     worker = threading.Thread(
         target=lambda: outcomes.extend(
-            enroll_folder(service, root, collection="default", workers=2)
+            enroll_folder(
+                service,
+                root,
+                collection="default",
+                workers=2,
+                max_bytes=parts(service).settings.max_upload_bytes,
+            )
         )
     )
     worker.start()

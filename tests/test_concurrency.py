@@ -30,7 +30,7 @@ from app.face.pool import InstancePool
 from app.face.registry import load_checked_weights
 from app.face.timing import Timings
 from app.service import FaceService
-from tests.helpers import AUTH, data
+from tests.helpers import AUTH, data, parts
 from tests.server import serving
 
 pytestmark = pytest.mark.model
@@ -59,11 +59,11 @@ def photo(name: str) -> bytes:
 
 def _answer(service: FaceService, name: str) -> tuple[list[tuple], np.ndarray]:
     timings = Timings()
-    faces = service.pipeline.find_faces(photo(name), timings, views=main_face)
-    embeddings = service.pipeline.embed(faces, timings)
+    faces = parts(service).pipeline.find_faces(photo(name), timings, views=main_face)
+    embeddings = parts(service).pipeline.embed(faces, timings)
     # The main face's template too: its crops and their encoder batch.
     chosen = [f for f in faces if f.views is not None]
-    template = service.pipeline.embed(chosen, timings, thorough=True)
+    template = parts(service).pipeline.embed(chosen, timings, thorough=True)
     # quality.measure runs HOG on each chip (one more dlib detector per thread).
     found = [(f.box, f.detector, f.upsample, quality.measure(f)) for f in faces]
     return found, np.concatenate([embeddings, template])
@@ -174,13 +174,13 @@ def test_concurrent_clients_get_the_answers_computed_alone(tmp_path: Path) -> No
 def test_the_dlib_encoder_under_threads_gives_the_answers_computed_alone(
     real_service: FaceService,
 ) -> None:
-    settings = real_service.settings
+    settings = parts(real_service).settings
     weights = load_checked_weights(settings)
     encoder = DlibEncoder(weights["dlib_resnet_v1"].path)
     timings = Timings()
     chips = []
     for name in ("obama.jpg", "biden.jpg", "hopper.jpg"):
-        chip = real_service.pipeline.find_faces(data(name), timings)[0].chip
+        chip = parts(real_service).pipeline.find_faces(data(name), timings)[0].chip
         assert chip is not None
         chips.append(chip)
     expected = [encoder.encode(c[None])[0] for c in chips]

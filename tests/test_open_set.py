@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from app.errors import RateNotStricter
-from app.gallery.records import NewFace
+from app.gallery import NewFace
 from app.geometry import Box
 from app.service import FaceService
-from tests.helpers import data
+from tests.helpers import add_faces, data, parts
 
 pytestmark = pytest.mark.model
 
@@ -31,7 +31,8 @@ def _crowd_near(
         direction /= np.linalg.norm(direction)
         radius = 0.5 if i == 0 else rng.uniform(0.6, 0.75)
         vector = (centre + radius * direction).astype(np.float32)
-        service.store.add_faces(
+        add_faces(
+            parts(service).gallery,
             collection=collection,
             subject_id=f"crowd-{i}",
             faces=[NewFace(embedding=vector, box=Box(0, 0, 100, 100), detector_score=1.0)],
@@ -54,8 +55,10 @@ def test_identify_names_no_stranger_that_a_1to1_threshold_would(
     scratch = f"{collection}-scratch"
     real_service.create_collection(collection=scratch)
     biden = real_service.enroll(collection=scratch, subject_id="biden", images=[stranger])
-    _, centre = real_service.store.face_embedding(
-        collection=scratch, face_id=biden.faces[0].id, encoders=real_service.pipeline.compatible
+    _, centre = parts(real_service).gallery.faces.embedding(
+        collection=scratch,
+        face_id=biden.faces[0].id,
+        encoders=parts(real_service).pipeline.compatible,
     )
     _crowd_near(real_service, collection, centre, (face.encoder, face.pipeline_version), 299)
 

@@ -15,7 +15,7 @@ from app.face.recipes import Recipes
 from app.scoring.pairs import Pair
 from app.service import FaceService, build_service
 from app.settings import Settings
-from tests.helpers import DATA
+from tests.helpers import DATA, parts
 
 # A genuine pair, a far impostor, and genuine pairs with a small or rotated photo.
 PAIRS = [
@@ -34,7 +34,7 @@ def always_mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaceSe
     settings = Settings(data_dir=tmp_path_factory.mktemp("mirror"), mirror_margin=1.9)
     service, _ = build_service(settings)
     yield service
-    service.store.close()
+    service.close()
 
 
 def _pairs() -> list[Pair]:
@@ -42,7 +42,11 @@ def _pairs() -> list[Pair]:
 
 
 def _evaluated(service: FaceService, mode: str) -> list[float]:
-    recipes = Recipes(service.pipeline, service.settings.threshold, service.settings.mirror_margin)
+    recipes = Recipes(
+        parts(service).pipeline,
+        parts(service).settings.threshold,
+        parts(service).settings.mirror_margin,
+    )
     pairs = _pairs()
     paths: list[Path] = [p.a for p in pairs] + [p.b for p in pairs]
     embedded = embed_images(recipes, paths, templates=True, progress=False)

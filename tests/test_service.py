@@ -26,6 +26,7 @@ from app.service import CommitGate, FaceService, commit_gate
 from app.settings import Settings
 from tests.fakes import face, fake_image
 from tests.helpers import fake_service as _fake_service
+from tests.helpers import parts, service_on
 
 
 def test_enroll_then_verify_same_and_different_person(fake_service: FaceService) -> None:
@@ -94,7 +95,7 @@ def test_small_faces_are_refused_at_enrollment(fake_service: FaceService) -> Non
 def test_verify_unknown_subject_costs_no_inference(fake_service: FaceService) -> None:
     with pytest.raises(SubjectNotFound):
         fake_service.verify(collection="default", subject_id="nobody", image=fake_image(face(1)))
-    assert fake_service.pipeline.encoder.encode_calls == 0  # type: ignore[attr-defined]
+    assert parts(fake_service).pipeline.encoder.encode_calls == 0  # type: ignore[attr-defined]
 
 
 def test_verify_a_subject_with_every_face_deleted(fake_service: FaceService) -> None:
@@ -159,8 +160,8 @@ def test_two_processes_on_one_database_see_each_others_writes(settings: Settings
             a.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
         assert a.identify(collection="default", image=fake_image(face(1))).candidates == []
     finally:
-        a.store.close()
-        b.store.close()
+        a.close()
+        b.close()
 
 
 def test_scores_follow_distance(fake_service: FaceService) -> None:
@@ -302,7 +303,7 @@ def test_adding_to_a_subject_that_does_not_exist_is_404(fake_service: FaceServic
 
 
 def test_enrollments_are_capped_in_photos(fake_service: FaceService) -> None:
-    cap = fake_service.settings.max_enroll_images
+    cap = parts(fake_service).settings.max_enroll_images
     with pytest.raises(TooManyImages):
         fake_service.enroll(
             collection="default", subject_id="many", images=[fake_image(face(1))] * (cap + 1)
@@ -355,7 +356,7 @@ def test_a_retry_with_the_same_idempotency_key_stores_once(fake_service: FaceSer
 
 def test_concurrent_requests_with_one_idempotency_key_store_once(settings: Settings) -> None:
     service = _fake_service(settings)
-    service.pipeline.delay = 0.2  # type: ignore[attr-defined]
+    parts(service).pipeline.delay = 0.2  # type: ignore[attr-defined]
     images = [fake_image(face(1))]
     with ThreadPoolExecutor(2) as pool:
         results = list(
@@ -369,7 +370,7 @@ def test_concurrent_requests_with_one_idempotency_key_store_once(settings: Setti
     assert sorted(r.replayed for r in results) == [False, True]
     assert service.get_subject(collection="default", subject_id="ann")[0].face_count == 1
     assert service.gallery_counts()["faces"] == 1
-    service.store.close()
+    service.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -433,8 +434,8 @@ def test_deleting_a_collection_under_verify_traffic(database_url: str, settings:
         assert [c.id for c in b.list_collections()] == ["default", "lobby"]
         assert b.gallery_counts() == {"faces": 1, "subjects": 1}
     finally:
-        a.store.close()
-        b.store.close()
+        a.close()
+        b.close()
 
 
 def test_verify_works_while_the_index_loads_and_identify_waits_for_it(settings: Settings) -> None:
@@ -442,38 +443,26 @@ def test_verify_works_while_the_index_loads_and_identify_waits_for_it(settings: 
     verify and enroll read subjects by key meanwhile, identify says 503 index_loading
     (issue 12)."""
     from app.errors import IndexLoading
-    from app.gallery.search import MemorySearch
-    from app.gallery.store import GalleryStore
-    from app.scoring.calibration import Calibration
-    from tests.fakes import fake_pipeline
+    from app.gallery import Gallery
 
     first = _fake_service(settings)
     first.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
-    first.store.close()
-    store = GalleryStore(settings.resolved_database_url())
+    first.close()
+    store = Gallery.connect(settings.resolved_database_url())
     release = threading.Event()
-    load = store.load_embeddings
+    load = store.faces.load
 
     def slow_load(**kwargs):  # type: ignore[no-untyped-def]
         release.wait(10)
         return load(**kwargs)
 
-    store.load_embeddings = slow_load  # type: ignore[method-assign]
-    pipeline = fake_pipeline()
-    service = FaceService(
-        settings=settings.model_copy(
+    store.faces.load = slow_load  # type: ignore[method-assign]
+    service = service_on(
+        settings.model_copy(
             update={"inference_wait_seconds": 0.2, "enroll_min_quality": 0}  # fake faces are flat
         ),
-        pipeline=pipeline,
-        store=store,
-        calibration=Calibration.load(settings.resolved_calibration_file()),
-        search=MemorySearch(
-            store,
-            dim=pipeline.dim,
-            encoders=pipeline.compatible,
-            wait_seconds=0.2,
-            background=True,
-        ),
+        store,
+        background=True,
     )
     try:
         assert not service.index_ready.is_set()
@@ -494,7 +483,7 @@ def test_verify_works_while_the_index_loads_and_identify_waits_for_it(settings: 
 
 
 def test_a_bulk_load_leaves_room_to_grow() -> None:
-    from app.gallery.index import ExactIndex
+    from app.vectors.index import ExactIndex
 
     index = ExactIndex(128)
     index.add([f"f{i}" for i in range(4000)], ["s"] * 4000, np.ones((4000, 128), np.float32))
@@ -510,8 +499,10 @@ def test_verify_answers_a_known_subject_from_memory_until_any_write(
     a, b = _fake_service(settings), _fake_service(settings)
     a.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
     reads = []
-    real = a.store.subject_embeddings
-    monkeypatch.setattr(a.store, "subject_embeddings", lambda **kw: reads.append(kw) or real(**kw))
+    real = parts(a).gallery.subjects.embeddings
+    monkeypatch.setattr(
+        parts(a).gallery.subjects, "embeddings", lambda **kw: reads.append(kw) or real(**kw)
+    )
     for _ in range(3):
         assert a.verify(
             collection="default", subject_id="ann", image=fake_image(face(1))
@@ -539,8 +530,10 @@ def test_verifying_a_subject_read_before_reads_the_gallery_version_once(
     )
     fake_service.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
     versions = []
-    real = fake_service.store.version
-    monkeypatch.setattr(fake_service.store, "version", lambda: versions.append(1) or real())
+    real = parts(fake_service).gallery.changes.version
+    monkeypatch.setattr(
+        parts(fake_service).gallery.changes, "version", lambda: versions.append(1) or real()
+    )
     assert fake_service.verify(
         collection="default", subject_id="ann", image=fake_image(face(1))
     ).result.match
@@ -560,7 +553,7 @@ def test_a_search_by_a_face_never_returns_that_face(fake_service: FaceService) -
         fake_service.enroll(
             collection="default", subject_id=f"s{seed}", images=[fake_image(face(seed))]
         )
-    (own,) = fake_service.store.list_faces(collection="default", subject_id="s1")
+    (own,) = parts(fake_service).gallery.faces.of_subject(collection="default", subject_id="s1")
     found = fake_service.identify_face(collection="default", face_id=own.id, top_k=5)
     assert [c.subject_id for c in found.candidates] == ["s2"]
     assert all(np.isfinite(c.result.distance) for c in found.candidates)

@@ -21,7 +21,7 @@ from app.scoring.pairs import Pair
 from app.service import FaceService
 from app.settings import Settings
 from tests.fakes import face, fake_image
-from tests.helpers import AUTH, assert_problem
+from tests.helpers import AUTH, assert_problem, parts
 from tests.helpers import fake_service as make_fake_service
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "calibration.json"
@@ -86,10 +86,10 @@ def test_enrollment_stores_a_template_and_each_mode_is_scored_on_its_curve(
 def test_the_setting_makes_thorough_the_default(templated: Settings) -> None:
     service = make_fake_service(templated.model_copy(update={"probe_mode": "thorough"}))
     service.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
-    calls = service.pipeline.encoder.encode_calls  # type: ignore[attr-defined]
+    calls = parts(service).pipeline.encoder.encode_calls  # type: ignore[attr-defined]
     result = service.verify(collection="default", subject_id="ann", image=fake_image(face(1)))
     assert (result.mode, result.result.curve) == ("thorough", "thorough")
-    assert service.pipeline.encoder.encode_calls == calls + 1  # type: ignore[attr-defined]
+    assert parts(service).pipeline.encoder.encode_calls == calls + 1  # type: ignore[attr-defined]
 
 
 def test_faces_enrolled_before_templates_keep_the_fast_curve(

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api import observability, problems
-from app.api.audit import AuditAnswers
+from app.api.audit import AuditAnswers, not_audited, undeclared
 from app.api.deps import Admission
 from app.api.guards import PAGE_CSP, BodyGuard, HeadAsGet, SecurityHeaders
 from app.api.lanes import Lanes
@@ -87,6 +87,9 @@ def create_app(
     app.include_router(router)
     _add_web_page(app)
     _add_docs(app)
+    if missing := undeclared(app.routes):
+        # Every route says whether it touches biometric data (app/api/audit.py).
+        raise RuntimeError(f"routes that declare neither audited nor not_audited: {missing}")
     return app
 
 
@@ -102,9 +105,9 @@ def _lifespan(
         service, weights = builder(settings)
         app.state.service = service
         app.state.weights = weights
-        app.state.audit = service.audit
+        app.state.audit = service.audit_trail()
         service.start_upkeep()
-        app.state.keys = KeyStore(service.store.engine, env_keys)
+        app.state.keys = service.key_store(env_keys)
         _create_env_key_collections(service, app.state.keys)
         app.state.metrics = Metrics(service.gallery_counts, service.collection_face_counts)
         app.state.lanes = Lanes(settings.max_concurrent_inference + settings.max_queued_requests)
@@ -116,7 +119,7 @@ def _lifespan(
         )
         log.info(
             "faceverify ready: encoder=%s, database=%s (the 1:N index loads in the background)",
-            service.pipeline.encoder_name,
+            service.names().encoder,
             settings.resolved_database_url().split(":", 1)[0],
         )
         _warn_of_calibration(service)
@@ -126,22 +129,22 @@ def _lifespan(
             app.state.lanes.close()
             app.state.audit = None
             service.close()
-            service.store.close()
 
     return lifespan
 
 
 def _warn_of_calibration(service: FaceService) -> None:
     """A curve in use that is missing or was fitted for other settings: say so."""
+    about = service.info()
     for curve in service.curves_in_use():
         if not service.curve_matches(curve):
             log.warning(
                 "calibration %s: its %s curve %s; the match percent may not mean what it "
                 "says. Run `faceverify calibrate` to refit.",
-                service.calibration.version,
+                about.calibration_version,
                 curve,
                 "is missing (the fast curve stands in)"
-                if service.calibration.curve(curve) is None
+                if not about.curves[curve]["present"]
                 else "was not fitted for these pipeline settings",
             )
 
@@ -152,7 +155,7 @@ def _create_env_key_collections(service: FaceService, keys: KeyStore) -> None:
     deleted collection stays deleted until an admin creates it (issue 25)."""
     for hashed, principal in keys.env_keys.items():
         name = principal.collection
-        if name is None or service.store.collection_exists(collection=name):
+        if name is None or service.collection_exists(collection=name):
             continue
         if keys.env_key_revoked(hashed):
             log.warning(
@@ -160,14 +163,14 @@ def _create_env_key_collections(service: FaceService, keys: KeyStore) -> None:
                 "was deleted and is refused; remove it from the environment",
                 name,
             )
-        elif service.store.collection_deleted(collection=name):
+        elif service.collection_deleted(collection=name):
             log.warning(
                 "FACEVERIFY_API_KEYS: collection %r was deleted; a key bound to it does not "
                 "create it again (an admin may: POST /collections)",
                 name,
             )
         else:
-            service.store.ensure_collection(collection=name)  # another worker may have
+            service.ensure_collection(collection=name)  # another worker may have
 
 
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
@@ -178,6 +181,7 @@ def _add_web_page(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
+    @not_audited("the web page")
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
@@ -223,6 +227,7 @@ def _add_docs(app: FastAPI) -> None:
     app.mount(SWAGGER_PREFIX, StaticFiles(directory=str(swagger_ui_path)), name="swagger")
 
     @app.get("/docs", include_in_schema=False)
+    @not_audited("the API's documentation")
     def docs() -> HTMLResponse:
         return HTMLResponse(SWAGGER_HTML)
 

@@ -2,8 +2,10 @@
 data has its event, committed before the answer leaves (issue 27).
 
 :class:`AuditAnswers` is pure ASGI and sits outside the request-id middleware, so it
-sees every answer that middleware gives (timeouts included). A route in
-:data:`app.gallery.audit.ACTIONS` gets a draft event in a context variable; the key check
+sees every answer that middleware gives (timeouts included). Every route declares
+whether it is audited (:func:`audited`, :func:`not_audited`; create_app refuses a route
+that declares neither). An audited route gets a draft event in a context variable; the
+key check
 fills in the key, the route its collection, subjects and outcome. A write records the
 draft in its own transaction; for every other request the middleware holds the answer's
 first message, has the event committed by the trail's group commit, and only then lets
@@ -15,18 +17,76 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+import fastapi.routing
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.observability import request_id_var
 from app.api.problems import problem_for
 from app.errors import AuditUnavailable
-from app.gallery.audit import ACTIONS, AuditDraft, current_audit
 from app.gallery.ids import nfkc
-from app.gallery.trail import AuditTrail
 from app.keys import Principal
+from app.privacy.events import AuditDraft, current_audit
+from app.privacy.trail import AuditTrail
+
+F = TypeVar("F", bound=Callable[..., Any])
+# The attribute a route's endpoint declares its audit action on.
+_DECLARED = "faceverify_audit"
+
+
+def audited(action: str, success_status: int = 200) -> Callable[[F], F]:
+    """Declare a route that reads or changes biometric data: each answer of it is an
+    event ``action`` in the trail (``success_status``: the status its success answers)."""
+
+    def declare(endpoint: F) -> F:
+        setattr(endpoint, _DECLARED, (action, success_status))
+        return endpoint
+
+    return declare
+
+
+def not_audited(reason: str) -> Callable[[F], F]:
+    """Declare a route that touches no biometric data (``reason`` says why): it records
+    nothing."""
+
+    def declare(endpoint: F) -> F:
+        setattr(endpoint, _DECLARED, None)
+        return endpoint
+
+    return declare
+
+
+def declared(route: object) -> tuple[str, int] | None:
+    """The audit action a route declared (None: not audited)."""
+    route = getattr(route, "original_route", route)
+    return getattr(getattr(route, "endpoint", None), _DECLARED, None)
+
+
+def api_routes(routes: Sequence[Any]) -> list[APIRoute]:
+    """Every API route of an app (FastAPI >= 0.137 keeps included routers as a tree;
+    iter_route_contexts flattens it)."""
+    walk = getattr(fastapi.routing, "iter_route_contexts", None)
+    found = [getattr(r, "original_route", r) for r in (walk(routes) if walk else routes)]
+    return [r for r in found if isinstance(r, APIRoute)]
+
+
+def audit_actions(routes: Sequence[Any]) -> dict[tuple[str, str], tuple[str, int] | None]:
+    """(method, path) of every API route -> the action it declared (None: not audited)."""
+    return {(m, r.path): declared(r) for r in api_routes(routes) for m in r.methods or ()}
+
+
+def undeclared(routes: Sequence[Any]) -> list[str]:
+    """The routes (method and path) that declare neither :func:`audited` nor
+    :func:`not_audited`."""
+    return sorted(
+        f"{','.join(sorted(r.methods or ()))} {r.path}"
+        for r in api_routes(routes)
+        if not hasattr(r.endpoint, _DECLARED)
+    )
 
 
 class AuditAnswers:
@@ -78,8 +138,7 @@ class AuditAnswers:
 def _audited(scope: Scope, draft: AuditDraft) -> bool:
     """Whether the request is one the trail records, filling in the draft: an audited
     route, called with a valid key (a request without one touched nothing)."""
-    route = getattr(scope.get("route"), "path", None)
-    known = ACTIONS.get((scope["method"], route or ""))
+    known = declared(scope.get("route"))
     principal: Principal | None = scope.get("state", {}).get("principal")
     if known is None or principal is None:
         return False
@@ -99,8 +158,7 @@ def _audited(scope: Scope, draft: AuditDraft) -> bool:
 def arm(scope: Scope, draft: AuditDraft, principal: Principal) -> None:
     """Called by the key check: the draft knows its action, key and request id before
     the route runs, so a write can record it in its transaction."""
-    route = getattr(scope.get("route"), "path", None)
-    known = ACTIONS.get((scope["method"], route or ""))
+    known = declared(scope.get("route"))
     if known is None:
         return
     draft.action, draft.success_status = known

@@ -14,9 +14,9 @@ from app.api.inputs import RequestBody, read_body
 from app.api.observability import Metrics
 from app.api.ratelimit import RateLimiter
 from app.errors import Forbidden, InvalidRequest, RateLimited, TooManyRequests
-from app.gallery.audit import current_audit, note
 from app.gallery.models import COLLECTION_ID_PATTERN, DEFAULT_COLLECTION
 from app.keys import KeyStore, Principal
+from app.privacy.events import current_audit, note
 from app.service import FaceService
 from app.settings import Settings
 from app.slots import Tenant, current_lane, current_tenant

@@ -21,8 +21,8 @@ from app.api.inputs import json_depth, parse_json
 from app.errors import InvalidRequest
 from app.gallery.ids import NAME_MAX, nfkc, not_only_dots, one_script
 from app.gallery.models import COLLECTION_ID_PATTERN, SUBJECT_ID_MAX, SUBJECT_ID_PATTERN
-from app.gallery.records import consent_not_ahead
 from app.geometry import Box
+from app.privacy.rules import consent_not_ahead
 
 # Metadata is a small record about a person, not a document.
 METADATA_MAX_DEPTH = 8

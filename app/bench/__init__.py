@@ -16,15 +16,15 @@ from typing import Any
 import numpy as np
 
 from app.bench.audit import bench_audit, print_audit
-from app.bench.http import LOAD_REQUESTS, _stage_breakdown, bench_http
-from app.bench.measure import _in_turns, make_photos
+from app.bench.http import LOAD_REQUESTS, bench_http, stage_breakdown
+from app.bench.measure import in_turns, make_photos
 from app.bench.models import bench_encoders, bench_identify, bench_pipelines
 from app.cpus import usable_cpus
 from app.face.registry import build_pipeline
 from app.face.timing import Timings
 from app.settings import Settings
 
-__all__ = ["_in_turns", "_stage_breakdown", "main", "print_table", "run"]
+__all__ = ["in_turns", "stage_breakdown", "main", "print_table", "run"]
 
 
 def run(

@@ -25,10 +25,10 @@ from typing import Any
 from app.bench.http import (
     BENCH_KEY,
     AnswerCheck,
-    _free_port,
-    _multipart,
-    _post_answer,
-    _wait_ready,
+    free_port,
+    multipart,
+    post_answer,
+    wait_ready,
 )
 
 # Concurrent runs per server (alternated), and requests per run.
@@ -65,7 +65,7 @@ def bench_audit(
                 url = database_urls[i] if database_urls else f"sqlite:///{folder / 'faceverify.db'}"
                 sides[name] = Config([], [], url)
                 for _ in range(replicas):
-                    port = _free_port()
+                    port = free_port()
                     env = {
                         **os.environ,
                         "FACEVERIFY_DATA_DIR": str(folder),
@@ -83,7 +83,7 @@ def bench_audit(
                             stderr=subprocess.DEVNULL,
                         )
                     )
-                    _wait_ready(port, sides[name].procs[-1])  # one at a time: migrations
+                    wait_ready(port, sides[name].procs[-1])  # one at a time: migrations
             report = _measure(sides, photo, requests, clients, load_requests)
             report["replicas"] = replicas
             report["database"] = sides["on"].database_url.split(":", 1)[0]
@@ -102,7 +102,7 @@ def _measure(
     clients: int,
     load_requests: int,
 ) -> dict[str, Any]:
-    body, ctype = _multipart({"subject_id": "bench"}, {"image": photo})
+    body, ctype = multipart({"subject_id": "bench"}, {"image": photo})
     check = AnswerCheck()
     answered: dict[str, list[tuple[str, bool]]] = {name: [] for name in sides}
     conns = {
@@ -110,7 +110,7 @@ def _measure(
         for name, side in sides.items()
     }
     for name, conn in conns.items():
-        status, _ = _post_answer(conn, "/enroll", body, ctype)
+        status, _ = post_answer(conn, "/enroll", body, ctype)
         if status != 201:
             raise RuntimeError(f"enrolling on the audit-{name} server failed: {status}")
     times: dict[str, list[float]] = {name: [] for name in sides}
@@ -198,12 +198,12 @@ def _load(
 def _trail_check(database_url: str, answered: list[tuple[str, bool]]) -> dict[str, Any]:
     """The audited server's trail against what it answered: N answers, N events with
     the same match, a valid chain."""
-    from app.gallery.store import GalleryStore
-    from app.gallery.trail import AuditTrail
+    from app.gallery import Database
+    from app.privacy.trail import AuditTrail
 
-    store = GalleryStore(database_url)
+    store = Database(database_url)
     try:
-        trail = AuditTrail(store.engine)
+        trail = AuditTrail(store)
         deadline = time.monotonic() + 10  # the server's sealer: once a second
         while trail.verify().unsealed and time.monotonic() < deadline:
             time.sleep(0.5)

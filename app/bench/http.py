@@ -15,17 +15,17 @@ import time
 import uuid
 from typing import Any
 
-from app.bench.measure import _percentiles, _time
+from app.bench.measure import percentiles, timed_runs
 from app.cpus import usable_cpus
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
+def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     parts = []
     for key, value in fields.items():
@@ -51,10 +51,10 @@ BENCH_KEY = "bench-" + uuid.uuid4().hex
 
 
 def _post(conn: http.client.HTTPConnection, path: str, body: bytes, ctype: str) -> int:
-    return _post_answer(conn, path, body, ctype)[0]
+    return post_answer(conn, path, body, ctype)[0]
 
 
-def _post_answer(
+def post_answer(
     conn: http.client.HTTPConnection, path: str, body: bytes, ctype: str
 ) -> tuple[int, dict[str, Any]]:
     conn.request("POST", path, body=body, headers={"Content-Type": ctype, "X-API-Key": BENCH_KEY})
@@ -99,7 +99,7 @@ def bench_http(
     """/verify over HTTP against a `faceverify serve` subprocess (``workers`` processes)
     on a loopback port: ``requests`` sequential ones per photo, then ``load_requests``
     from ``clients`` at once (a quarter of each for the 12 MP photo)."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as data_dir:
         env = {
             **os.environ,
@@ -116,10 +116,10 @@ def bench_http(
             stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_ready(port, server)
+            wait_ready(port, server)
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             result: dict[str, Any] = {"first_request": _first_request(conn, photos)}
-            body, ctype = _multipart({"subject_id": "bench"}, {"image": photos["640x480"]})
+            body, ctype = multipart({"subject_id": "bench"}, {"image": photos["640x480"]})
             if _post(conn, "/enroll", body, ctype) != 201:
                 raise RuntimeError("enrolling the benchmark subject failed")
             check = AnswerCheck()
@@ -132,7 +132,7 @@ def bench_http(
                 )
             # Both photos at once from every client, alternating: different inputs in
             # flight together, which is what shared native state gets wrong.
-            bodies = [_multipart({"subject_id": "bench"}, {"image": d}) for d in photos.values()]
+            bodies = [multipart({"subject_id": "bench"}, {"image": d}) for d in photos.values()]
             latencies, wall, statuses = _concurrent(port, bodies, load_requests, clients, check)
             result["mixed"] = {f"concurrent_{clients}": _load_row(latencies, wall, statuses)}
             result["answers"] = {"checked": check.checked, "wrong": check.wrong}
@@ -145,9 +145,9 @@ def bench_http(
 
 def _first_request(conn: http.client.HTTPConnection, photos: dict[str, bytes]) -> dict[str, Any]:
     """Cold start: the first model call after /readyz against the steady ones."""
-    pair = _multipart({}, {"image_a": photos["640x480"], "image_b": photos["640x480"]})
-    compare = [_time(lambda: _post(conn, "/compare", *pair), 1, warmup=0)[0]]
-    compare += _time(lambda: _post(conn, "/compare", *pair), 9, warmup=0)
+    pair = multipart({}, {"image_a": photos["640x480"], "image_b": photos["640x480"]})
+    compare = [timed_runs(lambda: _post(conn, "/compare", *pair), 1, warmup=0)[0]]
+    compare += timed_runs(lambda: _post(conn, "/compare", *pair), 9, warmup=0)
     return {
         "first_compare_ms": round(compare[0], 1),
         "steady_compare_p50_ms": round(statistics.median(compare[1:]), 1),
@@ -167,22 +167,22 @@ def _photo_rounds(
 ) -> dict[str, Any]:
     """One photo's sequential /verify (with the stage breakdown), then under load."""
     stages: list[dict[str, float]] = []
-    body, ctype = _multipart({"subject_id": "bench"}, {"image": data})
+    body, ctype = multipart({"subject_id": "bench"}, {"image": data})
 
     def verify() -> None:
-        status, answer = _post_answer(conn, "/verify", body, ctype)
+        status, answer = post_answer(conn, "/verify", body, ctype)
         check(body, status, answer)
         if status == 200:
             stages.append(answer["timing"])
 
     n = requests if name == "640x480" else max(10, requests // 4)
-    seq = _time(verify, n)
+    seq = timed_runs(verify, n)
     load = load_requests if name == "640x480" else max(2 * clients, load_requests // 4)
     latencies, wall, statuses = _concurrent(port, [(body, ctype)], load, clients, check)
     return {
-        f"{name}_stages": _stage_breakdown(stages[-n:], seq),
+        f"{name}_stages": stage_breakdown(stages[-n:], seq),
         name: {
-            "sequential": _percentiles(seq),
+            "sequential": percentiles(seq),
             f"concurrent_{clients}": _load_row(latencies, wall, statuses),
         },
     }
@@ -190,7 +190,7 @@ def _photo_rounds(
 
 def _load_row(latencies: list[float], wall: float, statuses: dict[int, int]) -> dict[str, Any]:
     return {
-        **_percentiles(latencies),
+        **percentiles(latencies),
         "requests_per_s": round(len(latencies) / wall, 1),
         "statuses": statuses,
     }
@@ -199,7 +199,7 @@ def _load_row(latencies: list[float], wall: float, statuses: dict[int, int]) -> 
 STAGES = ("decode_ms", "detect_ms", "align_ms", "encode_ms", "search_ms", "quality_ms")
 
 
-def _stage_breakdown(timings: list[dict[str, float]], latencies: list[float]) -> dict[str, float]:
+def stage_breakdown(timings: list[dict[str, float]], latencies: list[float]) -> dict[str, float]:
     """Median ms per stage of sequential requests, from the answers' ``timing``; the rest
     of the server's time (``other_ms``: waiting for a slot, reading the subject's row,
     building the answer), and the client's latency beyond the server's total
@@ -222,7 +222,7 @@ def _stage_breakdown(timings: list[dict[str, float]], latencies: list[float]) ->
     return out
 
 
-def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
+def wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -255,7 +255,7 @@ def _concurrent(
         for i in range(per_client):
             body, ctype = bodies[(k + i) % len(bodies)]
             start = time.perf_counter()
-            status, answer = _post_answer(conn, "/verify", body, ctype)
+            status, answer = post_answer(conn, "/verify", body, ctype)
             check(body, status, answer)
             with lock:
                 latencies.append((time.perf_counter() - start) * 1000)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 
-def _percentiles(samples_ms: list[float]) -> dict[str, float]:
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
     arr = np.asarray(samples_ms)
     return {
         "p50": round(float(np.percentile(arr, 50)), 2),
@@ -22,7 +22,7 @@ def _percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def _time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+def timed_runs(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
     for _ in range(warmup):
         fn()
     samples = []
@@ -33,7 +33,7 @@ def _time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float
     return samples
 
 
-def _in_turns(
+def in_turns(
     named: dict[str, tuple[Callable[[], object], int]], warmup: int = 1
 ) -> dict[str, list[float]]:
     """ms samples of each function (``name: (function, count)``), taken in turns: each
@@ -68,6 +68,6 @@ def make_photos(photo_dir: Path) -> dict[str, bytes]:
     return out
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

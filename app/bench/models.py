@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from app.bench.measure import _in_turns, _rss_mb, _time
+from app.bench.measure import in_turns, rss_mb, timed_runs
 from app.errors import ModelFileError
 from app.face.baseline import FaceRecognitionBaseline
 from app.face.detect import largest, main_face
@@ -18,8 +18,8 @@ from app.face.recipes import Recipes
 from app.face.registry import build_pipeline, load_checked_weights
 from app.face.timing import Timings
 from app.face.weights import WeightFile
-from app.gallery.index import ExactIndex
 from app.settings import Settings
+from app.vectors.index import ExactIndex
 
 
 def _with_dlib_weights(settings: Settings) -> dict[str, WeightFile]:
@@ -46,7 +46,7 @@ def bench_encoders(settings: Settings, chips: np.ndarray, repeats: int) -> dict[
         batch_chips = np.resize(chips, (batch, *chips.shape[1:]))
         for name, encoder in (("dlib", dlib_enc), ("onnx", onnx)):
             n = max(3, repeats // batch) if name == "dlib" else repeats
-            timed = _time(lambda e=encoder, c=batch_chips: e.encode(c), n)  # type: ignore[misc]
+            timed = timed_runs(lambda e=encoder, c=batch_chips: e.encode(c), n)  # type: ignore[misc]
             per_face = [ms / batch for ms in timed]
             result[f"{name}_batch{batch}"] = {
                 "median_ms_per_face": round(statistics.median(per_face), 2),
@@ -96,7 +96,7 @@ def bench_pipelines(settings: Settings, photos: dict[str, bytes], repeats: int) 
     result: dict[str, Any] = {}
     for name, data in photos.items():
         n_base = 3 if name == "12MP" else max(3, repeats // 4)
-        samples = _in_turns(
+        samples = in_turns(
             {
                 "ours": (lambda d=data: ours(d), repeats),  # type: ignore[misc]
                 "enrollment": (lambda d=data: enrollment(d), repeats),  # type: ignore[misc]
@@ -120,7 +120,7 @@ def bench_identify(sizes: list[int], queries: int, dim: int = DIM) -> dict[str, 
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {}
     for size in sizes:
-        before = _rss_mb()
+        before = rss_mb()
         index = ExactIndex(dim)
         step = 100_000
         for start in range(0, size, step):
@@ -129,7 +129,7 @@ def bench_identify(sizes: list[int], queries: int, dim: int = DIM) -> dict[str, 
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             ids = [f"f{start + i}" for i in range(n)]
             index.add(ids, [f"s{(start + i) // 3}" for i in range(n)], vectors)
-        after = _rss_mb()
+        after = rss_mb()
         probes = rng.normal(size=(queries, dim)).astype(np.float32)
         samples = []
         for probe in probes:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from app.cli.accuracy import bench, calibrate, evaluate
-from app.cli.common import _check_models, _or_exit
+from app.cli.common import check_models, or_exit
 from app.cli.gallery import enroll, gallery_cli
 from app.cli.privacy import audit_cli, collections_cli, encryption_cli, purge, subjects_cli
 from app.settings import Settings
@@ -29,19 +29,19 @@ def serve(
     """Start the HTTP service (OpenAPI docs at /docs)."""
     import uvicorn
 
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
     from app.api.observability import configure_logging
 
     configure_logging(settings.log_format)
-    weights = _or_exit(lambda: _check_models(settings))
-    _or_exit(lambda: _first_admin_key(settings))
+    weights = or_exit(lambda: check_models(settings))
+    or_exit(lambda: _first_admin_key(settings))
     from app.face.registry import prepare
 
     # The encoder's one-time work (the ONNX conversion) here, not in each worker at once.
-    _or_exit(lambda: prepare(settings, weights))
+    or_exit(lambda: prepare(settings, weights))
     if workers > 1:
         # Worker processes build their own app from the environment; pass the CLI's
         # choices on through it.
@@ -74,8 +74,8 @@ def models_check(
 ) -> None:
     """Locate the model files and check their sha256 against the manifest; with
     --photo, load the models and embed the photo's faces too (exit 1 if none is found)."""
-    settings = _or_exit(Settings)
-    weights = _or_exit(lambda: _check_models(settings))
+    settings = or_exit(Settings)
+    weights = or_exit(lambda: check_models(settings))
     for w in weights.values():
         where = f"ONNX conversion in {settings.resolved_cache_dir()}" if w.prepared_only else w.path
         typer.echo(f"ok  {w.name:20s} {w.sha256}  {where}")
@@ -84,9 +84,9 @@ def models_check(
     from app.face.registry import build_pipeline
     from app.face.timing import Timings
 
-    pipeline = _or_exit(lambda: build_pipeline(settings, weights))
-    data = _or_exit(photo.read_bytes)
-    faces = _or_exit(lambda: pipeline.find_faces(data, Timings()))
+    pipeline = or_exit(lambda: build_pipeline(settings, weights))
+    data = or_exit(photo.read_bytes)
+    faces = or_exit(lambda: pipeline.find_faces(data, Timings()))
     if not faces:
         typer.echo(f"faceverify: no face found in {photo}", err=True)
         raise typer.Exit(1)
@@ -103,9 +103,9 @@ def models_prepare() -> None:
     directory; done at first start otherwise), checked by sha256."""
     from app.face.registry import prepare
 
-    settings = _or_exit(Settings)
-    weights = _or_exit(lambda: _check_models(settings))
-    _or_exit(lambda: prepare(settings, weights))
+    settings = or_exit(Settings)
+    weights = or_exit(lambda: check_models(settings))
+    or_exit(lambda: prepare(settings, weights))
     typer.echo(
         f"ok  {settings.model} ({settings.encoder}) prepared in {settings.resolved_cache_dir()}"
     )
@@ -133,9 +133,9 @@ def sbom(
     from app.sbom import LICENSES_NAME, SBOM_NAME, SHARE_DIR, build_for, shipped_file
 
     if build is not None:
-        settings = _or_exit(Settings)
+        settings = or_exit(Settings)
         target = out or SHARE_DIR / SBOM_NAME
-        bom = _or_exit(lambda: build_for(settings, build, install_report, target))
+        bom = or_exit(lambda: build_for(settings, build, install_report, target))
         typer.echo(f"wrote {target}: {len(bom['components'])} components")
         return
     found = {name: shipped_file(name) for name in (SBOM_NAME, LICENSES_NAME)}
@@ -152,28 +152,29 @@ cli.add_typer(keys_cli, name="keys")
 def _key_store(settings: Settings, *, create: bool) -> Any:
     """The key table. ``create``: make the database and its schema if need be (creating a
     key writes); otherwise the database is only read, never migrated."""
-    from app.gallery.store import GalleryStore
+    from app.gallery import Database
     from app.keys import KeyStore, parse_env_keys
 
     env_keys = parse_env_keys(settings.api_keys.get_secret_value())
-    url = settings.resolved_database_url()
-    store = GalleryStore.open(url) if create else GalleryStore(url)
-    if store.schema_revision() is None:
+    database = Database(settings.resolved_database_url())
+    if create:
+        database.migrate()
+    if database.schema_revision() is None:
         typer.echo(
             "faceverify: the database has no faceverify schema yet; start the server or run "
             "`faceverify db upgrade` first",
             err=True,
         )
         raise typer.Exit(2)
-    return KeyStore(store.engine, env_keys)
+    return KeyStore(database, env_keys)
 
 
 def _cli_draft(settings: Settings, action: str) -> None:
     """The command's write records its audit event in its transaction (the trail on)."""
-    from app.gallery.audit import AuditDraft, current_audit
+    from app.privacy.events import cli_draft
 
     if settings.audit_trail:
-        current_audit.set(AuditDraft(action, request_id="cli", client="cli", success_status=0))
+        cli_draft(action, success_status=0)
 
 
 @keys_cli.command("create")
@@ -191,13 +192,13 @@ def keys_create(
     """Create a key and print it once (only its sha256 is stored)."""
     from app.keys import COLLECTION_ID, parse_scopes
 
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     _cli_draft(settings, "create_key")
-    scopes = _or_exit(lambda: parse_scopes(scope))
+    scopes = or_exit(lambda: parse_scopes(scope))
     if collection is not None and not COLLECTION_ID.match(collection):
         typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
         raise typer.Exit(2)
-    key, record = _or_exit(
+    key, record = or_exit(
         lambda: _key_store(settings, create=True).create(
             name=name, scopes=scopes, collection=collection
         )
@@ -211,8 +212,8 @@ def keys_create(
 @keys_cli.command("list")
 def keys_list() -> None:
     """The keys in the database: id, prefix, scopes, name, revoked or not."""
-    settings = _or_exit(Settings)
-    store = _or_exit(lambda: _key_store(settings, create=False))
+    settings = or_exit(Settings)
+    store = or_exit(lambda: _key_store(settings, create=False))
     for k in store.list():
         state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
         where = k.collection or "*"
@@ -226,9 +227,9 @@ def keys_list() -> None:
 @keys_cli.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (keys list).")]) -> None:
     """Revoke a key: it stops working at once."""
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     _cli_draft(settings, "revoke_key")
-    if not _or_exit(lambda: _key_store(settings, create=False).revoke(key_id=key_id)):
+    if not or_exit(lambda: _key_store(settings, create=False).revoke(key_id=key_id)):
         typer.echo(f"faceverify: no active key with id {key_id}", err=True)
         raise typer.Exit(2)
     typer.echo(f"revoked {key_id}")
@@ -241,12 +242,12 @@ cli.add_typer(db_cli, name="db")
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Apply the schema migrations (serve does this at start too)."""
-    from app.gallery.store import GalleryStore
+    from app.gallery import Database
 
-    settings = _or_exit(Settings)
-    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
-    typer.echo(f"schema at revision {store.schema_revision()}")
-    store.close()
+    settings = or_exit(Settings)
+    database = Database(settings.resolved_database_url())
+    typer.echo(f"schema at revision {or_exit(database.migrate)}")
+    database.close()
 
 
 @db_cli.command("vacuum")
@@ -257,15 +258,15 @@ def db_vacuum(
 ) -> None:
     """Erase deleted embeddings from the database's files now: PostgreSQL's VACUUM of the
     tables that hold them; SQLite's WAL checkpoint."""
-    from app.service.build import open_store
+    from app.service.build import offline
 
-    settings = _or_exit(Settings)
-    store = _or_exit(lambda: open_store(settings))
+    settings = or_exit(Settings)
+    store = or_exit(lambda: offline(settings))
     started = time.perf_counter()
-    if store.engine.dialect.name == "postgresql":
-        _or_exit(lambda: store.vacuum(full=full))
+    if store.gallery.database.dialect == "postgresql":
+        or_exit(lambda: store.erasure.vacuum(full=full))
     else:
-        _or_exit(lambda: store.erased())
+        or_exit(lambda: store.erasure.erased([]))
     typer.echo(f"erased in {time.perf_counter() - started:.1f} s")
     store.close()
 
@@ -274,21 +275,24 @@ def db_vacuum(
 def db_rebuild_vector_index() -> None:
     """Rebuild pgvector's HNSW index with this version's parameters (after an upgrade
     that changed them; serve says so at start). Searches and writes go on meanwhile."""
-    from app.gallery import pgvector
-    from app.gallery.store import GalleryStore
+    from app.gallery import Gallery
+    from app.vectors.pgvector import PgvectorSearch, sql
 
-    settings = _or_exit(Settings)
-    store = _or_exit(lambda: GalleryStore.open(settings.resolved_database_url()))
-    if store.engine.dialect.name != "postgresql":
+    settings = or_exit(Settings)
+    gallery = or_exit(lambda: Gallery.open(settings.resolved_database_url()))
+    if gallery.database.dialect != "postgresql":
         typer.echo("not PostgreSQL: there is no vector index to rebuild", err=True)
         raise typer.Exit(1)
     started = time.perf_counter()
-    pgvector.rebuild_index(store.engine, settings.pgvector_build_memory_mb)
+    backend = PgvectorSearch(
+        gallery, dim=0, encoders=(), build_memory_mb=settings.pgvector_build_memory_mb
+    )
+    backend.rebuild()
     typer.echo(
-        f"rebuilt ix_face_vectors_hnsw ({pgvector.HNSW_OPTIONS}) in "
+        f"rebuilt ix_face_vectors_hnsw ({sql.HNSW_OPTIONS}) in "
         f"{time.perf_counter() - started:.1f} s"
     )
-    store.close()
+    gallery.close()
 
 
 def _first_admin_key(settings: Settings) -> None:

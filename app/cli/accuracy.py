@@ -12,7 +12,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from app.scoring.pairs import Pair
 
-from app.cli.common import _or_exit
+from app.cli.common import or_exit
 
 
 def bench(
@@ -111,7 +111,7 @@ def evaluate(
     if mode not in (*MODES, "all"):
         typer.echo(f"faceverify: --mode must be one of {', '.join(MODES)} or all", err=True)
         raise typer.Exit(2)
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
     modes = MODES if mode == "all" else tuple(m for m in MODES if m == mode)
     reports = run_evaluate(settings=settings, pairs=pair_list, root=root, out=out, modes=modes)
@@ -152,8 +152,8 @@ def _open_set(out: Path, identities: Path | None, gallery_sizes: str, fpir: str,
             err=True,
         )
         raise typer.Exit(2)
-    settings = _or_exit(Settings)
-    report = _or_exit(
+    settings = or_exit(Settings)
+    report = or_exit(
         lambda: run_open_set(
             settings=settings, root=identities, sizes=sizes, out=out, targets=targets, seed=seed
         )
@@ -197,10 +197,10 @@ def calibrate(
     """Fit the distance -> match percent curve on labelled pairs and write it."""
     from app.evaluation import run_calibrate
 
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
     target = out or settings.resolved_calibration_file()
-    content = _or_exit(
+    content = or_exit(
         lambda: run_calibrate(
             settings=settings,
             pairs=pair_list,

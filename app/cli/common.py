@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _or_exit(step: Callable[[], T]) -> T:
+def or_exit(step: Callable[[], T]) -> T:
     try:
         return step()
     except (
@@ -36,7 +36,7 @@ def _or_exit(step: Callable[[], T]) -> T:
         raise typer.Exit(2) from exc
 
 
-def _check_models(settings: Settings) -> dict[str, WeightFile]:
+def check_models(settings: Settings) -> dict[str, WeightFile]:
     from app.face.registry import load_checked_weights
     from app.scoring.calibration import Calibration
 

@@ -14,7 +14,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from app.gallery.records import Consent
 
-from app.cli.common import _or_exit
+from app.cli.common import or_exit
 
 gallery_cli = typer.Typer(help="The gallery: import and export embeddings in bulk.")
 
@@ -50,26 +50,27 @@ def gallery_import(
     from tqdm import tqdm
 
     from app.face.registry import encoder_model
-    from app.gallery.audit import AuditDraft
     from app.gallery.transfer import read_gallery_file
     from app.keys import COLLECTION_ID
-    from app.service.build import enable_vectors, open_store
+    from app.privacy.events import AuditDraft
+    from app.service.build import offline
+    from app.service.transfer import import_faces
 
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     if not COLLECTION_ID.match(collection):
         typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
         raise typer.Exit(2)
     consent = _consent(consent_reference, consent_given_at)
     spec = encoder_model(settings)
     started = time.perf_counter()
-    data = _or_exit(lambda: read_gallery_file(file, dim=spec.dim))
-    store = _or_exit(lambda: open_store(settings))
-    if store.cipher is None:
-        enable_vectors(store, settings, spec.dim)  # into pgvector's table too, when there is one
-    _or_exit(lambda: store.ensure_collection(collection=collection))
+    data = or_exit(lambda: read_gallery_file(file, dim=spec.dim))
+    # Into pgvector's table too, when there is one.
+    store = or_exit(lambda: offline(settings, dim=spec.dim))
+    or_exit(lambda: store.collections.ensure(collection=collection))
     with tqdm(total=len(data.subject_ids), unit="face", desc="import") as bar:
-        stored, created, _ = _or_exit(
-            lambda: store.import_faces(
+        stored, created, _ = or_exit(
+            lambda: import_faces(
+                store.gallery,
                 collection=collection,
                 subject_ids=data.subject_ids,
                 embeddings=data.embeddings,
@@ -100,11 +101,12 @@ def gallery_export(
     from app.cli.privacy import cli_event
     from app.gallery.models import embedding_matrix
     from app.gallery.transfer import write_gallery_file
-    from app.service.build import open_store
+    from app.service.build import offline
+    from app.service.transfer import export_faces
 
-    settings = _or_exit(Settings)
-    store = _or_exit(lambda: open_store(settings))
-    faces, names, blobs = _or_exit(lambda: store.export_faces(collection=collection))
+    settings = or_exit(Settings)
+    store = or_exit(lambda: offline(settings))
+    faces, names, blobs = or_exit(lambda: export_faces(store.gallery, collection=collection))
     cli_event(
         settings,
         store,
@@ -114,8 +116,8 @@ def gallery_export(
         detail={"faces": len(faces), "file": file.name},
     )
     dim = len(blobs[0]) // 4 if blobs else 0
-    matrix = _or_exit(lambda: embedding_matrix(blobs, dim))  # refuses mixed sizes
-    _or_exit(
+    matrix = or_exit(lambda: embedding_matrix(blobs, dim))  # refuses mixed sizes
+    or_exit(
         lambda: write_gallery_file(
             file,
             subject_ids=[f.subject_id for f in faces],
@@ -153,13 +155,13 @@ def enroll(
     from app.bulk import enroll_folder, refusals_by_code, subjects_in, write_report
     from app.service import build_service
 
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     if not folder.is_dir():
         typer.echo(f"faceverify: {folder} is not a folder", err=True)
         raise typer.Exit(2)
     total = sum(len(p) for p in subjects_in(folder).values())
-    service, _ = _or_exit(lambda: build_service(settings))
-    _or_exit(lambda: service.store.ensure_collection(collection=collection))
+    service, _ = or_exit(lambda: build_service(settings))
+    or_exit(lambda: service.ensure_collection(collection=collection))
     started = time.perf_counter()
     with tqdm(total=total, unit="photo", desc="enroll") as bar:
         outcomes = enroll_folder(
@@ -170,6 +172,7 @@ def enroll(
             progress=bar.update,
             upgrade=upgrade,
             consent=_consent(consent_reference, consent_given_at),
+            max_bytes=settings.max_upload_bytes,
         )
     elapsed = time.perf_counter() - started
     statuses = ("enrolled", "skipped", "refused", "replaced")
@@ -185,13 +188,14 @@ def enroll(
         + (f", {counts['replaced']} older faces replaced" if upgrade else "")
         + f"; {photos} photos in {elapsed:.1f} s ({photos / max(elapsed, 1e-9):.1f}/s)"
     )
-    service.store.close()
+    service.close()
 
 
 def _consent(reference: str | None, given_at: str | None) -> Consent | None:
     from datetime import UTC, datetime
 
-    from app.gallery.records import Consent, checked_consent
+    from app.gallery import Consent
+    from app.privacy.rules import checked_consent
 
     if reference is None:
         if given_at is not None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli.common import _or_exit
+from app.cli.common import or_exit
 from app.settings import RETENTION_DAYS_MAX, Settings
 
 audit_cli = typer.Typer(help="The audit trail: verify its hash chain, export it, prune it.")
@@ -19,10 +19,10 @@ encryption_cli = typer.Typer(help="Embeddings encrypted at rest: a new key, key 
 collections_cli = typer.Typer(help="A collection's retention schedule and consent rule.")
 
 
-def _store(settings: Settings) -> Any:
-    from app.service.build import open_store
+def _offline(settings: Settings, *, rotating: bool = False) -> Any:
+    from app.service.build import offline
 
-    return _or_exit(lambda: open_store(settings))
+    return or_exit(lambda: offline(settings, rotating=rotating))
 
 
 def _when(text: str | None, option: str) -> datetime | None:
@@ -36,15 +36,15 @@ def _when(text: str | None, option: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def cli_event(settings: Settings, store: Any, action: str, **fields: Any) -> None:
+def cli_event(settings: Settings, tools: Any, action: str, **fields: Any) -> None:
     """Record a command's read of biometric data (the trail on)."""
-    from app.gallery.audit import AuditDraft
-    from app.gallery.trail import AuditTrail
+    from app.privacy.events import AuditDraft
+    from app.privacy.trail import AuditTrail
 
     if not settings.audit_trail:
         return
     draft = AuditDraft(action, request_id="cli", client="cli", **fields)
-    _or_exit(lambda: AuditTrail(store.engine).write([draft.row(0, None)]))
+    or_exit(lambda: AuditTrail(tools.gallery.database).write([draft.row(0, None)]))
 
 
 @audit_cli.command("verify")
@@ -59,11 +59,11 @@ def audit_verify(
 ) -> None:
     """Seal what is unsealed, recompute the hash chain from its anchor, and name the
     first event that was changed, removed or reordered (exit 1)."""
-    from app.gallery.trail import AuditTrail
+    from app.privacy.trail import AuditTrail
 
-    settings = _or_exit(Settings)
-    store = _store(settings)
-    trail = AuditTrail(store.engine)
+    settings = or_exit(Settings)
+    store = _offline(settings)
+    trail = AuditTrail(store.gallery.database)
     pinned = None
     if expect is not None:
         position, _, chain = expect.partition(":")
@@ -72,8 +72,8 @@ def audit_verify(
             raise typer.Exit(2)
         pinned = (int(position), chain)
     trail.drain_spool()  # what processes that died left beside the database
-    _or_exit(trail.seal)
-    verdict = _or_exit(lambda: trail.verify(expect=pinned))
+    or_exit(trail.seal)
+    verdict = or_exit(lambda: trail.verify(expect=pinned))
     spool = trail.spool_status()
     if not verdict.ok:
         typer.echo(f"FAILED: {verdict.problem}")
@@ -109,13 +109,13 @@ def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO 8601: events from then on.")] = None,
 ) -> None:
     """Write the audit events (oldest first) as JSON Lines."""
-    from app.gallery.trail import AuditTrail
+    from app.privacy.trail import AuditTrail
 
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     start = _when(since, "--since")
-    store = _store(settings)
-    trail = AuditTrail(store.engine)
-    out = sys.stdout if str(file) == "-" else _or_exit(lambda: file.open("w"))
+    store = _offline(settings)
+    trail = AuditTrail(store.gallery.database)
+    out = sys.stdout if str(file) == "-" else or_exit(lambda: file.open("w"))
     count = 0
     for event in trail.export(since=start):
         out.write(json.dumps(event) + "\n")
@@ -141,16 +141,16 @@ def audit_prune(
     """Remove audit events older than the retention, keeping the chain verifiable."""
     from datetime import timedelta
 
-    from app.gallery.trail import AuditTrail
+    from app.privacy.trail import AuditTrail
 
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     keep = days if days is not None else settings.audit_retention_days
     if not keep:
         typer.echo("faceverify: no retention: pass --days or set AUDIT_RETENTION_DAYS", err=True)
         raise typer.Exit(2)
-    store = _store(settings)
+    store = _offline(settings)
     before = datetime.now(UTC) - timedelta(days=keep)
-    removed = _or_exit(lambda: AuditTrail(store.engine).prune(before=before))
+    removed = or_exit(lambda: AuditTrail(store.gallery.database).prune(before=before))
     typer.echo(f"pruned {removed} audit events older than {before:%Y-%m-%d %H:%M} UTC")
     store.close()
 
@@ -164,20 +164,17 @@ def purge(
 ) -> None:
     """Delete every subject past its expiry or its collection's retention, each with its
     audit event; running servers drop them before their next search."""
-    from app.service.retention import Retention
-
-    settings = _or_exit(Settings)
+    settings = or_exit(Settings)
     moment = _when(now, "--now")
-    store = _store(settings)
-    retention = Retention(store, None)
-    retention.index_dir = settings.resolved_index_dir()
+    store = _offline(settings)
+    retention = store.retention
     if dry_run:
-        due = _or_exit(lambda: retention.due(now=moment))
+        due = or_exit(lambda: retention.due(now=moment))
         for collection, subject_id in due:
             typer.echo(f"{collection}\t{subject_id}")
         typer.echo(f"{len(due)} subjects due")
     else:
-        deleted = _or_exit(lambda: retention.purge(now=moment, request_id="cli"))
+        deleted = or_exit(lambda: retention.purge(now=moment, request_id="cli"))
         typer.echo(f"purged {deleted} subjects")
     store.close()
 
@@ -198,11 +195,11 @@ def collections_schedule(
     ] = None,
 ) -> None:
     """Set (or show) a collection's retention schedule and consent rule."""
-    from app.gallery.audit import AuditDraft, current_audit
-    from app.gallery.records import checked_retention_days
+    from app.privacy.events import cli_draft
+    from app.privacy.rules import checked_retention_days
 
-    settings = _or_exit(Settings)
-    store = _store(settings)
+    settings = or_exit(Settings)
+    store = _offline(settings)
     changes: dict[str, Any] = {}
     if retention_days is not None:
         days = None if retention_days == "none" else _whole(retention_days)
@@ -215,9 +212,9 @@ def collections_schedule(
         changes["consent_required"] = consent_required
     if changes:
         if settings.audit_trail:
-            current_audit.set(AuditDraft("update_collection", request_id="cli", client="cli"))
-        _or_exit(lambda: store.update_collection(collection=collection, **changes))
-    record = _or_exit(lambda: store.get_collection(collection=collection))
+            cli_draft("update_collection")
+        or_exit(lambda: store.collections.update(collection=collection, changes=changes))
+    record = or_exit(lambda: store.collections.get(collection=collection))
     days = record.retention_days
     typer.echo(
         f"{record.id}: retention {f'{days} days after last use' if days else 'none'}, "
@@ -253,14 +250,15 @@ def encryption_rotate(
 ) -> None:
     """Rewrite every embedding with the current key (older keys in
     ENCRYPTION_OLD_KEYS, plain rows too); with no key set, decrypt every row."""
-    from app.service.build import open_store
+    from app.privacy.rotation import rotate_encryption
 
-    settings = _or_exit(Settings)
-    store = _or_exit(lambda: open_store(settings, rotating=True))
-    done, left, plain = _or_exit(lambda: store.rotate_encryption(seal_plain=seal_plaintext))
-    _or_exit(lambda: store.erased())
+    settings = or_exit(Settings)
+    store = _offline(settings, rotating=True)
+    done, left, plain = or_exit(lambda: rotate_encryption(store.gallery, seal_plain=seal_plaintext))
+    or_exit(lambda: store.erasure.erased([]))
     cli_event(settings, store, "rotate_encryption", detail={"faces": done, "left": len(left)})
-    key = store.cipher.current if store.cipher is not None else "none (plain)"
+    cipher = store.gallery.sealing.cipher
+    key = cipher.current if cipher is not None else "none (plain)"
     typer.echo(f"rewrote {done} embeddings with key {key}")
     if plain:
         typer.echo(
@@ -293,7 +291,7 @@ def _subject_id(store: Any, collection: str, text: str) -> str:
     from app.gallery.ids import nfkc
 
     try:
-        store.get_subject(collection=collection, subject_id=text)
+        store.gallery.subjects.get(collection=collection, subject_id=text)
         return text
     except SubjectNotFound:
         return str(nfkc(text))
@@ -307,21 +305,22 @@ def _delete_faces(settings: Settings, store: Any, face_ids: list[str]) -> None:
     from sqlalchemy import select
 
     from app.errors import FaceVerifyError
-    from app.gallery.audit import AuditDraft, current_audit
     from app.gallery.models import Face
+    from app.privacy.events import cli_draft
 
-    with store.engine.connect() as conn:
+    with store.gallery.database.engine.connect() as conn:
         owners = conn.execute(
             select(Face.id, Face.collection_id, Face.subject_id).where(Face.id.in_(face_ids))
         ).all()
     for face_id, collection, subject_id in owners:
         if settings.audit_trail:
-            current_audit.set(AuditDraft("delete_face", request_id="cli", client="cli"))
+            cli_draft("delete_face")
         try:
-            store.delete_face(collection=collection, subject_id=subject_id, face_id=face_id)
+            store.subjects.delete_face(
+                collection=collection, subject_id=subject_id, face_id=face_id
+            )
         except FaceVerifyError as exc:
             typer.echo(f"faceverify: face {face_id}: {exc.detail}", err=True)
-    _or_exit(lambda: store.erased())
 
 
 subjects_cli = typer.Typer(help="One subject: export what is held about them, delete them.")
@@ -340,16 +339,16 @@ def subjects_export(
     """Everything held about one person (an access request), as GET
     /subjects/{id}/export gives it."""
     from app.api.routes.privacy import export_out
-    from app.gallery.trail import AuditTrail
-    from app.service.access import subject_export
+    from app.privacy.access import subject_export
+    from app.privacy.trail import AuditTrail
 
-    settings = _or_exit(Settings)
-    store = _store(settings)
+    settings = or_exit(Settings)
+    store = _offline(settings)
     subject_id = _subject_id(store, collection, subject_id)
-    audit = AuditTrail(store.engine) if settings.audit_trail else None
-    found = _or_exit(
+    audit = AuditTrail(store.gallery.database) if settings.audit_trail else None
+    found = or_exit(
         lambda: subject_export(
-            store,
+            store.gallery,
             audit,
             collection=collection,
             subject_id=subject_id,
@@ -368,7 +367,7 @@ def subjects_export(
     if str(file) == "-":
         typer.echo(text)
     else:
-        _or_exit(lambda: file.write_text(text + "\n"))
+        or_exit(lambda: file.write_text(text + "\n"))
         typer.echo(f"exported {subject_id} ({len(found.faces)} faces) to {file}")
     store.close()
 
@@ -383,20 +382,13 @@ def subjects_delete(
     """Delete a subject and every embedding of it, erased from the database's files and
     this machine's index snapshots (an erasure request); running servers drop it before
     their next search."""
-    from app.gallery.audit import AuditDraft, current_audit
-    from app.gallery.snapshot import erase_rows
+    from app.privacy.events import cli_draft
 
-    settings = _or_exit(Settings)
-    store = _store(settings)
+    settings = or_exit(Settings)
+    store = _offline(settings)
     subject_id = _subject_id(store, collection, subject_id)
     if settings.audit_trail:
-        current_audit.set(
-            AuditDraft("delete_subject", request_id="cli", client="cli", success_status=0)
-        )
-    face_ids, _ = _or_exit(
-        lambda: store.delete_subject(collection=collection, subject_id=subject_id)
-    )
-    erase_rows(settings.resolved_index_dir(), face_ids)
-    _or_exit(lambda: store.erased(face_ids=face_ids))
-    typer.echo(f"deleted {subject_id} ({len(face_ids)} faces) from {collection}")
+        cli_draft("delete_subject", success_status=0)
+    faces = or_exit(lambda: store.subjects.delete(collection=collection, subject_id=subject_id))
+    typer.echo(f"deleted {subject_id} ({faces} faces) from {collection}")
     store.close()

@@ -13,8 +13,9 @@ plain rows, are refused. Rows of older keys
 readable; ``faceverify encryption rotate`` rewrites every row with the current key.
 
 The in-memory index holds embeddings decrypted: encryption protects the database file,
-its backups and replicas, not a process's memory. pgvector searches plaintext vectors
-inside PostgreSQL, so the two cannot be combined (build_service refuses).
+its backups and replicas, not a process's memory. A vector search inside the database
+(app/vectors) sees plaintext vectors, so the two cannot be combined (build_service
+refuses).
 """
 
 from __future__ import annotations
@@ -192,3 +193,22 @@ def readable(
     except EncryptionKeyError as exc:
         log.error("a stored embedding is left out: %s", exc)
         return None
+
+
+@dataclass
+class Sealing:
+    """A gallery's key (None: embeddings stored plain) and which rows it refuses: what
+    every read opens with and every write seals with."""
+
+    cipher: EmbeddingCipher | None = None
+    policy: SealPolicy = OPEN
+
+    def seal(self, data: bytes, owner: Owner) -> tuple[bytes, str | None]:
+        """The stored form of ``data`` and its key id (None: plain)."""
+        if self.cipher is None:
+            return data, None
+        return self.cipher.seal(data, owner)
+
+    def open(self, stored: bytes, owner: Owner, kid: str | None) -> bytes | None:
+        """:func:`readable` under this gallery's key and policy."""
+        return readable(self.cipher, stored, owner, kid, policy=self.policy)

@@ -230,7 +230,7 @@ class RevokedEnvKey(Base):
 
 
 class IndexSnapshotRecord(Base):
-    """An index snapshot saved from this database (app/gallery/snapshot.py): its random
+    """An index snapshot saved from this database (app/vectors/snapshot.py): its random
     token, the gallery version it reflects and the sha256 of its manifest (which holds
     each file's sha256). A snapshot whose token this database does not hold with that
     version and digest came from another history (a restored backup) and is rebuilt."""
@@ -246,7 +246,7 @@ class IndexSnapshotRecord(Base):
 class AuditEvent(Base):
     """Who used whose face data, when, and with what outcome (issue 27): one row a
     request. Never an image, an embedding or a key. ``position`` and ``chain`` are set
-    by the sealer (app/gallery/trail.py): a dense sequence and a sha256 hash chain over
+    by the sealer (app/privacy/trail.py): a dense sequence and a sha256 hash chain over
     the events in that order, so a change, a removal or a reordering shows."""
 
     __tablename__ = "audit_events"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -13,7 +13,6 @@ from app.gallery.models import (
     Subject,
 )
 from app.geometry import Box
-from app.settings import RETENTION_DAYS_MAX
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class Consent:
     given_at: datetime
 
     def as_json(self) -> dict[str, Any]:
-        return {"reference": self.reference, "given_at": _aware(self.given_at).isoformat()}
+        return {"reference": self.reference, "given_at": utc(self.given_at).isoformat()}
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,20 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Added:
+    """Faces a transaction stored, with their plain embeddings (for the vector mirror).
+    ``bulk``: an import of ``total`` faces, written in batches like this one."""
+
+    collection: str
+    face_ids: list[str]
+    subject_ids: list[str]
+    encoder: str
+    vectors: np.ndarray
+    bulk: bool = False
+    total: int = 0
+
+
+@dataclass(frozen=True)
 class EmbeddingRows:
     face_ids: list[str]
     collections: list[str]
@@ -145,22 +158,12 @@ class EmbeddingRows:
     matrix: np.ndarray  # (N, dim) float32
 
 
-def due_at(times: SubjectTimes, retention_days: int | None) -> datetime | None:
-    """When a subject is due for deletion: its expiry, or ``retention_days`` after its
-    last use (its creation if never used), whichever comes first; None: never."""
-    due = [_aware(times.expires_at)] if times.expires_at is not None else []
-    if retention_days is not None:
-        used = times.last_used_at or times.created_at
-        due.append(_aware(used) + timedelta(days=retention_days))
-    return min(due, default=None)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes (stored as UTC).
+def utc(moment: datetime) -> datetime:
+    """``moment`` with its time zone: SQLite returns naive datetimes (stored as UTC)."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _subject_record(subject: Subject, face_count: int) -> SubjectRecord:
+def subject_record(subject: Subject, face_count: int) -> SubjectRecord:
     return SubjectRecord(
         id=subject.id,
         name=subject.name,
@@ -173,7 +176,7 @@ def _subject_record(subject: Subject, face_count: int) -> SubjectRecord:
     )
 
 
-def _face_record(face: Face) -> FaceRecord:
+def face_record(face: Face) -> FaceRecord:
     return FaceRecord(
         id=face.id,
         subject_id=face.subject_id,
@@ -183,35 +186,3 @@ def _face_record(face: Face) -> FaceRecord:
         pipeline_version=face.pipeline_version,
         created_at=face.created_at,
     )
-
-
-# A consent given later than this ahead of the server's clock is refused (clock skew).
-CONSENT_SKEW = timedelta(minutes=5)
-
-
-def checked_retention_days(value: object) -> int | None:
-    """``value`` if it is a retention schedule the API takes (None, or a whole number of
-    days from 1 to RETENTION_DAYS_MAX; not true, not "5"); else ValueError."""
-    if value is None:
-        return None
-    if type(value) is not int or not 1 <= value <= RETENTION_DAYS_MAX:
-        raise ValueError(
-            f"retention_days is a whole number of days from 1 to {RETENTION_DAYS_MAX}, or none"
-        )
-    return value
-
-
-def checked_consent(consent: Consent, now: datetime) -> Consent:
-    """``consent`` if it was given no later than now; else ValueError (issue 37: a
-    consent dated 2999 was stored)."""
-    consent_not_ahead(consent.given_at, now)
-    if not consent.reference.strip() or len(consent.reference) > 256:
-        raise ValueError("consent.reference is 1 to 256 characters")
-    return consent
-
-
-def consent_not_ahead(given_at: datetime, now: datetime | None = None) -> datetime:
-    """A consent time no later than ``now`` (the API's validator); else ValueError."""
-    if _aware(given_at) > (now or datetime.now(UTC)) + CONSENT_SKEW:
-        raise ValueError("consent cannot be given in the future")
-    return given_at

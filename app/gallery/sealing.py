@@ -83,6 +83,17 @@ def check_keys(
                 "FACEVERIFY_ENCRYPTION_KEY (or _KEY_FILE) is set; set it and start again"
             )
         return OPEN
+    _key_given(kids, cipher)
+    if not rotating:
+        _no_plain_rows(engine)
+    if not kids:
+        _no_stray_sealed_rows(engine)
+    sealed = sealed or _sealed_if_empty(engine)
+    # With a key set every write seals: a plaintext row is not faceverify's.
+    return SealPolicy(refuse_plain=True, refuse_legacy=sealed, keyed=bool(kids))
+
+
+def _key_given(kids: list[str], cipher: EmbeddingCipher) -> None:
     missing = [k for k in kids if k not in cipher.key_ids]
     if missing:
         raise EncryptionKeyError(
@@ -91,32 +102,38 @@ def check_keys(
             "the right one, or put it in FACEVERIFY_ENCRYPTION_OLD_KEYS and run "
             "`faceverify encryption rotate`; nothing was read or written"
         )
+
+
+def _no_plain_rows(engine: Engine) -> None:
     with engine.connect() as conn:  # through ix_faces_plain: at once
         plain_rows = conn.execute(
             select(func.count()).select_from(Face).where(Face.key_id.is_(None))
         ).scalar_one()
-    if plain_rows and not rotating:
+    if plain_rows:
         raise EncryptionKeyError(
             f"{plain_rows} faces are stored in plaintext beside the key: with a key set none "
             "is ever used (one slipped in would match). Seal them first with `faceverify "
             "encryption rotate` (it lists them), or delete them; nothing was read or written"
         )
-    if not kids:
-        with engine.connect() as conn:
-            stray = conn.execute(
-                select(Face.id, Face.key_id).where(Face.key_id.is_not(None)).limit(1)
-            ).first()
-        if stray is not None:
-            raise EncryptionKeyError(
-                f"face {stray[0]} is sealed with key {stray[1]}, but the gallery's state "
-                "names no key: gallery_state was changed outside faceverify. Restore it "
-                "from a backup; nothing was read or written"
-            )
-    if not sealed:
-        with Session(engine) as session, session.begin():
-            if session.scalar(select(Face.id).limit(1)) is None:
-                state_row = update(GalleryState).where(GalleryState.id == 1)
-                session.execute(state_row.values(sealed=True))
-                sealed = True
-    # With a key set every write seals: a plaintext row is not faceverify's.
-    return SealPolicy(refuse_plain=True, refuse_legacy=sealed, keyed=bool(kids))
+
+
+def _no_stray_sealed_rows(engine: Engine) -> None:
+    with engine.connect() as conn:
+        stray = conn.execute(
+            select(Face.id, Face.key_id).where(Face.key_id.is_not(None)).limit(1)
+        ).first()
+    if stray is not None:
+        raise EncryptionKeyError(
+            f"face {stray[0]} is sealed with key {stray[1]}, but the gallery's state "
+            "names no key: gallery_state was changed outside faceverify. Restore it "
+            "from a backup; nothing was read or written"
+        )
+
+
+def _sealed_if_empty(engine: Engine) -> bool:
+    """An empty gallery opened with a key is sealed from the start."""
+    with Session(engine) as session, session.begin():
+        if session.scalar(select(Face.id).limit(1)) is not None:
+            return False
+        session.execute(update(GalleryState).where(GalleryState.id == 1).values(sealed=True))
+        return True

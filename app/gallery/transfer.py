@@ -205,22 +205,7 @@ def _read_npz(path: Path, dim: int) -> GalleryFile:
         names = _member(zf, path, "names")
         if ids is None or vectors is None:
             raise GalleryFileError(f"{path}: not an .npz with subject_ids and embeddings arrays")
-        n = vectors.shape[0] if len(vectors.shape) == 2 else -1
-        if len(vectors.shape) != 2 or vectors.shape[1] != dim or vectors.dtype.kind != "f":
-            raise GalleryFileError(
-                f"{path}: embeddings are {vectors.shape} of {vectors.dtype}; expected (N, {dim}) "
-                "floats"
-            )
-        if n > MAX_ROWS:
-            raise GalleryFileError(f"{path}: {n} faces; one import holds at most {MAX_ROWS}")
-        info = vectors.info
-        if info.compress_type != zipfile.ZIP_STORED and (
-            info.file_size > MAX_EMBEDDING_RATIO * max(info.compress_size, 1) + (1 << 20)
-        ):
-            raise GalleryFileError(
-                f"{path}: embeddings compress {info.file_size / max(info.compress_size, 1):.0f}"
-                "-fold; float embeddings do not (a zip bomb?)"
-            )
+        n = _embeddings_member(path, vectors, dim)
         _text_member(path, "subject_ids", ids, n, SUBJECT_ID_MAX)
         if names is not None:
             _text_member(path, "names", names, n, NAME_MAX)
@@ -243,6 +228,26 @@ def _read_npz(path: Path, dim: int) -> GalleryFile:
             else [None] * n
         )
     return GalleryFile(subject_ids, matrix, names_out)
+
+
+def _embeddings_member(path: Path, vectors: _Member, dim: int) -> int:
+    """How many rows the embeddings member holds, if it is one an import takes."""
+    n = vectors.shape[0] if len(vectors.shape) == 2 else -1
+    if len(vectors.shape) != 2 or vectors.shape[1] != dim or vectors.dtype.kind != "f":
+        raise GalleryFileError(
+            f"{path}: embeddings are {vectors.shape} of {vectors.dtype}; expected (N, {dim}) floats"
+        )
+    if n > MAX_ROWS:
+        raise GalleryFileError(f"{path}: {n} faces; one import holds at most {MAX_ROWS}")
+    info = vectors.info
+    if info.compress_type != zipfile.ZIP_STORED and (
+        info.file_size > MAX_EMBEDDING_RATIO * max(info.compress_size, 1) + (1 << 20)
+    ):
+        raise GalleryFileError(
+            f"{path}: embeddings compress {info.file_size / max(info.compress_size, 1):.0f}"
+            "-fold; float embeddings do not (a zip bomb?)"
+        )
+    return int(n)
 
 
 def _text_member(path: Path, name: str, member: _Member, n: int, longest: int) -> None:

@@ -2,8 +2,8 @@
 function that builds them from settings. See core.py for the orchestration and its
 modules."""
 
-from app.service.build import build_service, enable_vectors
-from app.service.core import FaceService
+from app.service.build import build_service, open_gallery, vector_backend
+from app.service.core import FaceService, ModelNames, ServiceInfo
 from app.service.gates import CommitGate, commit_gate
 from app.service.results import (
     Candidate,
@@ -29,9 +29,12 @@ __all__ = [
     "IdentifyResult",
     "Match",
     "ProbeFace",
+    "ModelNames",
     "ProbeMode",
+    "ServiceInfo",
     "VerifyResult",
     "build_service",
     "commit_gate",
-    "enable_vectors",
+    "open_gallery",
+    "vector_backend",
 ]

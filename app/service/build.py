@@ -1,45 +1,85 @@
 """Everything a running service needs, from settings alone: the models, the gallery, the
-calibration, and where identify searches (the one place that chooses)."""
+calibration, and the vector backend (the one place that picks it)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from app.errors import NotReady
 from app.face import quality
-from app.face.registry import build_pipeline, load_checked_weights
+from app.face.registry import build_pipeline, encoder_model, load_checked_weights
 from app.face.weights import WeightFile
-from app.gallery import pgvector
-from app.gallery.crypto import EncryptionKeyError, cipher_from
-from app.gallery.index import ExactIndex, VectorIndex
+from app.gallery import EncryptionKeyError, Gallery, cipher_from
 from app.gallery.sealing import check_keys
-from app.gallery.search import GallerySearch, MemorySearch, PgvectorSearch
-from app.gallery.snapshot import SnapshotDir, erase_all
-from app.gallery.store import GalleryStore
+from app.privacy.erasure import Erasure
+from app.privacy.retention import Retention
 from app.scoring.calibration import Calibration
+from app.service.collections import Collections
 from app.service.core import FaceService
+from app.service.records import SubjectRecords
 from app.settings import Settings
+from app.vectors import ExactIndex, MemorySearch, VectorBackend, VectorIndex
+from app.vectors.pgvector import PgvectorSearch, table_exists
+from app.vectors.snapshot import SnapshotDir, erase_all
 
 log = logging.getLogger("faceverify.gallery")
 
 
-def enable_vectors(store: GalleryStore, settings: Settings, dim: int) -> bool:
-    """Keep pgvector's table in step with the faces when the settings ask for it and the
-    database can (FACEVERIFY_VECTOR_SEARCH auto or pgvector); whether it is on."""
-    if settings.vector_search == "memory":
-        return False
-    return store.enable_vectors(dim=dim, build_memory_mb=settings.pgvector_build_memory_mb)
+def vector_backend(
+    settings: Settings,
+    gallery: Gallery,
+    *,
+    dim: int,
+    encoders: frozenset[str],
+    background: bool = True,
+) -> VectorBackend:
+    """PostgreSQL with pgvector when the settings allow it (FACEVERIFY_VECTOR_SEARCH
+    auto or pgvector) and the database can; else an index of each collection in this
+    process, loaded in the background (``background``). Its write side joins every
+    write of ``gallery``."""
+    backend: VectorBackend | None = pgvector_backend(settings, gallery, dim=dim, encoders=encoders)
+    if backend is None:
+        backend = memory_backend(
+            settings, gallery, dim=dim, encoders=encoders, background=background
+        )
+    gallery.mirror = backend.mirror
+    return backend
 
 
-def gallery_search(
-    settings: Settings, store: GalleryStore, *, dim: int, encoders: frozenset[str]
-) -> GallerySearch:
-    """PostgreSQL with pgvector when the store keeps vectors of this length; else an
-    index of each collection in this process, loaded in the background."""
-    if store.vector_dim is not None and store.vector_dim == dim:
-        return PgvectorSearch(store, encoders=encoders, ef_search=settings.pgvector_ef_search)
-    if store.cipher is not None:
+def pgvector_backend(
+    settings: Settings, gallery: Gallery, *, dim: int, encoders: frozenset[str]
+) -> PgvectorSearch | None:
+    """The pgvector backend, if the settings ask for it and the database has it (None:
+    search in memory; NotReady when FACEVERIFY_VECTOR_SEARCH=pgvector and it cannot).
+    With encryption at rest there is none: open_gallery refuses the two together."""
+    if settings.vector_search == "memory" or gallery.sealing.cipher is not None:
+        return None
+    backend = PgvectorSearch.enable(
+        gallery,
+        dim=dim,
+        encoders=encoders,
+        ef_search=settings.pgvector_ef_search,
+        build_memory_mb=settings.pgvector_build_memory_mb,
+    )
+    if backend is None and settings.vector_search == "pgvector":
+        raise NotReady(
+            "FACEVERIFY_VECTOR_SEARCH=pgvector, but the database is not PostgreSQL "
+            "with the vector extension (see docs/SCALING.md)."
+        )
+    return backend
+
+
+def memory_backend(
+    settings: Settings,
+    gallery: Gallery,
+    *,
+    dim: int,
+    encoders: frozenset[str],
+    background: bool = True,
+) -> MemorySearch:
+    if gallery.sealing.cipher is not None:
         # A snapshot's vec.npy holds every embedding in plaintext (issue 37): with
         # encryption at rest none is written (each process builds its own index), and
         # one left from before the key was set is overwritten and removed.
@@ -52,20 +92,20 @@ def gallery_search(
                 settings.resolved_index_dir(),
             )
     return MemorySearch(
-        store,
+        gallery,
         dim=dim,
         encoders=encoders,
         wait_seconds=settings.inference_wait_seconds,
         factory=_index_factory(settings),
-        snapshots=_snapshots(settings) if store.cipher is None else None,
-        background=True,
+        snapshots=_snapshots(settings) if gallery.sealing.cipher is None else None,
+        background=background,
     )
 
 
 def _index_factory(settings: Settings) -> Callable[[int], VectorIndex]:
     if settings.memory_index == "exact":
         return ExactIndex
-    from app.gallery.ann import AnnIndex
+    from app.vectors.ann import AnnIndex
 
     return lambda dim: AnnIndex(dim, exact_below=settings.ann_exact_below)
 
@@ -88,49 +128,85 @@ def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile
     # one before; docs/PERFORMANCE.md).
     quality.measure(pipeline.warm())
     calibration = Calibration.load(settings.resolved_calibration_file())
-    store = open_store(settings)
-    if store.cipher is None:
-        if (
-            not enable_vectors(store, settings, pipeline.dim)
-            and settings.vector_search == "pgvector"
-        ):
-            raise NotReady(
-                "FACEVERIFY_VECTOR_SEARCH=pgvector, but the database is not PostgreSQL "
-                "with the vector extension (see docs/SCALING.md)."
-            )
-    search = gallery_search(settings, store, dim=pipeline.dim, encoders=pipeline.compatible)
+    gallery = open_gallery(settings)
+    vectors = vector_backend(settings, gallery, dim=pipeline.dim, encoders=pipeline.compatible)
     service = FaceService(
-        settings=settings, pipeline=pipeline, store=store, calibration=calibration, search=search
+        settings=settings,
+        pipeline=pipeline,
+        gallery=gallery,
+        calibration=calibration,
+        vectors=vectors,
     )
     return service, weights
 
 
-def open_store(settings: Settings, *, rotating: bool = False) -> GalleryStore:
-    """The gallery store the settings name, migrated, with its encryption key (refused
-    with pgvector: PostgreSQL searches plaintext vectors; docs/PRIVACY.md). A wrong key
-    is refused (app/gallery/sealing.py); ``rotating``: plaintext rows beside the key are
+def open_gallery(settings: Settings, *, rotating: bool = False) -> Gallery:
+    """The gallery the settings name, migrated, with its encryption key (refused with
+    pgvector: PostgreSQL searches plaintext vectors; docs/PRIVACY.md). A wrong key is
+    refused (app/gallery/sealing.py); ``rotating``: plaintext rows beside the key are
     not (``encryption rotate`` is what seals them)."""
-    store = GalleryStore.open(settings.resolved_database_url())
-    store.vacuum_delay = settings.erase_vacuum_seconds
-    store.vacuum_full = settings.erase_vacuum_full
+    gallery = Gallery.open(settings.resolved_database_url())
     try:
-        store.cipher = cipher_from(
+        gallery.sealing.cipher = cipher_from(
             settings.encryption_key.get_secret_value(),
             settings.encryption_key_file,
             settings.encryption_old_keys.get_secret_value(),
         )
-        store.seal_policy = check_keys(store.engine, store.cipher, rotating=rotating)
+        gallery.sealing.policy = check_keys(
+            gallery.database.engine, gallery.sealing.cipher, rotating=rotating
+        )
     except (EncryptionKeyError, OSError) as exc:
-        store.close()
+        gallery.close()
         raise NotReady(f"Encryption at rest: {exc}.") from exc
-    if store.cipher is not None and (
-        settings.vector_search == "pgvector" or pgvector.table_exists(store.engine)
+    if gallery.sealing.cipher is not None and (
+        settings.vector_search == "pgvector" or table_exists(gallery.database)
     ):
-        store.close()
+        gallery.close()
         raise NotReady(
             "FACEVERIFY_ENCRYPTION_KEY cannot be combined with pgvector: PostgreSQL must "
             "search plaintext vectors. Set FACEVERIFY_VECTOR_SEARCH=memory (and drop the "
             "face_vectors table), or leave the key unset and encrypt at the database or "
             "disk level instead (docs/PRIVACY.md)."
         )
-    return store
+    return gallery
+
+
+@dataclass
+class Offline:
+    """What the command line works with when no server runs: the gallery (its writes
+    joined by the pgvector backend when there is one: an import's vectors go in with
+    its faces), erasure (the index snapshots erased here: the running servers replay
+    deletes from the change log), and the use cases on them."""
+
+    gallery: Gallery
+    erasure: Erasure
+    collections: Collections
+    subjects: SubjectRecords
+    retention: Retention
+
+    def close(self) -> None:
+        self.gallery.close()
+
+
+def offline(settings: Settings, *, dim: int | None = None, rotating: bool = False) -> Offline:
+    """:class:`Offline` from settings; ``dim``: the running model's embedding length, to
+    keep pgvector's table in step when there is one."""
+    gallery = open_gallery(settings, rotating=rotating)
+    if dim is not None:
+        encoders = frozenset({encoder_model(settings).name})
+        backend = pgvector_backend(settings, gallery, dim=dim, encoders=encoders)
+        if backend is not None:
+            gallery.mirror = backend.mirror
+    erasure = Erasure(
+        gallery.database,
+        index_dir=settings.resolved_index_dir(),
+        vacuum_delay=settings.erase_vacuum_seconds,
+        vacuum_full=settings.erase_vacuum_full,
+    )
+    return Offline(
+        gallery,
+        erasure,
+        Collections(gallery, erasure),
+        SubjectRecords(gallery, erasure),
+        Retention(gallery, erasure),
+    )

@@ -24,8 +24,7 @@ from app.face import quality
 from app.face.detect import DetectedFace, largest
 from app.face.timing import Timings
 from app.face.views import curve_for
-from app.gallery.records import Consent
-from app.gallery.store import GalleryStore, IdempotencyClaim
+from app.gallery import Consent, Gallery, IdempotencyClaim
 from app.scoring.distance import distances
 from app.service.results import EnrollResult, FacePolicy
 from app.settings import Settings
@@ -41,10 +40,10 @@ class EnrollmentRules:
     subject; and its Idempotency-Key's stored answer."""
 
     def __init__(
-        self, settings: Settings, store: GalleryStore, threshold: Callable[[str], float]
+        self, settings: Settings, gallery: Gallery, threshold: Callable[[str], float]
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.gallery = gallery
         # the decision threshold on a curve (Decisions.threshold)
         self.threshold = threshold
 
@@ -136,7 +135,7 @@ class EnrollmentRules:
     def replay(self, claim: IdempotencyClaim) -> EnrollResult | None:
         """The stored answer to an earlier request with this Idempotency-Key, if any;
         IdempotencyKeyReused if that request was a different one."""
-        record = self.store.find_idempotent(owner=claim.owner, key=claim.key)
+        record = self.gallery.idempotency.find(owner=claim.owner, key=claim.key)
         if record is None:
             return None
         if record.request_sha256 != claim.request_sha256:
@@ -145,9 +144,9 @@ class EnrollmentRules:
                 "a new enrollment.",
             )
         where = {"collection": record.collection, "subject_id": record.subject_id}
-        subject = self.store.get_subject(**where)
+        subject = self.gallery.subjects.get(**where)
         wanted = set(record.face_ids)
-        faces = [f for f in self.store.list_faces(**where) if f.id in wanted]
+        faces = [f for f in self.gallery.faces.of_subject(**where) if f.id in wanted]
         return EnrollResult(subject=subject, faces=faces, timings=Timings(), replayed=True)
 
 

@@ -1,5 +1,5 @@
-"""A probe photo's faces and embeddings: the steps verify, identify and compare share
-(FaceService's; split out of core.py to keep each module to one screenful of jobs)."""
+"""A probe photo's faces and embeddings: the steps verify, identify, compare and detect
+share (:class:`ProbeSteps`, a collaborator of the use cases)."""
 
 from __future__ import annotations
 
@@ -9,22 +9,28 @@ from app.errors import NoFace
 from app.face import quality
 from app.face.cores import spare_cores
 from app.face.detect import DetectedFace, main_face
+from app.face.pipeline import FacePipeline
 from app.face.quality import Assessment
 from app.face.recipes import Recipes
 from app.face.timing import Timings
-from app.service.results import ProbeFace, ProbeMode
+from app.service.results import DetectResult, ProbeFace, ProbeMode
 from app.settings import Settings
 from app.slots import FairSlots
 
 
-class Probes:
-    """FaceService sets ``settings``, ``recipes`` and ``slots``."""
+class ProbeSteps:
+    """Finding, checking and embedding a probe's main face, with the inference slots
+    held while the models run."""
 
-    settings: Settings
-    recipes: Recipes
-    slots: FairSlots
+    def __init__(
+        self, settings: Settings, pipeline: FacePipeline, recipes: Recipes, slots: FairSlots
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.recipes = recipes
+        self.slots = slots
 
-    def _found(self, faces: list[DetectedFace], image_index: int | None) -> list[DetectedFace]:
+    def found(self, faces: list[DetectedFace], image_index: int | None) -> list[DetectedFace]:
         """``faces``, or NoFace naming the image when there are none."""
         if not faces:
             where = "the image" if image_index is None else f"image {image_index}"
@@ -36,17 +42,15 @@ class Probes:
             )
         return faces
 
-    def _recipe(self, mode: ProbeMode) -> str:
+    def recipe(self, mode: ProbeMode) -> str:
         """The recipe a probe embedded in ``mode`` is made with."""
         return self.recipes.probe_recipe(mode == "thorough")
 
-    def _probe(
-        self, data: bytes, timings: Timings, mode: ProbeMode
-    ) -> tuple[ProbeFace, np.ndarray]:
-        (probe,), embeddings = self._probes([data], timings, mode)
+    def probe(self, data: bytes, timings: Timings, mode: ProbeMode) -> tuple[ProbeFace, np.ndarray]:
+        (probe,), embeddings = self.probes([data], timings, mode)
         return probe, embeddings[0]
 
-    def _probes(
+    def probes(
         self, images: list[bytes], timings: Timings, mode: ProbeMode
     ) -> tuple[list[ProbeFace], np.ndarray]:
         """Each photo's main face, all encoded in one batch by the probe recipe (fast:
@@ -57,7 +61,7 @@ class Probes:
             found = []
             for number, data in enumerate(images):
                 faces = self.recipes.find_probe(data, timings, thorough=thorough)
-                faces = self._found(faces, number if len(images) > 1 else None)
+                faces = self.found(faces, number if len(images) > 1 else None)
                 found.append((main_face(faces), len(faces)))
             mains = [face for face, _ in found]
 
@@ -76,13 +80,24 @@ class Probes:
         ]
         return probes, embeddings
 
-    def _near_threshold(self, d: np.ndarray, mode: ProbeMode) -> bool:
+    def near_threshold(self, d: np.ndarray, mode: ProbeMode) -> bool:
         """The mirror rule (:meth:`Recipes.undecided`): a fast probe's distances lie so
         near the threshold that the mirror pass must settle them."""
         return self.recipes.undecided(d, thorough=mode == "thorough")
 
-    def _mirrored(
-        self, probes: list[ProbeFace], single: np.ndarray, timings: Timings
-    ) -> np.ndarray:
+    def mirrored(self, probes: list[ProbeFace], single: np.ndarray, timings: Timings) -> np.ndarray:
         with self.slots.hold():
             return self.recipes.add_mirror([p.face for p in probes], single, timings)
+
+    def detect(self, image: bytes) -> DetectResult:
+        """Every face in the photo (the full search, as enrollment looks), with its
+        landmarks, pose, size, measures and quality; nothing is encoded or stored."""
+        timings = Timings()
+        with self.slots.hold():
+            faces = self.pipeline.find_faces(image, timings)
+            out = []
+            with timings.measure("quality_ms"):
+                for face in faces:
+                    measures = quality.measure(face)
+                    out.append((face, measures, quality.assess(measures)))
+        return DetectResult(out, timings)

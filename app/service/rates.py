@@ -4,7 +4,7 @@ default, and a request may only ask for a stricter one."""
 from __future__ import annotations
 
 from app.errors import RateNotStricter
-from app.service.retention import Retention
+from app.privacy.retention import Retention
 from app.settings import Settings
 
 

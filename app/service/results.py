@@ -9,7 +9,7 @@ from app.face.detect import DetectedFace
 from app.face.quality import Assessment, FaceMeasures
 from app.face.timing import Timings
 from app.face.views import FAST
-from app.gallery.store import FaceRecord, SubjectRecord
+from app.gallery import FaceRecord, SubjectRecord
 from app.scoring.openset import OpenSetDecision
 
 FacePolicy = Literal["single", "largest"]

@@ -2,7 +2,7 @@
 
 - every few seconds, the erasure a delete left over (a WAL checkpoint a reader held up;
   PostgreSQL's vacuum, within FACEVERIFY_ERASE_VACUUM_SECONDS of a delete);
-- every FACEVERIFY_PURGE_INTERVAL_SECONDS, the retention purge (app/service/retention.py)
+- every FACEVERIFY_PURGE_INTERVAL_SECONDS, the retention purge (app/privacy/retention.py)
   and, with FACEVERIFY_AUDIT_RETENTION_DAYS, the audit trail's pruning.
 """
 
@@ -13,9 +13,9 @@ import threading
 import time
 from datetime import timedelta
 
-from app.gallery.store import GalleryStore
-from app.gallery.trail import AuditTrail
-from app.service.retention import Retention
+from app.privacy.erasure import Erasure
+from app.privacy.retention import Retention
+from app.privacy.trail import AuditTrail
 from app.settings import Settings
 
 log = logging.getLogger("faceverify.upkeep")
@@ -28,12 +28,12 @@ class Upkeep:
     def __init__(
         self,
         settings: Settings,
-        store: GalleryStore,
+        erasure: Erasure,
         retention: Retention,
         audit: AuditTrail | None,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.erasure = erasure
         self.retention = retention
         self.audit = audit
         self._stop = threading.Event()
@@ -52,7 +52,7 @@ class Upkeep:
         last_purge = time.monotonic() - interval  # a first round soon after start
         while not self._stop.wait(TICK):
             try:
-                self.store.upkeep()
+                self.erasure.upkeep()
                 self.retention.flush()
                 if time.monotonic() - last_purge >= interval:
                     last_purge = time.monotonic()

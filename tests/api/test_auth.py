@@ -18,7 +18,7 @@ from app.api.app import create_app
 from app.keys import Principal, digest, parse_env_keys
 from app.settings import Settings
 from tests.fakes import face, fake_image
-from tests.helpers import assert_problem, b64
+from tests.helpers import assert_problem, b64, parts
 from tests.helpers import fake_service as _fake_service
 
 VERIFY_KEY = "verify-only-key-0123456789"
@@ -154,7 +154,7 @@ def test_keys_are_created_shown_once_stored_hashed_and_revocable(client: TestCli
     listed = client.get("/keys", headers=admin).json()
     assert [k["key_id"] for k in listed] == [created["key_id"]] and "key" not in listed[0]
     # Only the hash is in the database.
-    with client.app.state.service.store.engine.connect() as conn:
+    with parts(client.app.state.service).gallery.database.engine.connect() as conn:
         stored = conn.exec_driver_sql("SELECT key_sha256, prefix FROM api_keys").all()
     assert stored == [(digest(key), key[:10])]
     assert client.get("/info", headers=as_key(key)).status_code == 200

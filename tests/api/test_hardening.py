@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.fakes import face, fake_image
-from tests.helpers import AUTH, TEST_KEY, assert_problem, b64
+from tests.helpers import AUTH, TEST_KEY, assert_problem, b64, parts
 from tests.server import serving
 
 
@@ -203,13 +203,13 @@ def test_a_timed_out_enroll_stores_nothing_and_a_keyed_retry_stores_once(setting
     app = create_app(slow, builder=lambda s: (service, {}))
     image = {"image": fake_image(face(1))}
     with TestClient(app, headers=AUTH) as client:
-        service.pipeline.encoder.delay = 2.0  # type: ignore[attr-defined]
+        parts(service).pipeline.encoder.delay = 2.0  # type: ignore[attr-defined]
         r = client.post("/enroll", data={"subject_id": "late"}, files=image)
         assert_problem(r, 503, "request_timeout")
         time.sleep(1.5)  # the inference thread has finished by now
         assert_problem(client.get("/subjects/late"), 404, "subject_not_found")
 
-        service.pipeline.encoder.delay = 0.0  # type: ignore[attr-defined]
+        parts(service).pipeline.encoder.delay = 0.0  # type: ignore[attr-defined]
         key = {"Idempotency-Key": "enroll-late-1"}
         first = client.post("/enroll", data={"subject_id": "late"}, files=image, headers=key)
         again = client.post("/enroll", data={"subject_id": "late"}, files=image, headers=key)

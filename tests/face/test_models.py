@@ -12,7 +12,7 @@ from PIL import Image
 from app.face.detect import HogFaceDetector
 from app.face.timing import Timings
 from app.service import FaceService
-from tests.helpers import HOPPER_VARIANTS, data
+from tests.helpers import HOPPER_VARIANTS, data, parts
 
 pytestmark = pytest.mark.model
 
@@ -39,9 +39,9 @@ def iou(a, b) -> float:
 
 def embed(service: FaceService, name: str) -> np.ndarray:
     timings = Timings()
-    faces = service.pipeline.find_faces(data(name), timings)
+    faces = parts(service).pipeline.find_faces(data(name), timings)
     assert len(faces) == 1, f"{name}: {len(faces)} faces"
-    return service.pipeline.embed(faces, timings)[0]
+    return parts(service).pipeline.embed(faces, timings)[0]
 
 
 def test_same_person_is_within_threshold_and_others_are_not(real_service: FaceService) -> None:
@@ -73,8 +73,8 @@ def test_rotated_curie_photos_give_the_same_detection(
     real_service: FaceService, orientation: int
 ) -> None:
     timings = Timings()
-    upright = real_service.pipeline.find_faces(data("curie_upright.jpg"), timings)
-    rotated = real_service.pipeline.find_faces(
+    upright = parts(real_service).pipeline.find_faces(data("curie_upright.jpg"), timings)
+    rotated = parts(real_service).pipeline.find_faces(
         data(f"curie_orientation_{orientation}.jpg"), timings
     )
     # HOG finds Marie Curie (frontal); Pierre is in profile and is not found.
@@ -105,30 +105,30 @@ def test_every_format_finds_and_embeds_the_face(real_service: FaceService, name:
 
 
 def test_small_photo_needs_and_gets_upsampling(real_service: FaceService) -> None:
-    faces = real_service.pipeline.find_faces(data("hopper.jpg"), Timings())
+    faces = parts(real_service).pipeline.find_faces(data("hopper.jpg"), Timings())
     # 128x128 with a ~53 px face: HOG's 80 px window finds it only upsampled once.
     assert len(faces) == 1 and faces[0].upsample >= 1
 
 
 @pytest.mark.parametrize("name", ["coffee.png", "transparent.png", "pil_sample_cmyk.jpg"])
 def test_no_face_photos_find_nothing(real_service: FaceService, name: str) -> None:
-    assert real_service.pipeline.find_faces(data(name), Timings()) == []
+    assert parts(real_service).pipeline.find_faces(data(name), Timings()) == []
 
 
 def test_two_people_are_both_found_and_largest_is_biden(real_service: FaceService) -> None:
-    faces = real_service.pipeline.find_faces(data("two_people.jpg"), Timings())
+    faces = parts(real_service).pipeline.find_faces(data("two_people.jpg"), Timings())
     assert len(faces) == 2
     largest = max(faces, key=lambda f: f.box.area)
     biden = embed(real_service, "biden.jpg")
     obama = embed(real_service, "obama.jpg")
-    vector = real_service.pipeline.embed([largest], Timings())[0]
+    vector = parts(real_service).pipeline.embed([largest], Timings())[0]
     assert np.linalg.norm(vector - biden) < THRESHOLD < np.linalg.norm(vector - obama)
 
 
 def test_large_photo_is_detected_on_a_downscaled_copy_with_full_res_boxes(
     real_service: FaceService,
 ) -> None:
-    faces = real_service.pipeline.find_faces(data("obama3.jpg"), Timings())  # 1434x2333
+    faces = parts(real_service).pipeline.find_faces(data("obama3.jpg"), Timings())  # 1434x2333
     assert len(faces) == 1
     box = faces[0].box
     # Boxes are in the original's pixels: the face is ~290 px wide there (~130 at 1024).
@@ -146,14 +146,14 @@ def test_a_huge_jpeg_is_decoded_smaller_and_reported_in_its_own_pixels(
         big = img.convert("RGB").resize((2868, 4666))
     buf = io.BytesIO()
     big.save(buf, "JPEG", quality=92)
-    faces = real_service.pipeline.find_faces(buf.getvalue(), Timings())
-    small = real_service.pipeline.find_faces(data("obama3.jpg"), Timings())
+    faces = parts(real_service).pipeline.find_faces(buf.getvalue(), Timings())
+    small = parts(real_service).pipeline.find_faces(data("obama3.jpg"), Timings())
     assert len(faces) == len(small) == 1
     # Coordinates in the big photo's pixels: about twice the small photo's.
     assert iou(faces[0].box, small[0].rescaled(2.0).box) >= MIN_IOU
     # libjpeg rounds scaled sizes up: the frame may be a pixel or two larger.
     assert abs(faces[0].frame[0] - 2868) <= 2 and abs(faces[0].frame[1] - 4666) <= 2
-    embeddings = real_service.pipeline.embed([faces[0], small[0]], Timings())
+    embeddings = parts(real_service).pipeline.embed([faces[0], small[0]], Timings())
     assert np.linalg.norm(embeddings[0] - embeddings[1]) < SAME_PHOTO_TOLERANCE
 
 
@@ -165,7 +165,7 @@ def test_tiny_images_find_no_face_without_crashing(real_service: FaceService, si
 
     buf = io.BytesIO()
     Image.new("RGB", size, (120, 100, 90)).save(buf, "PNG")
-    assert real_service.pipeline.find_faces(buf.getvalue(), Timings()) == []
+    assert parts(real_service).pipeline.find_faces(buf.getvalue(), Timings()) == []
 
 
 @pytest.mark.parametrize("name", ["obama.jpg", "two_people.jpg", "curie_upright.jpg"])
@@ -179,7 +179,7 @@ def test_the_encoder_cuts_the_chip_dlib_cuts_from_the_predictor_shape(
     from app.face.image import decode_image
 
     rgb = decode_image(data(name), max_pixels=40_000_000)
-    pipeline = real_service.pipeline
+    pipeline = parts(real_service).pipeline
     detector, encoder = pipeline.detector, pipeline.encoder  # type: ignore[attr-defined]
     faces = detector.detect(rgb)
     assert faces
@@ -199,7 +199,7 @@ def test_a_probes_quick_pass_finds_a_large_face_where_the_full_search_does(
     hundredths of the full search's (0.05 here, the largest of the shared photos; on
     upscaled LFW photos the distances moved a median 0.0015, as much as a 4 px shift
     moves them: benchmarks/quick_detection.py), and the decisions stay."""
-    pipeline = real_service.pipeline
+    pipeline = parts(real_service).pipeline
     detector = pipeline.detector
     assert isinstance(detector, HogFaceDetector) and detector.quick_side == 320
     full = pipeline.find_faces(data("obama.jpg"), Timings())
@@ -231,8 +231,8 @@ def test_the_quick_pass_falls_back_to_the_full_search_for_small_faces(
         canvas.paste(small.convert("RGB"), (700, 500))
     buf = io.BytesIO()
     canvas.save(buf, "JPEG", quality=92)
-    full = real_service.pipeline.find_faces(buf.getvalue(), Timings())
-    quick = real_service.pipeline.find_faces(buf.getvalue(), Timings(), quick=True)
+    full = parts(real_service).pipeline.find_faces(buf.getvalue(), Timings())
+    quick = parts(real_service).pipeline.find_faces(buf.getvalue(), Timings(), quick=True)
     assert len(full) == 1 and [f.box for f in quick] == [f.box for f in full]
 
 
@@ -243,7 +243,7 @@ def test_probes_far_from_the_threshold_skip_the_mirror_pass(
     the chip alone: one encoder pass of one chip. Mirror-averaging them as well gives
     the same decisions at distances a few hundredths away; a distance near the
     threshold gets the mirror pass and then equals the mirror-averaged one."""
-    encoder = real_service.pipeline.encoder
+    encoder = parts(real_service).pipeline.encoder
     encode, batches = encoder.encode, []
     monkeypatch.setattr(
         encoder, "encode", lambda chips: batches.append(len(chips)) or encode(chips)
@@ -251,8 +251,9 @@ def test_probes_far_from_the_threshold_skip_the_mirror_pass(
     real_service.enroll(collection="default", subject_id="skip-obama", images=[data("obama.jpg")])
 
     def answers(margin: float) -> tuple[list[int], list[float], list[bool]]:
-        recipes = dataclasses.replace(real_service.recipes, mirror_margin=margin)
-        monkeypatch.setattr(real_service, "recipes", recipes)
+        probes = parts(real_service).probes
+        recipes = dataclasses.replace(probes.recipes, mirror_margin=margin)
+        monkeypatch.setattr(probes, "recipes", recipes)
         batches.clear()
         results = [
             real_service.verify(

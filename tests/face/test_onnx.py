@@ -15,7 +15,7 @@ from app.face.timing import Timings
 from app.face.weights import WeightFile, installed_weights_dir, sha256_file
 from app.service import FaceService
 from app.settings import Settings
-from tests.helpers import DATA
+from tests.helpers import DATA, parts
 
 pytestmark = pytest.mark.model
 
@@ -57,8 +57,8 @@ def resnet_dat() -> Path:
 
 @pytest.fixture(scope="module")
 def chips(real_service: FaceService) -> np.ndarray:
-    detector = real_service.pipeline.detector  # type: ignore[attr-defined]
-    encoder = real_service.pipeline.encoder  # type: ignore[attr-defined]
+    detector = parts(real_service).pipeline.detector  # type: ignore[attr-defined]
+    encoder = parts(real_service).pipeline.encoder  # type: ignore[attr-defined]
     found = []
     for name in PHOTOS:
         with Image.open(DATA / name) as img:
@@ -71,7 +71,7 @@ def chips(real_service: FaceService) -> np.ndarray:
 @pytest.mark.slow
 def test_onnx_embeddings_match_dlib(chips: np.ndarray, real_service: FaceService) -> None:
     assert len(chips) >= 50
-    resnet = real_service.pipeline.encoder  # type: ignore[attr-defined]
+    resnet = parts(real_service).pipeline.encoder  # type: ignore[attr-defined]
     assert isinstance(resnet, OnnxEncoder)
     reference = DlibEncoder(resnet_dat()).encode(chips)
     one_batch = resnet.encode(chips)

@@ -14,7 +14,7 @@ from app.face import quality
 from app.face.detect import largest
 from app.face.timing import Timings
 from app.service import FaceService
-from tests.helpers import assert_problem, data
+from tests.helpers import assert_problem, data, parts, service_on
 
 pytestmark = pytest.mark.model
 
@@ -32,7 +32,7 @@ def blurred(name: str, fraction: float) -> bytes:
 
 
 def assessed(service: FaceService, photo: bytes) -> tuple[quality.FaceMeasures, float, tuple]:
-    face = largest(service.pipeline.find_faces(photo, Timings()))
+    face = largest(parts(service).pipeline.find_faces(photo, Timings()))
     measures = quality.measure(face)
     result = quality.assess(measures)
     return measures, result.quality, result.reasons
@@ -72,7 +72,7 @@ def test_a_blurred_copy_scores_lower_and_says_it_is_blurred(real_service: FaceSe
     assert (
         measures.sharpness
         < quality.measure(
-            largest(real_service.pipeline.find_faces(data("obama2.jpg"), Timings()))
+            largest(parts(real_service).pipeline.find_faces(data("obama2.jpg"), Timings()))
         ).sharpness
     )
 
@@ -152,11 +152,9 @@ def test_probes_report_their_quality_and_a_low_one_is_flagged_not_refused(
 
 
 def test_the_gate_is_off_at_zero(real_service: FaceService) -> None:
-    gateless = FaceService(
-        settings=real_service.settings.model_copy(update={"enroll_min_quality": 0}),
-        pipeline=real_service.pipeline,
-        store=real_service.store,
-        calibration=real_service.calibration,
+    seen = parts(real_service)
+    gateless = service_on(
+        seen.settings.model_copy(update={"enroll_min_quality": 0}), seen.gallery, seen.pipeline
     )
     result = gateless.enroll(
         collection="default", subject_id="gateless", images=[blurred("obama.jpg", 1 / 40)]
@@ -180,4 +178,4 @@ def test_every_penalty_only_lowers_the_score() -> None:
 def test_the_quality_detectors_are_loaded_at_start_up(real_service: FaceService) -> None:
     """One per inference slot, before the first request: loading one takes ~0.3 s, and
     `faceverify bench` saw the first /compare after start take 10x the steady one."""
-    assert quality._pool().created >= real_service.settings.max_concurrent_inference
+    assert quality._pool().created >= parts(real_service).settings.max_concurrent_inference

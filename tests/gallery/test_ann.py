@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from app.gallery.ann import AnnIndex
-from app.gallery.index import ExactIndex
+from app.vectors.ann import AnnIndex
+from app.vectors.index import ExactIndex
 
 
 def gallery(

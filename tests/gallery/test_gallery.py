@@ -9,14 +9,14 @@ import pytest
 from sqlalchemy import func, select
 
 from app.errors import FaceNotFound, SubjectNotFound
-from app.gallery import bulkload, changelog
-from app.gallery.index import ExactIndex, Partitions
+from app.gallery import Gallery, NewFace, changes, faces
 from app.gallery.models import Face, GalleryEvent, Subject
-from app.gallery.store import GalleryStore, NewFace
-from app.gallery.sync import GallerySync
 from app.geometry import Box
 from app.scoring.distance import distances
+from app.vectors.index import ExactIndex, Partitions
+from app.vectors.sync import GalleryChanges, GallerySync
 from tests.fakes import unit_vector
+from tests.helpers import add_faces, delete_face, delete_subject
 
 
 def new_faces(*seeds: int) -> list[NewFace]:
@@ -26,24 +26,25 @@ def new_faces(*seeds: int) -> list[NewFace]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> GalleryStore:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Gallery:
     """Every store test runs on SQLite and on a real PostgreSQL: the same behaviour."""
     if request.param == "sqlite":
-        s = GalleryStore.open(f"sqlite:///{tmp_path / 'g.db'}")
+        s = Gallery.open(f"sqlite:///{tmp_path / 'g.db'}")
         yield s
         s.close()
         return
     from tests.helpers import fresh_postgres_database
 
     databases = fresh_postgres_database()
-    s = GalleryStore.open(next(databases))
+    s = Gallery.open(next(databases))
     yield s
     s.close()
     next(databases, None)
 
 
-def add(store: GalleryStore, subject_id: str, *seeds: int, encoder: str = "fake") -> list[str]:
-    faces, _, _ = store.add_faces(
+def add(store: Gallery, subject_id: str, *seeds: int, encoder: str = "fake") -> list[str]:
+    faces, _, _ = add_faces(
+        store,
         collection="default",
         subject_id=subject_id,
         faces=new_faces(*seeds),
@@ -53,69 +54,74 @@ def add(store: GalleryStore, subject_id: str, *seeds: int, encoder: str = "fake"
     return [f.id for f in faces]
 
 
-def synced(store: GalleryStore, encoders: tuple[str, ...] = ("fake",)) -> GallerySync:
+def synced(store: Gallery, encoders: tuple[str, ...] = ("fake",)) -> GallerySync:
     """Exact indexes of ``encoders``' faces, one a collection, kept in step with ``store``."""
-    return GallerySync(store, Partitions(128), encoders)
+    return GallerySync(GalleryChanges(store), Partitions(128), encoders)
 
 
-def count(store: GalleryStore, model: type) -> int:
-    with store.engine.connect() as conn:
+def count(store: Gallery, model: type) -> int:
+    with store.database.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(model)).scalar_one())
 
 
-def test_add_faces_is_all_or_nothing(store: GalleryStore) -> None:
+def test_add_faces_is_all_or_nothing(store: Gallery) -> None:
     bad = new_faces(1, 2) + [NewFace(np.full(128, np.nan), Box(0, 0, 1, 1), 1.0)]
     with pytest.raises(ValueError):
-        store.add_faces(
-            collection="default", subject_id="a", faces=bad, encoder="fake", pipeline_version="v"
+        add_faces(
+            store,
+            collection="default",
+            subject_id="a",
+            faces=bad,
+            encoder="fake",
+            pipeline_version="v",
         )
     assert count(store, Subject) == 0 and count(store, Face) == 0
-    assert store.version() == 0
+    assert store.changes.version() == 0
 
 
-def test_embeddings_round_trip_exactly(store: GalleryStore) -> None:
+def test_embeddings_round_trip_exactly(store: Gallery) -> None:
     ids = add(store, "a", 1, 2)
-    rows = store.load_embeddings(dim=128)
+    rows = store.faces.load(dim=128)
     assert sorted(rows.face_ids) == sorted(ids)
     for face_id, vector in zip(rows.face_ids, rows.matrix, strict=True):
         seed = 1 if face_id == ids[0] else 2
         assert np.array_equal(vector, unit_vector(seed))
 
 
-def test_delete_subject_removes_every_row(store: GalleryStore) -> None:
+def test_delete_subject_removes_every_row(store: Gallery) -> None:
     add(store, "a", 1, 2)
     add(store, "b", 3)
-    deleted, _ = store.delete_subject(collection="default", subject_id="a")
+    deleted, _ = delete_subject(store, collection="default", subject_id="a")
     assert len(deleted) == 2
-    with store.engine.connect() as conn:
+    with store.database.engine.connect() as conn:
         assert conn.execute(select(Face).where(Face.subject_id == "a")).first() is None
         assert conn.execute(select(Subject).where(Subject.id == "a")).first() is None
     assert count(store, Face) == 1
     with pytest.raises(SubjectNotFound):
-        store.delete_subject(collection="default", subject_id="a")
+        delete_subject(store, collection="default", subject_id="a")
 
 
-def test_delete_face_keeps_the_subject(store: GalleryStore) -> None:
+def test_delete_face_keeps_the_subject(store: Gallery) -> None:
     ids = add(store, "a", 1, 2)
     add(store, "b", 3)
-    store.delete_face(collection="default", subject_id="a", face_id=ids[0])
-    assert store.get_subject(collection="default", subject_id="a").face_count == 1
+    delete_face(store, collection="default", subject_id="a", face_id=ids[0])
+    assert store.subjects.get(collection="default", subject_id="a").face_count == 1
     with pytest.raises(FaceNotFound):
-        store.delete_face(collection="default", subject_id="a", face_id=ids[0])
+        delete_face(store, collection="default", subject_id="a", face_id=ids[0])
     with pytest.raises(FaceNotFound):  # a face is reachable only through its own subject
-        store.delete_face(collection="default", subject_id="b", face_id=ids[1])
-    assert store.get_subject(collection="default", subject_id="a").face_count == 1
+        delete_face(store, collection="default", subject_id="b", face_id=ids[1])
+    assert store.subjects.get(collection="default", subject_id="a").face_count == 1
 
 
-def test_list_subjects_pages_and_filters_by_prefix(store: GalleryStore) -> None:
+def test_list_subjects_pages_and_filters_by_prefix(store: Gallery) -> None:
     for name in ["ann", "anna", "bob", "a_b", "axb"]:
         add(store, name, hash(name) % 1000)
-    page, total = store.list_subjects(collection="default", offset=0, limit=2)
+    page, total = store.subjects.page(collection="default", offset=0, limit=2)
     assert total == 5 and [s.id for s in page] == ["a_b", "ann"]
-    page, total = store.list_subjects(collection="default", offset=0, limit=10, prefix="ann")
+    page, total = store.subjects.page(collection="default", offset=0, limit=10, prefix="ann")
     assert total == 2 and {s.id for s in page} == {"ann", "anna"}
     # LIKE wildcards in the prefix are literal ("%" is no subject id since issue 37).
-    page, total = store.list_subjects(collection="default", offset=0, limit=10, prefix="a_")
+    page, total = store.subjects.page(collection="default", offset=0, limit=10, prefix="a_")
     assert [s.id for s in page] == ["a_b"]
 
 
@@ -148,24 +154,24 @@ def test_index_remove_subject_leaves_no_rows() -> None:
     assert [h.subject_id for h in hits] == ["b"]
 
 
-def test_a_second_index_catches_up_through_the_change_log(store: GalleryStore) -> None:
+def test_a_second_index_catches_up_through_the_change_log(store: Gallery) -> None:
     mine, theirs = synced(store), synced(store)
     mine.sync()
     theirs.sync()
     a = add(store, "a", 1, 2)
     add(store, "b", 3)
-    store.delete_face(collection="default", subject_id="a", face_id=a[0])
-    store.delete_subject(collection="default", subject_id="b")
+    delete_face(store, collection="default", subject_id="a", face_id=a[0])
+    delete_subject(store, collection="default", subject_id="b")
     assert theirs.sync()
     assert (
         theirs.indexes.get("default").subject_faces("a") == [a[1]]
         and theirs.indexes.get("default").subject_faces("b") == []
     )
-    assert len(theirs.indexes) == 1 and theirs.version == store.version()
+    assert len(theirs.indexes) == 1 and theirs.version == store.changes.version()
     assert not theirs.sync()  # nothing new: one cheap query
 
 
-def test_an_index_never_holds_another_models_embeddings(store: GalleryStore) -> None:
+def test_an_index_never_holds_another_models_embeddings(store: Gallery) -> None:
     """Faces store their encoder; an index loads and replays only its model's, so a
     search never compares embeddings of two models (issue 10)."""
     early = synced(store, ("fake", "fake_other_runtime"))
@@ -186,62 +192,62 @@ def test_an_index_never_holds_another_models_embeddings(store: GalleryStore) -> 
 
 
 def test_an_index_behind_the_pruned_log_reloads_everything(
-    store: GalleryStore, monkeypatch: pytest.MonkeyPatch
+    store: Gallery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(changelog, "EVENT_RETENTION", 2)
+    monkeypatch.setattr(changes, "EVENT_RETENTION", 2)
     sync = synced(store)
     sync.sync()
     for i in range(5):
         add(store, f"s{i}", i)
     assert count(store, GalleryEvent) <= 2
-    assert store.changes_since(version=sync.version) is None
+    assert store.changes.changes_since(version=sync.version) is None
     sync.sync()
     assert len(sync.indexes) == 5 and sync.indexes.get("default").subject_count == 5
 
 
-def test_migrations_build_exactly_the_models_schema(store: GalleryStore) -> None:
+def test_migrations_build_exactly_the_models_schema(store: Gallery) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     from app.gallery.models import Base
 
-    with store.engine.connect() as conn:
+    with store.database.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.schema_revision() == "0008"
+    assert store.database.schema_revision() == "0008"
 
 
 def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'g.db'}"
-    first = GalleryStore.open(url)
+    first = Gallery.open(url)
     add(first, "a", 1)
     first.close()
-    again = GalleryStore.open(url)
+    again = Gallery.open(url)
     assert (
-        again.get_subject(collection="default", subject_id="a").face_count == 1
-        and again.version() == 1
+        again.subjects.get(collection="default", subject_id="a").face_count == 1
+        and again.changes.version() == 1
     )
     again.close()
 
 
-def test_concurrent_writers_never_leave_an_index_behind(store: GalleryStore) -> None:
+def test_concurrent_writers_never_leave_an_index_behind(store: Gallery) -> None:
     """Two writers (as two replicas would) enroll and delete at once while a third
     index keeps syncing; in the end it holds exactly what the database holds."""
     import threading
 
     watcher = synced(store)
-    writers = [GalleryStore(store.url) for _ in range(2)]
+    writers = [Gallery.connect(store.database.url) for _ in range(2)]
     stop = threading.Event()
 
     def write(w: int) -> None:
         for i in range(15):
             ids = add(writers[w], f"w{w}-s{i}", 100 * w + i, 1000 + 100 * w + i)
             if i % 3 == 0:
-                writers[w].delete_face(
-                    collection="default", subject_id=f"w{w}-s{i}", face_id=ids[0]
+                delete_face(
+                    writers[w], collection="default", subject_id=f"w{w}-s{i}", face_id=ids[0]
                 )
             if i % 5 == 0:
-                writers[w].delete_subject(collection="default", subject_id=f"w{w}-s{i}")
+                delete_subject(writers[w], collection="default", subject_id=f"w{w}-s{i}")
 
     def watch() -> None:
         while not stop.is_set():
@@ -257,36 +263,36 @@ def test_concurrent_writers_never_leave_an_index_behind(store: GalleryStore) -> 
     stop.set()
     observer.join()
     watcher.sync()
-    rows = store.load_embeddings(dim=128)
+    rows = store.faces.load(dim=128)
     assert sorted(rows.face_ids) == sorted(
         f for s in {*rows.subject_ids} for f in watcher.indexes.get("default").subject_faces(s)
     )
-    assert len(watcher.indexes) == len(rows.face_ids) and watcher.version == store.version()
+    assert len(watcher.indexes) == len(rows.face_ids) and watcher.version == store.changes.version()
     for w in writers:
         w.close()
 
 
 def test_connecting_to_a_store_does_not_migrate_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'g.db'}"
-    store = GalleryStore(url)
-    assert store.schema_revision() is None  # nothing was created
-    assert store.migrate() == "0008" and store.schema_revision() == "0008"
+    store = Gallery.connect(url)
+    assert store.database.schema_revision() is None  # nothing was created
+    assert store.database.migrate() == "0008" and store.database.schema_revision() == "0008"
     store.close()
 
 
 def test_loading_every_embedding_in_slices_gives_the_same_rows(
-    store: GalleryStore, monkeypatch: pytest.MonkeyPatch
+    store: Gallery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """load_embeddings reads in slices (so a load of millions of faces never holds the
     GIL for seconds); slice edges must not drop, repeat or misalign a row."""
     for i in range(9):
         add(store, f"s{i}", 3 * i, 3 * i + 1, 3 * i + 2)
-    whole = store.load_embeddings(dim=128)
-    monkeypatch.setattr(bulkload, "LOAD_SLICE", 4)
-    sliced = store.load_embeddings(dim=128)
+    whole = store.faces.load(dim=128)
+    monkeypatch.setattr(faces, "LOAD_SLICE", 4)
+    sliced = store.faces.load(dim=128)
     assert sliced.face_ids == whole.face_ids and len(whole.face_ids) == 27
     assert sliced.subject_ids == whole.subject_ids and sliced.collections == whole.collections
     assert np.array_equal(sliced.matrix, whole.matrix)
     for face_id, vector in zip(sliced.face_ids, sliced.matrix, strict=True):
-        _, stored = store.face_embedding(collection="default", face_id=face_id, encoders=("fake",))
+        _, stored = store.faces.embedding(collection="default", face_id=face_id, encoders=("fake",))
         assert np.array_equal(vector, stored)

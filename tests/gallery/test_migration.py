@@ -13,12 +13,11 @@ import pytest
 from sqlalchemy import text
 
 from app.errors import SubjectNotFound
-from app.gallery.store import GalleryStore
+from app.gallery import Gallery
 from app.keys import KeyStore, digest
-from app.scoring.calibration import Calibration
-from app.service import FaceService
 from app.settings import Settings
-from tests.fakes import face, fake_image, fake_pipeline, unit_vector
+from tests.fakes import face, fake_image, unit_vector
+from tests.helpers import service_on
 
 SUBJECTS = {"ann": [1, 11], "bob": [2], "cy": []}  # subject -> seeds of its faces
 
@@ -38,11 +37,11 @@ def old_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 def _filled(url: str) -> Iterator[str]:
-    store = GalleryStore(url)
-    assert store.migrate("0002") == "0002"
+    store = Gallery.connect(url)
+    assert store.database.migrate("0002") == "0002"
     now = datetime.now(UTC)
     face_ids: dict[str, list[str]] = {}
-    with store.engine.begin() as conn:
+    with store.database.engine.begin() as conn:
         version = 0
         for subject, seeds in SUBJECTS.items():
             conn.execute(
@@ -105,17 +104,12 @@ def _filled(url: str) -> Iterator[str]:
 def test_an_old_database_moves_into_the_default_collection(
     old_database: str, tmp_path: Path
 ) -> None:
-    store = GalleryStore.open(old_database)
-    assert store.schema_revision() == "0008"
+    store = Gallery.open(old_database)
+    assert store.database.schema_revision() == "0008"
     settings = Settings(data_dir=tmp_path)
-    service = FaceService(
-        settings=settings,
-        pipeline=fake_pipeline(),
-        store=store,
-        calibration=Calibration.load(settings.resolved_calibration_file()),
-    )
+    service = service_on(settings, store)
     try:
-        (default,) = store.list_collections()
+        (default,) = store.collections.all()
         assert (default.id, default.subjects, default.faces) == ("default", 3, 3)
         # Every face still verifies, against its own subject only.
         for subject, seeds in SUBJECTS.items():
@@ -134,24 +128,19 @@ def test_an_old_database_moves_into_the_default_collection(
         hits = service.identify(collection="default", image=fake_image(face(11)))
         assert hits.best is not None and hits.best.subject_id == "ann"
         # The change log still replays: a second process starts from the migrated log.
-        other = FaceService(
-            settings=settings,
-            pipeline=fake_pipeline(),
-            store=GalleryStore(old_database),
-            calibration=service.calibration,
-        )
+        other = service_on(settings, Gallery.connect(old_database))
         service.delete_subject(collection="default", subject_id="bob")
         with pytest.raises(SubjectNotFound):
             other.verify(collection="default", subject_id="bob", image=fake_image(face(2)))
-        other.store.close()
+        other.close()
         # Keys keep their reach: a verify key saw the one gallery, now "default"; an
         # admin key still reaches every collection.
-        keys = KeyStore(store.engine, {})
+        keys = KeyStore(store.database, {})
         verify = keys.principal_for("old-verify-key-0123456789")
         admin = keys.principal_for("old-admin-key-01234")
         assert verify is not None and (verify.scopes, verify.collection) == (("verify",), "default")
         assert admin is not None and (admin.scopes, admin.collection) == (("admin",), None)
-        record = store.find_idempotent(owner="o", key="k")
+        record = store.idempotency.find(owner="o", key="k")
         assert record is not None and (record.collection, record.subject_id) == ("default", "bob")
     finally:
         store.close()

@@ -15,19 +15,22 @@ import pytest
 from sqlalchemy import event, text
 
 from app.errors import SubjectNotFound
-from app.gallery import pgvector
-from app.gallery.index import ExactIndex
-from app.gallery.search import GallerySearch, MemorySearch, PgvectorSearch
-from app.gallery.store import GalleryStore
+from app.gallery import Gallery
 from app.service import FaceService
+from app.service.transfer import import_faces
 from app.settings import Settings
+from app.vectors import MemorySearch, VectorBackend
+from app.vectors.index import ExactIndex
+from app.vectors.pgvector import PgvectorSearch
+from app.vectors.pgvector import sql as pgvector
 from tests.fakes import face, fake_image
-from tests.helpers import fake_service, fresh_postgres_database
+from tests.helpers import fake_service, fresh_postgres_database, parts
 
 
-def imported(store: GalleryStore, subject_ids: list[str], faces: np.ndarray) -> None:
+def imported(store: Gallery, subject_ids: list[str], faces: np.ndarray) -> None:
     """Faces of the fake encoder, bulk-imported into the default collection."""
-    store.import_faces(
+    import_faces(
+        store,
         collection="default",
         subject_ids=subject_ids,
         embeddings=faces,
@@ -39,8 +42,8 @@ def imported(store: GalleryStore, subject_ids: list[str], faces: np.ndarray) -> 
 @pytest.fixture
 def replicas(settings: Settings) -> Iterator[tuple[FaceService, FaceService]]:
     url = next(databases := fresh_postgres_database())
-    probe = GalleryStore.open(url)
-    available = probe.enable_vectors(dim=128)
+    probe = Gallery.open(url)
+    available = PgvectorSearch.enable(probe, dim=128, encoders=("fake",)) is not None
     probe.close()
     if not available:
         next(databases, None)
@@ -50,16 +53,16 @@ def replicas(settings: Settings) -> Iterator[tuple[FaceService, FaceService]]:
     both = settings.model_copy(update={"database_url": url})
     a, b = fake_service(both, pgvector=True), fake_service(both, pgvector=True)
     yield a, b
-    a.store.close()
-    b.store.close()
+    a.close()
+    b.close()
     next(databases, None)
 
 
 @pytest.fixture
-def bare_store() -> Iterator[tuple[GalleryStore, str]]:
+def bare_store() -> Iterator[tuple[Gallery, str]]:
     """A store on a fresh database with vectors not yet enabled, and its URL."""
     url = next(databases := fresh_postgres_database())
-    store = GalleryStore.open(url)
+    store = Gallery.open(url)
     yield store, url
     store.close()
     next(databases, None)
@@ -82,12 +85,14 @@ def test_identify_in_the_database_agrees_with_exact_search(
     noise = 0.35 / np.sqrt(128)
     faces = np.repeat(centres, 4, axis=0) + rng.normal(size=(8000, 128)).astype(np.float32) * noise
     subjects = [f"s{i // 4}" for i in range(8000)]
-    imported(a.store, subjects, faces)
+    imported(parts(a).gallery, subjects, faces)
     exact = ExactIndex(128)
-    rows = a.store.load_embeddings(dim=128)
+    rows = parts(a).gallery.faces.load(dim=128)
     exact.add(rows.face_ids, rows.subject_ids, rows.matrix)
-    memory = MemorySearch(a.store, dim=128, encoders=a.pipeline.compatible, wait_seconds=5)
-    searches: dict[str, GallerySearch] = {"pgvector": a.search, "memory": memory}
+    memory = MemorySearch(
+        parts(a).gallery, dim=128, encoders=parts(a).pipeline.compatible, wait_seconds=5
+    )
+    searches: dict[str, VectorBackend] = {"pgvector": parts(a).vectors, "memory": memory}
     picked = rng.choice(2000, size=200, replace=False)
     probes = centres[picked] + rng.normal(size=(200, 128)).astype(np.float32) * noise
     shifts = rng.normal(size=(200, 128)).astype(np.float32)
@@ -117,8 +122,8 @@ def test_top_100_over_subjects_with_many_faces_widens_within_pgvectors_limits(
     a, _ = replicas
     rng = np.random.default_rng(3)
     faces = rng.normal(size=(1000, 128)).astype(np.float32)
-    imported(a.store, [f"s{i // 100}" for i in range(1000)], faces)
-    got, _ = a.search.search("default", faces[0], 100)
+    imported(parts(a).gallery, [f"s{i // 100}" for i in range(1000)], faces)
+    got, _ = parts(a).vectors.search("default", faces[0], 100)
     assert sorted(h.subject_id for h in got) == sorted(f"s{i}" for i in range(10))
     assert got[0].subject_id == "s0" and got[0].distance < 1e-3
 
@@ -130,7 +135,7 @@ def test_a_write_on_one_replica_is_seen_by_the_next_request_on_another(
     a.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
     best = b.identify(collection="default", image=fake_image(face(1))).best
     assert best is not None and best.subject_id == "ann" and best.result.distance < 1e-5
-    assert isinstance(b.search, PgvectorSearch)  # no copy, no replay: it holds no index
+    assert isinstance(parts(b).vectors, PgvectorSearch)  # no copy, no replay: it holds no index
     enrolled = a.get_subject(collection="default", subject_id="ann")[1]
     b.delete_face(collection="default", subject_id="ann", face_id=enrolled[0].id)
     assert a.identify(collection="default", image=fake_image(face(1))).candidates == []
@@ -170,11 +175,9 @@ def test_an_index_built_with_older_parameters_is_noticed_and_rebuilt(
     `faceverify db rebuild-vector-index`, which swaps in a new one."""
     from sqlalchemy import text
 
-    from app.gallery import pgvector
-
     a, _ = replicas
-    assert pgvector.index_is_current(a.store.engine)
-    with a.store.engine.begin() as conn:
+    assert pgvector.index_is_current(parts(a).gallery.database.engine)
+    with parts(a).gallery.database.engine.begin() as conn:
         conn.execute(text("DROP INDEX ix_face_vectors_hnsw"))
         conn.execute(
             text(
@@ -182,12 +185,12 @@ def test_an_index_built_with_older_parameters_is_noticed_and_rebuilt(
                 "USING hnsw (embedding vector_l2_ops)"
             )
         )
-    assert not pgvector.index_is_current(a.store.engine)
+    assert not pgvector.index_is_current(parts(a).gallery.database.engine)
     faces = np.random.default_rng(5).normal(size=(50, 128)).astype(np.float32)
-    imported(a.store, [f"s{i}" for i in range(50)], faces)
-    pgvector.rebuild_index(a.store.engine)
-    assert pgvector.index_is_current(a.store.engine)
-    got, _ = a.search.search("default", faces[7], 1)
+    imported(parts(a).gallery, [f"s{i}" for i in range(50)], faces)
+    pgvector.rebuild_index(parts(a).gallery.database.engine)
+    assert pgvector.index_is_current(parts(a).gallery.database.engine)
+    got, _ = parts(a).vectors.search("default", faces[7], 1)
     assert got[0].subject_id == "s7"
 
 
@@ -202,21 +205,21 @@ def test_a_bulk_import_by_copy_keeps_every_value_exactly(
     faces = rng.normal(size=(12_000, 128)).astype(np.float32)  # past BULK_REBUILD
     faces[0, :3] = [1e-38, -12345.678, 0.1]  # tiny, large, and inexact in decimal
     subjects = [f"ß.ü@{i // 3}:x-+" for i in range(12_000)]
-    imported(a.store, subjects, faces)
-    rows = a.store.load_embeddings(dim=128)
+    imported(parts(a).gallery, subjects, faces)
+    rows = parts(a).gallery.faces.load(dim=128)
     assert sorted(map(bytes, rows.matrix)) == sorted(map(bytes, faces))
     assert sorted(rows.subject_ids) == sorted(subjects)
-    with a.store.engine.connect() as conn:
+    with parts(a).gallery.database.engine.connect() as conn:
         stored = conn.execute(text("SELECT embedding::text FROM face_vectors")).scalars().all()
     back = np.array([json.loads(v) for v in stored], dtype=np.float32)
     assert sorted(map(bytes, back)) == sorted(map(bytes, faces))
-    hit, _ = a.search.search("default", faces[0], 1)
+    hit, _ = parts(a).vectors.search("default", faces[0], 1)
     assert hit[0].subject_id == "ß.ü@0:x-+" and hit[0].distance == 0.0
 
 
 @pytest.mark.slow
 def test_a_large_gallery_meeting_pgvector_is_copied_then_indexed_once(
-    bare_store: tuple[GalleryStore, str], caplog: pytest.LogCaptureFixture
+    bare_store: tuple[Gallery, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A gallery stored before pgvector was installed: enabling it copies every face,
     then builds the HNSW index once (not face by face into a live graph), with the
@@ -225,11 +228,11 @@ def test_a_large_gallery_meeting_pgvector_is_copied_then_indexed_once(
     faces = np.random.default_rng(4).normal(size=(12_000, 128)).astype(np.float32)
     imported(store, [f"s{i}" for i in range(12_000)], faces)
     with caplog.at_level("WARNING", logger="faceverify.gallery"):
-        if not store.enable_vectors(dim=128, build_memory_mb=64):
+        if not PgvectorSearch.enable(store, dim=128, encoders=("fake",), build_memory_mb=64):
             pytest.skip("the test PostgreSQL has no pgvector (see .ci/pgvector.sh)")
     assert "needs ~87 MB to build in memory" in caplog.text
-    assert pgvector.index_is_current(store.engine)
-    with store.engine.connect() as conn:
+    assert pgvector.index_is_current(store.database.engine)
+    with store.database.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one() == 12_000
 
 
@@ -253,48 +256,52 @@ def test_identify_sends_the_width_the_graph_size_or_the_setting_asks_for(
 ) -> None:
     a, _ = replicas
     rng = np.random.default_rng(5)
-    imported(a.store, [f"s{i}" for i in range(300)], rng.normal(size=(300, 128)).astype(np.float32))
+    imported(
+        parts(a).gallery,
+        [f"s{i}" for i in range(300)],
+        rng.normal(size=(300, 128)).astype(np.float32),
+    )
     sent: list[str] = []
 
     def record(conn: object, cursor: object, statement: str, *args: object) -> None:
         if "hnsw.ef_search" in statement:
             sent.append(statement)
 
-    event.listen(a.store.engine, "before_cursor_execute", record)
-    a.search.search("default", rng.normal(size=128).astype(np.float32), 5)
+    event.listen(parts(a).gallery.database.engine, "before_cursor_execute", record)
+    parts(a).vectors.search("default", rng.normal(size=128).astype(np.float32), 5)
     assert sent == ["SET LOCAL hnsw.ef_search = 200"]
     # Past 1.5M faces (the planner's estimate, as the service reads it) it widens.
-    assert isinstance(a.search, PgvectorSearch)
-    a.search._memo._values[("graph",)] = (time.monotonic(), 3_000_000)
-    a.search.search("default", rng.normal(size=128).astype(np.float32), 5)
+    assert isinstance(parts(a).vectors, PgvectorSearch)
+    parts(a).vectors._memo._values[("graph",)] = (time.monotonic(), 3_000_000)
+    parts(a).vectors.search("default", rng.normal(size=128).astype(np.float32), 5)
     assert sent[-1] == "SET LOCAL hnsw.ef_search = 400"
     fixed = fake_service(
         settings.model_copy(
-            update={"database_url": a.settings.database_url, "pgvector_ef_search": 350}
+            update={"database_url": parts(a).settings.database_url, "pgvector_ef_search": 350}
         ),
         pgvector=True,
     )
-    event.listen(fixed.store.engine, "before_cursor_execute", record)
-    fixed.search.search("default", rng.normal(size=128).astype(np.float32), 5)
-    fixed.store.close()
+    event.listen(parts(fixed).gallery.database.engine, "before_cursor_execute", record)
+    parts(fixed).vectors.search("default", rng.normal(size=128).astype(np.float32), 5)
+    fixed.close()
     assert sent[-1] == "SET LOCAL hnsw.ef_search = 350"
 
 
 def test_a_few_faces_stored_without_pgvector_are_copied_at_the_next_start(
-    bare_store: tuple[GalleryStore, str],
+    bare_store: tuple[Gallery, str],
 ) -> None:
     """Faces written while vectors were off (a replica with VECTOR_SEARCH=memory) are
     found at the next start even though a count check usually skips the search for
     them."""
     store, url = bare_store
-    if not store.enable_vectors(dim=128):
+    if not PgvectorSearch.enable(store, dim=128, encoders=("fake",)):
         pytest.skip("the test PostgreSQL has no pgvector (see .ci/pgvector.sh)")
     faces = np.random.default_rng(6).normal(size=(60, 128)).astype(np.float32)
-    imported_by = GalleryStore.open(url)  # vectors off: faces only
+    imported_by = Gallery.open(url)  # vectors off: faces only
     imported(imported_by, [f"s{i}" for i in range(60)], faces)
     imported_by.close()
-    assert store.enable_vectors(dim=128)  # the next start
-    with store.engine.connect() as conn:
+    assert PgvectorSearch.enable(store, dim=128, encoders=("fake",))  # the next start
+    with store.database.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM face_vectors")).scalar_one() == 60
 
 
@@ -304,9 +311,9 @@ def test_identify_in_the_database_scores_each_face_on_its_curve(
     """A face enrolled before templates and a template, searched by pgvector: each
     candidate is scored on the curve its face's recipe calls for."""
     a, _ = replicas
-    before = fake_service(a.settings.model_copy(update={"template_views": 2}), pgvector=True)
+    before = fake_service(parts(a).settings.model_copy(update={"template_views": 2}), pgvector=True)
     before.enroll(collection="default", subject_id="old", images=[fake_image(face(1))])
-    after = fake_service(a.settings.model_copy(update={"template_views": 8}), pgvector=True)
+    after = fake_service(parts(a).settings.model_copy(update={"template_views": 8}), pgvector=True)
     after.enroll(collection="default", subject_id="new", images=[fake_image(face(2))])
     found = after.identify(collection="default", image=fake_image(face(1)), top_k=2)
     assert {c.subject_id: c.result.curve for c in found.candidates} == {
@@ -315,5 +322,5 @@ def test_identify_in_the_database_scores_each_face_on_its_curve(
     }
     thorough = after.identify(collection="default", image=fake_image(face(2)), mode="thorough")
     assert thorough.best is not None and thorough.best.result.curve == "thorough"
-    before.store.close()
-    after.store.close()
+    before.close()
+    after.close()

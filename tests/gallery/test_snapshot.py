@@ -1,4 +1,4 @@
-"""Index snapshots shared by the processes of one machine (app/gallery/snapshot.py):
+"""Index snapshots shared by the processes of one machine (app/vectors/snapshot.py):
 opened memory-mapped, the same answers as a fresh load, and never stale or foreign."""
 
 from __future__ import annotations
@@ -9,21 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.gallery.ann import AnnIndex
-from app.gallery.index import ExactIndex, Partitions
-from app.gallery.snapshot import SnapshotDir
-from app.gallery.store import GalleryStore
-from app.gallery.sync import GallerySync
+from app.gallery import Gallery
+from app.service.transfer import import_faces
+from app.vectors.ann import AnnIndex
+from app.vectors.index import ExactIndex, Partitions
+from app.vectors.snapshot import SnapshotDir
+from app.vectors.sync import GalleryChanges, GallerySync
 from tests.gallery.test_gallery import add, new_faces
+from tests.helpers import collections, delete_subject
 
 SUBJECTS = 600
 
 
-def gallery(path: Path) -> GalleryStore:
+def gallery(path: Path) -> Gallery:
     """Two collections of subjects with two noisy faces each (a bulk import, then one
     face added the normal way)."""
-    store = GalleryStore.open(f"sqlite:///{path}")
-    store.create_collection(collection="other")
+    store = Gallery.open(f"sqlite:///{path}")
+    collections(store).create(collection="other")
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(SUBJECTS, 128)).astype(np.float32)
     faces = (
@@ -32,7 +34,8 @@ def gallery(path: Path) -> GalleryStore:
     )
     ids = [f"person-{i // 2}-é" for i in range(2 * SUBJECTS)]
     for collection in ("default", "other"):
-        store.import_faces(
+        import_faces(
+            store,
             collection=collection,
             subject_ids=ids,
             embeddings=faces,
@@ -43,27 +46,27 @@ def gallery(path: Path) -> GalleryStore:
     return store
 
 
-def process(store: GalleryStore, root: Path, exact_below: int = 500) -> GallerySync:
+def process(store: Gallery, root: Path, exact_below: int = 500) -> GallerySync:
     """What one worker process holds: AnnIndex partitions (IVF past ``exact_below``)
     kept in step with the store, with snapshots under ``root``."""
     indexes = Partitions(128, lambda dim: AnnIndex(dim, exact_below=exact_below, nprobe=8))
     snapshots = SnapshotDir(root, min_faces=100, exact_below=exact_below, nprobe=8)
-    sync = GallerySync(store, indexes, ("fake",), snapshots)
+    sync = GallerySync(GalleryChanges(store), indexes, ("fake",), snapshots)
     sync.sync()
     return sync
 
 
-def exact(store: GalleryStore, collection: str) -> ExactIndex:
-    rows = store.load_embeddings(dim=128, encoders=("fake",), collection=collection)
+def exact(store: Gallery, collection: str) -> ExactIndex:
+    rows = store.faces.load(dim=128, encoders=("fake",), collection=collection)
     index = ExactIndex(128)
     index.add(rows.face_ids, rows.subject_ids, rows.matrix)
     return index
 
 
-def assert_answers_like_exact(sync: GallerySync, store: GalleryStore) -> None:
+def assert_answers_like_exact(sync: GallerySync, store: Gallery) -> None:
     for collection in ("default", "other"):
         truth = exact(store, collection)
-        rows = store.load_embeddings(dim=128, encoders=("fake",), collection=collection)
+        rows = store.faces.load(dim=128, encoders=("fake",), collection=collection)
         for i in range(0, len(rows.face_ids), 37):
             q = rows.matrix[i]
             want = truth.search(q, 3, exclude=rows.face_ids[i])
@@ -88,7 +91,7 @@ def test_second_process_opens_the_first_ones_files_memory_mapped(
         assert Path(index._vec.filename).parent.parent == saved
         assert len(index) == 2 * SUBJECTS + 1
         assert len(sync.indexes.get("other")) == 2 * SUBJECTS
-        assert sync.version == store.version()
+        assert sync.version == store.changes.version()
         assert_answers_like_exact(sync, store)
     if exact_below == 500:
         assert len(first.indexes.get("default")._ivfs) == 2  # shared lists + private adds
@@ -101,13 +104,13 @@ def test_writes_after_the_snapshot_are_replayed_and_stay_private(tmp_path: Path)
         p: p.read_bytes() for p in (tmp_path / "index").rglob("*.npy") if "vec" in p.name
     }
     new = add(store, "newcomer", 77)
-    store.delete_subject(collection="default", subject_id="person-3-é")
+    delete_subject(store, collection="default", subject_id="person-3-é")
     # A process started now opens the older snapshot and replays the two writes.
     second = process(store, tmp_path / "index")
     for sync in (first, second):
         sync.sync()
         index = sync.indexes.get("default")
-        _, vector = store.face_embedding(collection="default", face_id=new[0], encoders=("fake",))
+        _, vector = store.faces.embedding(collection="default", face_id=new[0], encoders=("fake",))
         assert index.search(vector, 1)[0].subject_id == "newcomer"
         assert "person-3-é" not in {h.subject_id for h in index.search(vector, 2 * SUBJECTS)}
         assert_answers_like_exact(sync, store)
@@ -122,12 +125,12 @@ def test_a_snapshot_the_change_log_no_longer_reaches_is_rebuilt(
     process(store, tmp_path / "index")
     (old,) = (tmp_path / "index").glob("*-*/v*")
     add(store, "newcomer", 77)
-    monkeypatch.setattr(store, "changes_since", lambda *, version: None)
+    monkeypatch.setattr(store.changes, "changes_since", lambda *, version: None)
     sync = process(store, tmp_path / "index")
     (new,) = (tmp_path / "index").glob("*-*/v*")
-    assert new != old and new.name == f"v{store.version()}"
+    assert new != old and new.name == f"v{store.changes.version()}"
     assert sync.indexes.get("default").search(
-        store.load_embeddings(dim=128, encoders=("fake",)).matrix[-1], 1
+        store.faces.load(dim=128, encoders=("fake",)).matrix[-1], 1
     )
     assert_answers_like_exact(sync, store)
 
@@ -138,7 +141,8 @@ def test_another_databases_snapshot_is_never_opened(tmp_path: Path) -> None:
     two = gallery(tmp_path / "two.db")
     add(two, "only-in-two", 99)
     add(one, "only-in-one", 98)
-    assert one.version() == two.version() and one.instance() != two.instance()
+    assert one.changes.version() == two.changes.version()
+    assert one.changes.instance() != two.changes.instance()
     process(one, tmp_path / "index")
     sync = process(two, tmp_path / "index")
     assert len(list((tmp_path / "index").glob("*-*"))) == 2
@@ -161,7 +165,7 @@ def test_small_galleries_and_unwritable_folders_keep_a_private_index(
     readonly = tmp_path / "ro"
     readonly.mkdir()
     snapshots = SnapshotDir(readonly, min_faces=10**9, exact_below=500)
-    sync = GallerySync(store, indexes, ("fake",), snapshots)
+    sync = GallerySync(GalleryChanges(store), indexes, ("fake",), snapshots)
     sync.sync()
     assert not isinstance(sync.indexes.get("default")._vec, np.memmap)
     assert not list(readonly.glob("*/v*"))
@@ -201,8 +205,10 @@ def test_a_snapshot_newer_than_a_restored_backup_is_rebuilt(tmp_path: Path) -> N
     process(store, tmp_path / "index")  # a restart: the snapshot now has carol
     store.close()
     _backup(tmp_path / "backup.db", db)  # restore
-    restored = GalleryStore.open(f"sqlite:///{db}")
-    assert restored.changes_since(version=restored.version() + 2) is None  # not "nothing"
+    restored = Gallery.open(f"sqlite:///{db}")
+    assert (
+        restored.changes.changes_since(version=restored.changes.version() + 2) is None
+    )  # not "nothing"
     sync = process(restored, tmp_path / "index")
     carol = new_faces(41)[0].embedding
     hits = sync.indexes.get("default").search(carol, 1)

@@ -9,21 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.gallery.store import EmbeddingRows, GalleryStore
-from app.gallery.sync import GallerySync
+from app.gallery import Database, EmbeddingRows, Gallery
+from app.service.transfer import import_faces
+from app.vectors.sync import GalleryChanges, GallerySync
 from tests.gallery.test_gallery import add, new_faces, synced
+from tests.helpers import add_faces, collections
 
 
 def test_creating_a_collection_leaves_no_gap_in_the_change_log(tmp_path: Path) -> None:
     """POST /collections bumped the version without a change: every process then reloaded
     every index before its next search (47 s on a 1.8M-face server)."""
-    store = GalleryStore.open(f"sqlite:///{tmp_path / 'g.db'}")
+    store = Gallery.open(f"sqlite:///{tmp_path / 'g.db'}")
     add(store, "ann", 1)
     sync = synced(store)
     sync.sync()
-    before = store.version()
-    store.create_collection(collection="lobby")
-    changes = store.changes_since(version=before)
+    before = store.changes.version()
+    collections(store).create(collection="lobby")
+    changes = store.changes.changes_since(version=before)
     assert changes is not None and [c.kind for c in changes] == ["create_collection"]
     full_loads: list[int] = []
     sync._load_all = lambda: full_loads.append(1)  # type: ignore[method-assign]
@@ -35,8 +37,8 @@ def test_creating_a_collection_leaves_no_gap_in_the_change_log(tmp_path: Path) -
 class SlowImportedCollection:
     """The store, with loading collection ``slow`` held until ``release`` is set."""
 
-    def __init__(self, store: GalleryStore) -> None:
-        self.store = store
+    def __init__(self, store: Gallery) -> None:
+        self.store = GalleryChanges(store)
         self.release = threading.Event()
         self.loads: list[str | None] = []
 
@@ -62,14 +64,15 @@ class SlowImportedCollection:
 def test_an_import_reloads_only_its_collection_and_in_the_background(tmp_path: Path) -> None:
     """The first identify in ``default`` after a 1.2M-face import into another collection
     took 57.6 s: it reloaded the imported collection first."""
-    store = GalleryStore.open(f"sqlite:///{tmp_path / 'g.db'}")
+    store = Gallery.open(f"sqlite:///{tmp_path / 'g.db'}")
     add(store, "ann", 1)
-    store.create_collection(collection="slow")
+    collections(store).create(collection="slow")
     source = SlowImportedCollection(store)
     sync = GallerySync(source, synced(store).indexes, ("fake",))  # type: ignore[arg-type]
     sync.sync()
     rng = np.random.default_rng(1)
-    store.import_faces(
+    import_faces(
+        store,
         collection="slow",
         subject_ids=[f"s{i}" for i in range(50)],
         embeddings=rng.normal(size=(50, 128)).astype(np.float32),
@@ -90,12 +93,13 @@ def test_an_import_reloads_only_its_collection_and_in_the_background(tmp_path: P
 
 
 def test_a_face_added_while_its_collection_reloads_is_not_lost(tmp_path: Path) -> None:
-    store = GalleryStore.open(f"sqlite:///{tmp_path / 'g.db'}")
+    store = Gallery.open(f"sqlite:///{tmp_path / 'g.db'}")
     source = SlowImportedCollection(store)
-    store.create_collection(collection="slow")
+    collections(store).create(collection="slow")
     sync = GallerySync(source, synced(store).indexes, ("fake",))  # type: ignore[arg-type]
     sync.sync()
-    store.import_faces(
+    import_faces(
+        store,
         collection="slow",
         subject_ids=["a", "b"],
         embeddings=np.eye(2, 128, dtype=np.float32),
@@ -104,7 +108,8 @@ def test_a_face_added_while_its_collection_reloads_is_not_lost(tmp_path: Path) -
     )
     sync.sync()
     # Written after the reload read the version, before it swaps its index in.
-    store.add_faces(
+    add_faces(
+        store,
         collection="slow",
         subject_id="late",
         faces=new_faces(7),
@@ -127,8 +132,8 @@ def test_a_writer_locked_out_by_a_long_import_gets_database_busy(tmp_path: Path)
     from app.errors import DatabaseBusy
 
     path = tmp_path / "g.db"
-    GalleryStore.open(f"sqlite:///{path}").close()
-    store = GalleryStore(f"sqlite:///{path}", busy_timeout=0.2)
+    Gallery.open(f"sqlite:///{path}").close()
+    store = Gallery(Database(f"sqlite:///{path}", busy_timeout=0.2))
     importer = sqlite3.connect(path, isolation_level=None)
     importer.execute("BEGIN IMMEDIATE")  # what an import's transaction holds
     try:
@@ -139,7 +144,7 @@ def test_a_writer_locked_out_by_a_long_import_gets_database_busy(tmp_path: Path)
         importer.execute("ROLLBACK")
         importer.close()
     add(store, "ann", 1)  # free again
-    assert store.get_subject(collection="default", subject_id="ann").face_count == 1
+    assert store.subjects.get(collection="default", subject_id="ann").face_count == 1
 
 
 def test_a_postgresql_writer_locked_out_by_a_long_import_gets_database_busy(
@@ -151,8 +156,8 @@ def test_a_postgresql_writer_locked_out_by_a_long_import_gets_database_busy(
 
     from app.errors import DatabaseBusy
 
-    GalleryStore.open(postgres_url).close()
-    store = GalleryStore(postgres_url, busy_timeout=0.2)
+    Gallery.open(postgres_url).close()
+    store = Gallery(Database(postgres_url, busy_timeout=0.2))
     importer = create_engine(postgres_url)
     try:
         with importer.connect() as conn:
@@ -161,7 +166,7 @@ def test_a_postgresql_writer_locked_out_by_a_long_import_gets_database_busy(
                 add(store, "ann", 1)
             conn.rollback()
         add(store, "ann", 1)  # free again
-        assert store.get_subject(collection="default", subject_id="ann").face_count == 1
+        assert store.subjects.get(collection="default", subject_id="ann").face_count == 1
     finally:
         importer.dispose()
         store.close()

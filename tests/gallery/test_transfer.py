@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.gallery.store import GalleryStore
+from app.gallery import Gallery
 from app.gallery.transfer import GalleryFileError, read_gallery_file
 from app.settings import Settings
 from tests.fakes import face, fake_image, unit_vector
@@ -54,7 +54,7 @@ def test_an_import_is_searched_at_once_by_a_running_process(
         assert got.result.match
         assert running.get_subject(collection="default", subject_id="p5")[0].name == "P5"
     finally:
-        running.store.close()
+        running.close()
 
 
 def test_a_bad_line_stores_nothing_and_is_named(tmp_path: Path) -> None:
@@ -74,8 +74,8 @@ def test_a_bad_line_stores_nothing_and_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(GalleryFileError, match=":2: the embedding is not finite"):
         read_gallery_file(nan, dim=128)
-    store = GalleryStore.open(f"sqlite:///{tmp_path / 'faceverify.db'}")
-    assert store.list_collections()[0].faces == 0  # nothing of any file was stored
+    store = Gallery.open(f"sqlite:///{tmp_path / 'faceverify.db'}")
+    assert store.collections.all()[0].faces == 0  # nothing of any file was stored
     store.close()
 
 

@@ -15,15 +15,36 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.api.app import create_app
-from app.gallery.audit import ACTIONS, AuditDraft
-from app.gallery.store import GalleryStore
-from app.gallery.trail import AuditTrail
+from app.api.audit import audit_actions, not_audited, undeclared
+from app.gallery import Gallery
+from app.privacy.events import AuditDraft
+from app.privacy.trail import AuditTrail
 from app.settings import Settings
 from tests.api.test_auth import PUBLIC, app_routes
 from tests.fakes import face, fake_image
 from tests.helpers import AUTH, TEST_KEY, assert_problem
 from tests.helpers import fake_service as make_fake_service
 
+# What each audited route is called in the trail, and the status its success answers
+# (declared on each route in app/api with @audited).
+ACTIONS: dict[tuple[str, str], tuple[str, int]] = {
+    ("POST", "/enroll"): ("enroll", 201),
+    ("POST", "/verify"): ("verify", 200),
+    ("POST", "/identify"): ("identify", 200),
+    ("POST", "/compare"): ("compare", 200),
+    ("POST", "/detect"): ("detect", 200),
+    ("GET", "/subjects"): ("list_subjects", 200),
+    ("GET", "/subjects/{subject_id}"): ("read_subject", 200),
+    ("GET", "/subjects/{subject_id}/export"): ("export_subject", 200),
+    ("DELETE", "/subjects/{subject_id}"): ("delete_subject", 200),
+    ("DELETE", "/subjects/{subject_id}/faces/{face_id}"): ("delete_face", 200),
+    ("POST", "/collections"): ("create_collection", 201),
+    ("PATCH", "/collections/{collection_id}"): ("update_collection", 200),
+    ("DELETE", "/collections/{collection_id}"): ("delete_collection", 200),
+    ("POST", "/keys"): ("create_key", 201),
+    ("DELETE", "/keys/{key_id}"): ("revoke_key", 200),
+    ("GET", "/audit"): ("read_audit", 200),
+}
 # Routes that touch no biometric data, so they record nothing.
 UNAUDITED = PUBLIC | {
     ("GET", "/info"),
@@ -47,6 +68,28 @@ def by_request(client: TestClient, response) -> list[dict]:
 
 def test_every_route_is_audited_or_touches_no_biometric_data() -> None:
     assert app_routes() == set(ACTIONS) | UNAUDITED
+    declared = audit_actions(create_app(Settings()).routes)
+    assert {route: action for route, action in declared.items() if action} == ACTIONS
+    assert {route for route, action in declared.items() if action is None} == UNAUDITED
+
+
+def test_a_route_that_declares_nothing_is_refused() -> None:
+    """A new route cannot be left unclassified: the app refuses to be made."""
+    app = create_app(Settings())
+    assert undeclared(app.routes) == []
+
+    @app.get("/new")
+    def new() -> dict:
+        return {}
+
+    assert undeclared(app.routes) == ["GET /new"]
+
+    @app.get("/newer")
+    @not_audited("a test route")
+    def newer() -> dict:
+        return {}
+
+    assert undeclared(app.routes) == ["GET /new"]
 
 
 def test_each_request_has_one_event_with_its_outcome(fake_client: TestClient) -> None:
@@ -155,8 +198,8 @@ def test_a_request_whose_event_cannot_be_written_is_not_answered(
 # ---- the chain ---------------------------------------------------------------------------
 @pytest.fixture
 def trail(tmp_path: Path) -> AuditTrail:
-    store = GalleryStore.open(f"sqlite:///{tmp_path / 'a.db'}")
-    trail = AuditTrail(store.engine)
+    store = Gallery.open(f"sqlite:///{tmp_path / 'a.db'}")
+    trail = AuditTrail(store.database.engine)
     trail.write(
         [
             AuditDraft("verify", request_id=f"r{i}", subjects=[f"s{i}"]).row(200, None)
@@ -257,8 +300,8 @@ def test_the_cli_verifies_exports_and_fails_on_a_change(tmp_path: Path) -> None:
     assert cli("audit", "export", str(out)).returncode == 0
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and '"action": "verify"' in lines[1]
-    store = GalleryStore(f"sqlite:///{tmp_path / 'faceverify.db'}")
-    with store.engine.begin() as conn:
+    store = Gallery.connect(f"sqlite:///{tmp_path / 'faceverify.db'}")
+    with store.database.engine.begin() as conn:
         conn.execute(text("UPDATE audit_events SET match = 0 WHERE id = 2"))
     bad = cli("audit", "verify", "--expect", head)
     assert bad.returncode == 1 and "event 2 at position 2 was changed" in bad.stdout

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.gallery.audit import AuditDraft
-from app.gallery.trail import AuditTrail
+from app.privacy.events import AuditDraft
+from app.privacy.trail import AuditTrail
+from app.service.transfer import import_faces
 from tests.fakes import face, fake_image
 from tests.privacy.test_audit import run
 from tests.privacy.test_audit import trail as trail  # noqa: F401 - the fixture
@@ -221,12 +222,12 @@ def test_the_cli_reads_a_subject_id_as_the_api_does(tmp_path: Path) -> None:
 
     exported = cli(tmp_path, "subjects", "export", "ｅｘｐ", "-")
     assert exported.returncode == 2  # not there yet
-    from app.gallery.store import GalleryStore
+    from app.gallery import Gallery
 
-    store = GalleryStore.open(f"sqlite:///{tmp_path / 'faceverify.db'}")
+    store = Gallery.open(f"sqlite:///{tmp_path / 'faceverify.db'}")
     from tests.fakes import unit_vector
 
-    store.import_faces(collection="default", subject_ids=["exp"], embeddings=unit_vector(1)[None],
+    import_faces(store, collection="default", subject_ids=["exp"], embeddings=unit_vector(1)[None],
                        encoder="fake", pipeline_version="x")  # fmt: skip
     store.close()
     exported = cli(tmp_path, "subjects", "export", "ｅｘｐ", "-")

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from app.gallery.store import GalleryStore
-from app.gallery.trail import AuditTrail
+from app.gallery import Gallery
+from app.privacy.trail import AuditTrail
 from tests.helpers import AUTH, TEST_KEY, data
 from tests.server import FACEVERIFY, free_port, serving, wait_ready
 
@@ -36,9 +36,9 @@ def verify(http: httpx2.Client, url: str, photo: str) -> tuple[str, int, bool | 
 def checked(url: str, answered: list[tuple[str, bool | None]]) -> AuditTrail:
     """The trail after the servers stopped: every answered request id has its event,
     with the match it answered; sealed, the chain verifies."""
-    store = GalleryStore.open(url)
+    store = Gallery.open(url)
     try:
-        trail = AuditTrail(store.engine)
+        trail = AuditTrail(store.database.engine)
         events = {e["request_id"]: e for e in trail.export()}
         for rid, match in answered:
             assert rid in events, f"answered request {rid} has no event"
@@ -74,9 +74,9 @@ def test_every_concurrent_answer_has_its_event_and_the_chain_holds(
     wrong = [(p, s, m) for p, (_, s, m) in answers if s != 200 or m is not PROBES[p]]
     assert wrong == []
     checked(db_url, [(rid, match) for _, (rid, _, match) in answers])
-    store = GalleryStore.open(db_url)
+    store = Gallery.open(db_url)
     try:
-        verifies = AuditTrail(store.engine).query(action="verify", limit=1000)
+        verifies = AuditTrail(store.database.engine).query(action="verify", limit=1000)
         assert len(verifies) == len(answers) == 120  # N requests, N events
     finally:
         store.close()

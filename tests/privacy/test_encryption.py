@@ -16,10 +16,11 @@ from sqlalchemy import text
 from app.api.app import create_app
 from app.errors import NotReady
 from app.gallery.crypto import EmbeddingCipher, EncryptionKeyError, key_id
-from app.service.build import open_store
+from app.gallery.erasure import checkpoint
+from app.service.build import open_gallery
 from app.settings import Settings
 from tests.fakes import face, fake_image
-from tests.helpers import AUTH, TEST_KEY
+from tests.helpers import AUTH, TEST_KEY, parts, service_on
 from tests.helpers import fake_service as make_fake_service
 from tests.privacy.test_erasure import files_holding
 
@@ -45,22 +46,22 @@ def test_embeddings_are_stored_encrypted_and_answers_do_not_change(tmp_path: Pat
         assert verified.json()["match"] is True and verified.json()["distance"] == 0.0
         ident = client.post("/identify", files={"image": ann}).json()
         assert ident["best"]["subject_id"] == "ann"
-        store = client.app.state.service.store  # type: ignore[attr-defined]
+        store = parts(client.app.state.service).gallery  # type: ignore[attr-defined]
         plain = next(
-            iter(store.subject_face_bytes(collection="default", subject_id="ann").values())
+            iter(store.subjects.face_bytes(collection="default", subject_id="ann").values())
         )
-        with store.engine.connect() as conn:
+        with store.database.engine.connect() as conn:
             stored, kid = conn.execute(text("SELECT embedding, key_id FROM faces")).one()
         assert kid == key_id(base64.b64decode(key)) and len(stored) == 1 + 512 + 12 + 16
         assert plain[:64] not in stored
-        store.erased()
+        checkpoint(store.database)
         assert files_holding(tmp_path, plain) == []  # nowhere on disk in the clear
     # Another start with the same key reads it back; without it, a clear refusal.
     with run_app(settings) as client:
         r = client.post("/verify", data={"subject_id": "ann"}, files={"image": ann})
         assert r.json()["match"] is True
     with pytest.raises(NotReady, match="no FACEVERIFY_ENCRYPTION_KEY"):
-        open_store(Settings(data_dir=tmp_path))
+        open_gallery(Settings(data_dir=tmp_path))
 
 
 def test_rotation_rewrites_every_row_with_the_new_key(tmp_path: Path) -> None:
@@ -76,7 +77,7 @@ def test_rotation_rewrites_every_row_with_the_new_key(tmp_path: Path) -> None:
         client.post("/enroll", data={"subject_id": "pre"}, files={"image": fake_image(face(3))})
     # A key beside plaintext rows: no start until they are sealed (issue 37).
     with pytest.raises(NotReady, match="1 faces are stored in plaintext"):
-        open_store(keyed(old))
+        open_gallery(keyed(old))
     sealed = subprocess.run(
         [faceverify, "encryption", "rotate"],
         env={**env, "FACEVERIFY_ENCRYPTION_KEY": old},
@@ -93,8 +94,8 @@ def test_rotation_rewrites_every_row_with_the_new_key(tmp_path: Path) -> None:
         text=True,
     )
     assert rotated.returncode == 0 and "rewrote 2 embeddings" in rotated.stdout, rotated.stderr
-    store = open_store(keyed(new))
-    with store.engine.connect() as conn:
+    store = open_gallery(keyed(new))
+    with store.database.engine.connect() as conn:
         kids = set(conn.execute(text("SELECT key_id FROM faces")).scalars())
     assert kids == {key_id(base64.b64decode(new))}
     store.close()
@@ -117,21 +118,25 @@ def test_a_sealed_embedding_moved_to_another_row_does_not_open() -> None:
 
 def test_bad_keys_and_pgvector_are_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(NotReady, match="32 bytes"):
-        open_store(Settings(data_dir=tmp_path, encryption_key=base64.b64encode(b"short").decode()))
+        open_gallery(
+            Settings(data_dir=tmp_path, encryption_key=base64.b64encode(b"short").decode())
+        )
     with pytest.raises(NotReady, match="cannot be combined with pgvector"):
-        open_store(Settings(data_dir=tmp_path, encryption_key=new_key(), vector_search="pgvector"))
+        open_gallery(
+            Settings(data_dir=tmp_path, encryption_key=new_key(), vector_search="pgvector")
+        )
     key_file = tmp_path / "key"
     key_file.write_text(new_key() + "\n")
-    store = open_store(Settings(data_dir=tmp_path, encryption_key_file=key_file))
-    assert store.cipher is not None
+    store = open_gallery(Settings(data_dir=tmp_path, encryption_key_file=key_file))
+    assert store.sealing.cipher is not None
     store.close()
 
 
 def test_a_postgres_database_with_pgvector_refuses_encryption(postgres_url: str) -> None:
     service = make_fake_service(Settings(database_url=postgres_url), pgvector=True)
-    service.store.close()
+    service.close()
     with pytest.raises(NotReady, match="drop the face_vectors table"):
-        open_store(Settings(database_url=postgres_url, encryption_key=new_key()))
+        open_gallery(Settings(database_url=postgres_url, encryption_key=new_key()))
 
 
 # ---- issue 37: the attacks on encryption at rest ---------------------------------------
@@ -158,7 +163,7 @@ def test_a_wrong_or_missing_key_stops_the_start_and_changes_nothing(tmp_path: Pa
         (_keyed(tmp_path), "no FACEVERIFY_ENCRYPTION_KEY"),
     ):
         with pytest.raises(NotReady, match=says):
-            open_store(settings)
+            open_gallery(settings)
         with pytest.raises(NotReady, match=says), run_app(settings):
             pass
         faceverify = str(Path(sys.executable).with_name("faceverify"))
@@ -209,7 +214,7 @@ def test_a_row_moved_to_another_subject_or_slipped_in_plain_does_not_match(
     # A plaintext row beside the key: no start; the rotation leaves it, names it, and
     # deletes it when told to (it never seals it into a real one).
     with pytest.raises(NotReady, match="stored in plaintext"):
-        open_store(_keyed(tmp_path, key))
+        open_gallery(_keyed(tmp_path, key))
     rotate = [faceverify, "encryption", "rotate"]
     left = subprocess.run(rotate, env=env, capture_output=True, text=True)
     assert left.returncode == 1 and "forged" in left.stderr, left.stderr
@@ -237,29 +242,16 @@ def test_a_gallery_state_cleared_beside_sealed_rows_stops_the_start(tmp_path: Pa
     with sqlite3.connect(tmp_path / "faceverify.db") as conn:
         conn.execute("UPDATE gallery_state SET key_ids = NULL")
     with pytest.raises(NotReady, match="changed outside faceverify"):
-        open_store(_keyed(tmp_path, key))
+        open_gallery(_keyed(tmp_path, key))
 
 
 def test_with_a_key_no_index_snapshot_holds_an_embedding(tmp_path: Path) -> None:
     from app.service import FaceService
-    from app.service.build import gallery_search
     from tests.privacy.test_erasure import stored_bytes
 
     def with_snapshots(s: Settings) -> tuple[FaceService, dict]:
-        fake = make_fake_service(s)
-        search = gallery_search(
-            fake.settings, fake.store, dim=128, encoders=fake.pipeline.compatible
-        )
-        return (
-            FaceService(
-                settings=fake.settings,
-                pipeline=fake.pipeline,
-                store=fake.store,
-                calibration=fake.calibration,
-                search=search,
-            ),
-            {},
-        )
+        settings = s.model_copy(update={"enroll_min_quality": 0})  # fake faces are flat
+        return service_on(settings, open_gallery(s), memory_index="ann"), {}
 
     plain_settings = _keyed(tmp_path, memory_index="ann", index_snapshot_min_faces=1)
     for _ in range(2):  # written plain, then a snapshot saved at the next start
@@ -287,6 +279,6 @@ def test_with_a_key_no_index_snapshot_holds_an_embedding(tmp_path: Path) -> None
             held = stored_bytes(client, "s0")
             r = client.post("/identify", files={"image": fake_image(face(1))}).json()
             assert r["candidates"][0]["subject_id"] == "s0"
-            client.app.state.service.store.erased()  # type: ignore[attr-defined]
+            checkpoint(parts(client.app.state.service).gallery.database)
             assert files_holding(tmp_path, held) == []
     assert not list((tmp_path / "index").rglob("vec.npy"))

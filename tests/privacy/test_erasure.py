@@ -17,10 +17,10 @@ from sqlalchemy import text
 
 from app.api.app import create_app
 from app.service import FaceService
-from app.service.build import gallery_search
+from app.service.build import open_gallery
 from app.settings import Settings
 from tests.fakes import face, fake_image
-from tests.helpers import AUTH, TEST_KEY
+from tests.helpers import AUTH, TEST_KEY, parts, service_on
 from tests.helpers import fake_service as make_fake_service
 
 
@@ -35,8 +35,8 @@ def files_holding(root: Path, needle: bytes) -> list[str]:
 
 
 def stored_bytes(client: TestClient, subject_id: str, collection: str = "default") -> bytes:
-    store = client.app.state.service.store  # type: ignore[attr-defined]
-    (data,) = store.subject_face_bytes(collection=collection, subject_id=subject_id).values()
+    store = parts(client.app.state.service).gallery  # type: ignore[attr-defined]
+    (data,) = store.subjects.face_bytes(collection=collection, subject_id=subject_id).values()
     return bytes(data)
 
 
@@ -64,7 +64,7 @@ def delete_collection(c: TestClient, ids: dict) -> None:
 
 def purge(c: TestClient, ids: dict) -> None:
     service = c.app.state.service  # type: ignore[attr-defined]
-    assert service.retention.purge(now=datetime.now(UTC) + timedelta(days=2)) == 1
+    assert parts(service).retention.purge(now=datetime.now(UTC) + timedelta(days=2)) == 1
 
 
 @pytest.mark.parametrize("delete", [delete_subject, delete_face, delete_collection, purge])
@@ -89,8 +89,8 @@ def test_a_deleted_embedding_is_in_no_file_under_the_data_dir(
 
 
 def test_secure_delete_is_set_by_the_service(fake_client: TestClient) -> None:
-    store = fake_client.app.state.service.store  # type: ignore[attr-defined]
-    with store.engine.connect() as conn:
+    store = parts(fake_client.app.state.service).gallery  # type: ignore[attr-defined]
+    with store.database.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
 
 
@@ -103,18 +103,8 @@ def test_a_deleted_embedding_leaves_the_index_snapshot(tmp_path: Path) -> None:
     )
 
     def with_snapshots(s: Settings) -> tuple[FaceService, dict]:
-        fake = make_fake_service(s)
-        search = gallery_search(
-            fake.settings, fake.store, dim=128, encoders=fake.pipeline.compatible
-        )
-        service = FaceService(
-            settings=fake.settings,
-            pipeline=fake.pipeline,
-            store=fake.store,
-            calibration=fake.calibration,
-            search=search,
-        )
-        return service, {}
+        settings = s.model_copy(update={"enroll_min_quality": 0})  # fake faces are flat
+        return service_on(settings, open_gallery(s), memory_index="ann"), {}
 
     app = create_app(settings, builder=with_snapshots)
     with TestClient(app, headers=AUTH) as client:
@@ -149,12 +139,12 @@ def test_postgres_vacuum_erases_deleted_embeddings(postgres_url: str, tmp_path: 
     settings = Settings(data_dir=tmp_path, database_url=postgres_url)
     service = make_fake_service(settings, pgvector=True)
     try:
-        store = service.store
+        store = parts(service).gallery
         for i in range(40):
             service.enroll(collection="default", subject_id=f"s{i}", images=[fake_image(face(i))])
         # The newest row of its page: a plain VACUUM frees its space but keeps its bytes.
         newest = stored_bytes_of(store, "s39")
-        with store.engine.connect() as conn:
+        with store.database.engine.connect() as conn:
             database = conn.execute(text("SELECT current_database()")).scalar_one()
             files = (
                 conn.execute(
@@ -176,10 +166,10 @@ def test_postgres_vacuum_erases_deleted_embeddings(postgres_url: str, tmp_path: 
         assert len(holding()) == 3  # faces, face_vectors and the HNSW graph
         service.delete_subject(collection="default", subject_id="s39")
         assert len(holding()) == 3  # deleted, not yet vacuumed
-        store.vacuum()
+        parts(service).erasure.vacuum()
         assert "ix_face_vectors_hnsw" not in str(holding()) and len(holding()) < 3
-        store.vacuum(full=True)
-        with store.engine.connect() as conn:  # VACUUM FULL gives the tables new files
+        parts(service).erasure.vacuum(full=True)
+        with store.database.engine.connect() as conn:  # VACUUM FULL gives the tables new files
             files = [
                 f
                 for f in conn.execute(
@@ -192,11 +182,11 @@ def test_postgres_vacuum_erases_deleted_embeddings(postgres_url: str, tmp_path: 
         assert holding() == []
         assert service.verify(collection="default", subject_id="s3", image=fake_image(face(3)))
     finally:
-        service.store.close()
+        service.close()
 
 
 def stored_bytes_of(store, subject_id: str) -> bytes:
-    (data,) = store.subject_face_bytes(collection="default", subject_id=subject_id).values()
+    (data,) = store.subjects.face_bytes(collection="default", subject_id=subject_id).values()
     return bytes(np.frombuffer(data, dtype="<f4").tobytes())
 
 

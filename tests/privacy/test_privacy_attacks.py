@@ -16,10 +16,11 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.errors import ConsentRequired, InvalidRequest, SubjectExpired
-from app.gallery.records import Consent
+from app.gallery import Consent
+from app.service.transfer import export_faces, import_faces
 from app.settings import Settings
 from tests.fakes import face, fake_image, unit_vector
-from tests.helpers import AUTH, TEST_KEY, assert_problem
+from tests.helpers import AUTH, TEST_KEY, add_faces, assert_problem, parts
 from tests.helpers import fake_service as make_fake_service
 from tests.privacy.test_retention import clocked, enroll, events_of, verify
 
@@ -51,7 +52,7 @@ def test_an_import_into_a_collection_that_requires_consent_needs_it(
         c.post("/collections", json={"collection_id": "door", "consent_required": True}).status_code
         == 201
     )
-    store = c.app.state.service.store  # type: ignore[attr-defined]
+    store = parts(c.app.state.service).gallery  # type: ignore[attr-defined]
     vectors = np.stack([unit_vector(1), unit_vector(2)])
     args = {
         "collection": "door",
@@ -61,15 +62,15 @@ def test_an_import_into_a_collection_that_requires_consent_needs_it(
         "pipeline_version": "import:x",
     }
     with pytest.raises(ConsentRequired):
-        store.import_faces(**args)
-    assert store.get_collection(collection="door").subjects == 0  # nothing stored
+        import_faces(store, **args)
+    assert store.collections.get(collection="door").subjects == 0  # nothing stored
     future = Consent("form-v2", datetime.now(UTC) + timedelta(days=365))
     with pytest.raises(InvalidRequest, match="future"):
-        store.import_faces(**args, consent=future)
+        import_faces(store, **args, consent=future)
     given = Consent("form-v2", datetime(2026, 12, 1, tzinfo=UTC))
-    stored, created, _ = store.import_faces(**args, consent=given)
+    stored, created, _ = import_faces(store, **args, consent=given)
     assert (stored, created) == (2, 2)
-    assert store.get_subject(collection="door", subject_id="ann").consent == given.as_json()
+    assert store.subjects.get(collection="door", subject_id="ann").consent == given.as_json()
 
 
 def test_the_cli_import_refuses_without_consent_and_takes_it(tmp_path: Path) -> None:
@@ -99,17 +100,18 @@ def test_an_import_adds_nothing_to_an_expired_subject_and_the_export_leaves_it_o
     enroll(c, "ann", 1)
     enroll(c, "bob", 2)
     expire(tmp_path, "ann")
-    store = c.app.state.service.store  # type: ignore[attr-defined]
+    store = parts(c.app.state.service).gallery  # type: ignore[attr-defined]
     with pytest.raises(SubjectExpired):
-        store.import_faces(
+        import_faces(
+            store,
             collection="default",
             subject_ids=["ann"],
             embeddings=unit_vector(3)[None],
             encoder="fake",
             pipeline_version="import:x",
         )
-    assert store.get_subject(collection="default", subject_id="ann").face_count == 1
-    faces, _, _ = store.export_faces(collection="default")
+    assert store.subjects.get(collection="default", subject_id="ann").face_count == 1
+    faces, _, _ = export_faces(store, collection="default")
     assert {f.subject_id for f in faces} == {"bob"}
 
 
@@ -215,9 +217,9 @@ def test_enroll_dir_refuses_folder_names_the_api_refuses(tmp_path: Path, name: s
     by = {o.subject_id: o for o in outcomes}
     assert by[name].status == "refused" and by[name].code == "invalid_subject_id"
     assert by["obama"].status == "enrolled"
-    listed, _ = service.store.list_subjects(collection="default", offset=0, limit=10)
+    listed, _ = parts(service).gallery.subjects.page(collection="default", offset=0, limit=10)
     assert [s.id for s in listed] == ["obama"]
-    service.store.close()
+    service.close()
 
 
 # ---- 12, 14: the CLI refuses what the API refuses; PATCH takes numbers only ------------
@@ -298,14 +300,15 @@ def test_a_retry_with_another_key_of_the_collection_stores_nothing_twice(
 def test_adding_to_a_subject_that_became_due_after_the_check_is_refused(
     fake_service, tmp_path: Path
 ) -> None:
-    store = fake_service.store
+    store = parts(fake_service).gallery
     fake_service.enroll(collection="default", subject_id="ann", images=[fake_image(face(1))])
     expire(tmp_path, "ann")  # between the service's check and the write
-    from app.gallery.store import NewFace
+    from app.gallery import NewFace
     from app.geometry import Box
 
     with pytest.raises(SubjectExpired):
-        store.add_faces(
+        add_faces(
+            store,
             collection="default",
             subject_id="ann",
             faces=[NewFace(embedding=unit_vector(1), box=Box(0, 0, 9, 9), detector_score=1.0)],
@@ -314,7 +317,7 @@ def test_adding_to_a_subject_that_became_due_after_the_check_is_refused(
             add=True,
             expires_at=datetime.now(UTC) + timedelta(days=365),
         )
-    assert store.get_subject(collection="default", subject_id="ann").face_count == 1
+    assert store.subjects.get(collection="default", subject_id="ann").face_count == 1
 
 
 # ---- 18: consent dated in the future ---------------------------------------------------

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app.gallery.store import GalleryStore
-from tests.helpers import DATA
+from app.gallery import Gallery
+from tests.helpers import DATA, collections
 from tests.privacy.test_erasure import files_holding
 
 pytestmark = pytest.mark.model
@@ -34,8 +34,8 @@ def test_consent_export_and_erasure_from_the_cli(tmp_path: Path) -> None:
         (folder / person).mkdir(parents=True)
         shutil.copy(DATA / photo, folder / person / photo)
     assert cli("db", "upgrade").returncode == 0
-    store = GalleryStore(f"sqlite:///{data_dir / 'faceverify.db'}")
-    store.create_collection(collection="door", consent_required=True)
+    store = Gallery.connect(f"sqlite:///{data_dir / 'faceverify.db'}")
+    collections(store).create(collection="door", consent_required=True)
     refused = cli("enroll", str(folder), "--collection", "door")
     assert "0 enrolled" in refused.stdout and "consent_required 2" in refused.stdout, refused
     done = cli(
@@ -56,7 +56,7 @@ def test_consent_export_and_erasure_from_the_cli(tmp_path: Path) -> None:
     assert [e["action"] for e in exported["audit_events"]] == ["enroll"]
     (face,) = exported["faces"]
     assert len(face["embedding"]) == 128
-    stored = next(iter(store.subject_face_bytes(collection="door", subject_id="obama").values()))
+    stored = next(iter(store.subjects.face_bytes(collection="door", subject_id="obama").values()))
     assert files_holding(data_dir, stored)
 
     gone = cli("subjects", "delete", "obama", "--collection", "door")

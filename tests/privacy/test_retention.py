@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.settings import Settings
 from tests.fakes import face, fake_image
-from tests.helpers import AUTH, TEST_KEY, assert_problem
+from tests.helpers import AUTH, TEST_KEY, assert_problem, parts
 from tests.helpers import fake_service as make_fake_service
 
 T0 = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
@@ -33,7 +33,7 @@ class Clock:
 
 def clocked(client: TestClient) -> Clock:
     clock = Clock()
-    client.app.state.service.retention.clock = clock  # type: ignore[attr-defined]
+    parts(client.app.state.service).retention.clock = clock  # type: ignore[attr-defined]
     return clock
 
 
@@ -83,7 +83,7 @@ def test_an_expired_subject_never_matches_and_the_purge_deletes_it(
     )
     assert_problem(r, 404, "subject_expired")
     service = fake_client.app.state.service  # type: ignore[attr-defined]
-    assert service.retention.purge() == 1
+    assert parts(service).retention.purge() == 1
     assert_problem(fake_client.get("/subjects/ann"), 404, "subject_not_found")
     assert verify(fake_client, "bob", 2).json()["match"] is True
     purged = events_of(fake_client, "retention_purge")
@@ -130,7 +130,7 @@ def test_a_collection_schedule_counts_from_the_last_successful_verify(
     clock.now += timedelta(days=11)  # day 31: bob is due, ann has 19 days left
     assert identified(fake_client, 2) == ["ann"] or "bob" not in identified(fake_client, 2)
     assert_problem(verify(fake_client, "bob", 2), 404, "subject_expired")
-    assert fake_client.app.state.service.retention.purge() == 1  # type: ignore[attr-defined]
+    assert parts(fake_client.app.state.service).retention.purge() == 1  # type: ignore[attr-defined]
     assert fake_client.get("/subjects/bob").status_code == 404
     assert verify(fake_client, "ann", 1).json()["match"] is True
     clock.now += timedelta(days=31)
@@ -213,8 +213,8 @@ def test_the_subject_export_holds_everything_about_them(fake_client: TestClient)
     assert [e["action"] for e in plain["audit_events"]] == ["enroll", "verify"]
     assert plain["collection"]["collection_id"] == "default" and plain["due_at"] is None
     full = fake_client.get("/subjects/ann/export?include_embeddings=true").json()
-    store = fake_client.app.state.service.store  # type: ignore[attr-defined]
-    stored = store.subject_face_bytes(collection="default", subject_id="ann")
+    store = parts(fake_client.app.state.service).gallery  # type: ignore[attr-defined]
+    stored = store.subjects.face_bytes(collection="default", subject_id="ann")
     for f in full["faces"]:
         assert len(f["embedding"]) == 128
         assert np.array_equal(
@@ -237,14 +237,16 @@ def test_the_background_round_purges_and_prunes_the_audit_trail(tmp_path: Path) 
         enroll(client, "bob", 2)
         verify(client, "bob", 2)
         service = client.app.state.service  # type: ignore[attr-defined]
-        upkeep = Upkeep(settings, service.store, service.retention, service.audit)
+        upkeep = Upkeep(
+            settings, parts(service).gallery, parts(service).retention, parts(service).audit
+        )
         assert upkeep.round() == (0, 0)  # nothing due, nothing old
         clock.now += timedelta(days=2)
         purged, pruned = upkeep.round()
         # ann; and every event so far, the purge's too (they carry the wall clock's time,
         # two days before the fake one)
         assert purged == 1 and pruned == 4
-        trail = service.audit
+        trail = parts(service).audit
         trail.seal()
         assert trail.verify().ok
         assert [e["action"] for e in trail.export()] == ["audit_prune"]

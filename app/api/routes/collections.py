@@ -7,16 +7,18 @@ from fastapi import APIRouter
 
 from app.api import admin_schemas as a
 from app.api import schemas as s
-from app.api.deps import BodyDep, KeysDep, ServiceDep, require
+from app.api.audit import audited, not_audited
+from app.api.deps import BodyDep, KeysDep, ServiceDep, SettingsDep, require
 from app.api.routes.common import collection_out, problems
 
 router = APIRouter(tags=["collections"], dependencies=[require("admin", unbound=True)])
 
 
 @router.get("/collections", response_model=list[a.CollectionOut], responses=problems(401, 403))
-def list_collections(service: ServiceDep) -> list[a.CollectionOut]:
+@not_audited("lists collection names and counts, no subject")
+def list_collections(service: ServiceDep, settings: SettingsDep) -> list[a.CollectionOut]:
     """Every collection, with its subject and face counts."""
-    return [collection_out(c, service.settings.identify_fpir) for c in service.list_collections()]
+    return [collection_out(c, settings.identify_fpir) for c in service.list_collections()]
 
 
 @router.post(
@@ -33,7 +35,8 @@ def list_collections(service: ServiceDep) -> list[a.CollectionOut]:
         }
     },
 )
-def create_collection(raw: BodyDep, service: ServiceDep) -> a.CollectionOut:
+@audited("create_collection", 201)
+def create_collection(raw: BodyDep, service: ServiceDep, settings: SettingsDep) -> a.CollectionOut:
     """Create an empty collection (then: POST /keys with it, and enroll with those keys)."""
     body = raw.validate(a.CollectionCreateRequest)
     return collection_out(
@@ -44,7 +47,7 @@ def create_collection(raw: BodyDep, service: ServiceDep) -> a.CollectionOut:
             identify_fpir=body.identify_fpir,
             verify_max_fmr=body.verify_max_fmr,
         ),
-        service.settings.identify_fpir,
+        settings.identify_fpir,
     )
 
 
@@ -61,8 +64,9 @@ def create_collection(raw: BodyDep, service: ServiceDep) -> a.CollectionOut:
         }
     },
 )
+@audited("update_collection")
 def update_collection(
-    collection_id: s.CollectionId, raw: BodyDep, service: ServiceDep
+    collection_id: s.CollectionId, raw: BodyDep, service: ServiceDep, settings: SettingsDep
 ) -> a.CollectionOut:
     """Set a collection's retention schedule (retention_days; null: none), consent
     rule (consent_required) and decision rates (identify_fpir, verify_max_fmr; null:
@@ -74,7 +78,7 @@ def update_collection(
         del changes["consent_required"]
     return collection_out(
         service.update_collection(collection=collection_id, changes=changes),
-        service.settings.identify_fpir,
+        settings.identify_fpir,
     )
 
 
@@ -83,11 +87,12 @@ def update_collection(
     response_model=a.CollectionOut,
     responses=problems(401, 403, 404, 422),
 )
-def get_collection(collection_id: s.CollectionId, service: ServiceDep) -> a.CollectionOut:
+@not_audited("a collection's settings and counts, no subject")
+def get_collection(
+    collection_id: s.CollectionId, service: ServiceDep, settings: SettingsDep
+) -> a.CollectionOut:
     """One collection with its subject and face counts."""
-    return collection_out(
-        service.get_collection(collection=collection_id), service.settings.identify_fpir
-    )
+    return collection_out(service.get_collection(collection=collection_id), settings.identify_fpir)
 
 
 @router.delete(
@@ -95,8 +100,9 @@ def get_collection(collection_id: s.CollectionId, service: ServiceDep) -> a.Coll
     response_model=a.DeleteCollectionResponse,
     responses=problems(401, 403, 404, 409, 422),
 )
+@audited("delete_collection")
 def delete_collection(
-    collection_id: s.CollectionId, service: ServiceDep, keys: KeysDep
+    collection_id: s.CollectionId, service: ServiceDep, settings: SettingsDep, keys: KeysDep
 ) -> a.DeleteCollectionResponse:
     """Delete a collection: every subject and embedding of it, from the database and
     every process's index, and revoke the keys bound to it (those from
@@ -105,7 +111,7 @@ def delete_collection(
         collection=collection_id, env_key_hashes=keys.env_keys_bound_to(collection_id)
     )
     return a.DeleteCollectionResponse(
-        **collection_out(record, service.settings.identify_fpir).model_dump(),
+        **collection_out(record, settings.identify_fpir).model_dump(),
         deleted=True,
         keys_revoked=True,
     )

@@ -10,7 +10,7 @@ from app.api import admin_schemas as a
 from app.api import schemas as s
 from app.api.problems import PROBLEM_JSON, Problem
 from app.face.views import recipe_of
-from app.gallery.store import CollectionRecord, FaceRecord, SubjectRecord
+from app.gallery import CollectionRecord, FaceRecord, SubjectRecord
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:

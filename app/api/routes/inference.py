@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel
 
 from app.api import schemas as s
+from app.api.audit import audited
 from app.api.deps import (
     BodyDep,
     CollectionQuery,
@@ -33,10 +34,10 @@ from app.errors import Forbidden, InvalidRequest
 from app.face.detect import DetectedFace
 from app.face.quality import Assessment
 from app.face.timing import Timings
-from app.gallery.audit import note
 from app.gallery.models import IDEMPOTENCY_KEY_MAX
 from app.gallery.records import Consent
 from app.keys import digest
+from app.privacy.events import note
 from app.service import Match, ProbeFace
 
 router = APIRouter(tags=["faces"])
@@ -65,8 +66,8 @@ class Inference:
         return target_collection(self.request, self.queried_collection, form_collection)
 
     def model(self) -> s.ModelOut:
-        pipeline = self.service.pipeline
-        return s.ModelOut(encoder=pipeline.encoder_name, pipeline=pipeline.version)
+        names = self.service.names()
+        return s.ModelOut(encoder=names.encoder, pipeline=names.pipeline_version)
 
     def calibration(self, curve: str) -> s.CalibrationRef:
         cal = self.service.curve(curve)
@@ -187,6 +188,7 @@ def probe_out(probe: ProbeFace, floor: float) -> s.ProbeOut:
     status_code=201,
     statuses=(*STATUSES, 404, 409),
 )
+@audited("enroll", 201)
 def enroll(
     body: BodyDep,
     call: InferenceDep,
@@ -244,6 +246,7 @@ def enroll(
     {"image": False},
     statuses=(*STATUSES, 404, 409),
 )
+@audited("verify")
 def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
     """Is the person in the photo this subject? Compares with the subject's closest face."""
     form = body.validate(s.VerifyRequest)
@@ -276,6 +279,7 @@ def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
     statuses=(*STATUSES, 404),
     images_required=False,  # or face_id
 )
+@audited("identify")
 def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
     """Who is this? The nearest enrolled subjects to the photo's main face, or to a
     stored face (face_id)."""
@@ -339,6 +343,7 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
 @inference_route(
     "/compare", "verify", s.CompareResponse, s.CompareRequest, {"image_a": False, "image_b": False}
 )
+@audited("compare")
 def compare(body: BodyDep, call: InferenceDep) -> s.CompareResponse:
     """Are two photos the same person? Nothing is stored."""
     form = body.validate(s.CompareRequest)
@@ -360,6 +365,7 @@ def compare(body: BodyDep, call: InferenceDep) -> s.CompareResponse:
 
 
 @inference_route("/detect", "verify", s.DetectResponse, s.DetectRequest, {"image": False})
+@audited("detect")
 def detect(body: BodyDep, call: InferenceDep) -> s.DetectResponse:
     """Every face in the photo with its landmarks, pose, size and quality; nothing is stored."""
     body.validate(s.DetectRequest)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from app.api import schemas as s
+from app.api.audit import audited, not_audited
 from app.api.deps import BodyDep, KeysDep, require
 from app.api.routes.common import problems
 from app.errors import KeyNotFound
@@ -17,6 +18,7 @@ router = APIRouter(tags=["keys"], dependencies=[require("admin", unbound=True)])
 
 
 @router.get("/keys", response_model=list[s.KeyOut], responses=problems(401, 403))
+@not_audited("API keys, no biometric data")
 def list_keys(keys: KeysDep) -> list[s.KeyOut]:
     """API keys in the database (names, prefixes, scopes; never the keys)."""
     return [key_out(k) for k in keys.list()]
@@ -34,6 +36,7 @@ def list_keys(keys: KeysDep) -> list[s.KeyOut]:
         }
     },
 )
+@audited("create_key", 201)
 def create_key(raw: BodyDep, keys: KeysDep) -> s.KeyCreated:
     """Create an API key. The key is in this response only: it is stored as a hash."""
     # Read through BodyDep, not a body parameter: the key is checked before the body.
@@ -43,6 +46,7 @@ def create_key(raw: BodyDep, keys: KeysDep) -> s.KeyCreated:
 
 
 @router.delete("/keys/{key_id}", response_model=s.KeyOut, responses=problems(401, 403, 404, 422))
+@audited("revoke_key")
 def revoke_key(key_id: Annotated[str, Path(max_length=64)], keys: KeysDep) -> s.KeyOut:
     """Revoke an API key; it stops working at once, on every replica."""
     if not keys.revoke(key_id=key_id):

@@ -8,12 +8,13 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import admin_schemas as a
+from app.api.audit import not_audited
 from app.api.deps import MetricsDep, PrincipalDep, ServiceDep, SettingsDep, require
 from app.api.routes.common import collection_out, problems
 from app.errors import NotReady
 from app.face.views import CURVE_USES
 from app.sbom import LICENSES_NAME, SBOM_NAME, shipped_file
-from app.service import FaceService
+from app.service import FaceService, ServiceInfo
 from app.settings import Settings
 
 router = APIRouter(tags=["operations"])
@@ -25,18 +26,21 @@ INFO_SETTINGS = [f for f in a.InfoSettings.model_fields if f not in ("database",
 
 
 @router.get("/metrics", responses=problems(401, 403), dependencies=[require("admin", unbound=True)])
+@not_audited("counters, no biometric data")
 def metrics_endpoint(metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests, latency, stage times, gallery size, match scores."""
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz", response_model=a.HealthResponse)
+@not_audited("liveness")
 def healthz() -> a.HealthResponse:
     """The process is up."""
     return a.HealthResponse(status="ok")
 
 
 @router.get("/readyz", response_model=a.ReadyResponse, responses=problems(503))
+@not_audited("readiness")
 def readyz(request: Request) -> a.ReadyResponse:
     """Models are loaded and the database answers."""
     service: FaceService | None = getattr(request.app.state, "service", None)
@@ -51,6 +55,7 @@ def readyz(request: Request) -> a.ReadyResponse:
 @router.get(
     "/info", response_model=a.InfoResponse, responses=problems(401), dependencies=[require(None)]
 )
+@not_audited("the models and counts, no biometric data")
 def info(
     request: Request, service: ServiceDep, settings: SettingsDep, who: PrincipalDep
 ) -> a.InfoResponse:
@@ -58,6 +63,7 @@ def info(
     do, and the size of the collections it may see."""
     weights = request.app.state.weights
     matches = service.calibration_matches_pipeline()
+    about = service.info()
     if who.collection is not None:
         counts = service.gallery_counts(who.collection)
         per_collection = {who.collection: counts["faces"]}
@@ -72,29 +78,22 @@ def info(
             a.InfoModel(name=w.name, file=w.path.name, sha256=w.sha256, licence=w.licence)
             for w in weights.values()
         ],
-        encoder=service.pipeline.encoder_name,
-        model=service.pipeline.model,
-        pipeline_version=service.pipeline.version,
+        encoder=about.names.encoder,
+        model=about.names.model,
+        pipeline_version=about.names.pipeline_version,
         threshold=settings.threshold,
         calibration={
-            **service.calibration.info(),
+            **about.calibration,
             "calibration_matches_pipeline": matches,
             "curves": [
-                {
-                    **service.curve(name).info(),
-                    "curve": name,
-                    "present": service.calibration.curve(name) is not None,
-                    "matches_pipeline": service.curve_matches(name),
-                    "threshold": service.threshold(name),
-                    "scores": CURVE_USES[name],
-                }
-                for name in service.curves_in_use()
+                {**curve, "curve": name, "scores": CURVE_USES[name]}
+                for name, curve in about.curves.items()
             ],
         },
         calibration_matches_pipeline=matches,
         gallery=a.GalleryCounts(**counts, collections=per_collection),
         access=a.AccessOut(scopes=list(who.scopes), collection=who.collection),
-        privacy=_privacy(service, settings, who.collection),
+        privacy=_privacy(service, about, settings, who.collection),
         build=a.BuildOut(
             sbom=_path_or_none(shipped_file(SBOM_NAME)),
             licenses=_path_or_none(shipped_file(LICENSES_NAME)),
@@ -102,7 +101,7 @@ def info(
         settings=a.InfoSettings(
             **{name: getattr(settings, name) for name in INFO_SETTINGS},
             database=settings.resolved_database_url().split(":", 1)[0],
-            vector_search=service.search.name,
+            vector_search=about.vector_search,
         ),
     )
 
@@ -111,7 +110,9 @@ def _path_or_none(path: Path | None) -> str | None:
     return str(path) if path is not None else None
 
 
-def _privacy(service: FaceService, settings: Settings, bound: str | None) -> a.PrivacyOut:
+def _privacy(
+    service: FaceService, about: ServiceInfo, settings: Settings, bound: str | None
+) -> a.PrivacyOut:
     """The audit, retention and encryption settings, and the schedules the key may see."""
     if bound is not None:
         shown = [service.get_collection(collection=bound)]
@@ -122,9 +123,9 @@ def _privacy(service: FaceService, settings: Settings, bound: str | None) -> a.P
             if c.retention_days is not None or c.consent_required
         ][:INFO_COLLECTIONS]
     return a.PrivacyOut(
-        audit_trail=service.audit is not None,
+        audit_trail=about.audit_trail,
         audit_retention_days=settings.audit_retention_days,
         purge_interval_seconds=settings.purge_interval_seconds,
-        encryption_at_rest=service.store.cipher is not None,
+        encryption_at_rest=about.encryption_at_rest,
         schedules={c.id: collection_out(c, settings.identify_fpir) for c in shown},
     )

@@ -11,15 +11,16 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 
 from app.api import admin_schemas as a
+from app.api.audit import audited
 from app.api.deps import CollectionDep, PrincipalDep, ServiceDep, require, target_collection
 from app.api.routes.common import collection_out, face_out, problems, subject_out
 from app.api.routes.subjects import SubjectIdPath
 from app.api.schemas import to_utc
 from app.errors import InvalidRequest, NotReady
-from app.gallery.audit import note
 from app.gallery.ids import nfkc
 from app.gallery.models import COLLECTION_ID_PATTERN, EMBEDDING_DTYPE, SUBJECT_ID_PATTERN
-from app.service.access import SubjectExport, subject_export
+from app.privacy.access import SubjectExport
+from app.privacy.events import note
 
 router = APIRouter(tags=["privacy"])
 
@@ -30,6 +31,7 @@ router = APIRouter(tags=["privacy"])
     responses=problems(401, 403, 404, 422, 503),
     dependencies=[require("admin")],
 )
+@audited("read_audit")
 def read_audit(
     request: Request,
     service: ServiceDep,
@@ -53,20 +55,20 @@ def read_audit(
     """Audit events, oldest first, filtered by subject, key, action, time and collection
     (a key bound to a collection sees its own only; an admin key of every collection
     sees every collection's unless it names one)."""
-    trail = service.audit
+    trail = service.audit_trail()
     if trail is None:
         raise NotReady("The audit trail is off (FACEVERIFY_AUDIT_TRAIL=false).")
     if who.collection is not None or collection is not None:
         collection = target_collection(request, collection)
     bound = who.collection is not None
-    cursor = AuditCursor(service.store.instance(), collection or "") if bound else None
+    cursor = AuditCursor(service.instance(), collection or "") if bound else None
     start, first = _utc(since), _after(after, cursor)
     if bound:
         # A key bound to a collection sees its current lifetime only (not a deleted
         # collection of the same id), and no global ids or chain positions, which
         # would tell how many events other collections made (issue 37).
         assert collection is not None
-        record = service.store.get_collection(collection=collection)
+        record = service.get_collection(collection=collection)
         born, ended = trail.lifetime(collection=collection, created_at=record.created_at)
         start, first = max(start or born, born), max(first, ended)
     items = trail.query(
@@ -130,6 +132,7 @@ def _after(after: str, cursor: AuditCursor | None) -> int:
     responses=problems(401, 403, 404, 422),
     dependencies=[require("admin")],
 )
+@audited("export_subject")
 def export_subject(
     subject_id: SubjectIdPath,
     service: ServiceDep,
@@ -141,13 +144,8 @@ def export_subject(
     """Everything the service holds about one person, in one JSON document: the record,
     its metadata and consent, every face (box, versions, template, created), the audit
     events about them, and when the schedule deletes them; embeddings only on request."""
-    found = subject_export(
-        service.store,
-        service.audit,
-        collection=collection,
-        subject_id=subject_id,
-        embeddings=include_embeddings,
-        now=service.retention.clock(),
+    found = service.export_subject(
+        collection=collection, subject_id=subject_id, embeddings=include_embeddings
     )
     note(detail={"include_embeddings": include_embeddings})
     return export_out(found)

@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from app.api import schemas as s
+from app.api.audit import audited
 from app.api.deps import CollectionDep, ServiceDep, require
 from app.api.routes.common import face_out, problems, subject_out
-from app.gallery.audit import note
+from app.privacy.events import note
 
 router = APIRouter(tags=["subjects"])
 
@@ -22,6 +23,7 @@ SubjectIdPath = Annotated[s.SubjectId, Path()]
     responses=problems(401, 403, 422),
     dependencies=[require("admin")],
 )
+@audited("list_subjects")
 def list_subjects(
     service: ServiceDep,
     collection: CollectionDep,
@@ -45,6 +47,7 @@ def list_subjects(
     responses=problems(401, 403, 404, 422),
     dependencies=[require("admin")],
 )
+@audited("read_subject")
 def get_subject(
     subject_id: SubjectIdPath, service: ServiceDep, collection: CollectionDep
 ) -> s.SubjectDetailOut:
@@ -61,6 +64,7 @@ def get_subject(
     responses=problems(401, 403, 404, 422),
     dependencies=[require("enroll")],
 )
+@audited("delete_subject")
 def delete_subject(
     subject_id: SubjectIdPath, service: ServiceDep, collection: CollectionDep
 ) -> s.DeleteSubjectResponse:
@@ -75,6 +79,7 @@ def delete_subject(
     responses=problems(401, 403, 404, 422),
     dependencies=[require("enroll")],
 )
+@audited("delete_face")
 def delete_face(
     subject_id: SubjectIdPath,
     face_id: Annotated[str, Path(min_length=1, max_length=64)],

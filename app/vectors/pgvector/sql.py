@@ -23,8 +23,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from app.gallery.index import Hits, SubjectHit
 from app.gallery.models import embedding_matrix
+from app.vectors.index import Hits, SubjectHit
 
 log = logging.getLogger("faceverify.gallery")
 
@@ -257,6 +257,13 @@ def _build_settings(conn: Connection, ceiling_mb: int, *, local: bool) -> None:
     conn.execute(text(f"SET {scope}max_parallel_maintenance_workers = 2"))
 
 
+def vector_fields(vectors: np.ndarray) -> list[str]:
+    """pgvector's text form of each row; 9 significant digits give every float32 back
+    exactly."""
+    fmt = "[" + ",".join(["%.9g"] * vectors.shape[1]) + "]"
+    return [fmt % tuple(row) for row in vectors.tolist()]
+
+
 def literal(vector: np.ndarray) -> str:
     """pgvector's text form; float32 values written exactly (repr round-trips)."""
     return "[" + ",".join(repr(float(v)) for v in vector) + "]"
@@ -330,7 +337,7 @@ def rescore(
     encoders: Collection[str],
     exclude: str | None = None,
 ) -> list[SubjectHit]:
-    """:meth:`app.gallery.index.VectorIndex.rescore` here: exact distances from ``query``
+    """:meth:`app.vectors.index.VectorIndex.rescore` here: exact distances from ``query``
     to the faces ``previous`` read, by key (faces deleted since drop out)."""
     if previous.shortlist is None:
         return search(

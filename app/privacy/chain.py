@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.gallery.audit import link
+from app.gallery import utc
 from app.gallery.models import AuditEvent, AuditHead
-from app.gallery.records import _aware
+from app.privacy.events import link
 
 # An event dated more than this before one chained ahead of it was backdated (issue
 # 37). Events are chained in the order they are written, each dated as it is written;
@@ -119,7 +119,7 @@ def _dated_in_order(
 ) -> tuple[str | None, tuple[datetime, int] | None]:
     """A problem if ``event`` is dated more than BACKDATE_SECONDS before the latest
     event chained ahead of it; the latest (time, position) after it."""
-    at = _aware(event.at)
+    at = utc(event.at)
     if latest is not None and (latest[0] - at).total_seconds() > BACKDATE_SECONDS:
         return (
             f"event {event.id} at position {position} is dated {at.isoformat()}, before the "
@@ -164,7 +164,7 @@ def _anchor_backed(start: int, backing: AuditEvent | None, notes: list[str]) -> 
     detail = backing.detail if isinstance(backing.detail, dict) else {}
     notes.append(
         f"events 1..{start} were pruned by event {backing.id} at "
-        f"{_aware(backing.at).isoformat()} (events before {detail.get('before', '?')})"
+        f"{utc(backing.at).isoformat()} (events before {detail.get('before', '?')})"
     )
     return None
 

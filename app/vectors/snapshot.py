@@ -2,7 +2,7 @@
 
 Without them every worker process reads the whole gallery from the database and builds
 its own index: N copies of ~700 B a face, and N builds. With a snapshot folder, the
-first process to load saves its index there (app/gallery/ann.py :meth:`AnnIndex.save`)
+first process to load saves its index there (app/vectors/ann.py :meth:`AnnIndex.save`)
 and every process, itself included, opens those files memory-mapped: the rows and IVF
 lists are then one copy in the page cache, however many workers read them, and a
 restart opens them in about a second instead of rebuilding.
@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.gallery.ann import AnnIndex
-from app.gallery.index import VectorIndex
+from app.vectors.ann import AnnIndex
+from app.vectors.index import VectorIndex
 
 log = logging.getLogger("faceverify.gallery")
 

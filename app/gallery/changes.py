@@ -1,6 +1,6 @@
 """The change log: every write bumps the gallery version and logs which ids it touched,
 so the in-memory indexes of other threads and processes catch up by replaying it
-(app/gallery/sync.py); and the index snapshots registered against it."""
+(app/vectors/sync.py); and the index snapshots registered against it."""
 
 from __future__ import annotations
 
@@ -8,38 +8,33 @@ from datetime import UTC, datetime
 from typing import cast, get_args
 
 from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.gallery.engine import BUSY_TIMEOUT_SECONDS, StoreBase
 from app.gallery.models import (
     GalleryEvent,
     GalleryState,
     IndexSnapshotRecord,
 )
-from app.gallery.records import (
-    Change,
-    ChangeKind,
-)
+from app.gallery.records import Change, ChangeKind
 
 # How many versions of change log to keep. A process further behind than this reloads
 # the whole gallery instead of replaying; pruning keeps deleted subjects' ids from
 # lingering in the log.
 EVENT_RETENTION = 10_000
 
-
 # Index snapshot records kept (each process may still hold an older one mapped).
 SNAPSHOT_RECORDS = 16
-
 
 _VERSION_SQL = f"SELECT {GalleryState.version.key} FROM {GalleryState.__tablename__}"  # noqa: S608
 
 
-def _bump_version(session: Session, lock_timeout: float | None = BUSY_TIMEOUT_SECONDS) -> int:
-    # First statement of every write transaction: it takes the write lock (SQLite) or the
-    # row lock (PostgreSQL) at once, so writers queue here and versions are handed out in
-    # commit order; a reader that has seen version v has seen every write <= v. On
-    # PostgreSQL a writer waits for the row at most ``lock_timeout`` s (then
-    # DatabaseBusy, as SQLite's busy timeout gives); None: as long as it takes.
+def bump_version(session: Session, lock_timeout: float | None) -> int:
+    """The first statement of every write transaction: it takes the write lock (SQLite)
+    or the row lock (PostgreSQL) at once, so writers queue here and versions are handed
+    out in commit order; a reader that has seen version v has seen every write <= v. On
+    PostgreSQL a writer waits for the row at most ``lock_timeout`` s (then
+    DatabaseBusy, as SQLite's busy timeout gives); None: as long as it takes."""
     if lock_timeout is not None and session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"SET LOCAL lock_timeout = {int(lock_timeout * 1000)}"))
     return int(
@@ -52,21 +47,40 @@ def _bump_version(session: Session, lock_timeout: float | None = BUSY_TIMEOUT_SE
     )
 
 
-def _log(session: Session, version: int, changes: list[tuple[str, str, str, str | None]]) -> None:
-    session.execute(
-        insert(GalleryEvent),
-        [
-            {
-                "version": version,
-                "kind": kind,
-                "collection_id": collection,
-                "subject_id": subject_id,
-                "face_id": face_id,
-            }
-            for kind, collection, subject_id, face_id in changes
-        ],
-    )
-    session.execute(delete(GalleryEvent).where(GalleryEvent.version <= version - EVENT_RETENTION))
+class ChangeRows:
+    """A transaction's change-log entries, written when it commits. Every version has
+    its change: a gap in the log makes every process reload every index (issue 25: 47 s
+    on a 1.8M-face server after POST /collections)."""
+
+    def __init__(self, session: Session, version: int) -> None:
+        self.session = session
+        self.version = version
+        self.entries: list[Change] = []
+
+    def add(
+        self, kind: ChangeKind, collection: str, subject_id: str = "", face_id: str | None = None
+    ) -> None:
+        self.entries.append(Change(self.version, kind, collection, subject_id, face_id))
+
+    def write(self) -> None:
+        if not self.entries or not self.version:
+            return
+        self.session.execute(
+            insert(GalleryEvent),
+            [
+                {
+                    "version": c.version,
+                    "kind": c.kind,
+                    "collection_id": c.collection,
+                    "subject_id": c.subject_id,
+                    "face_id": c.face_id,
+                }
+                for c in self.entries
+            ],
+        )
+        self.session.execute(
+            delete(GalleryEvent).where(GalleryEvent.version <= self.version - EVENT_RETENTION)
+        )
 
 
 def _change_kind(kind: str) -> ChangeKind:
@@ -75,8 +89,11 @@ def _change_kind(kind: str) -> ChangeKind:
     return cast(ChangeKind, kind)
 
 
-class ChangeLog(StoreBase):
-    """The gallery version, the change log and the snapshot records."""
+class ChangeLog:
+    """Reading the gallery version and the change log; the snapshot records."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def version(self) -> int:
         """The gallery's version (bumped by every write). Read on every verify and
@@ -102,7 +119,7 @@ class ChangeLog(StoreBase):
             return str(conn.execute(select(GalleryState.instance)).scalar_one())
 
     def register_snapshot(self, *, token: str, version: int, digest: str) -> None:
-        """Record an index snapshot saved from this database (app/gallery/snapshot.py);
+        """Record an index snapshot saved from this database (app/vectors/snapshot.py);
         records of older snapshots than the last few are dropped."""
         with Session(self.engine) as session, session.begin():
             session.add(

@@ -1,6 +1,6 @@
 """Writing, sealing, checking, reading and pruning the audit trail.
 
-Writes. A write's event goes in with the write (:func:`app.gallery.audit.stage`). Every
+Writes. A write's event goes in with the write (:func:`app.privacy.events.entry`). Every
 other event is handed to :meth:`AuditTrail.submit`, and the answer waits until it is
 committed: one writer thread takes every event waiting and commits them together, so
 eight concurrent requests cost about one commit, not eight, and no request holds a lock
@@ -13,7 +13,7 @@ order) the next positions of a dense sequence and chains them:
 the ``audit_head`` row is its lock (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so another
 replica's sealer skips a turn instead of waiting; SQLite: the write lock).
 
-Checking (app/gallery/chain.py). :meth:`AuditTrail.verify` walks the positions from the
+Checking (app/privacy/chain.py). :meth:`AuditTrail.verify` walks the positions from the
 anchor and recomputes every link: a changed field, a missing position or two events
 swapped name the first event where the chain breaks; events removed from the end show
 against the head row; an anchor no prune names and a backdated event fail too.
@@ -40,11 +40,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.errors import DatabaseBusy
-from app.gallery.audit import AuditDraft, link, now, public, stage
-from app.gallery.chain import Verdict, verify_chain
+from app.gallery import Database, utc
+from app.gallery.events import EventRows
 from app.gallery.models import AuditEvent, AuditHead
-from app.gallery.records import _aware
-from app.gallery.spool import AuditSpool, SpoolStatus
+from app.privacy.chain import Verdict, verify_chain
+from app.privacy.events import AuditDraft, AuditEntry, link, now, public
+from app.privacy.spool import AuditSpool, SpoolStatus
 
 log = logging.getLogger("faceverify.audit")
 
@@ -97,24 +98,28 @@ _UNSEALED = select(AuditEvent.id).where(AuditEvent.position.is_(None)).limit(1)
 class AuditTrail:
     """The audit trail of one database."""
 
-    def __init__(self, engine: Engine, *, fsync: bool = True) -> None:
+    def __init__(self, database: Database, *, fsync: bool = True) -> None:
         """``fsync=False``: read events are committed without waiting for the disk (SQLite
         synchronous=NORMAL on the writer's own connection, PostgreSQL
         synchronous_commit=off): a commit survives faceverify's crash, and is on disk
         with the next fsync (the sealer's, each second) rather than before the answer."""
-        self.engine = engine
+        engine = self.engine = database.engine
         self.fsync = fsync
-        self._writer = _writer_engine(engine, fsync)
+        self._writer = _writer_engine(database, fsync)
         # SQLite: where read events wait while another writer holds the lock (spool.py).
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        path = engine.url.database if database.dialect == "sqlite" else None
         self._spool = (
-            AuditSpool(Path(database).resolve().parent, fsync=fsync, columns=_COLUMNS)
-            if database and database != ":memory:"
+            AuditSpool(Path(path).resolve().parent, fsync=fsync, columns=_COLUMNS)
+            if path and path != ":memory:"
             else None
         )
         # The spool's drain: whole transactions (a file's events go in together or not
         # at all) that give up quickly when SQLite is busy.
-        self._drainer = _drain_engine(engine, fsync) if self._spool is not None else None
+        self._drainer = (
+            database.engine_for(fsync=fsync, busy_timeout=WRITER_BUSY_SECONDS)
+            if self._spool is not None
+            else None
+        )
         self._busy_until = 0.0
         self._queue: queue.SimpleQueue[tuple[dict[str, Any], Done] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -280,7 +285,7 @@ class AuditTrail:
 
     # ---- checking --------------------------------------------------------------------
     def verify(self, *, expect: tuple[int, str] | None = None) -> Verdict:
-        """Recompute the chain from the anchor (app/gallery/chain.py)."""
+        """Recompute the chain from the anchor (app/privacy/chain.py)."""
         return verify_chain(self.engine, expect=expect)
 
     # ---- reading ---------------------------------------------------------------------
@@ -311,7 +316,7 @@ class AuditTrail:
         bound to it see its own events only (issue 37). From LIFETIME_SKEW before its
         creation (replicas' clocks differ), after the last deletion (or purge) event
         of it in that window."""
-        since = _aware(created_at) - timedelta(seconds=LIFETIME_SKEW)
+        since = utc(created_at) - timedelta(seconds=LIFETIME_SKEW)
         ended = AuditEvent.action == "delete_collection"
         if subject is not None:
             ended = ended | (
@@ -366,43 +371,33 @@ class AuditTrail:
             head.anchor_position, head.anchor_chain, head.anchor_at = through, chain or "", now()
             # The event that backs the anchor move: verify refuses an anchor no prune
             # names (issue 37).
-            stage(
-                session,
+            event = AuditEntry(draft or AuditDraft("audit_prune", request_id="retention"))
+            event.about(
                 collection=None,
                 subjects=[],
                 detail={
                     "through_position": through,
                     "through_chain": chain or "",
-                    "before": _aware(before).isoformat(),
+                    "before": utc(before).isoformat(),
                     "events": int(removed),
                 },
-                draft=draft or AuditDraft("audit_prune", request_id="retention"),
             )
+            event.write(EventRows(session))
+        event.after_commit()
         return int(removed)
 
 
-def _drain_engine(engine: Engine, fsync: bool) -> Engine:
-    """Transactions (not autocommit) with the writer's short wait for SQLite's lock."""
-    from app.gallery.engine import _make_engine
-
-    url = engine.url.render_as_string(hide_password=False)
-    return _make_engine(url, echo=False, fsync=fsync, busy_timeout=WRITER_BUSY_SECONDS)
-
-
-def _writer_engine(engine: Engine, fsync: bool) -> Engine:
+def _writer_engine(database: Database, fsync: bool) -> Engine:
     """The group commit's own connections: autocommit (no BEGIN and COMMIT round
     trips), no pre-ping, and without ``fsync`` commits that do not wait for the disk."""
     from sqlalchemy import create_engine
 
-    from app.gallery.engine import _make_engine
-
-    url = engine.url.render_as_string(hide_password=False)
-    if engine.dialect.name == "sqlite":
+    if database.dialect == "sqlite":
         # A short wait for the lock: past it, events go to the spool (spool.py).
-        writer = _make_engine(url, echo=False, fsync=fsync, busy_timeout=WRITER_BUSY_SECONDS)
+        writer = database.engine_for(fsync=fsync, busy_timeout=WRITER_BUSY_SECONDS)
     else:
         options = {} if fsync else {"options": "-c synchronous_commit=off"}
-        writer = create_engine(url, connect_args=options)
+        writer = create_engine(database.url, connect_args=options)
     return writer.execution_options(isolation_level="AUTOCOMMIT")
 
 

@@ -3,7 +3,7 @@
 :class:`VectorIndex` is what the service needs from one; :class:`ExactIndex` (a float32
 matrix, exact search) is the first implementation. An index holds the embeddings of one
 encoder model only (app/face/encoder.py): the service never compares models. The store
-is the truth and an index is a cache of it; :class:`app.gallery.sync.GallerySync`
+is the truth and an index is a cache of it; :class:`app.vectors.sync.GallerySync`
 replays the store's change log into any VectorIndex, so a new index (an ANN one) is a new
 class here and nothing else.
 """

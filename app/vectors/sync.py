@@ -1,6 +1,6 @@
-"""Keeping a :class:`~app.gallery.index.VectorIndex` in step with the store.
+"""Keeping a :class:`~app.vectors.index.VectorIndex` in step with the store.
 
-The store logs every write with a gallery version (app/gallery/changelog.py). A
+The store logs every write with a gallery version (app/gallery/changes.py). A
 :class:`GallerySync` remembers the version its index reflects and replays the changes
 since, so writes made by other threads or processes (replicas on one PostgreSQL) reach
 this process's index before it answers. It works with any VectorIndex and any
@@ -16,9 +16,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.gallery.index import Partitions
-from app.gallery.snapshot import Snapshot, SnapshotDir, SnapshotMismatch
-from app.gallery.store import Change, EmbeddingRows
+from app.gallery import Change, EmbeddingRows, Gallery
+from app.vectors.index import Partitions
+from app.vectors.snapshot import Snapshot, SnapshotDir, SnapshotMismatch
 
 log = logging.getLogger("faceverify.gallery")
 
@@ -65,7 +65,7 @@ class GallerySync:
             so never compared).
         encoders: the stored encoder names the indexes accept.
         snapshots: where full loads are saved and opened memory-mapped, shared by the
-            processes of this machine (app/gallery/snapshot.py); None: not at all.
+            processes of this machine (app/vectors/snapshot.py); None: not at all.
     """
 
     def __init__(
@@ -280,3 +280,37 @@ class GallerySync:
                 self.version = version
         finally:
             self._lock.release()
+
+
+class GalleryChanges:
+    """The gallery as a GallerySync reads it (app/vectors/sync.py ChangeSource)."""
+
+    def __init__(self, gallery: Gallery) -> None:
+        self.gallery = gallery
+
+    def version(self) -> int:
+        return self.gallery.changes.version()
+
+    def instance(self) -> str:
+        return self.gallery.changes.instance()
+
+    def register_snapshot(self, *, token: str, version: int, digest: str) -> None:
+        self.gallery.changes.register_snapshot(token=token, version=version, digest=digest)
+
+    def snapshot_registered(self, *, token: str) -> tuple[int, str] | None:
+        return self.gallery.changes.snapshot_registered(token=token)
+
+    def changes_since(self, *, version: int) -> list[Change] | None:
+        return self.gallery.changes.changes_since(version=version)
+
+    def load_embeddings(
+        self,
+        *,
+        dim: int,
+        face_ids: list[str] | None = None,
+        encoders: Collection[str] = (),
+        collection: str | None = None,
+    ) -> EmbeddingRows:
+        return self.gallery.faces.load(
+            dim=dim, face_ids=face_ids, encoders=encoders, collection=collection
+        )

@@ -1,9 +1,9 @@
-"""A :class:`~app.gallery.index.VectorIndex` for very large collections (issue 12).
+"""A :class:`~app.vectors.index.VectorIndex` for very large collections (issue 12).
 
 Rows live in numpy arrays, not Python objects: the float32 embedding (512 B at 128-d),
 the face id as 36 ASCII bytes, a subject number (4 B), a live flag; subject ids are kept
 once per subject. Up to ``exact_below`` faces a search is exact over the float32 rows,
-with the same arithmetic as :class:`~app.gallery.index.ExactIndex`. Past it, a FAISS
+with the same arithmetic as :class:`~app.vectors.index.ExactIndex`. Past it, a FAISS
 IVF index of 8-bit scalar-quantised codes (128 B a face) picks candidates, and the
 candidates are re-ranked exactly on the float32 rows, so every distance returned is the
 exact one; only which faces are considered is approximate (recall, measured against the
@@ -15,7 +15,7 @@ full reload rebuilds without them.
 An index can be saved to a folder (:meth:`AnnIndex.save`) and opened from it
 (:meth:`AnnIndex.open`) memory-mapped: the rows, the subject names and the IVF lists are
 then pages of files that every worker process on the machine shares through the page
-cache, not private copies (app/gallery/snapshot.py decides when). Writes after opening
+cache, not private copies (app/vectors/snapshot.py decides when). Writes after opening
 stay private: changed pages are copied on write, new faces go into a small IVF of their
 own next to the shared one.
 """
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from app.gallery.index import SHORTLIST, Hits, SubjectHit
 from app.scoring.distance import distances, squared_norms
+from app.vectors.index import SHORTLIST, Hits, SubjectHit
 
 # Below this many faces a collection is searched exactly (a scan of 1M faces takes ~30 ms
 # on one core here; the IVF index answers in a few ms past that).

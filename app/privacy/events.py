@@ -1,10 +1,12 @@
 """One audit event: its fields, the draft a request fills in as it runs, and the hash
 that chains it to the event before it.
 
-A request's draft lives in a context variable set by the HTTP layer (app/api/audit.py);
-the route's thread sees the same object (the context is copied, the object shared). A
-write records the draft inside its own transaction (:func:`stage`), so the change and its
-event commit together; any other request's draft is written before its answer is sent.
+A request's draft lives in a context variable set by the HTTP layer (app/api/audit.py;
+which routes are audited is declared on each route there); the route's thread sees the
+same object (the context is copied, the object shared). A write passes its event to its
+own transaction (:func:`entry`, a participant of app/gallery/unit.py), so the change and
+its event commit together; any other request's draft is written before its answer is
+sent.
 """
 
 from __future__ import annotations
@@ -16,36 +18,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, insert
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
-
-from app.errors import AuditUnavailable
+from app.gallery.events import EventRows
 from app.gallery.models import AuditEvent
+from app.gallery.unit import Transaction
 
 # The chain value before the first event.
 GENESIS = "0" * 64
 
-# What each audited route is called in the trail, and the status its success answers.
-# Routes not listed (health, info, metrics, the web page, docs) touch no biometric data.
-ACTIONS: dict[tuple[str, str], tuple[str, int]] = {
-    ("POST", "/enroll"): ("enroll", 201),
-    ("POST", "/verify"): ("verify", 200),
-    ("POST", "/identify"): ("identify", 200),
-    ("POST", "/compare"): ("compare", 200),
-    ("POST", "/detect"): ("detect", 200),
-    ("GET", "/subjects"): ("list_subjects", 200),
-    ("GET", "/subjects/{subject_id}"): ("read_subject", 200),
-    ("GET", "/subjects/{subject_id}/export"): ("export_subject", 200),
-    ("DELETE", "/subjects/{subject_id}"): ("delete_subject", 200),
-    ("DELETE", "/subjects/{subject_id}/faces/{face_id}"): ("delete_face", 200),
-    ("POST", "/collections"): ("create_collection", 201),
-    ("PATCH", "/collections/{collection_id}"): ("update_collection", 200),
-    ("DELETE", "/collections/{collection_id}"): ("delete_collection", 200),
-    ("POST", "/keys"): ("create_key", 201),
-    ("DELETE", "/keys/{key_id}"): ("revoke_key", 200),
-    ("GET", "/audit"): ("read_audit", 200),
-}
 # Actions of the service itself and of the command line.
 SERVICE_ACTIONS = (
     "retention_purge",
@@ -107,48 +86,55 @@ def note(**fields: Any) -> None:
         setattr(draft, name, value)
 
 
-def stage(
-    session: Session,
-    *,
-    collection: str | None,
-    subjects: list[str],
-    detail: dict[str, Any] | None = None,
-    draft: AuditDraft | None = None,
-) -> AuditDraft | None:
-    """Insert the event of a write in the write's own transaction: ``draft`` (a purge's,
-    the command line's) or the current request's (none: no trail, nothing written).
-    The draft counts as recorded once that transaction commits; if it rolls back, the
-    request's event is written with its error answer instead."""
-    draft = draft or current_audit.get()
-    if draft is None or draft.recorded or not draft.action:
-        return None
-    draft.collection = collection if collection is not None else draft.collection
-    draft.subjects = subjects
-    if detail:
-        draft.detail = {**(draft.detail or {}), **detail}
-    try:
-        session.execute(insert(AuditEvent), [draft.row(draft.success_status, None)])
-    except DBAPIError as exc:  # the write rolls back with it: 503, nothing stored
-        raise AuditUnavailable(
-            "The audit trail could not record this change, so nothing was stored. Retry shortly.",
-            retry_after=5,
-        ) from exc
-    session.info.setdefault(_STAGED, []).append(draft)
+class AuditEntry:
+    """The event a write records in its own transaction (a participant of the gallery's
+    unit of work): inserted before the commit, counted as recorded once the commit is
+    done; if the write rolls back, the request's event is written with its error answer
+    instead. Inert when there is no draft (no trail)."""
+
+    def __init__(self, draft: AuditDraft | None) -> None:
+        usable = draft is not None and not draft.recorded and draft.action
+        self.draft = draft if usable else None
+
+    def about(
+        self,
+        *,
+        collection: str | None,
+        subjects: list[str],
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """What the write touched (``collection`` None: the draft's own)."""
+        draft = self.draft
+        if draft is None:
+            return
+        draft.collection = collection if collection is not None else draft.collection
+        draft.subjects = subjects
+        if detail:
+            draft.detail = {**(draft.detail or {}), **detail}
+
+    def write(self, rows: EventRows) -> None:
+        if self.draft is not None:
+            rows.add(self.draft.row(self.draft.success_status, None))
+
+    def before_commit(self, tx: Transaction) -> None:
+        self.write(tx.events)
+
+    def after_commit(self, tx: Transaction | None = None) -> None:
+        if self.draft is not None:
+            self.draft.recorded = True
+
+
+def entry(draft: AuditDraft | None = None) -> AuditEntry:
+    """The event of a write: ``draft`` (a purge's, the command line's) or the current
+    request's (none: no trail, nothing written)."""
+    return AuditEntry(draft or current_audit.get())
+
+
+def cli_draft(action: str, **fields: Any) -> AuditDraft:
+    """The draft of a command-line write, made the current one."""
+    draft = AuditDraft(action, request_id="cli", client="cli", **fields)
+    current_audit.set(draft)
     return draft
-
-
-_STAGED = "faceverify_audit_staged"
-
-
-@event.listens_for(Session, "after_commit")
-def _recorded_with_commit(session: Session) -> None:
-    for draft in session.info.pop(_STAGED, []):
-        draft.recorded = True
-
-
-@event.listens_for(Session, "after_rollback")
-def _dropped_with_rollback(session: Session) -> None:
-    session.info.pop(_STAGED, None)
 
 
 def pack_subjects(subjects: list[str]) -> str:

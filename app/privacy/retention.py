@@ -19,28 +19,23 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import (
     CollectionNotFound,
-    ConsentRequired,
     DatabaseBusy,
     InvalidRequest,
     SubjectExpired,
     SubjectNotFound,
 )
-from app.gallery.audit import AuditDraft, note
-from app.gallery.index import SubjectHit
-from app.gallery.records import CollectionPolicy, Consent, SubjectTimes, _aware, due_at
-from app.gallery.search import GallerySearch
-from app.gallery.snapshot import erase_rows
-from app.gallery.store import GalleryStore
-from app.gallery.writes import DueCheck
-from app.service.records import erase
-from app.service.subjects import VersionedCache
+from app.gallery import CollectionPolicy, Consent, Gallery, SubjectTimes, utc
+from app.gallery.cache import VersionedCache
+from app.privacy.erasure import Erasure
+from app.privacy.events import AuditDraft, entry, note
+from app.privacy.rules import due_at, is_due, require_consent, times_of
+from app.vectors import SubjectHit
 
 log = logging.getLogger("faceverify.retention")
 
@@ -60,16 +55,12 @@ def utc_now() -> datetime:
 
 
 class Retention:
-    def __init__(
-        self, store: GalleryStore, search: GallerySearch | None, clock: Clock = utc_now
-    ) -> None:
-        """``search``: the service's, told of each purge; None (the command line): the
-        running servers replay the purge from the change log, and ``index_dir``'s
-        snapshots are erased here."""
-        self.store = store
-        self.search = search
+    def __init__(self, gallery: Gallery, erasure: Erasure, clock: Clock = utc_now) -> None:
+        """``erasure``: what a purge's deletes are erased with (the command line's has
+        no vector backend: the running servers replay the purge from the change log)."""
+        self.gallery = gallery
+        self.erasure = erasure
         self.clock = clock
-        self.index_dir: Path | None = None
         # collection -> its CollectionPolicy
         self._policies = VersionedCache(4096)
         # This process's last use of each subject, and the uses not written yet.
@@ -82,11 +73,11 @@ class Retention:
         expiry, and its decision rates: read once per gallery version (``version``: one
         just read). A collection that is gone has none (the read that follows says it is
         gone)."""
-        version = self.store.version() if version is None else version
+        version = self.gallery.changes.version() if version is None else version
         cached = self._policies.get(collection, version)
         if cached is None:
             try:
-                cached = self.store.collection_policy(collection=collection)
+                cached = self.gallery.collections.policy(collection=collection)
             except CollectionNotFound:
                 return CollectionPolicy()
             self._policies.put(collection, version, cached)
@@ -111,7 +102,7 @@ class Retention:
         if days is None and not policy.dated:
             return {}
         now = self.clock()
-        times = self.store.subject_times(collection=collection, subject_ids=subject_ids)
+        times = self.gallery.subjects.times(collection=collection, subject_ids=subject_ids)
         found = {}
         for subject_id, when in times.items():
             due = due_at(self._with_recent_use(collection, subject_id, when), days)
@@ -154,7 +145,8 @@ class Retention:
             pending, self._pending = self._pending, {}
         for (collection, subject_id), when in pending.items():
             try:
-                self.store.touch_subject(collection=collection, subject_id=subject_id, now=when)
+                with self.gallery.transaction(versioned=False) as tx:
+                    tx.subjects.touch(collection, subject_id, when)
             except (DatabaseBusy, SQLAlchemyError):
                 with self._touch_lock:
                     self._pending.setdefault((collection, subject_id), when)
@@ -170,7 +162,7 @@ class Retention:
         if recent is None:
             return times
         stored = times.last_used_at
-        if stored is not None and _aware(stored) >= recent:
+        if stored is not None and utc(stored) >= recent:
             return times
         return SubjectTimes(times.created_at, recent, times.expires_at)
 
@@ -187,8 +179,8 @@ class Retention:
         adding to a subject past its retention."""
         if expires_at is not None and expires_at <= self.clock():
             raise InvalidRequest("expires_at must be in the future.")
-        if self.policy(collection).consent_required and consent is None and not add:
-            raise ConsentRequired.for_collection(collection)
+        if not add:  # a new subject: refused before any photo is read
+            require_consent(self.policy(collection), collection, consent, held=False)
         if add:
             self.check(collection, subject_id)
 
@@ -220,9 +212,9 @@ class Retention:
             if not mine:
                 return 0
             while True:
-                due = self.store.due_subjects(now=now, limit=PURGE_BATCH)
+                due = self.due_subjects(now, PURGE_BATCH)
                 days = {
-                    c: self.store.collection_policy(collection=c).retention_days
+                    c: self.gallery.collections.policy(collection=c).retention_days
                     for c in {c for c, _ in due}
                 }
                 round_deleted = 0
@@ -240,34 +232,51 @@ class Retention:
     def _purge_one(
         self, collection: str, subject_id: str, now: datetime, request_id: str, days: int | None
     ) -> int:
+        """Delete the subject if it is still due when the transaction looks (a verify may
+        have just used it), its purge recorded as an audit event; 0 when it is not."""
         draft = AuditDraft("retention_purge", request_id=request_id, detail={"reason": "retention"})
+        event = entry(draft)
         try:
-            face_ids, version = self.store.delete_subject(
-                collection=collection, subject_id=subject_id, due=DueCheck(now, days, draft)
-            )
+            with self.gallery.transaction(audit=event) as tx:
+                subject = tx.subjects.get(collection, subject_id)
+                if subject is None or not is_due(times_of(subject), days, now):
+                    # Deleted meanwhile, or used again since it was found due.
+                    raise SubjectNotFound.for_id(subject_id)
+                face_ids = tx.subjects.delete(collection, subject_id)
+                event.about(
+                    collection=collection,
+                    subjects=[subject_id],
+                    detail={"faces_deleted": len(face_ids)},
+                )
         except SubjectNotFound:
-            return 0  # deleted meanwhile, or used again since it was found due
-        if self.search is not None:
-            self.search.subject_removed(collection, subject_id)
-            self.search.advanced(version)
-            erase(self.store, self.search, face_ids)
-        else:
-            if self.index_dir is not None:
-                erase_rows(self.index_dir, face_ids)
-            self.store.erased(face_ids=face_ids)
+            return 0
+        self.erasure.erased(face_ids)
         return 1
+
+    def due_subjects(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        """(collection, subject) pairs due for deletion at ``now``: past their expiry,
+        or unused for longer than their collection's retention days."""
+        due = self.gallery.subjects.expired(now=now, limit=limit)
+        for collection, days in self.gallery.collections.schedules():
+            cutoff = now - timedelta(days=days)
+            unused = self.gallery.subjects.unused_since(
+                collection=collection, cutoff=cutoff, limit=limit
+            )
+            due.extend((collection, s) for s in unused)
+        return sorted(set(due))[:limit]
 
     def due(self, *, now: datetime | None = None) -> list[tuple[str, str]]:
         """What a purge at ``now`` would delete (a dry run)."""
-        return self.store.due_subjects(now=now or self.clock(), limit=1_000_000)
+        return self.due_subjects(now or self.clock(), 1_000_000)
 
     @contextmanager
     def _only_replica(self) -> Iterator[bool]:
         """On PostgreSQL, an advisory lock: one replica purges at a time."""
-        if self.store.engine.dialect.name != "postgresql":
+        database = self.gallery.database
+        if database.dialect != "postgresql":
             yield True
             return
-        with self.store.engine.connect() as conn:
+        with database.engine.connect() as conn:
             got = bool(conn.execute(text(f"SELECT pg_try_advisory_lock({PURGE_LOCK})")).scalar())
             try:
                 yield got

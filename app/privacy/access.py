@@ -7,15 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app.gallery.records import (
-    CollectionRecord,
-    FaceRecord,
-    SubjectRecord,
-    SubjectTimes,
-    due_at,
-)
-from app.gallery.store import GalleryStore
-from app.gallery.trail import AuditTrail
+from app.gallery import CollectionRecord, FaceRecord, Gallery, SubjectRecord, SubjectTimes
+from app.privacy.rules import due_at
+from app.privacy.trail import AuditTrail
 
 # Audit events one export lists at most (the oldest first; `faceverify audit export`
 # has every one).
@@ -34,7 +28,7 @@ class SubjectExport:
 
 
 def subject_export(
-    store: GalleryStore,
+    gallery: Gallery,
     audit: AuditTrail | None,
     *,
     collection: str,
@@ -44,11 +38,13 @@ def subject_export(
 ) -> SubjectExport:
     """What the service holds about one subject (SubjectNotFound), from the store and
     the audit trail (None: the trail is off)."""
-    subject = store.get_subject(collection=collection, subject_id=subject_id)
-    faces = store.list_faces(collection=collection, subject_id=subject_id)
-    record = store.get_collection(collection=collection)
+    subject = gallery.subjects.get(collection=collection, subject_id=subject_id)
+    faces = gallery.faces.of_subject(collection=collection, subject_id=subject_id)
+    record = gallery.collections.get(collection=collection)
     stored = (
-        store.subject_face_bytes(collection=collection, subject_id=subject_id) if embeddings else {}
+        gallery.subjects.face_bytes(collection=collection, subject_id=subject_id)
+        if embeddings
+        else {}
     )
     events: list[dict[str, Any]] = []
     if audit is not None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
 
 import numpy as np
 
 from app.errors import SubjectHasNoFaces
 from app.face.views import recipe_of
-from app.gallery.records import SubjectTimes
-from app.gallery.store import GalleryStore
+from app.gallery import Gallery, SubjectTimes
+from app.gallery.cache import VersionedCache
 
 # Subjects whose faces verify keeps in memory while the gallery does not change (~1 KB
 # a subject with two faces).
@@ -21,44 +20,11 @@ SUBJECT_CACHE_SIZE = 4096
 RECIPE_CACHE_SIZE = 100_000
 
 
-class VersionedCache:
-    """A bounded LRU map whose entries are valid only at the gallery version they were
-    read at: reading the version (one row) is ~5x cheaper than reading a subject's faces.
-    Thread-safe."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[Any, tuple[int, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any, version: int) -> Any | None:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is None or found[0] != version:
-                return None
-            self._entries.move_to_end(key)
-            return found[1]
-
-    def holds(self, key: Any) -> bool:
-        """Whether ``key`` was read at some version (current or not)."""
-        with self._lock:
-            return key in self._entries
-
-    def put(self, key: Any, version: int, value: Any) -> None:
-        """Store ``value`` as read at ``version`` (read the version before the value: a
-        write in between then leaves the entry already out of date, never wrong)."""
-        with self._lock:
-            self._entries[key] = (version, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-
 class RecipeMemo:
     """Each stored face's template recipe, read once (bounded LRU, thread-safe)."""
 
-    def __init__(self, store: GalleryStore, size: int = RECIPE_CACHE_SIZE) -> None:
-        self.store = store
+    def __init__(self, gallery: Gallery, size: int = RECIPE_CACHE_SIZE) -> None:
+        self.gallery = gallery
         self.size = size
         self._recipes: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
@@ -68,7 +34,7 @@ class RecipeMemo:
             known = {f: self._recipes[f] for f in face_ids if f in self._recipes}
         missing = [f for f in face_ids if f not in known]
         if missing:
-            versions = self.store.pipeline_versions(collection=collection, face_ids=missing)
+            versions = self.gallery.faces.pipeline_versions(collection=collection, face_ids=missing)
             read = {f: recipe_of(v) for f, v in versions.items()}
             with self._lock:
                 self._recipes.update(read)
@@ -82,8 +48,8 @@ class SubjectReads:
     """A subject's faces of the running model, read by key from the store (the truth),
     so verify never waits for or depends on the size of the 1:N index."""
 
-    def __init__(self, store: GalleryStore, *, dim: int, encoders: frozenset[str]) -> None:
-        self.store = store
+    def __init__(self, gallery: Gallery, *, dim: int, encoders: frozenset[str]) -> None:
+        self.gallery = gallery
         self.dim = dim
         self.encoders = encoders
         self._cache = VersionedCache(SUBJECT_CACHE_SIZE)
@@ -115,11 +81,11 @@ class SubjectReads:
         """:meth:`enrolled`'s read, with the subject's retention times (as of the read:
         a last use written since, without a version bump, may be missing) and the
         gallery version it is valid at. Faces may be none."""
-        version = self.store.version()
+        version = self.gallery.changes.version()
         key = (collection, subject_id)
         cached = self._cache.get(key, version)
         if cached is None:
-            face_ids, known, versions, times = self.store.subject_embeddings(
+            face_ids, known, versions, times = self.gallery.subjects.embeddings(
                 collection=collection,
                 subject_id=subject_id,
                 dim=self.dim,

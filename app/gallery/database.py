@@ -1,5 +1,6 @@
-"""The store's engine and schema: connecting (SQLite pragmas, a busy database as 503)
-and the Alembic migrations."""
+"""The database: one engine factory for every part that talks to it (the gallery, the
+key store, the audit trail), connecting (SQLite pragmas, a busy database as 503) and
+the Alembic migrations."""
 
 from __future__ import annotations
 
@@ -14,18 +15,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from app.errors import (
     DatabaseBusy,
 )
-from app.gallery.crypto import EmbeddingCipher, SealPolicy
 
 # How long a SQLite writer waits for another's write lock before DatabaseBusy (503).
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
-def _make_engine(
+def make_engine(
     url: str, *, echo: bool, busy_timeout: float = BUSY_TIMEOUT_SECONDS, fsync: bool = True
 ) -> Engine:
     """``fsync=False`` (SQLite): commits are not fsynced (synchronous=NORMAL: in WAL mode
     a commit survives the process's crash, not a power cut, until the next fsync);
-    the audit trail's read events use such an engine (app/gallery/trail.py)."""
+    the audit trail's read events use such an engine (app/privacy/trail.py)."""
     if not url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, pool_pre_ping=True)
         _busy_is_503(engine, busy_timeout)
@@ -107,17 +107,41 @@ def current_revision(engine: Engine) -> str | None:
         return str(value) if value is not None else None
 
 
-class StoreBase:
-    """What every part of GalleryStore shares (set by GalleryStore.__init__)."""
+class Database:
+    """One database: its URL, its engine, and the engines of its other users made from
+    the same URL and rules (the audit trail's writer, the key store)."""
 
-    url: str
-    engine: Engine
-    busy_timeout: float
-    # The embedding length kept in pgvector's face_vectors (None: not kept).
-    vector_dim: int | None
-    # The ceiling on maintenance_work_mem for HNSW builds (after bulk imports).
-    build_memory_mb: int
-    # Embeddings encrypted at rest (app/gallery/crypto.py); None: stored plain.
-    cipher: EmbeddingCipher | None
-    # Which rows are not faceverify's and are left out (app/gallery/sealing.py).
-    seal_policy: SealPolicy
+    def __init__(
+        self, url: str, *, echo: bool = False, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+    ) -> None:
+        """Connect; nothing is read or written (see :meth:`migrate`). ``busy_timeout``:
+        how long a SQLite writer waits for another's lock before DatabaseBusy."""
+        self.url = url
+        self.busy_timeout = busy_timeout
+        self.engine: Engine = make_engine(url, echo=echo, busy_timeout=busy_timeout)
+
+    @property
+    def dialect(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        return str(self.engine.dialect.name)
+
+    def engine_for(self, *, fsync: bool, busy_timeout: float) -> Engine:
+        """Another engine on this database, with its own wait for SQLite's lock and
+        (``fsync=False``) commits that do not wait for the disk."""
+        return make_engine(self.url, echo=False, fsync=fsync, busy_timeout=busy_timeout)
+
+    def migrate(self, revision: str = "head") -> str:
+        """Apply the schema migrations up to ``revision``; returns the revision reached."""
+        return migrate(self.engine, revision)
+
+    def schema_revision(self) -> str | None:
+        """The database's schema revision; None if it was never migrated."""
+        return current_revision(self.engine)
+
+    def ping(self) -> None:
+        """Raise if the database cannot answer a query."""
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def close(self) -> None:
+        self.engine.dispose()
