@@ -56,6 +56,26 @@ def sequential(
     return times, worst
 
 
+def writes(clients: dict[str, httpx2.Client], n: int) -> dict[str, dict[str, list[float]]]:
+    """ms per /enroll of a new subject and per DELETE of it, on each server in turns."""
+    times: dict[str, dict[str, list[float]]] = {
+        name: {"enroll": [], "delete": []} for name in clients
+    }
+    body = photo("biden.jpg")
+    for i in range(n + 3):
+        for name, client in clients.items():
+            subject = f"w{i}"
+            start = time.perf_counter()
+            client.post("/enroll", files={"image": body}, data={"subject_id": subject})
+            middle = time.perf_counter()
+            client.delete(f"/subjects/{subject}").raise_for_status()
+            end = time.perf_counter()
+            if i >= 3:  # warm-up
+                times[name]["enroll"].append((middle - start) * 1000)
+                times[name]["delete"].append((end - middle) * 1000)
+    return times
+
+
 def distance_of(answer: dict) -> float:
     if "candidates" in answer:
         return float(answer["candidates"][0]["distance"])
@@ -94,6 +114,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--writes", type=int, default=0, help="enroll + delete turns")
     args = parser.parse_args()
     with ExitStack() as stack:
         urls = {
@@ -132,6 +153,17 @@ def main() -> None:
             )
             ratio = statistics.median(times["new"]) / statistics.median(times["old"])
             print(f"{label:10s} {row}  new/old {ratio:.3f}  distance differs by {worst:.2e}")
+        if args.writes:
+            written = writes(clients, args.writes)
+            for what in ("enroll", "delete"):
+                row = "  ".join(
+                    f"{name} p50 {statistics.median(t[what]):6.2f} ms"
+                    for name, t in written.items()
+                )
+                ratio = statistics.median(written["new"][what]) / statistics.median(
+                    written["old"][what]
+                )
+                print(f"/{what:9s} {row}  new/old {ratio:.3f}")
         rates: dict[str, list[float]] = {"old": [], "new": []}
         for _ in range(args.runs):
             for name, url in urls.items():
