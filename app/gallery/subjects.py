@@ -60,9 +60,13 @@ class SubjectRows:
             check_stored_subject_id(subject_id)
         except ValueError as exc:
             raise InvalidRequest(f"Not a subject id the API can address: {exc}.") from exc
-        self.session.add(Subject(collection_id=collection, id=subject_id))
+        for name in fields:
+            if name not in WRITABLE:
+                raise TypeError(f"a subject has no field {name!r}")
+        # Given to the constructor, so a None is stored as the column's type stores it
+        # (JSON null for metadata), as enrollments always have.
+        self.session.add(Subject(collection_id=collection, id=subject_id, **fields))
         self.session.flush()
-        self.update(collection, subject_id, **fields)
 
     def update(self, collection: str, subject_id: str, **fields: Any) -> None:
         """Set ``fields`` (WRITABLE; None leaves one as it is). SubjectNotFound."""

@@ -40,9 +40,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.errors import DatabaseBusy
-from app.gallery import Database, utc
-from app.gallery.events import EventRows
+from app.gallery import Database, Sealing, utc
 from app.gallery.models import AuditEvent, AuditHead
+from app.gallery.unit import transaction
 from app.privacy.chain import Verdict, verify_chain
 from app.privacy.events import AuditDraft, AuditEntry, link, now, public
 from app.privacy.spool import AuditSpool, SpoolStatus
@@ -104,6 +104,7 @@ class AuditTrail:
         synchronous_commit=off): a commit survives faceverify's crash, and is on disk
         with the next fsync (the sealer's, each second) rather than before the answer."""
         engine = self.engine = database.engine
+        self.database = database
         self.fsync = fsync
         self._writer = _writer_engine(database, fsync)
         # SQLite: where read events wait while another writer holds the lock (spool.py).
@@ -352,7 +353,11 @@ class AuditTrail:
         older event after a newer one waits for it), move the anchor to the last one
         removed, and record the prune as an event. How many were removed."""
         self.seal()
-        with Session(self.engine) as session, session.begin():
+        event = AuditEntry(draft or AuditDraft("audit_prune", request_id="retention"))
+        # The gallery's unit of work, unversioned: an event it cannot write is
+        # AuditUnavailable, as on every other write.
+        with transaction(self.database, Sealing(), None, versioned=False) as tx:
+            session = tx.session
             head = self._lock_head(session)
             if head is None:
                 return 0
@@ -371,7 +376,6 @@ class AuditTrail:
             head.anchor_position, head.anchor_chain, head.anchor_at = through, chain or "", now()
             # The event that backs the anchor move: verify refuses an anchor no prune
             # names (issue 37).
-            event = AuditEntry(draft or AuditDraft("audit_prune", request_id="retention"))
             event.about(
                 collection=None,
                 subjects=[],
@@ -382,7 +386,7 @@ class AuditTrail:
                     "events": int(removed),
                 },
             )
-            event.write(EventRows(session))
+            event.write(tx.events)
         event.after_commit()
         return int(removed)
 

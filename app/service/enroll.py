@@ -245,7 +245,7 @@ def write_enrollment(
         if new.add and subject is None:
             raise SubjectNotFound.for_id(subject_id)
         if not new.add:
-            tx.subjects.create(collection, subject_id)
+            tx.subjects.create(collection, subject_id, name=new.name, meta=new.metadata)
         agreed = enrollment_rules(subject, policy, collection, new.consent, moment)
         tx.subjects.update(
             collection,

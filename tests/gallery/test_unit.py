@@ -110,3 +110,17 @@ def test_a_key_recorded_by_another_request_is_named(gallery: Gallery) -> None:
     assert gallery.idempotency.find(owner="owner", key="key-1") is not None
     with pytest.raises(SubjectNotFound):
         gallery.subjects.get(collection="default", subject_id="bob")
+
+
+def test_a_new_subject_stores_its_fields_as_enrollment_always_has(gallery: Gallery) -> None:
+    """A subject created without metadata holds JSON null in the column, not SQL NULL, as
+    every enrollment since the first release wrote it (backups and raw SQL see it)."""
+    with gallery.transaction() as tx:
+        tx.subjects.create("default", "ann", name=None, meta=None)
+        tx.log.add("enroll", "default", "ann")
+    with gallery.database.engine.connect() as conn:
+        stored = conn.execute(text("SELECT metadata IS NULL FROM subjects")).scalar_one()
+    assert not stored
+    with pytest.raises(TypeError):
+        with gallery.transaction() as tx:
+            tx.subjects.create("default", "bob", colour="red")

@@ -199,7 +199,7 @@ def test_a_request_whose_event_cannot_be_written_is_not_answered(
 @pytest.fixture
 def trail(tmp_path: Path) -> AuditTrail:
     store = Gallery.open(f"sqlite:///{tmp_path / 'a.db'}")
-    trail = AuditTrail(store.database.engine)
+    trail = AuditTrail(store.database)
     trail.write(
         [
             AuditDraft("verify", request_id=f"r{i}", subjects=[f"s{i}"]).row(200, None)

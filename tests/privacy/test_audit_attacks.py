@@ -12,8 +12,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from app.errors import AuditUnavailable
 from app.privacy.events import AuditDraft
 from app.privacy.trail import AuditTrail
 from app.service.transfer import import_faces
@@ -71,6 +73,22 @@ def test_a_real_prune_verifies_with_the_head_recorded_before_it(
     assert any("were pruned by event" in n for n in verdict.notes)
     early = trail.verify(expect=(2, "ef" * 32))
     assert early.ok and any("position 2 was pruned" in n for n in early.notes)
+
+
+def test_a_prune_whose_event_cannot_be_written_removes_nothing(
+    trail: AuditTrail,  # noqa: F811
+) -> None:
+    """The prune's event is refused (a trigger stands in for a full disk): the prune is
+    AuditUnavailable, like every other write whose event fails, and removes nothing."""
+    before = trail.count()
+    run(
+        trail,
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit_events "
+        "WHEN NEW.action = 'audit_prune' BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    with pytest.raises(AuditUnavailable):
+        trail.prune(before=datetime.now(UTC) + timedelta(seconds=5))
+    assert trail.count() == before and trail.verify().ok
 
 
 def test_a_backdated_event_fails_verify(trail: AuditTrail) -> None:  # noqa: F811

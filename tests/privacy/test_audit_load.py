@@ -38,7 +38,7 @@ def checked(url: str, answered: list[tuple[str, bool | None]]) -> AuditTrail:
     with the match it answered; sealed, the chain verifies."""
     store = Gallery.open(url)
     try:
-        trail = AuditTrail(store.database.engine)
+        trail = AuditTrail(store.database)
         events = {e["request_id"]: e for e in trail.export()}
         for rid, match in answered:
             assert rid in events, f"answered request {rid} has no event"
@@ -76,7 +76,7 @@ def test_every_concurrent_answer_has_its_event_and_the_chain_holds(
     checked(db_url, [(rid, match) for _, (rid, _, match) in answers])
     store = Gallery.open(db_url)
     try:
-        verifies = AuditTrail(store.database.engine).query(action="verify", limit=1000)
+        verifies = AuditTrail(store.database).query(action="verify", limit=1000)
         assert len(verifies) == len(answers) == 120  # N requests, N events
     finally:
         store.close()
