@@ -55,9 +55,15 @@ def model_components(
                 "description": entry["role"],
                 "hashes": [{"alg": "SHA-256", "content": entry["sha256"]}],
                 "licenses": [{"license": {"name": entry["licence"]}}],
+                # A bundled model ships in faceverify's own package; the others in
+                # face_recognition_models.
                 "externalReferences": [
-                    {"type": "vcs", "url": MODEL_SOURCE},
-                    {"type": "distribution", "url": MODEL_PACKAGE},
+                    {"type": "vcs", "url": entry.get("source_url", MODEL_SOURCE)},
+                    *(
+                        []
+                        if entry.get("bundled")
+                        else [{"type": "distribution", "url": MODEL_PACKAGE}]
+                    ),
                 ],
                 "properties": [
                     {"name": "faceverify:file", "value": entry["file"]},

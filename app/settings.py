@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # side (0 = never). It found a face in all 15 lfw-devtrain View 1 images HOG missed,
     # at ~330 ms each; a photo with no face costs up to ~0.8 s more.
     detect_cnn_max_side: int = Field(400, ge=0, le=2048)
+    # Which detector runs when HOG finds nothing: "cnn" (dlib's mmod, detect_cnn_max_side;
+    # 0 there = none), or "yunet" (app/face/yunet.py: faces down to ~20 px in a 640x480
+    # frame, ~10 ms a pass, on a copy of at most detect_yunet_max_side).
+    detect_fallback: Literal["cnn", "yunet"] = "cnn"
+    detect_yunet_max_side: int = Field(640, ge=64, le=4096)
     # The CNN fallback runs in this many child processes at the lowest CPU priority
     # (app/face/cnn.py): dlib's CNN holds the GIL for its whole call (~0.8 s on a photo
     # without a face), so in the server it stalled every request. Photos waiting for it

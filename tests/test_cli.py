@@ -19,7 +19,7 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_models_check_and_prepare(tmp_path: Path) -> None:
     env = {"FACEVERIFY_CACHE_DIR": str(tmp_path / "cache")}
     check = run("models", "check", env=env)
-    assert check.returncode == 0 and check.stdout.count("ok ") == 3
+    assert check.returncode == 0 and check.stdout.count("ok ") == 4  # with yunet, bundled
     prepare = run("models", "prepare", env=env)
     assert prepare.returncode == 0, prepare.stderr
     assert list((tmp_path / "cache").glob("dlib_resnet_v1-*.onnx"))

@@ -87,6 +87,11 @@ def test_the_sbom_lists_every_package_every_model_and_the_wheels(tmp_path: Path)
         model = models[f"model:{entry['name']}"]
         assert model["hashes"] == [{"alg": "SHA-256", "content": entry["sha256"]}]
         assert model["licenses"] == [{"license": {"name": entry["licence"]}}]
+    # YuNet ships inside faceverify, from its own repository, not face_recognition_models.
+    yunet = {r["type"]: r["url"] for r in models["model:yunet"]["externalReferences"]}
+    assert yunet == {"vcs": next(m for m in manifest if m["name"] == "yunet")["source_url"]}
+    shipped = {p["name"]: p["value"] for p in models["model:yunet"]["properties"]}
+    assert shipped["faceverify:shipped"].endswith("yunet/yunet_n_dynamic.onnx")
     (onnx,) = (tmp_path / "cache").glob("*.onnx")
     converted = models["model:dlib_resnet_v1.onnx"]
     assert converted["hashes"][0]["content"] == hashlib.sha256(onnx.read_bytes()).hexdigest()

@@ -66,7 +66,9 @@ class FaceMeasures:
     def row(self) -> list[float]:
         """The measures as numbers in :data:`MEASURES` order."""
         values = [getattr(self, name) for name in MEASURES[:-1]]
-        return [*values, float(self.detector == "cnn")]
+        # "cnn": found only by a fallback detector (dlib's CNN or YuNet), whose score
+        # is not HOG's margin.
+        return [*values, float(self.detector != "hog")]
 
 
 @dataclass(frozen=True)

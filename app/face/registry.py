@@ -17,6 +17,7 @@ from app.face.encoder import EncoderModel
 from app.face.pipeline import Pipeline
 from app.face.views import FAST
 from app.face.weights import WeightFile, load_weights
+from app.face.yunet import YunetDetector
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -43,7 +44,12 @@ def load_checked_weights(settings: Settings) -> dict[str, WeightFile]:
 
 
 def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFaceDetector:
-    cnn = settings.detect_cnn_max_side
+    cnn = settings.detect_cnn_max_side if settings.detect_fallback == "cnn" else 0
+    yunet = (
+        YunetDetector(weights["yunet"].path, max_side=settings.detect_yunet_max_side)
+        if settings.detect_fallback == "yunet"
+        else None
+    )
     return HogFaceDetector(
         weights["shape_predictor_5"].path,
         max_side=settings.detect_max_side,
@@ -56,6 +62,7 @@ def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFac
         quick_side=settings.detect_quick_side,
         # One set of dlib objects per inference slot, loaded at start-up.
         instances=settings.max_concurrent_inference,
+        yunet=yunet,
     )
 
 
@@ -80,10 +87,17 @@ def prepare(settings: Settings, weights: dict[str, WeightFile]) -> None:
         spec.prepare(settings, weights)
 
 
+def fallback_name(settings: Settings) -> str:
+    """The fallback detector as fingerprints and pipeline versions name it ("" none)."""
+    if settings.detect_fallback == "yunet":
+        return f"yunet{settings.detect_yunet_max_side}"
+    return f"cnn{settings.detect_cnn_max_side}" if settings.detect_cnn_max_side else ""
+
+
 def detector_fingerprint(settings: Settings) -> dict[str, object]:
+    fallback = fallback_name(settings)
     return {
-        "detector": "dlib_hog"
-        + (f"+cnn{settings.detect_cnn_max_side}" if settings.detect_cnn_max_side else ""),
+        "detector": "dlib_hog" + (f"+{fallback}" if fallback else ""),
         "detect_upsample": settings.detect_upsample,
         "detect_max_side": settings.detect_max_side,
         "detect_retry_max_side": settings.detect_retry_max_side,
@@ -114,7 +128,7 @@ def pipeline_version(settings: Settings) -> str:
     """A short string naming everything that changes an embedding (stored per face)."""
     return (
         f"hog-u{settings.detect_upsample}-m{settings.detect_max_side}"
-        f"-r{settings.detect_retry_max_side}-cnn{settings.detect_cnn_max_side}"
+        f"-r{settings.detect_retry_max_side}-{fallback_name(settings) or 'cnn0'}"
         f"/{encoder_model(settings).version_tag}"
         f"/j{settings.num_jitters}{'/flip' if settings.flip_average else ''}"
     )

@@ -85,7 +85,12 @@ def load_weights(
             "not installed. Install it (pip install face_recognition_models) or set "
             "FACEVERIFY_WEIGHTS_DIR to a folder holding the .dat files."
         )
-    return {entry["name"]: _checked_file(folder, entry, prepared) for entry in manifest["models"]}
+    return {
+        entry["name"]: _checked_file(
+            manifest_path.parent if entry.get("bundled") else folder, entry, prepared
+        )
+        for entry in manifest["models"]
+    }
 
 
 def _checked_file(
@@ -104,8 +109,13 @@ def _checked_file(
         )
     if not path.is_file():
         raise ModelFileError(
-            f"Model file {entry['file']} is missing from {folder}. Reinstall "
-            "face_recognition_models or point FACEVERIFY_WEIGHTS_DIR at a folder with it."
+            f"Model file {entry['file']} is missing from {folder}. "
+            + (
+                "It ships inside faceverify: reinstall faceverify."
+                if entry.get("bundled")
+                else "Reinstall face_recognition_models or point FACEVERIFY_WEIGHTS_DIR at "
+                "a folder with it."
+            )
         )
     actual = sha256_file(path)
     if actual != entry["sha256"]:

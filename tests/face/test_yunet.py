@@ -1,0 +1,144 @@
+"""YuNet, the fast fallback detector (app/face/yunet.py, issue 39), on real photos
+(tests/data/PROVENANCE): what it finds, how it is pinned, and the small faces in a
+camera frame that HOG and dlib's CNN never find."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.errors import ModelFileError
+from app.face.detect import hog_like_box
+from app.face.registry import build_pipeline, detector_fingerprint, pipeline_version
+from app.face.timing import Timings
+from app.face.weights import load_weights
+from app.face.yunet import YunetDetector, nms
+from app.settings import Settings
+from tests.helpers import data
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def yunet() -> YunetDetector:
+    settings = Settings()
+    weights = load_weights(settings.manifest_file(), settings.weights_dir)
+    return YunetDetector(weights["yunet"].path)
+
+
+def rgb(name: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data(name))).convert("RGB"))
+
+
+def in_a_frame(name: str, face_px: int, face_now: int = 310) -> bytes:
+    """The photo shrunk so its face (``face_now`` px wide) is ``face_px`` wide, pasted
+    into a grey 640x480 frame: a person a few metres from a camera (issue 39)."""
+    image = Image.open(io.BytesIO(data(name))).convert("RGB")
+    factor = face_now / face_px
+    size = (round(image.width / factor), round(image.height / factor))
+    frame = Image.new("RGB", (640, 480), (120, 120, 120))
+    frame.paste(image.resize(size, Image.Resampling.LANCZOS), (200, 150))
+    out = io.BytesIO()
+    frame.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+def test_it_finds_each_face_with_its_landmarks_inside_and_none_where_there_is_none(
+    yunet: YunetDetector,
+) -> None:
+    two = yunet.detect(rgb("two_people.jpg"))
+    assert len(two) == 2 and all(f.score > 0.8 for f in two)
+    for face in two:
+        assert all(
+            face.left <= x <= face.right and face.top <= y <= face.bottom for x, y in face.landmarks
+        )
+        right_eye, left_eye = face.landmarks[0], face.landmarks[1]
+        assert right_eye[0] < left_eye[0]  # the person's right eye is on the image's left
+    assert yunet.detect(rgb("coffee.png")) == []
+    # A 128 px portrait HOG misses at no upsampling.
+    assert len(yunet.detect(rgb("hopper.jpg"))) == 1
+
+
+def test_a_large_photo_is_shrunk_and_its_faces_mapped_back(yunet: YunetDetector) -> None:
+    photo = rgb("biden.jpg")  # 970x2204: looked at as 282x640
+    (face,) = yunet.detect(photo)
+    (reference,) = YunetDetector(yunet_path(), max_side=4096).detect(photo)
+    assert abs(face.left - reference.left) < 20 and abs(face.bottom - reference.bottom) < 20
+
+
+def yunet_path() -> Path:
+    settings = Settings()
+    return load_weights(settings.manifest_file(), settings.weights_dir)["yunet"].path
+
+
+def test_the_box_given_to_dlibs_landmarks_is_the_one_hog_draws(yunet: YunetDetector) -> None:
+    import dlib
+
+    photo = rgb("obama.jpg")
+    (hog,) = dlib.get_frontal_face_detector()(photo, 0)
+    left, top, right, bottom = hog_like_box(yunet.detect(photo)[0])
+    assert abs(left - hog.left()) < 25 and abs(top - hog.top()) < 25
+    assert abs((right - left) - hog.width()) < 30
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], dtype=float)
+    assert nms(boxes, np.array([0.7, 0.9, 0.8]), 0.3) == [1, 2]
+
+
+@pytest.mark.parametrize("face_px", [40, 33, 24])
+def test_a_small_face_in_a_camera_frame_is_found_and_matches(face_px: int) -> None:
+    """obama2.jpg's face at 40, 33 and 24 px in a 640x480 frame: HOG finds nothing, the
+    YuNet fallback finds it, and it matches obama.jpg (another photo) at the threshold
+    while biden.jpg's face, as small, does not."""
+    pipeline = build_pipeline(Settings(detect_fallback="yunet"))
+    reference = pipeline.find_faces(data("obama.jpg"), Timings())
+    anchor = pipeline.embed(reference[:1], Timings())[0]
+    faces = pipeline.find_faces(in_a_frame("obama2.jpg", face_px), Timings(), quick=True)
+    assert len(faces) == 1 and faces[0].detector == "yunet"
+    assert abs(faces[0].side - face_px) <= face_px // 3
+    same = float(np.linalg.norm(pipeline.embed(faces, Timings())[0] - anchor))
+    other = pipeline.find_faces(in_a_frame("biden.jpg", face_px), Timings(), quick=True)
+    assert len(other) == 1
+    different = float(np.linalg.norm(pipeline.embed(other, Timings())[0] - anchor))
+    assert same < 0.6 < different
+
+
+def test_the_cnn_fallback_misses_the_small_face_yunet_finds() -> None:
+    """What issue 39 measured: at ~33 px the default fallback finds nothing."""
+    pipeline = build_pipeline(Settings(detect_fallback="cnn"))
+    try:
+        assert pipeline.find_faces(in_a_frame("obama2.jpg", 33), Timings(), quick=True) == []
+    finally:
+        pipeline.detector.cnn.close()  # type: ignore[attr-defined]
+
+
+def test_the_fallback_is_named_where_embeddings_and_calibrations_are_kept() -> None:
+    assert pipeline_version(Settings(detect_fallback="yunet")).startswith(
+        "hog-u0-m800-r1024-yunet640/"
+    )
+    assert detector_fingerprint(Settings(detect_fallback="yunet"))["detector"] == (
+        "dlib_hog+yunet640"
+    )
+    assert detector_fingerprint(Settings())["detector"] == "dlib_hog+cnn400"
+
+
+def test_the_bundled_model_is_checked_by_sha256(tmp_path: Path) -> None:
+    settings = Settings()
+    models = tmp_path / "models"
+    shutil.copytree(settings.models_dir, models)
+    manifest = json.loads((models / "manifest.json").read_text())
+    (entry,) = [m for m in manifest["models"] if m["name"] == "yunet"]
+    assert entry["bundled"] and "Apache-2.0" in entry["licence"] and "WIDER" in entry["licence"]
+    (models / entry["file"]).write_bytes(b"not the model")
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_weights(models / "manifest.json", settings.weights_dir)
+    (models / entry["file"]).unlink()
+    with pytest.raises(ModelFileError, match="reinstall faceverify"):
+        load_weights(models / "manifest.json", settings.weights_dir)
