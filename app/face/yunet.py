@@ -66,6 +66,7 @@ class YunetDetector:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
         self.max_side = max_side
         self.score_threshold = score_threshold
 
@@ -78,8 +79,8 @@ class YunetDetector:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             image = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
         blob = _blob(image)
-        outputs = self.session.run(None, {self.input: blob})
-        named = dict(zip((o.name for o in self.session.get_outputs()), outputs, strict=True))
+        outputs = self.session.run(self.outputs, {self.input: blob})
+        named = dict(zip(self.outputs, outputs, strict=True))
         faces = decode(named, blob.shape[2], blob.shape[3], self.score_threshold)
         if scale < 1.0:
             faces = [_scaled(f, 1.0 / scale) for f in faces]
@@ -105,12 +106,12 @@ def decode(
         rows, cols = height // stride, width // stride
         cls = np.clip(outputs[f"cls_{stride}"][0, :, 0], 0.0, 1.0)
         obj = np.clip(outputs[f"obj_{stride}"][0, :, 0], 0.0, 1.0)
+        assert rows * cols == len(cls), "the output does not match the input's size"
         score = np.sqrt(cls * obj)
         keep = np.nonzero(score >= score_threshold)[0]
         if not len(keep):
             continue
         row, col = np.divmod(keep, cols)
-        assert rows * cols == len(cls), "the output does not match the input's size"
         bbox = outputs[f"bbox_{stride}"][0, keep].astype(np.float64)
         kps = outputs[f"kps_{stride}"][0, keep].astype(np.float64)
         cx, cy = (col + bbox[:, 0]) * stride, (row + bbox[:, 1]) * stride

@@ -60,9 +60,7 @@ class SubjectRows:
             check_stored_subject_id(subject_id)
         except ValueError as exc:
             raise InvalidRequest(f"Not a subject id the API can address: {exc}.") from exc
-        for name in fields:
-            if name not in WRITABLE:
-                raise TypeError(f"a subject has no field {name!r}")
+        _check_writable(fields)
         # Given to the constructor, so a None is stored as the column's type stores it
         # (JSON null for metadata), as enrollments always have.
         self.session.add(Subject(collection_id=collection, id=subject_id, **fields))
@@ -73,9 +71,8 @@ class SubjectRows:
         subject = self.session.get(Subject, (collection, subject_id))
         if subject is None:
             raise SubjectNotFound.for_id(subject_id)
+        _check_writable(fields)
         for name, value in fields.items():
-            if name not in WRITABLE:
-                raise TypeError(f"a subject has no field {name!r}")
             if value is not None:
                 setattr(subject, name, value)
 
@@ -241,3 +238,9 @@ class SubjectReads:
                 .limit(limit)
             ).all()
         return [r[0] for r in rows]
+
+
+def _check_writable(fields: dict[str, Any]) -> None:
+    for name in fields:
+        if name not in WRITABLE:
+            raise TypeError(f"a subject has no field {name!r}")
