@@ -142,3 +142,17 @@ def test_the_bundled_model_is_checked_by_sha256(tmp_path: Path) -> None:
     (models / entry["file"]).unlink()
     with pytest.raises(ModelFileError, match="reinstall faceverify"):
         load_weights(models / "manifest.json", settings.weights_dir)
+
+
+def test_one_detector_under_threads_gives_the_answers_computed_alone(
+    yunet: YunetDetector,
+) -> None:
+    """One ONNX session serves every thread (app/face/yunet.py): different photos at
+    once get exactly the faces each gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    photos = [rgb(n) for n in ("two_people.jpg", "hopper.jpg", "coffee.png", "astronaut.png")]
+    alone = [yunet.detect(p) for p in photos]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            assert list(pool.map(yunet.detect, photos * 3)) == alone * 3
