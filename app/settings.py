@@ -93,10 +93,12 @@ class Settings(BaseSettings):
     # side (0 = never). It found a face in all 15 lfw-devtrain View 1 images HOG missed,
     # at ~330 ms each; a photo with no face costs up to ~0.8 s more.
     detect_cnn_max_side: int = Field(400, ge=0, le=2048)
-    # Which detector runs when HOG finds nothing: "cnn" (dlib's mmod, detect_cnn_max_side;
-    # 0 there = none), or "yunet" (app/face/yunet.py: faces down to ~20 px in a 640x480
-    # frame, ~10 ms a pass, on a copy of at most detect_yunet_max_side).
-    detect_fallback: Literal["cnn", "yunet"] = "cnn"
+    # Which detector runs when HOG finds nothing: "yunet" (app/face/yunet.py: faces down
+    # to ~20 px in a 640x480 frame, ~10 ms a pass, on a copy of at most
+    # detect_yunet_max_side; where it sees no face the photo has none, so a face-less
+    # photo skips the upsampled passes) or "cnn" (dlib's mmod, detect_cnn_max_side;
+    # 0 there = none).
+    detect_fallback: Literal["yunet", "cnn"] = "yunet"
     detect_yunet_max_side: int = Field(640, ge=64, le=4096)
     # The CNN fallback runs in this many child processes at the lowest CPU priority
     # (app/face/cnn.py): dlib's CNN holds the GIL for its whole call (~0.8 s on a photo
@@ -140,11 +142,19 @@ class Settings(BaseSettings):
     # AWS Rekognition documents 40x40 px as the smallest face it detects reliably;
     # faces smaller than that are refused at enrollment.
     # /enroll refuses a face whose quality score (0-100, app/face/quality.py) is under
-    # this, with the reasons; 0 turns the gate off. At 35 it refuses 1.5% of
+    # this, with the reasons, and a face past a hard limit (extreme_pose, low_sharpness,
+    # low_brightness: app/face/quality.py CHECKS) with face_not_enrollable; 0 turns the
+    # gate off (the size limit, min_inter_eye, holds either way). At 35 it refuses 1.5% of
     # lfw-devtrain's news photos (docs/QUALITY.md). /verify, /identify and /compare
     # report the probe's score and flag one under it, without refusing it.
     enroll_min_quality: float = Field(35.0, ge=0, le=100)
     min_face_side: int = Field(40, ge=0)
+    # Pixels between the eye centres under which a face is too small: /enroll refuses
+    # it (face_too_small) and a probe is compared, flagged (checks: face_too_small) and
+    # scored by the calibration's small_probe refit: less sure, at a tighter threshold.
+    # On lfw-devtrain probes shrunk into 640x480 frames FNMR rises from ~1% to ~9% below
+    # it (docs/ACCURACY.md, faces by size and pose); 16 px is about a 40 px wide face.
+    min_inter_eye: float = Field(16.0, ge=0, le=1000)
     # Decoded pixel cap, checked from the header before decoding.
     max_image_pixels: int = Field(40_000_000, ge=1)
 

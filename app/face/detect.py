@@ -200,62 +200,108 @@ class HogFaceDetector:
         self, models: _DlibModels, rgb: np.ndarray, timings: Timings, quick: bool
     ) -> list[DetectedFace]:
         with timings.measure("detect_ms"):
-            found = self._quick(models, rgb) if quick else None
-            if found is None:
-                found = self._find(models, rgb)
+            found = self._search(models, rgb, quick)
         with timings.measure("align_ms"):
             return self._landmarks(models, rgb, found)
 
-    def _quick(self, models: _DlibModels, rgb: np.ndarray) -> _Found | None:
-        """HOG without upsampling on a copy of at most quick_side, then of 1.5x that
-        (faces of ~17-25% of the longest side), each only while smaller than the full
-        search's copy; None if neither finds a face."""
-        longest = max(rgb.shape[:2])
+    def _search(self, models: _DlibModels, rgb: np.ndarray, quick: bool) -> _Found:
+        """The quick passes (probes), then the full search. With YuNet, it looks once
+        after HOG's first pass misses: where it sees no face at all (not even at
+        YUNET_GATE) the photo has none, and the costlier passes are skipped (a
+        face-less photo costs one HOG pass and one YuNet pass)."""
+        seen: list[YunetFace] | None = None
+        for number, side in enumerate(self._quick_sides(rgb) if quick else ()):
+            found = self._hog_at(models, rgb, side)
+            if found is not None:
+                return found
+            if number == 0 and self.yunet is not None:
+                seen = self.yunet.detect(rgb, YUNET_GATE)
+                if not seen:
+                    return _nothing()
+        return self._find(models, rgb, seen)
+
+    def _quick_sides(self, rgb: np.ndarray) -> list[int]:
+        """The sides of the quick passes: quick_side, then 1.5x it, each only while
+        smaller than the full search's copy (faces of ~17-25% of the longest side)."""
+        limit = min(max(rgb.shape[:2]), self.max_side)
         if not self.quick_side:
-            return None
-        for side in (self.quick_side, self.quick_side * 3 // 2):
-            if side >= min(longest, self.max_side):
-                return None
-            scale = side / longest
-            # Grey: HOG's gradients over one channel instead of the strongest of three,
-            # 4.6 ms against 6.0 at 320x240 (the boxes only seed the landmarks, which
-            # are found on the full colour photo).
-            grey = _shrink(rgb, longest / side, mode="L")
-            rects, scores = models.hog.run(grey)
-            if len(rects):
-                return _Found(rects, scores, scale, 0, "hog")
+            return []
+        return [s for s in (self.quick_side, self.quick_side * 3 // 2) if s < limit]
+
+    def _quick(self, models: _DlibModels, rgb: np.ndarray) -> _Found | None:
+        """The quick passes alone (warm-up); None if none finds a face."""
+        for side in self._quick_sides(rgb):
+            found = self._hog_at(models, rgb, side)
+            if found is not None:
+                return found
         return None
 
-    def _find(self, models: _DlibModels, rgb: np.ndarray) -> _Found:
+    def _hog_at(self, models: _DlibModels, rgb: np.ndarray, side: int) -> _Found | None:
+        """HOG without upsampling on a copy whose longest side is ``side``."""
+        longest = max(rgb.shape[:2])
+        # Grey: HOG's gradients over one channel instead of the strongest of three,
+        # 4.6 ms against 6.0 at 320x240 (the boxes only seed the landmarks, which
+        # are found on the full colour photo).
+        grey = _shrink(rgb, longest / side, mode="L")
+        rects, scores = models.hog.run(grey)
+        return _Found(rects, scores, side / longest, 0, "hog") if len(rects) else None
+
+    def _find(
+        self, models: _DlibModels, rgb: np.ndarray, seen: list[YunetFace] | None = None
+    ) -> _Found:
+        """The full search: HOG on a copy of at most max_side, then (with YuNet) YuNet's
+        look if not yet taken (``seen``), then HOG with upsampling while the copy stays
+        within retry_max_side, then the fallback's own faces."""
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         small = rgb if scale == 1.0 else _resize(rgb, scale)
-        longest = max(small.shape[:2])
-
-        upsample = self.upsample
-        while True:
-            if upsample:
-                rects, scores, _ = models.hog.whole.run(small, upsample, 0.0)
-            else:
-                rects, scores = models.hog.run(small)
-            if len(rects) or longest * 2 ** (upsample + 1) > self.retry_max_side:
-                break
-            upsample += 1
-        detector = "hog"
-        if not len(rects) and self.yunet is not None:
-            found = self.yunet.detect(rgb)
-            rects = [self._dlib.rectangle(*hog_like_box(f)) for f in found]
-            return _Found(rects, [f.score for f in found], 1.0, 0, "yunet")
-        if not len(rects) and self.cnn is not None and min(height, width) >= CNN_MIN_SIDE:
+        found = self._hog_upsampled(models, small, scale, self.upsample)
+        if found is not None:
+            return found
+        if self.yunet is not None:
+            seen = self.yunet.detect(rgb, YUNET_GATE) if seen is None else seen
+            if not seen:
+                return _nothing()
+        found = self._upsampled(models, small, scale)
+        if found is not None:
+            return found
+        if self.yunet is not None:
+            # HOG's boxes are preferred where it finds the face (dlib's predictor is
+            # fitted to them); YuNet's faces otherwise, above its own threshold.
+            faces = [f for f in seen or () if f.score >= self.yunet.score_threshold]
+            rects = [self._dlib.rectangle(*hog_like_box(f)) for f in faces]
+            return _Found(rects, [f.score for f in faces], 1.0, 0, "yunet")
+        if self.cnn is not None and min(height, width) >= CNN_MIN_SIDE:
             # HOG found nothing: dlib's CNN detector on a copy of at most cnn_max_side
             # (its cost grows with the pixels: ~330 ms at 250x250 here).
             scale = min(1.0, self.cnn_max_side / max(height, width))
             small = rgb if scale == 1.0 else _resize(rgb, scale)
             detections = self.cnn.detect(small)
             rects = [self._dlib.rectangle(*d[:4]) for d in detections]
-            scores = [d[4] for d in detections]
-            detector, upsample = "cnn", 0
-        return _Found(rects, scores, scale, upsample, detector)
+            return _Found(rects, [d[4] for d in detections], scale, 0, "cnn")
+        return _nothing()
+
+    def _upsampled(self, models: _DlibModels, small: np.ndarray, scale: float) -> _Found | None:
+        """HOG with one more upsampling step at a time, while the upsampled copy stays
+        within retry_max_side (small photos: a 128 px portrait); None if it finds
+        nothing."""
+        longest = max(small.shape[:2])
+        upsample = self.upsample + 1
+        while longest * 2**upsample <= self.retry_max_side:
+            found = self._hog_upsampled(models, small, scale, upsample)
+            if found is not None:
+                return found
+            upsample += 1
+        return None
+
+    def _hog_upsampled(
+        self, models: _DlibModels, small: np.ndarray, scale: float, upsample: int
+    ) -> _Found | None:
+        if upsample:
+            rects, scores, _ = models.hog.whole.run(small, upsample, 0.0)
+        else:
+            rects, scores = models.hog.run(small)
+        return _Found(rects, scores, scale, upsample, "hog") if len(rects) else None
 
     def _landmarks(self, models: _DlibModels, rgb: np.ndarray, found: _Found) -> list[DetectedFace]:
         height, width = rgb.shape[:2]
@@ -294,6 +340,15 @@ class HogFaceDetector:
 # boxes, so it finds the landmarks best in one like them.
 HOG_SIDE = 2.34
 HOG_CENTRE = 0.52
+# The score from which YuNet's look counts as "a face may be here" (its own faces are
+# used from its SCORE_THRESHOLD, 0.6; below that only HOG's upsampled passes can still
+# find one). On the 9,525 lfw-devtrain photos its best score was 0.876 at the lowest, so
+# no face HOG finds is lost to the gate; a cat's face (chelsea.png) scores 0.39.
+YUNET_GATE = 0.5
+
+
+def _nothing() -> _Found:
+    return _Found([], [], 1.0, 0, "hog")
 
 
 def hog_like_box(face: YunetFace) -> tuple[int, int, int, int]:

@@ -17,6 +17,9 @@ from app.face.timing import Timings
 from app.face.views import recipe_name, recipe_views
 from app.geometry import Box
 
+# The face's width inside the encoder's chip (dlib's 150 px chip, padding 0.25 each side).
+CHIP_FACE_PX = 100
+
 # Picks one of a photo's faces (app.face.detect.main_face or largest).
 Choose = Callable[[list[DetectedFace]], DetectedFace]
 
@@ -107,6 +110,13 @@ class Pipeline:
                 data, max_pixels=self.max_pixels, min_side=self.detector.max_side * 5 // 4
             )
         found = self.detector.detect(rgb, timings, quick=quick)
+        if scale != 1.0 and any(f.side < CHIP_FACE_PX for f in found):
+            # A face smaller than the chip's in a photo decoded at reduced scale: the
+            # chips are cut from the photo's own pixels, not upsampled from the copy.
+            with timings.measure("decode_ms"):
+                rgb, _ = decode_image_scaled(data, max_pixels=self.max_pixels)
+            found = [f.rescaled(1.0 / scale) for f in found]
+            scale = 1.0
         with timings.measure("align_ms"):
             faces = [replace(f, chip=self.encoder.align(rgb, f)) for f in found]
             if views is not None and faces:

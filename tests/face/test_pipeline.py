@@ -64,6 +64,9 @@ def test_the_registry_names_the_models_and_keeps_the_stored_version_string() -> 
     assert set(ENCODER_MODEL_NAMES) == set(ENCODER_MODELS)
     assert MAX_TEMPLATE_VIEWS == len(RECIPE)
     # Stored with every face since the first release: the refactoring must not move it.
-    assert pipeline_version(Settings()) == "hog-u0-m800-r1024-cnn400/sp5/chip150p0.25/j0/flip"
+    # Issue 39 made YuNet the default fallback, which names itself in the string.
+    cnn = Settings(detect_fallback="cnn")
+    assert pipeline_version(cnn) == "hog-u0-m800-r1024-cnn400/sp5/chip150p0.25/j0/flip"
+    assert pipeline_version(Settings()) == "hog-u0-m800-r1024-yunet640/sp5/chip150p0.25/j0/flip"
     with pytest.raises(ValidationError, match="unknown model 'facenet'"):
         Settings(model="facenet")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -13,14 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import ModelFileError
-from app.face.detect import hog_like_box
+from app.errors import FaceTooSmall, ModelFileError
+from app.face import quality
+from app.face.detect import HogFaceDetector, hog_like_box
+from app.face.pipeline import Pipeline
 from app.face.registry import build_pipeline, detector_fingerprint, pipeline_version
 from app.face.timing import Timings
 from app.face.weights import load_weights
 from app.face.yunet import YunetDetector, nms
+from app.service import FaceService
 from app.settings import Settings
-from tests.helpers import data
+from tests.helpers import data, parts, service_on
 
 pytestmark = pytest.mark.model
 
@@ -126,7 +130,56 @@ def test_the_fallback_is_named_where_embeddings_and_calibrations_are_kept() -> N
     assert detector_fingerprint(Settings(detect_fallback="yunet"))["detector"] == (
         "dlib_hog+yunet640"
     )
-    assert detector_fingerprint(Settings())["detector"] == "dlib_hog+cnn400"
+    assert detector_fingerprint(Settings(detect_fallback="cnn"))["detector"] == "dlib_hog+cnn400"
+    assert Settings().detect_fallback == "yunet"
+
+
+@pytest.fixture(scope="module")
+def default_pipeline() -> Pipeline:
+    return build_pipeline(Settings())
+
+
+def test_a_photo_where_yunet_sees_no_face_skips_the_upsampled_passes(
+    default_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A face-less photo costs one HOG pass and one YuNet pass (issue 39: it cost the
+    upsampled HOG passes and the CNN, ~0.9 s); a 128 px portrait, whose face HOG finds
+    only upsampled, still gets them, and HOG's box."""
+    calls: list[int] = []
+    upsampled = HogFaceDetector._upsampled
+
+    def counted(self: HogFaceDetector, *args: object) -> object:
+        calls.append(1)
+        return upsampled(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(HogFaceDetector, "_upsampled", counted)
+    for name in ("coffee.png", "chelsea.png"):  # chelsea.png: a cat's face
+        for quick in (True, False):
+            assert default_pipeline.find_faces(data(name), Timings(), quick=quick) == []
+    assert calls == []
+    (face,) = default_pipeline.find_faces(data("hopper.jpg"), Timings())
+    assert (face.detector, face.upsample) == ("hog", 1) and calls == [1]
+
+
+@pytest.mark.parametrize(
+    "name", ["hopper_16bit.pgm", "hopper_gray.jpg", "curie_upright.jpg", "two_people.jpg"]
+)
+def test_the_look_before_the_upsampled_passes_loses_no_face_they_find(
+    default_pipeline: Pipeline, name: str
+) -> None:
+    """Photos whose faces HOG finds only upsampled, or beside another: the same faces,
+    boxes and landmarks as with the CNN fallback (which never skips HOG's passes)."""
+    cnn = build_pipeline(Settings(detect_fallback="cnn"))
+    try:
+        for quick in (True, False):
+            before = cnn.find_faces(data(name), Timings(), quick=quick)
+            after = default_pipeline.find_faces(data(name), Timings(), quick=quick)
+            assert [(f.box, f.landmarks, f.detector) for f in after] == [
+                (f.box, f.landmarks, f.detector) for f in before
+            ]
+            assert before
+    finally:
+        cnn.detector.cnn.close()  # type: ignore[attr-defined]
 
 
 def test_the_bundled_model_is_checked_by_sha256(tmp_path: Path) -> None:
@@ -156,3 +209,67 @@ def test_one_detector_under_threads_gives_the_answers_computed_alone(
     with ThreadPoolExecutor(4) as pool:
         for _ in range(5):
             assert list(pool.map(yunet.detect, photos * 3)) == alone * 3
+
+
+@pytest.mark.parametrize("face_px", [90, 120])
+def test_a_small_face_in_a_large_photo_gets_its_chip_from_the_photos_own_pixels(
+    default_pipeline: Pipeline, face_px: int
+) -> None:
+    """A 2400x1800 JPEG is decoded at half scale for detection; a face of ~90-120 px in
+    it is then 45-60 px, under the chip's 100. Its chip is cut from the photo decoded in
+    full (sharper: 17.7 against 8.7 at 90 px, and nearer another photo of the person:
+    0.35 against 0.40), not upsampled from the half-scale copy."""
+    image = Image.open(io.BytesIO(data("obama2.jpg"))).convert("RGB")
+    factor = face_px / 310
+    small = image.resize((round(image.width * factor), round(image.height * factor)))
+    frame = Image.new("RGB", (2400, 1800), (120, 120, 120))
+    frame.paste(small, (1000, 700))
+    out = io.BytesIO()
+    frame.save(out, "JPEG", quality=92)
+    (face,) = default_pipeline.find_faces(out.getvalue(), Timings(), quick=True)
+    assert abs(face.side - face_px) < face_px // 4 and face.frame == (2400, 1800)
+    assert quality.measure(face).sharpness > 14
+    reference = default_pipeline.find_faces(data("obama.jpg"), Timings())
+    anchor = default_pipeline.embed(reference, Timings())[0]
+    assert float(np.linalg.norm(default_pipeline.embed([face], Timings())[0] - anchor)) < 0.37
+
+
+def test_a_probe_too_small_to_enroll_is_compared_less_surely_and_flagged(
+    real_service: FaceService, tmp_path: Path
+) -> None:
+    """obama2.jpg's face at 28 px in a 640x480 frame (~11 px between the eyes): /verify
+    answers it, says face_too_small, and scores it with the calibration's small-probe
+    refit (here slope 0.5: half the log-odds), not as a full-size face; enrolling it is
+    refused with the distance between the eyes."""
+    seen = parts(real_service)
+    calibration = json.loads(seen.settings.resolved_calibration_file().read_text())
+    calibration["small_probe"] = {
+        "below_inter_eye_px": 16, "slope": 0.5, "offset": 0.0, "threshold_shift": -0.02
+    }  # fmt: skip
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(calibration))
+    settings = seen.settings.model_copy(update={"calibration_file": path})
+    service = service_on(settings, seen.gallery, seen.pipeline)
+    service.enroll(collection="default", subject_id="obama-small", images=[data("obama.jpg")])
+    small = in_a_frame("obama2.jpg", 28)
+    result = service.verify(collection="default", subject_id="obama-small", image=small)
+    assert result.probe.checks == ("face_too_small",) and result.probe.measures.inter_eye < 16
+    assert result.result.small_probe and result.result.match
+    curve = service.curve(result.result.curve)
+    full = curve.percent(result.result.distance)
+    logit = math.log(full / (100 - full))
+    assert result.result.score == pytest.approx(100 / (1 + math.exp(-0.5 * logit)), abs=0.01)
+    assert 50 < result.result.score < full
+    large = service.verify(collection="default", subject_id="obama-small", image=data("obama2.jpg"))
+    assert not large.result.small_probe and large.probe.checks == ()
+    # Decided 0.02 tighter: strangers' small faces match no more often than large ones.
+    assert result.result.threshold == pytest.approx(large.result.threshold - 0.02, abs=1e-4)
+    with pytest.raises(FaceTooSmall, match="30 px wide"):  # FACEVERIFY_MIN_FACE_SIDE, 40
+        service.enroll(collection="default", subject_id="tiny", images=[small])
+    by_eyes = service_on(
+        settings.model_copy(update={"min_face_side": 0}), seen.gallery, seen.pipeline
+    )
+    with pytest.raises(FaceTooSmall, match="between the eyes") as refused:
+        by_eyes.enroll(collection="default", subject_id="tiny", images=[small])
+    assert refused.value.inter_eye_px is not None and refused.value.inter_eye_px < 16
+    assert refused.value.min_inter_eye_px == 16
