@@ -20,7 +20,8 @@ table (app/api/problems.py); nothing here knows HTTP.
     ├── FaceError                  the image decodes but its faces do not fit the use
     │   ├── NoFace
     │   ├── MultipleFaces          carries the boxes found
-    │   ├── FaceTooSmall
+    │   ├── FaceTooSmall           under the minimum box side or distance between the eyes
+    │   ├── FaceNotEnrollable      enrollment face past a hard limit (pose, sharpness, light)
     │   └── FaceQualityTooLow      enrollment photo under the quality floor, with reasons
     ├── NotFoundError
     │   ├── CollectionNotFound
@@ -194,6 +195,17 @@ class FaceTooSmall(FaceError):
     box: Box
     min_face_side: int
     image_index: int | None = None
+    # Pixels between the eye centres, and the minimum (None: refused by min_face_side).
+    inter_eye_px: float | None = None
+    min_inter_eye_px: float | None = None
+
+
+@dataclass(eq=False, kw_only=True)
+class FaceNotEnrollable(FaceError):
+    # Stable codes of the hard limits failed (app/face/quality.py CHECKS), and what to do.
+    reasons: list[str]
+    advice: list[str]
+    image_index: int | None = None
 
 
 @dataclass(eq=False, kw_only=True)
@@ -350,6 +362,7 @@ ERROR_CODES: dict[type[FaceVerifyError], str] = {
     NoFace: "no_face",
     MultipleFaces: "multiple_faces",
     FaceTooSmall: "face_too_small",
+    FaceNotEnrollable: "face_not_enrollable",
     FaceQualityTooLow: "face_quality_too_low",
     FaceError: "face_error",
     SubjectNotFound: "subject_not_found",

@@ -41,6 +41,7 @@ ERROR_STATUS: dict[type[errors.FaceVerifyError], int] = {
     errors.NoFace: 422,
     errors.MultipleFaces: 422,
     errors.FaceTooSmall: 422,
+    errors.FaceNotEnrollable: 422,
     errors.FaceQualityTooLow: 422,
     errors.FaceError: 422,
     errors.SubjectNotFound: 404,

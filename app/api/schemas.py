@@ -224,21 +224,6 @@ class QualityOut(BaseModel):
     advice: list[str] = Field(description="What to do about each reason, in its order.")
 
 
-class ProbeOut(BaseModel):
-    box: Box
-    detector_score: float
-    landmarks: list[tuple[float, float]]
-    faces_detected: int = Field(
-        description="Faces found in the photo; the main one (largest, discounted by its "
-        "distance from the centre) is used. Probes are searched quickly first: faces "
-        "under ~1/4 of the photo's longest side beside a larger one are not counted "
-        "(FACEVERIFY_DETECT_QUICK_SIDE)."
-    )
-    detector: str = Field(description="hog, or cnn when the HOG detector found nothing.")
-    multiple_faces: bool
-    quality: QualityOut
-
-
 class PoseOut(BaseModel):
     roll: float = Field(description="Degrees the eye line is tilted (from the landmarks).")
     yaw: float = Field(
@@ -251,6 +236,33 @@ class PoseOut(BaseModel):
     )
     estimated: list[str] = Field(
         default=["yaw", "pitch"], description="The angles that are estimates."
+    )
+
+
+class ProbeOut(BaseModel):
+    box: Box
+    detector_score: float
+    landmarks: list[tuple[float, float]]
+    faces_detected: int = Field(
+        description="Faces found in the photo; the main one (largest, discounted by its "
+        "distance from the centre) is used. Probes are searched quickly first: faces "
+        "under ~1/4 of the photo's longest side beside a larger one are not counted "
+        "(FACEVERIFY_DETECT_QUICK_SIDE)."
+    )
+    detector: str = Field(
+        description="hog, or the fallback that found the face when HOG found nothing "
+        "(yunet by default, cnn if FACEVERIFY_DETECT_FALLBACK=cnn)."
+    )
+    multiple_faces: bool
+    quality: QualityOut
+    pose: PoseOut
+    inter_eye_px: float = Field(description="Pixels between the eye centres.")
+    checks: list[str] = Field(
+        description="Stable codes of the hard limits the face fails, as AWS Rekognition "
+        "filters faces: face_too_small (under FACEVERIFY_MIN_INTER_EYE px between the "
+        "eyes), extreme_pose (|yaw| > 45 or |pitch| > 30 degrees), low_sharpness, "
+        "low_brightness. /enroll refuses such a face; a probe is compared all the same "
+        "and its answer is less sure (docs/QUALITY.md)."
     )
 
 
@@ -275,6 +287,10 @@ class DetectedFaceOut(BaseModel):
         description="HOG's margin on the aligned face (> 0: clearly a frontal face)."
     )
     quality: QualityOut
+    checks: list[str] = Field(
+        description="Stable codes of the hard limits the face fails (as in a probe's "
+        "checks): /enroll would refuse it."
+    )
 
 
 class DetectResponse(BaseModel):
@@ -295,6 +311,12 @@ class CalibrationRef(BaseModel):
         description="The curve that turned the distance into the percent: fast (two fast "
         "embeddings), mixed (an enrollment template and a fast probe, or the reverse), "
         "thorough (two templates). For identify: the best candidate's."
+    )
+    small_probe: bool = Field(
+        False,
+        description="The probe's face has fewer px between the eyes than the calibration's "
+        "small-probe limit (16), and was scored by its small-probe refit: the percent is "
+        "less sure for the same distance (docs/ACCURACY.md, faces by size and pose).",
     )
 
 

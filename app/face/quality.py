@@ -286,6 +286,42 @@ _REASON_OF = {
 }
 
 
+# Hard limits, as AWS Rekognition filters faces (its reasons in brackets): a face past
+# one is not enrolled (/enroll refuses it with the codes) and a probe past one is still
+# compared but flagged (``checks`` in every probe answer). Unlike the reasons above
+# (what lowered a smooth score), each is a yes or no on one measure.
+CHECKS = {
+    "face_too_small": "SMALL_BOUNDING_BOX",
+    "extreme_pose": "EXTREME_POSE",
+    "low_sharpness": "LOW_SHARPNESS",
+    "low_brightness": "LOW_BRIGHTNESS",
+}
+CHECK_ADVICE = {
+    "face_too_small": REASONS["face_too_small"],
+    "extreme_pose": "The head is turned or tilted far from the camera; look straight at it.",
+    "low_sharpness": REASONS["blurred"],
+    "low_brightness": REASONS["too_dark"],
+}
+# |yaw| past 45 degrees (the estimate reads a profile as ~60-90) or |pitch| past 30.
+EXTREME_YAW, EXTREME_PITCH = 45.0, 30.0
+# Sharpness under a third of lfw-devtrain's median (13.5; its 1st percentile is 6.7).
+MIN_SHARPNESS = 4.5
+# A face region darker than 40 of 255 on average.
+MIN_BRIGHTNESS = 40.0
+
+
+def checks(measures: FaceMeasures, min_inter_eye: float) -> tuple[str, ...]:
+    """The hard limits (:data:`CHECKS`) ``measures`` fails, in that order; the face is
+    too small under ``min_inter_eye`` px between the eye centres (0: never)."""
+    failed = {
+        "face_too_small": measures.inter_eye < min_inter_eye,
+        "extreme_pose": abs(measures.yaw) > EXTREME_YAW or abs(measures.pitch) > EXTREME_PITCH,
+        "low_sharpness": measures.sharpness < MIN_SHARPNESS,
+        "low_brightness": measures.brightness < MIN_BRIGHTNESS,
+    }
+    return tuple(code for code, fails in failed.items() if fails)
+
+
 def assess(measures: FaceMeasures) -> Assessment:
     """The quality score of one face and the reasons that lowered it."""
     return assess_penalties(penalties_of(measures.row()))

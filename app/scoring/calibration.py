@@ -26,6 +26,36 @@ from app.scoring.openset import OpenSetRule
 
 
 @dataclass(frozen=True)
+class SmallProbe:
+    """How a probe face too small to be enrolled is scored (issue 39): the curve's
+    log-odds times ``slope`` plus ``offset``, fitted on probes of fewer than
+    ``below_inter_eye_px`` px between the eyes (benchmarks/small_probes.py). A slope
+    under 1 makes the percent less sure for the same distance: what a small face says
+    about who it is, it says less surely. ``threshold_shift`` (never above 0) is added
+    to the decision threshold, so that strangers' small faces match no more often than
+    large ones: less sure, not wrong more often."""
+
+    below_inter_eye_px: float
+    slope: float
+    offset: float
+    threshold_shift: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SmallProbe:
+        small = cls(
+            float(raw["below_inter_eye_px"]),
+            float(raw["slope"]),
+            float(raw["offset"]),
+            float(raw.get("threshold_shift", 0.0)),
+        )
+        if not (small.below_inter_eye_px > 0 and 0 < small.slope <= 1.5):
+            raise ValueError("small_probe: below_inter_eye_px > 0 and 0 < slope <= 1.5")
+        if not -0.2 <= small.threshold_shift <= 0:
+            raise ValueError("small_probe: threshold_shift in [-0.2, 0] (never looser)")
+        return small
+
+
+@dataclass(frozen=True)
 class Calibration:
     version: str
     provisional: bool
@@ -45,6 +75,9 @@ class Calibration:
     # The other curves (app/face/views.py CURVES) by name; this one is "fast".
     curves: dict[str, Calibration] = field(default_factory=dict)
     name: str = FAST
+    # How a probe face too small to enroll is scored, on every curve; None in a file
+    # fitted before issue 39 (such a probe is then scored as any other).
+    small_probe: SmallProbe | None = None
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
@@ -60,9 +93,11 @@ class Calibration:
             if not isinstance(extra, dict) or not set(extra) <= set(CURVES[1:]):
                 raise ValueError(f"curves may only be {', '.join(CURVES[1:])}")
             curves = {name: cls._parse(body, path, name) for name, body in extra.items()}
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            small = SmallProbe.from_dict(raw["small_probe"]) if "small_probe" in raw else None
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ModelFileError(f"Cannot use calibration file {path}: {exc!r}") from exc
-        return replace(cls._parse(raw, path, FAST), curves=curves)
+        curves = {name: replace(c, small_probe=small) for name, c in curves.items()}
+        return replace(cls._parse(raw, path, FAST), curves=curves, small_probe=small)
 
     @classmethod
     def _parse(cls, raw: dict[str, Any], path: Path, name: str) -> Calibration:
@@ -101,21 +136,31 @@ class Calibration:
         when the file has none for it."""
         return self if name == FAST else self.curves.get(name)
 
-    def probability(self, distance: float | np.ndarray, prior: float | None = None) -> Any:
-        """P(same person | distance), at ``prior`` if given, else the file's prior.
+    def is_small(self, inter_eye: float) -> bool:
+        """Whether a probe face with ``inter_eye`` px between the eyes is scored as a
+        small one (:class:`SmallProbe`)."""
+        return self.small_probe is not None and inter_eye < self.small_probe.below_inter_eye_px
+
+    def probability(
+        self, distance: float | np.ndarray, prior: float | None = None, *, small: bool = False
+    ) -> Any:
+        """P(same person | distance), at ``prior`` if given, else the file's prior;
+        ``small``: for a probe face too small to enroll (:class:`SmallProbe`).
 
         A different prior shifts the log-odds by logit(prior) - logit(file prior): the
         likelihood ratio the curve encodes is kept, the base rate changes.
         """
         logit = self.w * np.asarray(distance, dtype=np.float64) + self.b
+        if small and self.small_probe is not None:
+            logit = self.small_probe.slope * logit + self.small_probe.offset
         if prior is not None and prior != self.prior:
             logit = logit + _logit(prior) - _logit(self.prior)
         return 1.0 / (1.0 + np.exp(-logit))
 
-    def percent(self, distance: float, prior: float | None = None) -> float:
+    def percent(self, distance: float, prior: float | None = None, *, small: bool = False) -> float:
         """The match percent shown to users: 100 x probability, clipped to the file's range
         (0.1..99.9 by default: no photo comparison makes anything certain)."""
-        p = float(self.probability(distance, prior)) * 100.0
+        p = float(self.probability(distance, prior, small=small)) * 100.0
         return round(min(max(p, self.clip_low), self.clip_high), 2)
 
     def fmr(self, distance: float) -> tuple[float, int, int] | None:

@@ -13,7 +13,7 @@ from app.face.registry import curve_fingerprint
 from app.face.views import CURVES, FAST
 from app.scoring.calibration import Calibration, matched_threshold
 from app.scoring.openset import FAR, NEIGHBOURS, OpenSetDecision
-from app.service.results import Match
+from app.service.results import Match, ProbeFace
 from app.settings import Settings
 
 
@@ -41,28 +41,41 @@ class Decisions:
         data (:func:`matched_threshold`)."""
         return self._thresholds[curve]
 
+    def small(self, *probes: ProbeFace | None) -> bool:
+        """Whether a comparison of these probes is scored as one of a face too small to
+        enroll (app/scoring/calibration.py SmallProbe): the smallest face decides."""
+        eyes = [p.measures.inter_eye for p in probes if p is not None]
+        return bool(eyes) and self.calibration.is_small(min(eyes))
+
     def match(
         self,
         distance: float,
         prior: float | None,
         curve: str = FAST,
         max_fmr: float | None = None,
+        *,
+        small: bool = False,
     ) -> Match:
         """The decision and the calibrated percent for ``distance`` on ``curve``; with
         ``max_fmr`` the threshold is also no looser than the distance at that false
-        match rate (:meth:`threshold_for_fmr`)."""
+        match rate (:meth:`threshold_for_fmr`); ``small``: the probe's face is too small
+        to enroll (:meth:`small`), which makes the percent less sure, not the decision
+        looser."""
         calibration = self.curve(curve)
         threshold = self.threshold(calibration.name)
         if max_fmr is not None:
             threshold = min(threshold, self.threshold_for_fmr(calibration.name, max_fmr))
+        if small and calibration.small_probe is not None:
+            threshold = round(threshold + calibration.small_probe.threshold_shift, 4)
         return Match(
             distance=round(distance, 6),
-            score=calibration.percent(distance, prior),
+            score=calibration.percent(distance, prior, small=small),
             match=distance <= threshold,
             threshold=threshold,
             fmr=calibration.fmr(distance),
             curve=calibration.name,
             max_fmr=max_fmr,
+            small_probe=small,
         )
 
     def threshold_for_fmr(self, curve: str, rate: float) -> float:
@@ -85,6 +98,7 @@ class Decisions:
         prior: float | None,
         curve: str,
         within_threshold: bool,
+        small: bool = False,
     ) -> OpenSetDecision:
         """Whether a search of ``subjects`` whose nearest subjects lie at ``distances``
         names the nearest (app/scoring/openset.py), at the false-positive
@@ -99,7 +113,7 @@ class Decisions:
             # Never more sure that the nearest is the person than that the pair is one
             # person (the 1:1 curve at the same prior): it cannot be the person otherwise.
             # Clipped as the percent is (0.1-99.9%: no search makes anything certain).
-            pair = float(calibration.probability(distances[0], prior))
+            pair = float(calibration.probability(distances[0], prior, small=small))
             if decision.probability is not None:
                 low, high = calibration.clip_low / 100, calibration.clip_high / 100
                 clipped = min(max(min(decision.probability, pair), low), high)

@@ -13,6 +13,7 @@ import numpy as np
 
 from app.errors import (
     FaceMismatch,
+    FaceNotEnrollable,
     FaceQualityTooLow,
     FaceTooSmall,
     IdempotencyKeyReused,
@@ -81,27 +82,49 @@ class EnrollmentRules:
         return face
 
     def check_quality(self, face: DetectedFace, number: int, timings: Timings) -> None:
-        """Refuse an enrollment face under the quality floor, saying why (a poor
-        enrollment photo is where most false rejections start)."""
+        """Refuse an enrollment face too small between the eyes, under the quality
+        floor, or past a hard limit, saying why (a poor enrollment photo is where most
+        false rejections start)."""
+        with timings.measure("quality_ms"):
+            measures = quality.measure(face)
+        failed = quality.checks(measures, self.settings.min_inter_eye)
+        if "face_too_small" in failed:
+            least = self.settings.min_inter_eye
+            raise FaceTooSmall(
+                f"The face in image {number} has {measures.inter_eye:g} px between the eyes; "
+                f"enrollment needs at least {least:g} px. Move closer or use a larger photo.",
+                image_index=number,
+                box=face.box,
+                min_face_side=self.settings.min_face_side,
+                inter_eye_px=measures.inter_eye,
+                min_inter_eye_px=least,
+            )
         floor = self.settings.enroll_min_quality
         if not floor:
             return
-        with timings.measure("quality_ms"):
-            assessed = quality.assess(quality.measure(face))
-        if assessed.quality >= floor:
-            return
-        # Many small penalties can add up with none large enough to be a reason.
-        reasons = list(assessed.reasons) or ["low_quality"]
-        advice = assessed.advice or ["Use a sharp, well-lit, frontal photo."]
-        raise FaceQualityTooLow(
-            f"The face in image {number} has quality {assessed.quality:g} of 100; enrollment "
-            f"needs at least {floor:g}. " + " ".join(advice),
-            image_index=number,
-            quality=assessed.quality,
-            min_quality=floor,
-            reasons=reasons,
-            advice=advice,
-        )
+        assessed = quality.assess(measures)
+        if assessed.quality < floor:
+            # Many small penalties can add up with none large enough to be a reason.
+            reasons = list(assessed.reasons) or ["low_quality"]
+            advice = assessed.advice or ["Use a sharp, well-lit, frontal photo."]
+            raise FaceQualityTooLow(
+                f"The face in image {number} has quality {assessed.quality:g} of 100; "
+                f"enrollment needs at least {floor:g}. " + " ".join(advice),
+                image_index=number,
+                quality=assessed.quality,
+                min_quality=floor,
+                reasons=reasons,
+                advice=advice,
+            )
+        if failed:
+            advice = [quality.CHECK_ADVICE[code] for code in failed]
+            raise FaceNotEnrollable(
+                f"The face in image {number} cannot be enrolled: {', '.join(failed)}. "
+                + " ".join(advice),
+                image_index=number,
+                reasons=list(failed),
+                advice=advice,
+            )
 
     def check_same_person(
         self,

@@ -96,7 +96,8 @@ class Matching:
             with timings.measure("search_ms"):
                 d = distances(embedding, known)
         best, curve = self._likeliest(d, recipes, mode)
-        result = self.decisions.match(float(d[best]), prior, curve, max_fmr)
+        small = self.decisions.small(probe)
+        result = self.decisions.match(float(d[best]), prior, curve, max_fmr, small=small)
         if result.match:
             self.retention.used(collection, subject_id)  # restarts its retention clock
         return VerifyResult(
@@ -136,7 +137,8 @@ class Matching:
         if self.probes.near_threshold(np.array([distance()]), mode):
             embeddings = self.probes.mirrored(probes, embeddings, timings)
         recipe = self.probes.recipe(mode)
-        match = self.decisions.match(distance(), prior, curve_for(recipe, recipe))
+        small = self.decisions.small(*probes)
+        match = self.decisions.match(distance(), prior, curve_for(recipe, recipe), small=small)
         return CompareResult(probes[0], probes[1], match, timings, mode)
 
     # ---- 1:N -------------------------------------------------------------------------
@@ -198,12 +200,16 @@ class Matching:
         with timings.measure("search_ms"):
             recipes = self.face_recipes.of(collection, [h.face_id for h in hits[:k]])
             subjects = self.vectors.subject_count(collection)
+        small = self.decisions.small(probe)
         candidates = [
             Candidate(
                 h.subject_id,
                 h.face_id,
                 self.decisions.match(
-                    h.distance, prior, curve_for(recipes.get(h.face_id, FAST), probe_recipe)
+                    h.distance,
+                    prior,
+                    curve_for(recipes.get(h.face_id, FAST), probe_recipe),
+                    small=small,
                 ),
             )
             for h in hits[:k]
@@ -218,10 +224,19 @@ class Matching:
                 prior,
                 curve,
                 candidates[0].result.match,
+                small,
             )
         best = candidates[0] if decision is not None and decision.named else None
         return IdentifyResult(
-            probe, candidates, best, size, timings, curve=curve, open_set=decision, fpir=fpir
+            probe,
+            candidates,
+            best,
+            size,
+            timings,
+            curve=curve,
+            open_set=decision,
+            fpir=fpir,
+            small_probe=small,
         )
 
     def identify_face(

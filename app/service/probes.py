@@ -10,7 +10,7 @@ from app.face import quality
 from app.face.cores import spare_cores
 from app.face.detect import DetectedFace, main_face
 from app.face.pipeline import FacePipeline
-from app.face.quality import Assessment
+from app.face.quality import Assessment, FaceMeasures
 from app.face.recipes import Recipes
 from app.face.timing import Timings
 from app.service.results import DetectResult, ProbeFace, ProbeMode
@@ -65,18 +65,20 @@ class ProbeSteps:
                 found.append((main_face(faces), len(faces)))
             mains = [face for face, _ in found]
 
-            def grade() -> list[Assessment]:
+            def grade() -> list[tuple[FaceMeasures, Assessment]]:
                 with timings.measure("quality_ms"):
-                    return [quality.assess(quality.measure(face)) for face in mains]
+                    measured = [quality.measure(face) for face in mains]
+                    return [(m, quality.assess(m)) for m in measured]
 
             def embed() -> np.ndarray:
                 return self.recipes.embed_probes(mains, timings, thorough=thorough)
 
             # The quality score needs only the chip: on a spare core, it costs no time.
             assessed, embeddings = spare_cores().beside(grade, embed)
+        min_inter_eye = self.settings.min_inter_eye
         probes = [
-            ProbeFace(face, count, assessment)
-            for (face, count), assessment in zip(found, assessed, strict=True)
+            ProbeFace(face, count, assessment, measures, quality.checks(measures, min_inter_eye))
+            for (face, count), (measures, assessment) in zip(found, assessed, strict=True)
         ]
         return probes, embeddings
 
@@ -99,5 +101,6 @@ class ProbeSteps:
             with timings.measure("quality_ms"):
                 for face in faces:
                     measures = quality.measure(face)
-                    out.append((face, measures, quality.assess(measures)))
+                    checks = quality.checks(measures, self.settings.min_inter_eye)
+                    out.append((face, measures, quality.assess(measures), checks))
         return DetectResult(out, timings)

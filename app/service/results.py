@@ -18,18 +18,23 @@ ProbeMode = Literal["fast", "thorough"]
 
 @dataclass(frozen=True)
 class ProbeFace:
-    """The face a probe photo was compared by, how many the photo had, and its quality."""
+    """The face a probe photo was compared by, how many the photo had, its measures
+    (pose, size), quality, and the hard limits it fails (app/face/quality.py checks:
+    it is compared all the same, and the answer says so)."""
 
     face: DetectedFace
     faces_detected: int
     quality: Assessment
+    measures: FaceMeasures
+    checks: tuple[str, ...] = ()
 
 
 @dataclass
 class DetectResult:
-    """Every face of a photo with its measures and quality (POST /detect)."""
+    """Every face of a photo with its measures, quality and the hard limits it fails
+    (POST /detect)."""
 
-    faces: list[tuple[DetectedFace, FaceMeasures, Assessment]]
+    faces: list[tuple[DetectedFace, FaceMeasures, Assessment, tuple[str, ...]]]
     timings: Timings
 
 
@@ -46,6 +51,8 @@ class Match:
     threshold: float = 0.6
     # The false match rate the request or its collection asked the threshold to keep.
     max_fmr: float | None = None
+    # Scored as a probe face too small to enroll (app/scoring/calibration.py SmallProbe).
+    small_probe: bool = False
 
 
 @dataclass
@@ -101,3 +108,5 @@ class IdentifyResult:
     fpir: float = 0.01
     # A search by a stored face: whose face it is.
     probe_subject: str | None = None
+    # The probe's face was scored as one too small to enroll (SmallProbe).
+    small_probe: bool = False

@@ -57,7 +57,8 @@ def test_enroll_and_verify_json_base64(fake_client: TestClient) -> None:
     }
     # A fast probe against an enrollment template: the mixed curve scored it.
     assert body["mode"] == "fast"
-    assert set(body["calibration"]) == {"version", "provisional", "curve"}
+    assert set(body["calibration"]) == {"version", "provisional", "curve", "small_probe"}
+    assert body["calibration"]["small_probe"] is False  # a full-size face
 
 
 def test_identify_and_compare(fake_client: TestClient) -> None:

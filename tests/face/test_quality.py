@@ -3,6 +3,7 @@ the enrollment gate and what /detect, /verify and /compare report."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -179,3 +180,63 @@ def test_the_quality_detectors_are_loaded_at_start_up(real_service: FaceService)
     """One per inference slot, before the first request: loading one takes ~0.3 s, and
     `faceverify bench` saw the first /compare after start take 10x the steady one."""
     assert quality._pool().created >= parts(real_service).settings.max_concurrent_inference
+
+
+def _measures(**changed: float) -> quality.FaceMeasures:
+    base = {
+        "roll": 0.0, "yaw": 0.0, "pitch": 0.0, "inter_eye": 60.0, "box_side": 150,
+        "detector_score": 1.5, "detector": "hog", "face_likeness": 1.5, "sharpness": 13.5,
+        "brightness": 120.0, "contrast": 40.0,
+    }  # fmt: skip
+    return quality.FaceMeasures(**{**base, **changed})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changed", "failed"),
+    [
+        ({}, ()),
+        ({"inter_eye": 15.9}, ("face_too_small",)),
+        ({"yaw": -46.0}, ("extreme_pose",)),
+        ({"pitch": 31.0}, ("extreme_pose",)),
+        ({"yaw": 44.0, "pitch": -29.0, "roll": 60.0}, ()),  # roll is aligned away
+        ({"sharpness": 4.0}, ("low_sharpness",)),
+        ({"brightness": 39.0}, ("low_brightness",)),
+        ({"inter_eye": 10.0, "sharpness": 3.0, "brightness": 20.0},
+         ("face_too_small", "low_sharpness", "low_brightness")),
+    ],
+)  # fmt: skip
+def test_the_hard_limits_are_yes_or_no_on_one_measure_each(
+    changed: dict[str, float], failed: tuple[str, ...]
+) -> None:
+    assert quality.checks(_measures(**changed), 16) == failed
+    assert set(quality.CHECKS) == set(quality.CHECK_ADVICE)
+    assert quality.checks(_measures(inter_eye=3.0), 0) == ()  # 0: no size limit
+
+
+def test_a_face_past_a_hard_limit_is_not_enrolled_and_a_probe_past_one_is_flagged(
+    real_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turned head (yaw read as 60 degrees) with an otherwise good score: /enroll
+    refuses it with face_not_enrollable and stores nothing; /verify compares it and
+    says which limit it fails, with its pose."""
+    real_client.post(
+        "/enroll", data={"subject_id": "frontal"}, files={"image": ("o.jpg", data("obama.jpg"))}
+    )
+    measure = quality.measure
+    monkeypatch.setattr(
+        quality, "measure", lambda face: dataclasses.replace(measure(face), yaw=60.0)
+    )
+    monkeypatch.setattr(quality, "assess", lambda m: quality.Assessment(90.0, ()))
+    r = real_client.post(
+        "/enroll", data={"subject_id": "turned"}, files={"image": ("o.jpg", data("obama2.jpg"))}
+    )
+    body = assert_problem(r, 422, "face_not_enrollable")
+    assert body["reasons"] == ["extreme_pose"] and len(body["advice"]) == 1
+    assert real_client.get("/subjects/turned").status_code == 404
+    r = real_client.post(
+        "/verify", data={"subject_id": "frontal"}, files={"image": ("o.jpg", data("obama2.jpg"))}
+    )
+    assert r.status_code == 200, r.text
+    probe = r.json()["probe"]
+    assert probe["checks"] == ["extreme_pose"] and probe["pose"]["yaw"] == 60.0
+    assert r.json()["match"] is True

@@ -167,3 +167,36 @@ def test_the_shipped_calibration_is_fitted_for_the_default_pipeline() -> None:
     assert counts == sorted(counts) and counts[-1] <= cal.raw["fmr_table"]["impostor_pairs"]
     # dlib's 0.6 threshold sits near the curve's middle: between 20% and 80%.
     assert 20 < cal.percent(0.6) < 80
+
+
+def test_a_small_probe_refit_is_read_from_the_file_and_only_applies_below_its_limit(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from app.errors import ModelFileError
+    from app.settings import Settings
+
+    raw = json.loads(Settings().resolved_calibration_file().read_text())
+    raw["small_probe"] = {"below_inter_eye_px": 16, "slope": 0.6, "offset": -0.2}
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(raw))
+    cal = Calibration.load(path)
+    for curve in (cal, *cal.curves.values()):
+        assert curve.small_probe == cal.small_probe and curve.is_small(15.9)
+        assert not curve.is_small(16.0)
+        logit = curve.w * 0.5 + curve.b
+        expected = 1 / (1 + np.exp(-(0.6 * logit - 0.2)))
+        assert float(curve.probability(0.5, small=True)) == pytest.approx(expected)
+        assert curve.percent(0.5, small=True) < curve.percent(0.5)
+    assert cal.small_probe is not None and cal.small_probe.threshold_shift == 0.0
+    for bad in ({"below_inter_eye_px": 16, "slope": 0}, {"below_inter_eye_px": 0, "slope": 1},
+                {"slope": 1, "offset": 0},
+                {"below_inter_eye_px": 16, "slope": 1, "threshold_shift": 0.01}):  # fmt: skip
+        raw["small_probe"] = {"offset": 0.0, **bad}
+        path.write_text(json.dumps(raw))
+        with pytest.raises(ModelFileError):
+            Calibration.load(path)
+    del raw["small_probe"]
+    path.write_text(json.dumps(raw))
+    assert not Calibration.load(path).is_small(1.0)  # a file fitted before issue 39

@@ -32,7 +32,7 @@ from app.api.lanes import in_lane
 from app.api.routes.common import face_out, problems, request_body, subject_out
 from app.errors import Forbidden, InvalidRequest
 from app.face.detect import DetectedFace
-from app.face.quality import Assessment
+from app.face.quality import Assessment, FaceMeasures
 from app.face.timing import Timings
 from app.gallery.models import IDEMPOTENCY_KEY_MAX
 from app.gallery.records import Consent
@@ -69,9 +69,11 @@ class Inference:
         names = self.service.names()
         return s.ModelOut(encoder=names.encoder, pipeline=names.pipeline_version)
 
-    def calibration(self, curve: str) -> s.CalibrationRef:
+    def calibration(self, curve: str, small: bool = False) -> s.CalibrationRef:
         cal = self.service.curve(curve)
-        return s.CalibrationRef(version=cal.version, provisional=cal.provisional, curve=cal.name)
+        return s.CalibrationRef(
+            version=cal.version, provisional=cal.provisional, curve=cal.name, small_probe=small
+        )
 
     def timing(self, timings: Timings) -> s.TimingOut:
         """The stage times (also recorded in the metrics) and the total so far."""
@@ -79,12 +81,12 @@ class Inference:
         total = round((time.perf_counter() - self.start) * 1000.0, 2)
         return s.TimingOut(**timings.as_dict(), total_ms=total)
 
-    def answer(self, timings: Timings, curve: str) -> dict[str, Any]:
+    def answer(self, timings: Timings, curve: str, small: bool = False) -> dict[str, Any]:
         """The fields every comparison answer ends with: model, calibration (the curve
-        that scored it), timing."""
+        that scored it; ``small``: as a probe face too small to enroll), timing."""
         return {
             "model": self.model(),
-            "calibration": self.calibration(curve),
+            "calibration": self.calibration(curve, small),
             "timing": self.timing(timings),
         }
 
@@ -176,7 +178,14 @@ def probe_out(probe: ProbeFace, floor: float) -> s.ProbeOut:
         multiple_faces=probe.faces_detected > 1,
         detector=face.detector,
         quality=quality_out(probe.quality, floor),
+        pose=pose_out(probe.measures),
+        inter_eye_px=probe.measures.inter_eye,
+        checks=list(probe.checks),
     )
+
+
+def pose_out(measures: FaceMeasures) -> s.PoseOut:
+    return s.PoseOut(roll=measures.roll, yaw=measures.yaw, pitch=measures.pitch)
 
 
 @inference_route(
@@ -266,7 +275,7 @@ def verify(body: BodyDep, call: InferenceDep) -> s.VerifyResponse:
         face_id=result.face_id,
         mode=result.mode,
         probe=call.probe(result.probe),
-        **call.answer(result.timings, result.result.curve),
+        **call.answer(result.timings, result.result.curve, result.result.small_probe),
     )
 
 
@@ -336,7 +345,7 @@ def identify(body: BodyDep, call: InferenceDep) -> s.IdentifyResponse:
         gallery_size=result.gallery_size,
         mode=result.mode,
         probe=call.probe(result.probe) if result.probe is not None else None,
-        **call.answer(result.timings, result.curve),
+        **call.answer(result.timings, result.curve, result.small_probe),
     )
 
 
@@ -360,7 +369,7 @@ def compare(body: BodyDep, call: InferenceDep) -> s.CompareResponse:
         mode=result.mode,
         probe_a=call.probe(result.probe_a),
         probe_b=call.probe(result.probe_b),
-        **call.answer(result.timings, result.result.curve),
+        **call.answer(result.timings, result.result.curve, result.result.small_probe),
     )
 
 
@@ -378,7 +387,7 @@ def detect(body: BodyDep, call: InferenceDep) -> s.DetectResponse:
                 landmarks=_landmarks(face),
                 detector_score=round(face.score, 4),
                 detector=face.detector,
-                pose=s.PoseOut(roll=m.roll, yaw=m.yaw, pitch=m.pitch),
+                pose=pose_out(m),
                 inter_eye_px=m.inter_eye,
                 box_px=m.box_side,
                 sharpness=m.sharpness,
@@ -386,8 +395,9 @@ def detect(body: BodyDep, call: InferenceDep) -> s.DetectResponse:
                 contrast=m.contrast,
                 face_likeness=m.face_likeness,
                 quality=quality_out(assessed, call.min_quality),
+                checks=list(checks),
             )
-            for face, m, assessed in result.faces
+            for face, m, assessed, checks in result.faces
         ],
         model=call.model(),
         timing=call.timing(result.timings),

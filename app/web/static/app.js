@@ -60,6 +60,9 @@ function problemText(data, status) {
     return `This photo is not good enough to enroll (face quality ${data.quality} of 100; ` +
       `at least ${data.min_quality} is needed). ${(data.advice || []).join(" ")}`;
   }
+  if (data && data.code === "face_not_enrollable") {
+    return `This photo cannot be enrolled. ${(data.advice || []).join(" ")}`;
+  }
   return MESSAGES[data && data.code] || (data && data.detail) || `Request failed (${status}).`;
 }
 

@@ -143,9 +143,28 @@ class MultipleFaces(FaceError):
 
 class FaceTooSmall(FaceError):
     code = "face_too_small"
-    fields: ClassVar[tuple[str, ...]] = ("box", "min_face_side", "image_index")
+    fields: ClassVar[tuple[str, ...]] = (
+        "box",
+        "min_face_side",
+        "image_index",
+        "inter_eye_px",
+        "min_inter_eye_px",
+    )
     box: Box | None
     min_face_side: int | None
+    image_index: int | None
+    inter_eye_px: float | None
+    min_inter_eye_px: float | None
+
+
+class FaceNotEnrollable(FaceError):
+    """The face is past a hard limit (``reasons``: extreme_pose, low_sharpness,
+    low_brightness)."""
+
+    code = "face_not_enrollable"
+    fields: ClassVar[tuple[str, ...]] = ("reasons", "advice", "image_index")
+    reasons: list[str] | None
+    advice: list[str] | None
     image_index: int | None
 
 
@@ -297,7 +316,8 @@ BY_CODE: dict[str, type[FaceVerifyError]] = {
         ImageTooLarge, RequestTooLarge, RequestBodyTimeout, ClientDisconnected,
         ValidationFailed, TooManyImages, IdempotencyKeyReused, RateNotStricter, FaceMismatch,
         BadRequest,
-        FaceError, NoFace, MultipleFaces, FaceTooSmall, FaceQualityTooLow, NotFound,
+        FaceError, NoFace, MultipleFaces, FaceTooSmall, FaceNotEnrollable, FaceQualityTooLow,
+        NotFound,
         SubjectNotFound, CollectionNotFound, FaceNotFound, KeyNotFound, SubjectExpired,
         ConsentRequired, SubjectHasNoFaces, SubjectExists, CollectionExists,
         CollectionProtected, Unauthorized, Forbidden, ServiceBusy, RequestTimeout,

@@ -62,6 +62,7 @@ class CalibrationRef(_Model):
     version: str
     provisional: bool
     curve: Literal["fast", "mixed", "thorough"]
+    small_probe: bool | None = None
 
 
 class CandidateOut(_Model):
@@ -148,6 +149,7 @@ class DetectedFaceOut(_Model):
     contrast: float
     face_likeness: float
     quality: QualityOut
+    checks: list[str]
 
 
 class EnrollResponse(_Model):
@@ -313,6 +315,9 @@ class ProbeOut(_Model):
     detector: str
     multiple_faces: bool
     quality: QualityOut
+    pose: PoseOut
+    inter_eye_px: float
+    checks: list[str]
 
 
 class QualityOut(_Model):
