@@ -56,6 +56,23 @@ def sequential(
     return times, worst
 
 
+def refused(
+    clients: dict[str, httpx2.Client], n: int, files: dict[str, bytes]
+) -> dict[str, list[float]]:
+    """ms per /verify of a photo with no face, on each server in turns; each answer
+    must be 422 no_face."""
+    times: dict[str, list[float]] = {name: [] for name in clients}
+    for i in range(n + 3):
+        for name, client in clients.items():
+            start = time.perf_counter()
+            r = client.post("/verify", files=files, data={"subject_id": "obama"})
+            elapsed = (time.perf_counter() - start) * 1000
+            assert r.status_code == 422 and r.json()["code"] == "no_face", r.text
+            if i >= 3:
+                times[name].append(elapsed)
+    return times
+
+
 def writes(clients: dict[str, httpx2.Client], n: int) -> dict[str, dict[str, list[float]]]:
     """ms per /enroll of a new subject and per DELETE of it, on each server in turns."""
     times: dict[str, dict[str, list[float]]] = {
@@ -115,6 +132,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--writes", type=int, default=0, help="enroll + delete turns")
+    parser.add_argument(
+        "--no-face", type=int, default=0, help="/verify turns with photos that have no face"
+    )
     args = parser.parse_args()
     with ExitStack() as stack:
         urls = {
@@ -153,6 +173,13 @@ def main() -> None:
             )
             ratio = statistics.median(times["new"]) / statistics.median(times["old"])
             print(f"{label:10s} {row}  new/old {ratio:.3f}  distance differs by {worst:.2e}")
+        for name in ("coffee.png", "rocket.jpg") if args.no_face else ():
+            times = refused(clients, args.no_face, {"image": photo(name)})
+            row = "  ".join(
+                f"{server} p50 {statistics.median(t):7.2f} ms" for server, t in times.items()
+            )
+            ratio = statistics.median(times["new"]) / statistics.median(times["old"])
+            print(f"no face ({name}) {row}  new/old {ratio:.3f}")
         if args.writes:
             written = writes(clients, args.writes)
             for what in ("enroll", "delete"):

@@ -4,8 +4,9 @@ Starts `faceverify serve` (default settings, a temporary data folder, loopback o
 three keys bound to three collections, then measures a quiet tenant's sequential /verify
 alone, and again while
 
-- key ``noface`` floods /verify with a grey 800x800 JPEG (no face: HOG finds nothing, the
-  CNN fallback runs) from ``--noface-clients`` clients, and
+- key ``noface`` floods /verify with a grey 800x800 JPEG (no face: HOG finds nothing, then
+  the fallback looks: YuNet by default, dlib's CNN with FACEVERIFY_DETECT_FALLBACK=cnn) from
+  ``--noface-clients`` clients, and
 - key ``thorough`` floods /verify ``mode=thorough`` with a 1080p photo from
   ``--thorough-clients`` clients.
 

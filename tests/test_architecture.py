@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("app.keys", "app.slots", "app.memory"),
     ("app.service",),
     ("app.evaluation",),
-    ("app.bulk", "app.evaluation_openset", "app.bench", "app.sbom"),
+    ("app.bulk", "app.evaluation_openset", "app.evaluation_buckets", "app.bench", "app.sbom"),
     ("app.api",),
     ("app.cli", "app.web", "app.models"),
 ]

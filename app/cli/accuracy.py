@@ -99,13 +99,31 @@ def evaluate(
     fpir: Annotated[
         str, typer.Option(help="With --open-set: FPIR targets, comma-separated.")
     ] = "0.01,0.001",
+    buckets: Annotated[
+        bool,
+        typer.Option(
+            "--buckets",
+            help="Accuracy by face size and head pose instead: each pair's second photo, "
+            "as a probe, shrunk into a 640x480 frame so its face is each of --widths px "
+            "wide; detection rate, FNMR and FMR per face-width and yaw bucket, and a plot.",
+        ),
+    ] = False,
+    widths: Annotated[
+        str, typer.Option(help="With --buckets: face widths (px), comma-separated.")
+    ] = "80,50,32,20",
+    limit: Annotated[
+        int, typer.Option(help="Use at most this many pairs (a seeded sample; 0 = all).")
+    ] = 0,
 ) -> None:
     """Accuracy and calibration of the service's pipeline on labelled pairs (or, with
-    --open-set, of 1:N searches)."""
+    --open-set, of 1:N searches; with --buckets, by face size and pose)."""
     from app.evaluation import MODES, run_evaluate
 
     if open_set:
         _open_set(out, identities, gallery_sizes, fpir, seed)
+        return
+    if buckets:
+        _buckets(out, pairs, images, identities, different, max_same, seed, widths, limit)
         return
 
     if mode not in (*MODES, "all"):
@@ -129,6 +147,48 @@ def evaluate(
             f"{cal['log_loss']:.4f}, ECE {cal['ece_10_equal_count_bins']:.4f}"
         )
     typer.echo(f"written to {out}/")
+
+
+def _buckets(
+    out: Path,
+    pairs: Path | None,
+    images: Path | None,
+    identities: Path | None,
+    different: int,
+    max_same: int,
+    seed: int,
+    widths: str,
+    limit: int,
+) -> None:
+    import random
+
+    from app.evaluation_buckets import run_buckets
+
+    try:
+        sizes = tuple(int(w) for w in widths.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 8:
+        typer.echo("faceverify: --widths must be whole numbers of at least 8 px", err=True)
+        raise typer.Exit(2)
+    settings = or_exit(Settings)
+    pair_list, _ = _pairs(pairs, images, identities, different, max_same, seed)
+    if limit and limit < len(pair_list):
+        pair_list = random.Random(seed).sample(pair_list, limit)
+    report = run_buckets(settings=settings, pairs=pair_list, out=out, widths=sizes, seed=seed)
+    typer.echo(
+        f"{report['probes']} probes from {report['pairs']} pairs, threshold "
+        f"{report['threshold']:g}; written to {out}"
+    )
+    for key in ("face_width", "yaw_at_least_60px"):
+        for name, row in report[key].items():
+            rate = "-" if row["detection_rate"] is None else f"{100 * row['detection_rate']:.1f}%"
+            fnmr = "-" if row["fnmr"] is None else f"{100 * row['fnmr']:.1f}%"
+            fmr = "-" if row["fmr"] is None else f"{100 * row['fmr']:.2f}%"
+            typer.echo(
+                f"  {name:>12}: {row['probes']:>5} probes, found {rate:>6}, "
+                f"FNMR {fnmr:>6}, FMR {fmr:>6}"
+            )
 
 
 def _open_set(out: Path, identities: Path | None, gallery_sizes: str, fpir: str, seed: int) -> None:

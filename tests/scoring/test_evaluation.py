@@ -194,3 +194,36 @@ def test_evaluate_open_set_reports_fpir_fnir_and_a_det_plot(
         "evaluate", "--open-set", "--out", str(out), env={"FACEVERIFY_DATA_DIR": str(tmp_path)}
     )
     assert refused.returncode == 2 and "--identities" in refused.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_buckets_reports_detection_and_errors_by_face_size_and_pose(
+    identities: Path, tmp_path: Path
+) -> None:
+    """Each pair's probe shrunk into a 640x480 frame at 50 and 24 px: every probe lands in
+    a width bucket and (at 60 px or more) a yaw bucket; counts add up, rates are rates."""
+    out = tmp_path / "buckets"
+    proc = run(
+        "evaluate", "--buckets", "--identities", str(identities), "--out", str(out),
+        "--different", "10", "--widths", "50,24",
+        env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    rows = (out / "probes.tsv").read_text().splitlines()[1:]
+    widths = report["face_width"]
+    assert sum(b["probes"] for b in widths.values()) == report["probes"] == len(rows) > 0
+    assert widths["40-60 px"]["probes"] > 0 and widths["24-40 px"]["probes"] > 0
+    # hopper's photos are themselves 40-60 px faces: their own size adds to that bucket.
+    assert widths["40-60 px"]["probes"] > widths["24-40 px"]["probes"]
+    for bucket in (*widths.values(), *report["yaw_at_least_60px"].values()):
+        for rate in ("detection_rate", "fnmr", "fmr"):
+            assert bucket[rate] is None or 0 <= bucket[rate] <= 1
+    # Real faces at 50 px in a frame are found (YuNet where HOG cannot).
+    assert widths["40-60 px"]["detection_rate"] >= 0.9
+    assert (out / "buckets.png").stat().st_size > 1000 and "24-40 px" in proc.stdout
+    refused = run(
+        "evaluate", "--buckets", "--identities", str(identities), "--out", str(out),
+        "--widths", "50,x", env={"FACEVERIFY_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--widths" in refused.stderr
