@@ -255,14 +255,16 @@ class ProbeOut(BaseModel):
     )
     multiple_faces: bool
     quality: QualityOut
-    pose: PoseOut
-    inter_eye_px: float = Field(description="Pixels between the eye centres.")
+    # Defaults: a client reading a server from before issue 39 gets None / [] here.
+    pose: PoseOut | None = None
+    inter_eye_px: float | None = Field(None, description="Pixels between the eye centres.")
     checks: list[str] = Field(
+        default_factory=list,
         description="Stable codes of the hard limits the face fails, as AWS Rekognition "
         "filters faces: face_too_small (under FACEVERIFY_MIN_INTER_EYE px between the "
         "eyes), extreme_pose (|yaw| > 45 or |pitch| > 30 degrees), low_sharpness, "
         "low_brightness. /enroll refuses such a face; a probe is compared all the same "
-        "and its answer is less sure (docs/QUALITY.md)."
+        "and its answer is less sure (docs/QUALITY.md).",
     )
 
 
@@ -288,8 +290,9 @@ class DetectedFaceOut(BaseModel):
     )
     quality: QualityOut
     checks: list[str] = Field(
+        default_factory=list,
         description="Stable codes of the hard limits the face fails (as in a probe's "
-        "checks): /enroll would refuse it."
+        "checks): /enroll would refuse it.",
     )
 
 

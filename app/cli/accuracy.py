@@ -120,6 +120,9 @@ def evaluate(
     from app.evaluation import MODES, run_evaluate
 
     if open_set:
+        if limit:
+            typer.echo("faceverify: --limit is for pairs, not --open-set", err=True)
+            raise typer.Exit(2)
         _open_set(out, identities, gallery_sizes, fpir, seed)
         return
     if buckets:
@@ -131,6 +134,7 @@ def evaluate(
         raise typer.Exit(2)
     settings = or_exit(Settings)
     pair_list, root = _pairs(pairs, images, identities, different, max_same, seed)
+    pair_list = _sampled(pair_list, limit, seed)
     modes = MODES if mode == "all" else tuple(m for m in MODES if m == mode)
     reports = run_evaluate(settings=settings, pairs=pair_list, root=root, out=out, modes=modes)
     for name, rep in reports.items():
@@ -149,6 +153,16 @@ def evaluate(
     typer.echo(f"written to {out}/")
 
 
+def _sampled(pairs: list[Pair], limit: int, seed: int) -> list[Pair]:
+    """At most ``limit`` of ``pairs`` (a seeded sample, in their order; 0 = all)."""
+    import random
+
+    if not limit or limit >= len(pairs):
+        return pairs
+    keep = set(random.Random(seed).sample(range(len(pairs)), limit))
+    return [pair for i, pair in enumerate(pairs) if i in keep]
+
+
 def _buckets(
     out: Path,
     pairs: Path | None,
@@ -160,8 +174,6 @@ def _buckets(
     widths: str,
     limit: int,
 ) -> None:
-    import random
-
     from app.evaluation_buckets import run_buckets
 
     try:
@@ -173,8 +185,7 @@ def _buckets(
         raise typer.Exit(2)
     settings = or_exit(Settings)
     pair_list, _ = _pairs(pairs, images, identities, different, max_same, seed)
-    if limit and limit < len(pair_list):
-        pair_list = random.Random(seed).sample(pair_list, limit)
+    pair_list = _sampled(pair_list, limit, seed)
     report = run_buckets(settings=settings, pairs=pair_list, out=out, widths=sizes, seed=seed)
     typer.echo(
         f"{report['probes']} probes from {report['pairs']} pairs, threshold "

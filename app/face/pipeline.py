@@ -110,8 +110,9 @@ class Pipeline:
                 data, max_pixels=self.max_pixels, min_side=self.detector.max_side * 5 // 4
             )
         found = self.detector.detect(rgb, timings, quick=quick)
-        if scale != 1.0 and any(f.side < CHIP_FACE_PX for f in found):
-            # A face smaller than the chip's in a photo decoded at reduced scale: the
+        if scale != 1.0 and found and max(f.side for f in found) < CHIP_FACE_PX and _jpeg(data):
+            # Only faces smaller than the chip's in a JPEG decoded at reduced scale (its
+            # DCT scaling: other formats were decoded in full already, then reduced): the
             # chips are cut from the photo's own pixels, not upsampled from the copy.
             with timings.measure("decode_ms"):
                 rgb, _ = decode_image_scaled(data, max_pixels=self.max_pixels)
@@ -207,6 +208,10 @@ class Pipeline:
             every = self.encoder.encode(np.concatenate([f.views for f in faces]))
         mean: np.ndarray = every.reshape(len(faces), n, -1).mean(axis=1, dtype=np.float64)
         return mean.astype(np.float32)
+
+
+def _jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
 
 
 def _chip(face: DetectedFace) -> np.ndarray:

@@ -74,14 +74,24 @@ class YunetDetector:
         """Every face in an ``(H, W, 3)`` uint8 RGB image, best first, in its coordinates
         (those scoring at least ``score_threshold``, by default the detector's).
 
-        When a pass at ``max_side`` finds none, a second at half that looks again: YuNet
-        scores a large blurred face low at 640 px and high at 320 (obama2.jpg blurred by
-        1/25 of its width: 0.31 against 0.89), at ~1/4 of the first pass's cost."""
+        When a pass at ``max_side`` finds no face scoring the detector's own threshold,
+        a second at half that looks again, and the pass with the better best score is
+        kept: YuNet scores a large blurred face low at 640 px and high at 320 (obama2.jpg
+        blurred by 1/25 of its width: 0.31 against 0.89), at ~1/4 of the first pass's
+        cost."""
         threshold = self.score_threshold if score_threshold is None else score_threshold
-        faces = self._pass(rgb, self.max_side, threshold)
-        if not faces and max(rgb.shape[:2]) > self.max_side // 2 >= MULTIPLE:
-            faces = self._pass(rgb, self.max_side // 2, threshold)
-        return faces
+        low = min(threshold, self.score_threshold)
+        faces = self._pass(rgb, self.max_side, low)
+        if (
+            not any(f.score >= self.score_threshold for f in faces)
+            and max(rgb.shape[:2]) > self.max_side // 2 >= MULTIPLE
+        ):
+            again = self._pass(rgb, self.max_side // 2, low)
+            if max((f.score for f in again), default=0.0) > max(
+                (f.score for f in faces), default=0.0
+            ):
+                faces = again
+        return [f for f in faces if f.score >= threshold]
 
     def _pass(self, rgb: np.ndarray, max_side: int, threshold: float) -> list[YunetFace]:
         height, width = rgb.shape[:2]

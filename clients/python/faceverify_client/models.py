@@ -149,7 +149,7 @@ class DetectedFaceOut(_Model):
     contrast: float
     face_likeness: float
     quality: QualityOut
-    checks: list[str]
+    checks: list[str] | None = None
 
 
 class EnrollResponse(_Model):
@@ -315,9 +315,9 @@ class ProbeOut(_Model):
     detector: str
     multiple_faces: bool
     quality: QualityOut
-    pose: PoseOut
-    inter_eye_px: float
-    checks: list[str]
+    pose: PoseOut | None = None
+    inter_eye_px: float | None = None
+    checks: list[str] | None = None
 
 
 class QualityOut(_Model):
