@@ -142,7 +142,7 @@ def default_pipeline() -> Pipeline:
 def test_a_photo_where_yunet_sees_no_face_skips_the_upsampled_passes(
     default_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A face-less photo costs one HOG pass and one YuNet pass (issue 39: it cost the
+    """A face-less photo costs HOG's quick passes and one YuNet pass (issue 39: it cost the
     upsampled HOG passes and the CNN, ~0.9 s); a 128 px portrait, whose face HOG finds
     only upsampled, still gets them, and HOG's box."""
     calls: list[int] = []
