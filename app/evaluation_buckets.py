@@ -141,9 +141,7 @@ class _Prober:
         distance = float(np.linalg.norm(embedding - template))
         measures = quality.measure(face)
         small = self.calibration.is_small(measures.inter_eye)
-        threshold = self.threshold
-        if small and self.calibration.small_probe is not None:
-            threshold = round(threshold + self.calibration.small_probe.threshold_shift, 4)
+        threshold = self.calibration.decision_threshold(self.threshold, small=small)
         return Probe(
             pair.same,
             width,

@@ -141,6 +141,13 @@ class Calibration:
         small one (:class:`SmallProbe`)."""
         return self.small_probe is not None and inter_eye < self.small_probe.below_inter_eye_px
 
+    def decision_threshold(self, threshold: float, *, small: bool = False) -> float:
+        """``threshold``, tightened by the small-probe shift for a probe face too small to
+        enroll (:class:`SmallProbe`; never looser)."""
+        if small and self.small_probe is not None:
+            return round(threshold + self.small_probe.threshold_shift, 4)
+        return threshold
+
     def probability(
         self, distance: float | np.ndarray, prior: float | None = None, *, small: bool = False
     ) -> Any:

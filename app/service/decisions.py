@@ -65,8 +65,7 @@ class Decisions:
         threshold = self.threshold(calibration.name)
         if max_fmr is not None:
             threshold = min(threshold, self.threshold_for_fmr(calibration.name, max_fmr))
-        if small and calibration.small_probe is not None:
-            threshold = round(threshold + calibration.small_probe.threshold_shift, 4)
+        threshold = calibration.decision_threshold(threshold, small=small)
         return Match(
             distance=round(distance, 6),
             score=calibration.percent(distance, prior, small=small),
