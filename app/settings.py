@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     encryption_key: SecretStr = Field(SecretStr(""), description="base64 of 32 bytes")
     encryption_key_file: Path | None = None
     encryption_old_keys: SecretStr = Field(SecretStr(""), description="base64,base64,...")
+    # The key that seals the AWS credentials' secrets (issue 40) when no encryption key
+    # is set: base64 of 32 bytes, made (mode 0600) by `faceverify keys create --aws`.
+    # Replicas sharing a database need the same file (or the same encryption key).
+    credentials_key_file: Path | None = Field(
+        None, description="default <data dir>/credentials.key"
+    )
 
     # --- serving ---------------------------------------------------------------------
     # json: one JSON object a line with the request id (for log shippers); text: for people.

@@ -27,7 +27,7 @@ def test_models_check_and_prepare(tmp_path: Path) -> None:
 
 def test_db_upgrade(tmp_path: Path) -> None:
     done = run("db", "upgrade", env={"FACEVERIFY_DATA_DIR": str(tmp_path)})
-    assert done.returncode == 0 and "revision 0008" in done.stdout
+    assert done.returncode == 0 and "revision 0009" in done.stdout
     bad = run(
         "db", "upgrade", env={"FACEVERIFY_DATABASE_URL": "postgresql+psycopg://x:y@127.0.0.1:1/z"}
     )

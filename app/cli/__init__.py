@@ -149,11 +149,12 @@ keys_cli = typer.Typer(help="API keys: create, list, revoke.")
 cli.add_typer(keys_cli, name="keys")
 
 
-def _key_store(settings: Settings, *, create: bool) -> Any:
+def _key_store(settings: Settings, *, create: bool, aws: bool = False) -> Any:
     """The key table. ``create``: make the database and its schema if need be (creating a
-    key writes); otherwise the database is only read, never migrated."""
+    key writes); otherwise the database is only read, never migrated. ``aws``: make the
+    credentials key file if no key seals AWS secrets yet."""
     from app.gallery import Database
-    from app.keys import KeyStore, parse_env_keys
+    from app.keys import KeyStore, parse_env_keys, secret_box
 
     env_keys = parse_env_keys(settings.api_keys.get_secret_value())
     database = Database(settings.resolved_database_url())
@@ -166,7 +167,7 @@ def _key_store(settings: Settings, *, create: bool) -> Any:
             err=True,
         )
         raise typer.Exit(2)
-    return KeyStore(database, env_keys)
+    return KeyStore(database, env_keys, secret_box(settings, create=aws))
 
 
 def _cli_draft(settings: Settings, action: str) -> None:
@@ -188,8 +189,17 @@ def keys_create(
             "'default'; an admin key without it may address every collection."
         ),
     ] = None,
+    aws: Annotated[
+        bool,
+        typer.Option(
+            "--aws",
+            help="An AWS credential (access key id and secret) for the Rekognition-"
+            "compatible API (docs/REKOGNITION.md); its secret is stored sealed.",
+        ),
+    ] = False,
 ) -> None:
-    """Create a key and print it once (only its sha256 is stored)."""
+    """Create a key and print it once (only its sha256 is stored; an AWS credential's
+    secret is stored sealed, as SigV4 needs it)."""
     from app.keys import COLLECTION_ID, parse_scopes
 
     settings = or_exit(Settings)
@@ -198,6 +208,19 @@ def keys_create(
     if collection is not None and not COLLECTION_ID.match(collection):
         typer.echo(f"faceverify: {collection!r} is not a collection id", err=True)
         raise typer.Exit(2)
+    if aws:
+        access_key_id, secret, record = or_exit(
+            lambda: _key_store(settings, create=True, aws=True).create_aws(
+                name=name, scopes=scopes, collection=collection
+            )
+        )
+        where = f"collection {record.collection}" if record.collection else "every collection"
+        typer.echo(
+            f"aws_access_key_id = {access_key_id}\naws_secret_access_key = {secret}\n"
+            f"(id {record.id}, scopes {'+'.join(record.scopes)}, {where}; the secret is "
+            "shown only now)"
+        )
+        return
     key, record = or_exit(
         lambda: _key_store(settings, create=True).create(
             name=name, scopes=scopes, collection=collection
@@ -217,9 +240,8 @@ def keys_list() -> None:
     for k in store.list():
         state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
         where = k.collection or "*"
-        typer.echo(
-            f"{k.id}  {k.prefix}...  {'+'.join(k.scopes):20s} {where:16s} {state:18s} {k.name}"
-        )
+        shown = k.access_key_id or f"{k.prefix}..."
+        typer.echo(f"{k.id}  {shown}  {'+'.join(k.scopes):20s} {where:16s} {state:18s} {k.name}")
     if store.env_keys:
         typer.echo(f"(and {len(store.env_keys)} key(s) from FACEVERIFY_API_KEYS)")
 

@@ -98,30 +98,16 @@ class FaceRows:
         faces: list[NewFace],
         encoder: str,
         pipeline_version: str,
+        ids: list[str] | None = None,
     ) -> list[FaceRecord]:
-        """Store ``faces`` of an existing subject (ValueError for a bad embedding)."""
+        """Store ``faces`` of an existing subject (ValueError for a bad embedding), with
+        new random ids or ``ids``."""
         vectors = checked_vectors(faces)
-        rows = []
-        for face, vector in zip(faces, vectors, strict=True):
-            face_id = str(uuid.uuid4())
-            stored, kid = self.tx.sealing.seal(vector.tobytes(), (face_id, collection, subject_id))
-            left, top, right, bottom = (int(v) for v in face.box.as_tuple())
-            rows.append(
-                Face(
-                    id=face_id,
-                    collection_id=collection,
-                    subject_id=subject_id,
-                    embedding=stored,
-                    key_id=kid,
-                    box_left=left,
-                    box_top=top,
-                    box_right=right,
-                    box_bottom=bottom,
-                    detector_score=float(face.detector_score),
-                    encoder=encoder,
-                    pipeline_version=pipeline_version,
-                )
-            )
+        face_ids = ids or [str(uuid.uuid4()) for _ in faces]
+        rows = [
+            self._row(face_id, collection, subject_id, face, vector, encoder, pipeline_version)
+            for face, vector, face_id in zip(faces, vectors, face_ids, strict=True)
+        ]
         self._note_key()
         self.session.add_all(rows)
         self.session.flush()
@@ -131,6 +117,34 @@ class FaceRows:
         if rows:
             self.tx.stored(Added(collection, ids, [subject_id] * len(ids), encoder, vectors))
         return [face_record(r) for r in rows]
+
+    def _row(
+        self,
+        face_id: str,
+        collection: str,
+        subject_id: str,
+        face: NewFace,
+        vector: np.ndarray,
+        encoder: str,
+        pipeline_version: str,
+    ) -> Face:
+        """A face's row, its embedding sealed with its face, collection and subject."""
+        stored, kid = self.tx.sealing.seal(vector.tobytes(), (face_id, collection, subject_id))
+        left, top, right, bottom = (int(v) for v in face.box.as_tuple())
+        return Face(
+            id=face_id,
+            collection_id=collection,
+            subject_id=subject_id,
+            embedding=stored,
+            key_id=kid,
+            box_left=left,
+            box_top=top,
+            box_right=right,
+            box_bottom=bottom,
+            detector_score=float(face.detector_score),
+            encoder=encoder,
+            pipeline_version=pipeline_version,
+        )
 
     def delete(self, collection: str, subject_id: str, face_id: str) -> None:
         """One face of a subject (SubjectNotFound, FaceNotFound); the subject stays."""

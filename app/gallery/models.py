@@ -205,6 +205,46 @@ class ApiKey(Base):
     collection_id: Mapped[str | None] = mapped_column(String(COLLECTION_ID_MAX))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An AWS credential (issue 40): its access key id, and its secret sealed with the
+    # credentials key (SigV4 needs the secret itself; app/keys.py SecretBox).
+    access_key_id: Mapped[str | None] = mapped_column(String(32), unique=True, index=True)
+    secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class RekognitionUser(Base):
+    """A Rekognition user of a collection (CreateUser): a name faces are associated with."""
+
+    __tablename__ = "rekognition_users"
+
+    collection_id: Mapped[str] = mapped_column(
+        ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The ClientRequestToken of the CreateUser that made it: a retry with it succeeds.
+    request_token: Mapped[str | None] = mapped_column(String(64))
+
+
+class RekognitionUserFace(Base):
+    """A face associated with a user (AssociateFaces): at most one user a face. Deleting
+    the face by any path deletes the association (ON DELETE CASCADE)."""
+
+    __tablename__ = "rekognition_user_faces"
+
+    face_id: Mapped[str] = mapped_column(
+        ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True
+    )
+    collection_id: Mapped[str] = mapped_column(String(COLLECTION_ID_MAX))
+    user_id: Mapped[str] = mapped_column(String(SUBJECT_ID_MAX))
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["collection_id", "user_id"],
+            ["rekognition_users.collection_id", "rekognition_users.id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_rekognition_user_faces_user", "collection_id", "user_id"),
+    )
 
 
 class DeletedCollection(Base):

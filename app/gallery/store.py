@@ -20,6 +20,7 @@ from app.gallery.faces import FaceReads
 from app.gallery.idempotency import IdempotencyReads
 from app.gallery.subjects import SubjectReads
 from app.gallery.unit import BUSY, Mirror, Participant, Transaction, transaction
+from app.gallery.users import UserReads
 
 
 class Gallery:
@@ -41,6 +42,7 @@ class Gallery:
         self.faces = FaceReads(engine, self.sealing)
         self.changes = ChangeLog(engine)
         self.idempotency = IdempotencyReads(engine)
+        self.users = UserReads(engine)
 
     @classmethod
     def connect(cls, url: str) -> Gallery:

@@ -32,6 +32,7 @@ from app.gallery.faces import FaceRows
 from app.gallery.idempotency import IdempotencyRows
 from app.gallery.records import Added, IdempotencyKeyTaken
 from app.gallery.subjects import SubjectRows
+from app.gallery.users import UserRows
 
 
 class Participant(Protocol):
@@ -65,6 +66,7 @@ class Transaction:
         self.subjects: SubjectRows = SubjectRows(self)
         self.faces: FaceRows = FaceRows(self)
         self.idempotency: IdempotencyRows = IdempotencyRows(self)
+        self.users: UserRows = UserRows(self)
         self.events: EventRows = EventRows(session)
         self.added: list[Added] = []
         self._mirror = mirror

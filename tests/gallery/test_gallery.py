@@ -214,7 +214,7 @@ def test_migrations_build_exactly_the_models_schema(store: Gallery) -> None:
     with store.database.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
-    assert store.database.schema_revision() == "0008"
+    assert store.database.schema_revision() == "0009"
 
 
 def test_opening_a_migrated_database_again_changes_nothing(tmp_path: Path) -> None:
@@ -276,7 +276,7 @@ def test_connecting_to_a_store_does_not_migrate_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'g.db'}"
     store = Gallery.connect(url)
     assert store.database.schema_revision() is None  # nothing was created
-    assert store.database.migrate() == "0008" and store.database.schema_revision() == "0008"
+    assert store.database.migrate() == "0009" and store.database.schema_revision() == "0009"
     store.close()
 
 

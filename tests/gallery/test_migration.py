@@ -105,7 +105,7 @@ def test_an_old_database_moves_into_the_default_collection(
     old_database: str, tmp_path: Path
 ) -> None:
     store = Gallery.open(old_database)
-    assert store.database.schema_revision() == "0008"
+    assert store.database.schema_revision() == "0009"
     settings = Settings(data_dir=tmp_path)
     service = service_on(settings, store)
     try:
