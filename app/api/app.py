@@ -23,6 +23,7 @@ from app.api.guards import PAGE_CSP, BodyGuard, HeadAsGet, SecurityHeaders
 from app.api.lanes import Lanes
 from app.api.observability import Metrics
 from app.api.ratelimit import RateLimiter
+from app.api.rekognition import protocol as rekognition
 from app.api.routes import router
 from app.face.weights import WeightFile
 from app.keys import KeyStore, parse_env_keys
@@ -85,6 +86,9 @@ def create_app(
     app.add_middleware(HeadAsGet)
     app.add_middleware(SecurityHeaders, csp_for=_csp_for)
     app.include_router(router)
+    # Amazon Rekognition's face API: POST / (issue 40, docs/REKOGNITION.md).
+    app.include_router(rekognition.router)
+    rekognition.install(app)
     _add_web_page(app)
     _add_docs(app)
     if missing := undeclared(app.routes):

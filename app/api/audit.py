@@ -207,7 +207,9 @@ async def _commit(trail: AuditTrail, row: dict[str, Any]) -> None:
 
 def _problem_code(body: bytes) -> str | None:
     try:
-        value = json.loads(body).get("code")
+        found = json.loads(body)
+        # problem+json's code, or the Rekognition API's error type (its form has no code).
+        value = found.get("code") or found.get("__type")
     except (ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Query, Request
@@ -72,18 +73,23 @@ def require(scope: str | None, *, unbound: bool = False) -> Any:
         draft = current_audit.get()
         if draft is not None:
             arm(request.scope, draft, principal)
-        limiter: RateLimiter | None = request.app.state.rate_limiter
-        if limiter is not None:
-            allowance = limiter.take(principal.key_id)
-            request.state.rate_limit = allowance.headers(limiter.burst, limiter.rate)
-            if not allowance.allowed:
-                raise RateLimited(
-                    f"This API key may send {limiter.rate:g} requests a second "
-                    f"(bursts of {limiter.burst}); retry in {allowance.retry_after:.1f} s.",
-                    retry_after=max(1, math.ceil(allowance.retry_after)),
-                )
+        take_rate(request, principal)
 
     return Depends(check)
+
+
+def take_rate(request: Request, principal: Principal) -> None:
+    """One of the key's requests a second (RateLimited when they are used up)."""
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is not None:
+        allowance = limiter.take(principal.key_id)
+        request.state.rate_limit = allowance.headers(limiter.burst, limiter.rate)
+        if not allowance.allowed:
+            raise RateLimited(
+                f"This API key may send {limiter.rate:g} requests a second "
+                f"(bursts of {limiter.burst}); retry in {allowance.retry_after:.1f} s.",
+                retry_after=max(1, math.ceil(allowance.retry_after)),
+            )
 
 
 async def get_principal(request: Request) -> Principal:
@@ -160,6 +166,11 @@ def _refuse_if_full(admission: Admission, who: Principal) -> None:
         )
 
 
+def refuse_if_full(request: Request, who: Principal) -> None:
+    """The queue check alone (TooManyRequests), before a body is read."""
+    _refuse_if_full(request.app.state.admission, who)
+
+
 async def refuse_before_body(request: Request) -> None:
     """The queue check once before the body is read as well: a key past its share is
     refused without its upload being read and parsed (the server discards the rest
@@ -169,6 +180,14 @@ async def refuse_before_body(request: Request) -> None:
 
 
 async def admit(request: Request, _body: BodyDep) -> AsyncIterator[None]:
+    with admitted(request):
+        yield
+
+
+@contextmanager
+def admitted(request: Request) -> Iterator[None]:
+    """The request holds its place in the queue (refused when full: TooManyRequests)
+    while it runs; on the event loop, so no lock is needed."""
     admission: Admission = request.app.state.admission
     who: Principal = request.state.principal
     _refuse_if_full(admission, who)

@@ -20,8 +20,14 @@ from app.geometry import Box
 # The face's width inside the encoder's chip (dlib's 150 px chip, padding 0.25 each side).
 CHIP_FACE_PX = 100
 
-# Picks one of a photo's faces (app.face.detect.main_face or largest).
-Choose = Callable[[list[DetectedFace]], DetectedFace]
+# Picks one of a photo's faces (app.face.detect.main_face or largest), or several
+# (:func:`every`: all of them).
+Choose = Callable[[list[DetectedFace]], DetectedFace | list[DetectedFace]]
+
+
+def every(faces: list[DetectedFace]) -> list[DetectedFace]:
+    """All of a photo's faces get the template views (an IndexFaces of a group photo)."""
+    return faces
 
 
 class FacePipeline(Protocol):
@@ -123,9 +129,10 @@ class Pipeline:
             if views is not None and faces:
                 # Only the face the caller will use: its crops cost ~0.3 ms each.
                 chosen = views(faces)
+                picked = chosen if isinstance(chosen, list) else [chosen]
                 faces = [
                     replace(f, views=self.encoder.align_views(rgb, f, self._views))
-                    if f is chosen
+                    if any(f is c for c in picked)
                     else f
                     for f in faces
                 ]

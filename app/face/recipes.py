@@ -55,10 +55,12 @@ class Recipes:
         return self.pipeline.template if self.thorough(thorough) else FAST
 
     # ---- probe -----------------------------------------------------------------------
-    def find_probe(self, data: bytes, timings: Timings, *, thorough: bool) -> list[DetectedFace]:
+    def find_probe(
+        self, data: bytes, timings: Timings, *, thorough: bool, choose: Choose = main_face
+    ) -> list[DetectedFace]:
         """Every face of a probe photo (the quick pass first); a thorough probe's main
-        face also gets the template views cut."""
-        views = main_face if self.thorough(thorough) else None
+        face (or the faces ``choose`` picks) also gets the template views cut."""
+        views = choose if self.thorough(thorough) else None
         return self.pipeline.find_faces(data, timings, quick=True, views=views)
 
     def embed_probes(

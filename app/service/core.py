@@ -7,7 +7,9 @@ entry points may ask of the running service. Knows nothing of HTTP.
 - subjects and collections: :class:`~app.service.records.SubjectRecords`,
   :class:`~app.service.collections.Collections`;
 - retention, erasure, the audit trail, the access export: app/privacy;
-- where identify searches: the vector backend (app/vectors) app/service/build.py picks.
+- where identify searches: the vector backend (app/vectors) app/service/build.py picks;
+- what only the Rekognition-compatible API does (IndexFaces, users...):
+  ``service.rekognition``, a :class:`~app.service.rekognition.RekognitionFaces`.
 
 Nothing outside this package reaches into a FaceService's parts: the entry points call
 its methods.
@@ -25,7 +27,7 @@ from app.errors import NotReady
 from app.face.pipeline import FacePipeline
 from app.face.recipes import Recipes
 from app.gallery import Gallery
-from app.keys import KeyStore, Principal
+from app.keys import KeyStore, Principal, secret_box
 from app.privacy.access import SubjectExport, subject_export
 from app.privacy.erasure import Erasure
 from app.privacy.retention import Retention
@@ -40,6 +42,7 @@ from app.service.matching import Matching
 from app.service.probes import ProbeSteps
 from app.service.rates import Rates
 from app.service.records import SubjectRecords
+from app.service.rekognition import RekognitionFaces
 from app.service.subject_cache import SubjectReads
 from app.service.upkeep import Upkeep
 from app.settings import Settings
@@ -131,6 +134,18 @@ class FaceService:
             retention=self._retention,
             rates=rates,
             subjects=subjects,
+        )
+        # The Rekognition-compatible API's own use cases (app/api/rekognition).
+        self.rekognition = RekognitionFaces(
+            settings=settings,
+            pipeline=pipeline,
+            gallery=gallery,
+            recipes=recipes,
+            probes=probes,
+            decisions=self._decisions,
+            retention=self._retention,
+            erasure=self._erasure,
+            slots=slots,
         )
         records = SubjectRecords(gallery, self._erasure)
         collections = Collections(gallery, self._erasure, vectors)
@@ -230,7 +245,13 @@ class FaceService:
 
     def key_store(self, env_keys: Mapping[str, Principal]) -> KeyStore:
         """The API keys of this service's database (and those of the environment)."""
-        return KeyStore(self._gallery.database, dict(env_keys))
+        settings = self._settings
+        return KeyStore(
+            self._gallery.database,
+            dict(env_keys),
+            secret_box(settings),
+            reload=lambda: secret_box(settings),
+        )
 
     def clock(self) -> datetime:
         """The service's time (retention's clock: tests move it)."""

@@ -9,7 +9,7 @@ from app.errors import NoFace
 from app.face import quality
 from app.face.cores import spare_cores
 from app.face.detect import DetectedFace, main_face
-from app.face.pipeline import FacePipeline
+from app.face.pipeline import FacePipeline, every
 from app.face.quality import Assessment, FaceMeasures
 from app.face.recipes import Recipes
 from app.face.timing import Timings
@@ -79,6 +79,25 @@ class ProbeSteps:
         probes = [
             ProbeFace(face, count, assessment, measures, quality.checks(measures, min_inter_eye))
             for (face, count), (measures, assessment) in zip(found, assessed, strict=True)
+        ]
+        return probes, embeddings
+
+    def every_face(
+        self, data: bytes, timings: Timings, mode: ProbeMode, limit: int = 100
+    ) -> tuple[list[ProbeFace], np.ndarray]:
+        """Every face of a photo as a probe (found as :meth:`probes` finds them, the
+        ``limit`` largest first), all embedded in one batch by the probe recipe."""
+        thorough = mode == "thorough"
+        with self.slots.hold():
+            found = self.recipes.find_probe(data, timings, thorough=thorough, choose=every)
+            faces = sorted(self.found(found, None), key=lambda f: -f.box.area)[:limit]
+            with timings.measure("quality_ms"):
+                measured = [quality.measure(face) for face in faces]
+            embeddings = self.recipes.embed_probes(faces, timings, thorough=thorough)
+        min_inter_eye = self.settings.min_inter_eye
+        probes = [
+            ProbeFace(f, len(faces), quality.assess(m), m, quality.checks(m, min_inter_eye))
+            for f, m in zip(faces, measured, strict=True)
         ]
         return probes, embeddings
 

@@ -68,6 +68,8 @@ SCOPES: dict[tuple[str, str], str | None] = {
 }
 # For load balancers, orchestrators and people: no key.
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/"), ("GET", "/docs")}
+# Amazon Rekognition's API (docs/REKOGNITION.md): AWS Signature Version 4, not a key.
+SIGV4 = {("POST", "/")}
 
 
 def app_routes() -> set[tuple[str, str]]:
@@ -85,7 +87,7 @@ def app_routes() -> set[tuple[str, str]]:
     }
 
 
-ENDPOINTS = sorted((m, p, SCOPES.get((m, p))) for m, p in app_routes() - PUBLIC)
+ENDPOINTS = sorted((m, p, SCOPES.get((m, p))) for m, p in app_routes() - PUBLIC - SIGV4)
 
 
 def concrete(path: str) -> str:
@@ -93,7 +95,18 @@ def concrete(path: str) -> str:
 
 
 def test_every_route_is_classified() -> None:
-    assert app_routes() == set(SCOPES) | PUBLIC
+    assert app_routes() == set(SCOPES) | PUBLIC | SIGV4
+
+
+def test_the_rekognition_endpoint_takes_no_api_key_only_a_signature(client: TestClient) -> None:
+    target = {"X-Amz-Target": "RekognitionService.ListCollections"}
+    for headers, status, kind in (
+        ({}, 403, "MissingAuthenticationTokenException"),
+        (as_key(ADMIN_KEY), 403, "MissingAuthenticationTokenException"),
+        ({"Authorization": f"Bearer {ADMIN_KEY}"}, 400, "IncompleteSignatureException"),
+    ):
+        r = client.post("/", content=b"{}", headers={**target, **headers})
+        assert (r.status_code, r.json()["__type"]) == (status, kind)
 
 
 @pytest.mark.parametrize(("method", "path", "scope"), ENDPOINTS)

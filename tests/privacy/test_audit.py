@@ -44,6 +44,8 @@ ACTIONS: dict[tuple[str, str], tuple[str, int]] = {
     ("POST", "/keys"): ("create_key", 201),
     ("DELETE", "/keys/{key_id}"): ("revoke_key", 200),
     ("GET", "/audit"): ("read_audit", 200),
+    # The Rekognition API: each call's own action, aws_<operation> (app/api/rekognition).
+    ("POST", "/"): ("rekognition", 200),
 }
 # Routes that touch no biometric data, so they record nothing.
 UNAUDITED = PUBLIC | {
