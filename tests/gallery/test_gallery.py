@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from sqlalchemy import func, select
 
 from app.errors import FaceNotFound, SubjectNotFound
 from app.gallery import Gallery, NewFace, changes, faces
-from app.gallery.models import Face, GalleryEvent, Subject
+from app.gallery.models import Face, GalleryEvent, RekognitionUser, RekognitionUserFace, Subject
 from app.geometry import Box
 from app.scoring.distance import distances
 from app.vectors.index import ExactIndex, Partitions
@@ -296,3 +297,40 @@ def test_loading_every_embedding_in_slices_gives_the_same_rows(
     for face_id, vector in zip(sliced.face_ids, sliced.matrix, strict=True):
         _, stored = store.faces.embedding(collection="default", face_id=face_id, encoders=("fake",))
         assert np.array_equal(vector, stored)
+
+
+def test_a_faces_user_association_goes_with_the_face_on_every_delete_path(store: Gallery) -> None:
+    """Rekognition's users (issue 40): deleting a face by any path (one face, its
+    subject, its collection) leaves no association naming it, on SQLite and PostgreSQL."""
+    with store.transaction(versioned=False) as tx:
+        tx.collections.create("door")
+    faces = {}
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        stored, _, _ = add_faces(
+            store,
+            collection="door",
+            subject_id=name,
+            faces=new_faces(seed),
+            encoder="fake",
+            pipeline_version="v",
+        )
+        faces[name] = stored[0].id
+    with store.transaction(versioned=False) as tx:
+        assert tx.users.create("door", "u", "token-1")
+        assert tx.users.create("door", "u", "token-1")  # a retry of the same request
+        assert not tx.users.create("door", "u", "token-2")
+        done, failed = tx.users.associate("door", "u", [*faces.values(), "missing"])
+    assert sorted(done) == sorted(faces.values()) and failed == {"missing": "FACE_NOT_FOUND"}
+    assert store.users.of_faces(collection="door", face_ids=list(faces.values())) == {
+        f: "u" for f in faces.values()
+    }
+    with store.transaction() as tx:
+        tx.faces.delete("door", "a", faces["a"])
+    with store.transaction() as tx:
+        tx.subjects.delete("door", "b")
+    assert list(store.users.of_faces(collection="door", face_ids=list(faces.values()))) == [
+        faces["c"]
+    ]
+    with store.transaction() as tx:
+        tx.collections.delete("door", datetime.now(UTC))
+    assert count(store, RekognitionUserFace) == 0 and count(store, RekognitionUser) == 0

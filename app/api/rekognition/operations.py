@@ -400,11 +400,9 @@ def compare_faces(call: Call) -> dict[str, Any]:
     if filtered and result.source.checks:
         raise invalid("The source image's face does not pass the quality filter.")
     targets = [(t, m) for t, m in result.targets if not (filtered and t.checks)]
-    matched = [
-        {"Similarity": m.score, "Face": compared_face(t)}
-        for t, m in targets
-        if m.score >= threshold
-    ]
+    # The surest match first (the target's other faces: largest first).
+    surest = sorted(((t, m) for t, m in targets if m.score >= threshold), key=lambda p: -p[1].score)
+    matched = [{"Similarity": m.score, "Face": compared_face(t)} for t, m in surest]
     note(match=bool(matched), score=max((m.score for _, m in targets), default=None))
     source = result.source
     return {
