@@ -246,6 +246,13 @@ def test_users_associate_search_and_delete(server: dict[str, Any], door: Any, ad
     assert users["UserMatches"][0]["User"]["UserId"] == "barack"
     by_face = door.search_users(CollectionId="door", FaceId=ids[0])
     assert by_face["UserMatches"][0]["User"]["UserId"] == "barack"
+    # Its audit event names whose data it used: the searched face's and the match's.
+    (event,) = [
+        e
+        for e in audit(server["url"], collection="door")
+        if e["request_id"] == by_face["ResponseMetadata"]["RequestId"]
+    ]
+    assert event["action"] == "aws_search_users" and set(ids[:2]) <= set(event["subjects"])
     listed = admin.list_faces(CollectionId="door", UserId="barack")["Faces"]
     assert sorted(f["FaceId"] for f in listed) == sorted(ids[:2])
     # A face of a user is not deleted until it leaves the user, as AWS does.

@@ -291,7 +291,9 @@ def _matches(
             collection=name, after=None, limit=len(kept) + 1, face_ids=[c.face_id for c in kept]
         )
     }
-    note(subjects=[c.subject_id for c in kept])
+    # A search by a stored face uses its owner's data too (as /identify records it).
+    owner = [result.probe_subject] if result.probe_subject else []
+    note(subjects=[*owner, *(c.subject_id for c in kept)])
     return [
         {"Similarity": c.result.score, "Face": listed_face(faces[c.face_id], call.model_version)}
         for c in kept
@@ -518,8 +520,10 @@ def _user_matches(
     threshold: float,
     max_users: int,
     skip: str | None,
+    touched: list[str],
 ) -> list[dict[str, Any]]:
-    """The users of the candidates, each once at its best face's similarity."""
+    """The users of the candidates, each once at its best face's similarity; the
+    subjects whose data it used are added to ``touched`` (the audit event's)."""
     users = call.service.rekognition.users_of(
         collection=name, face_ids=[c.face_id for c in result.candidates]
     )
@@ -528,7 +532,10 @@ def _user_matches(
         user = users.get(c.face_id)
         if user is not None and user != skip and c.result.score >= threshold:
             best.setdefault(user, c.result.score)
-    note(subjects=[c.subject_id for c in result.candidates if users.get(c.face_id) in best])
+    touched.extend(c.subject_id for c in result.candidates if users.get(c.face_id) in best)
+    if result.probe_subject:
+        touched.append(result.probe_subject)
+    note(subjects=sorted(set(touched)))
     ranked = sorted(best.items(), key=lambda kv: -kv[1])[:max_users]
     return [{"Similarity": s, "User": {"UserId": u, "UserStatus": "ACTIVE"}} for u, s in ranked]
 
@@ -553,9 +560,10 @@ def search_users(call: Call) -> dict[str, Any]:
         probes = call.service.rekognition.faces_of_user(collection=name, user_id=user)
         searched = {"SearchedUser": {"UserId": user}}
     found: dict[str, dict[str, Any]] = {}
+    touched: list[str] = []
     for probe in probes:
         result = call.service.identify_face(collection=name, face_id=probe, top_k=FIRST_FETCH * 4)
-        for match in _user_matches(call, name, result, threshold, max_users, user):
+        for match in _user_matches(call, name, result, threshold, max_users, user, touched):
             uid = match["User"]["UserId"]
             if uid not in found or found[uid]["Similarity"] < match["Similarity"]:
                 found[uid] = match
@@ -576,7 +584,7 @@ def search_users_by_image(call: Call) -> dict[str, Any]:
     assert probe is not None
     unsearched = _searched(call, image, probe, filtered)
     return {
-        "UserMatches": _user_matches(call, name, result, threshold, max_users, None),
+        "UserMatches": _user_matches(call, name, result, threshold, max_users, None, []),
         "FaceModelVersion": call.model_version,
         "SearchedFace": {"FaceDetail": face_detail(probe.face, probe.measures)},
         "UnsearchedFaces": unsearched,

@@ -29,6 +29,7 @@ from app.api.audit import arm, audited
 from app.api.deps import admitted, refuse_if_full, take_rate
 from app.api.inputs import parse_json
 from app.api.lanes import in_lane
+from app.api.observability import request_id_var
 from app.api.rekognition import sigv4
 from app.api.rekognition.errors import JSON_1_1, AwsError, from_domain
 from app.api.rekognition.operations import OPERATIONS, Call
@@ -152,7 +153,10 @@ def rekognition(request: Request, call: SignedCall) -> Response:
         raise AwsError(
             "InternalServerError", "An internal error occurred; it has been logged."
         ) from None
-    return Response(json.dumps(answer), media_type=JSON_1_1)
+    # x-amzn-RequestId: the SDKs put it in ResponseMetadata.RequestId (the X-Request-ID).
+    return Response(
+        json.dumps(answer), media_type=JSON_1_1, headers={"x-amzn-RequestId": request_id_var.get()}
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -160,4 +164,6 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AwsError)
     async def _aws(request: Request, exc: AwsError) -> Response:
-        return exc.response()
+        answer = exc.response()
+        answer.headers["x-amzn-RequestId"] = request_id_var.get()
+        return answer
