@@ -24,6 +24,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import problem_for
+from app.api.rekognition import errors as rekognition_errors
 from app.errors import RequestCancelled
 from app.face.timing import Timings
 from app.service import CommitGate, commit_gate
@@ -246,9 +247,13 @@ class Observe:
                 # Nothing will be stored now (the work checks the gate before it writes).
                 task.cancel()
                 timeout = state.settings.request_timeout_seconds
-                response = problem_for(
-                    RequestCancelled(f"The request took longer than {timeout:g} s; retry later."),
-                    instance=scope["path"],
+                cancelled = RequestCancelled(
+                    f"The request took longer than {timeout:g} s; retry later."
+                )
+                response = (
+                    rekognition_errors.from_domain(cancelled).response()
+                    if Headers(scope=scope).get("x-amz-target")  # in Rekognition's form
+                    else problem_for(cancelled, instance=scope["path"])
                 )
                 await response(scope, receive, send_with_id)
         finally:

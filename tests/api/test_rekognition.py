@@ -414,3 +414,14 @@ def test_the_aws_cli_works_with_only_the_endpoint_changed(
     assert "FaceMatches" in aws(
         "search-faces-by-image", "--collection-id", "door", "--image-bytes", f"fileb://{photo}"
     )
+
+
+def test_a_request_past_the_timeout_is_answered_in_aws_form(tmp_path: Path) -> None:
+    cred = create_credential(tmp_path, "admin")
+    env = {"FACEVERIFY_DATA_DIR": str(tmp_path), "FACEVERIFY_REQUEST_TIMEOUT_SECONDS": "0.01"}
+    with serving(env) as url:
+        hurried = client(url, cred, retries={"mode": "standard", "max_attempts": 2})
+        code, status, _ = error(
+            hurried.compare_faces, SourceImage=image("obama.jpg"), TargetImage=image("obama2.jpg")
+        )
+    assert (code, status) == ("ThrottlingException", 500)
