@@ -18,7 +18,10 @@ from typing import Any
 import boto3
 import httpx2
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from tests.helpers import AUTH, data
@@ -216,6 +219,12 @@ def test_list_faces_pages_with_the_paginator(server: dict[str, Any], admin: Any,
     assert len(seen) == len(set(seen)) == 3
     listed = admin.list_faces(CollectionId="pages", MaxResults=2)
     assert len(listed["Faces"]) == 2 and listed["NextToken"]
+    (event,) = [
+        e
+        for e in audit(server["url"])
+        if e["request_id"] == listed["ResponseMetadata"]["RequestId"]
+    ]
+    assert sorted(event["subjects"]) == sorted(f["FaceId"] for f in listed["Faces"])
     names = [
         c
         for page in admin.get_paginator("list_collections").paginate(
@@ -311,6 +320,75 @@ def test_errors_come_as_aws_sends_them(server: dict[str, Any], door: Any) -> Non
     assert raw.json()["__type"] == "MissingAuthenticationTokenException"
 
 
+def signed_post(url: str, cred: tuple[str, str], target: str, body: bytes) -> httpx2.Response:
+    """A request signed by botocore's signer with any body (the SDK would refuse to send
+    a body that is not JSON)."""
+    request = AWSRequest(
+        method="POST",
+        url=url + "/",
+        data=body,
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": f"RekognitionService.{target}",
+        },
+    )
+    SigV4Auth(Credentials(*cred), "rekognition", "eu-west-1").add_auth(request)
+    return httpx2.post(url + "/", content=body, headers=dict(request.headers.items()))
+
+
+def test_bad_bodies_ids_and_tokens_are_refused_in_aws_form(server: dict[str, Any]) -> None:
+    cred = server["creds"]["admin"]
+    for body in (b"not json", b"\xff\xfe", b'{"CollectionId": NaN}', b"[" * 5000):
+        answer = signed_post(server["url"], cred, "ListFaces", body)
+        assert answer.status_code == 400 and answer.headers["x-amzn-ErrorType"] == (
+            "SerializationException"
+        ), body[:20]
+    admin = client(server["url"], cred)
+    # A trailing newline passes `$` in a Python pattern: never an id here.
+    for call, fields in (
+        (admin.create_collection, {"CollectionId": "zz\n"}),
+        (admin.create_user, {"CollectionId": "door", "UserId": "u1\n"}),
+        (
+            admin.index_faces,
+            {"CollectionId": "door", "Image": image("obama.jpg"), "ExternalImageId": "x\n"},
+        ),
+    ):
+        assert error(call, **fields)[0] == "InvalidParameterException"
+    for token in ("!!!", "AA==", base64.urlsafe_b64encode(b"../other").decode()):
+        assert error(admin.list_faces, CollectionId="door", NextToken=token)[0] == (
+            "InvalidPaginationTokenException"
+        )
+        assert error(admin.list_collections, NextToken=token)[0] == (
+            "InvalidPaginationTokenException"
+        )
+
+
+def test_metadata_from_faceverifys_own_api_is_never_read_as_index_faces(
+    server: dict[str, Any], admin: Any
+) -> None:
+    """A subject enrolled through /enroll whose metadata mimics IndexFaces' must neither
+    break ListFaces (a 500 for the whole collection) nor be shown as an ExternalImageId."""
+    admin.create_collection(CollectionId="own-meta")
+    enrolled = httpx2.post(
+        server["url"] + "/enroll",
+        params={"collection": "own-meta"},
+        json={
+            "subject_id": "hop",
+            "image": base64.b64encode(data("hopper.jpg")).decode(),
+            "metadata": {
+                "rekognition": {"width": "abc", "height": 7, "external_image_id": "obama"}
+            },
+        },
+        headers=AUTH,
+        timeout=60,
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    (face,) = admin.list_faces(CollectionId="own-meta")["Faces"]
+    assert face["ExternalImageId"] == "hop" and "BoundingBox" not in face
+    found = admin.search_faces_by_image(CollectionId="own-meta", Image=image("hopper.jpg"))
+    assert found["FaceMatches"][0]["Face"]["ExternalImageId"] == "hop"
+
+
 def test_a_credential_acts_only_on_its_own_collection_and_scopes(server: dict[str, Any]) -> None:
     other = client(server["url"], server["creds"]["other"])
     code, _, _ = error(other.search_faces_by_image, CollectionId="door", Image=image("obama.jpg"))
@@ -345,9 +423,8 @@ def test_consent_is_passed_as_a_header_the_sdk_adds(server: dict[str, Any], admi
         headers=AUTH,
     )
     assert created.status_code == 201, created.text
-    assert error(admin.index_faces, CollectionId="consented", Image=image("obama.jpg"))[0] == (
-        "AccessDeniedException"
-    )
+    code, _, message = error(admin.index_faces, CollectionId="consented", Image=image("obama.jpg"))
+    assert code == "AccessDeniedException" and "X-Faceverify-Consent" in message
     signer = client(server["url"], server["creds"]["admin"])
 
     def add_consent(request: Any, **_: Any) -> None:

@@ -103,3 +103,22 @@ def test_missing_and_malformed_authorization_are_refused_as_aws_does() -> None:
     assert kind(sigv4.SignedRequest("POST", "/", "", undated, BODY)) == (
         "IncompleteSignatureException"
     )
+
+
+def test_the_operation_and_faceverify_headers_must_be_signed() -> None:
+    """A header added after signing is not covered: the consent of a captured
+    IndexFaces (or its operation) could otherwise be changed by anyone who holds it."""
+    good = signed()
+    forged = sigv4.SignedRequest(
+        "POST", "/", "", [*good.headers, ("X-Faceverify-Consent", "forged")], BODY
+    )
+    assert kind(forged) == "InvalidSignatureException"
+    request = AWSRequest(method="POST", url="http://127.0.0.1:8000/", data=BODY, headers={})
+    SigV4Auth(Credentials(AKID, SECRET), "rekognition", "eu-west-1").add_auth(request)
+    unsigned_target = [
+        *request.headers.items(),
+        ("host", "127.0.0.1:8000"),
+        ("X-Amz-Target", "RekognitionService.DeleteUser"),
+    ]
+    with pytest.raises(sigv4.SignatureError, match="x-amz-target"):
+        sigv4.verify(sigv4.SignedRequest("POST", "/", "", unsigned_target, BODY), secrets)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from fastapi import Request
 
@@ -21,7 +21,7 @@ from app.api.deps import target_collection
 from app.api.rekognition import shapes
 from app.api.rekognition.errors import AwsError, access_denied, invalid, not_found
 from app.api.rekognition.shapes import Params, bounding_box, landmarks, pose, quality
-from app.errors import Forbidden
+from app.errors import ConsentRequired, Forbidden
 from app.face.detect import DetectedFace
 from app.face.quality import CHECKS, FaceMeasures
 from app.gallery import Consent
@@ -67,7 +67,7 @@ class Call:
     def collection(self) -> str:
         """The CollectionId, checked: one the credential may use, and that exists."""
         name = self.params.required("CollectionId", pattern=shapes.COLLECTION_ID)
-        if not COLLECTION_ID.match(name):
+        if not COLLECTION_ID.fullmatch(name):
             raise invalid(
                 f"CollectionId {name!r}: faceverify's collection ids match "
                 f"{COLLECTION_ID_PATTERN} (up to 64 characters)."
@@ -120,31 +120,39 @@ def compared_face(probe: ProbeFace) -> dict[str, Any]:
 
 
 def listed_face(face: ListedFace, version: str) -> dict[str, Any]:
-    """A stored face as ListFaces and the searches show it. A face enrolled by
-    faceverify's own API has no ImageId, and its subject id as ExternalImageId."""
-    about = (face.metadata or {}).get(META) if isinstance(face.metadata, dict) else None
+    """A stored face as ListFaces and the searches show it. Only a face IndexFaces made
+    (its subject's id is its own) is read with IndexFaces' metadata, and each value only
+    when it has the type IndexFaces wrote: metadata stored through faceverify's own API
+    is the caller's, never read as this. Other faces have no ImageId, and their subject
+    id as ExternalImageId."""
     out: dict[str, Any] = {"FaceId": face.id, "IndexFacesModelVersion": version}
-    if isinstance(about, dict):
-        width, height = about.get("width") or 0, about.get("height") or 0
-        if width and height:
-            out["BoundingBox"] = bounding_box(face.box, (int(width), int(height)))
-        out["ImageId"] = about.get("image_id")
-        if about.get("external_image_id"):
-            out["ExternalImageId"] = about["external_image_id"]
-        if about.get("confidence") is not None:
-            out["Confidence"] = about["confidence"]
-    else:
+    about = face.metadata.get(META) if isinstance(face.metadata, dict) else None
+    if face.subject_id != face.id or not isinstance(about, dict):
         out["ExternalImageId"] = face.subject_id
+    else:
+        width, height = about.get("width"), about.get("height")
+        if _positive_int(width) and _positive_int(height):
+            out["BoundingBox"] = bounding_box(face.box, (width, height))
+        for key, field in (("image_id", "ImageId"), ("external_image_id", "ExternalImageId")):
+            if isinstance(about.get(key), str) and about[key]:
+                out[field] = about[key]
+        score = about.get("confidence")
+        if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 100:
+            out["Confidence"] = score
     if face.user_id:
         out["UserId"] = face.user_id
     return out
+
+
+def _positive_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 # ---- collections ----------------------------------------------------------------------
 def create_collection(call: Call) -> dict[str, Any]:
     call.need("admin")
     name = call.params.required("CollectionId", pattern=shapes.COLLECTION_ID)
-    if not COLLECTION_ID.match(name):
+    if not COLLECTION_ID.fullmatch(name):
         raise invalid(f"CollectionId {name!r}: faceverify's ids match {COLLECTION_ID_PATTERN}.")
     bound = call.principal.collection
     if bound is not None:
@@ -172,7 +180,7 @@ def delete_collection(call: Call) -> dict[str, Any]:
 
 
 def list_collections(call: Call) -> dict[str, Any]:
-    after = call.params.token()
+    after = call.params.token(shapes.COLLECTION_ID)
     limit = call.params.integer("MaxResults", 1000, 0, 4096)
     bound = call.principal.collection
     names = [bound] if bound is not None else [c.id for c in call.service.list_collections()]
@@ -209,14 +217,21 @@ def index_faces(call: Call) -> dict[str, Any]:
     external = p.string("ExternalImageId", pattern=shapes.EXTERNAL_IMAGE_ID)
     max_faces = p.integer("MaxFaces", 100, 1, 100)
     filtered = p.choice("QualityFilter", shapes.QUALITY_FILTERS, "AUTO") != "NONE"
-    result = call.service.rekognition.index_faces(
-        collection=name,
-        image=p.image("Image"),
-        external_image_id=external,
-        max_faces=max_faces,
-        filtered=filtered,
-        consent=call.consent(),
-    )
+    try:
+        result = call.service.rekognition.index_faces(
+            collection=name,
+            image=p.image("Image"),
+            external_image_id=external,
+            max_faces=max_faces,
+            filtered=filtered,
+            consent=call.consent(),
+        )
+    except ConsentRequired:
+        raise access_denied(
+            f"Collection {name!r} requires consent for each new face: send the consent "
+            "record's reference in the X-Faceverify-Consent header, signed with the "
+            "request (docs/REKOGNITION.md)."
+        ) from None
     version = call.model_version
     records = []
     for face_id, one in result.indexed:
@@ -245,7 +260,7 @@ def list_faces(call: Call) -> dict[str, Any]:
     call.need("admin")
     name = call.collection()
     p = call.params
-    after = p.token()
+    after = p.token(shapes.FACE_ID)
     limit = p.integer("MaxResults", 1000, 0, 4096)
     user = p.string("UserId", pattern=shapes.USER_ID, max_len=128)
     wanted = p.ids("FaceIds", shapes.FACE_ID, 4096, required=False) or None
@@ -253,6 +268,7 @@ def list_faces(call: Call) -> dict[str, Any]:
         collection=name, after=after, limit=limit + 1, face_ids=wanted, user_id=user
     )
     page = rows[:limit]
+    note(subjects=sorted({f.subject_id for f in page}))
     out: dict[str, Any] = {
         "Faces": [listed_face(f, call.model_version) for f in page],
         "FaceModelVersion": call.model_version,
@@ -455,7 +471,7 @@ def delete_user(call: Call) -> dict[str, Any]:
 def list_users(call: Call) -> dict[str, Any]:
     call.need("admin")
     name = call.collection()
-    after = call.params.token()
+    after = call.params.token(shapes.USER_ID)
     limit = call.params.integer("MaxResults", 500, 1, 500)
     rows = call.service.rekognition.list_users(collection=name, after=after, limit=limit + 1)
     page = rows[:limit]

@@ -108,8 +108,8 @@ async def signed_call(request: Request) -> AsyncIterator[Call]:
         raise AwsError("SerializationException", f"Send {JSON_1_1}, not {content_type!r}.")
     try:
         params = Params(parse_json(body or b"{}"))
-    except ValueError as exc:
-        raise AwsError("SerializationException", str(exc)) from None
+    except (ValueError, FaceVerifyError) as exc:
+        raise AwsError("SerializationException", f"The body is not valid JSON: {exc}") from None
     call = Call(
         request=request,
         service=request.app.state.service,

@@ -47,7 +47,7 @@ class Params:
             return None
         if not isinstance(value, str) or not value or len(value) > max_len:
             raise invalid(f"'{name}' must be a string of 1 to {max_len} characters.")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise invalid(f"'{name}' must satisfy the pattern {pattern.pattern}.")
         return value
 
@@ -90,7 +90,7 @@ class Params:
         if (
             not isinstance(value, list)
             or not 1 <= len(value) <= high
-            or not all(isinstance(v, str) and pattern.match(v) for v in value)
+            or not all(isinstance(v, str) and pattern.fullmatch(v) for v in value)
         ):
             raise invalid(f"'{name}' must be a list of 1 to {high} ids ({pattern.pattern}).")
         return list(value)
@@ -123,17 +123,22 @@ class Params:
             )
         return raw
 
-    def token(self) -> str | None:
-        """The page to start after (NextToken), as the last id of the page before."""
+    def token(self, pattern: re.Pattern[str]) -> str | None:
+        """The page to start after (NextToken): the last id of the page before, as this
+        server gave it (base64url of an id of the listing's kind); anything else is
+        InvalidPaginationTokenException."""
         value = self.raw.get("NextToken")
         if value is None:
             return None
         try:
             if not isinstance(value, str) or len(value) > 255:
                 raise ValueError
-            return base64.urlsafe_b64decode(value.encode()).decode()
+            last = base64.b64decode(value.encode(), altchars=b"-_", validate=True).decode()
         except (ValueError, UnicodeDecodeError, binascii.Error):
-            raise AwsError("InvalidPaginationTokenException", "Invalid token") from None
+            last = ""
+        if not pattern.fullmatch(last) or next_token(last) != value:
+            raise AwsError("InvalidPaginationTokenException", "Invalid token")
+        return last
 
 
 def next_token(last: str) -> str:

@@ -89,10 +89,19 @@ def parse(request: SignedRequest) -> tuple[Credential, list[str], str, datetime]
             f"Credential should be scoped to correct service: '{SERVICE}'.",
         )
     signed = found["signed"].split(";")
-    if "host" not in signed or signed != sorted(signed):
+    # What the request is (its operation) and every header of faceverify's own (the
+    # consent of an IndexFaces) must be signed: an unsigned one could be changed or
+    # added by anyone who captured the request (a captured IndexFaces given consent).
+    required = {"host", "x-amz-target"} | {
+        k.lower() for k, _ in request.headers if k.lower().startswith("x-faceverify-")
+    }
+    if missing := sorted(required - set(signed)):
         raise SignatureError(
-            "InvalidSignatureException", "SignedHeaders must be sorted and include host."
+            "InvalidSignatureException",
+            "SignedHeaders must include " + ", ".join(missing) + ".",
         )
+    if signed != sorted(signed):
+        raise SignatureError("InvalidSignatureException", "SignedHeaders must be sorted.")
     stamp = _header(request.headers, "x-amz-date")
     if not stamp:
         raise SignatureError("IncompleteSignatureException", "X-Amz-Date is missing.")
