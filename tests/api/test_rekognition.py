@@ -438,6 +438,7 @@ def test_consent_is_passed_as_a_header_the_sdk_adds(server: dict[str, Any], admi
     assert subject["consent"]["reference"] == "form-2026-12/42"
 
 
+@pytest.mark.slow  # its own server, and botocore's back-off between retries
 def test_throttling_is_retried_by_botocore(tmp_path: Path) -> None:
     cred = create_credential(tmp_path, "admin")
     env = {
@@ -502,3 +503,49 @@ def test_a_request_past_the_timeout_is_answered_in_aws_form(tmp_path: Path) -> N
             hurried.compare_faces, SourceImage=image("obama.jpg"), TargetImage=image("obama2.jpg")
         )
     assert (code, status) == ("ThrottlingException", 500)
+
+
+@pytest.mark.slow  # its own server, and botocore's back-off between retries
+def test_a_keys_rate_limit_is_retried_by_botocore(tmp_path: Path) -> None:
+    cred = create_credential(tmp_path, "admin")
+    env = {
+        "FACEVERIFY_DATA_DIR": str(tmp_path),
+        "FACEVERIFY_RATE_LIMIT_PER_SECOND": "2",
+        "FACEVERIFY_RATE_LIMIT_BURST": "1",
+    }
+    with serving(env) as url:
+        impatient = client(url, cred)
+        codes = []
+        impatient.list_collections()  # the connection made, the bucket emptied
+        for _ in range(3):
+            try:
+                impatient.list_collections()
+            except ClientError as refused:
+                codes.append(refused.response["Error"]["Code"])
+        assert "ProvisionedThroughputExceededException" in codes
+        patient = client(url, cred, retries={"mode": "standard", "max_attempts": 10})
+        answers = [patient.list_collections() for _ in range(6)]
+    assert sum(a["ResponseMetadata"]["RetryAttempts"] for a in answers) > 0
+
+
+def test_concurrent_calls_give_the_answers_given_alone(server: dict[str, Any], door: Any) -> None:
+    """Threads comparing different pairs at once: every Similarity is the one the same
+    call gave alone (dlib's detectors and the ONNX session are per thread or pooled)."""
+    pairs = [
+        ("obama.jpg", "obama2.jpg"),
+        ("obama.jpg", "biden.jpg"),
+        ("obama3.jpg", "obama2.jpg"),
+        ("biden.jpg", "obama_and_biden.jpg"),
+        ("hopper.jpg", "obama.jpg"),
+    ]
+
+    def similarities(pair: tuple[str, str]) -> list[float]:
+        got = door.compare_faces(
+            SourceImage=image(pair[0]), TargetImage=image(pair[1]), SimilarityThreshold=0
+        )
+        return sorted(m["Similarity"] for m in got["FaceMatches"])
+
+    alone = [similarities(p) for p in pairs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(similarities, pairs * 3))
+    assert together == alone * 3
