@@ -60,7 +60,8 @@ def test_every_method_in_turn(server: str) -> None:
         found = fv.detect(DATA / "two_people.jpg")
         assert len(found.faces) == 2
         fv.enroll("biden", DATA / "biden.jpg")
-        assert [s.subject_id for s in fv.subjects(page=1)] == ["biden", "obama"]
+        # The module's server is shared: another test's subjects may be listed too.
+        assert {"biden", "obama"} <= {s.subject_id for s in fv.subjects(page=1)}
         detail = fv.get_subject("obama")
         assert detail.name == "Barack Obama" and len(detail.faces) == 2
         export = fv.export_subject("obama", include_embeddings=True)
