@@ -164,7 +164,7 @@ def main() -> None:
         ]
 
         # Recall: identify by stored face over HTTP against exact search in this process.
-        store = Gallery(url_db)
+        store = Gallery.connect(url_db)
         rows = store.faces.load(dim=128)
         store.close()
         # Exact search with numpy rows (AnnIndex never approximates below exact_below):

@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--collection", default="default")
     parser.add_argument("--encoder", default="dlib_resnet_v1")
     args = parser.parse_args()
-    store = Gallery(args.database_url)
+    store = Gallery.connect(args.database_url)
     rows = store.faces.load(dim=128)
     encoders = [args.encoder]
     exact = AnnIndex(128, exact_below=2**62)  # numpy rows, always exact

@@ -29,7 +29,7 @@ SHAPE = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "lfw_de
 def fit(db: Path, out: Path = SHAPE) -> None:
     from app.gallery import Gallery
 
-    rows = Gallery(f"sqlite:///{db}").load_embeddings(dim=128)
+    rows = Gallery.connect(f"sqlite:///{db}").faces.load(dim=128)
     subjects = np.asarray(rows.subject_ids)
     x = rows.matrix.astype(np.float64)
     names, inverse, sizes = np.unique(subjects, return_inverse=True, return_counts=True)

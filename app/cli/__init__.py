@@ -293,6 +293,22 @@ def db_vacuum(
     store.close()
 
 
+@db_cli.command("snapshot-index")
+def db_snapshot_index() -> None:
+    """Build the in-memory index's snapshot from the database now (after a restore, a
+    migration, or for a new replica), so the next start opens it in seconds."""
+    from app.cli.gallery import say_snapshot
+    from app.face.registry import encoder_model
+    from app.service.build import open_gallery
+
+    settings = or_exit(Settings)
+    gallery = or_exit(lambda: open_gallery(settings))
+    try:
+        say_snapshot(settings, gallery, encoder_model(settings))
+    finally:
+        gallery.close()
+
+
 @db_cli.command("rebuild-vector-index")
 def db_rebuild_vector_index() -> None:
     """Rebuild pgvector's HNSW index with this version's parameters (after an upgrade

@@ -160,7 +160,7 @@ class HogFaceDetector:
         # The fast fallback (app/face/yunet.py), used instead of the CNN when given.
         self.yunet = yunet
         self.models = InstancePool(load)
-        self.models.warm(instances)
+        self.models.warm(instances, later=True)
         self.max_side = max_side
         self.upsample = upsample
         self.retry_max_side = retry_max_side

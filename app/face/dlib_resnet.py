@@ -256,4 +256,5 @@ SPEC = EncoderModel(
     version_tag=f"sp5/chip{CHIP_SIZE}p{CHIP_PADDING}",
     build=_build,
     prepare=_prepare,
+    compatible=_DlibResnet.compatible,
 )

@@ -48,13 +48,20 @@ class InstancePool(Generic[T]):
         finally:
             self._idle.put(instance)
 
-    def warm(self, count: int = 1) -> None:
+    def warm(self, count: int = 1, *, later: bool = False) -> None:
         """Make ``count`` instances now (at start-up), so a bad model file fails there
-        and the first concurrent requests do not each wait for a model load."""
-        with self._lock:
-            missing = count - self.created
-        for _ in range(max(0, missing)):
-            instance = self._factory()
+        and the first concurrent requests do not each wait for a model load. ``later``:
+        one now (the model file is checked, and a lone request waits for nothing); the
+        rest are made when concurrent requests first need them, as when all are busy.
+        Start-up does not wait ~0.3 s for each (issue 41), and no background thread
+        loads them meanwhile: dlib holds the GIL for a load, which would stall the
+        server's event loop in its first seconds instead."""
+        self._make(1 if later else count)
+
+    def _make(self, count: int) -> None:
+        while True:
             with self._lock:
+                if self.created >= count:
+                    return
                 self.created += 1
-            self._idle.put(instance)
+            self._idle.put(self._factory())

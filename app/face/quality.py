@@ -146,9 +146,10 @@ def _chip_grey(chip: np.ndarray | None) -> np.ndarray:
 
 
 def warm(instances: int) -> None:
-    """Load ``instances`` HOG detectors now (one per inference slot): loading one takes
-    ~0.3 s, which the first requests would otherwise wait for."""
-    _pool().warm(instances)
+    """Load ``instances`` HOG detectors (one per inference slot): one now, the rest on
+    a background thread (InstancePool.warm): loading one takes ~0.3 s, which the first
+    requests would otherwise wait for, and start-up need not (issue 41)."""
+    _pool().warm(instances, later=True)
 
 
 def _pool() -> InstancePool[Any]:

@@ -20,9 +20,10 @@ from app.service.collections import Collections
 from app.service.core import FaceService
 from app.service.records import SubjectRecords
 from app.settings import Settings
-from app.vectors import ExactIndex, MemorySearch, VectorBackend, VectorIndex
+from app.vectors import ExactIndex, MemorySearch, Partitions, VectorBackend, VectorIndex
 from app.vectors.pgvector import PgvectorSearch, table_exists
-from app.vectors.snapshot import SnapshotDir, erase_all
+from app.vectors.snapshot import Snapshot, SnapshotDir, erase_all
+from app.vectors.sync import GalleryChanges, GallerySync
 
 log = logging.getLogger("faceverify.gallery")
 
@@ -100,6 +101,22 @@ def memory_backend(
         snapshots=_snapshots(settings) if gallery.sealing.cipher is None else None,
         background=background,
     )
+
+
+def save_index_snapshot(
+    settings: Settings, gallery: Gallery, *, dim: int, encoders: frozenset[str]
+) -> Snapshot | None:
+    """The snapshot a server of these settings opens at start (app/vectors/snapshot.py),
+    built now from the store: what `gallery import` leaves behind. None where a server
+    would keep none: pgvector searches in the database, encryption at rest keeps no
+    plaintext snapshot, the exact index has none, or too few faces for one."""
+    snapshots = _snapshots(settings)
+    if snapshots is None or gallery.sealing.cipher is not None:
+        return None
+    if pgvector_backend(settings, gallery, dim=dim, encoders=encoders) is not None:
+        return None
+    indexes = Partitions(dim, _index_factory(settings))
+    return GallerySync(GalleryChanges(gallery), indexes, encoders, snapshots).save_snapshot()
 
 
 def _index_factory(settings: Settings) -> Callable[[int], VectorIndex]:

@@ -151,6 +151,28 @@ class GallerySync:
                 self.indexes.replace(self.snapshots.open(saved))
             return current
 
+    def save_snapshot(self) -> Snapshot | None:
+        """Load every face from the store and save the indexes as this database's
+        registered snapshot of its current version, for the next start to open (issue
+        41: `gallery import` leaves one behind, so the first start after an import loads
+        in seconds). None: no snapshot folder, or too few faces for one."""
+        if self.snapshots is None:
+            return None
+        instance, dim = self.source.instance(), self.indexes.dim
+        with self.snapshots.locked():
+            current = self.source.version()
+            self._load_all()
+            return self.snapshots.save(
+                self.indexes.parts(),
+                instance=instance,
+                encoders=self.encoders,
+                dim=dim,
+                version=current,
+                register=lambda s: self.source.register_snapshot(
+                    token=s.token, version=s.version, digest=s.digest
+                ),
+            )
+
     def _ours(self, snapshot: Snapshot) -> bool:
         """Whether this database registered ``snapshot`` (token, version and manifest):
         one saved from another history (a backup restored since) is not."""

@@ -176,10 +176,11 @@ def test_every_penalty_only_lowers_the_score() -> None:
         assert quality.assess_penalties(worse).quality <= quality.assess_penalties(base).quality
 
 
-def test_the_quality_detectors_are_loaded_at_start_up(real_service: FaceService) -> None:
-    """One per inference slot, before the first request: loading one takes ~0.3 s, and
-    `faceverify bench` saw the first /compare after start take 10x the steady one."""
-    assert quality._pool().created >= parts(real_service).settings.max_concurrent_inference
+def test_a_quality_detector_is_loaded_at_start_up(real_service: FaceService) -> None:
+    """One before the first request: loading one takes ~0.3 s, and `faceverify bench`
+    saw the first /compare after start take 10x the steady one. The others are made when
+    concurrent requests first need them (start-up does not wait for them: issue 41)."""
+    assert quality._pool().created >= 1
 
 
 def _measures(**changed: float) -> quality.FaceMeasures:
