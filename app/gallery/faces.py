@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -349,16 +350,23 @@ class FaceReads:
         the process manager's health ping: uvicorn killed workers loading 10M faces)."""
         where = self._where(face_ids, encoders, collection)
         rows = _Loaded()
+        query = select(
+            Face.id, Face.collection_id, Face.subject_id, Face.embedding, Face.key_id
+        ).where(*where)
         with self.engine.connect() as conn:
             count = select(func.count()).select_from(Face).where(*where)
             rows.matrix = np.empty((int(conn.execute(count).scalar_one()), dim), EMBEDDING_DTYPE)
-            result = conn.execute(
-                select(
-                    Face.id, Face.collection_id, Face.subject_id, Face.embedding, Face.key_id
-                ).where(*where)
-            )
-            while part := result.fetchmany(LOAD_SLICE):
-                rows.add(self._opened(part), dim)
+            # The driver's own cursor, not SQLAlchemy's rows: its Row objects cost half
+            # of a 1M-face load (8.0 s against 4.0 s; issue 41). The values bound into
+            # the statement are ids and encoder names, quoted by the dialect.
+            sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql)
+                while part := cursor.fetchmany(LOAD_SLICE):
+                    rows.add(self._opened(part), dim)
+            finally:
+                cursor.close()
         return rows.done()
 
     def _where(
@@ -379,14 +387,21 @@ class FaceReads:
             where.append(Face.encoder.in_(sorted(encoders)))
         return where
 
-    def _opened(self, part: Sequence[Any]) -> list[tuple[str, str, str, bytes]]:
-        """A slice's rows with their embeddings opened; those that do not open left out."""
-        if not self.sealing.policy.refuse_plain and all(r[4] is None for r in part):
-            return [(r[0], r[1], r[2], r[3]) for r in part]
+    def _opened(self, part: Sequence[Any]) -> Sequence[Any]:
+        """A slice's rows with their embeddings opened; those that do not open left out
+        (plain rows as they came: their key id is never read)."""
+        if not self.sealing.policy.refuse_plain and not any(map(itemgetter(4), part)):
+            return part
         opened = [
             (r[0], r[1], r[2], self.sealing.open(r[3], (r[0], r[1], r[2]), r[4])) for r in part
         ]
         return [(f, c, s, data) for f, c, s, data in opened if data is not None]
+
+
+def _columns(part: Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
+    """The first four columns of a slice's rows (a fifth, the key id, dropped)."""
+    columns = tuple(zip(*part, strict=True))
+    return columns[0], columns[1], columns[2], columns[3]
 
 
 class _Loaded:
@@ -399,11 +414,12 @@ class _Loaded:
         self.subjects: list[str] = []
         self.matrix = np.empty((0, 0), dtype=EMBEDDING_DTYPE)
 
-    def add(self, part: list[tuple[str, str, str, bytes]], dim: int) -> None:
+    def add(self, part: Sequence[Any], dim: int) -> None:
+        """A slice of (id, collection, subject, embedding[, key id]) rows."""
         if not part:
             return
         start = len(self.ids)
-        ids, collections, subjects, blobs = zip(*part, strict=True)
+        ids, collections, subjects, blobs = _columns(part)
         self.ids.extend(ids)
         self.collections.extend(collections)
         self.subjects.extend(subjects)

@@ -44,7 +44,7 @@ EMBEDDING_DTYPE = np.dtype("<f4")
 def embedding_matrix(blobs: list[bytes], dim: int) -> np.ndarray:
     """Stored embeddings as one read-only ``(len(blobs), dim)`` float32 view of a single
     joined buffer: no per-row arrays, no second copy (callers copy what they keep)."""
-    if any(len(b) != dim * EMBEDDING_DTYPE.itemsize for b in blobs):
+    if blobs and set(map(len, blobs)) != {dim * EMBEDDING_DTYPE.itemsize}:
         raise ValueError(f"stored embeddings are not all {dim} floats long")
     return np.frombuffer(b"".join(blobs), dtype=EMBEDDING_DTYPE).reshape(len(blobs), dim)
 

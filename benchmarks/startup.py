@@ -1,0 +1,107 @@
+"""Start-up: how long `faceverify serve` takes to answer /readyz 200 and to identify,
+on a given data folder (issue 41: it had crept to 5.2-6.5 s; the target is 3 s at any
+gallery size).
+
+    python benchmarks/startup.py [--data-dir DIR] [--runs 5] [--against OLD_CHECKOUT]
+
+Each run starts a server on a loopback port, polls /readyz every 50 ms until it answers
+200, then until it says identify is ready, sends one /identify with a real photo, and
+stops the server. With ``--against``, the old checkout's server (the same virtualenv,
+its source tree on PYTHONPATH) is started in alternate runs, so a slow minute of this
+shared machine falls on both alike, and the ratios new/old are printed. Without
+``--data-dir`` the gallery is empty (a fresh temporary folder each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import FACEVERIFY, bench_env  # noqa: E402
+
+KEY = "startup-bench-key-0123456789"
+PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "obama.jpg"
+
+
+def one_start(data_dir: Path, port: int, checkout: Path | None) -> tuple[float, float, float]:
+    """Seconds from the process's start to /readyz 200, to identify ready, and to the
+    first /identify answered."""
+    env = bench_env(data_dir, f"{KEY}:admin")
+    command = [FACEVERIFY, "serve", "--port", str(port)]
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)
+        command = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    started = time.perf_counter()
+    server = subprocess.Popen(
+        command, cwd=checkout, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url, ready = f"http://127.0.0.1:{port}", None
+    try:
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited with {server.returncode}")
+            try:
+                r = httpx2.get(url + "/readyz", timeout=2)
+                if r.status_code == 200:
+                    ready = ready or time.perf_counter() - started
+                    if r.json().get("identify") == "ready":
+                        break
+            except httpx2.TransportError:
+                pass
+            time.sleep(0.05)
+        identify = time.perf_counter() - started
+        answer = httpx2.post(
+            url + "/identify",
+            files={"image": PHOTO.read_bytes()},
+            headers={"X-API-Key": KEY},
+            timeout=120,
+        )
+        answer.raise_for_status()
+        return ready, identify, time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--against", type=Path, default=None, help="an older checkout")
+    parser.add_argument("--port", type=int, default=8990)
+    args = parser.parse_args()
+    trees = {"new": None} if args.against is None else {"old": args.against, "new": None}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in trees}
+    for run in range(args.runs):
+        for name, checkout in trees.items():
+            folder = args.data_dir or Path(tempfile.mkdtemp(prefix="fv-startup-"))
+            results[name].append(one_start(folder, args.port + run % 2, checkout))
+            os.sync()
+    medians = {}
+    for name, rows in results.items():
+        columns = [statistics.median(column) for column in zip(*rows, strict=True)]
+        medians[name] = columns
+        print(
+            f"{name}: /readyz {columns[0]:.2f} s, identify ready {columns[1]:.2f} s, first "
+            f"/identify answered {columns[2]:.2f} s (median of {len(rows)})"
+        )
+    if "old" in medians:
+        new, old = medians["new"], medians["old"]
+        print(
+            "new/old: /readyz {:.2f}, identify ready {:.2f}, first /identify {:.2f}".format(
+                *(n / o for n, o in zip(new, old, strict=True))
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
