@@ -136,17 +136,7 @@ class GallerySync:
                     self.indexes.replace(opened)
                     self._replay(changes)
                     return max([found.version, *(c.version for c in changes)])
-            self._load_all()
-            saved = self.snapshots.save(
-                self.indexes.parts(),
-                instance=instance,
-                encoders=self.encoders,
-                dim=dim,
-                version=current,
-                register=lambda s: self.source.register_snapshot(
-                    token=s.token, version=s.version, digest=s.digest
-                ),
-            )
+            saved = self._load_and_save(current)
             if saved is not None:  # this process too reads the shared pages
                 self.indexes.replace(self.snapshots.open(saved))
             return current
@@ -158,20 +148,24 @@ class GallerySync:
         in seconds). None: no snapshot folder, or too few faces for one."""
         if self.snapshots is None:
             return None
-        instance, dim = self.source.instance(), self.indexes.dim
         with self.snapshots.locked():
-            current = self.source.version()
-            self._load_all()
-            return self.snapshots.save(
-                self.indexes.parts(),
-                instance=instance,
-                encoders=self.encoders,
-                dim=dim,
-                version=current,
-                register=lambda s: self.source.register_snapshot(
-                    token=s.token, version=s.version, digest=s.digest
-                ),
-            )
+            return self._load_and_save(self.source.version())
+
+    def _load_and_save(self, version: int) -> Snapshot | None:
+        """Every face from the store into the indexes, saved (and registered with the
+        database) as the snapshot of ``version``; the snapshots' lock is held."""
+        assert self.snapshots is not None
+        self._load_all()
+        return self.snapshots.save(
+            self.indexes.parts(),
+            instance=self.source.instance(),
+            encoders=self.encoders,
+            dim=self.indexes.dim,
+            version=version,
+            register=lambda s: self.source.register_snapshot(
+                token=s.token, version=s.version, digest=s.digest
+            ),
+        )
 
     def _ours(self, snapshot: Snapshot) -> bool:
         """Whether this database registered ``snapshot`` (token, version and manifest):
