@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -375,9 +374,6 @@ class RekognitionFaces:
             collection=collection, after=None, limit=100_000, user_id=user_id
         )
         return [r.id for r in rows]
-
-    def created(self, *, collection: str) -> datetime:
-        return self.gallery.collections.get(collection=collection).created_at
 
 
 def confidence(one: SeenFace | FaceMeasures) -> float:
