@@ -26,8 +26,10 @@ form is not the layout read here (another dlib), it is one scan, as before.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,11 +129,27 @@ def load_saved(dlib: Any, saved: bytes) -> Any:
         os.unlink(path)
 
 
+_FRONTAL: dict[int, Any] = {}
+_FRONTAL_LOCK = threading.Lock()
+
+
+def frontal_detector(dlib: Any) -> Any:
+    """A detector of its own: a copy of dlib's frontal face detector. dlib builds one
+    from its text form in ~0.25 s, holding the GIL; a copy of one already built takes
+    ~2 ms. Start-up built three (issue 41), and each inference slot's set one more. The
+    template is never run, so no thread shares its scratch state."""
+    with _FRONTAL_LOCK:
+        template = _FRONTAL.get(id(dlib))
+        if template is None:
+            template = _FRONTAL[id(dlib)] = dlib.get_frontal_face_detector()
+        return copy.deepcopy(template)
+
+
 def frontal_layout(dlib: Any) -> HogLayout | None:
     """The split's pieces for dlib's frontal face detector (None: no split, also when no
     temporary file can be written: dlib saves and loads detectors only through files)."""
     try:
-        return read_layout(saved_form(dlib.get_frontal_face_detector()))
+        return read_layout(saved_form(frontal_detector(dlib)))
     except OSError:
         return None
 
@@ -144,7 +162,7 @@ class SplitHog:
     time (app/face/pool.py)."""
 
     def __init__(self, dlib: Any, layout: HogLayout | None, cores: SpareCores) -> None:
-        self.whole = dlib.get_frontal_face_detector()
+        self.whole = frontal_detector(dlib)
         try:
             self._first = load_saved(dlib, layout.first_levels) if layout else None
             self._one = load_saved(dlib, layout.one_level) if layout else None

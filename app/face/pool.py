@@ -53,9 +53,9 @@ class InstancePool(Generic[T]):
         and the first concurrent requests do not each wait for a model load. ``later``:
         one now (the model file is checked, and a lone request waits for nothing); the
         rest are made when concurrent requests first need them, as when all are busy.
-        Start-up does not wait ~0.3 s for each (issue 41), and no background thread
-        loads them meanwhile: dlib holds the GIL for a load, which would stall the
-        server's event loop in its first seconds instead."""
+        Start-up does not wait for each (a set of dlib's objects took ~0.3 s: issue
+        41), and no background thread loads them meanwhile: dlib holds the GIL for a
+        load, which would stall the server's event loop in its first seconds instead."""
         self._make(1 if later else count)
 
     def _make(self, count: int) -> None:

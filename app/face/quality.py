@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from app.face.detect import DetectedFace
+from app.face.hog import frontal_detector
 from app.face.pool import InstancePool
 
 # dlib's 5-point order: right eye outer, right eye inner, left eye outer, left eye inner,
@@ -146,9 +147,9 @@ def _chip_grey(chip: np.ndarray | None) -> np.ndarray:
 
 
 def warm(instances: int) -> None:
-    """Load ``instances`` HOG detectors (one per inference slot): one now, the rest on
-    a background thread (InstancePool.warm): loading one takes ~0.3 s, which the first
-    requests would otherwise wait for, and start-up need not (issue 41)."""
+    """The quality score's HOG detectors (one per inference slot): one now, so start-up
+    fails on a broken dlib; the rest (copies of it, ~2 ms each) when concurrent requests
+    first need them (InstancePool.warm)."""
     _pool().warm(instances, later=True)
 
 
@@ -158,7 +159,7 @@ def _pool() -> InstancePool[Any]:
         if _HOG is None:
             import dlib
 
-            _HOG = InstancePool(dlib.get_frontal_face_detector)
+            _HOG = InstancePool(lambda: frontal_detector(dlib))
         return _HOG
 
 

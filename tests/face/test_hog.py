@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.cpus import usable_cpus
 from app.face.cores import SpareCores
-from app.face.hog import SplitHog, frontal_layout, read_layout, saved_form
+from app.face.hog import SplitHog, frontal_detector, frontal_layout, read_layout, saved_form
 from app.settings import Settings
 from tests.helpers import data
 
@@ -85,6 +85,38 @@ def test_bytes_not_laid_out_as_read_turn_the_split_off() -> None:
     hog = SplitHog(dlib, None, SpareCores(2))
     rects, scores = hog.run(np.asarray(Image.open(io.BytesIO(data("obama.jpg"))).convert("L")))
     assert len(rects) == 1 and scores[0] > 0
+
+
+@pytest.mark.model
+def test_a_copy_of_the_frontal_detector_finds_what_dlibs_own_finds() -> None:
+    own, copy = dlib.get_frontal_face_detector(), frontal_detector(dlib)
+    assert copy is not frontal_detector(dlib)  # each caller gets a detector of its own
+    for name, image in _images():
+        assert _boxes(*copy.run(image, 0, 0.0)[:2]) == _boxes(*own.run(image, 0, 0.0)[:2]), name
+
+
+def test_start_up_builds_dlibs_frontal_detector_at_most_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dlib builds it from text in ~0.25 s holding the GIL: start-up built three, and each
+    inference slot's detector set one more (issue 41). Copies cost ~2 ms."""
+    from app.face import quality
+    from app.face.registry import build_pipeline
+
+    built = []
+    original = dlib.get_frontal_face_detector
+
+    def counted() -> object:
+        built.append(1)
+        return original()
+
+    monkeypatch.setattr(dlib, "get_frontal_face_detector", counted)
+    monkeypatch.setattr(quality, "_HOG", None)
+    pipeline = build_pipeline(Settings(max_concurrent_inference=3))
+    with pipeline.detector.models.borrow(), pipeline.detector.models.borrow():
+        with pipeline.detector.models.borrow():  # three slots busy at once: three sets
+            assert pipeline.detector.models.created == 3
+    assert len(built) <= 1
 
 
 @pytest.mark.model
