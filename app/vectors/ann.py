@@ -183,10 +183,19 @@ class AnnIndex:
             grown = np.zeros(max(top, 2 * len(self._faces_per_subject)), dtype=np.int32)
             grown[: len(self._faces_per_subject)] = self._faces_per_subject
             self._faces_per_subject = grown
+        counts = self._faces_per_subject
+        if len(numbers) * 8 >= top:
+            # A large batch (a load, a snapshot opened): one pass of bincount, not a
+            # sort of every number (np.unique took 0.3 s of a 1M-face snapshot's open).
+            delta = np.bincount(numbers, minlength=top).astype(np.int32) * sign
+            before = int(np.count_nonzero(counts[:top]))
+            counts[:top] += delta
+            self._live_subjects += int(np.count_nonzero(counts[:top])) - before
+            return
         touched = np.unique(numbers)
-        had = self._faces_per_subject[touched] > 0
-        np.add.at(self._faces_per_subject, numbers, sign)
-        has = self._faces_per_subject[touched] > 0
+        had = counts[touched] > 0
+        np.add.at(counts, numbers, sign)
+        has = counts[touched] > 0
         self._live_subjects += int(has.sum()) - int(had.sum())
 
     def _reserve(self, rows: int) -> None:

@@ -164,3 +164,24 @@ def test_subject_count_follows_adds_removals_and_a_snapshot(tmp_path) -> None:
         assert index.subject_count == 11
     ann.save(tmp_path / "snap")
     assert AnnIndex.open(tmp_path / "snap").subject_count == 11
+
+
+def test_subject_count_agrees_with_a_recount_after_large_and_small_batches() -> None:
+    """Large batches are counted by one bincount, small ones face by face (issue 41): both
+    keep the count a recount of the live rows gives."""
+    rng = np.random.default_rng(9)
+    ann = AnnIndex(4, exact_below=10**9)
+    live: dict[str, str] = {}
+    for step in range(60):
+        n = int(rng.choice([1, 3, 200]))
+        faces = [f"f{int(i)}" for i in rng.integers(0, 400, n)]
+        if step % 3 == 2:
+            ann.remove_faces(faces)
+            for face in faces:
+                live.pop(face, None)
+        else:
+            subjects = [f"s{int(i)}" for i in rng.integers(0, 150, n)]
+            unique = dict(zip(faces, subjects, strict=True))  # a face id once a batch
+            ann.add(list(unique), list(unique.values()), rng.normal(size=(len(unique), 4)))
+            live.update(unique)
+        assert ann.subject_count == len(set(live.values())), step

@@ -263,3 +263,44 @@ def test_a_snapshot_manifest_edited_to_match_is_not_trusted(
         sync = process(store, tmp_path / "index")
     assert "its manifest changed" in caplog.text
     assert_answers_like_exact(sync, store)
+
+
+@pytest.mark.parametrize("change", ["a later piece", "appended", "truncated"])
+def test_a_change_in_any_piece_of_a_file_is_found(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Files are checked in pieces, on every core (issue 41): a change past the first
+    piece, or a file grown or cut, is still a changed file."""
+    monkeypatch.setattr("app.vectors.snapshot.PIECE_BYTES", 4096)
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    (vec,) = (tmp_path / "index").glob("*-*/v*/c0/vec.npy")
+    raw = bytearray(vec.read_bytes())
+    assert len(raw) > 10 * 4096
+    if change == "a later piece":
+        raw[9 * 4096 + 5] ^= 0xFF
+    elif change == "appended":
+        raw += bytes(4096)
+    else:
+        del raw[-4096:]
+    vec.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING):
+        sync = process(store, tmp_path / "index")
+    assert "c0/vec.npy changed since the snapshot was saved" in caplog.text
+    assert_answers_like_exact(sync, store)
+
+
+def test_a_manifest_of_whole_file_sums_is_still_checked(tmp_path: Path) -> None:
+    """Snapshots saved before pieces listed one sha256 per file: still opened (no rebuild
+    after an upgrade), and still refused when a file changed."""
+    import hashlib
+
+    from app.vectors.snapshot import _changed_file
+
+    (tmp_path / "a").write_bytes(b"vectors")
+    whole = {"a": hashlib.sha256(b"vectors").hexdigest()}
+    assert _changed_file(tmp_path, whole) is None
+    (tmp_path / "a").write_bytes(b"vectorz")
+    assert _changed_file(tmp_path, whole) == "a"
+    assert _changed_file(tmp_path, {"a": {"bytes": 7, "sha256": ["0" * 64]}}) == "a"
+    assert _changed_file(tmp_path, {"missing": {"bytes": 0, "sha256": []}}) == "missing"
