@@ -16,6 +16,7 @@ shared machine falls on both alike, and the ratios new/old are printed. Without
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import statistics
 import subprocess
@@ -88,6 +89,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8990)
     args = parser.parse_args()
     trees = {"new": None} if args.against is None else {"old": args.against, "new": None}
+    for tree in trees.values():  # neither pays for compiling its sources at each start
+        source = (tree or Path(__file__).resolve().parent.parent) / "app"
+        compileall.compile_dir(str(source), quiet=2)
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in trees}
     for run in range(args.runs):
         for name, checkout in trees.items():

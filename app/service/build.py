@@ -140,13 +140,22 @@ def _snapshots(settings: Settings) -> SnapshotDir | None:
 def build_service(settings: Settings) -> tuple[FaceService, dict[str, WeightFile]]:
     """Load and check the models, open (and migrate) the gallery and the calibration."""
     weights = load_checked_weights(settings)
-    pipeline = build_pipeline(settings, weights)
-    # First use at start-up, not in the first request (first /compare 1.9x the steady
-    # one before; docs/PERFORMANCE.md).
-    quality.measure(pipeline.warm())
     calibration = Calibration.load(settings.resolved_calibration_file())
+    model = encoder_model(settings)
     gallery = open_gallery(settings)
-    vectors = vector_backend(settings, gallery, dim=pipeline.dim, encoders=pipeline.compatible)
+    # The 1:N index starts loading (on a thread of its own) before the models do: a
+    # restart's wait for identify overlaps theirs (issue 41).
+    vectors = vector_backend(settings, gallery, dim=model.dim, encoders=model.compatible)
+    try:
+        pipeline = build_pipeline(settings, weights)
+        if (pipeline.dim, pipeline.compatible) != (model.dim, model.compatible):
+            raise NotReady(f"the {model.name} model's encoder is not the one it declares")
+        # First use at start-up, not in the first request (first /compare 1.9x the
+        # steady one before; docs/PERFORMANCE.md).
+        quality.measure(pipeline.warm())
+    except BaseException:
+        gallery.close()
+        raise
     service = FaceService(
         settings=settings,
         pipeline=pipeline,
