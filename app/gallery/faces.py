@@ -20,7 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from app.errors import FaceNotFound, SubjectNotFound
 from app.gallery import pgcopy
 from app.gallery.crypto import Sealing
-from app.gallery.models import EMBEDDING_DTYPE, Face, Subject, embedding_matrix
+from app.gallery.models import EMBEDDING_DTYPE, Face, Subject, embedding_matrix, keyed_in
 from app.gallery.records import (
     Added,
     EmbeddingRows,
@@ -282,7 +282,7 @@ class FaceReads:
         if not face_ids:
             return {}
         stmt = select(Face.id, Face.pipeline_version).where(
-            Face.collection_id == collection, Face.id.in_(sorted(face_ids))
+            keyed_in(Face.id, face_ids, Face.collection_id, collection)
         )
         with self.engine.connect() as conn:
             return {r[0]: r[1] for r in conn.execute(stmt).all()}
@@ -373,9 +373,11 @@ class FaceReads:
         self, face_ids: list[str] | None, encoders: Collection[str], collection: str | None
     ) -> list[ColumnElement[bool]]:
         where: list[ColumnElement[bool]] = []
-        if face_ids is not None:
+        if face_ids is not None and collection is not None:
+            where.append(keyed_in(Face.id, face_ids, Face.collection_id, collection))
+        elif face_ids is not None:
             where.append(Face.id.in_(face_ids))
-        if collection is not None and face_ids is None and self.engine.dialect.name == "sqlite":
+        elif collection is not None and self.engine.dialect.name == "sqlite":
             # Every face of one collection: scan the table in storage order. Through the
             # (collection, subject) index SQLite visits rows in subject order, a random
             # read each: 1M imported faces took minutes, a full scan seconds. (The

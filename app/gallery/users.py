@@ -14,7 +14,14 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from app.gallery.models import Face, RekognitionUser, RekognitionUserFace, Subject, utcnow
+from app.gallery.models import (
+    Face,
+    RekognitionUser,
+    RekognitionUserFace,
+    Subject,
+    keyed_in,
+    utcnow,
+)
 from app.geometry import Box
 
 if TYPE_CHECKING:
@@ -108,7 +115,7 @@ class UserRows:
         stmt = (
             select(Face.id, Face.subject_id, RekognitionUserFace.user_id)
             .outerjoin(RekognitionUserFace, RekognitionUserFace.face_id == Face.id)
-            .where(Face.collection_id == collection, Face.id.in_(list(face_ids)))
+            .where(keyed_in(Face.id, face_ids, Face.collection_id, collection))
         )
         return {f: (s, u) for f, s, u in self.session.execute(stmt)}
 
@@ -134,7 +141,7 @@ def _faces_and_users(
     stmt = (
         select(Face.id, RekognitionUserFace.user_id)
         .outerjoin(RekognitionUserFace, RekognitionUserFace.face_id == Face.id)
-        .where(Face.collection_id == collection, Face.id.in_(list(face_ids)))
+        .where(keyed_in(Face.id, face_ids, Face.collection_id, collection))
     )
     return {face_id: user for face_id, user in session.execute(stmt)}
 
@@ -178,8 +185,7 @@ class UserReads:
             select(Face.id)
             .outerjoin(RekognitionUserFace, RekognitionUserFace.face_id == Face.id)
             .where(
-                Face.collection_id == collection,
-                Face.id.in_(list(face_ids)),
+                keyed_in(Face.id, face_ids, Face.collection_id, collection),
                 RekognitionUserFace.user_id.is_(None),
             )
         )
@@ -189,8 +195,12 @@ class UserReads:
     def of_faces(self, *, collection: str, face_ids: Collection[str]) -> dict[str, str]:
         """face id -> its user, for the faces of ``face_ids`` that have one."""
         stmt = select(RekognitionUserFace.face_id, RekognitionUserFace.user_id).where(
-            RekognitionUserFace.collection_id == collection,
-            RekognitionUserFace.face_id.in_(list(face_ids)),
+            keyed_in(
+                RekognitionUserFace.face_id,
+                face_ids,
+                RekognitionUserFace.collection_id,
+                collection,
+            ),
         )
         with Session(self.engine) as session:
             return {f: u for f, u in session.execute(stmt)}
@@ -213,12 +223,14 @@ class UserReads:
                 (Subject.collection_id == Face.collection_id) & (Subject.id == Face.subject_id),
             )
             .outerjoin(RekognitionUserFace, RekognitionUserFace.face_id == Face.id)
-            .where(Face.collection_id == collection)
+            .where(
+                Face.collection_id == collection
+                if face_ids is None
+                else keyed_in(Face.id, face_ids, Face.collection_id, collection)
+            )
         )
         if after is not None:
             stmt = stmt.where(Face.id > after)
-        if face_ids is not None:
-            stmt = stmt.where(Face.id.in_(list(face_ids)))
         if user_id is not None:
             stmt = stmt.where(RekognitionUserFace.user_id == user_id)
         with Session(self.engine) as session:
