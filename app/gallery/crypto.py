@@ -25,8 +25,10 @@ import binascii
 import hashlib
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -78,6 +80,26 @@ class EmbeddingCipher:
         sealed = self._keys[self.current].encrypt(nonce, plain, associated(owner))
         return FORM + nonce + sealed, self.current
 
+    def open_many(self, rows: Iterable[Sequence[Any]]) -> list[bytes | None]:
+        """Each (face, collection, subject, stored, key id) row's plain embedding, or None
+        where this quick path does not open it (another form, no key of that id, or no
+        tag match): the caller opens those one by one, with their errors and policy. One
+        loop calling nothing but AES: loading 1M sealed faces spent 4.5 s in the
+        per-row calls around 1 s of decryption (issue 41)."""
+        keys, head = self._keys, 1 + NONCE_BYTES
+        opened: list[bytes | None] = []
+        for face_id, collection, subject, stored, kid in rows:
+            aes = keys.get(kid)
+            if aes is None or len(stored) % 4 != 1 or stored[:1] != FORM:
+                opened.append(None)
+                continue
+            aad = ASSOCIATED + f"{face_id}\0{collection}\0{subject}".encode()
+            try:
+                opened.append(aes.decrypt(stored[1:head], stored[head:], aad))
+            except InvalidTag:
+                opened.append(None)
+        return opened
+
     def open(self, stored: bytes, owner: Owner, kid: str, *, legacy: bool = True) -> bytes:
         """``legacy``: whether the older form (face id alone as associated data) is
         still accepted (until the gallery is wholly resealed)."""
@@ -113,10 +135,13 @@ class EmbeddingCipher:
 Owner = tuple[str, str, str]
 
 
+ASSOCIATED = b"faceverify-embedding/2\0"
+
+
 def associated(owner: Owner) -> bytes:
     """The associated data an embedding is sealed with: its face, collection and subject
     (NUL never occurs in an id)."""
-    return b"faceverify-embedding/2\0" + "\0".join(owner).encode()
+    return ASSOCIATED + "\0".join(owner).encode()
 
 
 def is_current_form(stored: bytes) -> bool:
@@ -212,3 +237,12 @@ class Sealing:
     def open(self, stored: bytes, owner: Owner, kid: str | None) -> bytes | None:
         """:func:`readable` under this gallery's key and policy."""
         return readable(self.cipher, stored, owner, kid, policy=self.policy)
+
+    def open_rows(self, rows: Sequence[Sequence[Any]]) -> list[bytes | None]:
+        """:meth:`open` of each (face, collection, subject, stored, key id) row: the
+        sealed rows of the current form in one quick pass, the others one by one."""
+        quick = self.cipher.open_many(rows) if self.cipher is not None else [None] * len(rows)
+        return [
+            data if data is not None else self.open(r[3], (r[0], r[1], r[2]), r[4])
+            for r, data in zip(rows, quick, strict=True)
+        ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.gallery import Change, EmbeddingRows, Gallery
+from app.gallery.faces import collector_paused
 from app.vectors.index import Partitions
 from app.vectors.snapshot import Snapshot, SnapshotDir, SnapshotMismatch
 
@@ -181,6 +182,10 @@ class GallerySync:
         return False
 
     def _load_all(self) -> None:
+        with collector_paused():  # the faces' ids and names are millions of objects
+            self._add_all()
+
+    def _add_all(self) -> None:
         rows = self.source.load_embeddings(dim=self.indexes.dim, encoders=self.encoders)
         self.indexes.clear()
         if len(set(rows.collections)) == 1:  # the common case: no copy of the rows

@@ -366,3 +366,37 @@ def test_reads_of_some_faces_go_by_their_key_not_the_whole_collection(tmp_path: 
         assert "ix_rekognition_user_faces_user" not in plan, plan
         assert "SCAN faces" not in plan, plan
     store.close()
+
+
+def test_loading_holds_the_collector_off_and_gives_it_back_as_it_was(tmp_path: Path) -> None:
+    """A load pauses Python's cyclic collector (half of a 1M-face load: issue 41), nested
+    and concurrent pauses share it, and it runs again after, unless it was off before."""
+    import gc
+
+    from app.gallery.faces import collector_paused
+
+    store = Gallery.open(f"sqlite:///{tmp_path / 'g.db'}")
+    add(store, "ann", 1, 2)
+    seen: list[bool] = []
+    original = store.faces._opened
+
+    def spy(part):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return original(part)
+
+    store.faces._opened = spy  # type: ignore[method-assign]
+    assert gc.isenabled()
+    try:
+        assert len(store.faces.load(dim=128).face_ids) == 2
+        assert seen == [False] and gc.isenabled()
+        with collector_paused():
+            with collector_paused():
+                assert not gc.isenabled()
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        gc.disable()
+        store.faces.load(dim=128)
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        gc.enable()
+        store.close()

@@ -116,6 +116,37 @@ def test_a_sealed_embedding_moved_to_another_row_does_not_open() -> None:
             cipher.open(sealed, elsewhere, kid)
 
 
+def test_the_quick_pass_opens_exactly_what_the_row_by_row_path_opens() -> None:
+    """Loading decrypts a slice in one quick pass (issue 41); whatever it does not open
+    goes the row-by-row way, so the answer per row is the same as before for sealed,
+    moved, legacy, plain, foreign-key and truncated rows, under each policy."""
+    from app.gallery.crypto import NONCE_BYTES, SealPolicy, Sealing
+
+    old, current = os.urandom(32), os.urandom(32)
+    cipher = EmbeddingCipher(current, [old])
+    rows = []
+    for i in range(6):
+        owner = (f"face-{i}", "door", f"s{i}")
+        sealed, kid = EmbeddingCipher(old if i == 1 else current).seal(bytes([i]) * 512, owner)
+        rows.append((*owner, sealed, kid))
+    moved = rows[2]
+    rows[2] = (moved[0], moved[1], "someone-else", moved[3], moved[4])
+    legacy_nonce = os.urandom(NONCE_BYTES)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    legacy = legacy_nonce + AESGCM(current).encrypt(legacy_nonce, b"\x07" * 512, b"face-3")
+    rows[3] = ("face-3", "door", "s3", legacy, key_id(current))
+    rows[4] = ("face-4", "door", "s4", b"\x09" * 512, None)  # plain
+    rows[5] = ("face-5", "door", "s5", rows[5][3][:-1], rows[5][4])  # cut short
+    rows.append(("face-6", "door", "s6", rows[0][3], "unknown-kid"))
+    for policy in (SealPolicy(), SealPolicy(refuse_plain=True, refuse_legacy=True, keyed=True)):
+        sealing = Sealing(cipher, policy)
+        one_by_one = [sealing.open(r[3], (r[0], r[1], r[2]), r[4]) for r in rows]
+        assert sealing.open_rows(rows) == one_by_one
+    assert one_by_one[0] == bytes([0]) * 512 and one_by_one[1] == bytes([1]) * 512
+    assert one_by_one[2:] == [None] * 5  # moved, legacy refused, plain refused, cut, unknown
+
+
 def test_bad_keys_and_pgvector_are_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(NotReady, match="32 bytes"):
         open_gallery(
