@@ -312,6 +312,12 @@ class Partitions:
         with self._lock:
             return dict(self._parts)
 
+    def like(self, parts: dict[str, VectorIndex]) -> Partitions:
+        """New partitions of the same kind holding ``parts``."""
+        other = Partitions(self.dim, self._factory)
+        other.replace(parts)
+        return other
+
     def replace(self, parts: dict[str, VectorIndex]) -> None:
         """Swap in a whole new set of indexes (opened from a snapshot)."""
         with self._lock:

@@ -50,7 +50,13 @@ class MemorySearch:
         background: bool = False,
     ) -> None:
         self.indexes = Partitions(dim, factory)
-        self.gallery = GallerySync(GalleryChanges(gallery), self.indexes, encoders, snapshots)
+        self.gallery = GallerySync(
+            GalleryChanges(gallery),
+            self.indexes,
+            encoders,
+            snapshots,
+            save_in_background=background,
+        )
         self.mirror = MemoryMirror(self, frozenset(encoders))
         self.wait_seconds = wait_seconds
         self._ready = threading.Event()

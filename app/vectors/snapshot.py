@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -66,6 +67,21 @@ class Snapshot:
     version: int
     token: str = ""
     digest: str = ""  # sha256 of snapshot.json
+
+
+class Held:
+    """The snapshots' lock, held until :meth:`release` (once)."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self._fh: IO[str] | None = fh
+
+    def release(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+            finally:
+                fh.close()
 
 
 class SnapshotDir:
@@ -98,13 +114,29 @@ class SnapshotDir:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Held while a process finds, builds or removes snapshots."""
+        held = self.hold()
+        try:
+            yield
+        finally:
+            held.release()
+
+    def hold(self) -> Held:
+        """:meth:`locked` as an object, for a lock handed on to the thread that saves a
+        snapshot in the background (and releases it then)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as fh:
+        fh = open(self.root / ".lock", "a+")  # noqa: SIM115 - closed by Held.release
+        try:
             fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        except BaseException:
+            fh.close()
+            raise
+        return Held(fh)
+
+    def discard(self, snapshot: Snapshot) -> None:
+        """A snapshot overwritten with zeros and removed: it may hold a face deleted while
+        it was written (the deletion's erasure had nothing to find yet: issue 27)."""
+        _wipe(snapshot.folder)
+        shutil.rmtree(snapshot.folder, ignore_errors=True)
 
     def latest(self, instance: str, encoders: Collection[str], dim: int) -> Snapshot | None:
         base = self._key(instance, encoders, dim)
@@ -237,17 +269,22 @@ def erase_all(root: Path) -> int:
     removed = 0
     with SnapshotDir(root, min_faces=0, exact_below=0).locked():
         for base in sorted(p for p in root.iterdir() if p.is_dir()):
-            for path in sorted(base.rglob("*")):
-                if path.is_file() and not path.is_symlink():
-                    size = path.stat().st_size
-                    with path.open("r+b") as fh:
-                        for start in range(0, size, HASH_CHUNK):
-                            fh.write(bytes(min(HASH_CHUNK, size - start)))
-                        fh.flush()
-                        os.fsync(fh.fileno())
+            _wipe(base)
             removed += sum(1 for p in base.glob("v*/snapshot.json"))
             shutil.rmtree(base, ignore_errors=True)
     return removed
+
+
+def _wipe(folder: Path) -> None:
+    """Every file under ``folder`` overwritten with zeros, on disk."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            size = path.stat().st_size
+            with path.open("r+b") as fh:
+                for start in range(0, size, HASH_CHUNK):
+                    fh.write(bytes(min(HASH_CHUNK, size - start)))
+                fh.flush()
+                os.fsync(fh.fileno())
 
 
 def _write_collections(

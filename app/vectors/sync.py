@@ -19,9 +19,14 @@ from typing import Protocol
 from app.gallery import Change, EmbeddingRows, Gallery
 from app.gallery.faces import collector_paused
 from app.vectors.index import Partitions
-from app.vectors.snapshot import Snapshot, SnapshotDir, SnapshotMismatch
+from app.vectors.snapshot import Held, Snapshot, SnapshotDir, SnapshotMismatch
 
 log = logging.getLogger("faceverify.gallery")
+
+# Changes after which a snapshot being written may hold a deleted face's embedding.
+ERASING = frozenset({"delete_face", "delete_subject", "delete_collection", "reload_collection"})
+# Saves a background saver tries before it leaves the snapshot to the next start.
+SAVE_TRIES = 3
 
 
 class ChangeSource(Protocol):
@@ -67,6 +72,10 @@ class GallerySync:
         encoders: the stored encoder names the indexes accept.
         snapshots: where full loads are saved and opened memory-mapped, shared by the
             processes of this machine (app/vectors/snapshot.py); None: not at all.
+        save_in_background: a full load that finds no snapshot answers at once (an
+            AnnIndex searches exactly while its IVF lists train) and saves its snapshot
+            on a thread, then opens it (issue 41: identify waited for the training and
+            the save, 55 s at 1M faces). Otherwise it saves before it answers.
     """
 
     def __init__(
@@ -75,11 +84,14 @@ class GallerySync:
         indexes: Partitions,
         encoders: Collection[str],
         snapshots: SnapshotDir | None = None,
+        *,
+        save_in_background: bool = False,
     ):
         self.source = source
         self.indexes = indexes
         self.encoders = frozenset(encoders)
         self.snapshots = snapshots
+        self.save_in_background = save_in_background
         self.version = -1
         self._lock = threading.Lock()
         # Collections being reloaded in the background (after an import).
@@ -123,7 +135,8 @@ class GallerySync:
     def _reload_shared(self, current: int) -> int:
         assert self.snapshots is not None
         instance, dim = self.source.instance(), self.indexes.dim
-        with self.snapshots.locked():
+        held: Held | None = self.snapshots.hold()
+        try:
             found = self.snapshots.latest(instance, self.encoders, dim)
             if found is not None and not self._ours(found):
                 found = None
@@ -137,10 +150,95 @@ class GallerySync:
                     self.indexes.replace(opened)
                     self._replay(changes)
                     return max([found.version, *(c.version for c in changes)])
-            saved = self._load_and_save(current)
+            self._load_all()
+            if self.save_in_background:
+                threading.Thread(
+                    target=self._save_later, args=(current, held), name="index-save", daemon=True
+                ).start()
+                held = None  # the thread releases it once the snapshot is saved
+                return current
+            saved = self._save_checked(current)
             if saved is not None:  # this process too reads the shared pages
                 self.indexes.replace(self.snapshots.open(saved))
             return current
+        finally:
+            if held is not None:
+                held.release()
+
+    def _save_later(self, version: int, held: Held) -> None:
+        """The snapshot of the indexes loaded at ``version``, saved while they answer,
+        then opened in their place (the pages shared with the other processes); the
+        snapshots' lock released at the end."""
+        try:
+            for _ in range(SAVE_TRIES):
+                saved = self._save_checked(version)
+                if saved is not None:
+                    self._adopt(saved)
+                    return
+                caught_up = self._catch_up(version)  # the deletes applied, then again
+                if caught_up is None:
+                    break
+                version = caught_up
+            log.warning("no index snapshot saved: faces were deleted during each save")
+        except Exception as exc:  # a full disk, say: this process keeps its own index
+            log.warning("saving the index snapshot failed (%s); the next start builds it", exc)
+        finally:
+            held.release()
+
+    def _catch_up(self, loaded: int) -> int | None:
+        """The changes since this process's version replayed (as :meth:`sync` would, but
+        never a full reload: the saver holds the snapshots' lock that one would take);
+        the version the indexes now hold at least, or None if the log no longer reaches
+        back (the next sync reloads)."""
+        with self._lock:
+            since = max(self.version, loaded)  # the start-up sync may not have noted it yet
+            current = self.source.version()
+            changes = self.source.changes_since(version=since)
+            if changes is None:
+                return None
+            self._replay(changes)
+            self.version = max([current, since, *(c.version for c in changes)])
+            return self.version
+
+    def _save_checked(self, version: int) -> Snapshot | None:
+        """The indexes saved and registered as the snapshot of ``version`` (they hold
+        at least that), unless a face was deleted since: then the files may hold it (its
+        erasure ran before they were written), and they are erased too."""
+        assert self.snapshots is not None
+        saved = self.snapshots.save(
+            self.indexes.parts(),
+            instance=self.source.instance(),
+            encoders=self.encoders,
+            dim=self.indexes.dim,
+            version=version,
+            register=lambda s: self.source.register_snapshot(
+                token=s.token, version=s.version, digest=s.digest
+            ),
+        )
+        if saved is None:
+            return None
+        changes = self.source.changes_since(version=version)
+        if changes is None or any(c.kind in ERASING for c in changes):
+            self.snapshots.discard(saved)
+            log.info("index snapshot %s erased: faces were deleted as it was saved", saved.folder)
+            return None
+        return saved
+
+    def _adopt(self, saved: Snapshot) -> None:
+        """The saved snapshot in place of the private indexes it was written from, with
+        the changes since replayed into it before any search sees it."""
+        assert self.snapshots is not None
+        try:
+            staged = self.indexes.like(self.snapshots.open(saved))
+        except (OSError, ValueError) as exc:  # erased meanwhile (a delete): keep ours
+            log.info("index snapshot %s not opened (%s); keeping this process's", saved, exc)
+            return
+        with self._lock:
+            changes = self.source.changes_since(version=saved.version)
+            if changes is None:
+                return
+            self._replay(changes, staged)
+            self.indexes.replace(staged.parts())
 
     def save_snapshot(self) -> Snapshot | None:
         """Load every face from the store and save the indexes as this database's
@@ -155,18 +253,8 @@ class GallerySync:
     def _load_and_save(self, version: int) -> Snapshot | None:
         """Every face from the store into the indexes, saved (and registered with the
         database) as the snapshot of ``version``; the snapshots' lock is held."""
-        assert self.snapshots is not None
         self._load_all()
-        return self.snapshots.save(
-            self.indexes.parts(),
-            instance=self.source.instance(),
-            encoders=self.encoders,
-            dim=self.indexes.dim,
-            version=version,
-            register=lambda s: self.source.register_snapshot(
-                token=s.token, version=s.version, digest=s.digest
-            ),
-        )
+        return self._save_checked(version)
 
     def _ours(self, snapshot: Snapshot) -> bool:
         """Whether this database registered ``snapshot`` (token, version and manifest):
@@ -263,12 +351,11 @@ class GallerySync:
         reload = self._reloading.get(collection)
         return reload is None or reload.done.wait(timeout)
 
-    def _replay(self, changes: list[Change]) -> None:
+    def _replay(self, changes: list[Change], into: Partitions | None = None) -> None:
+        indexes = self.indexes if into is None else into
         added = [c.face_id for c in changes if c.kind == "add_face" and c.face_id]
         fetched = (
-            self.source.load_embeddings(
-                dim=self.indexes.dim, face_ids=added, encoders=self.encoders
-            )
+            self.source.load_embeddings(dim=indexes.dim, face_ids=added, encoders=self.encoders)
             if added
             else None
         )
@@ -276,15 +363,15 @@ class GallerySync:
         for change in changes:
             if change.kind == "add_face" and fetched and change.face_id in row_of:
                 i = row_of[change.face_id]
-                self.indexes.writable(change.collection).add(
+                indexes.writable(change.collection).add(
                     [change.face_id], [change.subject_id], fetched.matrix[i : i + 1]
                 )
             elif change.kind == "delete_face" and change.face_id:
-                self.indexes.get(change.collection).remove_faces([change.face_id])
+                indexes.get(change.collection).remove_faces([change.face_id])
             elif change.kind == "delete_subject":
-                self.indexes.get(change.collection).remove_subject(change.subject_id)
+                indexes.get(change.collection).remove_subject(change.subject_id)
             elif change.kind == "delete_collection":
-                self.indexes.drop(change.collection)
+                indexes.drop(change.collection)
             elif change.kind == "reload_collection":
                 self._reload_collection(change.collection)
             # create_collection: nothing to do (an index is made on the first face)

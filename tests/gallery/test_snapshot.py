@@ -125,7 +125,12 @@ def test_a_snapshot_the_change_log_no_longer_reaches_is_rebuilt(
     process(store, tmp_path / "index")
     (old,) = (tmp_path / "index").glob("*-*/v*")
     add(store, "newcomer", 77)
-    monkeypatch.setattr(store.changes, "changes_since", lambda *, version: None)
+    now, reaching = store.changes.version(), store.changes.changes_since
+    monkeypatch.setattr(  # the log is pruned up to now (the save's own check still reads)
+        store.changes,
+        "changes_since",
+        lambda *, version: None if version < now else reaching(version=version),
+    )
     sync = process(store, tmp_path / "index")
     (new,) = (tmp_path / "index").glob("*-*/v*")
     assert new != old and new.name == f"v{store.changes.version()}"
@@ -304,3 +309,101 @@ def test_a_manifest_of_whole_file_sums_is_still_checked(tmp_path: Path) -> None:
     assert _changed_file(tmp_path, whole) == "a"
     assert _changed_file(tmp_path, {"a": {"bytes": 7, "sha256": ["0" * 64]}}) == "a"
     assert _changed_file(tmp_path, {"missing": {"bytes": 0, "sha256": []}}) == "missing"
+
+
+def _memory(store: Gallery, root: Path, *, background: bool):  # type: ignore[no-untyped-def]
+    from app.vectors.memory import MemorySearch
+    from app.vectors.snapshot import SnapshotDir as Dir
+
+    return MemorySearch(
+        store,
+        dim=128,
+        encoders=frozenset({"fake"}),
+        wait_seconds=30,
+        factory=lambda dim: AnnIndex(dim, exact_below=500, nprobe=8),
+        snapshots=Dir(root, min_faces=100, exact_below=500, nprobe=8),
+        background=background,
+    )
+
+
+def _saver_done(search) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    import time
+
+    assert search.ready.wait(30)
+    deadline = time.monotonic() + 60
+    while any(t.name == "index-save" for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_a_cold_start_answers_before_its_snapshot_is_saved_then_opens_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No snapshot (a restored database, a new replica): identify answers once the rows
+    are in memory (exactly, while the IVF lists train), not after the training and the
+    save (issue 41); the snapshot is saved on a thread, then opened in place of the
+    private index, with the writes made meanwhile."""
+    import threading
+
+    from app.vectors.snapshot import SnapshotDir as Dir
+
+    store = gallery(tmp_path / "g.db")
+    release = threading.Event()
+    real_save = Dir.save
+
+    def slow_save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert release.wait(30)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dir, "save", slow_save)
+    search = _memory(store, tmp_path / "index", background=True)
+    assert search.ready.wait(30)  # ready while the save waits
+    assert not list((tmp_path / "index").glob("*-*/v*/snapshot.json"))
+    late = add(store, "late-2", 7)  # a write while the snapshot is being saved
+    assert_answers_like_exact(search.gallery, store)
+    release.set()
+    _saver_done(search)
+    assert list((tmp_path / "index").glob("*-*/v*/snapshot.json"))
+    index = search.indexes.get("default")
+    assert isinstance(index, AnnIndex) and isinstance(index._vec, np.memmap)  # shared pages
+    search.gallery.sync()
+    assert_answers_like_exact(search.gallery, store)
+    hits, _ = search.search("default", exact(store, "default").subject_embeddings("late-2")[0], 1)
+    assert hits[0].face_id == late[0]
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["saved-first", "saved-later"])
+def test_a_face_deleted_while_a_snapshot_is_saved_leaves_no_copy_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: bool
+) -> None:
+    """The deletion's erasure (issue 27) runs over the snapshots there are; one still
+    being written from rows read before the delete held the embedding. A save that a
+    delete overlapped is erased (and, in the background, tried again)."""
+    from app.vectors.snapshot import SnapshotDir as Dir
+    from app.vectors.snapshot import erase_rows
+    from tests.privacy.test_erasure import files_holding
+
+    store = gallery(tmp_path / "g.db")
+    root = tmp_path / "index"
+    needle = exact(store, "default").subject_embeddings("person-3-é")[0].astype("<f4").tobytes()
+    real_save = Dir.save
+    deleted: list[str] = []
+
+    def save_with_a_delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not deleted:  # the service's delete and its erasure, as the save begins
+            deleted.extend(delete_subject(store, collection="default", subject_id="person-3-é")[0])
+            erase_rows(root, deleted)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dir, "save", save_with_a_delete)
+    search = _memory(store, root, background=background)
+    _saver_done(search)
+    # Collection "other" holds the same embeddings (c1): the deleted face was default's.
+    assert deleted and [f for f in files_holding(root, needle) if "/c0/" in f] == []
+    # Saved first: the one save is erased (the next start saves one). Later: saved again.
+    assert bool(list(root.glob("*-*/v*/snapshot.json"))) == background
+    search.gallery.sync()
+    hits, _ = search.search("default", np.frombuffer(needle, dtype="<f4"), 1)
+    assert hits[0].subject_id != "person-3-é"
+    assert_answers_like_exact(search.gallery, store)
