@@ -111,12 +111,8 @@ def say_snapshot(settings: Settings, gallery: Any, spec: Any) -> None:
     saved = or_exit(
         lambda: save_index_snapshot(settings, gallery, dim=spec.dim, encoders=spec.compatible)
     )
-    if saved is None:
-        typer.echo(
-            "no index snapshot: the server searches in PostgreSQL, keeps no plaintext "
-            "snapshot (encryption at rest), uses the exact index, or the gallery is under "
-            f"FACEVERIFY_INDEX_SNAPSHOT_MIN_FACES ({settings.index_snapshot_min_faces:,})"
-        )
+    if isinstance(saved, str):
+        typer.echo(f"no index snapshot: {saved}")
         return
     typer.echo(
         f"index snapshot of version {saved.version} saved in {saved.folder} in "

@@ -105,18 +105,30 @@ def memory_backend(
 
 def save_index_snapshot(
     settings: Settings, gallery: Gallery, *, dim: int, encoders: frozenset[str]
-) -> Snapshot | None:
+) -> Snapshot | str:
     """The snapshot a server of these settings opens at start (app/vectors/snapshot.py),
-    built now from the store: what `gallery import` leaves behind. None where a server
-    would keep none: pgvector searches in the database, encryption at rest keeps no
-    plaintext snapshot, the exact index has none, or too few faces for one."""
+    built now from the store: what `gallery import` leaves behind. Where none is saved,
+    why: pgvector searches in the database, encryption at rest keeps no plaintext
+    snapshot, the exact index has none, too few faces for one, or a face deleted while
+    it was written (it is erased then)."""
     snapshots = _snapshots(settings)
-    if snapshots is None or gallery.sealing.cipher is not None:
-        return None
+    if snapshots is None:
+        return "FACEVERIFY_MEMORY_INDEX=exact keeps no snapshot"
+    if gallery.sealing.cipher is not None:
+        return "encryption at rest keeps no plaintext snapshot"
     if pgvector_backend(settings, gallery, dim=dim, encoders=encoders) is not None:
-        return None
+        return "the server searches in PostgreSQL (pgvector)"
     indexes = Partitions(dim, _index_factory(settings))
-    return GallerySync(GalleryChanges(gallery), indexes, encoders, snapshots).save_snapshot()
+    saved = GallerySync(GalleryChanges(gallery), indexes, encoders, snapshots).save_snapshot()
+    if saved is not None:
+        return saved
+    faces = len(indexes)
+    if faces < snapshots.min_faces:
+        return (
+            f"{faces:,} faces, under FACEVERIFY_INDEX_SNAPSHOT_MIN_FACES "
+            f"({snapshots.min_faces:,}): a start reads them in under a second"
+        )
+    return "faces were deleted while it was written (it was erased); the next start saves one"
 
 
 def _index_factory(settings: Settings) -> Callable[[int], VectorIndex]:

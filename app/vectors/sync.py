@@ -244,7 +244,8 @@ class GallerySync:
         """Load every face from the store and save the indexes as this database's
         registered snapshot of its current version, for the next start to open (issue
         41: `gallery import` leaves one behind, so the first start after an import loads
-        in seconds). None: no snapshot folder, or too few faces for one."""
+        in seconds). None: no snapshot folder, too few faces for one, or a face deleted
+        while it was written (it is erased then)."""
         if self.snapshots is None:
             return None
         with self.snapshots.locked():
