@@ -96,7 +96,7 @@ class EmbeddingCipher:
             aad = ASSOCIATED + f"{face_id}\0{collection}\0{subject}".encode()
             try:
                 opened.append(aes.decrypt(stored[1:head], stored[head:], aad))
-            except InvalidTag:
+            except (InvalidTag, ValueError):  # ValueError: too short to hold a nonce
                 opened.append(None)
         return opened
 
@@ -124,7 +124,7 @@ class EmbeddingCipher:
             )
         try:
             return aes.decrypt(nonce, body, aad)
-        except InvalidTag as exc:
+        except (InvalidTag, ValueError) as exc:  # ValueError: cut short before its tag
             raise EncryptionKeyError(
                 f"face {face_id}'s embedding does not decrypt (another key, or the row was "
                 "changed or moved to another face, subject or collection)"

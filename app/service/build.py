@@ -128,7 +128,10 @@ def save_index_snapshot(
             f"{faces:,} faces, under FACEVERIFY_INDEX_SNAPSHOT_MIN_FACES "
             f"({snapshots.min_faces:,}): a start reads them in under a second"
         )
-    return "faces were deleted while it was written (it was erased); the next start saves one"
+    return (
+        "it could not be kept (a face deleted while it was written, and it was erased; or "
+        "the folder not writable: see the log above); the next start saves one"
+    )
 
 
 def _index_factory(settings: Settings) -> Callable[[int], VectorIndex]:

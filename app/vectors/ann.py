@@ -78,16 +78,17 @@ def _save_column(
     del out
 
 
-def _save_ivf(folder: Path, ivf: Any, vec: np.ndarray, rows: np.ndarray, n: int) -> bool:
-    """The IVF index's empty copy and, with the live ``rows`` renumbered, its lists;
-    whether there was one to save. ``ivf`` (from :meth:`AnnIndex._freeze_ivf`) takes no
-    adds meanwhile."""
+def _save_ivf(
+    folder: Path, ivf: Any, template: Any, vec: np.ndarray, rows: np.ndarray, n: int
+) -> bool:
+    """The IVF index's empty copy (``template``, trained) and, with the live ``rows``
+    renumbered, its lists; whether there was one to save. ``ivf`` (from
+    :meth:`AnnIndex._freeze_ivf`) takes no adds meanwhile."""
     import faiss
 
     if ivf is None:
         return False
-    empty = faiss.clone_index(ivf)
-    empty.reset()
+    empty = faiss.clone_index(template)
     faiss.write_index(empty, str(folder / "ivf-empty.faiss"))
     if ivf.ntotal == n == len(rows):
         # Its lists hold every row below n, none dead: written as they are.
@@ -133,6 +134,9 @@ class AnnIndex:
             # FAISS IVF indexes, once trained: all are searched; adds go to the last.
             # One private index, or a shared read-only one and a private one for adds.
             self._ivfs: list[Any] = []
+            # An empty copy of the trained IVF index (no lists), cloned for saves: cloning
+            # a filled one copies its lists (1.4 GB at 10M faces).
+            self._ivf_template: Any = None
             self._trained_at = 0
             # The thread building the IVF index, while one does (see _train_if_due).
             self._training: threading.Thread | None = getattr(self, "_training", None)
@@ -267,7 +271,7 @@ class AnnIndex:
         try:
             # Rows below n never change once written (deletes only clear live flags, and
             # growing copies into a new array), so the build reads them without the lock.
-            ivf = self._build(vec, rows)
+            ivf, template = self._build(vec, rows)
         except Exception:  # pragma: no cover - FAISS out of memory, say: stay exact
             log.exception("building the IVF index failed; searches stay exact")
             with self._lock:
@@ -281,12 +285,12 @@ class AnnIndex:
             later = np.arange(n, self._n, dtype=np.int64)
             if len(later):
                 ivf.add_with_ids(np.ascontiguousarray(self._vec[n : self._n]), later)
-            self._ivfs, self._trained_at = [ivf], len(rows)
+            self._ivfs, self._ivf_template, self._trained_at = [ivf], template, len(rows)
             self._train_if_due()
 
-    def _build(self, vec: np.ndarray, rows: np.ndarray) -> Any:
+    def _build(self, vec: np.ndarray, rows: np.ndarray) -> tuple[Any, Any]:
         """An IVF index over ``rows`` of ``vec``: ~4 sqrt(n) cells, trained on a sample of
-        40 rows a cell (at most 4,096 cells)."""
+        40 rows a cell (at most 4,096 cells); and an empty copy of it, trained."""
         import faiss
 
         # At most 4,096 cells: each added face is compared with every cell centre, so
@@ -300,11 +304,12 @@ class AnnIndex:
         )
         ivf.cp.niter = 10
         ivf.train(np.ascontiguousarray(vec[np.sort(sample)]))
+        template = faiss.clone_index(ivf)
         for start in range(0, len(rows), 262_144):
             chunk = rows[start : start + 262_144]
             ivf.add_with_ids(np.ascontiguousarray(vec[chunk]), chunk.astype(np.int64))
         ivf.nprobe = self.nprobe
-        return ivf
+        return ivf, template
 
     # ---- search ----------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> Hits:
@@ -425,7 +430,7 @@ class AnnIndex:
             live = self._live[:n].copy()
             columns = {"vec": self._vec, "sq": self._sq, "fid": self._fid, "subj": self._subj}
             names = self._subjects.all()
-            ivf = self._freeze_ivf()
+            ivf, template = self._freeze_ivf(), self._ivf_template
             trained_at = self._trained_at
         folder.mkdir(parents=True)
         rows = np.flatnonzero(live)
@@ -437,7 +442,7 @@ class AnnIndex:
         np.save(folder / "subjects.npy", encoded[order] if len(names) else encoded)
         for name, values in [*columns.items(), ("live", live)]:
             _save_column(folder / f"{name}.npy", name, values, rows, capacity, renumber)
-        trained = _save_ivf(folder, ivf, columns["vec"], rows, n)
+        trained = _save_ivf(folder, ivf, template, columns["vec"], rows, n)
         (folder / "index.json").write_text(
             json.dumps(
                 {
@@ -458,8 +463,7 @@ class AnnIndex:
 
         if not self._ivfs:
             return None
-        empty = faiss.clone_index(self._ivfs[0])
-        empty.reset()
+        empty = faiss.clone_index(self._ivf_template)
         if len(self._ivfs) == 1:
             frozen = self._ivfs[0]
             self._ivfs = [frozen, empty]
@@ -494,6 +498,7 @@ class AnnIndex:
             private: Any = faiss.read_index(str(folder / "ivf-empty.faiss"))
             shared.nprobe = private.nprobe = nprobe
             index._ivfs, index._trained_at = [shared, private], int(meta["trained_at"])
+            index._ivf_template = faiss.clone_index(private)  # empty yet: no lists copied
         else:
             index._train_if_due()  # saved before its IVF was built: build it here
         return index

@@ -277,6 +277,9 @@ class Partitions:
         self._factory = factory
         self._lock = threading.Lock()
         self._parts: dict[str, VectorIndex] = {}
+        # Counts the swaps (put, replace, clear): a writer that read it before applying a change
+        # knows whether the change went to indexes still in use.
+        self.epoch = 0
 
     def get(self, collection: str) -> VectorIndex:
         """The collection's index to read (an empty one if it has no faces here)."""
@@ -303,10 +306,12 @@ class Partitions:
         """Swap in one collection's index, leaving the others as they are."""
         with self._lock:
             self._parts[collection] = index
+            self.epoch += 1
 
     def clear(self) -> None:
         with self._lock:
             self._parts.clear()
+            self.epoch += 1
 
     def parts(self) -> dict[str, VectorIndex]:
         with self._lock:
@@ -322,6 +327,7 @@ class Partitions:
         """Swap in a whole new set of indexes (opened from a snapshot)."""
         with self._lock:
             self._parts = dict(parts)
+            self.epoch += 1
 
     def face_counts(self) -> dict[str, int]:
         """Faces per collection (collections with none are left out)."""

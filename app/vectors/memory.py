@@ -171,9 +171,10 @@ class MemoryMirror:
             if not added.bulk and added.encoder in self.encoders
             for i, face_id in enumerate(added.face_ids)
         }
+        epoch = self.search.indexes.epoch
         applied = [self._apply(change, vectors) for change in tx.log.entries]
         if tx.log.entries and all(applied):
-            self.search.gallery.advance(tx.version)
+            self.search.gallery.advance(tx.version, epoch)
 
     def _apply(self, change: Change, vectors: dict[str, np.ndarray]) -> bool:
         indexes = self.search.indexes

@@ -37,9 +37,9 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, overload
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
@@ -50,7 +50,9 @@ from app.vectors.index import VectorIndex
 
 log = logging.getLogger("faceverify.gallery")
 
-FORMAT = 2
+# 3: each file's size and the sha256 of each piece. 2 (one sha256 a file) is still read.
+FORMAT = 3
+READ_FORMATS = (2, 3)
 HASH_CHUNK = 1 << 20
 # The manifest lists a sha256 for each piece of this size of each file, so a start
 # checks a large file on every core (an empty file has no piece).
@@ -67,6 +69,9 @@ class Snapshot:
     version: int
     token: str = ""
     digest: str = ""  # sha256 of snapshot.json
+    # snapshot.json as read when the digest was taken: what open() trusts, not the file
+    # again (which could be swapped between the database's check and the open).
+    manifest: bytes = field(default=b"", repr=False, compare=False)
 
 
 class Held:
@@ -120,17 +125,34 @@ class SnapshotDir:
         finally:
             held.release()
 
-    def hold(self) -> Held:
+    @overload
+    def hold(self) -> Held: ...
+
+    @overload
+    def hold(self, *, wait: bool) -> Held | None: ...
+
+    def hold(self, *, wait: bool = True) -> Held | None:
         """:meth:`locked` as an object, for a lock handed on to the thread that saves a
-        snapshot in the background (and releases it then)."""
+        snapshot in the background (and releases it then). ``wait=False``: None when
+        another holds it. Whoever takes it first erases what a save that a crash cut
+        short left (its files hold embeddings no erasure looks for)."""
         self.root.mkdir(parents=True, exist_ok=True)
         fh = open(self.root / ".lock", "a+")  # noqa: SIM115 - closed by Held.release
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return None
         except BaseException:
             fh.close()
             raise
-        return Held(fh)
+        held = Held(fh)
+        try:  # no save can be under way now: one left unfinished by a crash goes
+            _wipe_unfinished(self.root)
+        except BaseException:
+            held.release()
+            raise
+        return held
 
     def discard(self, snapshot: Snapshot) -> None:
         """A snapshot overwritten with zeros and removed: it may hold a face deleted while
@@ -148,13 +170,14 @@ class SnapshotDir:
             if folder.name.startswith("v") and meta.is_file():
                 raw = meta.read_bytes()
                 data = json.loads(raw)
-                if data.get("format") == FORMAT:
+                if data.get("format") in READ_FORMATS:
                     found.append(
                         Snapshot(
                             folder,
                             int(data["version"]),
                             str(data.get("token", "")),
                             hashlib.sha256(raw).hexdigest(),
+                            raw,
                         )
                     )
         return max(found, key=lambda s: s.version, default=None)
@@ -162,8 +185,15 @@ class SnapshotDir:
     def open(self, snapshot: Snapshot) -> dict[str, VectorIndex]:
         """The snapshot's indexes, once every file matches its sha256 in the manifest
         (else SnapshotMismatch)."""
-        meta = json.loads((snapshot.folder / "snapshot.json").read_text())
-        changed = _changed_file(snapshot.folder, meta["files"])
+        raw = snapshot.manifest or (snapshot.folder / "snapshot.json").read_bytes()
+        if snapshot.digest and hashlib.sha256(raw).hexdigest() != snapshot.digest:
+            raise SnapshotMismatch("snapshot.json changed since it was checked")
+        try:
+            meta = json.loads(raw)
+            changed = _changed_file(snapshot.folder, meta["files"])
+            collections = [str(c) for c in meta["collections"]]
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise SnapshotMismatch(f"snapshot.json is not a manifest ({exc!r})") from exc
         if changed is not None:
             raise SnapshotMismatch(f"{changed} changed since the snapshot was saved")
         kwargs = {"exact_below": self.exact_below}
@@ -171,7 +201,7 @@ class SnapshotDir:
             kwargs["nprobe"] = self.nprobe
         return {
             collection: AnnIndex.open(snapshot.folder / f"c{i}", **kwargs)
-            for i, collection in enumerate(meta["collections"])
+            for i, collection in enumerate(collections)
         }
 
     def save(
@@ -206,7 +236,8 @@ class SnapshotDir:
                 temporary, indexes, version, instance, token, encoders, dim
             )
             (temporary / "snapshot.json").write_bytes(manifest)
-            register(Snapshot(final, version, token, hashlib.sha256(manifest).hexdigest()))
+            digest = hashlib.sha256(manifest).hexdigest()
+            register(Snapshot(final, version, token, digest, manifest))
             if final.exists():
                 shutil.rmtree(final)
             temporary.rename(final)
@@ -219,7 +250,7 @@ class SnapshotDir:
         for other in base.iterdir():
             if other != final and other.name != ".lock":
                 shutil.rmtree(other, ignore_errors=True)
-        return Snapshot(final, version, token, hashlib.sha256(manifest).hexdigest())
+        return Snapshot(final, version, token, digest, manifest)
 
 
 def erase_rows(root: Path, face_ids: Collection[str] = (), *, collection: str | None = None) -> int:
@@ -231,6 +262,9 @@ def erase_rows(root: Path, face_ids: Collection[str] = (), *, collection: str | 
     drop when they replay the delete. How many rows were zeroed."""
     if (not face_ids and collection is None) or not root.exists():
         return 0
+    held = SnapshotDir(root, min_faces=0, exact_below=0).hold(wait=False)
+    if held is not None:  # no save under way: taking the lock erased any a crash left
+        held.release()
     wanted = np.asarray(sorted({f.encode() for f in face_ids}), dtype=bytes)
     zeroed = 0
     for manifest in sorted(root.glob("*/v*/snapshot.json")):
@@ -273,6 +307,15 @@ def erase_all(root: Path) -> int:
             removed += sum(1 for p in base.glob("v*/snapshot.json"))
             shutil.rmtree(base, ignore_errors=True)
     return removed
+
+
+def _wipe_unfinished(root: Path) -> None:
+    """Every snapshot folder a save left unfinished (a crash, a kill) overwritten with
+    zeros and removed: its files hold embeddings no erasure looks for. Only as the
+    snapshots' lock is taken, so no save is writing one."""
+    for folder in sorted(root.glob("*/tmp-*")):
+        _wipe(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _wipe(folder: Path) -> None:

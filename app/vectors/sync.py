@@ -92,6 +92,10 @@ class GallerySync:
         self.encoders = frozenset(encoders)
         self.snapshots = snapshots
         self.save_in_background = save_in_background
+        # A snapshot being saved on a thread of this process, which holds the snapshots'
+        # lock: a full reload meanwhile loads privately instead of waiting for that lock
+        # while holding self._lock, which the saver takes at its end (a deadlock).
+        self._saving = False
         self.version = -1
         self._lock = threading.Lock()
         # Collections being reloaded in the background (after an import).
@@ -118,7 +122,7 @@ class GallerySync:
         """Everything afresh: from a snapshot and the changes since, if there is one the
         change log still reaches; else from the store (then saved as a snapshot). Returns
         the version the indexes now reflect."""
-        if self.snapshots is None:
+        if self.snapshots is None or self._saving:
             self._load_all()
             return current
         try:
@@ -152,8 +156,12 @@ class GallerySync:
                     return max([found.version, *(c.version for c in changes)])
             self._load_all()
             if self.save_in_background:
+                self._saving = True
                 threading.Thread(
-                    target=self._save_later, args=(current, held), name="index-save", daemon=True
+                    target=self._save_later,
+                    args=(current, held, self.indexes.epoch),
+                    name="index-save",
+                    daemon=True,
                 ).start()
                 held = None  # the thread releases it once the snapshot is saved
                 return current
@@ -165,31 +173,34 @@ class GallerySync:
             if held is not None:
                 held.release()
 
-    def _save_later(self, version: int, held: Held) -> None:
-        """The snapshot of the indexes loaded at ``version``, saved while they answer,
-        then opened in their place (the pages shared with the other processes); the
-        snapshots' lock released at the end."""
+    def _save_later(self, version: int, held: Held, epoch: int) -> None:
+        """The snapshot of the indexes loaded at ``version`` (``epoch``: the partitions'
+        then), saved while they answer, then opened in their place (the pages shared with
+        the other processes); the snapshots' lock released at the end."""
         try:
             for _ in range(SAVE_TRIES):
                 saved = self._save_checked(version)
                 if saved is not None:
-                    self._adopt(saved)
+                    self._adopt(saved, epoch)
                     return
-                caught_up = self._catch_up(version)  # the deletes applied, then again
+                caught_up = self._catch_up(version, epoch)  # the deletes applied, again
                 if caught_up is None:
                     break
                 version = caught_up
-            log.warning("no index snapshot saved: faces were deleted during each save")
+            log.warning("no index snapshot saved this time; the next start saves one")
         except Exception as exc:  # a full disk, say: this process keeps its own index
             log.warning("saving the index snapshot failed (%s); the next start builds it", exc)
         finally:
             held.release()
+            self._saving = False
 
-    def _catch_up(self, loaded: int) -> int | None:
+    def _catch_up(self, loaded: int, epoch: int) -> int | None:
         """The changes since this process's version replayed (as :meth:`sync` would, but
         never a full reload: the saver holds the snapshots' lock that one would take);
-        the version the indexes now hold at least, or None if the log no longer reaches
-        back (the next sync reloads)."""
+        the version the indexes now hold at least. None where a save would not be of
+        what the store holds: the log no longer reaches back, or a collection is being
+        reloaded (an import: its index is the old one until the reload swaps it in) or
+        was since (the partitions were swapped)."""
         with self._lock:
             since = max(self.version, loaded)  # the start-up sync may not have noted it yet
             current = self.source.version()
@@ -198,6 +209,8 @@ class GallerySync:
                 return None
             self._replay(changes)
             self.version = max([current, since, *(c.version for c in changes)])
+            if self._reloading or self.indexes.epoch != epoch:
+                return None
             return self.version
 
     def _save_checked(self, version: int) -> Snapshot | None:
@@ -220,13 +233,19 @@ class GallerySync:
         changes = self.source.changes_since(version=version)
         if changes is None or any(c.kind in ERASING for c in changes):
             self.snapshots.discard(saved)
-            log.info("index snapshot %s erased: faces were deleted as it was saved", saved.folder)
+            log.info(
+                "index snapshot %s erased: faces were deleted or reloaded as it was saved "
+                "(or the change log no longer reaches its version)",
+                saved.folder,
+            )
             return None
         return saved
 
-    def _adopt(self, saved: Snapshot) -> None:
+    def _adopt(self, saved: Snapshot, epoch: int) -> None:
         """The saved snapshot in place of the private indexes it was written from, with
-        the changes since replayed into it before any search sees it."""
+        the changes since replayed into it before any search sees it; not when those
+        indexes were swapped meanwhile (a collection reloaded, a full reload): the
+        snapshot does not hold what they do."""
         assert self.snapshots is not None
         try:
             staged = self.indexes.like(self.snapshots.open(saved))
@@ -235,7 +254,7 @@ class GallerySync:
             return
         with self._lock:
             changes = self.source.changes_since(version=saved.version)
-            if changes is None:
+            if changes is None or self._reloading or self.indexes.epoch != epoch:
                 return
             self._replay(changes, staged)
             self.indexes.replace(staged.parts())
@@ -377,15 +396,18 @@ class GallerySync:
                 self._reload_collection(change.collection)
             # create_collection: nothing to do (an index is made on the first face)
 
-    def advance(self, version: int) -> None:
+    def advance(self, version: int, epoch: int | None = None) -> None:
         """Record that this process applied its own write of ``version`` to the index
         itself, when it was the next one; otherwise leave the gap for :meth:`sync`. Never
         waits: while a sync holds the lock (a full load can take seconds), the write is
-        simply replayed by the next sync (replaying is harmless)."""
+        simply replayed by the next sync (replaying is harmless). ``epoch``: the
+        partitions' before the write was applied; if they were replaced since (a saved
+        snapshot adopted, a collection reloaded), it may have gone to the old ones, and
+        is left to the replay too."""
         if not self._lock.acquire(blocking=False):
             return
         try:
-            if version == self.version + 1:
+            if version == self.version + 1 and epoch in (None, self.indexes.epoch):
                 self.version = version
         finally:
             self._lock.release()

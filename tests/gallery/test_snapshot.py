@@ -4,6 +4,7 @@ opened memory-mapped, the same answers as a fresh load, and never stale or forei
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -407,3 +408,99 @@ def test_a_face_deleted_while_a_snapshot_is_saved_leaves_no_copy_in_it(
     hits, _ = search.search("default", np.frombuffer(needle, dtype="<f4"), 1)
     assert hits[0].subject_id != "person-3-é"
     assert_answers_like_exact(search.gallery, store)
+
+
+def test_a_full_reload_while_a_snapshot_is_saved_neither_waits_nor_is_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saver holds the snapshots' lock, then takes the sync's lock to swap the saved
+    snapshot in; a full reload meanwhile (a rebuild, a pruned change log) held the sync's
+    lock and waited for the snapshots' lock: a deadlock. It loads privately now, and the
+    saver leaves the newer indexes in place."""
+    import threading
+
+    from app.vectors.snapshot import SnapshotDir as Dir
+
+    store = gallery(tmp_path / "g.db")
+    release = threading.Event()
+    real_save = Dir.save
+
+    def slow_save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert release.wait(30)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dir, "save", slow_save)
+    search = _memory(store, tmp_path / "index", background=True)
+    assert search.ready.wait(30)
+    rebuilt = threading.Thread(target=search.rebuild, daemon=True)
+    rebuilt.start()
+    rebuilt.join(20)
+    assert not rebuilt.is_alive()  # done while the save still waits
+    newest = search.indexes.get("default")
+    release.set()
+    _saver_done(search)
+    assert search.indexes.get("default") is newest  # not swapped for the older snapshot
+    assert_answers_like_exact(search.gallery, store)
+
+
+def test_a_save_cut_short_leaves_no_embedding_behind(tmp_path: Path) -> None:
+    """A crash or kill during a save leaves a tmp- folder of plaintext rows that no
+    erasure looks for: the next start, and any erasure while no save runs, overwrites it
+    with zeros and removes it."""
+    from app.vectors.snapshot import erase_rows
+    from tests.privacy.test_erasure import files_holding
+
+    store = gallery(tmp_path / "g.db")
+    root = tmp_path / "index"
+    process(store, root)
+    (saved,) = root.glob("*-*/v*")
+    for name in ("tmp-1-1", "tmp-2-2"):
+        shutil.copytree(saved, saved.parent / name)
+    needle = np.load(saved / "c0" / "vec.npy")[0].tobytes()
+    erase_rows(root, ["no-such-face"])  # a delete elsewhere, no save under way
+    assert not list(root.glob("*/tmp-*"))
+    held = files_holding(root, needle)  # the saved snapshot's two collections only
+    assert held and all(f.startswith(str(saved.relative_to(root))) for f in held)
+    shutil.copytree(saved, saved.parent / "tmp-3-3")
+    process(store, root)  # the next start
+    assert not list(root.glob("*/tmp-*"))
+
+
+def test_open_trusts_the_manifest_the_database_checked_not_the_file_again(
+    tmp_path: Path,
+) -> None:
+    """Between the database's check of snapshot.json and the open, the file could be
+    swapped for one that lists no files (nothing then checked)."""
+    import dataclasses
+    import json
+
+    from app.vectors.snapshot import SnapshotMismatch
+
+    store = gallery(tmp_path / "g.db")
+    root = tmp_path / "index"
+    sync = process(store, root)
+    snapshots = sync.snapshots
+    assert snapshots is not None
+    found = snapshots.latest(store.changes.instance(), ("fake",), 128)
+    assert found is not None and found.manifest
+    (found.folder / "c0" / "subj.npy").write_bytes(b"changed")
+    meta = json.loads(found.manifest)
+    meta["files"] = {}
+    (found.folder / "snapshot.json").write_text(json.dumps(meta))
+    with pytest.raises(SnapshotMismatch, match="c0/subj.npy changed"):
+        snapshots.open(found)
+    with pytest.raises(SnapshotMismatch, match="changed since it was checked"):
+        snapshots.open(dataclasses.replace(found, manifest=b""))
+
+
+def test_a_write_applied_to_indexes_swapped_meanwhile_is_left_to_the_replay(
+    tmp_path: Path,
+) -> None:
+    store = gallery(tmp_path / "g.db")
+    sync = process(store, tmp_path / "index")
+    version, epoch = sync.version, sync.indexes.epoch
+    sync.indexes.replace(sync.indexes.parts())  # an adopted snapshot, a reload
+    sync.advance(version + 1, epoch)
+    assert sync.version == version
+    sync.advance(version + 1, sync.indexes.epoch)
+    assert sync.version == version + 1

@@ -139,12 +139,15 @@ def test_the_quick_pass_opens_exactly_what_the_row_by_row_path_opens() -> None:
     rows[4] = ("face-4", "door", "s4", b"\x09" * 512, None)  # plain
     rows[5] = ("face-5", "door", "s5", rows[5][3][:-1], rows[5][4])  # cut short
     rows.append(("face-6", "door", "s6", rows[0][3], "unknown-kid"))
+    rows.append(("face-7", "door", "s7", b"\x02abcd", key_id(current)))  # no room for a nonce
     for policy in (SealPolicy(), SealPolicy(refuse_plain=True, refuse_legacy=True, keyed=True)):
         sealing = Sealing(cipher, policy)
         one_by_one = [sealing.open(r[3], (r[0], r[1], r[2]), r[4]) for r in rows]
         assert sealing.open_rows(rows) == one_by_one
     assert one_by_one[0] == bytes([0]) * 512 and one_by_one[1] == bytes([1]) * 512
-    assert one_by_one[2:] == [None] * 5  # moved, legacy refused, plain refused, cut, unknown
+    # moved, legacy refused, plain refused, cut, unknown key, too short (it raised
+    # ValueError, which failed the whole load)
+    assert one_by_one[2:] == [None] * 6
 
 
 def test_bad_keys_and_pgvector_are_refused_at_start(tmp_path: Path) -> None:
