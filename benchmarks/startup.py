@@ -4,6 +4,7 @@ gallery size).
 
     python benchmarks/startup.py [--data-dir DIR] [--runs 5] [--against OLD_CHECKOUT
                                  [--against-data-dir COPY_OF_DIR]]
+                                 [--import-file GALLERY.npz | --cold]
 
 Each run starts a server on a loopback port, polls /readyz every 50 ms until it answers
 200, then until it says identify is ready, sends one /identify with a real photo, and
@@ -11,6 +12,14 @@ stops the server. With ``--against``, the old checkout's server (the same virtua
 its source tree on PYTHONPATH) is started in alternate runs, so a slow minute of this
 shared machine falls on both alike, and the ratios new/old are printed. Without
 ``--data-dir`` the gallery is empty (a fresh temporary folder each run).
+
+The three starts issue 41 names:
+
+- a restart: the data folder as it is (its index snapshot opened);
+- ``--cold``: its index snapshots removed before each start, as a restored database or
+  a new replica finds it (the server builds one: the next run removes it again);
+- ``--import-file``: each run imports the file into a fresh folder with the tree's own
+  `faceverify gallery import` (timed), then starts: the first start after an import.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +42,19 @@ from serving import FACEVERIFY, bench_env  # noqa: E402
 
 KEY = "startup-bench-key-0123456789"
 PHOTO = Path(__file__).resolve().parent.parent / "tests" / "data" / "obama.jpg"
+
+
+def one_import(data_dir: Path, gallery: Path, checkout: Path | None) -> float:
+    """Seconds `faceverify gallery import` of ``gallery`` into ``data_dir`` took (its
+    snapshot included, where the tree saves one)."""
+    env = bench_env(data_dir, f"{KEY}:admin")
+    command = [FACEVERIFY, "gallery", "import", str(gallery)]
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)
+        command = [sys.executable, "-m", "app.cli", *command[1:]]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=checkout, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def one_start(data_dir: Path, port: int, checkout: Path | None) -> tuple[float, float, float]:
@@ -86,6 +109,8 @@ def main() -> None:
         help="the old checkout's copy of the data folder (default: --data-dir), for when "
         "the two write snapshots the other would not open and rebuild",
     )
+    parser.add_argument("--import-file", type=Path, default=None, help="a .npz or .jsonl")
+    parser.add_argument("--cold", action="store_true", help="no index snapshot at each start")
     parser.add_argument("--port", type=int, default=8990)
     args = parser.parse_args()
     trees = {"new": None} if args.against is None else {"old": args.against, "new": None}
@@ -93,12 +118,23 @@ def main() -> None:
         source = (tree or Path(__file__).resolve().parent.parent) / "app"
         compileall.compile_dir(str(source), quiet=2)
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in trees}
+    imports: dict[str, list[float]] = {name: [] for name in trees}
     for run in range(args.runs):
         for name, checkout in trees.items():
             folder = (args.against_data_dir if name == "old" else None) or args.data_dir
+            if args.import_file is not None:
+                folder = Path(tempfile.mkdtemp(prefix="fv-startup-import-"))
+                imports[name].append(one_import(folder, args.import_file, checkout))
             folder = folder or Path(tempfile.mkdtemp(prefix="fv-startup-"))
-            results[name].append(one_start(folder, args.port + run % 2, checkout))
+            if args.cold:
+                shutil.rmtree(folder / "index", ignore_errors=True)
             os.sync()
+            results[name].append(one_start(folder, args.port + run % 2, checkout))
+            if args.import_file is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+    for name, seconds in imports.items():
+        if seconds:
+            print(f"{name}: gallery import {statistics.median(seconds):.1f} s (median)")
     medians = {}
     for name, rows in results.items():
         columns = [statistics.median(column) for column in zip(*rows, strict=True)]
