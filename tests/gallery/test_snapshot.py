@@ -327,6 +327,23 @@ def _memory(store: Gallery, root: Path, *, background: bool):  # type: ignore[no
     )
 
 
+def _held_back_saves(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Snapshot saves wait until the returned event is set."""
+    import threading
+
+    from app.vectors.snapshot import SnapshotDir as Dir
+
+    release = threading.Event()
+    real_save = Dir.save
+
+    def slow_save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert release.wait(30)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Dir, "save", slow_save)
+    return release
+
+
 def _saver_done(search) -> None:  # type: ignore[no-untyped-def]
     import threading
     import time
@@ -345,19 +362,9 @@ def test_a_cold_start_answers_before_its_snapshot_is_saved_then_opens_it(
     are in memory (exactly, while the IVF lists train), not after the training and the
     save (issue 41); the snapshot is saved on a thread, then opened in place of the
     private index, with the writes made meanwhile."""
-    import threading
-
-    from app.vectors.snapshot import SnapshotDir as Dir
 
     store = gallery(tmp_path / "g.db")
-    release = threading.Event()
-    real_save = Dir.save
-
-    def slow_save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        assert release.wait(30)
-        return real_save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Dir, "save", slow_save)
+    release = _held_back_saves(monkeypatch)
     search = _memory(store, tmp_path / "index", background=True)
     assert search.ready.wait(30)  # ready while the save waits
     assert not list((tmp_path / "index").glob("*-*/v*/snapshot.json"))
@@ -419,17 +426,8 @@ def test_a_full_reload_while_a_snapshot_is_saved_neither_waits_nor_is_overwritte
     saver leaves the newer indexes in place."""
     import threading
 
-    from app.vectors.snapshot import SnapshotDir as Dir
-
     store = gallery(tmp_path / "g.db")
-    release = threading.Event()
-    real_save = Dir.save
-
-    def slow_save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        assert release.wait(30)
-        return real_save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Dir, "save", slow_save)
+    release = _held_back_saves(monkeypatch)
     search = _memory(store, tmp_path / "index", background=True)
     assert search.ready.wait(30)
     rebuilt = threading.Thread(target=search.rebuild, daemon=True)

@@ -120,7 +120,7 @@ def test_the_quick_pass_opens_exactly_what_the_row_by_row_path_opens() -> None:
     """Loading decrypts a slice in one quick pass (issue 41); whatever it does not open
     goes the row-by-row way, so the answer per row is the same as before for sealed,
     moved, legacy, plain, foreign-key and truncated rows, under each policy."""
-    from app.gallery.crypto import NONCE_BYTES, SealPolicy, Sealing
+    from app.gallery.crypto import NONCE_BYTES, Sealing, SealPolicy
 
     old, current = os.urandom(32), os.urandom(32)
     cipher = EmbeddingCipher(current, [old])
