@@ -39,10 +39,13 @@ def model_components(
     manifest: dict[str, Any],
     weights: dict[str, WeightFile],
     onnx: tuple[str, Path, str] | None,
+    detector: tuple[Path, str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """A CycloneDX component for each manifest model, marked with whether its file is in
-    this environment, and one for an ONNX conversion that stands in for a model
-    (``onnx``: the model's manifest name, the converted file, its sha256)."""
+    this environment, one for an ONNX conversion that stands in for a model (``onnx``:
+    the model's manifest name, the converted file, its sha256), and one for dlib's
+    frontal face detector saved in the cache (``detector``: the file, its sha256, the
+    dlib version it came from)."""
     out = []
     for entry in manifest["models"]:
         weight = weights[entry["name"]]
@@ -88,6 +91,24 @@ def model_components(
                 "hashes": [{"alg": "SHA-256", "content": sha256}],
                 "licenses": [{"license": {"name": source["licence"]}}],
                 "pedigree": {"notes": f"converted from {source['file']} ({source['sha256']})"},
+                "properties": [
+                    {"name": "faceverify:file", "value": path.name},
+                    {"name": "faceverify:shipped", "value": str(path)},
+                ],
+            }
+        )
+    if detector is not None:
+        path, sha256, version = detector
+        out.append(
+            {
+                "type": "machine-learning-model",
+                "bom-ref": "model:dlib_frontal_face_detector",
+                "name": "dlib frontal face detector (HOG)",
+                "description": "dlib's HOG frontal face detector, saved at build time so a "
+                "start loads it rather than building it from dlib's text (app/face/hog.py)",
+                "hashes": [{"alg": "SHA-256", "content": sha256}],
+                "licenses": [{"license": {"name": "BSL-1.0 (part of dlib)"}}],
+                "pedigree": {"notes": f"saved from dlib {version}'s get_frontal_face_detector()"},
                 "properties": [
                     {"name": "faceverify:file", "value": path.name},
                     {"name": "faceverify:shipped", "value": str(path)},
@@ -146,7 +167,7 @@ def build_for(settings: Settings, env_bom: Path, report: Path | None, out: Path)
     manifest = json.loads(settings.manifest_file().read_text())
     converted = prepared_onnx_file(weights[MODEL].sha256, settings.resolved_cache_dir())
     onnx = (MODEL, *converted) if converted is not None else None
-    models = model_components(manifest, weights, onnx)
+    models = model_components(manifest, weights, onnx, _cached_detector(settings))
     bom = build(
         json.loads(env_bom.read_text()),
         json.loads(report.read_text()) if report is not None else None,
@@ -155,3 +176,16 @@ def build_for(settings: Settings, env_bom: Path, report: Path | None, out: Path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(bom, indent=2, sort_keys=True) + "\n")
     return bom
+
+
+def _cached_detector(settings: Settings) -> tuple[Path, str, str] | None:
+    """The frontal detector's checked saved form in the cache, if `models prepare` made
+    one: its file, sha256 and dlib's version."""
+    import dlib
+
+    from app.face.hog import cached_frontal_form, frontal_cache_files
+
+    cached = cached_frontal_form(dlib, settings.resolved_cache_dir())
+    if cached is None:
+        return None
+    return frontal_cache_files(dlib, settings.resolved_cache_dir())[0], cached[1], dlib.__version__

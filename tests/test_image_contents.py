@@ -74,6 +74,8 @@ def test_the_image_carries_its_sbom_and_licence_list(image: str) -> None:
         assert models[f"model:{entry['name']}"]["hashes"][0]["content"] == entry["sha256"]
     onnx = run("docker", "run", "--rm", image, "sh", "-c", "sha256sum /srv/faceverify/cache/*.onnx")
     assert models["model:dlib_resnet_v1.onnx"]["hashes"][0]["content"] == onnx.split()[0]
+    svm = run("docker", "run", "--rm", image, "sh", "-c", "sha256sum /srv/faceverify/cache/*.svm")
+    assert models["model:dlib_frontal_face_detector"]["hashes"][0]["content"] == svm.split()[0]
 
 
 # What faceverify's build makes: the virtualenv (packages, SBOM, licence list) and the

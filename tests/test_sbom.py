@@ -95,6 +95,9 @@ def test_the_sbom_lists_every_package_every_model_and_the_wheels(tmp_path: Path)
     (onnx,) = (tmp_path / "cache").glob("*.onnx")
     converted = models["model:dlib_resnet_v1.onnx"]
     assert converted["hashes"][0]["content"] == hashlib.sha256(onnx.read_bytes()).hexdigest()
+    (detector,) = (tmp_path / "cache").glob("dlib_frontal_face_detector-*.svm")
+    saved = models["model:dlib_frontal_face_detector"]
+    assert saved["hashes"][0]["content"] == hashlib.sha256(detector.read_bytes()).hexdigest()
     root = next(d for d in bom["dependencies"] if d["ref"] == "root-component")
     assert set(models) <= set(root["dependsOn"])
     refs = {d["ref"] for d in bom["dependencies"]}

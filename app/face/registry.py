@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from app.face import dlib_resnet, quality
 from app.face.detect import HogFaceDetector
 from app.face.encoder import EncoderModel
+from app.face.hog import prime_frontal
 from app.face.pipeline import Pipeline
 from app.face.views import FAST
 from app.face.weights import WeightFile, load_weights
@@ -69,6 +70,7 @@ def build_detector(settings: Settings, weights: dict[str, WeightFile]) -> HogFac
 def build_pipeline(settings: Settings, weights: dict[str, WeightFile] | None = None) -> Pipeline:
     """The face pipeline the settings describe: detector, encoder model and runtime."""
     weights = weights if weights is not None else load_checked_weights(settings)
+    prime_detectors(settings)
     quality.warm(settings.max_concurrent_inference)  # the quality score's own detectors
     return Pipeline(
         detector=build_detector(settings, weights),
@@ -80,11 +82,21 @@ def build_pipeline(settings: Settings, weights: dict[str, WeightFile] | None = N
     )
 
 
+def prime_detectors(settings: Settings) -> str:
+    """dlib's frontal face detector for this process, from its saved form in the cache
+    (written there the first time; app/face/hog.py prime_frontal)."""
+    import dlib
+
+    return prime_frontal(dlib, settings.resolved_cache_dir())
+
+
 def prepare(settings: Settings, weights: dict[str, WeightFile]) -> None:
-    """The encoder's one-time work (the ONNX conversion), before workers start."""
+    """The one-time work before workers start: the encoder's (the ONNX conversion) and
+    the frontal detector's saved form in the cache."""
     spec = encoder_model(settings)
     if spec.prepare is not None:
         spec.prepare(settings, weights)
+    prime_detectors(settings)
 
 
 def fallback_name(settings: Settings) -> str:

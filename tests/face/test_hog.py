@@ -15,8 +15,17 @@ import pytest
 from PIL import Image
 
 from app.cpus import usable_cpus
+from app.face import hog
 from app.face.cores import SpareCores
-from app.face.hog import SplitHog, frontal_detector, frontal_layout, read_layout, saved_form
+from app.face.hog import (
+    SplitHog,
+    frontal_cache_files,
+    frontal_detector,
+    frontal_layout,
+    prime_frontal,
+    read_layout,
+    saved_form,
+)
 from app.settings import Settings
 from tests.helpers import data
 
@@ -117,6 +126,85 @@ def test_start_up_builds_dlibs_frontal_detector_at_most_once(
         with pipeline.detector.models.borrow():  # three slots busy at once: three sets
             assert pipeline.detector.models.created == 3
     assert len(built) <= 1
+
+
+def _counted_builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A process with no frontal detector built yet, counting dlib's builds from text."""
+    built: list[int] = []
+    original = dlib.get_frontal_face_detector
+
+    def counted() -> object:
+        built.append(1)
+        return original()
+
+    monkeypatch.setattr(dlib, "get_frontal_face_detector", counted)
+    monkeypatch.setattr(hog, "_FRONTAL", {})
+    return built
+
+
+@pytest.mark.model
+def test_a_start_loads_the_frontal_detector_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first start builds it from text (0.25-0.3 s holding the GIL, which the index
+    load's threads waited for: issue 41) and keeps its saved form; the next ones load
+    that in ~2 ms, a detector that finds exactly what dlib's own finds."""
+    built = _counted_builds(monkeypatch)
+    assert prime_frontal(dlib, tmp_path) == "built" and len(built) == 1
+    assert prime_frontal(dlib, tmp_path) == "present"
+    saved, record = frontal_cache_files(dlib, tmp_path)
+    assert saved.read_bytes() == saved_form(dlib.get_frontal_face_detector())
+    assert dlib.__version__ in saved.name and record.is_file()
+
+    built = _counted_builds(monkeypatch)
+    assert prime_frontal(dlib, tmp_path) == "loaded" and built == []
+    own, loaded = dlib.get_frontal_face_detector(), frontal_detector(dlib)
+    assert saved_form(loaded) == saved_form(own)
+    for name, image in _images():
+        assert _boxes(*loaded.run(image, 0, 0.0)[:2]) == _boxes(*own.run(image, 0, 0.0)[:2]), name
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("damage", ["byte", "truncated", "record", "other dlib", "no record"])
+def test_a_damaged_or_foreign_cached_detector_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """A cached form whose bytes are not the ones its record hashes (a byte changed, cut
+    short), an unreadable record, or one another dlib wrote is never loaded: the
+    detector is built from dlib's text again and the cache written anew."""
+    _counted_builds(monkeypatch)
+    prime_frontal(dlib, tmp_path)
+    saved, record = frontal_cache_files(dlib, tmp_path)
+    good = saved.read_bytes()
+    if damage == "byte":
+        at = len(good) // 2
+        saved.write_bytes(good[:at] + bytes([good[at] ^ 1]) + good[at + 1 :])
+    elif damage == "truncated":
+        saved.write_bytes(good[:-100])
+    elif damage == "record":
+        record.write_text("{not json")
+    elif damage == "other dlib":
+        record.write_text(record.read_text().replace(dlib.__version__, "19.0.0"))
+    else:
+        record.unlink()
+
+    built = _counted_builds(monkeypatch)
+    assert prime_frontal(dlib, tmp_path) == "built" and len(built) == 1
+    assert saved.read_bytes() == good
+    assert hog.cached_frontal_form(dlib, tmp_path) is not None
+
+
+@pytest.mark.model
+def test_a_cache_that_cannot_be_written_only_costs_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only cache (an image built before the cache held the detector): built
+    from text each start, as before, and no error."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    built = _counted_builds(monkeypatch)
+    assert prime_frontal(dlib, blocker / "cache") == "built" and len(built) == 1
+    assert frontal_detector(dlib) is not None
 
 
 @pytest.mark.model
