@@ -33,6 +33,8 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
+    if workers == 1:
+        _prehash_snapshot(settings)
     from app.api.observability import configure_logging
 
     configure_logging(settings.log_format)
@@ -59,6 +61,18 @@ def serve(
         from app.api.app import create_app
 
         uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
+
+
+def _prehash_snapshot(settings: Settings) -> None:
+    """A restart's index snapshot hashed while the server imports and loads its models
+    (app/vectors/snapshot.py prehash; issue 41). Only where a snapshot can be opened:
+    the in-memory ANN index, without encryption at rest (which never keeps one)."""
+    sealed = bool(settings.encryption_key.get_secret_value() or settings.encryption_key_file)
+    if settings.memory_index != "ann" or settings.vector_search == "pgvector" or sealed:
+        return
+    from app.vectors.snapshot import prehash
+
+    prehash(settings.resolved_index_dir())
 
 
 models_cli = typer.Typer(help="Model files: check them, prepare the ONNX encoder.")

@@ -384,6 +384,14 @@ def _changed_file(folder: Path, files: dict[str, object]) -> str | None:
     restart's wait for identify at 10M faces was ~15 s of one core hashing the 5 GB of
     vectors (issue 41). A manifest of format 2's first form lists one sha256 of the
     whole file: still read, so a snapshot saved before is not rebuilt."""
+    _await_prehash()
+    try:
+        return _check_files(folder, files)
+    finally:
+        _forget_prehash()
+
+
+def _check_files(folder: Path, files: dict[str, object]) -> str | None:
     wanted: dict[Path, tuple[str, object]] = {}
     for name, want in files.items():
         path = folder / name
@@ -403,26 +411,108 @@ def _changed_file(folder: Path, files: dict[str, object]) -> str | None:
     return None
 
 
-def _piece_sums(files: list[tuple[Path, int]]) -> dict[Path, list[str]]:
+def _piece_sums(
+    files: list[tuple[Path, int]], *, workers: int = 0, remember: bool = False
+) -> dict[Path, list[str]]:
     pieces = [(path, start) for path, size in files for start in range(0, size, PIECE_BYTES)]
-    with ThreadPoolExecutor(max_workers=min(usable_cpus(), max(1, len(pieces)))) as pool:
-        digests = list(pool.map(lambda piece: _piece_sha256(*piece), pieces))
+    workers = min(workers or usable_cpus(), max(1, len(pieces)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        digests = list(pool.map(lambda p: _piece_sha256(p[0], p[1], remember), pieces))
     sums: dict[Path, list[str]] = {path: [] for path, _ in files}
     for (path, _), digest in zip(pieces, digests, strict=True):
         sums[path].append(digest)
     return sums
 
 
-def _piece_sha256(path: Path, start: int) -> str:
-    """The sha256 of PIECE_BYTES of ``path`` from ``start``: hashed from a mapping in
-    one call, which holds no GIL; reading it 1 MB at a time took the GIL back 64 times
-    a piece, and a start's other threads (the models loading) kept it waiting."""
+def _piece_sha256(path: Path, start: int, remember: bool = False) -> str:
+    """The sha256 of PIECE_BYTES of ``path`` from ``start``.
+
+    A piece :func:`prehash` hashed (``remember``) is not hashed again while its file's
+    status is the one it had then: device, inode, size, mtime and ctime. Any write
+    changes the ctime, which no one can set back; a file changed within
+    PREHASH_SETTLED_SECONDS before it was hashed is not remembered, since the kernel's
+    coarse clock could give a second write the same ctime."""
     with path.open("rb") as fh:
-        length = min(PIECE_BYTES, os.fstat(fh.fileno()).st_size - start)
-        if length <= 0:
-            return hashlib.sha256().hexdigest()
-        with mmap.mmap(fh.fileno(), length, access=mmap.ACCESS_READ, offset=start) as mapped:
-            return hashlib.sha256(mapped).hexdigest()
+        status = os.fstat(fh.fileno())
+        key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
+               status.st_ctime_ns, start)  # fmt: skip
+        with _PREHASHED_LOCK:
+            known = _PREHASHED.get(key)
+        if known is not None:
+            return known
+        digest = _hash_piece(fh.fileno(), start, min(PIECE_BYTES, status.st_size - start))
+    settled = status.st_ctime_ns < time.time_ns() - int(PREHASH_SETTLED_SECONDS * 1e9)
+    if remember and settled:
+        with _PREHASHED_LOCK:
+            _PREHASHED[key] = digest
+    return digest
+
+
+def _hash_piece(fd: int, start: int, length: int) -> str:
+    """Hashed from a mapping in one call, which holds no GIL: reading 1 MB at a time
+    took the GIL back 64 times a piece, and a start's other threads (the models
+    loading) kept it waiting."""
+    if length <= 0:
+        return hashlib.sha256().hexdigest()
+    with mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=start) as mapped:
+        return hashlib.sha256(mapped).hexdigest()
+
+
+# Pieces hashed ahead of the open by :func:`prehash`, by file status and offset.
+_PREHASHED: dict[tuple[int, ...], str] = {}
+_PREHASHED_LOCK = threading.Lock()
+_PREHASH: threading.Thread | None = None
+PREHASH_SETTLED_SECONDS = 1.0
+
+
+def prehash(root: Path) -> threading.Thread | None:
+    """Hash the pieces of the newest snapshot under ``root`` on a thread, while the
+    server still imports its modules and loads its models (issue 41): a restart's
+    identify waited ~0.6 s for the hashing after the models, on cores the models used.
+    Nothing is trusted here: the open still compares every piece with the manifest the
+    database vouches for, and only pieces whose file is unchanged since are not hashed
+    again. The open waits for this thread rather than hash the same pieces twice.
+
+    Uses every core but one (the imports hold the other). None when there is no
+    snapshot to hash."""
+    global _PREHASH
+    try:
+        manifests = [m for m in root.glob("*/v*/snapshot.json") if m.is_file()]
+        newest = max(manifests, key=lambda m: m.stat().st_mtime_ns, default=None)
+        if newest is None:
+            return None
+        files = json.loads(newest.read_bytes())["files"]
+        paths = [newest.parent / name for name, want in files.items() if isinstance(want, dict)]
+        sized = [(path, path.stat().st_size) for path in paths if path.is_file()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not sized:
+        return None
+
+    def run() -> None:
+        try:
+            _piece_sums(sized, workers=max(1, usable_cpus() - 1), remember=True)
+        except (OSError, ValueError):
+            pass  # the open hashes whatever this could not
+
+    _PREHASH = threading.Thread(target=run, name="snapshot-prehash", daemon=True)
+    _PREHASH.start()
+    return _PREHASH
+
+
+def _await_prehash() -> None:
+    """Wait for :func:`prehash`'s hashing, if it runs (bounded: it only reads)."""
+    thread = _PREHASH
+    if thread is not None:
+        thread.join()
+
+
+def _forget_prehash() -> None:
+    """After an open: the pre-hashed digests were for it alone."""
+    global _PREHASH
+    with _PREHASHED_LOCK:
+        _PREHASHED.clear()
+    _PREHASH = None
 
 
 def _sha256(path: Path) -> str:

@@ -502,3 +502,127 @@ def test_a_write_applied_to_indexes_swapped_meanwhile_is_left_to_the_replay(
     assert sync.version == version
     sync.advance(version + 1, sync.indexes.epoch)
     assert sync.version == version + 1
+
+
+def _counted_hashing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pieces hashed from now on (their lengths)."""
+    from app.vectors import snapshot
+
+    hashed: list[int] = []
+    original = snapshot._hash_piece
+
+    def counted(fd: int, start: int, length: int) -> str:
+        hashed.append(length)
+        return original(fd, start, length)
+
+    monkeypatch.setattr(snapshot, "_hash_piece", counted)
+    return hashed
+
+
+def test_a_restart_opens_the_snapshot_prehash_hashed_without_hashing_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`faceverify serve` hashes the snapshot while it imports and loads its models
+    (issue 41: a restart's identify waited ~0.6 s for it after them). The open then
+    finds every piece hashed, checks them against the manifest, and hashes none again."""
+    from app.vectors import snapshot
+
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(snapshot, "PREHASH_SETTLED_SECONDS", 0.0)
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    thread = snapshot.prehash(tmp_path / "index")
+    assert thread is not None
+    thread.join()
+    assert len(snapshot._PREHASHED) > 10
+    hashed = _counted_hashing(monkeypatch)
+    sync = process(store, tmp_path / "index")
+    assert hashed == []
+    assert isinstance(sync.indexes.get("default")._vec, np.memmap)  # the snapshot, opened
+    assert_answers_like_exact(sync, store)
+    assert snapshot._PREHASHED == {} and snapshot._PREHASH is None  # for that open alone
+
+
+@pytest.mark.parametrize("mtime", ["new mtime", "mtime set back"])
+def test_a_file_changed_after_prehash_is_still_found(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, mtime: str
+) -> None:
+    """A file rewritten in place at the same size between the pre-hash and the open,
+    even with its mtime set back: its ctime changed, so its pieces are hashed again
+    and the change is found."""
+    import os
+    import time
+
+    from app.vectors import snapshot
+
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(snapshot, "PREHASH_SETTLED_SECONDS", 0.05)
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    time.sleep(0.1)  # settled: written before the pre-hash's margin
+    thread = snapshot.prehash(tmp_path / "index")
+    assert thread is not None
+    thread.join()
+    (subj,) = (tmp_path / "index").glob("*-*/v*/c0/subj.npy")
+    before = subj.stat()
+    raw = bytearray(subj.read_bytes())
+    raw[200:208] = bytes(reversed(raw[200:208]))
+    with subj.open("r+b") as fh:  # in place: the same inode and size
+        fh.write(bytes(raw))
+    if mtime == "mtime set back":
+        os.utime(subj, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert subj.stat().st_ino == before.st_ino
+    with caplog.at_level(logging.WARNING):
+        sync = process(store, tmp_path / "index")
+    assert "c0/subj.npy changed since the snapshot was saved" in caplog.text
+    assert_answers_like_exact(sync, store)
+
+
+def test_a_file_written_just_before_the_prehash_is_hashed_again_at_the_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel stamps ctimes with a coarse clock: a second write within the same tick
+    keeps the ctime. So pieces of a file changed within PREHASH_SETTLED_SECONDS of the
+    pre-hash are not remembered, and the open hashes them itself."""
+    from app.vectors import snapshot
+
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(snapshot, "PREHASH_SETTLED_SECONDS", 3600.0)
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    thread = snapshot.prehash(tmp_path / "index")
+    assert thread is not None
+    thread.join()
+    assert snapshot._PREHASHED == {}
+    hashed = _counted_hashing(monkeypatch)
+    sync = process(store, tmp_path / "index")
+    assert len(hashed) > 10
+    assert isinstance(sync.indexes.get("default")._vec, np.memmap)
+
+
+def test_serve_prehashes_only_where_a_snapshot_can_be_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pre-hash with encryption at rest (no snapshot is ever kept: a leftover one is
+    erased, not read), with pgvector, or with the exact index; and none without a
+    snapshot to hash."""
+    import base64
+
+    from app.cli import _prehash_snapshot
+    from app.settings import Settings
+    from app.vectors import snapshot
+
+    roots: list[Path] = []
+    monkeypatch.setattr(snapshot, "prehash", roots.append)
+    key = base64.b64encode(bytes(range(32))).decode()
+    for refused in (
+        {"encryption_key": key},
+        {"vector_search": "pgvector"},
+        {"memory_index": "exact"},
+    ):
+        _prehash_snapshot(Settings(data_dir=tmp_path, **refused))
+    assert roots == []
+    _prehash_snapshot(Settings(data_dir=tmp_path))
+    assert roots == [tmp_path / "index"]
+    monkeypatch.undo()
+    assert snapshot.prehash(tmp_path / "index") is None  # nothing saved there yet
