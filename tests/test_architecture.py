@@ -24,7 +24,7 @@ MIGRATIONS = APP / "gallery" / "migrations"
 
 # Bottom to top; `app` itself (app/__init__.py) is the ground under all of them.
 LAYERS: list[tuple[str, ...]] = [
-    ("app.names", "app.cpus", "app.geometry"),
+    ("app.names", "app.cpus", "app.geometry", "app.logs"),
     ("app.errors", "app.settings"),
     ("app.face",),
     ("app.scoring",),

@@ -27,6 +27,7 @@ from app.api.rekognition import protocol as rekognition
 from app.api.routes import router
 from app.face.weights import WeightFile
 from app.keys import KeyStore, parse_env_keys
+from app.logs import configure_logging
 from app.memory import return_large_blocks_to_the_system
 from app.service import FaceService, build_service
 from app.settings import Settings
@@ -241,5 +242,5 @@ def create_app_from_env() -> FastAPI:
     Each worker process configures its own logging (uvicorn's log_config=None leaves it
     unset in the workers), so their lines carry request ids in the chosen format."""
     settings = Settings()
-    observability.configure_logging(settings.log_format)
+    configure_logging(settings.log_format)
     return create_app(settings)

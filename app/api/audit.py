@@ -25,11 +25,11 @@ from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.observability import request_id_var
 from app.api.problems import problem_for
 from app.errors import AuditUnavailable
 from app.gallery.ids import nfkc
 from app.keys import Principal
+from app.logs import request_id_var
 from app.privacy.events import AuditDraft, current_audit
 from app.privacy.trail import AuditTrail
 

@@ -7,9 +7,7 @@ keys; subject ids appear in neither logs nor metric labels (labels are route tem
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import itertools
-import json
 import logging
 import re
 import time
@@ -27,6 +25,7 @@ from app.api.problems import problem_for
 from app.api.rekognition import errors as rekognition_errors
 from app.errors import RequestCancelled
 from app.face.timing import Timings
+from app.logs import request_id_var
 from app.service import CommitGate, commit_gate
 
 # Metric labels come from closed sets, so no request can add a time series: an unknown
@@ -39,46 +38,8 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_log = logging.getLogger("faceverify.access")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message, request id, extras."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
-        }
-        for key in ("method", "route", "status", "ms"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def configure_logging(fmt: str) -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-        handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    # Alembic announces each of its autogenerate plugins at every start (five lines of
-    # noise before the first useful one); migrations it runs are still logged.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 class Metrics:

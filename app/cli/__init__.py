@@ -33,17 +33,21 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
-    if workers == 1:
-        _prehash_snapshot(settings)
-    from app.api.observability import configure_logging
+    from app.logs import configure_logging
 
     configure_logging(settings.log_format)
+    # With one worker, a restart's index snapshot hashes and the ONNX sessions load on
+    # threads while this process imports the service (issue 41).
+    if workers == 1:
+        _prehash_snapshot(settings)
     weights = or_exit(lambda: check_models(settings))
-    or_exit(lambda: _first_admin_key(settings))
-    from app.face.registry import prepare
+    from app.face.registry import load_ahead, prepare
 
     # The encoder's one-time work (the ONNX conversion) here, not in each worker at once.
     or_exit(lambda: prepare(settings, weights))
+    if workers == 1:
+        load_ahead(settings, weights)
+    or_exit(lambda: _first_admin_key(settings))
     if workers > 1:
         # Worker processes build their own app from the environment; pass the CLI's
         # choices on through it.

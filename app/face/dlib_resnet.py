@@ -20,6 +20,7 @@ import numpy as np
 
 from app.cpus import usable_cpus
 from app.errors import ModelFileError
+from app.face.ahead import ahead, made
 from app.face.detect import DetectedFace
 from app.face.encoder import EncoderModel, FaceEncoder
 from app.face.pool import InstancePool
@@ -136,22 +137,14 @@ class OnnxEncoder(_DlibResnet):
     name = RUNTIME_NAMES["onnx"]
 
     def __init__(self, model_path: Path, *, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # 0: one thread per usable CPU (in a container: its quota, not the host's
-        # cores); ONNX Runtime's own default counts physical cores, one on this 2-vCPU
-        # machine: 6.4 ms a face against 4.3.
-        options.intra_op_num_threads = threads or usable_cpus()
-        options.inter_op_num_threads = 1
-        # Idle pool threads spin-wait by default, holding a core for a while after each
-        # run: the HOG pass and landmarks that follow ran 1.5x slower, and concurrent
-        # requests lost the core to spinning.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
+        self._session = made(
+            ("onnx-encoder", str(model_path), threads), lambda: _session(model_path, threads)
         )
+
+    @staticmethod
+    def ahead(model_path: Path, *, threads: int = 0) -> None:
+        """Start making the session on a thread (app/face/ahead.py)."""
+        ahead(("onnx-encoder", str(model_path), threads), lambda: _session(model_path, threads))
 
     def encode(self, chips: np.ndarray) -> np.ndarray:
         if len(chips) == 0:
@@ -159,6 +152,23 @@ class OnnxEncoder(_DlibResnet):
         batch = np.ascontiguousarray(chips, dtype=np.uint8)
         (embeddings,) = self._session.run(["embeddings"], {"chips": batch})
         return np.asarray(embeddings, dtype=np.float32)
+
+
+def _session(model_path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # 0: one thread per usable CPU (in a container: its quota, not the host's cores);
+    # ONNX Runtime's own default counts physical cores, one on this 2-vCPU machine:
+    # 6.4 ms a face against 4.3.
+    options.intra_op_num_threads = threads or usable_cpus()
+    options.inter_op_num_threads = 1
+    # Idle pool threads spin-wait by default, holding a core for a while after each run:
+    # the HOG pass and landmarks that follow ran 1.5x slower, and concurrent requests
+    # lost the core to spinning.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
 def _cached_onnx(sha256: str, cache_dir: Path) -> tuple[Path, Path, bool]:
@@ -231,6 +241,12 @@ def _prepare(settings: Settings, weights: dict[str, WeightFile]) -> Path | None:
     return prepared_onnx_model(weights[MODEL], settings.resolved_cache_dir())
 
 
+def _ahead(settings: Settings, weights: dict[str, WeightFile]) -> None:
+    if settings.encoder == "onnx":
+        model = prepared_onnx_model(weights[MODEL], settings.resolved_cache_dir())
+        OnnxEncoder.ahead(model, threads=settings.onnx_threads)
+
+
 def _build(settings: Settings, weights: dict[str, WeightFile]) -> FaceEncoder:
     resnet = weights[MODEL]
     if settings.encoder == "dlib":
@@ -256,5 +272,6 @@ SPEC = EncoderModel(
     version_tag=f"sp5/chip{CHIP_SIZE}p{CHIP_PADDING}",
     build=_build,
     prepare=_prepare,
+    ahead=_ahead,
     compatible=_DlibResnet.compatible,
 )

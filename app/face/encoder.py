@@ -75,6 +75,7 @@ class EncoderModel:
         build: makes the encoder from the settings (its runtime) and the checked weights.
         prepare: one-time work before serving (a conversion), run once by ``serve``
             before worker processes start; None when there is none.
+        ahead: starts loading the encoder on a thread while ``serve`` imports the rest.
         compatible: its encoders' ``compatible`` (the stored names an index holds).
     """
 
@@ -85,6 +86,9 @@ class EncoderModel:
     version_tag: str
     build: Callable[[Settings, dict[str, WeightFile]], FaceEncoder]
     prepare: Callable[[Settings, dict[str, WeightFile]], object] | None = None
+    # Starts loading the encoder on a thread (app/face/ahead.py), for ``build`` to take:
+    # run by ``serve`` (one worker) after ``prepare``. None: ``build`` loads it all.
+    ahead: Callable[[Settings, dict[str, WeightFile]], None] | None = None
     # The stored encoder names its encoders accept (FaceEncoder.compatible): what an
     # index of this model holds, known without loading the model.
     compatible: frozenset[str] = frozenset()

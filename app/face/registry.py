@@ -99,6 +99,17 @@ def prepare(settings: Settings, weights: dict[str, WeightFile]) -> None:
     prime_detectors(settings)
 
 
+def load_ahead(settings: Settings, weights: dict[str, WeightFile]) -> None:
+    """Start loading the ONNX sessions on threads (app/face/ahead.py) while ``serve``
+    imports the service; :func:`build_pipeline` takes them (issue 41). After
+    :func:`prepare`: the encoder's conversion must exist."""
+    spec = encoder_model(settings)
+    if spec.ahead is not None:
+        spec.ahead(settings, weights)
+    if settings.detect_fallback == "yunet":
+        YunetDetector.ahead(weights["yunet"].path)
+
+
 def fallback_name(settings: Settings) -> str:
     """The fallback detector as fingerprints and pipeline versions name it ("" none)."""
     if settings.detect_fallback == "yunet":

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from app.face.ahead import ahead, made
 
 STRIDES = (8, 16, 32)
 # What OpenCV's FaceDetectorYN samples use; below it the model's own ranking is noise.
@@ -49,6 +52,16 @@ class YunetFace:
     landmarks: tuple[tuple[float, float], ...]
 
 
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class YunetDetector:
     """YuNet on ONNX Runtime, one intra-op thread (the server runs several requests at
     once; each detection is one small forward pass).
@@ -62,17 +75,16 @@ class YunetDetector:
     def __init__(
         self, path: Path, *, max_side: int = 640, score_threshold: float = SCORE_THRESHOLD
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = made(("yunet", str(path)), lambda: _session(path))
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.max_side = max_side
         self.score_threshold = score_threshold
+
+    @staticmethod
+    def ahead(path: Path) -> None:
+        """Start making the session on a thread (app/face/ahead.py)."""
+        ahead(("yunet", str(path)), lambda: _session(path))
 
     def detect(self, rgb: np.ndarray, score_threshold: float | None = None) -> list[YunetFace]:
         """Every face in an ``(H, W, 3)`` uint8 RGB image, best first, in its coordinates

@@ -10,8 +10,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.api.observability import JsonFormatter, request_id_var
 from app.face.image import decode_image
+from app.logs import JsonFormatter, request_id_var
 from tests.fakes import face, fake_image
 from tests.helpers import b64, data
 
@@ -65,7 +65,7 @@ def test_heic_photos_decode() -> None:
 def test_start_up_logs_skip_alembics_plugin_announcements() -> None:
     import logging
 
-    from app.api.observability import configure_logging
+    from app.logs import configure_logging
 
     root = logging.getLogger()
     saved = root.handlers[:], root.level

@@ -29,13 +29,13 @@ from app.api.audit import arm, audited
 from app.api.deps import admitted, refuse_if_full, take_rate
 from app.api.inputs import parse_json
 from app.api.lanes import in_lane
-from app.api.observability import request_id_var
 from app.api.rekognition import sigv4
 from app.api.rekognition.errors import JSON_1_1, AwsError, from_domain
 from app.api.rekognition.operations import OPERATIONS, Call
 from app.api.rekognition.shapes import Params
 from app.errors import FaceVerifyError
 from app.keys import KeyStore, Principal
+from app.logs import request_id_var
 from app.privacy.events import current_audit, note
 
 log = logging.getLogger("faceverify.api")
