@@ -411,13 +411,10 @@ def _check_files(folder: Path, files: dict[str, object]) -> str | None:
     return None
 
 
-def _piece_sums(
-    files: list[tuple[Path, int]], *, workers: int = 0, remember: bool = False
-) -> dict[Path, list[str]]:
+def _piece_sums(files: list[tuple[Path, int]]) -> dict[Path, list[str]]:
     pieces = [(path, start) for path, size in files for start in range(0, size, PIECE_BYTES)]
-    workers = min(workers or usable_cpus(), max(1, len(pieces)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = list(pool.map(lambda p: _piece_sha256(p[0], p[1], remember), pieces))
+    with ThreadPoolExecutor(max_workers=min(usable_cpus(), max(1, len(pieces)))) as pool:
+        digests = list(pool.map(lambda piece: _piece_sha256(*piece), pieces))
     sums: dict[Path, list[str]] = {path: [] for path, _ in files}
     for (path, _), digest in zip(pieces, digests, strict=True):
         sums[path].append(digest)
@@ -461,8 +458,32 @@ def _hash_piece(fd: int, start: int, length: int) -> str:
 # Pieces hashed ahead of the open by :func:`prehash`, by file status and offset.
 _PREHASHED: dict[tuple[int, ...], str] = {}
 _PREHASHED_LOCK = threading.Lock()
-_PREHASH: threading.Thread | None = None
 PREHASH_SETTLED_SECONDS = 1.0
+
+
+class _Pieces:
+    """The pieces a pre-hash is to hash, handed out one at a time to whoever works:
+    its own thread, and the open's when it comes before the end."""
+
+    def __init__(self, pieces: list[tuple[Path, int]]) -> None:
+        self._pieces = pieces
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def work(self) -> None:
+        while True:
+            with self._lock:
+                if self._next >= len(self._pieces):
+                    return
+                path, start = self._pieces[self._next]
+                self._next += 1
+            try:
+                _piece_sha256(path, start, remember=True)
+            except (OSError, ValueError):
+                pass  # the open hashes whatever this could not
+
+
+_PREHASH: tuple[_Pieces, threading.Thread] | None = None
 
 
 def prehash(root: Path) -> threading.Thread | None:
@@ -471,10 +492,11 @@ def prehash(root: Path) -> threading.Thread | None:
     identify waited ~0.6 s for the hashing after the models, on cores the models used.
     Nothing is trusted here: the open still compares every piece with the manifest the
     database vouches for, and only pieces whose file is unchanged since are not hashed
-    again. The open waits for this thread rather than hash the same pieces twice.
+    again.
 
-    Uses every core but one (the imports hold the other). None when there is no
-    snapshot to hash."""
+    One thread: the imports hold another core (two made a restart at 1M 7% slower). An
+    open that comes before the end hashes the pieces left beside it, on the other cores
+    (a 10M snapshot is ~6 GB). None when there is no snapshot to hash."""
     global _PREHASH
     try:
         manifests = [m for m in root.glob("*/v*/snapshot.json") if m.is_file()]
@@ -486,25 +508,31 @@ def prehash(root: Path) -> threading.Thread | None:
         sized = [(path, path.stat().st_size) for path in paths if path.is_file()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if not sized:
-        return None
-
-    def run() -> None:
-        try:
-            _piece_sums(sized, workers=max(1, usable_cpus() - 1), remember=True)
-        except (OSError, ValueError):
-            pass  # the open hashes whatever this could not
-
-    _PREHASH = threading.Thread(target=run, name="snapshot-prehash", daemon=True)
-    _PREHASH.start()
-    return _PREHASH
+    pieces = _Pieces(
+        [(path, start) for path, size in sized for start in range(0, size, PIECE_BYTES)]
+    )
+    thread = threading.Thread(target=pieces.work, name="snapshot-prehash", daemon=True)
+    _PREHASH = (pieces, thread)
+    thread.start()
+    return thread
 
 
 def _await_prehash() -> None:
-    """Wait for :func:`prehash`'s hashing, if it runs (bounded: it only reads)."""
-    thread = _PREHASH
-    if thread is not None:
-        thread.join()
+    """Finish :func:`prehash`'s hashing, if it runs: the pieces left on every core but
+    the one its thread uses, then wait for that thread (bounded: it only reads)."""
+    running = _PREHASH
+    if running is None:
+        return
+    pieces, thread = running
+    helpers = usable_cpus() - 1
+    if helpers > 1:
+        with ThreadPoolExecutor(max_workers=helpers - 1) as pool:
+            for _ in range(helpers - 1):
+                pool.submit(pieces.work)
+            pieces.work()
+    elif helpers == 1:
+        pieces.work()
+    thread.join()
 
 
 def _forget_prehash() -> None:

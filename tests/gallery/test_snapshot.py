@@ -626,3 +626,43 @@ def test_serve_prehashes_only_where_a_snapshot_can_be_opened(
     assert roots == [tmp_path / "index"]
     monkeypatch.undo()
     assert snapshot.prehash(tmp_path / "index") is None  # nothing saved there yet
+
+
+def test_an_open_before_the_prehash_ends_hashes_the_pieces_left_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-hash runs on one thread (the imports hold another core). At 10M faces
+    (~6 GB) it is not done when the open comes: the open hashes the pieces it has not
+    reached, beside it, rather than wait for one thread to hash them all."""
+    import json
+    import threading
+
+    from app.vectors import snapshot
+
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(snapshot, "PREHASH_SETTLED_SECONDS", 0.0)
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    (manifest,) = (tmp_path / "index").glob("*-*/v*/snapshot.json")
+    files = json.loads(manifest.read_text())["files"]
+    total = sum(-(-int(f["bytes"]) // 4096) for f in files.values())
+    release, by_open = threading.Event(), []
+    original = snapshot._hash_piece
+
+    def slow_prehash(fd: int, start: int, length: int) -> str:
+        if threading.current_thread().name == "snapshot-prehash":
+            assert release.wait(30)  # stuck on its first piece until the open did the rest
+        else:
+            by_open.append(length)
+            if len(by_open) == total - 1:
+                release.set()
+        return original(fd, start, length)
+
+    monkeypatch.setattr(snapshot, "_hash_piece", slow_prehash)
+    thread = snapshot.prehash(tmp_path / "index")
+    assert thread is not None
+    sync = process(store, tmp_path / "index")
+    thread.join()
+    assert len(by_open) == total - 1
+    assert isinstance(sync.indexes.get("default")._vec, np.memmap)
+    assert_answers_like_exact(sync, store)
