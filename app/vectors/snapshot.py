@@ -421,14 +421,16 @@ def _piece_sums(files: list[tuple[Path, int]]) -> dict[Path, list[str]]:
     return sums
 
 
-def _piece_sha256(path: Path, start: int, remember: bool = False) -> str:
+def _piece_sha256(path: Path, start: int, *, remember: bool = False, checking: bool = False) -> str:
     """The sha256 of PIECE_BYTES of ``path`` from ``start``.
 
     A piece :func:`prehash` hashed (``remember``) is not hashed again while its file's
     status is the one it had then: device, inode, size, mtime and ctime. Any write
-    changes the ctime, which no one can set back; a file changed within
-    PREHASH_SETTLED_SECONDS before it was hashed is not remembered, since the kernel's
-    coarse clock could give a second write the same ctime."""
+    changes the ctime, which no one can set back. A file changed within
+    PREHASH_SETTLED_SECONDS before it was hashed ahead is not remembered: the kernel
+    stamps ctimes with a coarse clock (a tick; a second on some file systems), so a
+    second write could keep the ctime. Hashed while the open checks (``checking``), it
+    is remembered: the open reads the file after its check anyway."""
     with path.open("rb") as fh:
         status = os.fstat(fh.fileno())
         key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
@@ -438,11 +440,15 @@ def _piece_sha256(path: Path, start: int, remember: bool = False) -> str:
         if known is not None:
             return known
         digest = _hash_piece(fh.fileno(), start, min(PIECE_BYTES, status.st_size - start))
-    settled = status.st_ctime_ns < time.time_ns() - int(PREHASH_SETTLED_SECONDS * 1e9)
-    if remember and settled:
+    if remember and (checking or status.st_ctime_ns < _settled_before()):
         with _PREHASHED_LOCK:
             _PREHASHED[key] = digest
     return digest
+
+
+def _settled_before() -> int:
+    """A ctime (ns) before this has settled: no write since can have the same one."""
+    return time.time_ns() - int(PREHASH_SETTLED_SECONDS * 1e9)
 
 
 def _hash_piece(fd: int, start: int, length: int) -> str:
@@ -469,6 +475,13 @@ class _Pieces:
         self._pieces = pieces
         self._next = 0
         self._lock = threading.Lock()
+        self.checking = threading.Event()  # the open has come
+
+    def ahead(self, settled_at: int) -> None:
+        """The pre-hash's thread: once the files' last change has settled (a snapshot an
+        import saved a moment ago: up to PREHASH_SETTLED_SECONDS), or the open came."""
+        self.checking.wait(max(0.0, (settled_at - time.time_ns()) / 1e9))
+        self.work()
 
     def work(self) -> None:
         while True:
@@ -478,7 +491,7 @@ class _Pieces:
                 path, start = self._pieces[self._next]
                 self._next += 1
             try:
-                _piece_sha256(path, start, remember=True)
+                _piece_sha256(path, start, remember=True, checking=self.checking.is_set())
             except (OSError, ValueError):
                 pass  # the open hashes whatever this could not
 
@@ -505,13 +518,17 @@ def prehash(root: Path) -> threading.Thread | None:
             return None
         files = json.loads(newest.read_bytes())["files"]
         paths = [newest.parent / name for name, want in files.items() if isinstance(want, dict)]
-        sized = [(path, path.stat().st_size) for path in paths if path.is_file()]
+        statuses = [(path, path.stat()) for path in paths if path.is_file()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     pieces = _Pieces(
-        [(path, start) for path, size in sized for start in range(0, size, PIECE_BYTES)]
+        [(p, start) for p, st in statuses for start in range(0, st.st_size, PIECE_BYTES)]
     )
-    thread = threading.Thread(target=pieces.work, name="snapshot-prehash", daemon=True)
+    last_change = max((st.st_ctime_ns for _, st in statuses), default=0)
+    settled_at = last_change + int(PREHASH_SETTLED_SECONDS * 1e9) + 1
+    thread = threading.Thread(
+        target=pieces.ahead, args=(settled_at,), name="snapshot-prehash", daemon=True
+    )
     _PREHASH = (pieces, thread)
     thread.start()
     return thread
@@ -524,6 +541,7 @@ def _await_prehash() -> None:
     if running is None:
         return
     pieces, thread = running
+    pieces.checking.set()
     helpers = usable_cpus() - 1
     if helpers > 1:
         with ThreadPoolExecutor(max_workers=helpers - 1) as pool:
