@@ -69,7 +69,9 @@ class Settings(BaseSettings):
         "face_recognition_models package.",
     )
     cache_dir: Path | None = Field(
-        None, description="Where the ONNX conversion is kept; default <data_dir>/cache."
+        None,
+        description="Where the ONNX conversion and dlib's saved frontal detector are kept; "
+        "default <data_dir>/cache.",
     )
     calibration_file: Path | None = Field(
         None, description="Calibration JSON; default <models_dir>/calibration.json."

@@ -46,7 +46,7 @@ def serve(
     # The encoder's one-time work (the ONNX conversion) here, not in each worker at once.
     or_exit(lambda: prepare(settings, weights))
     if workers == 1:
-        load_ahead(settings, weights)
+        or_exit(lambda: load_ahead(settings, weights))
     or_exit(lambda: _first_admin_key(settings))
     if workers > 1:
         # Worker processes build their own app from the environment; pass the CLI's
@@ -117,8 +117,9 @@ def models_check(
 
 @models_cli.command("prepare")
 def models_prepare() -> None:
-    """Do the encoder model's one-time work (convert dlib's ResNet to ONNX into the cache
-    directory; done at first start otherwise), checked by sha256."""
+    """Do the models' one-time work into the cache directory, checked by sha256: convert
+    dlib's ResNet to ONNX, and save dlib's frontal face detector (done at first start
+    otherwise)."""
     from app.face.registry import prepare
 
     settings = or_exit(Settings)

@@ -156,10 +156,18 @@ def frontal_cache_files(dlib: Any, cache_dir: Path) -> tuple[Path, Path]:
     return cache_dir / f"{stem}.svm", cache_dir / f"{stem}.json"
 
 
+# The saved form's sha256 for the dlib releases it was checked on (20.0.1: dlib-bin's
+# wheel here). For these the cache's record is not trusted: only these bytes load.
+KNOWN_FRONTAL_SHA256 = {
+    "20.0.1": "f3f7aa833fb4a14a46fc48689f45b98d85ef72d6dfaf8bdc012b7d3c522a5426",
+}
+
+
 def cached_frontal_form(dlib: Any, cache_dir: Path) -> tuple[bytes, str] | None:
     """The frontal detector's saved form from the cache and its sha256, if the cache
-    holds one whose bytes have the hash its record gives (None otherwise: missing,
-    truncated, edited, or written by another dlib)."""
+    holds one whose bytes have the hash its record gives, and, for a dlib release of
+    KNOWN_FRONTAL_SHA256, the hash listed there (None otherwise: missing, truncated,
+    edited, or written by another dlib)."""
     saved, record = frontal_cache_files(dlib, cache_dir)
     try:
         data = saved.read_bytes()
@@ -168,7 +176,8 @@ def cached_frontal_form(dlib: Any, cache_dir: Path) -> tuple[bytes, str] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     digest = hashlib.sha256(data).hexdigest()
-    if meta.get("dlib") != dlib.__version__ or digest != expected:
+    known = KNOWN_FRONTAL_SHA256.get(dlib.__version__, digest)
+    if meta.get("dlib") != dlib.__version__ or digest != expected or digest != known:
         return None
     return data, digest
 
@@ -203,7 +212,7 @@ def prime_frontal(dlib: Any, cache_dir: Path, *, save: bool = True) -> str:
             try:
                 _FRONTAL[id(dlib)] = load_saved(dlib, cached[0])
                 return "loaded"
-            except (OSError, RuntimeError):  # no temporary file, or dlib refused it
+            except Exception:  # no temporary file, or dlib refused it (bad_alloc too)
                 pass
         template = _FRONTAL[id(dlib)] = dlib.get_frontal_face_detector()
     if save:

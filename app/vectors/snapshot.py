@@ -384,7 +384,7 @@ def _changed_file(folder: Path, files: dict[str, object]) -> str | None:
     restart's wait for identify at 10M faces was ~15 s of one core hashing the 5 GB of
     vectors (issue 41). A manifest of format 2's first form lists one sha256 of the
     whole file: still read, so a snapshot saved before is not rebuilt."""
-    _await_prehash()
+    _await_prehash(folder)
     try:
         return _check_files(folder, files)
     finally:
@@ -424,31 +424,31 @@ def _piece_sums(files: list[tuple[Path, int]]) -> dict[Path, list[str]]:
 def _piece_sha256(path: Path, start: int, *, remember: bool = False, checking: bool = False) -> str:
     """The sha256 of PIECE_BYTES of ``path`` from ``start``.
 
-    A piece :func:`prehash` hashed (``remember``) is not hashed again while its file's
-    status is the one it had then: device, inode, size, mtime and ctime. Any write
-    changes the ctime, which no one can set back. A file changed within
-    PREHASH_SETTLED_SECONDS before it was hashed ahead is not remembered: the kernel
-    stamps ctimes with a coarse clock (a tick; a second on some file systems), so a
-    second write could keep the ctime. Hashed while the open checks (``checking``), it
-    is remembered: the open reads the file after its check anyway."""
+    A piece :func:`prehash` hashed (``remember``) is not hashed again, for at most
+    PREHASH_MAX_AGE_SECONDS, while its file's status is the one it had then: device,
+    inode, size, mtime and ctime (a write() changes the ctime, which no one can set
+    back). A file whose ctime was within PREHASH_SETTLED_SECONDS of the clock when its
+    status was read is not remembered: the kernel stamps ctimes with a coarse clock (a
+    tick; a second on some file systems), so a second write could keep the ctime.
+    Hashed while the open checks (``checking``), it is remembered: the open reads the
+    file after its check anyway. (Writes through a shared mapping change no time until
+    written back, so this check, like the open's, is of the content as it was when
+    hashed; a writer of the snapshot's folder could change it after the open too.)"""
     with path.open("rb") as fh:
         status = os.fstat(fh.fileno())
+        now = time.time_ns()
         key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
                status.st_ctime_ns, start)  # fmt: skip
         with _PREHASHED_LOCK:
             known = _PREHASHED.get(key)
-        if known is not None:
-            return known
+        if known is not None and now - known[1] <= PREHASH_MAX_AGE_SECONDS * 1e9:
+            return known[0]
         digest = _hash_piece(fh.fileno(), start, min(PIECE_BYTES, status.st_size - start))
-    if remember and (checking or status.st_ctime_ns < _settled_before()):
+    settled = status.st_ctime_ns < now - int(PREHASH_SETTLED_SECONDS * 1e9)
+    if remember and (checking or settled):
         with _PREHASHED_LOCK:
-            _PREHASHED[key] = digest
+            _PREHASHED[key] = (digest, now)
     return digest
-
-
-def _settled_before() -> int:
-    """A ctime (ns) before this has settled: no write since can have the same one."""
-    return time.time_ns() - int(PREHASH_SETTLED_SECONDS * 1e9)
 
 
 def _hash_piece(fd: int, start: int, length: int) -> str:
@@ -461,17 +461,22 @@ def _hash_piece(fd: int, start: int, length: int) -> str:
         return hashlib.sha256(mapped).hexdigest()
 
 
-# Pieces hashed ahead of the open by :func:`prehash`, by file status and offset.
-_PREHASHED: dict[tuple[int, ...], str] = {}
+# Pieces hashed ahead of the open by :func:`prehash`: by file status and offset, the
+# digest and when the status was read.
+_PREHASHED: dict[tuple[int, ...], tuple[str, int]] = {}
 _PREHASHED_LOCK = threading.Lock()
 PREHASH_SETTLED_SECONDS = 1.0
+# A digest hashed ahead is not used past this: an open that comes much later checks
+# the files as they are then (a start's open comes in seconds).
+PREHASH_MAX_AGE_SECONDS = 60.0
 
 
 class _Pieces:
     """The pieces a pre-hash is to hash, handed out one at a time to whoever works:
     its own thread, and the open's when it comes before the end."""
 
-    def __init__(self, pieces: list[tuple[Path, int]]) -> None:
+    def __init__(self, folder: Path, pieces: list[tuple[Path, int]]) -> None:
+        self.folder = folder
         self._pieces = pieces
         self._next = 0
         self._lock = threading.Lock()
@@ -482,6 +487,11 @@ class _Pieces:
         import saved a moment ago: up to PREHASH_SETTLED_SECONDS), or the open came."""
         self.checking.wait(max(0.0, (settled_at - time.time_ns()) / 1e9))
         self.work()
+
+    def stop(self) -> None:
+        """Hand out no more pieces (the open is of another snapshot)."""
+        with self._lock:
+            self._next = len(self._pieces)
 
     def work(self) -> None:
         while True:
@@ -494,6 +504,23 @@ class _Pieces:
                 _piece_sha256(path, start, remember=True, checking=self.checking.is_set())
             except (OSError, ValueError):
                 pass  # the open hashes whatever this could not
+
+
+def _inside(folder: Path, names: Collection[str]) -> list[Path]:
+    """The manifest's names that are files inside ``folder``, once each: a manifest no
+    database has vouched for yet reads nothing else (an absolute name, ``..``, a
+    symbolic link out)."""
+    root = folder.resolve()
+    out: list[Path] = []
+    for name in dict.fromkeys(names):
+        relative = Path(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            continue
+        path = folder / relative
+        if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(root):
+            continue
+        out.append(path)
+    return out
 
 
 _PREHASH: tuple[_Pieces, threading.Thread] | None = None
@@ -517,12 +544,13 @@ def prehash(root: Path) -> threading.Thread | None:
         if newest is None:
             return None
         files = json.loads(newest.read_bytes())["files"]
-        paths = [newest.parent / name for name, want in files.items() if isinstance(want, dict)]
-        statuses = [(path, path.stat()) for path in paths if path.is_file()]
+        names = [str(name) for name, want in files.items() if isinstance(want, dict)]
+        statuses = [(path, path.stat()) for path in _inside(newest.parent, names)]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     pieces = _Pieces(
-        [(p, start) for p, st in statuses for start in range(0, st.st_size, PIECE_BYTES)]
+        newest.parent,
+        [(p, start) for p, st in statuses for start in range(0, st.st_size, PIECE_BYTES)],
     )
     last_change = max((st.st_ctime_ns for _, st in statuses), default=0)
     settled_at = last_change + int(PREHASH_SETTLED_SECONDS * 1e9) + 1
@@ -534,13 +562,19 @@ def prehash(root: Path) -> threading.Thread | None:
     return thread
 
 
-def _await_prehash() -> None:
-    """Finish :func:`prehash`'s hashing, if it runs: the pieces left on every core but
-    the one its thread uses, then wait for that thread (bounded: it only reads)."""
+def _await_prehash(folder: Path) -> None:
+    """Finish :func:`prehash`'s hashing if it runs and is of ``folder``: the pieces left
+    on every core but the one its thread uses, then wait for that thread (it reads that
+    snapshot's files once). Of another folder: it stops after the piece in hand."""
     running = _PREHASH
     if running is None:
         return
     pieces, thread = running
+    if pieces.folder.resolve() != folder.resolve():
+        pieces.stop()
+        pieces.checking.set()
+        thread.join()
+        return
     pieces.checking.set()
     helpers = usable_cpus() - 1
     if helpers > 1:

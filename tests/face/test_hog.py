@@ -316,3 +316,44 @@ def test_start_up_runs_every_stage_once_on_a_made_up_photo(
     assert face.chip is not None and face.chip.shape == (150, 150, 3)
     assert {"_quick", "align", "encode"} <= set(ran)
     assert ran.count("encode") == 2  # a batch as a verify makes, and as a compare
+
+
+@pytest.mark.model
+def test_a_cached_form_with_a_matching_record_but_other_bytes_is_not_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For the dlib release the form was checked on, the bytes must be the known ones:
+    a record rewritten to match edited bytes (a header field making dlib allocate
+    without bound, or a detector that finds nothing) does not get them loaded."""
+    import hashlib
+    import json
+
+    _counted_builds(monkeypatch)
+    prime_frontal(dlib, tmp_path)
+    saved, record = frontal_cache_files(dlib, tmp_path)
+    assert dlib.__version__ in hog.KNOWN_FRONTAL_SHA256
+    good = saved.read_bytes()
+    edited = good[:-10] + bytes(10)
+    saved.write_bytes(edited)
+    meta = json.loads(record.read_text())
+    record.write_text(json.dumps({**meta, "sha256": hashlib.sha256(edited).hexdigest()}))
+    built = _counted_builds(monkeypatch)
+    assert prime_frontal(dlib, tmp_path) == "built" and len(built) == 1
+    assert saved.read_bytes() == good
+
+
+@pytest.mark.model
+def test_a_form_dlib_refuses_to_load_falls_back_to_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever dlib raises loading a form (std::bad_alloc comes as MemoryError), the
+    detector is built from its text instead: a start never fails on the cache."""
+    _counted_builds(monkeypatch)
+    prime_frontal(dlib, tmp_path)
+
+    def refuses(*args: object) -> object:
+        raise MemoryError("std::bad_alloc")
+
+    built = _counted_builds(monkeypatch)
+    monkeypatch.setattr(hog, "load_saved", refuses)
+    assert prime_frontal(dlib, tmp_path) == "built" and len(built) == 1

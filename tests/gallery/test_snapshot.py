@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -564,6 +565,7 @@ def test_a_file_changed_after_prehash_is_still_found(
     thread = snapshot.prehash(tmp_path / "index")
     assert thread is not None
     thread.join()
+    assert snapshot._PREHASHED  # hashed ahead, and remembered
     (subj,) = (tmp_path / "index").glob("*-*/v*/c0/subj.npy")
     before = subj.stat()
     raw = bytearray(subj.read_bytes())
@@ -668,6 +670,7 @@ def test_an_open_before_the_prehash_ends_hashes_the_pieces_left_beside_it(
         return original(fd, start, length)
 
     monkeypatch.setattr(snapshot, "_hash_piece", slow_prehash)
+    monkeypatch.setattr(snapshot, "usable_cpus", lambda: 2)  # the open's thread helps
     thread = snapshot.prehash(tmp_path / "index")
     assert thread is not None
     sync = process(store, tmp_path / "index")
@@ -675,3 +678,92 @@ def test_an_open_before_the_prehash_ends_hashes_the_pieces_left_beside_it(
     assert len(by_open) == total - 1
     assert isinstance(sync.indexes.get("default")._vec, np.memmap)
     assert_answers_like_exact(sync, store)
+
+
+def _planted_snapshot(root: Path, files: dict[str, bytes], names: list[str]) -> Path:
+    """A snapshot folder no database registered, newer than the others, whose manifest
+    lists ``names`` (of 4 KB pieces)."""
+    folder = root / "planted-instance" / "v99"
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    listed = {name: {"bytes": 4096, "sha256": ["0" * 64]} for name in names}
+    (folder / "snapshot.json").write_text(json.dumps({"format": 3, "files": listed}))
+    return folder
+
+
+def test_the_prehash_reads_only_files_inside_the_snapshot_folder(tmp_path: Path) -> None:
+    """No database vouches for a manifest when the pre-hash reads it: names outside its
+    folder (absolute, ``..``, a symbolic link out) are never read."""
+    from app.vectors import snapshot
+
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(bytes(8192))
+    folder = _planted_snapshot(tmp_path / "index", {"inside.bin": bytes(8192)}, [])
+    (folder / "link.bin").symlink_to(outside)
+    listed = [str(outside), "../../../outside.bin", "link.bin", "inside.bin", "missing.bin"]
+    (folder / "snapshot.json").write_text(
+        json.dumps({"files": {n: {"bytes": 8192, "sha256": []} for n in listed}})
+    )
+    thread = snapshot.prehash(tmp_path / "index")
+    assert thread is not None and snapshot._PREHASH is not None
+    pieces = snapshot._PREHASH[0]
+    assert {path.name for path, _ in pieces._pieces} == {"inside.bin"}
+    pieces.checking.set()
+    thread.join()
+    snapshot._forget_prehash()
+
+
+def test_an_open_of_another_snapshot_stops_the_prehash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-hash takes the newest snapshot folder; the database may vouch for
+    another. That open does not help hash the other's files, nor wait for them: the
+    pre-hash stops after the piece in hand."""
+    import time
+
+    from app.vectors import snapshot
+
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(snapshot, "PREHASH_SETTLED_SECONDS", 0.0)
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    _planted_snapshot(tmp_path / "index", {"big.bin": bytes(4096 * 200)}, ["big.bin"])
+    planted: list[int] = []
+    original = snapshot._hash_piece
+
+    def slow(fd: int, start: int, length: int) -> str:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("big.bin"):
+            planted.append(start)
+            time.sleep(0.02)  # 200 pieces: 4 s in all
+        return original(fd, start, length)
+
+    monkeypatch.setattr(snapshot, "_hash_piece", slow)
+    thread = snapshot.prehash(tmp_path / "index")
+    assert thread is not None
+    sync = process(store, tmp_path / "index")
+    assert not thread.is_alive()
+    assert 0 < len(planted) < 100
+    assert isinstance(sync.indexes.get("default")._vec, np.memmap)
+    assert_answers_like_exact(sync, store)
+
+
+def test_a_digest_hashed_long_before_the_open_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check is of the content as it was when hashed: an open that comes long after
+    the pre-hash (past PREHASH_MAX_AGE_SECONDS) hashes the files again."""
+    from app.vectors import snapshot
+
+    monkeypatch.setattr(snapshot, "PIECE_BYTES", 4096)
+    monkeypatch.setattr(snapshot, "PREHASH_SETTLED_SECONDS", 0.0)
+    store = gallery(tmp_path / "g.db")
+    process(store, tmp_path / "index")
+    thread = snapshot.prehash(tmp_path / "index")
+    assert thread is not None
+    thread.join()
+    assert snapshot._PREHASHED
+    monkeypatch.setattr(snapshot, "PREHASH_MAX_AGE_SECONDS", 0.0)
+    hashed = _counted_hashing(monkeypatch)
+    process(store, tmp_path / "index")
+    assert len(hashed) > 10
