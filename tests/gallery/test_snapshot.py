@@ -521,12 +521,8 @@ def _counted_hashing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return hashed
 
 
-def test_a_restart_opens_the_snapshot_prehash_hashed_without_hashing_it_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`faceverify serve` hashes the snapshot while it imports and loads its models
-    (issue 41: a restart's identify waited ~0.6 s for it after them). The open then
-    finds every piece hashed, checks them against the manifest, and hashes none again."""
+def _saved_and_prehashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Gallery:
+    """A gallery whose snapshot (in 4 KB pieces) was saved, then pre-hashed to the end."""
     from app.vectors import snapshot
 
     monkeypatch.setattr(snapshot, "PIECE_BYTES", 4096)
@@ -536,6 +532,18 @@ def test_a_restart_opens_the_snapshot_prehash_hashed_without_hashing_it_again(
     thread = snapshot.prehash(tmp_path / "index")
     assert thread is not None
     thread.join()
+    return store
+
+
+def test_a_restart_opens_the_snapshot_prehash_hashed_without_hashing_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`faceverify serve` hashes the snapshot while it imports and loads its models
+    (issue 41: a restart's identify waited ~0.6 s for it after them). The open then
+    finds every piece hashed, checks them against the manifest, and hashes none again."""
+    from app.vectors import snapshot
+
+    store = _saved_and_prehashed(tmp_path, monkeypatch)
     assert len(snapshot._PREHASHED) > 10
     hashed = _counted_hashing(monkeypatch)
     sync = process(store, tmp_path / "index")
@@ -755,13 +763,7 @@ def test_a_digest_hashed_long_before_the_open_is_not_used(
     the pre-hash (past PREHASH_MAX_AGE_SECONDS) hashes the files again."""
     from app.vectors import snapshot
 
-    monkeypatch.setattr(snapshot, "PIECE_BYTES", 4096)
-    monkeypatch.setattr(snapshot, "PREHASH_SETTLED_SECONDS", 0.0)
-    store = gallery(tmp_path / "g.db")
-    process(store, tmp_path / "index")
-    thread = snapshot.prehash(tmp_path / "index")
-    assert thread is not None
-    thread.join()
+    store = _saved_and_prehashed(tmp_path, monkeypatch)
     assert snapshot._PREHASHED
     monkeypatch.setattr(snapshot, "PREHASH_MAX_AGE_SECONDS", 0.0)
     hashed = _counted_hashing(monkeypatch)
