@@ -34,6 +34,7 @@ import logging
 import mmap
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -193,7 +194,8 @@ class SnapshotDir:
             raise SnapshotMismatch("snapshot.json changed since it was checked")
         # FAISS (~0.2 s to import, for AnnIndex.open) loads while the files hash: a
         # restart's identify waits for both (issue 41).
-        threading.Thread(target=importlib.import_module, args=("faiss",), daemon=True).start()
+        if "faiss" not in sys.modules:
+            threading.Thread(target=importlib.import_module, args=("faiss",), daemon=True).start()
         try:
             meta = json.loads(raw)
             changed = _changed_file(snapshot.folder, meta["files"])
@@ -393,6 +395,7 @@ def _changed_file(folder: Path, files: dict[str, object]) -> str | None:
 
 def _check_files(folder: Path, files: dict[str, object]) -> str | None:
     wanted: dict[Path, tuple[str, object]] = {}
+    sizes: list[tuple[Path, int]] = []
     for name, want in files.items():
         path = folder / name
         if isinstance(want, str):
@@ -400,11 +403,12 @@ def _check_files(folder: Path, files: dict[str, object]) -> str | None:
                 return name
         elif not isinstance(want, dict) or not path.is_file():
             return name
-        elif path.stat().st_size != want.get("bytes"):
+        elif (size := path.stat().st_size) != want.get("bytes"):
             return name
         else:
             wanted[path] = (name, want.get("sha256"))
-    sums = _piece_sums([(path, path.stat().st_size) for path in wanted])
+            sizes.append((path, size))
+    sums = _piece_sums(sizes)
     for path, (name, pieces) in wanted.items():
         if sums[path] != pieces:
             return name
@@ -576,15 +580,13 @@ def _await_prehash(folder: Path) -> None:
         thread.join()
         return
     pieces.checking.set()
-    helpers = usable_cpus() - 1
-    if helpers > 1:
-        with ThreadPoolExecutor(max_workers=helpers - 1) as pool:
-            for _ in range(helpers - 1):
-                pool.submit(pieces.work)
-            pieces.work()
-    elif helpers == 1:
+    helpers = [threading.Thread(target=pieces.work) for _ in range(usable_cpus() - 2)]
+    for helper in helpers:
+        helper.start()
+    if usable_cpus() > 1:  # this thread is one more
         pieces.work()
-    thread.join()
+    for helper in [*helpers, thread]:
+        helper.join()
 
 
 def _forget_prehash() -> None:
